@@ -1,0 +1,39 @@
+"""Errors a user can cause. Every one is a :class:`KilnError`.
+
+The CLI prints a ``KilnError`` in one or two lines and exits with status 2, without a
+traceback. Raise it with *what* was wrong, *where* (node, file, YAML path) and, where it
+helps, *what to do*::
+
+    raise UnsupportedOperatorError("Conv3D at node 'conv_7'", hint="export with 2-D convs")
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base class of every error a user can cause (bad file, bad option, bad model)."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message} ({hint})")
+
+
+class ModelFormatError(KilnError):
+    """A model file that cannot be read: missing, truncated, not ONNX, not a checkpoint."""
+
+
+class UnsupportedOperatorError(KilnError):
+    """An operator kiln cannot import or lower. Lists every offending node at once."""
+
+
+class UnknownNameError(KilnError):
+    """A name (model, dataset, option value) that kiln does not know."""
+
+
+class DatasetNotInstalledError(KilnError):
+    """A dataset whose files are not on this machine; the message says how to install them."""
+
+
+class ConfigError(KilnError):
+    """An invalid option, configuration file or hardware description field."""

@@ -1,0 +1,9 @@
+"""Graph passes: analysis (shapes, counts, summaries) and transforms.
+
+A pass is a function ``name(graph, *, options) -> Graph`` that never mutates its input.
+"""
+
+from kiln.passes.counts import Counts, count, layer_summary
+from kiln.passes.shapes import propagate
+
+__all__ = ["Counts", "count", "layer_summary", "propagate"]
