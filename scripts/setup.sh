@@ -30,7 +30,9 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing Python packages into .venv"
   # torch first and alone, pinned: an unpinned resolve would pull CUDA wheels.
-  .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[dev]"
+  # (grep drops pip's notes about local index folders this machine kind lists but lacks)
+  .venv/bin/pip install -q "torch==2.13.0" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  .venv/bin/pip install -q -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  .venv/bin/python -c "import torch, kiln" # fail here, not in the tests, if the install broke
   echo "$want" > "$stamp"
 fi

@@ -307,7 +307,7 @@ def _conv(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Nod
         padding=padding, dilation=tuple(dilations), groups=groups, bias=bias is not None,
     )
     with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)))
+        conv.weight.copy_(torch.from_numpy(np.array(weight, dtype=np.float32)))
         if bias is not None:
             conv.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
     return [imp.call_module(_node_name(node), conv, x)]

@@ -1,0 +1,64 @@
+"""Helpers every CLI command shares: JSON output, tables, progress bars, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+# Wide tables when piped to a file or a log; the terminal's own width otherwise.
+console = Console(width=None if sys.stdout.isatty() else 160)
+error_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output on stdout (nothing else is printed with --json)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]], *,
+          right_align: set[str] | None = None) -> Table:
+    right_align = right_align or set()
+    result = Table(title=title, title_justify="left", header_style="bold")
+    for column in columns:
+        result.add_column(column, justify="right" if column in right_align else "left")
+    for row in rows:
+        result.add_row(*[str(cell) for cell in row])
+    return result
+
+
+def progress(*, transient: bool = False, quiet: bool = False) -> Progress:
+    """A rich progress bar (drawn on stderr so --json stdout stays clean)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+        console=error_console, transient=transient, disable=quiet,
+    )
+
+
+def human(number: float) -> str:
+    """1234567 -> '1.23M' (tables); JSON keeps exact numbers."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f}{unit}"
+    return f"{number:g}"
+
+
+def shape(values: Any) -> str:
+    if not values:
+        return ""
+    if isinstance(values[0], (list, tuple)):
+        return ", ".join("x".join(str(v) for v in s) for s in values)
+    return "x".join(str(v) for v in values)

@@ -1,0 +1,54 @@
+"""The ``kiln`` command. Each command group lives in its own module.
+
+Heavy libraries (torch, onnx) are imported inside commands, so ``kiln --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from kiln.cli import data_cmd, demo_cmd, inspect_cmd, train_cmd
+
+app = typer.Typer(
+    name="kiln",
+    help=(
+        "kiln carries a trained neural network to an accelerator: import (PyTorch, ONNX), "
+        "inspect, train, compress, lower to integers, cost and generate hardware.\n\n"
+        "Start with:  kiln demo   (the main job on the default model and dataset)\n\n"
+        "MODEL arguments take a zoo name (kiln models), a .pt checkpoint or an .onnx file."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+inspect_cmd.register(app)
+train_cmd.register(app)
+data_cmd.register(app)
+demo_cmd.register(app)
+
+
+def main() -> None:
+    """Entry point: user errors print one or two lines and exit with status 2."""
+    from kiln.errors import KilnError
+
+    try:
+        app()
+    except KilnError as exc:
+        from rich.markup import escape
+
+        from kiln.cli.common import error_console
+
+        error_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False,
+                            soft_wrap=True)
+        if exc.hint:
+            error_console.print(f"  hint: {exc.hint}", highlight=False, markup=False,
+                                soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

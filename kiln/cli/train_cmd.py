@@ -1,0 +1,114 @@
+"""``kiln train`` and ``kiln evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kiln.cli.common import console, print_json, progress, table
+
+
+def train(
+    model: Annotated[str, typer.Argument(help="Zoo name (or a .pt checkpoint to fine-tune).")],
+    data: Annotated[str | None, typer.Option(
+        "--data", "-d", help="Dataset (default: the model's own, see 'kiln models').")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 2e-3,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed for weights and shuffling.")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Checkpoint to write (.pt, with a .json of its metrics beside it).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Train MODEL on a dataset, report test accuracy, and save a checkpoint.
+
+    Example:
+
+      kiln train convnet --data fashion-mnist --epochs 3 --out convnet.pt
+    """
+    from kiln.data import load_dataset
+    from kiln.errors import ConfigError
+    from kiln.models import fit, model_spec, resolve_model, save_checkpoint
+
+    graph, info = resolve_model(model, dataset=data)
+    dataset_name = data or info.dataset
+    if dataset_name is None:
+        raise ConfigError(f"model '{model}' has no default dataset: pass --data")
+    dataset = load_dataset(dataset_name)
+    if out is not None and out.suffix != ".pt":
+        raise ConfigError(f"--out {out}: checkpoints end in .pt")
+    batches = -(-len(dataset.x_train) // batch_size)
+    with progress(quiet=as_json) as bar:
+        task = bar.add_task(f"train {info.name}", total=epochs * batches, status="")
+
+        def on_batch(epoch: int, batch: int, loss: float) -> None:
+            bar.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {loss:.3f}")
+
+        def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+            bar.update(task, status=f"epoch {epoch + 1}: test acc {accuracy:.2%}")
+
+        result = fit(graph, dataset, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                     on_batch=on_batch, on_epoch=on_epoch)
+    model_spec(info.name)  # a checkpoint must name a zoo model
+    if out is not None:
+        save_checkpoint(graph, out, model=info.name, dataset=dataset_name, metrics={
+            "test_accuracy": result.final_accuracy, "epochs": epochs, "lr": lr,
+            "batch_size": batch_size, "seed": seed})
+    summary = {"model": info.name, "dataset": dataset_name, **result.as_dict(),
+               "checkpoint": str(out) if out else None}
+    if as_json:
+        print_json(summary)
+        return
+    console.print(table(
+        f"{info.name} on {dataset_name}", ["epoch", "train loss", "test accuracy"],
+        [[i + 1, f"{loss:.4f}", f"{acc:.2%}"]
+         for i, (loss, acc) in enumerate(zip(result.train_loss, result.test_accuracy,
+                                             strict=True))],
+        right_align={"epoch", "train loss", "test accuracy"}))
+    console.print(f"test accuracy [bold]{result.final_accuracy:.2%}[/] after {epochs} epochs "
+                  f"in {result.seconds:.1f} s" + (f"; checkpoint {out}" if out else ""))
+
+
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Zoo name, .pt checkpoint or .onnx file.")],
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    input_scale: Annotated[float, typer.Option(
+        help="Multiply inputs by this (255 for models trained on 0..255 pixels).")] = 1.0,
+    pretrained: Annotated[bool, typer.Option(
+        help="For a zoo name, use kiln's shipped checkpoint.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Top-1 accuracy of MODEL on a dataset split.
+
+    Examples:
+
+      kiln evaluate convnet                       (the shipped checkpoint)
+
+      kiln evaluate model.onnx --data mnist-5k --input-scale 255
+    """
+    from kiln.data import load_dataset
+    from kiln.errors import ConfigError
+    from kiln.models import evaluate as evaluate_model
+    from kiln.models import resolve_model
+
+    graph, info = resolve_model(model, dataset=data, pretrained=pretrained)
+    dataset_name = data or info.dataset
+    if dataset_name is None:
+        raise ConfigError(f"model '{model}' has no default dataset: pass --data")
+    dataset = load_dataset(dataset_name)
+    accuracy = evaluate_model(graph, dataset, split=split, input_scale=input_scale)
+    result = {"model": info.name, "dataset": dataset_name, "split": split,
+              "samples": len(dataset.arrays(split)[1]), "accuracy": accuracy}
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"{info.name} on {dataset_name} ({split}, {result['samples']:,} samples): "
+                      f"accuracy [bold]{accuracy:.2%}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(evaluate)

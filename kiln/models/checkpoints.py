@@ -1,0 +1,161 @@
+"""Checkpoints (``.pt``) and resolving a MODEL argument: zoo name, checkpoint or ONNX file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import ModelFormatError
+from kiln.graph.core import Graph
+
+SHIPPED_DIR = Path(__file__).parent / "checkpoints"
+CHECKPOINT_FORMAT = "kiln-checkpoint"
+
+
+@dataclass
+class ModelInfo:
+    """Where a resolved model came from and what it is known to score."""
+
+    name: str
+    dataset: str | None
+    checkpoint: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def shipped_checkpoint(name: str) -> Path | None:
+    """The checkpoint kiln ships for zoo model ``name`` (trained on its default dataset)."""
+    from kiln.models.registry import model_spec
+
+    spec = model_spec(name)
+    path = SHIPPED_DIR / f"{name}-{spec.dataset}.pt"
+    return path if path.is_file() else None
+
+
+def build_graph(name: str, input_shape: tuple[int, ...] | None = None,
+                num_classes: int | None = None, *, seed: int = 0) -> Graph:
+    """A zoo model with fresh, seeded weights as a :class:`Graph` (batch-1 example input).
+
+    >>> build_graph("convnet").input_shape
+    (1, 1, 28, 28)
+    """
+    import torch
+
+    from kiln.graph import from_torch
+    from kiln.models.registry import model_spec
+
+    spec = model_spec(name)
+    shape = tuple(input_shape or spec.input_shape)
+    torch.manual_seed(seed)
+    module = spec.build(shape, num_classes or spec.num_classes)
+    return from_torch(module, torch.zeros(1, *shape), name=name)
+
+
+def save_checkpoint(graph: Graph, path: str | Path, *, model: str, dataset: str | None,
+                    metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``graph``'s weights as a kiln checkpoint (atomic), plus a JSON sidecar."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "model": model,
+        "dataset": dataset,
+        "input_shape": list(graph.input_shape[1:]),
+        "num_classes": int(graph.node(graph.fx_nodes()[-1].name).input_shapes[0][-1]),
+        "metrics": metrics or {},
+        "state_dict": {k: v.detach().cpu() for k, v in graph.module.state_dict().items()},
+    }
+    _atomic_write(path, lambda handle: torch.save(payload, handle))
+    sidecar = {k: v for k, v in payload.items() if k != "state_dict"}
+    _atomic_write(path.with_suffix(".json"),
+                  lambda handle: handle.write(json.dumps(sidecar, indent=2).encode() + b"\n"))
+    return path
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> tuple[Graph, ModelInfo]:
+    """Rebuild a zoo model from a kiln checkpoint; a bad file is a ``KilnError``."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFormatError(
+            f"{path}: not a kiln checkpoint (no 'format: {CHECKPOINT_FORMAT}' entry)",
+            hint="make one with 'kiln train MODEL --out FILE.pt'")
+    graph = build_graph(payload["model"], tuple(payload["input_shape"]), payload["num_classes"])
+    try:
+        graph.module.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ModelFormatError(f"{path}: weights do not fit model '{payload['model']}': {exc}"
+                               ) from exc
+    graph.name = payload["model"]
+    graph.source = str(path)
+    info = ModelInfo(payload["model"], payload.get("dataset"), path, payload.get("metrics", {}))
+    return graph, info
+
+
+def resolve_model(spec: str, *, dataset: str | None = None, pretrained: bool = False
+                  ) -> tuple[Graph, ModelInfo]:
+    """Turn a MODEL argument into a graph: a zoo name, a ``.pt`` checkpoint or ``.onnx``.
+
+    A zoo name gives fresh weights, or the shipped trained checkpoint when
+    ``pretrained`` (for models that have one). ``dataset`` makes a zoo model's input
+    width and class count follow that dataset.
+
+    >>> graph, info = resolve_model("jsc-three-linear", dataset="letter")
+    >>> graph.input_shape, info.dataset
+    ((1, 16), 'letter')
+    """
+    from kiln.models.registry import MODELS, model_spec
+
+    if spec.endswith(".onnx") or (Path(spec).suffix == ".onnx"):
+        from kiln.graph import from_onnx
+
+        graph = from_onnx(spec)
+        return graph, ModelInfo(Path(spec).stem, dataset, Path(spec))
+    if spec.endswith(".pt") or (spec not in MODELS and Path(spec).is_file()):
+        graph, info = load_checkpoint(spec)
+        if dataset is not None:
+            info.dataset = dataset
+        return graph, info
+    zoo = model_spec(spec)
+    if pretrained and dataset in (None, zoo.dataset):
+        shipped = shipped_checkpoint(spec)
+        if shipped is not None:
+            return load_checkpoint(shipped)
+    if dataset is not None:
+        from kiln.data import load_dataset
+
+        data = load_dataset(dataset)
+        graph = build_graph(spec, data.input_shape, data.num_classes)
+    else:
+        graph = build_graph(spec)
+    return graph, ModelInfo(spec, dataset or zoo.dataset)
