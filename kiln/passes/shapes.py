@@ -53,8 +53,10 @@ def propagate(graph: Graph, example_input: torch.Tensor | None = None) -> Graph:
     recorder = _ShapeRecorder(module)
     was_training = module.training
     module.eval()
+    from kiln.quant.fake_quant import uncalibrated_pass_through
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), uncalibrated_pass_through():
             recorder.run(result.example_input)
     except Exception as exc:
         from kiln.errors import KilnError

@@ -1,0 +1,210 @@
+"""``QuantConfig``: which layers get which precision, from a dict, TOML or YAML file.
+
+A config has a ``default`` and ordered ``rules``; later rules override earlier ones,
+field by field. Each rule matches compute layers (conv, linear, matmul) by op type,
+node name or regular expression on the name, and sets any of ``weight``, ``bias``,
+``input`` (the layer's input activation) and ``output`` (its output after the fused
+BatchNorm/ReLU tail). ``null`` turns a quantization point off.
+
+.. code-block:: yaml
+
+    default:
+      weight: {bits: 8, granularity: channel}
+      input: {bits: 8, signed: false, symmetric: false}
+    rules:
+      - match: {op: [linear]}
+        weight: {bits: 4}
+      - match: {regex: "classifier\\\\..*"}
+        output: {bits: 8, symmetric: false}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from kiln.errors import ConfigError
+from kiln.graph.metadata import OpKind
+from kiln.quant.spec import QuantSpec, format_validation_error
+
+POINTS = ("weight", "bias", "input", "output")
+QUANTIZABLE_OPS = {OpKind.CONV, OpKind.CONV1D, OpKind.LINEAR, OpKind.MATMUL}
+_OP_NAMES = {kind.value for kind in QUANTIZABLE_OPS} | {"conv"}
+
+
+class Match(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    op: list[str] = []
+    name: list[str] = []
+    regex: str | None = None
+
+    @field_validator("op")
+    @classmethod
+    def _known_ops(cls, ops: list[str]) -> list[str]:
+        for op in ops:
+            if op not in _OP_NAMES:
+                raise ValueError(f"unknown op '{op}' (quantizable ops: {sorted(_OP_NAMES)})")
+        return ops
+
+    @field_validator("regex")
+    @classmethod
+    def _valid_regex(cls, regex: str | None) -> str | None:
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression '{regex}': {exc}") from None
+        return regex
+
+    def matches(self, name: str, op: OpKind, *, is_last: bool = False) -> bool:
+        """``name: ["@last"]`` matches the network's last compute layer."""
+        ops = {"conv2d" if o == "conv" else o for o in self.op}
+        if self.op and op.value not in ops:
+            return False
+        if self.name and name not in self.name and not (is_last and "@last" in self.name):
+            return False
+        return not (self.regex and not re.fullmatch(self.regex, name))
+
+    def describe(self) -> str:
+        parts = [f"op={self.op}" if self.op else "", f"name={self.name}" if self.name else "",
+                 f"regex='{self.regex}'" if self.regex else ""]
+        return " ".join(p for p in parts if p) or "everything"
+
+
+class LayerQuant(BaseModel):
+    """The quantization points of one layer; ``None`` leaves that point in float."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    weight: QuantSpec | None = None
+    bias: QuantSpec | None = None
+    input: QuantSpec | None = None
+    output: QuantSpec | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return all(getattr(self, point) is None for point in POINTS)
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    match: Match = Match()
+    weight: dict[str, Any] | None = None
+    bias: dict[str, Any] | None = None
+    input: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None
+
+
+class QuantConfig(BaseModel):
+    """A validated quantization config; build it with :meth:`parse` or :meth:`load`.
+
+    >>> cfg = QuantConfig.parse({"default": {"weight": {"bits": 4}}})
+    >>> cfg.layer("fc", OpKind.LINEAR).weight.bits
+    4
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    default: dict[str, Any] = {}
+    rules: list[Rule] = []
+    fold_batchnorm: bool = True
+
+    @classmethod
+    def parse(cls, data: QuantConfig | dict[str, Any], *, source: str = "quantization config"
+              ) -> QuantConfig:
+        if isinstance(data, QuantConfig):
+            return data
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+        for key in config.default:
+            if key not in POINTS:
+                raise ConfigError(f"{source}: unknown key 'default.{key}' (use {POINTS})")
+        # Validate every spec now, so a typo fails before any work is done.
+        config._merged(config.default, None, f"{source}: default")
+        for index, rule in enumerate(config.rules):
+            config._merged(config.default, rule, f"{source}: rules[{index}]")
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantConfig:
+        """Read a ``.toml``, ``.yaml``/``.yml`` or ``.json`` config file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such quantization config file")
+        text = path.read_text()
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+
+                data = tomllib.loads(text)
+            elif path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            elif path.suffix == ".json":
+                import json
+
+                data = json.loads(text)
+            else:
+                raise ConfigError(f"{path}: use a .toml, .yaml or .json file")
+        except ConfigError:
+            raise
+        except Exception as exc:  # each parser has its own error type
+            raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+        return cls.parse(data, source=str(path))
+
+    def _merged(self, base: dict[str, Any], rule: Rule | None, where: str) -> dict[str, Any]:
+        merged = dict(base)
+        if rule is not None:
+            for point in POINTS:
+                if point in rule.model_fields_set:
+                    value = getattr(rule, point)
+                    if value is None:
+                        merged[point] = None
+                    else:
+                        merged[point] = {**(merged.get(point) or {}), **value}
+        for point, value in merged.items():
+            if value is not None:
+                QuantSpec.parse(value, where=f"{where}.{point}")
+        return merged
+
+    def layer(self, name: str, op: OpKind, *, is_last: bool = False) -> LayerQuant:
+        """The quantization of layer ``name``: the default, then every matching rule."""
+        merged = dict(self.default)
+        for rule in self.rules:
+            if rule.match.matches(name, op, is_last=is_last):
+                merged = self._merged(merged, rule, "rule")
+        return LayerQuant(**{p: QuantSpec.parse(v) if v is not None else None
+                             for p, v in merged.items()})
+
+    def unmatched_rules(self, layers: list[tuple[str, OpKind]]) -> list[str]:
+        """Rules that match none of ``layers`` (usually a typo in a name or regex)."""
+        last = len(layers) - 1
+        return [f"rules[{i}] ({rule.match.describe()})" for i, rule in enumerate(self.rules)
+                if not any(rule.match.matches(name, op, is_last=j == last)
+                           for j, (name, op) in enumerate(layers))]
+
+
+def uniform_config(weight_bits: int | None = 8, activation_bits: int | None = None, *,
+                   weight: dict[str, Any] | None = None,
+                   activation: dict[str, Any] | None = None,
+                   last_output: bool = True) -> QuantConfig:
+    """The common case as a config: the same widths everywhere.
+
+    Activations are quantized at every layer input, and (``last_output``) at the output
+    of the last layer, so that every tensor the integer program moves is quantized.
+    """
+    default: dict[str, Any] = {}
+    if weight_bits is not None:
+        default["weight"] = {"bits": weight_bits, "granularity": "channel", **(weight or {})}
+    rules = []
+    if activation_bits is not None:
+        spec = {"bits": activation_bits, "signed": False, "symmetric": False, **(activation or {})}
+        default["input"] = spec
+        if last_output:
+            rules.append({"match": {"name": ["@last"]},
+                          "output": {**spec, "signed": True, "symmetric": False}})
+    return QuantConfig.parse({"default": default, "rules": rules})

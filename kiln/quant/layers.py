@@ -1,0 +1,71 @@
+"""Conv and linear layers whose weights (and biases) pass through fake quantizers.
+
+They subclass ``nn.Conv2d`` / ``nn.Linear``, so every pass that knows those still does;
+``weight_quantizer`` and ``bias_quantizer`` are ``FakeQuantize`` modules or ``None``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kiln.quant.fake_quant import FakeQuantize
+from kiln.quant.spec import QuantSpec
+
+
+def _quantizers(layer: nn.Module, weight: QuantSpec | None, bias: QuantSpec | None) -> None:
+    if weight is not None and weight.granularity == "channel" and weight.axis != 0:
+        # Output channels are axis 0 for both conv and linear weights.
+        weight = weight.model_copy(update={"axis": 0})
+    layer.weight_quantizer = FakeQuantize(weight, "weight") if weight is not None else None
+    has_bias = getattr(layer, "bias", None) is not None
+    layer.bias_quantizer = FakeQuantize(bias, "bias") if bias is not None and has_bias else None
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` computing with quantized weights and bias."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight: QuantSpec | None, bias: QuantSpec | None
+                   ) -> QuantConv2d:
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                    conv.padding_mode)
+        layer.load_state_dict(conv.state_dict())
+        _quantizers(layer, weight, bias)
+        return layer
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        if self.bias is None or self.bias_quantizer is None:
+            return self.bias
+        return self.bias_quantizer(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` computing with quantized weights and bias."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight: QuantSpec | None, bias: QuantSpec | None
+                   ) -> QuantLinear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        layer.load_state_dict(linear.state_dict())
+        _quantizers(layer, weight, bias)
+        return layer
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        if self.bias is None or self.bias_quantizer is None:
+            return self.bias
+        return self.bias_quantizer(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.quantized_weight(), self.quantized_bias())

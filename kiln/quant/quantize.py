@@ -1,0 +1,148 @@
+"""``quantize`` and ``calibrate``: the passes that turn a float graph into a quantized one."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from kiln.errors import KilnError
+from kiln.graph.core import Graph
+from kiln.graph.metadata import OpKind
+from kiln.quant.config import QUANTIZABLE_OPS, LayerQuant, QuantConfig
+from kiln.quant.fake_quant import FakeQuantize
+from kiln.quant.layers import QuantConv2d, QuantLinear
+
+#: Ops that a layer's output passes through before its output quantizer (the fused tail).
+TAIL_KINDS = {OpKind.BATCHNORM, OpKind.RELU, OpKind.RELU6, OpKind.CLIP}
+
+
+class UnmatchedRuleWarning(UserWarning):
+    """A quantization rule matched no layer (usually a typo in a name or regex)."""
+
+
+def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
+    """Return a quantized copy of ``graph`` (fake-quant modules at every point the config
+    names). BatchNorm is folded first unless the config says ``fold_batchnorm: false``.
+    Activation quantizers need :func:`calibrate` before the graph runs.
+
+    >>> from kiln.models import build_graph
+    >>> q = quantize(build_graph("jsc-three-linear"), {"default": {"weight": {"bits": 4}}})
+    >>> type(q.submodule("_2")).__name__
+    'QuantLinear'
+    """
+    from kiln.passes.fuse import fuse_batchnorm
+    from kiln.passes.shapes import propagate
+
+    config = QuantConfig.parse(config)
+    result = fuse_batchnorm(graph) if config.fold_batchnorm else graph.copy()
+    module = result.module
+    infos = {info.name: info for info in result.nodes()}
+    compute = [n for n in module.graph.nodes if infos[n.name].op in QUANTIZABLE_OPS]
+    layers = [(n.name, infos[n.name].op) for n in compute]
+    unmatched = config.unmatched_rules(layers)
+    if unmatched:
+        warnings.warn("quantization rules that match no layer: " + ", ".join(unmatched),
+                      UnmatchedRuleWarning, stacklevel=2)
+    for index, node in enumerate(compute):
+        layer_config = config.layer(node.name, infos[node.name].op,
+                                    is_last=index == len(compute) - 1)
+        if not layer_config.is_empty:
+            _quantize_node(module, node, infos, layer_config)
+    module.graph.lint()
+    module.recompile()
+    return propagate(result)
+
+
+def _quantize_node(module: torch.fx.GraphModule, node: torch.fx.Node,
+                   infos: dict[str, Any], layer: LayerQuant) -> None:
+    if node.op == "call_module" and (layer.weight is not None or layer.bias is not None):
+        float_layer = module.get_submodule(node.target)
+        if isinstance(float_layer, nn.Conv2d):
+            quantized: nn.Module = QuantConv2d.from_float(float_layer, layer.weight, layer.bias)
+        elif isinstance(float_layer, nn.Linear):
+            quantized = QuantLinear.from_float(float_layer, layer.weight, layer.bias)
+        else:
+            raise KilnError(f"layer '{node.name}': cannot quantize weights of "
+                            f"{type(float_layer).__name__}")
+        _replace_submodule(module, str(node.target), quantized.train(float_layer.training))
+    if layer.input is not None:
+        inputs = node.all_input_nodes if infos[node.name].op is OpKind.MATMUL else [node.args[0]]
+        for position, source in enumerate(inputs):
+            name = f"{node.name}_input{position if len(inputs) > 1 else ''}_quant"
+            module.add_submodule(name, FakeQuantize(layer.input, "activation"))
+            with module.graph.inserting_before(node):
+                quant_node = module.graph.call_module(name, (source,))
+            node.replace_input_with(source, quant_node)
+    if layer.output is not None:
+        tail = output_tail(node, infos)
+        name = f"{tail.name}_output_quant"
+        module.add_submodule(name, FakeQuantize(layer.output, "activation"))
+        with module.graph.inserting_after(tail):
+            quant_node = module.graph.call_module(name, (tail,))
+        tail.replace_all_uses_with(quant_node, delete_user_cb=lambda user: user is not quant_node)
+
+
+def output_tail(node: torch.fx.Node, infos: dict[str, Any]) -> torch.fx.Node:
+    """The last node of ``node``'s fused tail: following single users through BatchNorm,
+    ReLU, ReLU6 and Clip."""
+    tail = node
+    while len(tail.users) == 1:
+        user = next(iter(tail.users))
+        if user.name not in infos or infos[user.name].op not in TAIL_KINDS:
+            break
+        tail = user
+    return tail
+
+
+def _replace_submodule(module: torch.fx.GraphModule, target: str, new: nn.Module) -> None:
+    parent_name, _, child = target.rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    setattr(parent, child, new)
+
+
+def quantizers(graph: Graph) -> list[tuple[str, FakeQuantize]]:
+    """Every ``FakeQuantize`` of the graph with its qualified module name."""
+    return [(name, m) for name, m in graph.module.named_modules() if isinstance(m, FakeQuantize)]
+
+
+def calibrate(graph: Graph, data: Any, *, batches: int = 8, batch_size: int = 256,
+              seed: int = 0) -> Graph:
+    """Return a copy of ``graph`` whose activation quantizers have ranges set from data.
+
+    ``data`` is a :class:`~kiln.data.Dataset` (its training split is used, shuffled with
+    ``seed``) or a tensor of inputs. Each quantizer applies its own range method
+    (min-max, percentile, MSE, entropy) to what it observed over ``batches`` batches.
+    """
+    result = graph.copy()
+    activation = [q for _, q in quantizers(result) if q.role == "activation"]
+    if isinstance(data, torch.Tensor):
+        chunks = list(torch.split(data, batch_size))[:batches]
+    else:
+        loader = data.loader("train", batch_size=batch_size, seed=seed)
+        chunks = []
+        for x, _ in loader:
+            chunks.append(x)
+            if len(chunks) >= batches:
+                break
+    module = result.module
+    was_training = module.training
+    module.eval()
+    for quantizer in activation:
+        quantizer.start_observing()
+    try:
+        # One pass per quantization depth would be exact for chained quantizers; observing
+        # unquantized activations (all quantizers observe in one pass) is the standard
+        # post-training calibration and what the integer lowering assumes.
+        with torch.no_grad():
+            for chunk in chunks:
+                module(chunk)
+    finally:
+        for quantizer in activation:
+            if quantizer.observing:
+                quantizer.finish_observing()
+        module.train(was_training)
+    return result
