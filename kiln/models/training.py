@@ -82,11 +82,13 @@ def fit(
     seed: int = 0,
     on_batch: Callable[[int, int, float], None] | None = None,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train in place with Adam and a cosine learning-rate schedule; seeded.
 
     ``on_batch(epoch, batch, loss)`` and ``on_epoch(epoch, loss, test_accuracy)`` report
-    progress (the CLI draws its progress bar from them).
+    progress (the CLI draws its progress bar from them); ``after_step(module)`` runs after
+    every optimizer step (pruning uses it to keep masked weights at zero).
     """
     import time
 
@@ -111,6 +113,8 @@ def fit(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if after_step is not None:
+                after_step(module)
             total += float(loss.detach()) * len(y)
             count += len(y)
             if on_batch is not None:

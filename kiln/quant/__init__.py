@@ -9,6 +9,7 @@
 
 from kiln.quant.config import LayerQuant, QuantConfig, uniform_config
 from kiln.quant.fake_quant import FakeQuantize
+from kiln.quant.qat import qat
 from kiln.quant.quantize import UnmatchedRuleWarning, calibrate, quantize, quantizers
 from kiln.quant.spec import QuantSpec
 
@@ -19,6 +20,7 @@ __all__ = [
     "QuantSpec",
     "UnmatchedRuleWarning",
     "calibrate",
+    "qat",
     "quantize",
     "quantizers",
     "uniform_config",
