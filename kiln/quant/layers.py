@@ -23,6 +23,15 @@ def _quantizers(layer: nn.Module, weight: QuantSpec | None, bias: QuantSpec | No
     layer.bias_quantizer = FakeQuantize(bias, "bias") if bias is not None and has_bias else None
 
 
+def _copy_state(source: nn.Module, target: nn.Module) -> None:
+    """Parameters, and buffers such as pruning masks, from the float layer."""
+    target.load_state_dict({k: v for k, v in source.state_dict().items()
+                            if "." not in k and hasattr(target, k)}, strict=False)
+    for name, buffer in source.named_buffers(recurse=False):
+        if not hasattr(target, name):
+            target.register_buffer(name, buffer.clone())
+
+
 class QuantConv2d(nn.Conv2d):
     """``nn.Conv2d`` computing with quantized weights and bias."""
 
@@ -32,7 +41,7 @@ class QuantConv2d(nn.Conv2d):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                     conv.padding_mode)
-        layer.load_state_dict(conv.state_dict())
+        _copy_state(conv, layer)
         _quantizers(layer, weight, bias)
         return layer
 
@@ -55,7 +64,7 @@ class QuantLinear(nn.Linear):
     def from_float(cls, linear: nn.Linear, weight: QuantSpec | None, bias: QuantSpec | None
                    ) -> QuantLinear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        layer.load_state_dict(linear.state_dict())
+        _copy_state(linear, layer)
         _quantizers(layer, weight, bias)
         return layer
 

@@ -1,0 +1,262 @@
+"""``kiln quantize``, ``kiln qat``, ``kiln prune`` and ``kiln experiment``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kiln.cli.common import console, error_console, print_json, progress, table
+
+experiment_app = typer.Typer(help="Compression experiments that write Markdown tables and PNG "
+                                  "plots into --out.", no_args_is_help=True)
+
+
+def _load(model: str, data: str | None):
+    from kiln.data import load_dataset
+    from kiln.errors import ConfigError
+    from kiln.models import resolve_model
+
+    graph, info = resolve_model(model, dataset=data, pretrained=True)
+    name = data or info.dataset
+    if name is None:
+        raise ConfigError(f"model '{model}' has no default dataset: pass --data")
+    return graph, info, load_dataset(name)
+
+
+def _config(config: Path | None, weight_bits: int | None, activation_bits: int | None):
+    from kiln.errors import ConfigError
+    from kiln.quant import QuantConfig, uniform_config
+
+    if config is not None:
+        return QuantConfig.load(config)
+    if weight_bits is None and activation_bits is None:
+        raise ConfigError("give --config FILE, or --weight-bits / --activation-bits")
+    return uniform_config(weight_bits, activation_bits)
+
+
+def _quant_rows(graph) -> list[list[str]]:
+    from kiln.graph.metadata import COMPUTE_KINDS
+    from kiln.passes import model_size
+
+    sizes = {layer.name: layer for layer in model_size(graph).layers}
+    quantizers = dict(graph.module.named_modules())
+    rows = []
+    for info in graph.layers():
+        if info.op not in COMPUTE_KINDS:
+            continue
+        module = quantizers.get(info.attrs.get("module", ""))
+        weight = getattr(module, "weight_quantizer", None)
+        input_quant = quantizers.get(f"{info.name}_input_quant")
+        size = sizes.get(info.attrs.get("module", ""))
+        rows.append([info.name, info.op.value, weight.spec.describe() if weight else "float",
+                     input_quant.spec.describe() if input_quant else "float",
+                     f"{size.bytes:,.0f}" if size else ""])
+    return rows
+
+
+def quantize(
+    model: Annotated[str, typer.Argument(help="Zoo name (shipped checkpoint), .pt or .onnx.")],
+    config: Annotated[Path | None, typer.Option(
+        help="Quantization config (.toml/.yaml/.json): default + rules.")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
+    weight_bits: Annotated[int | None, typer.Option(
+        help="Without --config: per-channel symmetric weights at this width.")] = None,
+    activation_bits: Annotated[int | None, typer.Option(
+        help="Without --config: asymmetric activations at this width.")] = None,
+    calibration_batches: Annotated[int, typer.Option(help="Batches of 256 to calibrate.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Quantize MODEL (post-training) and report accuracy before/after, size, per layer.
+
+    Examples:
+
+      kiln quantize convnet --weight-bits 8 --activation-bits 8
+
+      kiln quantize convnet --config examples/quant/w4a8.toml
+    """
+    from kiln.models import evaluate
+    from kiln.passes import model_size
+    from kiln.quant import UnmatchedRuleWarning, calibrate
+    from kiln.quant import quantize as quantize_graph
+
+    graph, info, dataset = _load(model, data)
+    quant_config = _config(config, weight_bits, activation_bits)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnmatchedRuleWarning)
+        quantized = quantize_graph(graph, quant_config)
+    unmatched = [str(w.message) for w in caught if issubclass(w.category, UnmatchedRuleWarning)]
+    for message in unmatched:
+        error_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    quantized = calibrate(quantized, dataset, batches=calibration_batches)
+    before, after = evaluate(graph, dataset), evaluate(quantized, dataset)
+    size_before, size_after = model_size(graph).total_bytes, model_size(quantized).total_bytes
+    result = {"model": info.name, "dataset": dataset.name, "float_accuracy": before,
+              "quantized_accuracy": after, "drop_points": 100 * (before - after),
+              "float_bytes": size_before, "quantized_bytes": size_after,
+              "warnings": unmatched, "layers": _quant_rows(quantized)}
+    if as_json:
+        print_json(result)
+        return
+    console.print(table(f"{info.name} quantized", ["layer", "op", "weights", "input", "bytes"],
+                        result["layers"], right_align={"bytes"}))
+    console.print(f"accuracy {before:.2%} → [bold]{after:.2%}[/] ({result['drop_points']:+.2f} "
+                  f"points drop); size {size_before / 1024:.1f} KB → {size_after / 1024:.1f} KB")
+
+
+def qat(
+    model: Annotated[str, typer.Argument(help="Zoo name (shipped checkpoint), .pt or .onnx.")],
+    config: Annotated[Path | None, typer.Option(help="Quantization config file.")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
+    weight_bits: Annotated[int | None, typer.Option(help="Without --config.")] = 4,
+    activation_bits: Annotated[int | None, typer.Option(help="Without --config.")] = 8,
+    method: Annotated[str, typer.Option(help="ste or lsq (learned step size).")] = "ste",
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 2,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Quantization-aware training: quantize, calibrate, then fine-tune (STE or LSQ).
+
+    Example:  kiln qat convnet --weight-bits 4 --activation-bits 8 --method lsq
+    """
+    from kiln.models import evaluate
+    from kiln.quant import calibrate
+    from kiln.quant import qat as run_qat
+    from kiln.quant import quantize as quantize_graph
+
+    graph, info, dataset = _load(model, data)
+    quantized = calibrate(quantize_graph(graph, _config(config, weight_bits, activation_bits)),
+                          dataset)
+    before, ptq = evaluate(graph, dataset), evaluate(quantized, dataset)
+    batches = -(-len(dataset.x_train) // 128)
+    with progress(quiet=as_json) as bar:
+        task = bar.add_task(f"QAT {method}", total=epochs * batches, status="")
+        _, result = run_qat(quantized, dataset, method=method, epochs=epochs, lr=lr, seed=seed,
+                            on_batch=lambda e, b, loss: bar.update(
+                                task, advance=1, status=f"loss {loss:.3f}"))
+    summary = {"model": info.name, "dataset": dataset.name, "method": method,
+               "float_accuracy": before, "ptq_accuracy": ptq,
+               "qat_accuracy": result.final_accuracy,
+               "drop_points": 100 * (before - result.final_accuracy)}
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"float {before:.2%}, PTQ {ptq:.2%}, after {epochs} epochs of QAT "
+                  f"({method}) [bold]{result.final_accuracy:.2%}[/] "
+                  f"({summary['drop_points']:.2f} points below float)")
+
+
+def prune(
+    model: Annotated[str, typer.Argument(help="Zoo name (shipped checkpoint), .pt or .onnx.")],
+    method: Annotated[str, typer.Option(help="filters, channels or magnitude.")] = "filters",
+    fraction: Annotated[float | None, typer.Option(help="Fraction to prune, in [0, 1).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Prune norms at or below.")] = None,
+    norm: Annotated[str, typer.Option(help="l1 or l2 (structured).")] = "l1",
+    scope: Annotated[str, typer.Option(help="layer or global.")] = "layer",
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning with masks.")] = 2,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Prune MODEL, fine-tune with masks, shrink (structured), report size and accuracy.
+
+    Example:  kiln prune convnet --method filters --fraction 0.5 --finetune-epochs 2
+    """
+    from kiln.errors import ConfigError
+    from kiln.models import evaluate, fit
+    from kiln.passes import model_size
+    from kiln.prune import apply_masks, prune_channels, prune_filters, prune_magnitude, shrink
+
+    functions = {"filters": prune_filters, "channels": prune_channels,
+                 "magnitude": prune_magnitude}
+    if method not in functions:
+        raise ConfigError(f"unknown pruning method '{method}': use {', '.join(functions)}")
+    graph, info, dataset = _load(model, data)
+    options = {"fraction": fraction, "threshold": threshold, "scope": scope}
+    if method != "magnitude":
+        options["norm"] = norm
+    pruned = functions[method](graph, **options)
+    if finetune_epochs:
+        fit(pruned, dataset, epochs=finetune_epochs, lr=1e-3, seed=seed, after_step=apply_masks)
+    small = shrink(pruned) if method != "magnitude" else pruned
+    sparse = "auto" if method == "magnitude" else "dense"
+    summary = {"model": info.name, "method": method, "float_accuracy": evaluate(graph, dataset),
+               "pruned_accuracy": evaluate(small, dataset), "params_before": graph.total_params,
+               "params_after": small.total_params,
+               "bytes_before": model_size(graph).total_bytes,
+               "bytes_after": model_size(small, sparse_format=sparse).total_bytes}
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"{info.name}: {summary['params_before']:,} → {summary['params_after']:,} "
+                  f"params, {summary['bytes_before'] / 1024:.1f} → "
+                  f"{summary['bytes_after'] / 1024:.1f} KB; accuracy "
+                  f"{summary['float_accuracy']:.2%} → [bold]{summary['pruned_accuracy']:.2%}[/]")
+
+
+def _run_experiment(kind: str, model: str, data: str | None, out: Path, quick: bool,
+                    as_json: bool) -> None:
+    from kiln.report.compression import (
+        ExperimentSettings,
+        pruning_experiment,
+        quantization_experiment,
+    )
+
+    graph, _, dataset = _load(model, data)
+    settings = ExperimentSettings()
+    if quick:
+        settings = ExperimentSettings(qat_epochs=1, finetune_epochs=1, fractions=(0.5, 0.75),
+                                      joint_bits=(8, 4))
+    steps = (32 + 4 + 5 + 1 + 2) if kind == "quantization" else (
+        2 * len(settings.fractions) + (1 + 2 * len(settings.fractions)) *
+        len(settings.joint_bits))
+    runner = quantization_experiment if kind == "quantization" else pruning_experiment
+    with progress(quiet=as_json) as bar:
+        task = bar.add_task(f"{kind} experiment", total=steps, status="")
+        results = runner(graph, dataset, out, settings=settings,
+                         step=lambda label: bar.update(task, advance=1, status=label))
+    if as_json:
+        print_json(results)
+    else:
+        console.print((out / f"{kind}.md").read_text(), markup=False, highlight=False)
+        console.print(f"wrote {out / f'{kind}.md'}, {out / f'{kind}.json'} and PNG plots")
+
+
+@experiment_app.command("quantization")
+def experiment_quantization(
+    model: Annotated[str, typer.Option(help="Model (shipped checkpoint by default).")] = "convnet",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/quantization"),
+    quick: Annotated[bool, typer.Option(help="Fewer epochs (for a fast look).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Weight-only PTQ grid, weights+activations, int8, and W4A8 QAT tables.
+
+    Example:  kiln experiment quantization --model convnet --out out/quant
+    """
+    _run_experiment("quantization", model, data, out, quick, as_json)
+
+
+@experiment_app.command("pruning")
+def experiment_pruning(
+    model: Annotated[str, typer.Option(help="Model (shipped checkpoint by default).")] = "convnet",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/pruning"),
+    quick: Annotated[bool, typer.Option(help="Fewer fractions and epochs.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Structured pruning (filters, channels) and pruning+quantization size tables.
+
+    Example:  kiln experiment pruning --model convnet --out out/prune
+    """
+    _run_experiment("pruning", model, data, out, quick, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(quantize)
+    app.command()(qat)
+    app.command()(prune)
+    app.add_typer(experiment_app, name="experiment")

@@ -1,0 +1,1 @@
+"""Reports: Markdown tables, PNG plots, and the experiments that produce them."""

@@ -1,0 +1,120 @@
+"""Quantizer arithmetic: integer grids, range methods, minifloat, block floating point."""
+
+import itertools
+
+import pytest
+import torch
+
+from kiln.errors import ConfigError
+from kiln.quant import FakeQuantize, QuantSpec
+from kiln.quant.functional import (
+    fake_quant_bfp,
+    fake_quant_int,
+    fake_quant_minifloat,
+    scale_and_zero_point,
+)
+from kiln.quant.ranges import find_range
+
+
+@pytest.mark.parametrize("bad,field", [({"bits": 0}, "bits"), ({"bits": 33}, "bits"),
+                                       ({"format": "posit"}, "format"),
+                                       ({"bitz": 4}, "bitz"), ({"range": "median"}, "range"),
+                                       ({"symmetric": True, "signed": False}, "signed")])
+def test_bad_specs_name_the_field(bad, field):
+    with pytest.raises(ConfigError, match=field):
+        QuantSpec.parse(bad, where="layer conv1 weight")
+
+
+@pytest.mark.parametrize("bits,signed,symmetric", list(itertools.product(
+    [2, 3, 4, 8, 12, 16], [True, False], [True, False])))
+def test_integer_grid(bits, signed, symmetric):
+    if symmetric and not signed:
+        return
+    spec = QuantSpec(bits=bits, signed=signed, symmetric=symmetric)
+    x = torch.randn(4000) * 3 + (1.0 if not symmetric else 0.0)
+    scale, zero_point = scale_and_zero_point(x.min(), x.max(), spec)
+    y = fake_quant_int(x, scale, zero_point, spec.qmin, spec.qmax)
+    codes = y / scale + zero_point
+    assert torch.allclose(codes, codes.round(), atol=1e-3)
+    assert codes.min() >= spec.qmin - 1e-3 and codes.max() <= spec.qmax + 1e-3
+    assert len(torch.unique(codes.round())) <= 2**bits
+    # zero is exact, and the error inside the range is at most half a step
+    assert fake_quant_int(torch.zeros(1), scale, zero_point, spec.qmin, spec.qmax).item() == 0
+    assert (y - x).abs().max() <= scale / 2 + 1e-6
+
+
+def test_per_channel_along_any_axis():
+    x = torch.randn(2, 3, 5) * torch.tensor([0.1, 1.0, 10.0])[None, :, None]
+    quantizer = FakeQuantize(QuantSpec(bits=8, granularity="channel", axis=1), "weight")
+    y = quantizer(x)
+    assert quantizer.scale.shape == (3,)
+    assert quantizer.scale[0] < quantizer.scale[1] < quantizer.scale[2]
+    assert (y - x).abs().amax(dim=(0, 2)).tolist() <= (quantizer.scale / 2 + 1e-7).tolist()
+
+
+def test_clipping_methods_clip_and_mse_reduces_error():
+    torch.manual_seed(0)
+    samples = torch.randn(1, 50_000)
+    samples[0, :5] = 40.0  # outliers
+    errors = {}
+    for method in ("minmax", "percentile", "mse", "entropy"):
+        spec = QuantSpec(bits=4, range=method)
+        lo, hi = find_range(samples, spec)
+        assert hi.item() <= 40.0
+        scale, zp = scale_and_zero_point(lo, hi, spec)
+        errors[method] = (fake_quant_int(samples, scale, zp, spec.qmin, spec.qmax)
+                          - samples).square().mean().item()
+    assert errors["mse"] < errors["minmax"] / 5
+    assert errors["percentile"] < errors["minmax"] and errors["entropy"] < errors["minmax"]
+
+
+def _all_minifloats(spec: QuantSpec) -> torch.Tensor:
+    values = []
+    for exponent in range(2**spec.exponent_bits):
+        for mantissa in range(2**spec.mantissa_bits):
+            if exponent == 0:
+                value = mantissa / 2**spec.mantissa_bits * 2.0 ** (1 - spec.bias)
+            else:
+                value = (1 + mantissa / 2**spec.mantissa_bits) * 2.0 ** (exponent - spec.bias)
+            if value <= spec.max_value:
+                values += [value, -value]
+    return torch.tensor(sorted(set(values)))
+
+
+@pytest.mark.parametrize("preset", ["fp8_e4m3", "fp8_e5m2"])
+def test_minifloat_rounds_to_the_nearest_representable(preset):
+    spec = QuantSpec.parse({"preset": preset})
+    grid = _all_minifloats(spec)
+    assert grid.max().item() == spec.max_value
+    x = torch.randn(5000) * spec.max_value / 8
+    y = fake_quant_minifloat(x, spec)
+    assert torch.isin(y, grid).all()
+    nearest = grid[(x[:, None] - grid[None, :]).abs().argmin(dim=1)]
+    distance_ours = (y - x).abs()
+    distance_best = (nearest - x).abs()
+    assert torch.allclose(distance_ours, distance_best, rtol=0, atol=1e-6 * spec.max_value)
+    assert fake_quant_minifloat(torch.tensor([1e9]), spec).item() == spec.max_value
+
+
+def test_block_floating_point_shares_exponents():
+    spec = QuantSpec(format="bfp", bits=6, block_size=8)
+    x = torch.randn(4, 32) * torch.logspace(-2, 2, 32)
+    y = fake_quant_bfp(x, spec)
+    blocks, quantized = x.reshape(4, 4, 8), y.reshape(4, 4, 8)
+    step = 2.0 ** (torch.floor(torch.log2(blocks.abs().amax(-1, keepdim=True))) - 4)
+    assert torch.allclose(quantized / step, (quantized / step).round())
+    assert ((quantized - blocks).abs() <= step).all()
+
+
+def test_straight_through_gradient_and_lsq():
+    quantizer = FakeQuantize(QuantSpec(bits=4), "activation")
+    quantizer.start_observing()
+    quantizer(torch.linspace(-1, 1, 100))
+    quantizer.finish_observing()
+    x = torch.tensor([-3.0, -0.5, 0.1, 0.7, 3.0], requires_grad=True)
+    quantizer(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    quantizer.learn_scale()
+    assert isinstance(quantizer.scale, torch.nn.Parameter)
+    quantizer(torch.randn(64)).square().sum().backward()
+    assert quantizer.scale.grad is not None and quantizer.scale.grad.abs().item() > 0
