@@ -47,11 +47,16 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
     if unmatched:
         warnings.warn("quantization rules that match no layer: " + ", ".join(unmatched),
                       UnmatchedRuleWarning, stacklevel=2)
+    first_input_spec = None
     for index, node in enumerate(compute):
         layer_config = config.layer(node.name, infos[node.name].op,
                                     is_last=index == len(compute) - 1)
+        if first_input_spec is None and layer_config.input is not None:
+            first_input_spec = layer_config.input
         if not layer_config.is_empty:
             _quantize_node(module, node, infos, layer_config)
+    if first_input_spec is not None:
+        _quantize_network_input(module, first_input_spec)
     module.graph.lint()
     module.recompile()
     return propagate(result)
@@ -84,6 +89,22 @@ def _quantize_node(module: torch.fx.GraphModule, node: torch.fx.Node,
         with module.graph.inserting_after(tail):
             quant_node = module.graph.call_module(name, (tail,))
         tail.replace_all_uses_with(quant_node, delete_user_cb=lambda user: user is not quant_node)
+
+
+def _quantize_network_input(module: torch.fx.GraphModule, spec: Any) -> None:
+    """Quantize the network input itself when it does not go straight into a quantizer
+    (e.g. a BatchNorm comes first): integer-only inference starts from quantized inputs."""
+    for placeholder in [n for n in module.graph.nodes if n.op == "placeholder"]:
+        users = list(placeholder.users)
+        if users and all(u.op == "call_module" and
+                         isinstance(module.get_submodule(u.target), FakeQuantize)
+                         for u in users):
+            continue
+        module.add_submodule("input_quant", FakeQuantize(spec, "activation"))
+        with module.graph.inserting_after(placeholder):
+            quant_node = module.graph.call_module("input_quant", (placeholder,))
+        placeholder.replace_all_uses_with(quant_node,
+                                          delete_user_cb=lambda user: user is not quant_node)
 
 
 def output_tail(node: torch.fx.Node, infos: dict[str, Any]) -> torch.fx.Node:

@@ -1,0 +1,106 @@
+"""Fixed-point arithmetic of integer-only inference (Jacob et al. 2018, section 2.2).
+
+A real multiplier M = S_a·S_w / S_out is written as M0 · 2^-(31+n) with M0 an int32 in
+[2^30, 2^31). Requantization then needs one integer multiply and one shift:
+
+* ``floor``: (acc · M0) >> (31 + n), an arithmetic shift (rounds toward -inf);
+* ``nearest``: (acc · M0 + 2^(30+n)) >> (31 + n): round half up, as cheap in hardware;
+* ``float32``: round_half_even(float32(acc) · float32(M)), as ONNX Runtime does.
+
+Every mode then adds the output zero point and saturates to [qmin, qmax].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+
+from kiln.errors import KilnError
+
+Rounding = Literal["floor", "nearest", "float32"]
+ROUNDING_MODES: tuple[str, ...] = ("floor", "nearest", "float32")
+
+
+def quantize_multiplier(multiplier: float) -> tuple[int, int]:
+    """``(M0, n)`` with ``multiplier ≈ M0 · 2^-(31+n)`` and ``M0`` in [2^30, 2^31).
+
+    ``n`` is negative for multipliers of 1 or more. The relative error is at most 2^-31.
+
+    >>> quantize_multiplier(0.5)
+    (1073741824, 0)
+    >>> quantize_multiplier(3.0)
+    (1610612736, -2)
+    """
+    if not math.isfinite(multiplier) or multiplier <= 0:
+        raise KilnError(f"a requantization multiplier must be positive and finite, got "
+                        f"{multiplier}")
+    fraction, exponent = math.frexp(multiplier)  # multiplier = fraction · 2^exponent
+    m0 = round(fraction * (1 << 31))
+    if m0 == 1 << 31:  # the fraction rounded up to 1.0
+        m0 //= 2
+        exponent += 1
+    shift = -exponent
+    if 31 + shift > 62:
+        raise KilnError(f"multiplier {multiplier:.3g} is below 2^-31: the layer's output "
+                        "scale is out of proportion to its input and weight scales")
+    if 31 + shift < 0:
+        raise KilnError(f"multiplier {multiplier:.3g} is 2^31 or more")
+    return m0, shift
+
+
+def quantize_multipliers(multipliers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantize_multiplier` for each element: arrays ``M0`` and ``n`` (int64)."""
+    pairs = [quantize_multiplier(float(m)) for m in np.asarray(multipliers).reshape(-1)]
+    m0 = np.array([p[0] for p in pairs], dtype=np.int64)
+    shift = np.array([p[1] for p in pairs], dtype=np.int64)
+    return m0, shift
+
+
+def float32_multiplier(*, input_scale: float, weight_scale: np.ndarray | float,
+                       output_scale: float) -> np.ndarray:
+    """The float32 multiplier ONNX Runtime uses: float32(s_in · s_w) / s_out, in float32."""
+    product = np.float32(input_scale) * np.asarray(weight_scale, dtype=np.float32)
+    return (product / np.float32(output_scale)).astype(np.float32)
+
+
+def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, zero_point: int,
+               rounding: Rounding, qmin: int, qmax: int, *,
+               multiplier_f32: np.ndarray | float | None = None) -> np.ndarray:
+    """Scale an int32 accumulator to the output grid and saturate.
+
+    ``m0``, ``shift`` and ``multiplier_f32`` broadcast against ``acc`` (per-channel values
+    go along the channel axis, e.g. shape [K, 1] for [K, L] accumulators).
+
+    >>> requantize(np.array([1000, -1000]), 1 << 30, 3, 10, "nearest", 0, 255).tolist()
+    [73, 0]
+    """
+    if rounding == "float32":
+        if multiplier_f32 is None:
+            raise KilnError("float32 rounding needs the float32 multiplier")
+        # float32(acc) rounds like C's int-to-float conversion (to nearest even), also
+        # from float64 or float32 arrays that hold exact integers.
+        scaled = np.asarray(acc).astype(np.float32) * np.asarray(multiplier_f32,
+                                                                dtype=np.float32)
+        out = np.rint(scaled)  # rint rounds half to even
+        return np.clip(out + zero_point, qmin, qmax).astype(np.int64)
+    if rounding not in ("floor", "nearest"):
+        raise KilnError(f"unknown rounding mode '{rounding}': use {', '.join(ROUNDING_MODES)}")
+    total_shift = 31 + np.asarray(shift, dtype=np.int64)
+    product = np.asarray(acc).astype(np.int64) * np.asarray(m0, dtype=np.int64)
+    if rounding == "nearest":
+        product = product + (np.int64(1) << (total_shift - 1))
+    return np.clip((product >> total_shift) + zero_point, qmin, qmax)
+
+
+def accumulator_bits(reduction: int, input_range: int, weight_range: int,
+                     bias_max: int = 0) -> int:
+    """Signed bits an accumulator needs: ``reduction`` products of magnitudes up to
+    ``input_range · weight_range`` plus a bias of magnitude up to ``bias_max``.
+
+    >>> accumulator_bits(144, 255, 128)   # a 3x3x16 conv, uint8 inputs, int8 weights
+    24
+    """
+    largest = reduction * input_range * weight_range + bias_max
+    return max(1, largest).bit_length() + 1

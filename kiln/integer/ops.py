@@ -1,0 +1,204 @@
+"""Integer kernels: im2col, qmatmul, qconv2d, pooling, residual add. Exact and vectorized.
+
+Integer matrix products run in float BLAS when that is exact: every partial sum of a
+product of integers stays an integer below 2^24 (float32) or 2^53 (float64), so the
+result converts back without rounding, whatever order BLAS sums in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from kiln.integer.arith import Rounding, requantize
+
+
+def exact_matmul(a: np.ndarray, b: np.ndarray, bound: float) -> np.ndarray:
+    """``a @ b`` for integer arrays, in float32 or float64 BLAS when exact, else int64.
+
+    ``bound`` is an upper bound on the magnitude of any partial sum.
+    """
+    if bound < 2**24:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.int64)
+    if bound < 2**53:
+        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+    return np.matmul(a.astype(np.int64), b.astype(np.int64))
+
+
+def _magnitude(x: np.ndarray) -> int:
+    return int(np.abs(x).max()) if x.size else 0
+
+
+def qmatmul(a: np.ndarray, b: np.ndarray, a_zero: int, b_zero: int | np.ndarray,
+            out_zero: int, m0: np.ndarray | int, shift: np.ndarray | int, *,
+            rounding: Rounding = "nearest", qmin: int = 0, qmax: int = 255,
+            bias: np.ndarray | None = None, multiplier_f32: np.ndarray | float | None = None
+            ) -> np.ndarray:
+    """Quantized [M, K] × [K, N] product with int32-style accumulation (Jacob et al. eq. 10).
+
+    The zero-point terms are factored out of the accumulation:
+    Σ(a−za)(b−zb) = Σab − zb·Σ_k a − za·Σ_k b + K·za·zb, so the inner loop multiplies raw
+    integers. ``b_zero``, ``m0``, ``shift`` and ``bias`` may be per output column [N].
+
+    >>> a = np.array([[130, 120]]); b = np.array([[2], [-3]])
+    >>> qmatmul(a, b, 128, 0, 0, 1 << 30, -1, qmin=-128, qmax=127).tolist()  # M = 1
+    [[28]]
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    reduction = a.shape[-1]
+    bound = reduction * _magnitude(a) * _magnitude(b)
+    raw = exact_matmul(a, b, bound)
+    b_zero = np.asarray(b_zero, dtype=np.int64)
+    acc = (raw - b_zero * a.sum(axis=-1, keepdims=True) - a_zero * b.sum(axis=0)
+           + reduction * a_zero * b_zero)
+    if bias is not None:
+        acc = acc + np.asarray(bias, dtype=np.int64)
+    return requantize(acc, m0, shift, out_zero, rounding, qmin, qmax,
+                      multiplier_f32=multiplier_f32)
+
+
+def pad_nchw(x: np.ndarray, padding: tuple[int, int, int, int], value: int) -> np.ndarray:
+    """Pad [N, C, H, W] by (top, left, bottom, right) with ``value``."""
+    top, left, bottom, right = padding
+    if not any(padding):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    return (size + pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def im2col(x: np.ndarray, kernel: tuple[int, int], *, stride: tuple[int, int] = (1, 1),
+           padding: tuple[int, int] = (0, 0), dilation: tuple[int, int] = (1, 1),
+           pad_value: int = 0) -> np.ndarray:
+    """Convolution windows as columns: [N, C·FY·FX, OY·OX], the layout of
+    ``torch.nn.functional.unfold`` (channel-major, then kernel row, then kernel column).
+
+    Padding uses ``pad_value``: the input zero point in the quantized domain, so padded
+    positions contribute exactly zero.
+
+    >>> im2col(np.arange(9).reshape(1, 1, 3, 3), (2, 2)).shape
+    (1, 4, 4)
+    """
+    batch, channels, height, width = x.shape
+    fy, fx = kernel
+    padded = pad_nchw(x, (padding[0], padding[1], padding[0], padding[1]), pad_value)
+    oy = output_size(height, fy, stride[0], 2 * padding[0], dilation[0])
+    ox = output_size(width, fx, stride[1], 2 * padding[1], dilation[1])
+    padded = np.ascontiguousarray(padded)
+    sn, sc, sh, sw = padded.strides
+    windows = as_strided(
+        padded, shape=(batch, channels, fy, fx, oy, ox),
+        strides=(sn, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1]),
+        writeable=False)
+    return windows.reshape(batch, channels * fy * fx, oy * ox)
+
+
+def conv_accumulate(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *,
+                    x_zero: int, w_zero: np.ndarray | int, stride: tuple[int, int],
+                    padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+                    input_range: int | None = None) -> np.ndarray:
+    """Integer convolution accumulators Σ(x−zx)(w−zw) + bias, laid out [K, N, OY, OX].
+
+    The input minus its zero point is windowed once (padding contributes exact zeros)
+    straight into a [C·FY·FX, N·OY·OX] matrix and multiplied by BLAS in float32 when
+    every partial sum stays below 2^24, else float64 (below 2^53), else int64: the
+    result holds exact integers in that dtype. ``input_range`` bounds |x − zx| (the
+    engine knows it from the quantization; otherwise it is measured).
+    """
+    batch, channels, height, width = x.shape
+    k_out, c_group, fy, fx = weight.shape
+    w = np.asarray(weight, dtype=np.int64)
+    w_zero_arr = np.broadcast_to(np.asarray(w_zero, dtype=np.int64), (k_out,))
+    w = (w - w_zero_arr.reshape(-1, 1, 1, 1)).reshape(groups, k_out // groups, -1)
+    if input_range is None:
+        input_range = _magnitude(np.asarray(x, dtype=np.int64) - x_zero)
+    bound = c_group * fy * fx * input_range * _magnitude(w) + (
+        _magnitude(np.asarray(bias)) if bias is not None else 0)
+    dtype = np.float32 if bound < 2**24 else np.float64 if bound < 2**53 else np.int64
+    shifted = np.asarray(x).astype(dtype) - dtype(x_zero)
+    padded = np.ascontiguousarray(pad_nchw(shifted, (padding[0], padding[1], padding[0],
+                                                     padding[1]), 0))
+    oy = output_size(height, fy, stride[0], 2 * padding[0], dilation[0])
+    ox = output_size(width, fx, stride[1], 2 * padding[1], dilation[1])
+    sn, sc, sh, sw = padded.strides
+    windows = as_strided(  # [C, FY, FX, N, OY, OX]: columns already in GEMM order
+        padded, shape=(channels, fy, fx, batch, oy, ox),
+        strides=(sc, sh * dilation[0], sw * dilation[1], sn, sh * stride[0], sw * stride[1]),
+        writeable=False)
+    weights = w.astype(dtype)
+    if groups == 1:
+        cols = windows.reshape(channels * fy * fx, batch * oy * ox)
+        acc = weights[0] @ cols
+    else:
+        cols = windows.reshape(groups, c_group * fy * fx, batch * oy * ox)
+        acc = np.matmul(weights, cols)  # [G, K/G, N·L]
+    acc = acc.reshape(k_out, batch, oy, ox)
+    if bias is not None:
+        acc = acc + np.asarray(bias).astype(dtype).reshape(-1, 1, 1, 1)
+    return acc
+
+
+def qconv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, x_zero: int,
+            w_zero: np.ndarray | int, out_zero: int, m0: np.ndarray, shift: np.ndarray,
+            stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
+            dilation: tuple[int, int] = (1, 1), groups: int = 1,
+            rounding: Rounding = "nearest", qmin: int = 0, qmax: int = 255,
+            multiplier_f32: np.ndarray | None = None) -> np.ndarray:
+    """Quantized 2-D convolution as im2col + integer matmul, grouped and depthwise too.
+
+    ``weight`` is [K, C/groups, FY, FX]; ``bias`` int32 [K] at scale S_x·S_w; ``m0``,
+    ``shift``, ``w_zero`` and ``multiplier_f32`` are per output channel [K] (or scalars).
+    """
+    acc = conv_accumulate(x, weight, bias, x_zero=x_zero, w_zero=w_zero, stride=stride,
+                          padding=padding, dilation=dilation, groups=groups)
+    out = requantize_channels(acc, m0, shift, out_zero, rounding, qmin, qmax, multiplier_f32)
+    return out.transpose(1, 0, 2, 3)
+
+
+def requantize_channels(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, out_zero: int,
+                        rounding: Rounding, qmin: int, qmax: int,
+                        multiplier_f32: np.ndarray | None, *, axis: int = 0) -> np.ndarray:
+    """:func:`requantize` with per-channel parameters along ``axis`` (0 for the
+    [K, N, OY, OX] accumulators of :func:`conv_accumulate`)."""
+    channels = acc.shape[axis]
+
+    def along_channels(value):
+        if value is None:
+            return None
+        shape = [1] * acc.ndim
+        shape[axis] = channels
+        return np.broadcast_to(np.asarray(value), (channels,)).reshape(shape)
+
+    return requantize(acc, along_channels(m0), along_channels(shift), out_zero, rounding, qmin,
+                      qmax, multiplier_f32=along_channels(multiplier_f32))
+
+
+def qmaxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+               padding: tuple[int, int], pad_value: int, ceil_mode: bool = False
+               ) -> np.ndarray:
+    """Max pooling on integers (exact: quantization is monotone, so it commutes with max)."""
+    batch, channels, height, width = x.shape
+    extra_h = extra_w = 0
+    if ceil_mode:
+        extra_h = (-(height + 2 * padding[0] - kernel[0])) % stride[0]
+        extra_w = (-(width + 2 * padding[1] - kernel[1])) % stride[1]
+    padded = pad_nchw(x, (padding[0], padding[1], padding[0] + extra_h, padding[1] + extra_w),
+                      pad_value)
+    cols = im2col(padded.reshape(batch * channels, 1, *padded.shape[2:]), kernel, stride=stride)
+    oy = (padded.shape[2] - kernel[0]) // stride[0] + 1
+    ox = (padded.shape[3] - kernel[1]) // stride[1] + 1
+    return cols.max(axis=1).reshape(batch, channels, oy, ox)
+
+
+def window_sums(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int], pad_value: int) -> np.ndarray:
+    """Sum of each pooling window (padding with ``pad_value``), [N, C, OY, OX] int64."""
+    batch, channels = x.shape[:2]
+    cols = im2col(np.asarray(x, dtype=np.int64).reshape(batch * channels, 1, *x.shape[2:]),
+                  kernel, stride=stride, padding=padding, pad_value=pad_value)
+    oy = output_size(x.shape[2], kernel[0], stride[0], 2 * padding[0], 1)
+    ox = output_size(x.shape[3], kernel[1], stride[1], 2 * padding[1], 1)
+    return cols.sum(axis=1).reshape(batch, channels, oy, ox)
