@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from kiln.cli import compress_cmd, data_cmd, demo_cmd, inspect_cmd, train_cmd
+from kiln.cli import compress_cmd, data_cmd, demo_cmd, inspect_cmd, integer_cmd, train_cmd
 
 app = typer.Typer(
     name="kiln",
@@ -30,6 +30,7 @@ train_cmd.register(app)
 data_cmd.register(app)
 demo_cmd.register(app)
 compress_cmd.register(app)
+integer_cmd.register(app)
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.quant.fake_quant import FakeQuantize
 from kiln.quant.layers import QuantConv2d, QuantLinear
 
+AFFINE_WEIGHT = 127
+
 
 @dataclass
 class _Quantized:
@@ -142,16 +144,18 @@ class _Lowering:
             beta = bn.bias.double() if bn.affine else torch.zeros_like(std)
             slope = (gamma / std).numpy()
             offset = (beta - gamma * bn.running_mean.double() / std).numpy()
+        # Weights of ±127 (8 bits) rather than ±1 make the accumulator unit 127 times
+        # finer, so the rounded offset (bias) costs at most 1/254 of an input step.
         magnitude = np.where(slope == 0, 1.0, np.abs(slope))
-        acc_scale = magnitude * source.quant.scale
+        acc_scale = magnitude * source.quant.scale / AFFINE_WEIGHT
         bias = np.round(offset / acc_scale).astype(np.int64)
         if np.abs(bias).max(initial=0) >= 2**31:
             raise KilnError(f"BatchNorm '{node.name}': its offset overflows int32 at the "
                             "input's scale")
         op = IntOp("affine", node.name, [source.name], node.name,
                    {"in_quant": source.quant.as_dict()},
-                   {"weight": np.sign(slope).astype(np.int64), "bias": bias},
-                   {"weight": 2, "bias": 32})
+                   {"weight": (np.sign(slope) * AFFINE_WEIGHT).astype(np.int64), "bias": bias},
+                   {"weight": 8, "bias": 32})
         return _Pending(op, acc_scale, source.quant)
 
     def finish(self, pending: _Pending, quant: TensorQuant) -> _Quantized:

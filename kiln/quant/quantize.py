@@ -57,6 +57,7 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
             _quantize_node(module, node, infos, layer_config)
     if first_input_spec is not None:
         _quantize_network_input(module, first_input_spec)
+        _quantize_add_inputs(module, infos, first_input_spec)
     module.graph.lint()
     module.recompile()
     return propagate(result)
@@ -103,8 +104,41 @@ def _quantize_network_input(module: torch.fx.GraphModule, spec: Any) -> None:
         module.add_submodule("input_quant", FakeQuantize(spec, "activation"))
         with module.graph.inserting_after(placeholder):
             quant_node = module.graph.call_module("input_quant", (placeholder,))
-        placeholder.replace_all_uses_with(quant_node,
-                                          delete_user_cb=lambda user: user is not quant_node)
+        placeholder.replace_all_uses_with(
+            quant_node, delete_user_cb=lambda user, new=quant_node: user is not new)
+
+
+def _is_activation_quantizer(module: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    return node.op == "call_module" and isinstance(module.get_submodule(node.target),
+                                                   FakeQuantize)
+
+
+#: Ops that integer inference runs on quantized inputs besides conv/linear layers.
+_INTEGER_INPUT_KINDS = {OpKind.ADD, OpKind.AVGPOOL, OpKind.GLOBAL_AVGPOOL}
+
+
+def _quantize_add_inputs(module: torch.fx.GraphModule, infos: dict[str, Any], spec: Any) -> None:
+    """Residual adds and average pools read quantized tensors: a tensor that a layer's
+    input quantizer already quantizes is read through that quantizer (so every consumer
+    sees the same integers, as integer hardware does); any other input gets a quantizer
+    of its own."""
+    adds = [n for n in module.graph.nodes
+            if n.name in infos and infos[n.name].op in _INTEGER_INPUT_KINDS
+            and (infos[n.name].op is not OpKind.ADD or len(n.all_input_nodes) == 2)]
+    for add in adds:
+        for index, source in enumerate(list(add.all_input_nodes)):
+            if _is_activation_quantizer(module, source):
+                continue
+            existing = [u for u in source.users if u is not add and
+                        _is_activation_quantizer(module, u)]
+            if existing:
+                add.replace_input_with(source, existing[0])
+                continue
+            name = f"{add.name}_input{index}_quant"
+            module.add_submodule(name, FakeQuantize(spec, "activation"))
+            with module.graph.inserting_before(add):
+                quant_node = module.graph.call_module(name, (source,))
+            add.replace_input_with(source, quant_node)
 
 
 def output_tail(node: torch.fx.Node, infos: dict[str, Any]) -> torch.fx.Node:

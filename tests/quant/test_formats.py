@@ -31,6 +31,7 @@ def test_integer_grid(bits, signed, symmetric):
     if symmetric and not signed:
         return
     spec = QuantSpec(bits=bits, signed=signed, symmetric=symmetric)
+    torch.manual_seed(bits)
     x = torch.randn(4000) * 3 + (1.0 if not symmetric else 0.0)
     scale, zero_point = scale_and_zero_point(x.min(), x.max(), spec)
     y = fake_quant_int(x, scale, zero_point, spec.qmin, spec.qmax)
@@ -40,7 +41,7 @@ def test_integer_grid(bits, signed, symmetric):
     assert len(torch.unique(codes.round())) <= 2**bits
     # zero is exact, and the error inside the range is at most half a step
     assert fake_quant_int(torch.zeros(1), scale, zero_point, spec.qmin, spec.qmax).item() == 0
-    assert (y - x).abs().max() <= scale / 2 + 1e-6
+    assert (y - x).abs().max() <= scale * 0.5001 + 1e-6  # float32 rounding of x / scale
 
 
 def test_per_channel_along_any_axis():

@@ -1,0 +1,164 @@
+"""``kiln lower``, ``kiln run`` and ``kiln export-onnx``: integer-only inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kiln.cli.common import console, print_json, table
+
+
+def _fake_quant_graph(model: str, data: str | None, config_data: dict | None,
+                      weight_bits: int | None, activation_bits: int | None, batches: int):
+    from kiln.cli.compress_cmd import _load
+    from kiln.quant import QuantConfig, calibrate, quantize, uniform_config
+
+    graph, info, dataset = _load(model, data)
+    if config_data is not None:
+        config = QuantConfig.parse(config_data)
+    else:
+        config = uniform_config(weight_bits, activation_bits)
+    quantized = calibrate(quantize(graph, config), dataset, batches=batches)
+    return graph, quantized, info, dataset, config
+
+
+def _agreement_table(title: str, agreement) -> None:
+    rows = [["engine accuracy", f"{agreement.engine_accuracy:.2%}"]]
+    if agreement.float_accuracy is not None:
+        rows.append(["float model accuracy", f"{agreement.float_accuracy:.2%}"])
+    if agreement.top1_agreement is not None:
+        rows += [["fake-quant graph accuracy", f"{agreement.fake_quant_accuracy:.2%}"],
+                 ["top-1 equal to fake-quant", f"{agreement.top1_agreement:.2%}"],
+                 ["logits within 1 LSB", f"{agreement.within_one_lsb:.2%}"],
+                 ["logits exactly equal", f"{agreement.exact:.2%}"]]
+    console.print(table(title, ["measure", "value"], rows, right_align={"value"}))
+
+
+def lower(
+    model: Annotated[str, typer.Argument(help="Zoo name (shipped checkpoint), .pt or .onnx.")],
+    out: Annotated[Path, typer.Option(help="Program directory to write.")],
+    config: Annotated[Path | None, typer.Option(help="Quantization config file.")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Calibration dataset.")] = None,
+    weight_bits: Annotated[int, typer.Option(help="Without --config.")] = 8,
+    activation_bits: Annotated[int, typer.Option(help="Without --config.")] = 8,
+    rounding: Annotated[str, typer.Option(
+        help="floor, nearest (round half up) or float32 (as ONNX Runtime).")] = "nearest",
+    calibration_batches: Annotated[int, typer.Option(help="Batches of 256.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Quantize, calibrate and lower MODEL to an integer-only program in OUT.
+
+    Example:  kiln lower convnet --rounding float32 --out out/convnet-int8
+    """
+    from kiln.integer import lower as lower_graph
+    from kiln.integer.agreement import measure_agreement
+    from kiln.quant import QuantConfig
+
+    config_data = QuantConfig.load(config).model_dump(mode="json", exclude_unset=True) if config else None
+    graph, quantized, info, dataset, quant_config = _fake_quant_graph(
+        model, data, config_data, weight_bits, activation_bits, calibration_batches)
+    program = lower_graph(quantized, rounding=rounding)
+    program.metadata = {"model": model, "dataset": dataset.name,
+                        "quant_config": quant_config.model_dump(mode="json", exclude_unset=True),
+                        "calibration_batches": calibration_batches}
+    program.save(out)
+    agreement = measure_agreement(program, dataset, fake_quant=quantized, float_graph=graph)
+    layers = [[op.name, op.kind, "x".join(map(str, op.arrays["weight"].shape)),
+               op.attrs.get("acc_bits", ""), f"{op.arrays['m0'][0]}",
+               f"{op.arrays['shift'][0]}", "{}..{}".format(*op.attrs["clamp"])]
+              for op in program.layers()]
+    if as_json:
+        print_json({"program": str(out), "ops": [op.kind for op in program.ops],
+                    "agreement": agreement.as_dict()})
+        return
+    console.print(table(f"{info.name} → {out} ({rounding} rounding)",
+                        ["layer", "kind", "weights", "acc bits", "M0[0]", "n[0]", "clamp"],
+                        layers))
+    _agreement_table(f"{dataset.name} test set", agreement)
+
+
+def run(
+    program_dir: Annotated[Path, typer.Argument(help="A directory written by 'kiln lower'.")],
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Run an integer program on a test set: accuracy and agreement with the float model.
+
+    Example:  kiln run out/convnet-int8
+    """
+    from kiln.data import load_dataset
+    from kiln.errors import ConfigError
+    from kiln.integer import IntegerProgram
+    from kiln.integer.agreement import measure_agreement
+
+    program = IntegerProgram.load(program_dir)
+    meta = program.metadata
+    dataset_name = data or meta.get("dataset")
+    if dataset_name is None:
+        raise ConfigError(f"{program_dir}: the program names no dataset: pass --data")
+    dataset = load_dataset(dataset_name)
+    fake_quant = float_graph = None
+    if "model" in meta and "quant_config" in meta:
+        float_graph, fake_quant, *_ = _fake_quant_graph(
+            meta["model"], dataset_name, meta["quant_config"], None, None,
+            meta.get("calibration_batches", 8))
+    agreement = measure_agreement(program, dataset, fake_quant=fake_quant,
+                                  float_graph=float_graph)
+    if as_json:
+        print_json({"program": str(program_dir), "dataset": dataset_name,
+                    **agreement.as_dict()})
+        return
+    _agreement_table(f"{program.name} ({program.rounding}) on {dataset_name}", agreement)
+
+
+def export_onnx(
+    program_dir: Annotated[Path, typer.Argument(help="A directory written by 'kiln lower'.")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write.")],
+    format: Annotated[str, typer.Option(help="qoperator or qdq.")] = "qoperator",
+    check: Annotated[bool, typer.Option(
+        help="Run ONNX Runtime on the test set and compare with the engine.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Export an integer program to ONNX and check ONNX Runtime against the engine.
+
+    Example:  kiln export-onnx out/convnet-int8 --format qdq --out convnet-int8.onnx
+    """
+    import numpy as np
+
+    from kiln.integer import IntegerProgram
+    from kiln.integer import export_onnx as export
+    from kiln.integer import run as run_engine
+
+    program = IntegerProgram.load(program_dir)
+    path = export(program, out, export_format=format)
+    result = {"onnx": str(path), "format": format, "rounding": program.rounding}
+    dataset_name = program.metadata.get("dataset")
+    if check and dataset_name:
+        import onnxruntime as ort
+
+        from kiln.data import load_dataset
+
+        x = load_dataset(dataset_name).x_test
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        _, ort_q = session.run(None, {"input": x})
+        ours = run_engine(program, program.input_quant.quantize(x))
+        mismatches = int((ort_q.astype(np.int64) != ours).sum())
+        result.update(dataset=dataset_name, elements=int(ours.size), mismatches=mismatches)
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"wrote {path} ({format})")
+    if "mismatches" in result:
+        verdict = "bit-exact" if result["mismatches"] == 0 else "differs"
+        console.print(f"ONNX Runtime vs engine on {result['dataset']} test set: "
+                      f"{result['mismatches']} of {result['elements']:,} output integers differ "
+                      f"([bold]{verdict}[/], {program.rounding} rounding)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(lower)
+    app.command()(run)
+    app.command("export-onnx")(export_onnx)
+

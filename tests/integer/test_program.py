@@ -1,0 +1,112 @@
+"""lower(), the engine, saving/loading, ONNX export on the shipped models."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from kiln.data import load_dataset
+from kiln.errors import KilnError
+from kiln.integer import IntegerProgram, export_onnx, lower, run
+from kiln.integer.agreement import measure_agreement
+from kiln.integer.program import from_mem
+from kiln.models import build_graph, resolve_model
+from kiln.quant import calibrate, quantize, uniform_config
+
+
+@pytest.fixture(scope="module")
+def convnet_int8():
+    dataset = load_dataset("fashion-mnist")
+    graph, _ = resolve_model("convnet", pretrained=True)
+    quantized = calibrate(quantize(graph, uniform_config(8, 8)), dataset)
+    return graph, quantized, dataset
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "float32"])
+def test_engine_agrees_with_fake_quant_graph(convnet_int8, rounding):
+    graph, quantized, dataset = convnet_int8
+    program = lower(quantized, rounding=rounding)
+    agreement = measure_agreement(program, dataset, fake_quant=quantized)
+    assert agreement.top1_agreement >= 0.995
+    assert agreement.within_one_lsb >= 0.99
+    assert agreement.engine_accuracy >= 0.915
+
+
+@pytest.mark.parametrize("export_format", ["qoperator", "qdq"])
+def test_onnx_runtime_is_bit_exact_on_the_whole_test_set(convnet_int8, tmp_path, export_format):
+    _, quantized, dataset = convnet_int8
+    program = lower(quantized, rounding="float32")
+    path = export_onnx(program, tmp_path / "model.onnx", export_format=export_format)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = dataset.x_test
+    floats, integers = session.run(None, {"input": x})
+    ours = run(program, program.input_quant.quantize(x))
+    assert np.array_equal(integers.astype(np.int64), ours)
+    assert np.array_equal(floats, program.output_quant.dequantize(ours))
+
+
+def test_jsc_with_input_batchnorm_lowers_and_exports(tmp_path):
+    dataset = load_dataset("letter")
+    graph, _ = resolve_model("jsc-three-linear", pretrained=True)
+    quantized = calibrate(quantize(graph, uniform_config(8, 8)), dataset)
+    program = lower(quantized, rounding="float32")
+    assert [op.kind for op in program.ops] == ["affine", "dense", "dense", "dense"]
+    agreement = measure_agreement(program, dataset, fake_quant=quantized)
+    assert agreement.top1_agreement >= 0.99
+    path = export_onnx(program, tmp_path / "jsc.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, integers = session.run(None, {"input": dataset.x_test})
+    assert np.array_equal(integers.astype(np.int64),
+                          run(program, program.input_quant.quantize(dataset.x_test)))
+
+
+def test_residual_and_depthwise_models_lower():
+    dataset = load_dataset("digits")
+    graph = build_graph("resnet18-cifar", (1, 8, 8), 10)
+    quantized = calibrate(quantize(graph, uniform_config(8, 8)), dataset, batches=2)
+    program = lower(quantized)
+    kinds = {op.kind for op in program.ops}
+    assert {"conv", "add", "avgpool", "dense"} <= kinds
+    agreement = measure_agreement(program, dataset, fake_quant=quantized)
+    assert agreement.within_one_lsb >= 0.95
+
+
+def test_save_load_round_trip_and_mem_files(convnet_int8, tmp_path):
+    program = lower(convnet_int8[1])
+    program.save(tmp_path / "prog")
+    loaded = IntegerProgram.load(tmp_path / "prog")
+    x = program.input_quant.quantize(convnet_int8[2].x_test[:64])
+    assert np.array_equal(run(program, x), run(loaded, x))
+    conv = program.layers()[0]
+    text = (tmp_path / "prog" / "mem" / f"{conv.name}.weight.mem").read_text()
+    assert np.array_equal(from_mem(text, 8), conv.arrays["weight"].reshape(-1))
+    manifest = json.loads((tmp_path / "prog" / "manifest.json").read_text())
+    assert manifest["ops"][0]["arrays"]["weight"]["bits"] == 8
+
+
+def test_damaged_program_directories(convnet_int8, tmp_path):
+    program = lower(convnet_int8[1])
+    program.save(tmp_path / "p")
+    (tmp_path / "p" / "arrays.npz").write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(KilnError, match="arrays.npz"):
+        IntegerProgram.load(tmp_path / "p")
+    program.save(tmp_path / "q")
+    (tmp_path / "q" / "manifest.json").write_text("{ not json")
+    with pytest.raises(KilnError, match="manifest.json"):
+        IntegerProgram.load(tmp_path / "q")
+    with pytest.raises(KilnError, match="no manifest.json"):
+        IntegerProgram.load(tmp_path / "missing")
+
+
+def test_lower_refuses_float_graphs_and_overflowing_accumulators():
+    with pytest.raises(KilnError, match="not quantized"):
+        lower(build_graph("convnet"))
+    dataset = load_dataset("fashion-mnist")
+    wide = {"default": {"weight": {"bits": 16, "granularity": "channel"},
+                        "input": {"bits": 16, "signed": False, "symmetric": False}},
+            "rules": [{"match": {"name": ["@last"]},
+                       "output": {"bits": 16, "symmetric": False}}]}
+    quantized = calibrate(quantize(build_graph("convnet"), wide), dataset, batches=1)
+    with pytest.raises(KilnError, match="features_0.*overflow int32"):
+        lower(quantized)
