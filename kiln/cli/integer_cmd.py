@@ -56,7 +56,8 @@ def lower(
     from kiln.integer.agreement import measure_agreement
     from kiln.quant import QuantConfig
 
-    config_data = QuantConfig.load(config).model_dump(mode="json", exclude_unset=True) if config else None
+    config_data = (QuantConfig.load(config).model_dump(mode="json", exclude_unset=True)
+                   if config else None)
     graph, quantized, info, dataset, quant_config = _fake_quant_graph(
         model, data, config_data, weight_bits, activation_bits, calibration_batches)
     program = lower_graph(quantized, rounding=rounding)

@@ -42,7 +42,8 @@ def measure_agreement(program: IntegerProgram, dataset: Dataset, *,
     x, y = dataset.arrays(split)
     out = run(program, program.input_quant.quantize(x))
     engine_top1 = out.argmax(axis=1)
-    result: dict[str, Any] = {"samples": len(y), "engine_accuracy": float((engine_top1 == y).mean()),
+    result: dict[str, Any] = {"samples": len(y),
+                              "engine_accuracy": float((engine_top1 == y).mean()),
                               "fake_quant_accuracy": None, "top1_agreement": None,
                               "within_one_lsb": None, "exact": None}
     if fake_quant is not None:
