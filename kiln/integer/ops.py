@@ -179,7 +179,11 @@ def requantize_channels(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, out_
 def qmaxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
                padding: tuple[int, int], pad_value: int, ceil_mode: bool = False
                ) -> np.ndarray:
-    """Max pooling on integers (exact: quantization is monotone, so it commutes with max)."""
+    """Max pooling on integers (exact: quantization is monotone, so it commutes with max).
+
+    A running elementwise maximum over the FY·FX strided slices of the padded input:
+    no window copies.
+    """
     batch, channels, height, width = x.shape
     extra_h = extra_w = 0
     if ceil_mode:
@@ -187,10 +191,16 @@ def qmaxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
         extra_w = (-(width + 2 * padding[1] - kernel[1])) % stride[1]
     padded = pad_nchw(x, (padding[0], padding[1], padding[0] + extra_h, padding[1] + extra_w),
                       pad_value)
-    cols = im2col(padded.reshape(batch * channels, 1, *padded.shape[2:]), kernel, stride=stride)
     oy = (padded.shape[2] - kernel[0]) // stride[0] + 1
     ox = (padded.shape[3] - kernel[1]) // stride[1] + 1
-    return cols.max(axis=1).reshape(batch, channels, oy, ox)
+    result = None
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            window = padded[:, :, ky:ky + stride[0] * (oy - 1) + 1:stride[0],
+                            kx:kx + stride[1] * (ox - 1) + 1:stride[1]]
+            result = window.copy() if result is None else np.maximum(result, window,
+                                                                      out=result)
+    return result
 
 
 def window_sums(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
