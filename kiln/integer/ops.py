@@ -185,14 +185,12 @@ def qmaxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
     no window copies.
     """
     batch, channels, height, width = x.shape
-    extra_h = extra_w = 0
-    if ceil_mode:
-        extra_h = (-(height + 2 * padding[0] - kernel[0])) % stride[0]
-        extra_w = (-(width + 2 * padding[1] - kernel[1])) % stride[1]
+    oy = _pooled_size(height, kernel[0], stride[0], padding[0], ceil_mode)
+    ox = _pooled_size(width, kernel[1], stride[1], padding[1], ceil_mode)
+    extra_h = max(0, (oy - 1) * stride[0] + kernel[0] - height - 2 * padding[0])
+    extra_w = max(0, (ox - 1) * stride[1] + kernel[1] - width - 2 * padding[1])
     padded = pad_nchw(x, (padding[0], padding[1], padding[0] + extra_h, padding[1] + extra_w),
                       pad_value)
-    oy = (padded.shape[2] - kernel[0]) // stride[0] + 1
-    ox = (padded.shape[3] - kernel[1]) // stride[1] + 1
     result = None
     for ky in range(kernel[0]):
         for kx in range(kernel[1]):
@@ -201,6 +199,18 @@ def qmaxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
             result = window.copy() if result is None else np.maximum(result, window,
                                                                       out=result)
     return result
+
+
+def _pooled_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
+    """Pooled length; in ceil mode a last window starting in the right padding is dropped
+    (PyTorch's rule)."""
+    span = size + 2 * pad - kernel
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
 
 
 def window_sums(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],

@@ -150,3 +150,18 @@ def test_accumulator_bits():
     assert accumulator_bits(144, 255, 128) == 24
     assert accumulator_bits(1, 1, 1) == 2
     assert accumulator_bits(2**16, 2**16, 2**15) > 32
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(0, 1),
+       st.booleans(), st.integers(0, 2**31 - 1))
+def test_integer_max_pool_equals_torch(ky, kx, stride, padding, ceil_mode, seed):
+    from kiln.integer.ops import qmaxpool2d
+
+    if padding * 2 > min(ky, kx):
+        return
+    x = np.random.default_rng(seed).integers(0, 256, (2, 3, 7, 9))
+    ours = qmaxpool2d(x, (ky, kx), (stride, stride), (padding, padding), -1, ceil_mode)
+    theirs = torch.nn.functional.max_pool2d(torch.from_numpy(x).double(), (ky, kx), stride,
+                                            padding, ceil_mode=ceil_mode)
+    assert np.array_equal(ours, theirs.numpy().astype(np.int64))

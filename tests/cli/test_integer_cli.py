@@ -1,0 +1,33 @@
+"""kiln lower / run / export-onnx from the command line."""
+
+import json
+
+from tests.cli.test_cli import _assert_one_line_error, kiln
+
+
+def test_lower_run_export_round_trip(tmp_path):
+    program = tmp_path / "jsc-int8"
+    lowered = kiln("lower", "jsc-three-linear", "--rounding", "float32", "--out", str(program),
+                   "--json")
+    assert lowered.returncode == 0, lowered.stderr
+    agreement = json.loads(lowered.stdout)["agreement"]
+    assert agreement["top1_agreement"] >= 0.99
+    assert (program / "manifest.json").is_file() and (program / "mem").is_dir()
+    ran = json.loads(kiln("run", str(program), "--json").stdout)
+    assert ran["engine_accuracy"] == agreement["engine_accuracy"]
+    assert ran["top1_agreement"] == agreement["top1_agreement"]
+    for export_format in ("qoperator", "qdq"):
+        exported = kiln("export-onnx", str(program), "--format", export_format, "--out",
+                        str(tmp_path / f"{export_format}.onnx"), "--json")
+        report = json.loads(exported.stdout)
+        assert report["mismatches"] == 0 and report["elements"] == 4000 * 26
+
+
+def test_integer_bad_inputs(tmp_path):
+    _assert_one_line_error(kiln("run", str(tmp_path / "nothing")), "no manifest.json")
+    _assert_one_line_error(kiln("lower", "convnet", "--rounding", "up", "--out",
+                                str(tmp_path / "p")), "rounding")
+    broken = tmp_path / "broken"
+    assert kiln("lower", "jsc-tiny", "--data", "letter", "--out", str(broken)).returncode == 0
+    (broken / "arrays.npz").write_bytes(b"garbage")
+    _assert_one_line_error(kiln("run", str(broken)), "arrays.npz")
