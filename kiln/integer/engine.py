@@ -45,7 +45,7 @@ def _requantize_conv(op: IntOp, acc: np.ndarray, rounding: str) -> np.ndarray:
 
 
 def _conv(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
-    return _requantize_conv(op, _conv_accumulators(op, x), rounding).transpose(1, 0, 2, 3)
+    return _requantize_conv(op, _conv_accumulators(op, x), rounding)
 
 
 def _dense(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
@@ -173,8 +173,7 @@ def _run_batch(program: IntegerProgram, x: np.ndarray, *, keep: bool):
                                 tuple(following.attrs["stride"]),
                                 tuple(following.attrs["padding"]), -(2**52),
                                 following.attrs["ceil_mode"])
-            tensors[following.output] = np.ascontiguousarray(
-                _requantize_conv(op, pooled, program.rounding).transpose(1, 0, 2, 3))
+            tensors[following.output] = _requantize_conv(op, pooled, program.rounding)
             skip.add(following.name)
             continue
         if op.kind == "add":

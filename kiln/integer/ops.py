@@ -14,12 +14,26 @@ from kiln.integer.arith import Rounding, requantize
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray, bound: float) -> np.ndarray:
-    """``a @ b`` for integer arrays, in float32 or float64 BLAS when exact, else int64.
+    """``a @ b`` for integer arrays, exactly, as fast as BLAS allows.
 
-    ``bound`` is an upper bound on the magnitude of any partial sum.
+    ``bound`` is an upper bound on the magnitude of any partial sum. Below 2^24 one
+    float32 GEMM is exact. Otherwise the reduction is split into chunks whose sums stay
+    below 2^24 (exact float32 GEMMs) added in int64, when that takes few chunks; else
+    float64 (exact below 2^53), else int64.
     """
     if bound < 2**24:
         return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.int64)
+    reduction = a.shape[-1]
+    per_term = bound / max(reduction, 1)
+    chunk = int((2**24 - 1) // per_term) if per_term else reduction
+    if chunk >= 64 and -(-reduction // chunk) <= 8:
+        a32, b32 = a.astype(np.float32), b.astype(np.float32)
+        total = None
+        for start in range(0, reduction, chunk):
+            part = np.matmul(a32[..., start:start + chunk], b32[start:start + chunk])
+            part = part.astype(np.int64)
+            total = part if total is None else total + part
+        return total
     if bound < 2**53:
         return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
     return np.matmul(a.astype(np.int64), b.astype(np.int64))
@@ -100,45 +114,54 @@ def conv_accumulate(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
                     x_zero: int, w_zero: np.ndarray | int, stride: tuple[int, int],
                     padding: tuple[int, int], dilation: tuple[int, int], groups: int,
                     input_range: int | None = None) -> np.ndarray:
-    """Integer convolution accumulators Σ(x−zx)(w−zw) + bias, laid out [K, N, OY, OX].
+    """Integer convolution accumulators Σ(x−zx)(w−zw) + bias, [N, K, OY, OX].
 
-    The input minus its zero point is windowed once (padding contributes exact zeros)
-    straight into a [C·FY·FX, N·OY·OX] matrix and multiplied by BLAS in float32 when
-    every partial sum stays below 2^24, else float64 (below 2^53), else int64: the
-    result holds exact integers in that dtype. ``input_range`` bounds |x − zx| (the
-    engine knows it from the quantization; otherwise it is measured).
+    Exact by construction: when every partial sum stays below 2^24 the convolution runs
+    as PyTorch's float32 convolution (a direct/GEMM kernel: sums of products of small
+    integers, each partial sum exact in float32, in any order), below 2^53 in float64,
+    else as int64 im2col products. The result holds exact integers in that dtype.
+    ``input_range`` bounds |x − zx| (the engine knows it from the quantization;
+    otherwise it is measured).
     """
-    batch, channels, height, width = x.shape
-    k_out, c_group, fy, fx = weight.shape
+    import torch
+    import torch.nn.functional as F
+
+    k_out = weight.shape[0]
     w = np.asarray(weight, dtype=np.int64)
     w_zero_arr = np.broadcast_to(np.asarray(w_zero, dtype=np.int64), (k_out,))
-    w = (w - w_zero_arr.reshape(-1, 1, 1, 1)).reshape(groups, k_out // groups, -1)
+    w = w - w_zero_arr.reshape(-1, 1, 1, 1)
     if input_range is None:
         input_range = _magnitude(np.asarray(x, dtype=np.int64) - x_zero)
-    bound = c_group * fy * fx * input_range * _magnitude(w) + (
-        _magnitude(np.asarray(bias)) if bias is not None else 0)
-    dtype = np.float32 if bound < 2**24 else np.float64 if bound < 2**53 else np.int64
-    shifted = np.asarray(x).astype(dtype) - dtype(x_zero)
-    padded = np.ascontiguousarray(pad_nchw(shifted, (padding[0], padding[1], padding[0],
-                                                     padding[1]), 0))
-    oy = output_size(height, fy, stride[0], 2 * padding[0], dilation[0])
-    ox = output_size(width, fx, stride[1], 2 * padding[1], dilation[1])
-    sn, sc, sh, sw = padded.strides
-    windows = as_strided(  # [C, FY, FX, N, OY, OX]: columns already in GEMM order
-        padded, shape=(channels, fy, fx, batch, oy, ox),
-        strides=(sc, sh * dilation[0], sw * dilation[1], sn, sh * stride[0], sw * stride[1]),
-        writeable=False)
-    weights = w.astype(dtype)
-    if groups == 1:
-        cols = windows.reshape(channels * fy * fx, batch * oy * ox)
-        acc = weights[0] @ cols
-    else:
-        cols = windows.reshape(groups, c_group * fy * fx, batch * oy * ox)
-        acc = np.matmul(weights, cols)  # [G, K/G, N·L]
-    acc = acc.reshape(k_out, batch, oy, ox)
+    reduction = int(np.prod(w.shape[1:]))
+    bias_max = _magnitude(np.asarray(bias)) if bias is not None else 0
+    bound = reduction * input_range * _magnitude(w) + bias_max
+    if bound >= 2**53:
+        return _conv_accumulate_int64(x, w, bias, x_zero, stride, padding, dilation, groups)
+    dtype = np.float32 if bound < 2**24 else np.float64
+    shifted = torch.from_numpy(np.asarray(x).astype(dtype) - dtype(x_zero))
+    acc = F.conv2d(shifted, torch.from_numpy(w.astype(dtype)),
+                   None if bias is None else torch.from_numpy(np.asarray(bias).astype(dtype)),
+                   stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return acc.numpy()
+
+
+def _conv_accumulate_int64(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                           x_zero: int, stride: tuple[int, int], padding: tuple[int, int],
+                           dilation: tuple[int, int], groups: int) -> np.ndarray:
+    """The int64 fallback: im2col (padding with the zero point) and integer products."""
+    batch = x.shape[0]
+    k_out, c_group, fy, fx = w.shape
+    cols = im2col(np.asarray(x, dtype=np.int64), (fy, fx), stride=stride, padding=padding,
+                  dilation=dilation, pad_value=x_zero) - x_zero
+    locations = cols.shape[-1]
+    cols = cols.reshape(batch, groups, c_group * fy * fx, locations)
+    acc = np.einsum("ngcl,gkc->ngkl", cols, w.reshape(groups, k_out // groups, -1))
+    acc = acc.reshape(batch, k_out, locations)
     if bias is not None:
-        acc = acc + np.asarray(bias).astype(dtype).reshape(-1, 1, 1, 1)
-    return acc
+        acc = acc + np.asarray(bias, dtype=np.int64)[:, None]
+    oy = output_size(x.shape[2], fy, stride[0], 2 * padding[0], dilation[0])
+    ox = output_size(x.shape[3], fx, stride[1], 2 * padding[1], dilation[1])
+    return acc.reshape(batch, k_out, oy, ox)
 
 
 def qconv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, x_zero: int,
@@ -154,15 +177,13 @@ def qconv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, x_zer
     """
     acc = conv_accumulate(x, weight, bias, x_zero=x_zero, w_zero=w_zero, stride=stride,
                           padding=padding, dilation=dilation, groups=groups)
-    out = requantize_channels(acc, m0, shift, out_zero, rounding, qmin, qmax, multiplier_f32)
-    return out.transpose(1, 0, 2, 3)
+    return requantize_channels(acc, m0, shift, out_zero, rounding, qmin, qmax, multiplier_f32)
 
 
 def requantize_channels(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, out_zero: int,
                         rounding: Rounding, qmin: int, qmax: int,
-                        multiplier_f32: np.ndarray | None, *, axis: int = 0) -> np.ndarray:
-    """:func:`requantize` with per-channel parameters along ``axis`` (0 for the
-    [K, N, OY, OX] accumulators of :func:`conv_accumulate`)."""
+                        multiplier_f32: np.ndarray | None, *, axis: int = 1) -> np.ndarray:
+    """:func:`requantize` with per-channel parameters along ``axis`` (1 for NCHW)."""
     channels = acc.shape[axis]
 
     def along_channels(value):
