@@ -1,0 +1,251 @@
+"""``emit``: an :class:`IntegerProgram` as a chain of streaming SystemVerilog layers.
+
+Each weighted layer becomes a ``kiln_dense`` instance (a standalone BatchNorm, kiln's
+``affine`` op, becomes a dense layer with a diagonal weight matrix) with its weights,
+biases and requantization parameters in ``$readmemh`` files laid out one word per
+[P_out x P_in] block. ``top.sv`` chains the layers with valid/ready streams; the folder
+also gets the component sources, ``design.json`` (every parameter) and the cocotb
+testbench ``test_top.py``.
+
+Scope today: multilayer perceptrons (dense and affine ops, symmetric weights, ``floor``
+or ``nearest`` rounding). Convolution programs are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.errors import KilnError
+from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
+from kiln.report.markdown import write_text
+
+SOURCES = Path(__file__).parent / "sv"
+COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv")
+
+
+@dataclass
+class Layer:
+    """One emitted layer: its shape, parallelism and quantization parameters."""
+
+    name: str
+    in_n: int
+    out_n: int
+    p_in: int
+    p_out: int
+    in_bits: int
+    in_signed: bool
+    in_zero: int
+    out_bits: int
+    out_zero: int
+    lo: int
+    hi: int
+    weight_bits: int
+    macs: int
+
+    @property
+    def in_beats(self) -> int:
+        return -(-self.in_n // self.p_in)
+
+    @property
+    def out_beats(self) -> int:
+        return -(-self.out_n // self.p_out)
+
+    @property
+    def compute_cycles(self) -> int:
+        return self.in_beats * self.out_beats
+
+
+@dataclass
+class Design:
+    """An emitted design: where it is and what it holds."""
+
+    directory: Path
+    program_name: str
+    rounding: str
+    layers: list[Layer] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[Path]:
+        return [self.directory / name for name in COMPONENTS] + [self.directory / "top.sv"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"program": self.program_name, "rounding": self.rounding,
+                "layers": [layer.__dict__ for layer in self.layers]}
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Design:
+        directory = Path(directory)
+        path = directory / "design.json"
+        if not path.is_file():
+            raise KilnError(f"{directory}: not an emitted design (no design.json)",
+                            hint="make one with 'kiln emit-rtl PROGRAM_DIR --out DIR'")
+        data = json.loads(path.read_text())
+        return cls(directory, data["program"], data["rounding"],
+                   [Layer(**layer) for layer in data["layers"]])
+
+
+def _as_dense(op: IntOp) -> tuple[np.ndarray, np.ndarray]:
+    """(weight [out, in], bias [out]) of a dense or affine op."""
+    if op.kind == "dense":
+        return op.arrays["weight"], op.arrays["bias"]
+    return np.diag(op.arrays["weight"]), op.arrays["bias"]
+
+
+def _hex_words(lanes: np.ndarray, bits: int) -> str:
+    """Rows of lane values as hex words, lane 0 in the least significant bits."""
+    mask = (1 << bits) - 1
+    width = (lanes.shape[1] * bits + 3) // 4
+    lines = []
+    for row in lanes:
+        word = 0
+        for index, value in enumerate(row.tolist()):
+            word |= (int(value) & mask) << (index * bits)
+        lines.append(f"{word:0{width}x}")
+    return "\n".join(lines) + "\n"
+
+
+def _padded(values: np.ndarray, length: int) -> np.ndarray:
+    out = np.zeros(length, dtype=np.int64)
+    out[: len(values)] = values
+    return out
+
+
+def _parse_parallelism(parallelism: Any, count: int, names: list[str]) -> list[tuple[int, int]]:
+    if isinstance(parallelism, str):
+        parallelism = tuple(int(p) for p in parallelism.lower().split("x"))
+    if isinstance(parallelism, tuple):
+        per_layer = [parallelism] * count
+    elif isinstance(parallelism, dict):
+        default = parallelism.get("default", (1, 1))
+        per_layer = [tuple(parallelism.get(name, default)) for name in names]
+    else:
+        per_layer = [tuple(p) for p in parallelism]
+    for name, (p_in, p_out) in zip(names, per_layer, strict=True):
+        if p_in < 1 or p_out < 1:
+            raise KilnError(f"layer '{name}': parallelism must be positive, got {p_in}x{p_out}")
+    return per_layer
+
+
+def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Design:
+    """Write the SystemVerilog design of ``program`` into ``out_dir``.
+
+    ``parallelism`` is ``(P_in, P_out)``, ``"4x4"``, a list per layer, or a dict of
+    layer name -> (P_in, P_out) with a ``default``. Consecutive layers must agree on the
+    stream width (P_out of one = P_in of the next). Parallelism that does not divide a
+    dimension, or exceeds it, is handled by padding lanes with zero weights.
+    """
+    if program.rounding not in ("floor", "nearest"):
+        raise KilnError(f"program '{program.name}' uses {program.rounding} rounding; the "
+                        "generated hardware implements floor and nearest",
+                        hint="lower with --rounding nearest")
+    unsupported = [f"{op.name} ({op.kind})" for op in program.ops
+                   if op.kind not in ("dense", "affine", "flatten")]
+    if unsupported:
+        raise KilnError("the RTL emitter supports dense and affine layers (MLPs) today; "
+                        f"program '{program.name}' also has: {', '.join(unsupported)}")
+    weighted = [op for op in program.ops if op.kind in ("dense", "affine")]
+    per_layer = _parse_parallelism(parallelism, len(weighted), [op.name for op in weighted])
+    for (before, after), op in zip(zip(per_layer, per_layer[1:]), weighted[1:], strict=False):
+        if before[1] != after[0]:
+            raise KilnError(f"layer '{op.name}': its P_in {after[0]} must equal the previous "
+                            f"layer's P_out {before[1]} (the stream width between them)")
+    directory = Path(out_dir)
+    (directory / "mem").mkdir(parents=True, exist_ok=True)
+    for name in COMPONENTS:
+        shutil.copyfile(SOURCES / name, directory / name)
+    design = Design(directory, program.name, program.rounding)
+    for op, (p_in, p_out) in zip(weighted, per_layer, strict=True):
+        if op.kind == "dense" and op.arrays["weight_zero"].any():
+            raise KilnError(f"layer '{op.name}': asymmetric weights (nonzero weight zero "
+                            "points) are not supported by the hardware; quantize weights "
+                            "symmetrically")
+        weight, bias = _as_dense(op)
+        in_q, out_q = TensorQuant(**op.attrs["in_quant"]), op.out_quant
+        lo, hi = op.attrs["clamp"]
+        layer = Layer(op.name, weight.shape[1], weight.shape[0], p_in, p_out, in_q.bits,
+                      in_q.signed, in_q.zero_point, out_q.bits, out_q.zero_point, lo, hi,
+                      int(op.array_bits.get("weight", 8)), int(weight.size))
+        _write_memories(directory / "mem", layer, weight, bias, op)
+        design.layers.append(layer)
+    program.save(directory / "program")  # the golden model travels with the design
+    write_text(directory / "top.sv", _top(design))
+    write_text(directory / "design.json", json.dumps(design.as_dict(), indent=2) + "\n")
+    from kiln.rtl.testbench import TESTBENCH
+
+    write_text(directory / "test_top.py", TESTBENCH)
+    return design
+
+
+def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndarray,
+                    op: IntOp) -> None:
+    rows, cols = layer.out_beats * layer.p_out, layer.in_beats * layer.p_in
+    padded = np.zeros((rows, cols), dtype=np.int64)
+    padded[: weight.shape[0], : weight.shape[1]] = weight
+    blocks = []
+    for j in range(layer.out_beats):
+        for i in range(layer.in_beats):
+            block = padded[j * layer.p_out:(j + 1) * layer.p_out,
+                           i * layer.p_in:(i + 1) * layer.p_in]
+            blocks.append(block.reshape(-1))  # lane p * P_in + q
+    write_text(folder / f"{layer.name}.weights.mem", _hex_words(np.array(blocks),
+                                                                layer.weight_bits))
+    per_beat = lambda values: _padded(values, rows).reshape(layer.out_beats, layer.p_out)  # noqa: E731
+    write_text(folder / f"{layer.name}.bias.mem", _hex_words(per_beat(bias), 32))
+    write_text(folder / f"{layer.name}.m0.mem", _hex_words(per_beat(op.arrays["m0"]), 32))
+    write_text(folder / f"{layer.name}.shift.mem", _hex_words(per_beat(op.arrays["shift"]), 8))
+
+
+def _top(design: Design) -> str:
+    first, last = design.layers[0], design.layers[-1]
+    nearest = 1 if design.rounding == "nearest" else 0
+    lines = [
+        f"// {design.program_name}: {len(design.layers)} layers, generated by kiln.",
+        "module kiln_top (",
+        "    input  logic clk,",
+        "    input  logic rst_n,",
+        "    input  logic in_valid,",
+        "    output logic in_ready,",
+        f"    input  logic [{first.p_in * first.in_bits - 1}:0] in_data,",
+        "    output logic out_valid,",
+        "    input  logic out_ready,",
+        f"    output logic [{last.p_out * last.out_bits - 1}:0] out_data",
+        ");",
+    ]
+    for index, layer in enumerate(design.layers):
+        width = layer.p_out * layer.out_bits
+        lines += [f"    logic l{index}_valid, l{index}_ready;",
+                  f"    logic [{width - 1}:0] l{index}_data;"]
+    for index, layer in enumerate(design.layers):
+        source = ("in_valid", "in_ready", "in_data") if index == 0 else (
+            f"l{index - 1}_valid", f"l{index - 1}_ready", f"l{index - 1}_data")
+        mem = f"mem/{layer.name}"
+        params = {"IN_N": layer.in_n, "OUT_N": layer.out_n, "P_IN": layer.p_in,
+                  "P_OUT": layer.p_out, "IN_BITS": layer.in_bits,
+                  "IN_SIGNED": int(layer.in_signed), "IN_ZERO": layer.in_zero,
+                  "W_BITS": layer.weight_bits, "OUT_BITS": layer.out_bits,
+                  "OUT_ZERO": layer.out_zero, "LO": layer.lo, "HI": layer.hi,
+                  "ROUND_NEAREST": nearest}
+        rendered = ", ".join(f".{k}({v})" for k, v in params.items())
+        files = (f'.W_FILE("{mem}.weights.mem"), .B_FILE("{mem}.bias.mem"), '
+                 f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem")')
+        lines += [
+            f"    // {layer.name}: {layer.in_n} -> {layer.out_n}, {layer.p_in}x{layer.p_out}",
+            f"    kiln_dense #({rendered},",
+            f"                 {files}) layer_{index} (",
+            "        .clk(clk), .rst_n(rst_n),",
+            f"        .in_valid({source[0]}), .in_ready({source[1]}), .in_data({source[2]}),",
+            f"        .out_valid(l{index}_valid), .out_ready(l{index}_ready), "
+            f".out_data(l{index}_data));",
+        ]
+    final = len(design.layers) - 1
+    lines += [f"    assign out_valid = l{final}_valid;",
+              f"    assign l{final}_ready = out_ready;",
+              f"    assign out_data = l{final}_data;",
+              "endmodule", ""]
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+// kiln_dense: a fully-connected layer y = requant(W (x - IN_ZERO) + b), streamed.
+//
+// The input vector (IN_N elements) arrives in IN_BEATS = ceil(IN_N / P_IN) beats of P_IN
+// elements; the output (OUT_N elements) leaves in OUT_BEATS beats of P_OUT elements.
+// P_IN x P_OUT multipliers, P_OUT balanced adder trees of depth ceil(log2 P_IN) and
+// P_OUT accumulators compute one [P_OUT x P_IN] weight block per cycle, so a vector
+// takes IN_BEATS * OUT_BEATS compute cycles. Two input buffers let the next vector load
+// while this one computes; a 2-entry output FIFO lets compute run ahead of the consumer.
+// Weights, biases and requantization parameters come from ROMs read with $readmemh
+// (one word per block: lane 0 in the least significant bits). Valid/ready on both sides.
+module kiln_dense #(
+    parameter int IN_N = 16,
+    parameter int OUT_N = 16,
+    parameter int P_IN = 4,
+    parameter int P_OUT = 4,
+    parameter int IN_BITS = 8,
+    parameter bit IN_SIGNED = 0,
+    parameter int IN_ZERO = 0,
+    parameter int W_BITS = 8,
+    parameter int OUT_BITS = 8,
+    parameter int OUT_ZERO = 0,
+    parameter int LO = 0,
+    parameter int HI = 255,
+    parameter bit ROUND_NEAREST = 1,
+    parameter W_FILE = "weights.mem",
+    parameter B_FILE = "bias.mem",
+    parameter M_FILE = "m0.mem",
+    parameter S_FILE = "shift.mem"
+) (
+    input  logic clk,
+    input  logic rst_n,
+    input  logic in_valid,
+    output logic in_ready,
+    input  logic [P_IN*IN_BITS-1:0] in_data,
+    output logic out_valid,
+    input  logic out_ready,
+    output logic [P_OUT*OUT_BITS-1:0] out_data
+);
+    localparam int IN_BEATS = (IN_N + P_IN - 1) / P_IN;
+    localparam int OUT_BEATS = (OUT_N + P_OUT - 1) / P_OUT;
+    localparam int LEVELS = $clog2(P_IN) > 0 ? $clog2(P_IN) : 1;
+    localparam int LEAVES = 1 << LEVELS;
+    localparam int XB = IN_BITS + 2;               // x - zero point, signed
+    localparam int PB = XB + W_BITS;               // one product
+    localparam int IB = IN_BEATS > 1 ? $clog2(IN_BEATS) : 1;
+    localparam int OB = OUT_BEATS > 1 ? $clog2(OUT_BEATS) : 1;
+    localparam int WA = IN_BEATS * OUT_BEATS > 1 ? $clog2(IN_BEATS * OUT_BEATS) : 1;
+
+    // ROMs
+    logic [P_IN*P_OUT*W_BITS-1:0] weight_rom [IN_BEATS*OUT_BEATS];
+    logic [P_OUT*32-1:0] bias_rom [OUT_BEATS];
+    logic [P_OUT*32-1:0] m0_rom [OUT_BEATS];
+    logic [P_OUT*8-1:0] shift_rom [OUT_BEATS];
+    initial begin
+        $readmemh(W_FILE, weight_rom);
+        $readmemh(B_FILE, bias_rom);
+        $readmemh(M_FILE, m0_rom);
+        $readmemh(S_FILE, shift_rom);
+    end
+
+    // Input side: two vector buffers, filled alternately.
+    logic [P_IN*IN_BITS-1:0] buffer [2][IN_BEATS];
+    logic [1:0] full;
+    logic load_sel;
+    logic [IB-1:0] load_beat;
+    assign in_ready = !full[load_sel];
+
+    // Compute engine state.
+    logic comp_sel;
+    logic running;
+    logic [IB-1:0] i_beat;
+    logic [OB-1:0] j_beat;
+    logic signed [31:0] acc [P_OUT];
+    logic last_i;
+    logic fifo_full;
+    logic step;
+    assign last_i = (i_beat == IB'(IN_BEATS - 1));
+    assign step = running && !(last_i && fifo_full);
+
+    // The current block: P_IN inputs (zero point subtracted) and P_OUT x P_IN weights.
+    logic [P_IN*IN_BITS-1:0] x_word;
+    logic [P_IN*P_OUT*W_BITS-1:0] w_word;
+    assign x_word = buffer[comp_sel][i_beat];
+    assign w_word = weight_rom[WA'(j_beat) * WA'(IN_BEATS) + WA'(i_beat)];
+
+    logic signed [XB-1:0] x_centered [P_IN];
+    logic signed [31:0] lane_total [P_OUT];
+    logic [P_OUT*OUT_BITS-1:0] result;
+    genvar q, p;
+    generate
+        for (q = 0; q < P_IN; q++) begin : g_center
+            logic [IN_BITS-1:0] raw;
+            assign raw = x_word[q*IN_BITS +: IN_BITS];
+            if (IN_SIGNED) begin : g_signed
+                assign x_centered[q] = XB'($signed(raw)) - XB'(IN_ZERO);
+            end else begin : g_unsigned
+                assign x_centered[q] = $signed(XB'({1'b0, raw})) - XB'(IN_ZERO);
+            end
+        end
+        for (p = 0; p < P_OUT; p++) begin : g_lane
+            // P_IN products, padded with zeros to a power of two, summed pairwise:
+            // a balanced adder tree of depth ceil(log2 P_IN).
+            logic signed [31:0] products [LEAVES];
+            for (q = 0; q < LEAVES; q++) begin : g_leaf
+                if (q < P_IN) begin : g_product
+                    logic signed [W_BITS-1:0] w;
+                    assign w = $signed(w_word[(p*P_IN + q)*W_BITS +: W_BITS]);
+                    assign products[q] = 32'(x_centered[q] * PB'(w));
+                end else begin : g_pad
+                    assign products[q] = 32'sd0;
+                end
+            end
+            logic signed [31:0] tree_sum;
+            always_comb begin : tree
+                logic signed [31:0] level [LEAVES];
+                for (int k = 0; k < LEAVES; k++) level[k] = products[k];
+                for (int l = 0; l < LEVELS; l++)
+                    for (int k = 0; k < LEAVES / 2; k++)
+                        if (k < (LEAVES >> (l + 1)))
+                            level[k] = level[2*k] + level[2*k + 1];
+                tree_sum = level[0];
+            end
+            // The accumulator after this beat, with the bias on the last beat.
+            logic signed [31:0] total;
+            assign total = acc[p] + tree_sum +
+                           (last_i ? $signed(bias_rom[j_beat][p*32 +: 32]) : 32'sd0);
+            assign lane_total[p] = total;
+            kiln_requant #(.OUT_BITS(OUT_BITS), .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
+                           .ROUND_NEAREST(ROUND_NEAREST)) u_requant (
+                .acc(total), .m0(m0_rom[j_beat][p*32 +: 32]),
+                .shift($signed(shift_rom[j_beat][p*8 +: 8])),
+                .out(result[p*OUT_BITS +: OUT_BITS]));
+        end
+    endgenerate
+
+    // Output FIFO (2 entries).
+    logic [P_OUT*OUT_BITS-1:0] fifo [2];
+    logic [1:0] fifo_count;
+    logic fifo_head;
+    logic push, pop;
+    assign fifo_full = (fifo_count == 2'd2);
+    assign push = step && last_i;
+    assign pop = out_valid && out_ready;
+    assign out_valid = (fifo_count != 2'd0);
+    assign out_data = fifo[fifo_head];
+
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) begin
+            full <= 2'b00;
+            load_sel <= 1'b0;
+            load_beat <= '0;
+            comp_sel <= 1'b0;
+            running <= 1'b0;
+            i_beat <= '0;
+            j_beat <= '0;
+            fifo_count <= 2'd0;
+            fifo_head <= 1'b0;
+            for (int k = 0; k < P_OUT; k++) acc[k] <= 32'sd0;
+        end else begin
+            // Load.
+            if (in_valid && in_ready) begin
+                buffer[load_sel][load_beat] <= in_data;
+                if (load_beat == IB'(IN_BEATS - 1)) begin
+                    load_beat <= '0;
+                    load_sel <= !load_sel;
+                end else begin
+                    load_beat <= load_beat + 1'b1;
+                end
+            end
+            // Start computing a loaded vector.
+            if (!running && full[comp_sel]) begin
+                running <= 1'b1;
+                i_beat <= '0;
+                j_beat <= '0;
+            end
+            // Compute one block per cycle.
+            if (step) begin
+                if (last_i) begin
+                    for (int k = 0; k < P_OUT; k++) acc[k] <= 32'sd0;
+                    i_beat <= '0;
+                    if (j_beat == OB'(OUT_BEATS - 1)) begin
+                        j_beat <= '0;
+                        running <= 1'b0;
+                        comp_sel <= !comp_sel;
+                    end else begin
+                        j_beat <= j_beat + 1'b1;
+                    end
+                end else begin
+                    for (int k = 0; k < P_OUT; k++) acc[k] <= lane_total[k];
+                    i_beat <= i_beat + 1'b1;
+                end
+            end
+            // Buffer bookkeeping: filled by the loader, freed by the engine.
+            for (int b = 0; b < 2; b++) begin
+                if (in_valid && in_ready && load_beat == IB'(IN_BEATS - 1) && load_sel == b[0])
+                    full[b] <= 1'b1;
+                else if (step && last_i && j_beat == OB'(OUT_BEATS - 1) && comp_sel == b[0])
+                    full[b] <= 1'b0;
+            end
+            // Output FIFO.
+            if (push) fifo[fifo_head ^ fifo_count[0]] <= result;
+            if (pop) fifo_head <= !fifo_head;
+            fifo_count <= fifo_count + {1'b0, push} - {1'b0, pop};
+        end
+    end
+endmodule
