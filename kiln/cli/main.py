@@ -9,7 +9,15 @@ import sys
 
 import typer
 
-from kiln.cli import compress_cmd, data_cmd, demo_cmd, inspect_cmd, integer_cmd, train_cmd
+from kiln.cli import (
+    compress_cmd,
+    data_cmd,
+    demo_cmd,
+    inspect_cmd,
+    integer_cmd,
+    rtl_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="kiln",
@@ -31,6 +39,7 @@ data_cmd.register(app)
 demo_cmd.register(app)
 compress_cmd.register(app)
 integer_cmd.register(app)
+rtl_cmd.register(app)
 
 
 def main() -> None:

@@ -7,5 +7,6 @@
 
 from kiln.rtl.emit import Design, emit
 from kiln.rtl.simulate import simulate
+from kiln.rtl.synth import synthesize
 
-__all__ = ["Design", "emit", "simulate"]
+__all__ = ["Design", "emit", "simulate", "synthesize"]

@@ -7,8 +7,8 @@ biases and requantization parameters in ``$readmemh`` files laid out one word pe
 also gets the component sources, ``design.json`` (every parameter) and the cocotb
 testbench ``test_top.py``.
 
-Scope today: multilayer perceptrons (dense and affine ops, symmetric weights, ``floor``
-or ``nearest`` rounding). Convolution programs are refused with a clear error.
+Scope today: multilayer perceptrons (dense and affine ops, ``floor`` or ``nearest``
+rounding). Convolution programs are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
                         f"program '{program.name}' also has: {', '.join(unsupported)}")
     weighted = [op for op in program.ops if op.kind in ("dense", "affine")]
     per_layer = _parse_parallelism(parallelism, len(weighted), [op.name for op in weighted])
-    for (before, after), op in zip(zip(per_layer, per_layer[1:]), weighted[1:], strict=False):
+    for index in range(1, len(weighted)):
+        before, after, op = per_layer[index - 1], per_layer[index], weighted[index]
         if before[1] != after[0]:
             raise KilnError(f"layer '{op.name}': its P_in {after[0]} must equal the previous "
                             f"layer's P_out {before[1]} (the stream width between them)")
@@ -161,10 +162,6 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
         shutil.copyfile(SOURCES / name, directory / name)
     design = Design(directory, program.name, program.rounding)
     for op, (p_in, p_out) in zip(weighted, per_layer, strict=True):
-        if op.kind == "dense" and op.arrays["weight_zero"].any():
-            raise KilnError(f"layer '{op.name}': asymmetric weights (nonzero weight zero "
-                            "points) are not supported by the hardware; quantize weights "
-                            "symmetrically")
         weight, bias = _as_dense(op)
         in_q, out_q = TensorQuant(**op.attrs["in_quant"]), op.out_quant
         lo, hi = op.attrs["clamp"]
@@ -199,6 +196,9 @@ def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.nda
     write_text(folder / f"{layer.name}.bias.mem", _hex_words(per_beat(bias), 32))
     write_text(folder / f"{layer.name}.m0.mem", _hex_words(per_beat(op.arrays["m0"]), 32))
     write_text(folder / f"{layer.name}.shift.mem", _hex_words(per_beat(op.arrays["shift"]), 8))
+    weight_zero = op.arrays.get("weight_zero", np.zeros(layer.out_n, dtype=np.int64))
+    write_text(folder / f"{layer.name}.wzero.mem",
+               _hex_words(per_beat(weight_zero), layer.weight_bits))
 
 
 def _top(design: Design) -> str:
@@ -233,7 +233,8 @@ def _top(design: Design) -> str:
                   "ROUND_NEAREST": nearest}
         rendered = ", ".join(f".{k}({v})" for k, v in params.items())
         files = (f'.W_FILE("{mem}.weights.mem"), .B_FILE("{mem}.bias.mem"), '
-                 f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem")')
+                 f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem"), '
+                 f'.Z_FILE("{mem}.wzero.mem")')
         lines += [
             f"    // {layer.name}: {layer.in_n} -> {layer.out_n}, {layer.p_in}x{layer.p_out}",
             f"    kiln_dense #({rendered},",

@@ -2,6 +2,8 @@
 //
 // The input vector (IN_N elements) arrives in IN_BEATS = ceil(IN_N / P_IN) beats of P_IN
 // elements; the output (OUT_N elements) leaves in OUT_BEATS beats of P_OUT elements.
+// Zero points are subtracted from both operands before multiplying (x - IN_ZERO per
+// input lane, w - w_zero per output channel).
 // P_IN x P_OUT multipliers, P_OUT balanced adder trees of depth ceil(log2 P_IN) and
 // P_OUT accumulators compute one [P_OUT x P_IN] weight block per cycle, so a vector
 // takes IN_BEATS * OUT_BEATS compute cycles. Two input buffers let the next vector load
@@ -25,7 +27,8 @@ module kiln_dense #(
     parameter W_FILE = "weights.mem",
     parameter B_FILE = "bias.mem",
     parameter M_FILE = "m0.mem",
-    parameter S_FILE = "shift.mem"
+    parameter S_FILE = "shift.mem",
+    parameter Z_FILE = "wzero.mem"
 ) (
     input  logic clk,
     input  logic rst_n,
@@ -41,7 +44,8 @@ module kiln_dense #(
     localparam int LEVELS = $clog2(P_IN) > 0 ? $clog2(P_IN) : 1;
     localparam int LEAVES = 1 << LEVELS;
     localparam int XB = IN_BITS + 2;               // x - zero point, signed
-    localparam int PB = XB + W_BITS;               // one product
+    localparam int WB = W_BITS + 1;                // w - weight zero point, signed
+    localparam int PB = XB + WB;                   // one product
     localparam int IB = IN_BEATS > 1 ? $clog2(IN_BEATS) : 1;
     localparam int OB = OUT_BEATS > 1 ? $clog2(OUT_BEATS) : 1;
     localparam int WA = IN_BEATS * OUT_BEATS > 1 ? $clog2(IN_BEATS * OUT_BEATS) : 1;
@@ -51,7 +55,9 @@ module kiln_dense #(
     logic [P_OUT*32-1:0] bias_rom [OUT_BEATS];
     logic [P_OUT*32-1:0] m0_rom [OUT_BEATS];
     logic [P_OUT*8-1:0] shift_rom [OUT_BEATS];
+    logic [P_OUT*W_BITS-1:0] wzero_rom [OUT_BEATS];
     initial begin
+        $readmemh(Z_FILE, wzero_rom);
         $readmemh(W_FILE, weight_rom);
         $readmemh(B_FILE, bias_rom);
         $readmemh(M_FILE, m0_rom);
@@ -101,11 +107,15 @@ module kiln_dense #(
             // P_IN products, padded with zeros to a power of two, summed pairwise:
             // a balanced adder tree of depth ceil(log2 P_IN).
             logic signed [31:0] products [LEAVES];
+            logic signed [W_BITS-1:0] w_zero;
+            assign w_zero = $signed(wzero_rom[j_beat][p*W_BITS +: W_BITS]);
             for (q = 0; q < LEAVES; q++) begin : g_leaf
                 if (q < P_IN) begin : g_product
                     logic signed [W_BITS-1:0] w;
+                    logic signed [WB-1:0] w_centered;
                     assign w = $signed(w_word[(p*P_IN + q)*W_BITS +: W_BITS]);
-                    assign products[q] = 32'(x_centered[q] * PB'(w));
+                    assign w_centered = WB'(w) - WB'(w_zero);
+                    assign products[q] = 32'(PB'(x_centered[q]) * PB'(w_centered));
                 end else begin : g_pad
                     assign products[q] = 32'sd0;
                 end

@@ -1,0 +1,103 @@
+"""``kiln emit-rtl``, ``kiln simulate`` and ``kiln synth``: hardware generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kiln.cli.common import console, print_json, table
+
+
+def emit_rtl(
+    program_dir: Annotated[Path, typer.Argument(help="A directory written by 'kiln lower'.")],
+    out: Annotated[Path, typer.Option(help="Folder for the design.")],
+    parallelism: Annotated[str, typer.Option(
+        help="P_in x P_out for every layer, e.g. 4x4.")] = "4x4",
+    config: Annotated[Path | None, typer.Option(
+        help="YAML/JSON of per-layer parallelism: {default: [4, 4], layer_name: [8, 4]}.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Emit SystemVerilog for an integer program (MLPs today), with ROM files and a
+    cocotb testbench.
+
+    Example:  kiln emit-rtl out/jsc-int8 --parallelism 4x4 --out out/jsc-rtl
+    """
+    from kiln.errors import ConfigError
+    from kiln.integer import IntegerProgram
+    from kiln.rtl import emit
+
+    program = IntegerProgram.load(program_dir)
+    choice: object = parallelism
+    if config is not None:
+        import yaml
+
+        if not config.is_file():
+            raise ConfigError(f"{config}: no such parallelism config")
+        choice = {k: tuple(v) for k, v in (yaml.safe_load(config.read_text()) or {}).items()}
+    design = emit(program, choice, out)
+    rows = [[layer.name, f"{layer.in_n}->{layer.out_n}", f"{layer.p_in}x{layer.p_out}",
+             layer.compute_cycles] for layer in design.layers]
+    if as_json:
+        print_json({"design": str(out), **design.as_dict()})
+        return
+    console.print(table(f"{program.name} → {out}", ["layer", "shape", "parallelism",
+                                                    "compute cycles / vector"], rows))
+
+
+def simulate(
+    design_dir: Annotated[Path, typer.Argument(help="A folder written by 'kiln emit-rtl'.")],
+    simulator: Annotated[str, typer.Option(help="verilator or icarus.")] = "verilator",
+    vectors: Annotated[int, typer.Option(help="Test-set inputs to stream through.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Simulate a design with cocotb: every layer's outputs checked against the engine,
+    with random input gaps and output backpressure; cycle counts at full rate.
+
+    Example:  kiln simulate out/jsc-rtl --simulator icarus --vectors 1000
+    """
+    from kiln.rtl import simulate as run_simulation
+
+    result = run_simulation(design_dir, simulator=simulator, vectors=vectors)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    console.print(table(f"{design_dir} on {simulator}: {result.vectors} vectors bit-exact",
+                        ["measure", "value"], [
+                            ["cycles per inference (full rate)",
+                             f"{result.cycles_per_inference:.1f}"],
+                            ["ideal (slowest layer's blocks)", result.ideal_cycles],
+                            ["utilization", f"{result.utilization:.3f}"],
+                            ["latency (cycles)", result.latency_cycles],
+                            ["build / run seconds",
+                             f"{result.build_seconds:.1f} / {result.run_seconds:.1f}"]],
+                        right_align={"value"}))
+
+
+def synth(
+    design_dir: Annotated[Path, typer.Argument(help="A folder written by 'kiln emit-rtl'.")],
+    target: Annotated[str, typer.Option(help="generic, ice40 or xilinx.")] = "generic",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Yosys resource figures of a design: LUTs, flip-flops, DSPs / multipliers.
+
+    Example:  kiln synth out/jsc-rtl --target ice40
+    """
+    from kiln.rtl import synthesize
+
+    result = synthesize(design_dir, target=target)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    console.print(table(f"{design_dir}: {target}", ["cells", "LUTs", "flip-flops", "DSPs",
+                                                     "multipliers (word-level)", "seconds"],
+                        [[result.cells, result.luts, result.flip_flops, result.dsps,
+                          result.multipliers, f"{result.seconds:.0f}"]]))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("emit-rtl")(emit_rtl)
+    app.command()(simulate)
+    app.command()(synth)
