@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dataset-fashion-mnist r-cran-mlbench)
+DEBIAN_PACKAGES=(dataset-fashion-mnist r-cran-mlbench iverilog)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -72,7 +72,7 @@ class Design:
 
     @property
     def sources(self) -> list[Path]:
-        return [self.directory / name for name in COMPONENTS] + [self.directory / "top.sv"]
+        return [self.directory / name for name in COMPONENTS] + [self.directory / "kiln_top.sv"]
 
     def as_dict(self) -> dict[str, Any]:
         return {"program": self.program_name, "rounding": self.rounding,
@@ -171,7 +171,7 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
         _write_memories(directory / "mem", layer, weight, bias, op)
         design.layers.append(layer)
     program.save(directory / "program")  # the golden model travels with the design
-    write_text(directory / "top.sv", _top(design))
+    write_text(directory / "kiln_top.sv", _top(design))
     write_text(directory / "design.json", json.dumps(design.as_dict(), indent=2) + "\n")
     from kiln.rtl.testbench import TESTBENCH
 

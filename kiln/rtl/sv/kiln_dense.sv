@@ -190,7 +190,9 @@ module kiln_dense #(
                     i_beat <= '0;
                     if (j_beat == OB'(OUT_BEATS - 1)) begin
                         j_beat <= '0;
-                        running <= 1'b0;
+                        // Roll straight into the other buffer when it is already loaded:
+                        // no idle cycle between vectors.
+                        running <= full[!comp_sel];
                         comp_sel <= !comp_sel;
                     end else begin
                         j_beat <= j_beat + 1'b1;
