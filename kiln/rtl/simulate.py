@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -116,13 +117,12 @@ def simulate(design: Design | str | Path, *, simulator: str = "verilator", vecto
            "KILN_VECTORS": str(vector_file.resolve()),
            "KILN_RESULTS": str(results_file.resolve())}
     xml = build_dir / "results.xml"
-    try:
+    # cocotb's runner exits when a test fails under pytest; the XML says which.
+    with contextlib.suppress(SystemExit):
         runner.test(hdl_toplevel="kiln_top", test_module="test_top",
                     test_dir=str(design.directory.resolve()), build_dir=str(build_dir),
                     extra_env=env, seed=seed, log_file=str(build_dir / "test.log"),
                     results_xml=str(xml))
-    except SystemExit:
-        pass  # cocotb's runner exits when a test fails under pytest; the XML says which
     finished = time.perf_counter()
     failures = _failures(xml)
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
