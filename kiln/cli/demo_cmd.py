@@ -22,8 +22,11 @@ def demo(
 ) -> None:
     """Run the main job on the default model (convnet) and dataset (Fashion-MNIST).
 
-    It inspects the model, trains it from scratch, evaluates it, and compares it with
-    kiln's shipped checkpoint. Results go to OUT (summary.json, convnet.pt).
+    It inspects the model, trains it from scratch and compares it with kiln's shipped
+    checkpoint, then carries the trained model to integers: int8 quantization
+    (calibrated), lowering to an integer-only program, the bit-exact engine, and an
+    ONNX export that ONNX Runtime must reproduce bit for bit. Results go to OUT
+    (summary.json, convnet.pt, program/, convnet-int8.onnx).
 
     Example:  kiln demo --epochs 3 --out out/demo
     """
@@ -58,12 +61,13 @@ def demo(
                                           "epochs": epochs, "seed": seed})
     shipped, shipped_info = resolve_model(DEFAULT_MODEL, pretrained=True)
     shipped_accuracy = evaluate(shipped, dataset)
+    integer = _to_integers(graph, dataset, out)
     summary = {
         "model": DEFAULT_MODEL, "dataset": DEFAULT_DATASET, "params": totals.params,
         "macs": totals.macs, "epochs": epochs, "train_seconds": round(result.seconds, 1),
         "test_accuracy": result.final_accuracy, "checkpoint": str(checkpoint),
         "shipped_checkpoint": str(shipped_info.checkpoint),
-        "shipped_test_accuracy": shipped_accuracy,
+        "shipped_test_accuracy": shipped_accuracy, **integer,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -76,8 +80,40 @@ def demo(
                              f"{result.final_accuracy:.2%}"],
                             [f"{DEFAULT_MODEL} shipped checkpoint",
                              shipped_info.metrics.get("epochs", "?"), f"{shipped_accuracy:.2%}"],
+                            [f"{DEFAULT_MODEL} trained now, int8 engine", epochs,
+                             f"{integer['int8_engine_accuracy']:.2%}"],
                         ], right_align={"epochs", "test accuracy"}))
-    console.print(f"wrote {checkpoint} and {out / 'summary.json'} in {summary['seconds']} s")
+    console.print(f"[bold]4. integers[/]: int8 program in {out / 'program'}; engine top-1 equals "
+                  f"the fake-quant model on {integer['int8_top1_agreement']:.2%} of images; "
+                  f"ONNX Runtime differs from the engine on {integer['onnx_mismatches']} of "
+                  f"{integer['onnx_elements']:,} output integers")
+    console.print(f"wrote {checkpoint}, {out / 'convnet-int8.onnx'} and "
+                  f"{out / 'summary.json'} in {summary['seconds']} s")
+
+
+def _to_integers(graph, dataset, out: Path) -> dict:
+    """int8 quantization, lowering, engine agreement, ONNX export and its check."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from kiln.integer import export_onnx, lower, run
+    from kiln.integer.agreement import measure_agreement
+    from kiln.quant import calibrate, quantize, uniform_config
+
+    quantized = calibrate(quantize(graph, uniform_config(8, 8)), dataset)
+    program = lower(quantized, rounding="float32")
+    program.metadata = {"model": DEFAULT_MODEL, "dataset": dataset.name}
+    program.save(out / "program")
+    agreement = measure_agreement(program, dataset, fake_quant=quantized)
+    path = export_onnx(program, out / "convnet-int8.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, onnx_integers = session.run(None, {"input": dataset.x_test})
+    engine = run(program, program.input_quant.quantize(dataset.x_test))
+    return {"int8_engine_accuracy": agreement.engine_accuracy,
+            "int8_top1_agreement": agreement.top1_agreement,
+            "int8_within_one_lsb": agreement.within_one_lsb,
+            "onnx_mismatches": int((onnx_integers.astype(np.int64) != engine).sum()),
+            "onnx_elements": int(engine.size)}
 
 
 def register(app: typer.Typer) -> None:
