@@ -26,7 +26,7 @@ from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.report.markdown import write_text
 
 SOURCES = Path(__file__).parent / "sv"
-COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv")
+COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv", "kiln_im2col.sv", "kiln_maxpool.sv")
 
 
 @dataclass
@@ -47,6 +47,15 @@ class Layer:
     hi: int
     weight_bits: int
     macs: int
+    kind: str = "dense"  # dense, conv (im2col + matrix unit) or maxpool
+    geometry: dict[str, int] = field(default_factory=dict)
+    stream_in_n: int = 0  # elements per vector on the input stream (a pixel for conv)
+    vectors_per_input: int = 1  # output vectors (pixels) per inference
+    cycles_per_input: int = 0
+
+    def __post_init__(self) -> None:
+        self.stream_in_n = self.stream_in_n or self.in_n
+        self.cycles_per_input = self.cycles_per_input or self.compute_cycles
 
     @property
     def in_beats(self) -> int:
@@ -58,7 +67,10 @@ class Layer:
 
     @property
     def compute_cycles(self) -> int:
-        return self.in_beats * self.out_beats
+        """Ideal cycles per inference: one [P_out x P_in] block per cycle."""
+        if self.kind == "maxpool":
+            return 0
+        return self.in_beats * self.out_beats * self.vectors_per_input
 
 
 @dataclass
@@ -70,12 +82,15 @@ class Design:
     rounding: str
     layers: list[Layer] = field(default_factory=list)
 
+    input_vectors_per_input: int = 1
+
     @property
     def sources(self) -> list[Path]:
         return [self.directory / name for name in COMPONENTS] + [self.directory / "kiln_top.sv"]
 
     def as_dict(self) -> dict[str, Any]:
         return {"program": self.program_name, "rounding": self.rounding,
+                "input_vectors_per_input": self.input_vectors_per_input,
                 "layers": [layer.__dict__ for layer in self.layers]}
 
     @classmethod
@@ -87,7 +102,8 @@ class Design:
                             hint="make one with 'kiln emit-rtl PROGRAM_DIR --out DIR'")
         data = json.loads(path.read_text())
         return cls(directory, data["program"], data["rounding"],
-                   [Layer(**layer) for layer in data["layers"]])
+                   [Layer(**layer) for layer in data["layers"]],
+                   data.get("input_vectors_per_input", 1))
 
 
 def _as_dense(op: IntOp) -> tuple[np.ndarray, np.ndarray]:
@@ -145,11 +161,11 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
                         "generated hardware implements floor and nearest",
                         hint="lower with --rounding nearest")
     unsupported = [f"{op.name} ({op.kind})" for op in program.ops
-                   if op.kind not in ("dense", "affine", "flatten")]
+                   if op.kind not in ("dense", "affine", "flatten", "conv", "maxpool")]
     if unsupported:
-        raise KilnError("the RTL emitter supports dense and affine layers (MLPs) today; "
-                        f"program '{program.name}' also has: {', '.join(unsupported)}")
-    weighted = [op for op in program.ops if op.kind in ("dense", "affine")]
+        raise KilnError("the RTL emitter supports conv, max pool, flatten, dense and affine "
+                        f"ops; program '{program.name}' also has: {', '.join(unsupported)}")
+    weighted = [op for op in program.ops if op.kind in ("dense", "affine", "conv")]
     per_layer = _parse_parallelism(parallelism, len(weighted), [op.name for op in weighted])
     for index in range(1, len(weighted)):
         before, after, op = per_layer[index - 1], per_layer[index], weighted[index]
@@ -161,15 +177,34 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
     for name in COMPONENTS:
         shutil.copyfile(SOURCES / name, directory / name)
     design = Design(directory, program.name, program.rounding)
-    for op, (p_in, p_out) in zip(weighted, per_layer, strict=True):
-        weight, bias = _as_dense(op)
-        in_q, out_q = TensorQuant(**op.attrs["in_quant"]), op.out_quant
-        lo, hi = op.attrs["clamp"]
-        layer = Layer(op.name, weight.shape[1], weight.shape[0], p_in, p_out, in_q.bits,
-                      in_q.signed, in_q.zero_point, out_q.bits, out_q.zero_point, lo, hi,
-                      int(op.array_bits.get("weight", 8)), int(weight.size))
-        _write_memories(directory / "mem", layer, weight, bias, op)
+    shape = tuple(program.input_shape)  # (C, H, W) of a feature map, or (N,) of a vector
+    if len(shape) == 3:
+        design.input_vectors_per_input = shape[1] * shape[2]
+    flattened_from: tuple[int, ...] | None = None
+    lanes = per_layer[0][0]
+    parallel = iter(per_layer)
+    for op in program.ops:
+        if op.kind == "flatten":
+            flattened_from = shape if len(shape) == 3 else None
+            shape = (int(np.prod(shape)),)
+            continue
+        if op.kind == "maxpool":
+            layer, shape = _maxpool_layer(op, shape, lanes)
+            design.layers.append(layer)
+            continue
+        p_in, p_out = next(parallel)
+        if op.kind == "conv":
+            layer, weight, shape = _conv_layer(op, shape, p_in, p_out)
+        else:
+            weight = _as_dense(op)[0]
+            if flattened_from is not None:
+                weight = _columns_in_stream_order(weight, flattened_from, p_in)
+            layer = _dense_layer(op, weight, p_in, p_out)
+            shape = (weight.shape[0],)
+            flattened_from = None
+        _write_memories(directory / "mem", layer, weight, op.arrays["bias"], op)
         design.layers.append(layer)
+        lanes = p_out
     program.save(directory / "program")  # the golden model travels with the design
     write_text(directory / "kiln_top.sv", _top(design))
     write_text(directory / "design.json", json.dumps(design.as_dict(), indent=2) + "\n")
@@ -177,6 +212,72 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
 
     write_text(directory / "test_top.py", TESTBENCH)
     return design
+
+
+def _dense_layer(op: IntOp, weight: np.ndarray, p_in: int, p_out: int, **extra: Any) -> Layer:
+    in_q, out_q = TensorQuant(**op.attrs["in_quant"]), op.out_quant
+    lo, hi = op.attrs["clamp"]
+    return Layer(op.name, weight.shape[1], weight.shape[0], p_in, p_out, in_q.bits,
+                 in_q.signed, in_q.zero_point, out_q.bits, out_q.zero_point, lo, hi,
+                 int(op.array_bits.get("weight", 8)), int(np.count_nonzero(weight) or
+                                                           weight.size), **extra)
+
+
+def _conv_layer(op: IntOp, shape: tuple[int, ...], p_in: int, p_out: int
+                ) -> tuple[Layer, np.ndarray, tuple[int, int, int]]:
+    """A conv as im2col + matrix unit; weight columns in window order (ky, kx, cb, lane)."""
+    channels, height, width = shape
+    weight = op.arrays["weight"]
+    k_out, c_group, fy, fx = weight.shape
+    stride, padding, dilation = op.attrs["stride"], op.attrs["padding"], op.attrs["dilation"]
+    if op.attrs["groups"] != 1 or len({*stride}) != 1 or len({*padding}) != 1 or \
+            len({*dilation}) != 1:
+        raise KilnError(f"conv '{op.name}': the hardware supports ungrouped convolutions with "
+                        "equal strides, paddings and dilations in both directions")
+    beats = -(-channels // p_in)
+    columns = np.zeros((k_out, fy, fx, beats * p_in), dtype=np.int64)
+    columns[:, :, :, :channels] = weight.transpose(0, 2, 3, 1)
+    dense = columns.reshape(k_out, -1)
+    out_h = (height + 2 * padding[0] - dilation[0] * (fy - 1) - 1) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - dilation[1] * (fx - 1) - 1) // stride[1] + 1
+    geometry = {"H": height, "W": width, "CB": beats, "FY": fy, "FX": fx, "STRIDE": stride[0],
+                "PAD": padding[0], "DILATION": dilation[0], "OH": out_h, "OW": out_w}
+    blocks = fy * fx * beats * -(-k_out // p_out)
+    layer = _dense_layer(op, dense, p_in, p_out, kind="conv", geometry=geometry,
+                         stream_in_n=channels, vectors_per_input=out_h * out_w,
+                         cycles_per_input=height * width * beats + out_h * out_w * blocks)
+    layer.macs = int(weight.size) * out_h * out_w
+    return layer, dense, (k_out, out_h, out_w)
+
+
+def _maxpool_layer(op: IntOp, shape: tuple[int, ...], lanes: int
+                   ) -> tuple[Layer, tuple[int, int, int]]:
+    channels, height, width = shape
+    kernel, stride, padding = op.attrs["kernel"], op.attrs["stride"], op.attrs["padding"]
+    if any(padding) or op.attrs["ceil_mode"] or len({*kernel}) != 1 or len({*stride}) != 1:
+        raise KilnError(f"max pool '{op.name}': the hardware supports square, unpadded pools")
+    quant = op.out_quant
+    out_h = (height - kernel[0]) // stride[0] + 1
+    out_w = (width - kernel[1]) // stride[1] + 1
+    beats = -(-channels // lanes)
+    geometry = {"H": height, "W": width, "CB": beats, "K": kernel[0], "STRIDE": stride[0],
+                "OH": out_h, "OW": out_w}
+    layer = Layer(op.name, channels, channels, lanes, lanes, quant.bits, quant.signed,
+                  quant.zero_point, quant.bits, quant.zero_point, quant.qmin, quant.qmax, 8, 0,
+                  kind="maxpool", geometry=geometry, vectors_per_input=out_h * out_w,
+                  cycles_per_input=(height * width + out_h * out_w) * beats)
+    return layer, (channels, out_h, out_w)
+
+
+def _columns_in_stream_order(weight: np.ndarray, shape: tuple[int, ...], lanes: int
+                             ) -> np.ndarray:
+    """Reorder a dense layer's columns from NCHW flatten order (c, y, x) to the order the
+    stream delivers them: pixel (y, x), then channel beat, then lane (padded lanes 0)."""
+    channels, height, width = shape
+    beats = -(-channels // lanes)
+    out = np.zeros((weight.shape[0], height, width, beats * lanes), dtype=np.int64)
+    out[:, :, :, :channels] = weight.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
+    return out.reshape(weight.shape[0], -1)
 
 
 def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndarray,
@@ -192,13 +293,30 @@ def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.nda
             blocks.append(block.reshape(-1))  # lane p * P_in + q
     write_text(folder / f"{layer.name}.weights.mem", _hex_words(np.array(blocks),
                                                                 layer.weight_bits))
-    per_beat = lambda values: _padded(values, rows).reshape(layer.out_beats, layer.p_out)  # noqa: E731
+    def per_beat(values: np.ndarray) -> np.ndarray:
+        return _padded(values, rows).reshape(layer.out_beats, layer.p_out)
+
     write_text(folder / f"{layer.name}.bias.mem", _hex_words(per_beat(bias), 32))
     write_text(folder / f"{layer.name}.m0.mem", _hex_words(per_beat(op.arrays["m0"]), 32))
     write_text(folder / f"{layer.name}.shift.mem", _hex_words(per_beat(op.arrays["shift"]), 8))
     weight_zero = op.arrays.get("weight_zero", np.zeros(layer.out_n, dtype=np.int64))
+    if weight_zero.ndim == 0 or weight_zero.size != layer.out_n:
+        weight_zero = np.broadcast_to(weight_zero, (layer.out_n,))
     write_text(folder / f"{layer.name}.wzero.mem",
                _hex_words(per_beat(weight_zero), layer.weight_bits))
+
+
+def _instance(module: str, name: str, params: dict[str, int], files: str,
+              source: tuple[str, str, str], sink: tuple[str, str, str], comment: str
+              ) -> list[str]:
+    rendered = ", ".join(f".{k}({v})" for k, v in params.items())
+    if files:
+        rendered += ",\n                 " + files
+    return [f"    // {comment}",
+            f"    {module} #({rendered}) {name} (",
+            "        .clk(clk), .rst_n(rst_n),",
+            f"        .in_valid({source[0]}), .in_ready({source[1]}), .in_data({source[2]}),",
+            f"        .out_valid({sink[0]}), .out_ready({sink[1]}), .out_data({sink[2]}));"]
 
 
 def _top(design: Design) -> str:
@@ -224,6 +342,26 @@ def _top(design: Design) -> str:
     for index, layer in enumerate(design.layers):
         source = ("in_valid", "in_ready", "in_data") if index == 0 else (
             f"l{index - 1}_valid", f"l{index - 1}_ready", f"l{index - 1}_data")
+        sink = (f"l{index}_valid", f"l{index}_ready", f"l{index}_data")
+        geometry = layer.geometry
+        if layer.kind == "maxpool":
+            params = {"H": geometry["H"], "W": geometry["W"], "CB": geometry["CB"],
+                      "P": layer.p_in, "BITS": layer.in_bits, "SIGNED": int(layer.in_signed),
+                      "K": geometry["K"], "STRIDE": geometry["STRIDE"]}
+            lines += _instance("kiln_maxpool", f"layer_{index}", params, "", source, sink,
+                               f"{layer.name}: max pool {geometry['K']}x{geometry['K']}")
+            continue
+        if layer.kind == "conv":
+            window = (f"w{index}_valid", f"w{index}_ready", f"w{index}_data")
+            lines += [f"    logic w{index}_valid, w{index}_ready;",
+                      f"    logic [{layer.p_in * layer.in_bits - 1}:0] w{index}_data;"]
+            params = {"H": geometry["H"], "W": geometry["W"], "CB": geometry["CB"],
+                      "P": layer.p_in, "BITS": layer.in_bits, "ZERO": layer.in_zero,
+                      "FY": geometry["FY"], "FX": geometry["FX"], "STRIDE": geometry["STRIDE"],
+                      "PAD": geometry["PAD"], "DILATION": geometry["DILATION"]}
+            lines += _instance("kiln_im2col", f"im2col_{index}", params, "", source, window,
+                               f"{layer.name}: im2col {geometry['FY']}x{geometry['FX']}")
+            source = window
         mem = f"mem/{layer.name}"
         params = {"IN_N": layer.in_n, "OUT_N": layer.out_n, "P_IN": layer.p_in,
                   "P_OUT": layer.p_out, "IN_BITS": layer.in_bits,
@@ -231,19 +369,12 @@ def _top(design: Design) -> str:
                   "W_BITS": layer.weight_bits, "OUT_BITS": layer.out_bits,
                   "OUT_ZERO": layer.out_zero, "LO": layer.lo, "HI": layer.hi,
                   "ROUND_NEAREST": nearest}
-        rendered = ", ".join(f".{k}({v})" for k, v in params.items())
         files = (f'.W_FILE("{mem}.weights.mem"), .B_FILE("{mem}.bias.mem"), '
                  f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem"), '
                  f'.Z_FILE("{mem}.wzero.mem")')
-        lines += [
-            f"    // {layer.name}: {layer.in_n} -> {layer.out_n}, {layer.p_in}x{layer.p_out}",
-            f"    kiln_dense #({rendered},",
-            f"                 {files}) layer_{index} (",
-            "        .clk(clk), .rst_n(rst_n),",
-            f"        .in_valid({source[0]}), .in_ready({source[1]}), .in_data({source[2]}),",
-            f"        .out_valid(l{index}_valid), .out_ready(l{index}_ready), "
-            f".out_data(l{index}_data));",
-        ]
+        lines += _instance("kiln_dense", f"layer_{index}", params, files, source, sink,
+                           f"{layer.name}: {layer.in_n} -> {layer.out_n}, "
+                           f"{layer.p_in}x{layer.p_out}")
     final = len(design.layers) - 1
     lines += [f"    assign out_valid = l{final}_valid;",
               f"    assign l{final}_ready = out_ready;",

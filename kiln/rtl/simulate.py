@@ -58,10 +58,17 @@ def golden_vectors(design: Design, inputs: np.ndarray) -> dict[str, np.ndarray]:
 
     program = IntegerProgram.load(design.directory / "program")
     tensors = run(program, inputs, keep=True)
-    vectors = {"inputs": inputs.reshape(len(inputs), -1)}
+    vectors = {"inputs": _stream_order(inputs)}
     for index, layer in enumerate(design.layers):
-        vectors[f"layer{index}"] = tensors[layer.name].reshape(len(inputs), -1)
+        vectors[f"layer{index}"] = _stream_order(tensors[layer.name])
     return vectors
+
+
+def _stream_order(tensor: np.ndarray) -> np.ndarray:
+    """Rows as the hardware streams them: feature maps pixel by pixel (channels last)."""
+    if tensor.ndim == 4:
+        return tensor.transpose(0, 2, 3, 1).reshape(-1, tensor.shape[1])
+    return tensor.reshape(len(tensor), -1)
 
 
 def test_inputs(design: Design, count: int) -> np.ndarray:

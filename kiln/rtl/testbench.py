@@ -42,7 +42,7 @@ def unpack(word, lanes, bits, signed):
 
 
 def beats_of(vector, layer):
-    beats = -(-layer["in_n"] // layer["p_in"])
+    beats = -(-layer["stream_in_n"] // layer["p_in"])
     padded = list(vector) + [layer["in_zero"]] * (beats * layer["p_in"] - len(vector))
     return [pack(padded[b * layer["p_in"]:(b + 1) * layer["p_in"]], layer["in_bits"])
             for b in range(beats)]
@@ -130,21 +130,22 @@ async def run_vectors(dut, count, max_gap, ready_probability, seed):
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     await reset(dut)
     cocotb.start_soon(clock.count())
-    inputs = VECTORS["inputs"][:count]
+    inputs = VECTORS["inputs"][:count * DESIGN["input_vectors_per_input"]]
     mismatches, found, times = [], [[] for _ in LAYERS], [[] for _ in LAYERS]
-    for index in range(len(LAYERS)):
-        cocotb.start_soon(monitor(dut, index, VECTORS[f"layer{index}"][:count], found[index],
-                                  mismatches, clock, times[index]))
+    for index, layer in enumerate(LAYERS):
+        expected = VECTORS[f"layer{index}"][:count * layer["vectors_per_input"]]
+        cocotb.start_soon(monitor(dut, index, expected, found[index], mismatches, clock,
+                                  times[index]))
     cocotb.start_soon(sink(dut, rng, ready_probability))
     first_input = []
     cocotb.start_soon(drive(dut, inputs, rng, max_gap, clock, first_input))
-    limit = 200 + count * 4 * sum(-(-l["in_n"] // l["p_in"]) * -(-l["out_n"] // l["p_out"]) + 8
-                                  for l in LAYERS)
-    while len(found[-1]) < count and not mismatches and clock.cycle < limit:
+    limit = 1000 + count * 4 * sum(layer["cycles_per_input"] + 8 for layer in LAYERS)
+    wanted = count * LAYERS[-1]["vectors_per_input"]
+    while len(found[-1]) < wanted and not mismatches and clock.cycle < limit:
         await RisingEdge(dut.clk)
     assert not mismatches, "; ".join(mismatches[:5])
-    assert len(found[-1]) == count, (
-        f"only {len(found[-1])} of {count} outputs after {clock.cycle} cycles (a lost or "
+    assert len(found[-1]) == wanted, (
+        f"only {len(found[-1])} of {wanted} outputs after {clock.cycle} cycles (a lost or "
         "stuck beat)")
     return first_input, times
 
@@ -152,7 +153,7 @@ async def run_vectors(dut, count, max_gap, ready_probability, seed):
 @cocotb.test()
 async def random_gaps_and_backpressure(dut):
     """Every output of every layer equals the engine's, with gaps and backpressure."""
-    count = len(VECTORS["inputs"])
+    count = len(VECTORS["inputs"]) // DESIGN["input_vectors_per_input"]
     await run_vectors(dut, count, max_gap=3, ready_probability=0.6, seed=1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"vectors": count, "bit_exact": True}))
@@ -161,11 +162,14 @@ async def random_gaps_and_backpressure(dut):
 @cocotb.test()
 async def full_rate_cycles(dut):
     """Cycle counts with no input gaps and the output always ready."""
-    count = min(len(VECTORS["inputs"]), 64)
+    count = min(len(VECTORS["inputs"]) // DESIGN["input_vectors_per_input"], 64)
     first_input, times = await run_vectors(dut, count, max_gap=0, ready_probability=1.0, seed=2)
-    final = times[-1]
+    # Completion time of each inference's last vector, per layer.
+    done = [t[layer["vectors_per_input"] - 1::layer["vectors_per_input"]]
+            for layer, t in zip(LAYERS, times)]
+    final = done[-1]
     intervals = {LAYERS[i]["name"]: (t[-1] - t[0]) / max(len(t) - 1, 1)
-                 for i, t in enumerate(times)}
+                 for i, t in enumerate(done)}
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.update({"cycles_per_inference": (final[-1] - final[0]) / max(len(final) - 1, 1),
                     "latency_cycles": final[0] - first_input[0],
