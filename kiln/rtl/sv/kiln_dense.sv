@@ -107,13 +107,17 @@ module kiln_dense #(
             // P_IN products, padded with zeros to a power of two, summed pairwise:
             // a balanced adder tree of depth ceil(log2 P_IN).
             logic signed [31:0] products [LEAVES];
+            logic [W_BITS-1:0] w_zero_bits;
             logic signed [W_BITS-1:0] w_zero;
-            assign w_zero = $signed(wzero_rom[j_beat][p*W_BITS +: W_BITS]);
+            assign w_zero_bits = wzero_rom[j_beat][p*W_BITS +: W_BITS];
+            assign w_zero = w_zero_bits;
             for (q = 0; q < LEAVES; q++) begin : g_leaf
                 if (q < P_IN) begin : g_product
+                    logic [W_BITS-1:0] w_bits;
                     logic signed [W_BITS-1:0] w;
                     logic signed [WB-1:0] w_centered;
-                    assign w = $signed(w_word[(p*P_IN + q)*W_BITS +: W_BITS]);
+                    assign w_bits = w_word[(p*P_IN + q)*W_BITS +: W_BITS];
+                    assign w = w_bits;
                     assign w_centered = WB'(w) - WB'(w_zero);
                     assign products[q] = 32'(PB'(x_centered[q]) * PB'(w_centered));
                 end else begin : g_pad
