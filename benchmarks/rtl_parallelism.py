@@ -23,6 +23,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from kiln.data import load_dataset
+    from kiln.errors import KilnError
     from kiln.integer import lower
     from kiln.models import resolve_model
     from kiln.quant import calibrate, quantize, uniform_config
@@ -47,7 +48,12 @@ def main() -> None:
                                   "build_seconds": result.build_seconds,
                                   "run_seconds": result.run_seconds}
             for target in ("ice40", "xilinx"):
-                synth = synthesize(design, target=target)
+                try:
+                    synth = synthesize(design, target=target)
+                except KilnError as exc:  # report a tool failure in its cell, keep going
+                    row[target] = {"luts": "-", "flip_flops": "-", "dsps": "-",
+                                   "multipliers": "-", "error": str(exc)[-160:]}
+                    continue
                 row[target] = {"luts": synth.luts, "flip_flops": synth.flip_flops,
                                "dsps": synth.dsps, "multipliers": synth.multipliers,
                                "seconds": synth.seconds}

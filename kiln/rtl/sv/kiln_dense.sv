@@ -76,7 +76,8 @@ module kiln_dense #(
     logic running;
     logic [IB-1:0] i_beat;
     logic [OB-1:0] j_beat;
-    logic signed [31:0] acc [P_OUT];
+    // Flat vectors, not arrays: Yosys's frontend mishandles one-element arrays.
+    logic [P_OUT*32-1:0] acc;
     logic last_i;
     logic fifo_full;
     logic step;
@@ -89,8 +90,8 @@ module kiln_dense #(
     assign x_word = buffer[comp_sel][i_beat];
     assign w_word = weight_rom[WA'(j_beat) * WA'(IN_BEATS) + WA'(i_beat)];
 
-    logic signed [XB-1:0] x_centered [P_IN];
-    logic signed [31:0] lane_total [P_OUT];
+    logic [P_IN*XB-1:0] x_centered;  // signed lanes
+    logic [P_OUT*32-1:0] lane_total;
     logic [P_OUT*OUT_BITS-1:0] result;
     genvar q, p;
     generate
@@ -98,15 +99,15 @@ module kiln_dense #(
             logic [IN_BITS-1:0] raw;
             assign raw = x_word[q*IN_BITS +: IN_BITS];
             if (IN_SIGNED) begin : g_signed
-                assign x_centered[q] = XB'($signed(raw)) - XB'(IN_ZERO);
+                assign x_centered[q*XB +: XB] = XB'($signed(raw)) - XB'(IN_ZERO);
             end else begin : g_unsigned
-                assign x_centered[q] = $signed(XB'({1'b0, raw})) - XB'(IN_ZERO);
+                assign x_centered[q*XB +: XB] = $signed(XB'({1'b0, raw})) - XB'(IN_ZERO);
             end
         end
         for (p = 0; p < P_OUT; p++) begin : g_lane
             // P_IN products, padded with zeros to a power of two, summed pairwise:
             // a balanced adder tree of depth ceil(log2 P_IN).
-            logic signed [31:0] products [LEAVES];
+            logic [LEAVES*32-1:0] products;  // signed lanes
             logic [W_BITS-1:0] w_zero_bits;
             logic signed [W_BITS-1:0] w_zero;
             assign w_zero_bits = wzero_rom[j_beat][p*W_BITS +: W_BITS];
@@ -119,15 +120,16 @@ module kiln_dense #(
                     assign w_bits = w_word[(p*P_IN + q)*W_BITS +: W_BITS];
                     assign w = w_bits;
                     assign w_centered = WB'(w) - WB'(w_zero);
-                    assign products[q] = 32'(PB'(x_centered[q]) * PB'(w_centered));
+                    assign products[q*32 +: 32] =
+                        32'(PB'($signed(x_centered[q*XB +: XB])) * PB'(w_centered));
                 end else begin : g_pad
-                    assign products[q] = 32'sd0;
+                    assign products[q*32 +: 32] = 32'd0;
                 end
             end
             logic signed [31:0] tree_sum;
             always_comb begin : tree
                 logic signed [31:0] level [LEAVES];
-                for (int k = 0; k < LEAVES; k++) level[k] = products[k];
+                for (int k = 0; k < LEAVES; k++) level[k] = $signed(products[k*32 +: 32]);
                 for (int l = 0; l < LEVELS; l++)
                     for (int k = 0; k < LEAVES / 2; k++)
                         if (k < (LEAVES >> (l + 1)))
@@ -136,9 +138,9 @@ module kiln_dense #(
             end
             // The accumulator after this beat, with the bias on the last beat.
             logic signed [31:0] total;
-            assign total = acc[p] + tree_sum +
+            assign total = $signed(acc[p*32 +: 32]) + tree_sum +
                            (last_i ? $signed(bias_rom[j_beat][p*32 +: 32]) : 32'sd0);
-            assign lane_total[p] = total;
+            assign lane_total[p*32 +: 32] = total;
             kiln_requant #(.OUT_BITS(OUT_BITS), .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
                            .ROUND_NEAREST(ROUND_NEAREST)) u_requant (
                 .acc(total), .m0(m0_rom[j_beat][p*32 +: 32]),
@@ -169,7 +171,7 @@ module kiln_dense #(
             j_beat <= '0;
             fifo_count <= 2'd0;
             fifo_head <= 1'b0;
-            for (int k = 0; k < P_OUT; k++) acc[k] <= 32'sd0;
+            acc <= '0;
         end else begin
             // Load.
             if (in_valid && in_ready) begin
@@ -190,7 +192,7 @@ module kiln_dense #(
             // Compute one block per cycle.
             if (step) begin
                 if (last_i) begin
-                    for (int k = 0; k < P_OUT; k++) acc[k] <= 32'sd0;
+                    acc <= '0;
                     i_beat <= '0;
                     if (j_beat == OB'(OUT_BEATS - 1)) begin
                         j_beat <= '0;
@@ -202,7 +204,7 @@ module kiln_dense #(
                         j_beat <= j_beat + 1'b1;
                     end
                 end else begin
-                    for (int k = 0; k < P_OUT; k++) acc[k] <= lane_total[k];
+                    acc <= lane_total;
                     i_beat <= i_beat + 1'b1;
                 end
             end
