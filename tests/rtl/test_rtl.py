@@ -81,11 +81,13 @@ def test_emitter_bad_inputs(jsc_program, tmp_path):
                                      "float32", jsc_program.ops)
     with pytest.raises(KilnError, match="float32 rounding"):
         emit(jsc_program_f32, (4, 4), tmp_path / "b")
-    dataset = load_dataset("fashion-mnist")
-    graph, _ = resolve_model("convnet", pretrained=True)
-    conv_program = lower(calibrate(quantize(graph, uniform_config(8, 8)), dataset, batches=1))
-    with pytest.raises(KilnError, match=r"features_0 \(conv\)"):
-        emit(conv_program, (4, 4), tmp_path / "c")
+    from kiln.models import build_graph
+
+    resnet = build_graph("resnet18-cifar", (1, 8, 8), 10)
+    digits = load_dataset("digits")
+    residual = lower(calibrate(quantize(resnet, uniform_config(8, 8)), digits, batches=1))
+    with pytest.raises(KilnError, match=r"also has: .*\(add\)"):
+        emit(residual, (4, 4), tmp_path / "c")
 
 
 def test_padding_when_parallelism_exceeds_a_dimension(jsc_program, tmp_path):
@@ -102,3 +104,27 @@ def test_generated_rtl_is_lint_clean(jsc_program, tmp_path):
                            *[str(p) for p in design.sources]], capture_output=True, text=True,
                           cwd=design.directory)
     assert lint.returncode == 0, lint.stderr
+
+
+def test_convnet_bit_exact_on_verilator(tmp_path):
+    dataset = load_dataset("fashion-mnist")
+    graph, _ = resolve_model("convnet", pretrained=True)
+    program = lower(calibrate(quantize(graph, uniform_config(8, 8)), dataset, batches=2))
+    program.metadata["dataset"] = "fashion-mnist"
+    design = emit(program, (4, 4), tmp_path / "cnn")
+    assert [layer.kind for layer in design.layers] == ["conv", "maxpool", "conv", "maxpool",
+                                                       "dense", "dense"]
+    result = simulate(design, simulator="verilator", vectors=2)
+    assert result.passed and result.utilization >= 0.9
+
+
+def test_synthesis_statistics(jsc_program, tmp_path):
+    from kiln.rtl import synthesize
+
+    design = emit(jsc_program, (2, 2), tmp_path / "synth")
+    generic = synthesize(design, target="generic")
+    assert generic.multipliers == 4 * (2 * 2 + 2)  # products and requantizers, 4 layers
+    xilinx = synthesize(design, target="xilinx")
+    assert xilinx.luts > 100 and xilinx.flip_flops > 100 and xilinx.dsps > 0
+    with pytest.raises(KilnError, match="unknown synthesis target"):
+        synthesize(design, target="asic")
