@@ -31,3 +31,19 @@ def test_integer_bad_inputs(tmp_path):
     assert kiln("lower", "jsc-tiny", "--data", "letter", "--out", str(broken)).returncode == 0
     (broken / "arrays.npz").write_bytes(b"garbage")
     _assert_one_line_error(kiln("run", str(broken)), "arrays.npz")
+
+
+def test_rtl_commands(tmp_path):
+    program, design = tmp_path / "prog", tmp_path / "rtl"
+    assert kiln("lower", "jsc-tiny", "--data", "letter", "--out", str(program)).returncode == 0
+    emitted = kiln("emit-rtl", str(program), "--parallelism", "4x4", "--out", str(design),
+                   "--json")
+    assert emitted.returncode == 0, emitted.stderr
+    assert (design / "kiln_top.sv").is_file() and (design / "test_top.py").is_file()
+    simulated = json.loads(kiln("simulate", str(design), "--simulator", "icarus", "--vectors",
+                                "50", "--json").stdout)
+    assert simulated["passed"] and simulated["vectors"] == 50
+    _assert_one_line_error(kiln("simulate", str(design), "--simulator", "modelsim"),
+                           "unknown simulator")
+    _assert_one_line_error(kiln("emit-rtl", str(program), "--parallelism", "0x4", "--out",
+                                str(tmp_path / "x")), "parallelism must be positive")
