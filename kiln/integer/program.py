@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import KilnError
+from kiln.quant.spec import integer_range
 from kiln.report.markdown import write_text
 
 FORMAT = "kiln-integer-program"
@@ -43,11 +44,11 @@ class TensorQuant:
 
     @property
     def qmin(self) -> int:
-        return -(2 ** (self.bits - 1)) if self.signed else 0
+        return integer_range(self.bits, self.signed)[0]
 
     @property
     def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+        return integer_range(self.bits, self.signed)[1]
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Round half to even, add the zero point, saturate (ONNX QuantizeLinear)."""

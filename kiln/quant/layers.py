@@ -32,7 +32,24 @@ def _copy_state(source: nn.Module, target: nn.Module) -> None:
             target.register_buffer(name, buffer.clone())
 
 
-class QuantConv2d(nn.Conv2d):
+class _QuantizedParameters:
+    """The weight and bias as the layer computes with them (through its quantizers)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    weight_quantizer: FakeQuantize | None
+    bias_quantizer: FakeQuantize | None
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        if self.bias is None or self.bias_quantizer is None:
+            return self.bias
+        return self.bias_quantizer(self.bias)
+
+
+class QuantConv2d(_QuantizedParameters, nn.Conv2d):
     """``nn.Conv2d`` computing with quantized weights and bias."""
 
     @classmethod
@@ -45,19 +62,11 @@ class QuantConv2d(nn.Conv2d):
         _quantizers(layer, weight, bias)
         return layer
 
-    def quantized_weight(self) -> torch.Tensor:
-        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
-
-    def quantized_bias(self) -> torch.Tensor | None:
-        if self.bias is None or self.bias_quantizer is None:
-            return self.bias
-        return self.bias_quantizer(self.bias)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_QuantizedParameters, nn.Linear):
     """``nn.Linear`` computing with quantized weights and bias."""
 
     @classmethod
@@ -67,14 +76,6 @@ class QuantLinear(nn.Linear):
         _copy_state(linear, layer)
         _quantizers(layer, weight, bias)
         return layer
-
-    def quantized_weight(self) -> torch.Tensor:
-        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
-
-    def quantized_bias(self) -> torch.Tensor | None:
-        if self.bias is None or self.bias_quantizer is None:
-            return self.bias
-        return self.bias_quantizer(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.quantized_bias())

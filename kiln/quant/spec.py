@@ -36,6 +36,17 @@ MINIFLOAT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def integer_range(bits: int, signed: bool) -> tuple[int, int]:
+    """The smallest and largest integer of a ``bits``-wide type.
+
+    >>> integer_range(8, True), integer_range(4, False)
+    ((-128, 127), (0, 15))
+    """
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
 class QuantSpec(BaseModel):
     """How to quantize one tensor. Unknown keys and bad values raise ``ConfigError``."""
 
@@ -99,11 +110,11 @@ class QuantSpec(BaseModel):
     # --- integer grid ----------------------------------------------------------------
     @property
     def qmin(self) -> int:
-        return -(2 ** (self.bits - 1)) if self.signed else 0
+        return integer_range(self.bits, self.signed)[0]
 
     @property
     def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+        return integer_range(self.bits, self.signed)[1]
 
     # --- minifloat -------------------------------------------------------------------
     @property
