@@ -66,7 +66,9 @@ class _Layer:
     node: torch.fx.Node
 
 
-def _check_amount(fraction: float | None, threshold: float | None) -> None:
+def _check_amount(fraction: float | None, threshold: float | None, norm: str = "l1") -> None:
+    if norm not in ("l1", "l2"):
+        raise ConfigError(f"unknown norm '{norm}': use 'l1' or 'l2'")
     if (fraction is None) == (threshold is None):
         raise ConfigError("give exactly one of fraction or threshold")
     if fraction is not None and not 0.0 <= fraction < 1.0:
@@ -156,9 +158,7 @@ def prune_filters(graph: Graph, *, fraction: float | None = None,
     The last layer (the classes) is never pruned. A pruned filter's bias, and the
     affine parameters of a BatchNorm right after it, are zeroed too.
     """
-    _check_amount(fraction, threshold)
-    if norm not in ("l1", "l2"):
-        raise ConfigError(f"unknown norm '{norm}': use 'l1' or 'l2'")
+    _check_amount(fraction, threshold, norm)
     result = graph.copy()
     chosen = _prunable(result, layers, skip_last=True, skip_first=False)
     scores = [_filter_scores(layer, norm) for layer in chosen]
@@ -198,9 +198,7 @@ def prune_channels(graph: Graph, *, fraction: float | None = None,
     A linear layer after a flatten prunes whole channels of the feature map (all their
     spatial positions at once). The first layer (the data's channels) is never pruned.
     """
-    _check_amount(fraction, threshold)
-    if norm not in ("l1", "l2"):
-        raise ConfigError(f"unknown norm '{norm}': use 'l1' or 'l2'")
+    _check_amount(fraction, threshold, norm)
     result = graph.copy()
     chosen = _prunable(result, layers, skip_last=False, skip_first=True)
     groups = [_flatten_group(result, layer) for layer in chosen]
