@@ -20,8 +20,8 @@ def emit_rtl(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Emit SystemVerilog for an integer program (MLPs today), with ROM files and a
-    cocotb testbench.
+    """Emit SystemVerilog for an integer program (MLPs and small CNNs), with ROM files
+    and a cocotb testbench.
 
     Example:  kiln emit-rtl out/jsc-int8 --parallelism 4x4 --out out/jsc-rtl
     """

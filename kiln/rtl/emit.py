@@ -3,12 +3,13 @@
 Each weighted layer becomes a ``kiln_dense`` instance (a standalone BatchNorm, kiln's
 ``affine`` op, becomes a dense layer with a diagonal weight matrix) with its weights,
 biases and requantization parameters in ``$readmemh`` files laid out one word per
-[P_out x P_in] block. ``top.sv`` chains the layers with valid/ready streams; the folder
+[P_out x P_in] block. ``kiln_top.sv`` chains the layers with valid/ready streams; the folder
 also gets the component sources, ``design.json`` (every parameter) and the cocotb
 testbench ``test_top.py``.
 
-Scope today: multilayer perceptrons (dense and affine ops, ``floor`` or ``nearest``
-rounding). Convolution programs are refused with a clear error.
+Supported: conv (ungrouped; an im2col frame buffer feeding a dense unit), max pool,
+flatten, dense and affine ops, in ``floor`` or ``nearest`` rounding. Anything else
+(residual adds, average pools, float32 rounding) is refused with a clear error.
 """
 
 from __future__ import annotations
