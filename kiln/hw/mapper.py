@@ -1,0 +1,373 @@
+"""The mapper: best spatial unrolling and temporal loop order for a layer on an accelerator.
+
+Spatial search enumerates every unrolling of layer dims over the array dims (one dim per
+array dim, or mixed unrollings when asked), ranked by the array's real utilization, so a
+56-wide loop on a 32-wide dimension counts as 28/32 used. Temporal search enumerates the
+orders of the loops' prime factors (LOMA: loop-order-based memory allocation) and gives
+each order its memory levels bottom-up, each memory taking the loops that minimise the
+traffic to the level above. Orders that give the same allocated mapping are evaluated
+once; ties are broken by (objective, energy, latency, mapping text) so results never
+depend on enumeration order or hash seeds.
+
+    >>> from kiln.hw import load_accelerator, load_workload, map_layer   # doctest: +SKIP
+    >>> best = map_layer(workload.layers[0], hw, objective="latency")     # doctest: +SKIP
+    >>> best.cost.latency_cycles, str(best.spatial)                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from kiln.errors import ConfigError
+from kiln.hw.accelerator import Accelerator, Memory
+from kiln.hw.cost import Cost, MappingError, Relevancy, evaluate, relevancy, tensor_elements
+from kiln.hw.mapping import (
+    Loop,
+    MappingConstraints,
+    SpatialMapping,
+    TemporalMapping,
+    fit_spatial,
+    max_unrolling,
+    temporal_loop_sizes,
+)
+from kiln.hw.workload import Layer
+
+OBJECTIVES = ("latency", "energy", "edp")
+
+
+class MemoryTooSmall(MappingError):
+    """The loops given to a memory (or left for the top one) do not fit in it."""
+
+
+@dataclass
+class MappingResult:
+    """The best mapping found for a layer and what the search did."""
+
+    layer: str
+    cost: Cost
+    spatial: SpatialMapping
+    temporal: TemporalMapping
+    evaluated: int
+    orderings: int
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Memory allocation of one loop order
+# ---------------------------------------------------------------------------------------
+
+
+def _prime_factors(n: int) -> list[int]:
+    factors, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            factors.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        factors.append(n)
+    return factors
+
+
+def allocate(layer: Layer, hw: Accelerator, spatial_levels: dict[str, list[list[Loop]]],
+             ordering: list[Loop], rel: Relevancy) -> TemporalMapping:
+    """Give the loops of ``ordering`` (innermost first) to each memory bottom-up.
+
+    Each memory takes, for each operand it holds, a prefix of that operand's remaining
+    loops; among the prefixes that fit together it picks the one with the fewest accesses
+    to the level above (size × remaining iterations). Raises :class:`MemoryTooSmall`.
+    """
+    mem_to_op = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
+    unallocated = {op: list(ordering) for op in layer.operands}
+    allocated = {op: list(spatial_levels[op][0]) for op in layer.operands}
+    arch_level = dict.fromkeys(layer.operands, 1)
+    result: dict[str, list[tuple[Loop, ...]]] = {op: [] for op in layer.operands}
+    tops = {op: hw.levels(layer.links[op])[-1] for op in layer.operands}
+    for memory in hw.memories:
+        ops = [mem_to_op[m] for m in memory.operands if m in mem_to_op]
+        if not ops:
+            continue
+        options = {op: _prefix_sizes(layer, op, allocated[op], unallocated[op], spatial_levels[op],
+                                     arch_level[op], memory, rel) for op in ops}
+        chosen = _best_prefixes(ops, options, unallocated, memory, tops)
+        for op, count in zip(ops, chosen):
+            loops = unallocated[op][:count]
+            del unallocated[op][:count]
+            allocated[op] += loops
+            result[op].append(tuple(loops))
+            allocated[op] += spatial_levels[op][arch_level[op]]
+            if memory is tops[op] and unallocated[op]:
+                raise MemoryTooSmall(f"{memory.name} (top memory of {op}) cannot hold all loops")
+            arch_level[op] += 1
+    return TemporalMapping({op: tuple(levels) for op, levels in result.items()})
+
+
+def _precision_for(layer: Layer, op: str, unallocated: list[Loop], spatial_levels: list[list[Loop]],
+                   arch_level: int, rel: Relevancy) -> int:
+    if op != layer.output:
+        return layer.precision[op]
+    pending = [d for lv in spatial_levels[arch_level:] for d, _ in lv] + [d for d, _ in unallocated]
+    return layer.precision["O"] if any(d in rel.ir[op] for d in pending) else layer.precision["O_final"]
+
+
+def _prefix_sizes(layer: Layer, op: str, allocated: list[Loop], unallocated: list[Loop],
+                  spatial_levels: list[list[Loop]], arch_level: int, memory: Memory, rel: Relevancy
+                  ) -> list[float]:
+    bits = _precision_for(layer, op, unallocated, spatial_levels, arch_level, rel)
+    sizes: dict[str, float] = defaultdict(lambda: 1)
+    for dim, size in allocated:
+        sizes[dim] *= size
+    fits = []
+    for index in range(len(unallocated) + 1):
+        if index:
+            dim, size = unallocated[index - 1]
+            sizes[dim] *= size
+        needed = tensor_elements(layer, op, sizes, rel) * bits
+        if needed > memory.size_bits:
+            if index == 0:
+                raise MemoryTooSmall(f"{memory.name} cannot hold the {op} tile below it ({needed:.0f} bits > "
+                                     f"{memory.size_bits})")
+            break
+        fits.append(needed)
+    return fits
+
+
+def _best_prefixes(ops: list[str], options: dict[str, list[float]], unallocated: dict[str, list[Loop]],
+                   memory: Memory, tops: dict[str, Memory]) -> list[int]:
+    offsets = dict.fromkeys(ops, 0)
+    choices: dict[str, list[float]] = {}
+    accesses: dict[str, list[float]] = {}
+    for op in ops:
+        sizes = options[op]
+        if memory is tops[op]:
+            offsets[op] = len(sizes) - 1
+            sizes = sizes[-1:]
+        choices[op] = sizes
+        accesses[op] = []
+        for index, size in enumerate(sizes):
+            rest = unallocated[op][index + offsets[op]:]
+            accesses[op].append(0 if memory is tops[op] else math.prod(s for _, s in rest) * size)
+    best, best_accesses = [offsets[op] for op in ops], math.inf
+    for position, combo in enumerate(itertools.product(*(range(len(choices[op])) for op in ops))):
+        total = sum(choices[op][i] for op, i in zip(ops, combo))
+        if total > memory.size_bits:
+            if position == 0:
+                raise MemoryTooSmall(f"{memory.name} cannot hold the tiles of {', '.join(ops)} together")
+            continue
+        traffic = sum(accesses[op][i] for op, i in zip(ops, combo))
+        if traffic <= best_accesses:
+            best_accesses = traffic
+            best = [i + offsets[op] for op, i in zip(ops, combo)]
+    return best
+
+
+# ---------------------------------------------------------------------------------------
+# Loop orders
+# ---------------------------------------------------------------------------------------
+
+
+def loop_prime_factors(sizes: dict[str, int], limit: int | None) -> list[Loop]:
+    """Each temporal loop split into prime factors; while there are more than ``limit``,
+    the two smallest factors of the dim with the most are merged (ZigZag's lpf limit)."""
+    factors = {dim: sorted(_prime_factors(size)) for dim, size in sizes.items()}
+    limit = None if limit is None else max(limit, len(factors))
+    while limit is not None and sum(len(f) for f in factors.values()) > limit:
+        dim = max(factors, key=lambda d: len(factors[d]))
+        values = factors[dim]
+        merged = values[0] * values[1]
+        factors[dim] = sorted(values[2:] + [merged])
+    return [(dim, f) for dim, values in factors.items() for f in values]
+
+
+def unique_orderings(loops: list[Loop]) -> Iterator[list[Loop]]:
+    """Every distinct order of a multiset of loops (identical loops are not permuted)."""
+    counts: dict[Loop, int] = defaultdict(int)
+    for loop in loops:
+        counts[loop] += 1
+    keys = sorted(counts)
+    order: list[Loop] = []
+
+    def visit() -> Iterator[list[Loop]]:
+        if len(order) == len(loops):
+            yield list(order)
+            return
+        for key in keys:
+            if counts[key]:
+                counts[key] -= 1
+                order.append(key)
+                yield from visit()
+                order.pop()
+                counts[key] += 1
+
+    yield from visit()
+
+
+def count_orderings(loops: list[Loop]) -> int:
+    counts: dict[Loop, int] = defaultdict(int)
+    for loop in loops:
+        counts[loop] += 1
+    total = math.factorial(len(loops))
+    for c in counts.values():
+        total //= math.factorial(c)
+    return total
+
+
+def fixed_ordering(constraints: MappingConstraints, sizes: dict[str, int]) -> list[Loop] | None:
+    """The user's temporal ordering as loops, ``*`` taking what is left of a dim; None if absent."""
+    if not constraints.ordering:
+        return None
+    remaining = dict(sizes)
+    loops: list[Loop] = []
+    for dim, size in constraints.ordering:
+        if dim not in remaining:
+            continue
+        take = remaining[dim] if size is None else size
+        if remaining[dim] % take:
+            raise ConfigError(f"temporal ordering: {dim} {take} does not divide what is left of {dim} "
+                              f"({remaining[dim]})")
+        if take > 1:
+            loops.append((dim, take))
+        remaining[dim] //= take
+    leftovers = [(d, s) for d, s in remaining.items() if s > 1]
+    return loops + leftovers
+
+
+# ---------------------------------------------------------------------------------------
+# Spatial candidates
+# ---------------------------------------------------------------------------------------
+
+
+def spatial_candidates(layer: Layer, hw: Accelerator, mixed: bool = False, keep: int | None = None
+                       ) -> list[SpatialMapping]:
+    """Every valid unrolling, best array utilization first (ties: fewer array dims used, then text)."""
+    limits = max_unrolling(layer, hw)
+    per_oa: list[list[dict[str, int]]] = []
+    for oa, size in hw.array_sizes.items():
+        options: list[dict[str, int]] = [{}]
+        for dim in layer.sizes:
+            top = limits[oa][dim]
+            for factor in range(2, top + 1):
+                options.append({dim: factor})
+        if mixed:
+            dims = [d for d in layer.sizes if limits[oa][d] > 1]
+            for a, b in itertools.combinations(dims, 2):
+                for fa in range(2, limits[oa][a] + 1):
+                    for fb in range(2, limits[oa][b] + 1):
+                        if fa * fb <= size:
+                            options.append({a: fa, b: fb})
+        per_oa.append(options)
+    scored = []
+    names = list(hw.array_sizes)
+    for combo in itertools.product(*per_oa):
+        unrolled: dict[str, int] = {}
+        for per_dim in combo:
+            for dim, factor in per_dim.items():
+                unrolled[dim] = unrolled.get(dim, 1) * factor
+        if any(f > layer.sizes[d] for d, f in unrolled.items()):
+            continue
+        # Real utilization: a dim that does not divide runs ceil(size/unroll) steps.
+        steps = math.prod(math.ceil(layer.sizes[d] / f) for d, f in unrolled.items())
+        used = math.prod(unrolled.values())
+        if used == 1:
+            continue
+        ideal_units = math.prod(layer.sizes[d] for d in unrolled) / steps
+        utilization = ideal_units / hw.total_units
+        mapping = SpatialMapping({oa: dict(pd) for oa, pd in zip(names, combo) if pd})
+        scored.append((-utilization, str(mapping), mapping))
+    scored.sort(key=lambda item: (item[0], item[1]))
+    mappings = [m for _, _, m in scored]
+    return mappings[:keep] if keep else mappings
+
+
+# ---------------------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------------------
+
+
+def _objective(cost: Cost, objective: str) -> tuple:
+    primary = {"latency": cost.latency_cycles, "energy": cost.energy_pj, "edp": cost.edp}[objective]
+    return (primary, cost.energy_pj, cost.latency_cycles)
+
+
+def search_temporal(layer: Layer, hw: Accelerator, spatial_user: SpatialMapping, objective: str = "latency",
+                    lpf_limit: int | None = 6, ordering: list[Loop] | None = None,
+                    on_progress: Callable[[int], None] | None = None) -> MappingResult | None:
+    """Best temporal mapping for one spatial mapping (every loop order, or the given one)."""
+    from kiln.hw.cost import spatial_per_level
+
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
+    rel = relevancy(layer)
+    spatial, spatial_int, spatial_limited = fit_spatial(layer, hw, spatial_user)
+    levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
+    sizes = temporal_loop_sizes(layer, spatial)
+    if ordering is not None:
+        candidates: Iterator[list[Loop]] = iter([ordering])
+        total = 1
+    else:
+        lpfs = loop_prime_factors(sizes, lpf_limit) or [(layer.operands and next(iter(layer.sizes)), 1)]
+        candidates = unique_orderings(lpfs)
+        total = count_orderings(lpfs)
+    best: tuple | None = None
+    seen: set = set()
+    rejected: dict[str, int] = defaultdict(int)
+    evaluated = 0
+    for index, order in enumerate(candidates):
+        if on_progress and index % 256 == 0:
+            on_progress(index)
+        try:
+            temporal = allocate(layer, hw, levels, order, rel)
+        except MemoryTooSmall as error:
+            rejected[str(error).split(" (")[0]] += 1
+            continue
+        key = temporal.key()
+        if key in seen:
+            continue
+        seen.add(key)
+        cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel)
+        evaluated += 1
+        rank = (_objective(cost, objective), str(temporal.as_dict()))
+        if best is None or rank < best[0]:
+            best = (rank, cost, temporal)
+    if best is None:
+        return None
+    return MappingResult(layer.name, best[1], spatial_user, best[2], evaluated, total, dict(rejected))
+
+
+def map_layer(layer: Layer, hw: Accelerator, objective: str = "latency",
+              constraints: MappingConstraints | None = None, lpf_limit: int | None = 6,
+              spatial_keep: int | None = 3, mixed: bool = False) -> MappingResult:
+    """Best mapping of one layer: over the given spatial mapping or the best ``spatial_keep``
+    candidates (None: all), and over every loop order or the given one."""
+    constraints = constraints or MappingConstraints()
+    if constraints.spatial is not None:
+        spatials = [constraints.spatial]
+    else:
+        spatials = spatial_candidates(layer, hw, mixed=mixed, keep=spatial_keep)
+        if not spatials:
+            raise MappingError(f"layer '{layer.name}': no spatial unrolling fits {hw.name}")
+    best: MappingResult | None = None
+    evaluated, orderings = 0, 0
+    rejected: dict[str, int] = defaultdict(int)
+    for spatial in spatials:
+        spatial_fit = fit_spatial(layer, hw, spatial)[0]
+        ordering = fixed_ordering(constraints, temporal_loop_sizes(layer, spatial_fit))
+        result = search_temporal(layer, hw, spatial, objective, lpf_limit, ordering)
+        if result is None:
+            continue
+        evaluated += result.evaluated
+        orderings += result.orderings
+        for k, v in result.rejected.items():
+            rejected[k] += v
+        if best is None or (_objective(result.cost, objective), str(spatial)) < (
+                _objective(best.cost, objective), str(best.spatial)):
+            best = result
+    if best is None:
+        reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
+        raise MappingError(f"layer '{layer.name}' cannot be mapped on {hw.name}: {reasons}")
+    best.evaluated, best.orderings, best.rejected = evaluated, orderings, dict(rejected)
+    return best

@@ -1,0 +1,322 @@
+"""Workloads: one loop nest per layer, as ZigZag describes them.
+
+A :class:`Layer` is an equation ``O[..] += A[..] * B[..]`` over named loop dimensions
+(``B K G OX OY C FX FY`` for a convolution, ``D C K`` for a matrix product), operand
+precisions in bits (``O`` for partial sums, ``O_final`` for finished outputs) and, for a
+convolution's input, the *partially relevant* dimensions ``IX = stride*OX + dilation*FX``.
+
+Workloads come from ZigZag workload YAML, from any ONNX file (Conv, Gemm, MatMul are
+costed) or from a kiln Graph (its conv/linear/matmul layers, with widths taken from a
+quantized graph). Pooling and element-wise layers have no MACs; they are listed in
+``Workload.not_costed`` with their names so a report can say what was left out.
+
+    >>> from kiln.hw.workload import load_workload
+    >>> workload = load_workload("resnet18")              # doctest: +SKIP
+    >>> len(workload.layers), workload.layers[0].sizes     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kiln.errors import ConfigError, ModelFormatError
+
+DEFAULT_LINKS = {"O": "O", "W": "I2", "I": "I1"}
+_EQUATION = re.compile(r"^\s*(\w)((?:\[\w+\])+)\s*\+?=\s*(\w)((?:\[\w+\])+)\s*[*+]\s*(\w)((?:\[\w*\])+)\s*$")
+_RELATION = re.compile(r"^\s*(\w+)\s*=\s*(?:(\d+)\s*\*\s*)?(\w+)\s*\+\s*(?:(\d+)\s*\*\s*)?(\w+)\s*$")
+
+
+@dataclass
+class Layer:
+    """One layer's loop nest and operands.
+
+    ``operand_dims`` keeps the equation's order: output first, then the two inputs.
+    ``relations`` maps a partially relevant dimension to ``(dim_a, scale_a, dim_b,
+    scale_b)``; ``pr_sizes`` gives its real (unpadded) extent.
+    """
+
+    name: str
+    op_type: str
+    sizes: dict[str, int]
+    operand_dims: dict[str, list[str]]
+    precision: dict[str, int]
+    relations: dict[str, tuple[str, int, str, int]] = field(default_factory=dict)
+    pr_sizes: dict[str, int] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LINKS))
+    inputs_from: list[str] = field(default_factory=list)
+
+    @property
+    def operands(self) -> list[str]:
+        return list(self.operand_dims)
+
+    @property
+    def output(self) -> str:
+        return self.operands[0]
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.operands[1:]
+
+    @property
+    def macs(self) -> int:
+        return math.prod(self.sizes.values())
+
+    def with_precision(self, **bits: int) -> Layer:
+        """A copy with some operand precisions changed, e.g. ``with_precision(W=4, I=4)``."""
+        precision = dict(self.precision)
+        precision.update(bits)
+        return Layer(self.name, self.op_type, dict(self.sizes), self.operand_dims, precision,
+                     self.relations, self.pr_sizes, dict(self.links), list(self.inputs_from))
+
+
+@dataclass
+class Workload:
+    """The costed layers in execution order, and the layers kept out of the cost with why."""
+
+    name: str
+    layers: list[Layer]
+    not_costed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+
+def pr_extent(scale_a: int, size_a: int, scale_b: int, size_b: int) -> int:
+    """How many distinct values ``scale_a*a + scale_b*b`` takes for a < size_a, b < size_b."""
+    divisor = math.gcd(scale_a, scale_b)
+    return size_a * size_b - max(0, size_b - scale_a // divisor) * (size_a - scale_b // divisor)
+
+
+def parse_equation(equation: str, where: str) -> dict[str, list[str]]:
+    match = _EQUATION.match(equation)
+    if not match:
+        raise ConfigError(f"{where}: equation {equation!r} is not of the form O[..]+=I[..]*W[..]")
+    operands: dict[str, list[str]] = {}
+    for index in range(0, 6, 2):
+        operand, dims = match.group(index + 1), match.group(index + 2)
+        operands[operand] = [d.upper() for d in re.findall(r"\[(\w*)\]", dims) if d]
+    return operands
+
+
+def _parse_relation(text: str, where: str) -> tuple[str, tuple[str, int, str, int]]:
+    match = _RELATION.match(text)
+    if not match:
+        raise ConfigError(f"{where}: dimension relation {text!r} is not of the form ix=2*ox+1*fx")
+    target, scale_a, dim_a, scale_b, dim_b = match.groups()
+    return target.upper(), (dim_a.upper(), int(scale_a or 1), dim_b.upper(), int(scale_b or 1))
+
+
+def layer_from_zigzag(data: dict[str, Any], where: str) -> Layer:
+    """One layer of a ZigZag workload YAML (already loaded)."""
+    required = ("id", "operator_type", "equation", "loop_dims", "loop_sizes", "operand_precision")
+    for key in required:
+        if key not in data:
+            raise ConfigError(f"{where}: missing key '{key}'")
+    allowed = set(required) | {"name", "dimension_relations", "operand_source", "pr_loop_dims",
+                               "pr_loop_sizes", "padding"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+    operand_dims = parse_equation(str(data["equation"]), f"{where}.equation")
+    dims = [str(d).upper() for d in data["loop_dims"]]
+    sizes_list = data["loop_sizes"]
+    if len(dims) != len(sizes_list):
+        raise ConfigError(f"{where}: loop_dims and loop_sizes differ in length")
+    sizes = {}
+    for dim, size in zip(dims, sizes_list):
+        if not isinstance(size, int) or size < 1:
+            raise ConfigError(f"{where}.loop_sizes: size of {dim} must be a whole number >= 1, got {size!r}")
+        sizes[dim] = size
+    relations = dict(_parse_relation(str(r), f"{where}.dimension_relations")
+                     for r in data.get("dimension_relations") or [])
+    for operand, odims in operand_dims.items():
+        for dim in odims:
+            if dim not in sizes and dim not in relations:
+                raise ConfigError(f"{where}.equation: dimension {dim} of {operand} has no loop size")
+    precision = {str(k): int(v) for k, v in data["operand_precision"].items()}
+    for operand in operand_dims:
+        if operand not in precision:
+            raise ConfigError(f"{where}.operand_precision: no precision for operand {operand}")
+    precision.setdefault("O_final", precision.get("O", 8))
+    for key, bits in precision.items():
+        if bits < 1:
+            raise ConfigError(f"{where}.operand_precision.{key}: bit width must be >= 1, got {bits}")
+    pr_sizes: dict[str, int] = {}
+    pr_dims = [str(d).upper() for d in data.get("pr_loop_dims") or []]
+    if data.get("pr_loop_sizes"):
+        pr_sizes = dict(zip(pr_dims, (int(s) for s in data["pr_loop_sizes"])))
+    padding = data.get("padding") or []
+    for target, (dim_a, scale_a, dim_b, scale_b) in relations.items():
+        if target not in pr_sizes:
+            full = pr_extent(scale_a, sizes.get(dim_a, 1), scale_b, sizes.get(dim_b, 1))
+            pads = padding[pr_dims.index(target)] if target in pr_dims and padding else (0, 0)
+            pr_sizes[target] = int(full - sum(pads))
+    name = str(data.get("name") or f"layer{data['id']}")
+    return Layer(name, str(data["operator_type"]), sizes, operand_dims, precision, relations, pr_sizes)
+
+
+def _conv_layer(name: str, *, batch: int, groups: int, k: int, c: int, oy: int, ox: int, fy: int,
+                fx: int, stride: tuple[int, int], dilation: tuple[int, int], in_hw: tuple[int, int],
+                precision: dict[str, int], op_type: str = "Conv") -> Layer:
+    # ZigZag's convention: loops B K G OX OY C FX FY, ix = stride*ox + dilation*fx.
+    sizes = {"B": batch, "K": k, "G": groups, "OX": ox, "OY": oy, "C": c, "FX": fx, "FY": fy}
+    operand_dims = {"O": ["B", "G", "K", "OY", "OX"], "W": ["G", "K", "C", "FY", "FX"],
+                    "I": ["B", "G", "C", "IY", "IX"]}
+    relations = {"IX": ("OX", stride[1], "FX", dilation[1]), "IY": ("OY", stride[0], "FY", dilation[0])}
+    pr_sizes = {"IX": in_hw[1], "IY": in_hw[0]}
+    return Layer(name, op_type, sizes, operand_dims, precision, relations, pr_sizes)
+
+
+def _gemm_layer(name: str, *, rows: int, c: int, k: int, precision: dict[str, int],
+                op_type: str = "Gemm") -> Layer:
+    sizes = {"C": c, "D": rows, "K": k}
+    operand_dims = {"O": ["D", "K"], "I": ["D", "C"], "W": ["C", "K"]}
+    return Layer(name, op_type, sizes, operand_dims, precision)
+
+
+def default_precision(weight_bits: int = 8, activation_bits: int = 8) -> dict[str, int]:
+    """ZigZag's defaults: partial sums twice the activation width, outputs at the activation width."""
+    return {"W": weight_bits, "I": activation_bits, "O": 2 * activation_bits, "O_final": activation_bits}
+
+
+def workload_from_onnx(path: str | Path) -> Workload:
+    """Conv, Gemm and MatMul nodes of an ONNX file, in graph order (ZigZag's conventions)."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as error:  # onnx raises several unrelated types for a bad file
+        raise ModelFormatError(f"{path}: cannot read ONNX model: {error}") from None
+    shapes: dict[str, list[int]] = {}
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    producers: dict[str, str] = {}
+    layers, not_costed = [], []
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        preds = [producers[i] for i in node.input if i in producers]
+        if node.op_type in ("Conv", "QLinearConv"):
+            x_name = node.input[0]
+            in_shape, out_shape = shapes.get(x_name), shapes.get(node.output[0])
+            if not in_shape or not out_shape or len(in_shape) != 4:
+                raise ModelFormatError(f"{path}: node '{name}': Conv needs known 4-D input/output shapes")
+            groups = int(attrs.get("group", 1))
+            kernel = list(attrs.get("kernel_shape") or shapes[node.input[1]][2:])
+            layer = _conv_layer(
+                name, batch=max(1, out_shape[0]), groups=groups, k=math.ceil(out_shape[1] / groups),
+                c=math.ceil(in_shape[1] / groups), oy=out_shape[2], ox=out_shape[3], fy=kernel[1],
+                fx=kernel[0], stride=tuple(attrs.get("strides", [1, 1])),
+                dilation=tuple(attrs.get("dilations", [1, 1])), in_hw=(in_shape[2], in_shape[3]),
+                precision=default_precision(), op_type=node.op_type)
+        elif node.op_type in ("Gemm", "MatMul"):
+            in_shape, out_shape = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if node.op_type == "Gemm" and attrs.get("transA"):
+                in_shape = list(reversed(in_shape or []))
+            if not out_shape:
+                raise ModelFormatError(f"{path}: node '{name}': {node.op_type} needs a known output shape")
+            if not in_shape:
+                weight = shapes[node.input[1]]
+                in_shape = [out_shape[0], weight[1] if attrs.get("transB") else weight[0]]
+            rows = math.prod(out_shape[:-1]) or 1
+            layer = _gemm_layer(name, rows=rows, c=in_shape[-1], k=out_shape[-1],
+                                precision=default_precision(), op_type=node.op_type)
+        else:
+            not_costed.append((name, node.op_type))
+            for output in node.output:
+                producers[output] = producers.get(node.input[0], name) if node.input else name
+            continue
+        layer.inputs_from = preds
+        layers.append(layer)
+        for output in node.output:
+            producers[output] = name
+    return Workload(path.stem, layers, not_costed)
+
+
+def workload_from_zigzag_yaml(path: str | Path) -> Workload:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{path}: a ZigZag workload is a non-empty list of layers")
+    layers = [layer_from_zigzag(item, f"{path}: layer[{i}]") for i, item in enumerate(data)]
+    return Workload(path.stem, layers)
+
+
+def workload_from_graph(graph: Any, precision: dict[str, tuple[int, int]] | None = None,
+                        name: str = "model") -> Workload:
+    """The conv/linear/matmul layers of a kiln Graph.
+
+    ``precision`` maps a layer name to (weight bits, activation bits); layers not in it
+    use the widths of a quantized graph's quantizers, else 8/8.
+    """
+    from kiln.passes.shapes import propagate
+
+    graph = propagate(graph)
+    layers, not_costed = [], []
+    for node in graph.nodes():
+        info = graph.node(node.name)
+        if info.loops is None:
+            if info.op.value not in ("input", "output", "constant", "placeholder"):
+                not_costed.append((node.name, info.op.value))
+            continue
+        w_bits, a_bits = (precision or {}).get(node.name) or _graph_widths(graph, node.name)
+        bits = default_precision(w_bits, a_bits)
+        loops = info.loops
+        if info.op.value in ("conv", "conv2d", "conv1d", "depthwise_conv"):
+            in_shape = info.input_shapes[0]
+            in_hw = (in_shape[-2], in_shape[-1]) if len(in_shape) == 4 else (1, in_shape[-1])
+            layer = _conv_layer(node.name, batch=loops.B, groups=loops.G, k=loops.K, c=loops.C,
+                                oy=loops.OY, ox=loops.OX, fy=loops.FY, fx=loops.FX,
+                                stride=loops.stride, dilation=loops.dilation, in_hw=in_hw,
+                                precision=bits)
+        else:
+            layer = _gemm_layer(node.name, rows=loops.B, c=loops.C, k=loops.K, precision=bits,
+                                op_type="Gemm")
+        layers.append(layer)
+    return Workload(name, layers, not_costed)
+
+
+def _graph_widths(graph: Any, node_name: str) -> tuple[int, int]:
+    """(weight bits, activation bits) of a quantized layer; 8/8 for a float one."""
+    module = graph.submodule(node_name)
+    weight_bits, act_bits = 8, 8
+    if module is not None:
+        weight_q = getattr(module, "weight_quantizer", None)
+        input_q = getattr(module, "input_quantizer", None)
+        if weight_q is not None and getattr(weight_q, "spec", None) is not None:
+            weight_bits = int(weight_q.spec.bits)
+        if input_q is not None and getattr(input_q, "spec", None) is not None:
+            act_bits = int(input_q.spec.bits)
+    return weight_bits, act_bits
+
+
+def load_workload(spec: str, dataset: str | None = None) -> Workload:
+    """A workload from a zoo name, a checkpoint, an ONNX file or a ZigZag workload YAML."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"workload file not found: {path}")
+        return workload_from_zigzag_yaml(path)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ModelFormatError(f"ONNX file not found: {path}")
+        return workload_from_onnx(path)
+    from kiln.models.checkpoints import build_graph, resolve_model
+
+    model, _ = resolve_model(spec, dataset, pretrained=False)
+    return workload_from_graph(build_graph(model), name=path.stem if path.suffix else spec)
