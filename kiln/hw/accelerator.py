@@ -110,7 +110,11 @@ class Accelerator:
         return self._levels[mem_op]
 
     def level_of(self, memory: Memory, mem_op: str) -> int:
-        return self._levels[mem_op].index(memory)
+        """Index of ``memory`` in the hierarchy of ``mem_op`` (0 = next to the array)."""
+        for index, candidate in enumerate(self._levels[mem_op]):
+            if candidate is memory:
+                return index
+        raise ValueError(f"{memory.name} does not hold {mem_op}")
 
     def inner_memories(self) -> list[Memory]:
         """Memories that sit directly on the array for every operand they hold."""

@@ -267,8 +267,21 @@ class Analysis:
     movement: dict[str, list[Movement]]
 
 
+def spatial_info(layer: Layer, hw: Accelerator, spatial: SpatialMapping, rel: Relevancy,
+                 cache: dict | None = None) -> tuple[dict[str, list[list[Loop]]], dict[str, SpatialCounts]]:
+    """Spatial loops per arch level and instance counts of every operand (cached per spatial mapping)."""
+    key = spatial.key()
+    if cache is not None and key in cache:
+        return cache[key]
+    levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
+    counts = {op: spatial_counts(layer, op, levels[op], rel) for op in layer.operands}
+    if cache is not None:
+        cache[key] = (levels, counts)
+    return levels, counts
+
+
 def analyse(layer: Layer, hw: Accelerator, spatial: SpatialMapping, temporal: TemporalMapping,
-            rel: Relevancy) -> Analysis:
+            rel: Relevancy, cache: dict | None = None) -> Analysis:
     operands = layer.operands
     out = layer.output
     levels_n = {op: len(temporal.loops[op]) for op in operands}
@@ -286,8 +299,7 @@ def analyse(layer: Layer, hw: Accelerator, spatial: SpatialMapping, temporal: Te
     total_cycles = cycles_cabl[out][-1]
 
     unit_count, data_elem, data_bits, eff_bits, movement = {}, {}, {}, {}, {}
-    su_levels = {op: spatial_per_level(layer, hw, spatial, op) for op in operands}
-    counts = {op: spatial_counts(layer, op, su_levels[op], rel) for op in operands}
+    su_levels, counts = spatial_info(layer, hw, spatial, rel, cache)
 
     # Combined loops per arch level: level a holds memory a-1's temporal loops plus the
     # spatial loops of arch level a ("1s1t"); "1s2t" puts arch level a-1's spatial loops
@@ -649,7 +661,7 @@ def systolic_drain(hw: Accelerator, spatial_user: SpatialMapping) -> int:
 
 def evaluate(layer: Layer, hw: Accelerator, spatial: SpatialMapping, temporal: TemporalMapping,
              spatial_int: SpatialMapping | None = None, spatial_user: SpatialMapping | None = None,
-             rel: Relevancy | None = None) -> Cost:
+             rel: Relevancy | None = None, cache: dict | None = None) -> Cost:
     """Energy, latency and utilization of ``layer`` on ``hw`` under one mapping.
 
     ``spatial`` may hold fractional unrollings (energy uses it); ``spatial_int`` is its
@@ -659,9 +671,9 @@ def evaluate(layer: Layer, hw: Accelerator, spatial: SpatialMapping, temporal: T
     rel = rel or relevancy(layer)
     spatial_int = spatial_int or spatial
     spatial_user = spatial_user or spatial_int
-    analysis = analyse(layer, hw, spatial, temporal, rel)
+    analysis = analyse(layer, hw, spatial, temporal, rel, cache)
     same = spatial_int.key() == spatial.key()
-    analysis_int = analysis if same else analyse(layer, hw, spatial_int, temporal, rel)
+    analysis_int = analysis if same else analyse(layer, hw, spatial_int, temporal, rel, cache)
 
     accesses = memory_accesses(layer, hw, analysis)
     breakdown = memory_energy(layer, hw, accesses)

@@ -22,9 +22,20 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
+
 from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator, Memory
-from kiln.hw.cost import Cost, MappingError, Relevancy, evaluate, relevancy, tensor_elements
+from kiln.hw.cost import (
+    Cost,
+    MappingError,
+    Relevancy,
+    evaluate,
+    merge_stationary_loops,
+    relevancy,
+    tensor_elements,
+    top_loop_product,
+)
 from kiln.hw.mapping import (
     Loop,
     MappingConstraints,
@@ -34,7 +45,7 @@ from kiln.hw.mapping import (
     max_unrolling,
     temporal_loop_sizes,
 )
-from kiln.hw.workload import Layer
+from kiln.hw.workload import Layer, Workload
 
 OBJECTIVES = ("latency", "energy", "edp")
 
@@ -151,18 +162,21 @@ def _best_prefixes(ops: list[str], options: dict[str, list[float]], unallocated:
         for index, size in enumerate(sizes):
             rest = unallocated[op][index + offsets[op]:]
             accesses[op].append(0 if memory is tops[op] else math.prod(s for _, s in rest) * size)
-    best, best_accesses = [offsets[op] for op in ops], math.inf
-    for position, combo in enumerate(itertools.product(*(range(len(choices[op])) for op in ops))):
-        total = sum(choices[op][i] for op, i in zip(ops, combo))
-        if total > memory.size_bits:
-            if position == 0:
-                raise MemoryTooSmall(f"{memory.name} cannot hold the tiles of {', '.join(ops)} together")
-            continue
-        traffic = sum(accesses[op][i] for op, i in zip(ops, combo))
-        if traffic <= best_accesses:
-            best_accesses = traffic
-            best = [i + offsets[op] for op, i in zip(ops, combo)]
-    return best
+    # Among the combinations that fit together, the last one (in product order) with the
+    # least traffic to the level above wins, as in ZigZag's LOMA.
+    total = np.zeros(())
+    traffic = np.zeros(())
+    for op in ops:
+        total = np.add.outer(total, np.asarray(choices[op], dtype=float))
+        traffic = np.add.outer(traffic, np.asarray(accesses[op], dtype=float))
+    total, traffic = total.ravel(), traffic.ravel()
+    if total[0] > memory.size_bits:
+        raise MemoryTooSmall(f"{memory.name} cannot hold the tiles of {', '.join(ops)} together")
+    traffic = np.where(total <= memory.size_bits, traffic, np.inf)
+    position = len(traffic) - 1 - int(np.argmin(traffic[::-1]))
+    shape = [len(choices[op]) for op in ops]
+    indices = np.unravel_index(position, shape)
+    return [int(i) + offsets[op] for op, i in zip(ops, indices)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -288,6 +302,19 @@ def spatial_candidates(layer: Layer, hw: Accelerator, mixed: bool = False, keep:
 # ---------------------------------------------------------------------------------------
 
 
+def canonical_key(temporal: TemporalMapping, rel: Relevancy) -> tuple:
+    """What the cost depends on: per operand and level (after stationary ir loops move down)
+    the multiset of loops and the products of the outermost r and ir runs. Orders with the
+    same key cost exactly the same, so only one of them is evaluated."""
+    parts = []
+    for op, levels in sorted(temporal.loops.items()):
+        merged, mac_stationary = merge_stationary_loops([list(lv) for lv in levels], rel.ir[op])
+        parts.append((op, mac_stationary, tuple(
+            (tuple(sorted(lv)), top_loop_product(lv, rel.r[op]), top_loop_product(lv, rel.ir[op]))
+            for lv in merged)))
+    return tuple(parts)
+
+
 def _objective(cost: Cost, objective: str) -> tuple:
     primary = {"latency": cost.latency_cycles, "energy": cost.energy_pj, "edp": cost.edp}[objective]
     return (primary, cost.energy_pj, cost.latency_cycles)
@@ -314,6 +341,7 @@ def search_temporal(layer: Layer, hw: Accelerator, spatial_user: SpatialMapping,
         total = count_orderings(lpfs)
     best: tuple | None = None
     seen: set = set()
+    cache: dict = {}
     rejected: dict[str, int] = defaultdict(int)
     evaluated = 0
     for index, order in enumerate(candidates):
@@ -324,11 +352,11 @@ def search_temporal(layer: Layer, hw: Accelerator, spatial_user: SpatialMapping,
         except MemoryTooSmall as error:
             rejected[str(error).split(" (")[0]] += 1
             continue
-        key = temporal.key()
+        key = canonical_key(temporal, rel)
         if key in seen:
             continue
         seen.add(key)
-        cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel)
+        cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel, cache)
         evaluated += 1
         rank = (_objective(cost, objective), str(temporal.as_dict()))
         if best is None or rank < best[0]:
@@ -371,3 +399,68 @@ def map_layer(layer: Layer, hw: Accelerator, objective: str = "latency",
         raise MappingError(f"layer '{layer.name}' cannot be mapped on {hw.name}: {reasons}")
     best.evaluated, best.orderings, best.rejected = evaluated, orderings, dict(rejected)
     return best
+
+
+@dataclass
+class WorkloadResult:
+    """Best mappings of every layer of a workload, and the totals."""
+
+    workload: str
+    accelerator: str
+    objective: str
+    layers: list[MappingResult]
+    not_costed: list[tuple[str, str]]
+
+    @property
+    def energy_pj(self) -> float:
+        return sum(r.cost.energy_pj for r in self.layers)
+
+    @property
+    def latency_cycles(self) -> float:
+        return sum(r.cost.latency_cycles for r in self.layers)
+
+    def as_dict(self) -> dict:
+        return {
+            "workload": self.workload, "accelerator": self.accelerator, "objective": self.objective,
+            "energy_pj": self.energy_pj, "latency_cycles": self.latency_cycles,
+            "layers": [{**r.cost.as_dict(), "evaluated": r.evaluated, "orderings": r.orderings}
+                       for r in self.layers],
+            "not_costed": [{"name": n, "op": op} for n, op in self.not_costed],
+        }
+
+
+def _layer_signature(layer: Layer, constraints: MappingConstraints) -> tuple:
+    spatial = constraints.spatial.key() if constraints.spatial else None
+    return (tuple(layer.sizes.items()), tuple((k, tuple(v)) for k, v in layer.operand_dims.items()),
+            tuple(sorted(layer.precision.items())), tuple(sorted(layer.relations.items())),
+            tuple(sorted(layer.pr_sizes.items())), tuple(sorted(layer.links.items())), spatial,
+            tuple(constraints.ordering))
+
+
+def map_workload(workload: Workload, hw: Accelerator, objective: str = "latency",
+                 mapping: dict[str, MappingConstraints] | None = None, lpf_limit: int | None = 6,
+                 spatial_keep: int | None = 3, mixed: bool = False,
+                 on_layer: Callable[[int, Layer], None] | None = None) -> WorkloadResult:
+    """Map every layer; layers with the same loop nest, widths and constraints are mapped once.
+
+    >>> result = map_workload(load_workload("resnet18"), hw)   # doctest: +SKIP
+    >>> result.latency_cycles                                 # doctest: +SKIP
+    """
+    from dataclasses import replace
+
+    from kiln.hw.mapping import constraints_for
+
+    solved: dict[tuple, MappingResult] = {}
+    results = []
+    for index, layer in enumerate(workload.layers):
+        if on_layer:
+            on_layer(index, layer)
+        constraints = constraints_for(layer, mapping)
+        if constraints.links:
+            layer.links = {op: constraints.links.get(op, mem) for op, mem in layer.links.items()}
+        signature = _layer_signature(layer, constraints)
+        if signature not in solved:
+            solved[signature] = map_layer(layer, hw, objective, constraints, lpf_limit, spatial_keep, mixed)
+        first = solved[signature]
+        results.append(replace(first, layer=layer.name, cost=replace(first.cost, layer=layer.name)))
+    return WorkloadResult(workload.name, hw.name, objective, results, list(workload.not_costed))

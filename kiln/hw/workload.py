@@ -192,7 +192,7 @@ def workload_from_onnx(path: str | Path) -> Workload:
 
     path = Path(path)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as error:  # onnx raises several unrelated types for a bad file
         raise ModelFormatError(f"{path}: cannot read ONNX model: {error}") from None
