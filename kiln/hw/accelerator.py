@@ -97,6 +97,7 @@ class Accelerator:
     systolic_dimensions: tuple[str, ...] = ()
     source: str = "<memory>"
     _levels: dict[str, list[Memory]] = field(default_factory=dict, repr=False)
+    _ports: list | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._levels = {op: [m for m in self.memories if op in m.operands] for op in MEMORY_OPERANDS}
@@ -115,6 +116,15 @@ class Accelerator:
             if candidate is memory:
                 return index
         raise ValueError(f"{memory.name} does not hold {mem_op}")
+
+    def port_table(self) -> list[tuple[Memory, Port, list[tuple[str, str, int]]]]:
+        """Every port with the (memory operand, direction, that operand's level) it serves."""
+        if self._ports is None:
+            self._ports = [
+                (memory, port, [(op, direction, self.level_of(memory, op)) for op, direction in port.allocation])
+                for memory in self.memories for port in memory.ports
+            ]
+        return self._ports
 
     def inner_memories(self) -> list[Memory]:
         """Memories that sit directly on the array for every operand they hold."""

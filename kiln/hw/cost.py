@@ -270,7 +270,7 @@ class Analysis:
 def spatial_info(layer: Layer, hw: Accelerator, spatial: SpatialMapping, rel: Relevancy,
                  cache: dict | None = None) -> tuple[dict[str, list[list[Loop]]], dict[str, SpatialCounts]]:
     """Spatial loops per arch level and instance counts of every operand (cached per spatial mapping)."""
-    key = spatial.key()
+    key = id(spatial)
     if cache is not None and key in cache:
         return cache[key]
     levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
@@ -280,111 +280,116 @@ def spatial_info(layer: Layer, hw: Accelerator, spatial: SpatialMapping, rel: Re
     return levels, counts
 
 
-def analyse(layer: Layer, hw: Accelerator, spatial: SpatialMapping, temporal: TemporalMapping,
-            rel: Relevancy, cache: dict | None = None) -> Analysis:
-    operands = layer.operands
-    out = layer.output
-    levels_n = {op: len(temporal.loops[op]) for op in operands}
-    stationary, mac_st, top_r, top_ir, cycles_cabl = {}, {}, {}, {}, {}
-    for op in operands:
-        merged, mac_st[op] = merge_stationary_loops([list(lv) for lv in temporal.loops[op]], rel.ir[op])
-        stationary[op] = merged
-        top_r[op] = [1] + [top_loop_product(lv, rel.r[op]) for lv in merged]
-        top_ir[op] = [1] + [top_loop_product(lv, rel.ir[op]) for lv in merged]
-        running, cabl = 1, []
-        for lv in merged:
-            running *= math.prod(s for _, s in lv)
-            cabl.append(running)
-        cycles_cabl[op] = cabl
-    total_cycles = cycles_cabl[out][-1]
+@dataclass
+class OperandAnalysis:
+    unit_count: list[float]
+    data_bits_unrolled: list[float]
+    effective_bits: list[float]
+    movement: list[Movement]
 
-    unit_count, data_elem, data_bits, eff_bits, movement = {}, {}, {}, {}, {}
+
+def analyse_operand(layer: Layer, hw: Accelerator, spatial: SpatialMapping, op: str,
+                    levels: tuple[tuple[Loop, ...], ...], total_cycles: float, rel: Relevancy,
+                    cache: dict | None = None) -> OperandAnalysis:
+    """Data held and moved per memory level of one operand (it depends on that operand's loops only)."""
+    out = layer.output
+    n_levels = len(levels)
+    n_arch = n_levels + 1
+    stationary, mac_st = merge_stationary_loops([list(lv) for lv in levels], rel.ir[op])
+    top_r = [1] + [top_loop_product(lv, rel.r[op]) for lv in stationary]
+    top_ir = [1] + [top_loop_product(lv, rel.ir[op]) for lv in stationary]
+    cycles_cabl, running = [], 1
+    for lv in stationary:
+        running *= math.prod(s for _, s in lv)
+        cycles_cabl.append(running)
     su_levels, counts = spatial_info(layer, hw, spatial, rel, cache)
 
     # Combined loops per arch level: level a holds memory a-1's temporal loops plus the
     # spatial loops of arch level a ("1s1t"); "1s2t" puts arch level a-1's spatial loops
     # under memory a-1's temporal loops (data held *per instance*).
-    combined_1s1t, combined_1s2t = {}, {}
-    for op in operands:
-        n_arch = levels_n[op] + 1
-        tm = [[]] + stationary[op] + [[]]
-        combined_1s1t[op] = split_pr_loops(layer, op, [tm[a] + su_levels[op][a] for a in range(n_arch)], rel)
-        combined_1s2t[op] = split_pr_loops(
-            layer, op, [[]] + [tm[a + 1] + su_levels[op][a] for a in range(n_arch)], rel)
+    tm = [[]] + stationary + [[]]
+    combined_1s1t = split_pr_loops(layer, op, [tm[a] + su_levels[op][a] for a in range(n_arch)], rel)
+    combined_1s2t = split_pr_loops(layer, op, [[]] + [tm[a + 1] + su_levels[op][a] for a in range(n_arch)], rel)
 
-    # Partial-sum flags: a memory level holds partial outputs when an ir loop of the
-    # output sits at or above it.
-    n_arch_out = levels_n[out] + 1
-    has_ir = [any(d in rel.ir_split[out] and s > 1 for d, s in combined_1s1t[out][a]) for a in range(n_arch_out)]
-    psum = [any(has_ir[m + 1:]) for m in range(n_arch_out - 1)] + [False]
+    if op == out:
+        # Partial-sum flags: a memory level holds partial outputs when an ir loop of the
+        # output sits at or above it.
+        has_ir = [any(d in rel.ir_split[op] and s > 1 for d, s in combined_1s1t[a]) for a in range(n_arch)]
+        psum = [any(has_ir[m + 1:]) for m in range(n_arch - 1)] + [False]
+        precision = [layer.precision["O"] if psum[m] else layer.precision["O_final"] for m in range(n_arch)]
+    else:
+        psum = [False] * n_arch
+        precision = [layer.precision[op]] * n_arch
 
-    precision: dict[str, list[int]] = {}
-    for op in layer.inputs:
-        precision[op] = [layer.precision[op]] * (levels_n[op] + 1)
-    precision[out] = [layer.precision["O"] if psum[m] else layer.precision["O_final"] for m in range(n_arch_out)]
+    r_lv2 = [math.prod(s for d, s in combined_1s2t[a] if d in rel.r_split[op]) for a in range(n_arch)]
+    data_elem = [round(round(math.prod(r_lv2[: a + 1]))) for a in range(n_arch)]
+    data_bits = [data_elem[a] * precision[a] for a in range(n_arch)]
+    eff_bits = [data_bits[a] // top_r[a] for a in range(n_arch)]
+    if op == out:
+        ir_lv = [math.prod(s for d, s in combined_1s1t[a] if d in rel.ir_split[op]) for a in range(n_arch)]
+        ir_caal_out = [math.prod(ir_lv[a:]) for a in range(n_arch)] + [1, 1]
+        out_size = tensor_elements(layer, out, layer.sizes, rel)
 
-    ir_caal_out: list[float] = []
-    for op in operands:
-        n_arch = levels_n[op] + 1
-        r_lv2 = [math.prod(s for d, s in combined_1s2t[op][a] if d in rel.r_split[op]) for a in range(n_arch)]
-        ir_lv = [math.prod(s for d, s in combined_1s1t[op][a] if d in rel.ir_split[op]) for a in range(n_arch)]
-        r_cabl2 = [round(math.prod(r_lv2[: a + 1])) for a in range(n_arch)]
-        data_elem[op] = [round(x) for x in r_cabl2]
-        data_bits[op] = [data_elem[op][a] * precision[op][a] for a in range(n_arch)]
-        eff_bits[op] = [data_bits[op][a] // top_r[op][a] for a in range(n_arch)]
-        unit_count[op] = counts[op].unit_count
-        if op == out:
-            ir_caal_out = [math.prod(ir_lv[a:]) for a in range(n_arch)] + [1, 1]
-
-    out_size = tensor_elements(layer, out, layer.sizes, rel)
-    for op in operands:
-        cycles_each = ([mac_st[op]] if op != out else [1]) + cycles_cabl[op]
-        boost = counts[op].bw_boost + [1]
-        req_low = [data_elem[op][a] * precision[op][a] / cycles_each[a] for a in range(levels_n[op] + 1)]
-        req_high = [req_low[a] * boost[a] for a in range(levels_n[op] + 1)]
-        moves = []
-        for m in range(levels_n[op]):
-            amount = dict.fromkeys(DIRS, 0.0)
-            prec = dict.fromkeys(DIRS, 0)
-            period = dict.fromkeys(DIRS, 0)
-            count = dict.fromkeys(DIRS, 0)
-            bw_avg = dict.fromkeys(DIRS, 0)
-            low_period, high_period = int(cycles_each[m]), int(cycles_each[m + 1])
-            low = (int(req_high[m]), low_period, int(total_cycles // cycles_each[m]))
-            high = (int(req_low[m + 1]), high_period, int(total_cycles // cycles_each[m + 1]))
-            if op != out:
+    cycles_each = ([mac_st] if op != out else [1]) + cycles_cabl
+    boost = counts[op].bw_boost + [1]
+    req_low = [data_elem[a] * precision[a] / cycles_each[a] for a in range(n_arch)]
+    req_high = [req_low[a] * boost[a] for a in range(n_arch)]
+    moves = []
+    for m in range(n_levels):
+        amount = {RD_LOW: 0.0, WR_LOW: 0.0, RD_HIGH: 0.0, WR_HIGH: 0.0}
+        prec = {RD_LOW: 0, WR_LOW: 0, RD_HIGH: 0, WR_HIGH: 0}
+        period = {RD_LOW: 0, WR_LOW: 0, RD_HIGH: 0, WR_HIGH: 0}
+        count = {RD_LOW: 0, WR_LOW: 0, RD_HIGH: 0, WR_HIGH: 0}
+        bw_avg = {RD_LOW: 0, WR_LOW: 0, RD_HIGH: 0, WR_HIGH: 0}
+        low = (int(req_high[m]), int(cycles_each[m]), int(total_cycles // cycles_each[m]))
+        high = (int(req_low[m + 1]), int(cycles_each[m + 1]), int(total_cycles // cycles_each[m + 1]))
+        if op != out:
+            bw_avg[RD_LOW], period[RD_LOW], count[RD_LOW] = low
+            amount[RD_LOW] = data_elem[m] * boost[m]
+            bw_avg[WR_HIGH], period[WR_HIGH], count[WR_HIGH] = high
+            amount[WR_HIGH] = data_elem[m + 1]
+            prec[RD_LOW] = prec[WR_HIGH] = layer.precision[op]
+        else:
+            bw_avg[WR_LOW], period[WR_LOW], count[WR_LOW] = low
+            amount[WR_LOW] = int(data_elem[m] * boost[m])
+            bw_avg[RD_HIGH], period[RD_HIGH], count[RD_HIGH] = high
+            amount[RD_HIGH] = data_elem[m + 1]
+            if psum[m]:
                 bw_avg[RD_LOW], period[RD_LOW], count[RD_LOW] = low
-                amount[RD_LOW] = data_elem[op][m] * boost[m]
+                amount[RD_LOW] = amount[WR_LOW]
+            if psum[m + 1]:
                 bw_avg[WR_HIGH], period[WR_HIGH], count[WR_HIGH] = high
-                amount[WR_HIGH] = data_elem[op][m + 1]
-                prec[RD_LOW] = prec[WR_HIGH] = layer.precision[op]
-            else:
-                bw_avg[WR_LOW], period[WR_LOW], count[WR_LOW] = low
-                amount[WR_LOW] = int(data_elem[op][m] * boost[m])
-                bw_avg[RD_HIGH], period[RD_HIGH], count[RD_HIGH] = high
-                amount[RD_HIGH] = data_elem[op][m + 1]
-                if psum[m]:
-                    bw_avg[RD_LOW], period[RD_LOW], count[RD_LOW] = low
-                    amount[RD_LOW] = amount[WR_LOW]
-                if psum[m + 1]:
-                    bw_avg[WR_HIGH], period[WR_HIGH], count[WR_HIGH] = high
-                    amount[WR_HIGH] = amount[RD_HIGH]
-                reads_back = int(out_size * (ir_caal_out[m + 1] - 1)) != 0
-                writes_back = int(out_size * (ir_caal_out[m + 2] - 1)) != 0
-                prec[WR_LOW] = layer.precision["O"] if reads_back else layer.precision["O_final"]
-                prec[RD_LOW] = layer.precision["O"] if reads_back else 0
-                prec[WR_HIGH] = layer.precision["O"] if writes_back else 0
-                prec[RD_HIGH] = layer.precision["O"] if writes_back else layer.precision["O_final"]
-            scale = {RD_LOW: int(top_ir[op][m]), WR_LOW: int(top_ir[op][m]),
-                     RD_HIGH: int(top_ir[op][m + 1]), WR_HIGH: int(top_ir[op][m + 1])}
-            window = {d: int(period[d] / scale[d]) for d in DIRS}
-            if m == levels_n[op] - 1:
-                # Traffic between the top memory and the outside world is not counted.
-                for d in (RD_HIGH, WR_HIGH):
-                    amount[d] = prec[d] = period[d] = count[d] = bw_avg[d] = window[d] = 0
-            moves.append(Movement(amount, prec, period, count, bw_avg, window))
-        movement[op] = moves
-    return Analysis(levels_n, total_cycles, unit_count, data_bits, eff_bits, movement)
+                amount[WR_HIGH] = amount[RD_HIGH]
+            reads_back = int(out_size * (ir_caal_out[m + 1] - 1)) != 0
+            writes_back = int(out_size * (ir_caal_out[m + 2] - 1)) != 0
+            prec[WR_LOW] = layer.precision["O"] if reads_back else layer.precision["O_final"]
+            prec[RD_LOW] = layer.precision["O"] if reads_back else 0
+            prec[WR_HIGH] = layer.precision["O"] if writes_back else 0
+            prec[RD_HIGH] = layer.precision["O"] if writes_back else layer.precision["O_final"]
+        scale = {RD_LOW: int(top_ir[m]), WR_LOW: int(top_ir[m]),
+                 RD_HIGH: int(top_ir[m + 1]), WR_HIGH: int(top_ir[m + 1])}
+        window = {d: int(period[d] / scale[d]) for d in DIRS}
+        if m == n_levels - 1:
+            # Traffic between the top memory and the outside world is not counted.
+            for d in (RD_HIGH, WR_HIGH):
+                amount[d] = prec[d] = period[d] = count[d] = bw_avg[d] = window[d] = 0
+        moves.append(Movement(amount, prec, period, count, bw_avg, window))
+    return OperandAnalysis(counts[op].unit_count, data_bits, eff_bits, moves)
+
+
+def analyse(layer: Layer, hw: Accelerator, spatial: SpatialMapping, temporal: TemporalMapping,
+            rel: Relevancy, cache: dict | None = None) -> Analysis:
+    """Per operand and memory level: instances, data held, and the four-way data movement."""
+    total_cycles = math.prod(s for level in temporal.loops[layer.output] for _, s in level)
+    parts = {op: analyse_operand(layer, hw, spatial, op, temporal.loops[op], total_cycles, rel, cache)
+             for op in layer.operands}
+    return Analysis(
+        levels={op: len(temporal.loops[op]) for op in layer.operands}, total_cycles=total_cycles,
+        unit_count={op: p.unit_count for op, p in parts.items()},
+        data_bits_unrolled={op: p.data_bits_unrolled for op, p in parts.items()},
+        effective_bits={op: p.effective_bits for op, p in parts.items()},
+        movement={op: p.movement for op, p in parts.items()},
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -536,32 +541,28 @@ def port_stalls(layer: Layer, hw: Accelerator, analysis: Analysis, flags: dict[s
     mem_to_layer = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
     real_cycles: dict[tuple[str, int, str], int] = {}
     worst = 0
-    for memory in hw.memories:
-        for port in memory.ports:
-            activities = []
-            for mem_op, direction in port.allocation:
-                if mem_op not in mem_to_layer:
-                    continue
-                op = mem_to_layer[mem_op]
-                level = hw.level_of(memory, mem_op)
-                if level >= analysis.levels[op]:
-                    continue
-                move = analysis.movement[op][level]
-                real = real_transfer_cycles(move, direction, (port.bandwidth_min, port.bandwidth_max))
-                real_cycles[(op, level, direction)] = real
-                if move.count[direction] == 0:
-                    continue
-                allowed = allowed_transfer_cycles(move, direction, flags[op][level], flags[op][level + 1])
-                activities.append(PortActivity(real, allowed, move.period[direction], move.count[direction],
-                                               f"{op}{level}{direction}"))
-            if len(activities) == 1:
-                worst = max(worst, activities[0].stall)
-            elif activities:
-                union = updating_window_union(activities)
-                positive = sum(a.stall for a in activities if a.stall > 0)
-                negative = sum(a.stall for a in activities if a.stall <= 0)
-                windows = sum(a.window_total for a in activities)
-                worst = max(worst, positive + max(0, negative + windows - union))
+    for _memory, port, entries in hw.port_table():
+        activities = []
+        for mem_op, direction, level in entries:
+            op = mem_to_layer.get(mem_op)
+            if op is None or level >= analysis.levels[op]:
+                continue
+            move = analysis.movement[op][level]
+            real = real_transfer_cycles(move, direction, (port.bandwidth_min, port.bandwidth_max))
+            real_cycles[(op, level, direction)] = real
+            if move.count[direction] == 0:
+                continue
+            allowed = allowed_transfer_cycles(move, direction, flags[op][level], flags[op][level + 1])
+            activities.append(PortActivity(real, allowed, move.period[direction], move.count[direction],
+                                           f"{op}{level}{direction}"))
+        if len(activities) == 1:
+            worst = max(worst, activities[0].stall)
+        elif activities:
+            union = updating_window_union(activities)
+            positive = sum(a.stall for a in activities if a.stall > 0)
+            negative = sum(a.stall for a in activities if a.stall <= 0)
+            windows = sum(a.window_total for a in activities)
+            worst = max(worst, positive + max(0, negative + windows - union))
     return worst, real_cycles
 
 
@@ -579,20 +580,16 @@ def reduce_ordered(cycles: list[float], minimum: list[float], surplus: float) ->
     return result
 
 
-def port_loading(layer: Layer, analysis: Analysis, port: Port, level_of: dict[str, int],
-                 real_cycles: dict, stall: float, data_bits_mac: dict[str, float]
-                 ) -> dict[tuple[str, int, str], tuple[float, bool]]:
+def port_loading(layer: Layer, analysis: Analysis, port: Port, entries: list[tuple[str, str, int]],
+                 mem_to_layer: dict[str, str], real_cycles: dict, stall: float,
+                 data_bits_mac: dict[str, float]) -> dict[tuple[str, int, str], tuple[float, bool]]:
     """Cycles each movement of one port needs before (inputs) or after (outputs) computing."""
-    mem_to_layer = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
     once, repeated = [], []
-    for mem_op, direction in port.allocation:
-        if mem_op not in mem_to_layer:
+    for mem_op, direction, level in entries:
+        op = mem_to_layer.get(mem_op)
+        if op is None or level >= analysis.levels[op]:
             continue
-        op = mem_to_layer[mem_op]
-        level = level_of[mem_op]
         if op == layer.output and direction in (RD_LOW, WR_HIGH):
-            continue
-        if level >= analysis.levels[op]:
             continue
         count = analysis.movement[op][level].count[direction]
         if count == 1:
@@ -617,10 +614,10 @@ def loading_cycles(layer: Layer, hw: Accelerator, analysis: Analysis, real_cycle
                    data_bits_mac: dict[str, float]) -> tuple[float, float]:
     """(on-loading cycles of the inputs before computing, off-loading cycles of the outputs after)."""
     loads: dict[tuple[str, int, str], tuple[float, bool]] = {}
-    for memory in hw.memories:
-        level_of = {op: hw.level_of(memory, op) for op in memory.operands}
-        for port in memory.ports:
-            loads.update(port_loading(layer, analysis, port, level_of, real_cycles, stall, data_bits_mac))
+    mem_to_layer = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
+    for _memory, port, entries in hw.port_table():
+        loads.update(port_loading(layer, analysis, port, entries, mem_to_layer, real_cycles, stall,
+                                  data_bits_mac))
     individual, half_shared, shared = {}, {}, {}
     for op in layer.inputs:
         individual[op] = half_shared[op] = shared[op] = 0

@@ -22,8 +22,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import numpy as np
-
 from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator, Memory
 from kiln.hw.cost import (
@@ -164,19 +162,28 @@ def _best_prefixes(ops: list[str], options: dict[str, list[float]], unallocated:
             accesses[op].append(0 if memory is tops[op] else math.prod(s for _, s in rest) * size)
     # Among the combinations that fit together, the last one (in product order) with the
     # least traffic to the level above wins, as in ZigZag's LOMA.
-    total = np.zeros(())
-    traffic = np.zeros(())
-    for op in ops:
-        total = np.add.outer(total, np.asarray(choices[op], dtype=float))
-        traffic = np.add.outer(traffic, np.asarray(accesses[op], dtype=float))
-    total, traffic = total.ravel(), traffic.ravel()
-    if total[0] > memory.size_bits:
-        raise MemoryTooSmall(f"{memory.name} cannot hold the tiles of {', '.join(ops)} together")
-    traffic = np.where(total <= memory.size_bits, traffic, np.inf)
-    position = len(traffic) - 1 - int(np.argmin(traffic[::-1]))
-    shape = [len(choices[op]) for op in ops]
-    indices = np.unravel_index(position, shape)
-    return [int(i) + offsets[op] for op, i in zip(ops, indices)]
+    if len(ops) == 1:
+        op = ops[0]
+        traffic = accesses[op]
+        least = min(traffic)
+        last = max(i for i, t in enumerate(traffic) if t == least)
+        return [last + offsets[op]]
+    best, best_traffic = [offsets[op] for op in ops], math.inf
+    ranges = [range(len(choices[op])) for op in ops]
+    for position, combo in enumerate(itertools.product(*ranges)):
+        total = 0.0
+        traffic_sum = 0.0
+        for op, i in zip(ops, combo):
+            total += choices[op][i]
+            traffic_sum += accesses[op][i]
+        if total > memory.size_bits:
+            if position == 0:
+                raise MemoryTooSmall(f"{memory.name} cannot hold the tiles of {', '.join(ops)} together")
+            continue
+        if traffic_sum <= best_traffic:
+            best_traffic = traffic_sum
+            best = [i + offsets[op] for op, i in zip(ops, combo)]
+    return best
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,17 +309,37 @@ def spatial_candidates(layer: Layer, hw: Accelerator, mixed: bool = False, keep:
 # ---------------------------------------------------------------------------------------
 
 
-def canonical_key(temporal: TemporalMapping, rel: Relevancy) -> tuple:
+def canonical_key(temporal: TemporalMapping, rel: Relevancy, roomy_top: frozenset[str] = frozenset()
+                  ) -> tuple:
     """What the cost depends on: per operand and level (after stationary ir loops move down)
     the multiset of loops and the products of the outermost r and ir runs. Orders with the
-    same key cost exactly the same, so only one of them is evaluated."""
+    same key cost exactly the same, so only one of them is evaluated.
+
+    In a top memory that can hold the whole layer twice over (``roomy_top``: it is always
+    double-buffered) the outermost runs matter neither, so only the multiset is kept."""
     parts = []
     for op, levels in sorted(temporal.loops.items()):
         merged, mac_stationary = merge_stationary_loops([list(lv) for lv in levels], rel.ir[op])
+        last = len(merged) - 1
         parts.append((op, mac_stationary, tuple(
+            (tuple(sorted(lv)),) if (index == last and op in roomy_top) else
             (tuple(sorted(lv)), top_loop_product(lv, rel.r[op]), top_loop_product(lv, rel.ir[op]))
-            for lv in merged)))
+            for index, lv in enumerate(merged))))
     return tuple(parts)
+
+
+def roomy_top_memories(layer: Layer, hw: Accelerator, rel: Relevancy) -> frozenset[str]:
+    """Operands whose top memory holds every operand it stores at most half full."""
+    full = {op: tensor_elements(layer, op, layer.sizes, rel)
+            * max(layer.precision[op], layer.precision.get("O_final", 0) if op == layer.output else 0)
+            for op in layer.operands}
+    roomy = set()
+    for op in layer.operands:
+        top = hw.levels(layer.links[op])[-1]
+        stored = sum(full[other] for other in layer.operands if layer.links[other] in top.operands)
+        if stored <= 0.5 * top.size_bits:
+            roomy.add(op)
+    return frozenset(roomy)
 
 
 def _objective(cost: Cost, objective: str) -> tuple:
@@ -342,6 +369,7 @@ def search_temporal(layer: Layer, hw: Accelerator, spatial_user: SpatialMapping,
     best: tuple | None = None
     seen: set = set()
     cache: dict = {}
+    roomy = roomy_top_memories(layer, hw, rel)
     rejected: dict[str, int] = defaultdict(int)
     evaluated = 0
     for index, order in enumerate(candidates):
@@ -352,7 +380,7 @@ def search_temporal(layer: Layer, hw: Accelerator, spatial_user: SpatialMapping,
         except MemoryTooSmall as error:
             rejected[str(error).split(" (")[0]] += 1
             continue
-        key = canonical_key(temporal, rel)
+        key = canonical_key(temporal, rel, roomy)
         if key in seen:
             continue
         seen.add(key)
