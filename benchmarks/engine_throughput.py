@@ -50,8 +50,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     graph, info = resolve_model(args.model, pretrained=True)
     dataset = load_dataset(info.dataset)
-    program = lower(calibrate(quantize(graph, uniform_config(8, 8)), dataset),
-                    rounding="float32")
+    program = lower(calibrate(quantize(graph, uniform_config(8, 8)), dataset), rounding="float32")
     x = dataset.x_test
     x_q = program.input_quant.quantize(x)
     batches = [slice(i, i + args.batch) for i in range(0, len(x), args.batch)]
@@ -76,26 +75,42 @@ def main() -> None:
             for b in batches:
                 module(tensor[b])
 
-    exact = all(np.array_equal(a, o.astype(np.int64)) for a, o in zip(engine(), onnxruntime(),
-                                                                      strict=True))
-    seconds = {"kiln engine (int8, bit-exact)": best_of(args.repeats, engine),
-               "ONNX Runtime (QOperator int8)": best_of(args.repeats, onnxruntime),
-               "PyTorch (float32)": best_of(args.repeats, pytorch)}
+    exact = all(
+        np.array_equal(a, o.astype(np.int64)) for a, o in zip(engine(), onnxruntime(), strict=True)
+    )
+    seconds = {
+        "kiln engine (int8, bit-exact)": best_of(args.repeats, engine),
+        "ONNX Runtime (QOperator int8)": best_of(args.repeats, onnxruntime),
+        "PyTorch (float32)": best_of(args.repeats, pytorch),
+    }
     throughput = {name: len(x) / s for name, s in seconds.items()}
     engine_rate = throughput["kiln engine (int8, bit-exact)"]
-    print(f"{args.model} on {info.dataset}: {len(x)} images, batch {args.batch}, "
-          f"{args.threads} threads, best of {args.repeats}")
+    print(
+        f"{args.model} on {info.dataset}: {len(x)} images, batch {args.batch}, "
+        f"{args.threads} threads, best of {args.repeats}"
+    )
     print(f"{'runtime':34} {'images/s':>10} {'engine / this':>14}")
     for name, rate in throughput.items():
         print(f"{name:34} {rate:10.0f} {engine_rate / rate:14.2f}")
     print(f"engine and ONNX Runtime agree on every output integer: {exact}")
-    result = {"model": args.model, "dataset": info.dataset, "images": len(x),
-              "batch": args.batch, "threads": args.threads, "repeats": args.repeats,
-              "images_per_second": throughput, "bit_exact_with_onnxruntime": exact,
-              "engine_over_onnxruntime": engine_rate / throughput["ONNX Runtime (QOperator int8)"],
-              "engine_over_pytorch": engine_rate / throughput["PyTorch (float32)"],
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "onnxruntime": ort.__version__, "torch": torch.__version__}}
+    result = {
+        "model": args.model,
+        "dataset": info.dataset,
+        "images": len(x),
+        "batch": args.batch,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "images_per_second": throughput,
+        "bit_exact_with_onnxruntime": exact,
+        "engine_over_onnxruntime": engine_rate / throughput["ONNX Runtime (QOperator int8)"],
+        "engine_over_pytorch": engine_rate / throughput["PyTorch (float32)"],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+        },
+    }
     out = Path(__file__).parent / "results" / "engine_throughput.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -40,36 +40,52 @@ def main() -> None:
             row = {"parallelism": f"{size}x{size}"}
             for simulator in ("verilator", "icarus"):
                 result = simulate(design, simulator=simulator, vectors=args.vectors)
-                row[simulator] = {"bit_exact_vectors": result.vectors,
-                                  "cycles_per_inference": result.cycles_per_inference,
-                                  "ideal_cycles": result.ideal_cycles,
-                                  "utilization": result.utilization,
-                                  "latency_cycles": result.latency_cycles,
-                                  "build_seconds": result.build_seconds,
-                                  "run_seconds": result.run_seconds}
+                row[simulator] = {
+                    "bit_exact_vectors": result.vectors,
+                    "cycles_per_inference": result.cycles_per_inference,
+                    "ideal_cycles": result.ideal_cycles,
+                    "utilization": result.utilization,
+                    "latency_cycles": result.latency_cycles,
+                    "build_seconds": result.build_seconds,
+                    "run_seconds": result.run_seconds,
+                }
             for target in ("ice40", "xilinx"):
                 try:
                     synth = synthesize(design, target=target)
                 except KilnError as exc:  # report a tool failure in its cell, keep going
-                    row[target] = {"luts": "-", "flip_flops": "-", "dsps": "-",
-                                   "multipliers": "-", "error": str(exc)[-160:]}
+                    row[target] = {
+                        "luts": "-",
+                        "flip_flops": "-",
+                        "dsps": "-",
+                        "multipliers": "-",
+                        "error": str(exc)[-160:],
+                    }
                     continue
-                row[target] = {"luts": synth.luts, "flip_flops": synth.flip_flops,
-                               "dsps": synth.dsps, "multipliers": synth.multipliers,
-                               "seconds": synth.seconds}
+                row[target] = {
+                    "luts": synth.luts,
+                    "flip_flops": synth.flip_flops,
+                    "dsps": synth.dsps,
+                    "multipliers": synth.multipliers,
+                    "seconds": synth.seconds,
+                }
             rows.append(row)
             v, i = row["verilator"], row["icarus"]
-            print(f"{row['parallelism']:>6}: {v['cycles_per_inference']:6.1f} cycles/inference "
-                  f"(ideal {v['ideal_cycles']}, utilization {v['utilization']:.2f}), "
-                  f"iCE40 {row['ice40']['luts']} LUT {row['ice40']['flip_flops']} FF "
-                  f"{row['ice40']['dsps']} DSP, Xilinx {row['xilinx']['luts']} LUT "
-                  f"{row['xilinx']['flip_flops']} FF {row['xilinx']['dsps']} DSP; build/run "
-                  f"verilator {v['build_seconds']:.0f}/{v['run_seconds']:.0f} s, icarus "
-                  f"{i['build_seconds']:.0f}/{i['run_seconds']:.0f} s", flush=True)
+            print(
+                f"{row['parallelism']:>6}: {v['cycles_per_inference']:6.1f} cycles/inference "
+                f"(ideal {v['ideal_cycles']}, utilization {v['utilization']:.2f}), "
+                f"iCE40 {row['ice40']['luts']} LUT {row['ice40']['flip_flops']} FF "
+                f"{row['ice40']['dsps']} DSP, Xilinx {row['xilinx']['luts']} LUT "
+                f"{row['xilinx']['flip_flops']} FF {row['xilinx']['dsps']} DSP; build/run "
+                f"verilator {v['build_seconds']:.0f}/{v['run_seconds']:.0f} s, icarus "
+                f"{i['build_seconds']:.0f}/{i['run_seconds']:.0f} s",
+                flush=True,
+            )
     out = Path(__file__).parent / "results" / "rtl_parallelism.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"model": "jsc-three-linear", "vectors": args.vectors,
-                               "rows": rows}, indent=2) + "\n")
+    out.write_text(
+        json.dumps({"model": "jsc-three-linear", "vectors": args.vectors, "rows": rows}, indent=2)
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

@@ -13,6 +13,7 @@ from kiln.cli import (
     compress_cmd,
     data_cmd,
     demo_cmd,
+    hw_cmd,
     inspect_cmd,
     integer_cmd,
     rtl_cmd,
@@ -38,6 +39,7 @@ train_cmd.register(app)
 data_cmd.register(app)
 demo_cmd.register(app)
 compress_cmd.register(app)
+hw_cmd.register(app)
 integer_cmd.register(app)
 rtl_cmd.register(app)
 

@@ -33,13 +33,28 @@ DIRECTIONS = {
 }
 PORT_TYPES = ("read", "write", "read_write")
 _MEMORY_KEYS = {
-    "size", "r_cost", "w_cost", "area", "latency", "operands", "ports", "served_dimensions",
-    "auto_cost_extraction", "mem_type", "force_double_buffering", "min_r_granularity",
+    "size",
+    "r_cost",
+    "w_cost",
+    "area",
+    "latency",
+    "operands",
+    "ports",
+    "served_dimensions",
+    "auto_cost_extraction",
+    "mem_type",
+    "force_double_buffering",
+    "min_r_granularity",
     "min_w_granularity",
 }
 _PORT_KEYS = {"name", "type", "bandwidth_min", "bandwidth_max", "allocation"}
 _ARRAY_KEYS = {
-    "unit_energy", "unit_area", "dimensions", "sizes", "input_precision", "systolic_dimensions",
+    "unit_energy",
+    "unit_area",
+    "dimensions",
+    "sizes",
+    "input_precision",
+    "systolic_dimensions",
     "is_imc",
 }
 
@@ -100,7 +115,9 @@ class Accelerator:
     _ports: list | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._levels = {op: [m for m in self.memories if op in m.operands] for op in MEMORY_OPERANDS}
+        self._levels = {
+            op: [m for m in self.memories if op in m.operands] for op in MEMORY_OPERANDS
+        }
 
     @property
     def total_units(self) -> int:
@@ -121,8 +138,16 @@ class Accelerator:
         """Every port with the (memory operand, direction, that operand's level) it serves."""
         if self._ports is None:
             self._ports = [
-                (memory, port, [(op, direction, self.level_of(memory, op)) for op, direction in port.allocation])
-                for memory in self.memories for port in memory.ports
+                (
+                    memory,
+                    port,
+                    [
+                        (op, direction, self.level_of(memory, op))
+                        for op, direction in port.allocation
+                    ],
+                )
+                for memory in self.memories
+                for port in memory.ports
             ]
         return self._ports
 
@@ -133,29 +158,55 @@ class Accelerator:
     def sharing_groups(self) -> list[dict[str, int]]:
         """For each memory holding several operands: operand → that memory's level for it."""
         return [
-            {op: self.level_of(m, op) for op in m.operands} for m in self.memories if len(m.operands) > 1
+            {op: self.level_of(m, op) for op in m.operands}
+            for m in self.memories
+            if len(m.operands) > 1
         ]
 
-    def with_changes(self, *, array_sizes: dict[str, int] | None = None,
-                     memory_sizes: dict[str, int] | None = None,
-                     bandwidth_scale: dict[str, float] | None = None, name: str | None = None
-                     ) -> Accelerator:
-        """A copy with some array sizes, memory sizes (bits) or port bandwidths changed (for sweeps)."""
+    def with_changes(
+        self,
+        *,
+        array_sizes: dict[str, int] | None = None,
+        memory_sizes: dict[str, int] | None = None,
+        bandwidth_scale: dict[str, float] | None = None,
+        name: str | None = None,
+    ) -> Accelerator:
+        """A copy with some array sizes, memory sizes (bits) or port bandwidths changed."""
         memories = []
         for memory in self.memories:
             size = (memory_sizes or {}).get(memory.name, memory.size_bits)
             scale = (bandwidth_scale or {}).get(memory.name, 1.0)
             ports = tuple(
-                Port(p.name, p.kind, max(1, round(p.bandwidth_min * scale)),
-                     max(1, round(p.bandwidth_max * scale)), p.allocation)
+                Port(
+                    p.name,
+                    p.kind,
+                    max(1, round(p.bandwidth_min * scale)),
+                    max(1, round(p.bandwidth_max * scale)),
+                    p.allocation,
+                )
                 for p in memory.ports
             )
-            memories.append(Memory(memory.name, size, memory.read_energy, memory.write_energy,
-                                   memory.operands, ports, memory.served_dimensions))
+            memories.append(
+                Memory(
+                    memory.name,
+                    size,
+                    memory.read_energy,
+                    memory.write_energy,
+                    memory.operands,
+                    ports,
+                    memory.served_dimensions,
+                )
+            )
         sizes = dict(self.array_sizes)
         sizes.update(array_sizes or {})
-        return Accelerator(name or self.name, sizes, self.unit_energy, memories,
-                           self.systolic_dimensions, self.source)
+        return Accelerator(
+            name or self.name,
+            sizes,
+            self.unit_energy,
+            memories,
+            self.systolic_dimensions,
+            self.source,
+        )
 
 
 def _fail(source: str, path: str, message: str) -> ConfigError:
@@ -167,14 +218,17 @@ def _expect_keys(data: Any, allowed: set[str], required: set[str], source: str, 
         raise _fail(source, path, f"expected a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise _fail(source, f"{path}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        raise _fail(
+            source, f"{path}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})"
+        )
     missing = sorted(required - set(data))
     if missing:
         raise _fail(source, path, f"missing key '{missing[0]}'")
 
 
-def _number(value: Any, source: str, path: str, *, positive: bool = False,
-            integer: bool = False) -> float:
+def _number(
+    value: Any, source: str, path: str, *, positive: bool = False, integer: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(source, path, f"expected a number, got {value!r}")
     if integer and not float(value).is_integer():
@@ -191,8 +245,12 @@ def _parse_port(data: Any, operands: tuple[str, ...], source: str, path: str) ->
     kind = data["type"]
     if kind not in PORT_TYPES:
         raise _fail(source, f"{path}.type", f"'{kind}' is not one of {', '.join(PORT_TYPES)}")
-    bw_min = int(_number(data["bandwidth_min"], source, f"{path}.bandwidth_min", positive=True, integer=True))
-    bw_max = int(_number(data["bandwidth_max"], source, f"{path}.bandwidth_max", positive=True, integer=True))
+    bw_min = int(
+        _number(data["bandwidth_min"], source, f"{path}.bandwidth_min", positive=True, integer=True)
+    )
+    bw_max = int(
+        _number(data["bandwidth_max"], source, f"{path}.bandwidth_max", positive=True, integer=True)
+    )
     if bw_min > bw_max:
         raise _fail(source, path, f"bandwidth_min {bw_min} > bandwidth_max {bw_max}")
     allocation = []
@@ -200,10 +258,16 @@ def _parse_port(data: Any, operands: tuple[str, ...], source: str, path: str) ->
         where = f"{path}.allocation[{index}]"
         parts = [p.strip() for p in str(entry).split(",")]
         if len(parts) != 2:
-            raise _fail(source, where, f"expected 'OPERAND, DIRECTION' such as 'I1, tl', got {entry!r}")
+            raise _fail(
+                source, where, f"expected 'OPERAND, DIRECTION' such as 'I1, tl', got {entry!r}"
+            )
         mem_op, short = parts
         if mem_op not in operands:
-            raise _fail(source, where, f"operand '{mem_op}' is not among this memory's operands {list(operands)}")
+            raise _fail(
+                source,
+                where,
+                f"operand '{mem_op}' is not among this memory's operands {list(operands)}",
+            )
         if short not in DIRECTIONS:
             raise _fail(source, where, f"direction '{short}' is not one of {', '.join(DIRECTIONS)}")
         allocation.append((mem_op, DIRECTIONS[short]))
@@ -212,22 +276,39 @@ def _parse_port(data: Any, operands: tuple[str, ...], source: str, path: str) ->
 
 def parse_accelerator(data: Any, source: str = "<accelerator>") -> Accelerator:
     """Validate a ZigZag 3.x accelerator description (already loaded YAML) and build it."""
-    _expect_keys(data, {"name", "memories", "operational_array", "dataflows"},
-                 {"name", "memories", "operational_array"}, source, "<root>")
+    _expect_keys(
+        data,
+        {"name", "memories", "operational_array", "dataflows"},
+        {"name", "memories", "operational_array"},
+        source,
+        "<root>",
+    )
     array = data["operational_array"]
-    _expect_keys(array, _ARRAY_KEYS, {"unit_energy", "dimensions", "sizes"}, source, "operational_array")
+    _expect_keys(
+        array, _ARRAY_KEYS, {"unit_energy", "dimensions", "sizes"}, source, "operational_array"
+    )
     dims, sizes = array["dimensions"], array["sizes"]
-    if not isinstance(dims, list) or not isinstance(sizes, list) or len(dims) != len(sizes) or not dims:
-        raise _fail(source, "operational_array", "'dimensions' and 'sizes' must be lists of equal length")
+    if (
+        not isinstance(dims, list)
+        or not isinstance(sizes, list)
+        or len(dims) != len(sizes)
+        or not dims
+    ):
+        raise _fail(
+            source, "operational_array", "'dimensions' and 'sizes' must be lists of equal length"
+        )
     array_sizes = {}
-    for index, (dim, size) in enumerate(zip(dims, sizes)):
-        array_sizes[str(dim)] = int(_number(size, source, f"operational_array.sizes[{index}]",
-                                            positive=True, integer=True))
+    for index, (dim, size) in enumerate(zip(dims, sizes, strict=False)):
+        array_sizes[str(dim)] = int(
+            _number(size, source, f"operational_array.sizes[{index}]", positive=True, integer=True)
+        )
     unit_energy = float(_number(array["unit_energy"], source, "operational_array.unit_energy"))
     systolic = tuple(str(d) for d in array.get("systolic_dimensions") or [])
     for dim in systolic:
         if dim not in array_sizes:
-            raise _fail(source, "operational_array.systolic_dimensions", f"unknown dimension '{dim}'")
+            raise _fail(
+                source, "operational_array.systolic_dimensions", f"unknown dimension '{dim}'"
+            )
 
     memories_data = data["memories"]
     if not isinstance(memories_data, dict) or not memories_data:
@@ -235,31 +316,52 @@ def parse_accelerator(data: Any, source: str = "<accelerator>") -> Accelerator:
     memories = []
     for name, mem in memories_data.items():
         path = f"memories.{name}"
-        _expect_keys(mem, _MEMORY_KEYS, {"size", "r_cost", "w_cost", "operands", "ports",
-                                         "served_dimensions"}, source, path)
+        _expect_keys(
+            mem,
+            _MEMORY_KEYS,
+            {"size", "r_cost", "w_cost", "operands", "ports", "served_dimensions"},
+            source,
+            path,
+        )
         size = int(_number(mem["size"], source, f"{path}.size", positive=True, integer=True))
         operands = tuple(str(op) for op in mem["operands"] or [])
         if not operands:
             raise _fail(source, f"{path}.operands", "a memory must hold at least one operand")
         for op in operands:
             if op not in MEMORY_OPERANDS:
-                raise _fail(source, f"{path}.operands", f"'{op}' is not one of {', '.join(MEMORY_OPERANDS)}")
+                raise _fail(
+                    source, f"{path}.operands", f"'{op}' is not one of {', '.join(MEMORY_OPERANDS)}"
+                )
         if not isinstance(mem["ports"], list) or not mem["ports"]:
             raise _fail(source, f"{path}.ports", "expected a list of ports")
-        ports = tuple(_parse_port(p, operands, source, f"{path}.ports[{i}]") for i, p in enumerate(mem["ports"]))
+        ports = tuple(
+            _parse_port(p, operands, source, f"{path}.ports[{i}]")
+            for i, p in enumerate(mem["ports"])
+        )
         served = tuple(str(d) for d in mem["served_dimensions"] or [])
         for dim in served:
             if dim not in array_sizes:
-                raise _fail(source, f"{path}.served_dimensions",
-                            f"unknown dimension '{dim}' (array has {', '.join(array_sizes)})")
+                raise _fail(
+                    source,
+                    f"{path}.served_dimensions",
+                    f"unknown dimension '{dim}' (array has {', '.join(array_sizes)})",
+                )
         for op in operands:
             # Every level must at least hand its operand to the level below it.
             direction, short = ("wr_in_by_low", "fl") if op == "O" else ("rd_out_to_low", "tl")
             if not any((op, direction) in p.allocation for p in ports):
                 raise _fail(source, f"{path}.ports", f"no port is allocated to '{op}, {short}'")
-        memories.append(Memory(str(name), size, float(_number(mem["r_cost"], source, f"{path}.r_cost")),
-                               float(_number(mem["w_cost"], source, f"{path}.w_cost")), operands, ports,
-                               served))
+        memories.append(
+            Memory(
+                str(name),
+                size,
+                float(_number(mem["r_cost"], source, f"{path}.r_cost")),
+                float(_number(mem["w_cost"], source, f"{path}.w_cost")),
+                operands,
+                ports,
+                served,
+            )
+        )
     for op in MEMORY_OPERANDS:
         if not any(op in m.operands for m in memories):
             raise _fail(source, "memories", f"operand '{op}' is held by no memory")

@@ -67,13 +67,21 @@ class Cost:
 
     def as_dict(self) -> dict:
         return {
-            "layer": self.layer, "energy_pj": self.energy_pj, "mac_energy_pj": self.mac_energy_pj,
-            "latency_cycles": self.latency_cycles, "ideal_cycles": self.ideal_cycles,
-            "temporal_cycles": self.temporal_cycles, "stall_cycles": self.stall_cycles,
-            "onload_cycles": self.onload_cycles, "offload_cycles": self.offload_cycles,
-            "drain_cycles": self.drain_cycles, "spatial_utilization": self.spatial_utilization,
-            "utilization": self.utilization, "energy_by_level": self.energy_by_level,
-            "spatial_mapping": self.spatial, "temporal_mapping": self.temporal,
+            "layer": self.layer,
+            "energy_pj": self.energy_pj,
+            "mac_energy_pj": self.mac_energy_pj,
+            "latency_cycles": self.latency_cycles,
+            "ideal_cycles": self.ideal_cycles,
+            "temporal_cycles": self.temporal_cycles,
+            "stall_cycles": self.stall_cycles,
+            "onload_cycles": self.onload_cycles,
+            "offload_cycles": self.offload_cycles,
+            "drain_cycles": self.drain_cycles,
+            "spatial_utilization": self.spatial_utilization,
+            "utilization": self.utilization,
+            "energy_by_level": self.energy_by_level,
+            "spatial_mapping": self.spatial,
+            "temporal_mapping": self.temporal,
         }
 
 
@@ -89,7 +97,7 @@ class Relevancy:
     r: dict[str, set[str]]
     ir: dict[str, set[str]]
     pr: dict[str, dict[str, tuple[str, str]]]
-    r_split: dict[str, set[str]]   # r dims with the pr parts ("IX_r") added
+    r_split: dict[str, set[str]]  # r dims with the pr parts ("IX_r") added
     ir_split: dict[str, set[str]]  # ir dims with the pr parts ("IX_ir") added
 
 
@@ -113,7 +121,7 @@ def relevancy(layer: Layer) -> Relevancy:
 
 
 def pr_dim_size(layer: Layer, target: str, sizes: dict[str, float]) -> float:
-    """Extent of a pr dim (e.g. IX) covered by loop sizes ``sizes`` of its two dims, capped at the real input."""
+    """Extent of a pr dim (IX) covered by loops of ``sizes``, capped at the real input."""
     dim_a, scale_a, dim_b, scale_b = layer.relations[target]
     extent = pr_extent(scale_a, int(sizes.get(dim_a, 1)), scale_b, int(sizes.get(dim_b, 1)))
     return min(layer.pr_sizes.get(target, extent), extent)
@@ -129,8 +137,10 @@ def tensor_elements(layer: Layer, op: str, sizes: dict[str, float], rel: Relevan
     return total
 
 
-def split_pr_loops(layer: Layer, op: str, levels: list[list[Loop]], rel: Relevancy) -> list[list[Loop]]:
-    """Replace each pr loop (OX at a level) by its r part (new IX) and its ir part (reuse), bottom-up."""
+def split_pr_loops(
+    layer: Layer, op: str, levels: list[list[Loop]], rel: Relevancy
+) -> list[list[Loop]]:
+    """Replace each pr loop (OX) by its r part (new IX) and its ir part (reuse), bottom-up."""
     if not rel.pr[op]:
         return levels
     cumulative = {t: {a: 1.0, b: 1.0} for t, (a, b) in rel.pr[op].items()}
@@ -159,7 +169,9 @@ def split_pr_loops(layer: Layer, op: str, levels: list[list[Loop]], rel: Relevan
 # ---------------------------------------------------------------------------------------
 
 
-def spatial_per_level(layer: Layer, hw: Accelerator, spatial: SpatialMapping, op: str) -> list[list[Loop]]:
+def spatial_per_level(
+    layer: Layer, hw: Accelerator, spatial: SpatialMapping, op: str
+) -> list[list[Loop]]:
     """Spatial loops of each arch level of ``op``: a memory's served dims unroll below it."""
     memories = hw.levels(layer.links[op])
     remaining = {oa: d for oa, d in spatial.unrollings.items()}
@@ -186,8 +198,10 @@ class SpatialCounts:
     bw_boost: list[float]
 
 
-def spatial_counts(layer: Layer, op: str, levels: list[list[Loop]], rel: Relevancy) -> SpatialCounts:
-    """Instances per arch level (all, and those holding distinct data) and bandwidth boost between levels."""
+def spatial_counts(
+    layer: Layer, op: str, levels: list[list[Loop]], rel: Relevancy
+) -> SpatialCounts:
+    """Instances per arch level (all; holding distinct data) and bandwidth boost between levels."""
     split = split_pr_loops(layer, op, levels, rel)
     n = len(levels)
     size_r = [math.prod(f for d, f in lv if d in rel.r_split[op]) for lv in split]
@@ -203,7 +217,9 @@ def spatial_counts(layer: Layer, op: str, levels: list[list[Loop]], rel: Relevan
 # ---------------------------------------------------------------------------------------
 
 
-def merge_stationary_loops(levels: list[list[Loop]], irrelevant: set[str]) -> tuple[list[list[Loop]], int]:
+def merge_stationary_loops(
+    levels: list[list[Loop]], irrelevant: set[str]
+) -> tuple[list[list[Loop]], int]:
     """Move the ir loops at the bottom of each memory level down to the level below (they
     re-read the same data, which the lower level already holds), until nothing moves.
     Returns the new levels and the MAC-level stationarity (ir loops at the very bottom)."""
@@ -259,7 +275,7 @@ class Movement:
 class Analysis:
     """Everything the cost terms need about one (layer, spatial, temporal) combination."""
 
-    levels: dict[str, int]                       # memory levels per operand
+    levels: dict[str, int]  # memory levels per operand
     total_cycles: float
     unit_count: dict[str, list[float]]
     data_bits_unrolled: dict[str, list[float]]
@@ -267,9 +283,14 @@ class Analysis:
     movement: dict[str, list[Movement]]
 
 
-def spatial_info(layer: Layer, hw: Accelerator, spatial: SpatialMapping, rel: Relevancy,
-                 cache: dict | None = None) -> tuple[dict[str, list[list[Loop]]], dict[str, SpatialCounts]]:
-    """Spatial loops per arch level and instance counts of every operand (cached per spatial mapping)."""
+def spatial_info(
+    layer: Layer,
+    hw: Accelerator,
+    spatial: SpatialMapping,
+    rel: Relevancy,
+    cache: dict | None = None,
+) -> tuple[dict[str, list[list[Loop]]], dict[str, SpatialCounts]]:
+    """Spatial loops per arch level and instance counts of every operand (cached)."""
     key = id(spatial)
     if cache is not None and key in cache:
         return cache[key]
@@ -288,10 +309,17 @@ class OperandAnalysis:
     movement: list[Movement]
 
 
-def analyse_operand(layer: Layer, hw: Accelerator, spatial: SpatialMapping, op: str,
-                    levels: tuple[tuple[Loop, ...], ...], total_cycles: float, rel: Relevancy,
-                    cache: dict | None = None) -> OperandAnalysis:
-    """Data held and moved per memory level of one operand (it depends on that operand's loops only)."""
+def analyse_operand(
+    layer: Layer,
+    hw: Accelerator,
+    spatial: SpatialMapping,
+    op: str,
+    levels: tuple[tuple[Loop, ...], ...],
+    total_cycles: float,
+    rel: Relevancy,
+    cache: dict | None = None,
+) -> OperandAnalysis:
+    """Data held and moved per memory level of one operand (from its own loops only)."""
     out = layer.output
     n_levels = len(levels)
     n_arch = n_levels + 1
@@ -308,25 +336,38 @@ def analyse_operand(layer: Layer, hw: Accelerator, spatial: SpatialMapping, op: 
     # spatial loops of arch level a ("1s1t"); "1s2t" puts arch level a-1's spatial loops
     # under memory a-1's temporal loops (data held *per instance*).
     tm = [[]] + stationary + [[]]
-    combined_1s1t = split_pr_loops(layer, op, [tm[a] + su_levels[op][a] for a in range(n_arch)], rel)
-    combined_1s2t = split_pr_loops(layer, op, [[]] + [tm[a + 1] + su_levels[op][a] for a in range(n_arch)], rel)
+    combined_1s1t = split_pr_loops(
+        layer, op, [tm[a] + su_levels[op][a] for a in range(n_arch)], rel
+    )
+    combined_1s2t = split_pr_loops(
+        layer, op, [[]] + [tm[a + 1] + su_levels[op][a] for a in range(n_arch)], rel
+    )
 
     if op == out:
         # Partial-sum flags: a memory level holds partial outputs when an ir loop of the
         # output sits at or above it.
-        has_ir = [any(d in rel.ir_split[op] and s > 1 for d, s in combined_1s1t[a]) for a in range(n_arch)]
-        psum = [any(has_ir[m + 1:]) for m in range(n_arch - 1)] + [False]
-        precision = [layer.precision["O"] if psum[m] else layer.precision["O_final"] for m in range(n_arch)]
+        has_ir = [
+            any(d in rel.ir_split[op] and s > 1 for d, s in combined_1s1t[a]) for a in range(n_arch)
+        ]
+        psum = [any(has_ir[m + 1 :]) for m in range(n_arch - 1)] + [False]
+        precision = [
+            layer.precision["O"] if psum[m] else layer.precision["O_final"] for m in range(n_arch)
+        ]
     else:
         psum = [False] * n_arch
         precision = [layer.precision[op]] * n_arch
 
-    r_lv2 = [math.prod(s for d, s in combined_1s2t[a] if d in rel.r_split[op]) for a in range(n_arch)]
+    r_lv2 = [
+        math.prod(s for d, s in combined_1s2t[a] if d in rel.r_split[op]) for a in range(n_arch)
+    ]
     data_elem = [round(round(math.prod(r_lv2[: a + 1]))) for a in range(n_arch)]
     data_bits = [data_elem[a] * precision[a] for a in range(n_arch)]
     eff_bits = [data_bits[a] // top_r[a] for a in range(n_arch)]
     if op == out:
-        ir_lv = [math.prod(s for d, s in combined_1s1t[a] if d in rel.ir_split[op]) for a in range(n_arch)]
+        ir_lv = [
+            math.prod(s for d, s in combined_1s1t[a] if d in rel.ir_split[op])
+            for a in range(n_arch)
+        ]
         ir_caal_out = [math.prod(ir_lv[a:]) for a in range(n_arch)] + [1, 1]
         out_size = tensor_elements(layer, out, layer.sizes, rel)
 
@@ -342,7 +383,11 @@ def analyse_operand(layer: Layer, hw: Accelerator, spatial: SpatialMapping, op: 
         count = {RD_LOW: 0, WR_LOW: 0, RD_HIGH: 0, WR_HIGH: 0}
         bw_avg = {RD_LOW: 0, WR_LOW: 0, RD_HIGH: 0, WR_HIGH: 0}
         low = (int(req_high[m]), int(cycles_each[m]), int(total_cycles // cycles_each[m]))
-        high = (int(req_low[m + 1]), int(cycles_each[m + 1]), int(total_cycles // cycles_each[m + 1]))
+        high = (
+            int(req_low[m + 1]),
+            int(cycles_each[m + 1]),
+            int(total_cycles // cycles_each[m + 1]),
+        )
         if op != out:
             bw_avg[RD_LOW], period[RD_LOW], count[RD_LOW] = low
             amount[RD_LOW] = data_elem[m] * boost[m]
@@ -366,8 +411,12 @@ def analyse_operand(layer: Layer, hw: Accelerator, spatial: SpatialMapping, op: 
             prec[RD_LOW] = layer.precision["O"] if reads_back else 0
             prec[WR_HIGH] = layer.precision["O"] if writes_back else 0
             prec[RD_HIGH] = layer.precision["O"] if writes_back else layer.precision["O_final"]
-        scale = {RD_LOW: int(top_ir[m]), WR_LOW: int(top_ir[m]),
-                 RD_HIGH: int(top_ir[m + 1]), WR_HIGH: int(top_ir[m + 1])}
+        scale = {
+            RD_LOW: int(top_ir[m]),
+            WR_LOW: int(top_ir[m]),
+            RD_HIGH: int(top_ir[m + 1]),
+            WR_HIGH: int(top_ir[m + 1]),
+        }
         window = {d: int(period[d] / scale[d]) for d in DIRS}
         if m == n_levels - 1:
             # Traffic between the top memory and the outside world is not counted.
@@ -377,14 +426,23 @@ def analyse_operand(layer: Layer, hw: Accelerator, spatial: SpatialMapping, op: 
     return OperandAnalysis(counts[op].unit_count, data_bits, eff_bits, moves)
 
 
-def analyse(layer: Layer, hw: Accelerator, spatial: SpatialMapping, temporal: TemporalMapping,
-            rel: Relevancy, cache: dict | None = None) -> Analysis:
+def analyse(
+    layer: Layer,
+    hw: Accelerator,
+    spatial: SpatialMapping,
+    temporal: TemporalMapping,
+    rel: Relevancy,
+    cache: dict | None = None,
+) -> Analysis:
     """Per operand and memory level: instances, data held, and the four-way data movement."""
     total_cycles = math.prod(s for level in temporal.loops[layer.output] for _, s in level)
-    parts = {op: analyse_operand(layer, hw, spatial, op, temporal.loops[op], total_cycles, rel, cache)
-             for op in layer.operands}
+    parts = {
+        op: analyse_operand(layer, hw, spatial, op, temporal.loops[op], total_cycles, rel, cache)
+        for op in layer.operands
+    }
     return Analysis(
-        levels={op: len(temporal.loops[op]) for op in layer.operands}, total_cycles=total_cycles,
+        levels={op: len(temporal.loops[op]) for op in layer.operands},
+        total_cycles=total_cycles,
         unit_count={op: p.unit_count for op, p in parts.items()},
         data_bits_unrolled={op: p.data_bits_unrolled for op, p in parts.items()},
         effective_bits={op: p.effective_bits for op, p in parts.items()},
@@ -402,20 +460,25 @@ def mac_energy(layer: Layer, hw: Accelerator) -> float:
     return hw.unit_energy * layer.macs
 
 
-def word_accesses(move: Movement, direction: str, bandwidth: tuple[int, int] | None, instances: float,
-                  where: str) -> int:
+def word_accesses(
+    move: Movement, direction: str, bandwidth: tuple[int, int] | None, instances: float, where: str
+) -> int:
     """Memory word accesses in one direction: words per period rounded up to whole minimum-width
     words, scaled to the maximum port width, times periods and instances."""
     amount, bits, periods = move.amount[direction], move.precision[direction], move.count[direction]
     if amount == 0 or bits == 0:
         return 0
     if bandwidth is None:
-        raise MappingError(f"{where}: no port serves {direction}, but the mapping moves data that way")
+        raise MappingError(
+            f"{where}: no port serves {direction}, but the mapping moves data that way"
+        )
     bw_min, bw_max = bandwidth
     return int(math.ceil(amount * bits / bw_min) * (bw_min / bw_max) * periods * instances)
 
 
-def memory_accesses(layer: Layer, hw: Accelerator, analysis: Analysis) -> dict[str, list[dict[str, int]]]:
+def memory_accesses(
+    layer: Layer, hw: Accelerator, analysis: Analysis
+) -> dict[str, list[dict[str, int]]]:
     result = {}
     for op in layer.operands:
         mem_op = layer.links[op]
@@ -423,22 +486,31 @@ def memory_accesses(layer: Layer, hw: Accelerator, analysis: Analysis) -> dict[s
         for m, memory in enumerate(hw.levels(mem_op)[: analysis.levels[op]]):
             move = analysis.movement[op][m]
             instances = analysis.unit_count[op][m + 1]
-            per_level.append({d: word_accesses(move, d, memory.bandwidth(mem_op, d), instances,
-                                               f"{memory.name} ({mem_op})") for d in DIRS})
+            per_level.append(
+                {
+                    d: word_accesses(
+                        move, d, memory.bandwidth(mem_op, d), instances, f"{memory.name} ({mem_op})"
+                    )
+                    for d in DIRS
+                }
+            )
         result[op] = per_level
     return result
 
 
-def memory_energy(layer: Layer, hw: Accelerator, accesses: dict[str, list[dict[str, int]]]
-                  ) -> dict[str, dict[str, float]]:
+def memory_energy(
+    layer: Layer, hw: Accelerator, accesses: dict[str, list[dict[str, int]]]
+) -> dict[str, dict[str, float]]:
     """Energy per memory and operand: reads × read energy + writes × write energy."""
     breakdown: dict[str, dict[str, float]] = {}
     for op, per_level in accesses.items():
-        for memory, counts in zip(hw.levels(layer.links[op]), per_level):
+        for memory, counts in zip(hw.levels(layer.links[op]), per_level, strict=False):
             reads = counts[RD_LOW] + counts[RD_HIGH]
             writes = counts[WR_LOW] + counts[WR_HIGH]
             energy = reads * memory.read_energy + writes * memory.write_energy
-            breakdown.setdefault(memory.name, {})[op] = breakdown.get(memory.name, {}).get(op, 0.0) + energy
+            breakdown.setdefault(memory.name, {})[op] = (
+                breakdown.get(memory.name, {}).get(op, 0.0) + energy
+            )
     return breakdown
 
 
@@ -453,8 +525,12 @@ def utilization(layer: Layer, hw: Accelerator, analysis: Analysis) -> tuple[dict
     individual, effective = {}, {}
     for op in layer.operands:
         sizes = [m.size_bits for m in hw.levels(layer.links[op])]
-        individual[op] = [analysis.data_bits_unrolled[op][m + 1] / sizes[m] for m in range(analysis.levels[op])]
-        effective[op] = [analysis.effective_bits[op][m + 1] / sizes[m] for m in range(analysis.levels[op])]
+        individual[op] = [
+            analysis.data_bits_unrolled[op][m + 1] / sizes[m] for m in range(analysis.levels[op])
+        ]
+        effective[op] = [
+            analysis.effective_bits[op][m + 1] / sizes[m] for m in range(analysis.levels[op])
+        ]
     shared = {op: list(v) for op, v in individual.items()}
     effective_shared = {op: list(v) for op, v in effective.items()}
     mem_to_layer = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
@@ -514,7 +590,9 @@ def real_transfer_cycles(move: Movement, direction: str, bandwidth: tuple[int, i
     return math.ceil(move.amount[direction] * move.precision[direction] / bandwidth[1])
 
 
-def allowed_transfer_cycles(move: Movement, direction: str, buffered_here: bool, buffered_above: bool) -> int:
+def allowed_transfer_cycles(
+    move: Movement, direction: str, buffered_here: bool, buffered_above: bool
+) -> int:
     """Cycles a transfer may take without stalling: the whole period when double-buffered,
     else the window left after the outermost ir loops."""
     buffered = buffered_above if direction in (RD_HIGH, WR_HIGH) else buffered_here
@@ -534,8 +612,9 @@ def updating_window_union(activities: list[PortActivity]) -> int:
     return int(busy.sum()) * longest.count
 
 
-def port_stalls(layer: Layer, hw: Accelerator, analysis: Analysis, flags: dict[str, list[bool]]
-                ) -> tuple[float, dict[tuple[str, int, str], int]]:
+def port_stalls(
+    layer: Layer, hw: Accelerator, analysis: Analysis, flags: dict[str, list[bool]]
+) -> tuple[float, dict[tuple[str, int, str], int]]:
     """Stall cycles: per port, the sum of its movements' stalls minus the slack they can share;
     ports work in parallel, so the worst port counts."""
     mem_to_layer = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
@@ -552,9 +631,18 @@ def port_stalls(layer: Layer, hw: Accelerator, analysis: Analysis, flags: dict[s
             real_cycles[(op, level, direction)] = real
             if move.count[direction] == 0:
                 continue
-            allowed = allowed_transfer_cycles(move, direction, flags[op][level], flags[op][level + 1])
-            activities.append(PortActivity(real, allowed, move.period[direction], move.count[direction],
-                                           f"{op}{level}{direction}"))
+            allowed = allowed_transfer_cycles(
+                move, direction, flags[op][level], flags[op][level + 1]
+            )
+            activities.append(
+                PortActivity(
+                    real,
+                    allowed,
+                    move.period[direction],
+                    move.count[direction],
+                    f"{op}{level}{direction}",
+                )
+            )
         if len(activities) == 1:
             worst = max(worst, activities[0].stall)
         elif activities:
@@ -580,9 +668,16 @@ def reduce_ordered(cycles: list[float], minimum: list[float], surplus: float) ->
     return result
 
 
-def port_loading(layer: Layer, analysis: Analysis, port: Port, entries: list[tuple[str, str, int]],
-                 mem_to_layer: dict[str, str], real_cycles: dict, stall: float,
-                 data_bits_mac: dict[str, float]) -> dict[tuple[str, int, str], tuple[float, bool]]:
+def port_loading(
+    layer: Layer,
+    analysis: Analysis,
+    port: Port,
+    entries: list[tuple[str, str, int]],
+    mem_to_layer: dict[str, str],
+    real_cycles: dict,
+    stall: float,
+    data_bits_mac: dict[str, float],
+) -> dict[tuple[str, int, str], tuple[float, bool]]:
     """Cycles each movement of one port needs before (inputs) or after (outputs) computing."""
     once, repeated = [], []
     for mem_op, direction, level in entries:
@@ -603,21 +698,30 @@ def port_loading(layer: Layer, analysis: Analysis, port: Port, entries: list[tup
         needed = [real_cycles.get(key, 0) for key in once]
         computing = analysis.total_cycles + stall
         surplus = max(0.0, (port.bandwidth_max - busy_bandwidth) / port.bandwidth_max * computing)
-        for key, remaining in zip(once, reduce_ordered(needed, minimum, surplus)):
+        for key, remaining in zip(once, reduce_ordered(needed, minimum, surplus), strict=False):
             result[key] = (remaining, port.shared_by_two_inputs)
     for key in repeated:
         result[key] = (real_cycles.get(key, 0), port.shared_by_two_inputs)
     return result
 
 
-def loading_cycles(layer: Layer, hw: Accelerator, analysis: Analysis, real_cycles: dict, stall: float,
-                   data_bits_mac: dict[str, float]) -> tuple[float, float]:
-    """(on-loading cycles of the inputs before computing, off-loading cycles of the outputs after)."""
+def loading_cycles(
+    layer: Layer,
+    hw: Accelerator,
+    analysis: Analysis,
+    real_cycles: dict,
+    stall: float,
+    data_bits_mac: dict[str, float],
+) -> tuple[float, float]:
+    """(cycles loading inputs before computing, cycles off-loading outputs after)."""
     loads: dict[tuple[str, int, str], tuple[float, bool]] = {}
     mem_to_layer = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
     for _memory, port, entries in hw.port_table():
-        loads.update(port_loading(layer, analysis, port, entries, mem_to_layer, real_cycles, stall,
-                                  data_bits_mac))
+        loads.update(
+            port_loading(
+                layer, analysis, port, entries, mem_to_layer, real_cycles, stall, data_bits_mac
+            )
+        )
     individual, half_shared, shared = {}, {}, {}
     for op in layer.inputs:
         individual[op] = half_shared[op] = shared[op] = 0
@@ -635,20 +739,30 @@ def loading_cycles(layer: Layer, hw: Accelerator, analysis: Analysis, real_cycle
         onload = individual[layer.inputs[0]]
     else:
         a, b = layer.inputs[0], layer.inputs[1]
-        option_a = shared[a] + max(shared[b] + half_shared[b] + individual[b], half_shared[a] + individual[a])
-        option_b = shared[b] + max(shared[a] + half_shared[a] + individual[a], half_shared[b] + individual[b])
+        option_a = shared[a] + max(
+            shared[b] + half_shared[b] + individual[b], half_shared[a] + individual[a]
+        )
+        option_b = shared[b] + max(
+            shared[a] + half_shared[a] + individual[a], half_shared[b] + individual[b]
+        )
         onload = min(option_a, option_b)
     out = layer.output
     offload = 0.0
     for lv in range(analysis.levels[out] - 1):
-        offload += max(loads.get((out, lv, RD_HIGH), (0, False))[0], loads.get((out, lv + 1, WR_LOW), (0, False))[0])
+        offload += max(
+            loads.get((out, lv, RD_HIGH), (0, False))[0],
+            loads.get((out, lv + 1, WR_LOW), (0, False))[0],
+        )
     return onload, offload
 
 
 def systolic_drain(hw: Accelerator, spatial_user: SpatialMapping) -> int:
     """Along a systolic dimension the last results leave the array one cycle per unit later."""
-    return sum(max(math.ceil(math.prod(spatial_user.unrollings[oa].values())) - 1, 0)
-               for oa in hw.systolic_dimensions if oa in spatial_user.unrollings)
+    return sum(
+        max(math.ceil(math.prod(spatial_user.unrollings[oa].values())) - 1, 0)
+        for oa in hw.systolic_dimensions
+        if oa in spatial_user.unrollings
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -656,9 +770,16 @@ def systolic_drain(hw: Accelerator, spatial_user: SpatialMapping) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def evaluate(layer: Layer, hw: Accelerator, spatial: SpatialMapping, temporal: TemporalMapping,
-             spatial_int: SpatialMapping | None = None, spatial_user: SpatialMapping | None = None,
-             rel: Relevancy | None = None, cache: dict | None = None) -> Cost:
+def evaluate(
+    layer: Layer,
+    hw: Accelerator,
+    spatial: SpatialMapping,
+    temporal: TemporalMapping,
+    spatial_int: SpatialMapping | None = None,
+    spatial_user: SpatialMapping | None = None,
+    rel: Relevancy | None = None,
+    cache: dict | None = None,
+) -> Cost:
     """Energy, latency and utilization of ``layer`` on ``hw`` under one mapping.
 
     ``spatial`` may hold fractional unrollings (energy uses it); ``spatial_int`` is its
@@ -686,9 +807,20 @@ def evaluate(layer: Layer, hw: Accelerator, spatial: SpatialMapping, temporal: T
     drain = systolic_drain(hw, spatial_user)
     latency = temporal_cycles + stall + onload + offload + drain
     return Cost(
-        layer=layer.name, energy_pj=energy, mac_energy_pj=macs_energy, latency_cycles=latency,
-        ideal_cycles=ideal, temporal_cycles=temporal_cycles, stall_cycles=stall, onload_cycles=onload,
-        offload_cycles=offload, drain_cycles=drain, spatial_utilization=ideal / temporal_cycles,
-        utilization=ideal / latency, energy_by_level=breakdown, accesses=accesses,
-        spatial=str(spatial_user), temporal=temporal.as_dict(),
+        layer=layer.name,
+        energy_pj=energy,
+        mac_energy_pj=macs_energy,
+        latency_cycles=latency,
+        ideal_cycles=ideal,
+        temporal_cycles=temporal_cycles,
+        stall_cycles=stall,
+        onload_cycles=onload,
+        offload_cycles=offload,
+        drain_cycles=drain,
+        spatial_utilization=ideal / temporal_cycles,
+        utilization=ideal / latency,
+        energy_by_level=breakdown,
+        accesses=accesses,
+        spatial=str(spatial_user),
+        temporal=temporal.as_dict(),
     )

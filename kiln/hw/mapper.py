@@ -19,8 +19,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator, Memory
@@ -48,7 +48,7 @@ from kiln.hw.workload import Layer, Workload
 OBJECTIVES = ("latency", "energy", "edp")
 
 
-class MemoryTooSmall(MappingError):
+class MemoryTooSmallError(MappingError):
     """The loops given to a memory (or left for the top one) do not fit in it."""
 
 
@@ -82,13 +82,18 @@ def _prime_factors(n: int) -> list[int]:
     return factors
 
 
-def allocate(layer: Layer, hw: Accelerator, spatial_levels: dict[str, list[list[Loop]]],
-             ordering: list[Loop], rel: Relevancy) -> TemporalMapping:
+def allocate(
+    layer: Layer,
+    hw: Accelerator,
+    spatial_levels: dict[str, list[list[Loop]]],
+    ordering: list[Loop],
+    rel: Relevancy,
+) -> TemporalMapping:
     """Give the loops of ``ordering`` (innermost first) to each memory bottom-up.
 
     Each memory takes, for each operand it holds, a prefix of that operand's remaining
     loops; among the prefixes that fit together it picks the one with the fewest accesses
-    to the level above (size × remaining iterations). Raises :class:`MemoryTooSmall`.
+    to the level above (size × remaining iterations). Raises :class:`MemoryTooSmallError`.
     """
     mem_to_op = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
     unallocated = {op: list(ordering) for op in layer.operands}
@@ -100,32 +105,133 @@ def allocate(layer: Layer, hw: Accelerator, spatial_levels: dict[str, list[list[
         ops = [mem_to_op[m] for m in memory.operands if m in mem_to_op]
         if not ops:
             continue
-        options = {op: _prefix_sizes(layer, op, allocated[op], unallocated[op], spatial_levels[op],
-                                     arch_level[op], memory, rel) for op in ops}
+        options = {
+            op: _prefix_sizes(
+                layer,
+                op,
+                allocated[op],
+                unallocated[op],
+                spatial_levels[op],
+                arch_level[op],
+                memory,
+                rel,
+            )
+            for op in ops
+        }
         chosen = _best_prefixes(ops, options, unallocated, memory, tops)
-        for op, count in zip(ops, chosen):
+        for op, count in zip(ops, chosen, strict=False):
             loops = unallocated[op][:count]
             del unallocated[op][:count]
             allocated[op] += loops
             result[op].append(tuple(loops))
             allocated[op] += spatial_levels[op][arch_level[op]]
             if memory is tops[op] and unallocated[op]:
-                raise MemoryTooSmall(f"{memory.name} (top memory of {op}) cannot hold all loops")
+                raise MemoryTooSmallError(
+                    f"{memory.name} (top memory of {op}) cannot hold all loops"
+                )
             arch_level[op] += 1
     return TemporalMapping({op: tuple(levels) for op, levels in result.items()})
 
 
-def _precision_for(layer: Layer, op: str, unallocated: list[Loop], spatial_levels: list[list[Loop]],
-                   arch_level: int, rel: Relevancy) -> int:
+def all_allocations(
+    layer: Layer,
+    hw: Accelerator,
+    spatial_levels: dict[str, list[list[Loop]]],
+    ordering: list[Loop],
+    rel: Relevancy,
+) -> Iterator[TemporalMapping]:
+    """Every way to cut ``ordering`` into memory levels that fits (not only LOMA's choice)."""
+    mem_to_op = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
+    memories = [m for m in hw.memories if any(op in mem_to_op for op in m.operands)]
+    tops = {op: hw.levels(layer.links[op])[-1] for op in layer.operands}
+
+    def visit(
+        index: int, unallocated: dict, allocated: dict, arch_level: dict, result: dict
+    ) -> Iterator[TemporalMapping]:
+        if index == len(memories):
+            yield TemporalMapping({op: tuple(levels) for op, levels in result.items()})
+            return
+        memory = memories[index]
+        ops = [mem_to_op[m] for m in memory.operands if m in mem_to_op]
+        try:
+            options = {
+                op: _prefix_sizes(
+                    layer,
+                    op,
+                    allocated[op],
+                    unallocated[op],
+                    spatial_levels[op],
+                    arch_level[op],
+                    memory,
+                    rel,
+                )
+                for op in ops
+            }
+        except MemoryTooSmallError:
+            return
+        ranges = []
+        for op in ops:
+            count = len(options[op])
+            if memory is tops[op]:
+                if count - 1 != len(unallocated[op]):
+                    return
+                ranges.append([count - 1])
+            else:
+                ranges.append(list(range(count)))
+        for combo in itertools.product(*ranges):
+            if sum(options[op][i] for op, i in zip(ops, combo, strict=False)) > memory.size_bits:
+                continue
+            new_un, new_al, new_lv, new_res = (
+                dict(unallocated),
+                dict(allocated),
+                dict(arch_level),
+                dict(result),
+            )
+            for op, count in zip(ops, combo, strict=False):
+                loops = unallocated[op][:count]
+                new_un[op] = unallocated[op][count:]
+                new_al[op] = allocated[op] + loops + spatial_levels[op][arch_level[op]]
+                new_res[op] = result[op] + [tuple(loops)]
+                new_lv[op] = arch_level[op] + 1
+            yield from visit(index + 1, new_un, new_al, new_lv, new_res)
+
+    yield from visit(
+        0,
+        {op: list(ordering) for op in layer.operands},
+        {op: list(spatial_levels[op][0]) for op in layer.operands},
+        dict.fromkeys(layer.operands, 1),
+        {op: [] for op in layer.operands},
+    )
+
+
+def _precision_for(
+    layer: Layer,
+    op: str,
+    unallocated: list[Loop],
+    spatial_levels: list[list[Loop]],
+    arch_level: int,
+    rel: Relevancy,
+) -> int:
     if op != layer.output:
         return layer.precision[op]
     pending = [d for lv in spatial_levels[arch_level:] for d, _ in lv] + [d for d, _ in unallocated]
-    return layer.precision["O"] if any(d in rel.ir[op] for d in pending) else layer.precision["O_final"]
+    return (
+        layer.precision["O"]
+        if any(d in rel.ir[op] for d in pending)
+        else layer.precision["O_final"]
+    )
 
 
-def _prefix_sizes(layer: Layer, op: str, allocated: list[Loop], unallocated: list[Loop],
-                  spatial_levels: list[list[Loop]], arch_level: int, memory: Memory, rel: Relevancy
-                  ) -> list[float]:
+def _prefix_sizes(
+    layer: Layer,
+    op: str,
+    allocated: list[Loop],
+    unallocated: list[Loop],
+    spatial_levels: list[list[Loop]],
+    arch_level: int,
+    memory: Memory,
+    rel: Relevancy,
+) -> list[float]:
     bits = _precision_for(layer, op, unallocated, spatial_levels, arch_level, rel)
     sizes: dict[str, float] = defaultdict(lambda: 1)
     for dim, size in allocated:
@@ -138,15 +244,22 @@ def _prefix_sizes(layer: Layer, op: str, allocated: list[Loop], unallocated: lis
         needed = tensor_elements(layer, op, sizes, rel) * bits
         if needed > memory.size_bits:
             if index == 0:
-                raise MemoryTooSmall(f"{memory.name} cannot hold the {op} tile below it ({needed:.0f} bits > "
-                                     f"{memory.size_bits})")
+                raise MemoryTooSmallError(
+                    f"{memory.name} cannot hold the {op} tile below it ({needed:.0f} bits > "
+                    f"{memory.size_bits})"
+                )
             break
         fits.append(needed)
     return fits
 
 
-def _best_prefixes(ops: list[str], options: dict[str, list[float]], unallocated: dict[str, list[Loop]],
-                   memory: Memory, tops: dict[str, Memory]) -> list[int]:
+def _best_prefixes(
+    ops: list[str],
+    options: dict[str, list[float]],
+    unallocated: dict[str, list[Loop]],
+    memory: Memory,
+    tops: dict[str, Memory],
+) -> list[int]:
     offsets = dict.fromkeys(ops, 0)
     choices: dict[str, list[float]] = {}
     accesses: dict[str, list[float]] = {}
@@ -158,7 +271,7 @@ def _best_prefixes(ops: list[str], options: dict[str, list[float]], unallocated:
         choices[op] = sizes
         accesses[op] = []
         for index, size in enumerate(sizes):
-            rest = unallocated[op][index + offsets[op]:]
+            rest = unallocated[op][index + offsets[op] :]
             accesses[op].append(0 if memory is tops[op] else math.prod(s for _, s in rest) * size)
     # Among the combinations that fit together, the last one (in product order) with the
     # least traffic to the level above wins, as in ZigZag's LOMA.
@@ -173,16 +286,18 @@ def _best_prefixes(ops: list[str], options: dict[str, list[float]], unallocated:
     for position, combo in enumerate(itertools.product(*ranges)):
         total = 0.0
         traffic_sum = 0.0
-        for op, i in zip(ops, combo):
+        for op, i in zip(ops, combo, strict=False):
             total += choices[op][i]
             traffic_sum += accesses[op][i]
         if total > memory.size_bits:
             if position == 0:
-                raise MemoryTooSmall(f"{memory.name} cannot hold the tiles of {', '.join(ops)} together")
+                raise MemoryTooSmallError(
+                    f"{memory.name} cannot hold the tiles of {', '.join(ops)} together"
+                )
             continue
         if traffic_sum <= best_traffic:
             best_traffic = traffic_sum
-            best = [i + offsets[op] for op, i in zip(ops, combo)]
+            best = [i + offsets[op] for op, i in zip(ops, combo, strict=False)]
     return best
 
 
@@ -248,8 +363,10 @@ def fixed_ordering(constraints: MappingConstraints, sizes: dict[str, int]) -> li
             continue
         take = remaining[dim] if size is None else size
         if remaining[dim] % take:
-            raise ConfigError(f"temporal ordering: {dim} {take} does not divide what is left of {dim} "
-                              f"({remaining[dim]})")
+            raise ConfigError(
+                f"temporal ordering: {dim} {take} does not divide what is left of {dim} "
+                f"({remaining[dim]})"
+            )
         if take > 1:
             loops.append((dim, take))
         remaining[dim] //= take
@@ -262,9 +379,10 @@ def fixed_ordering(constraints: MappingConstraints, sizes: dict[str, int]) -> li
 # ---------------------------------------------------------------------------------------
 
 
-def spatial_candidates(layer: Layer, hw: Accelerator, mixed: bool = False, keep: int | None = None
-                       ) -> list[SpatialMapping]:
-    """Every valid unrolling, best array utilization first (ties: fewer array dims used, then text)."""
+def spatial_candidates(
+    layer: Layer, hw: Accelerator, mixed: bool = False, keep: int | None = None
+) -> list[SpatialMapping]:
+    """Every valid unrolling, best array utilization first (ties broken by the text)."""
     limits = max_unrolling(layer, hw)
     per_oa: list[list[dict[str, int]]] = []
     for oa, size in hw.array_sizes.items():
@@ -297,7 +415,7 @@ def spatial_candidates(layer: Layer, hw: Accelerator, mixed: bool = False, keep:
             continue
         ideal_units = math.prod(layer.sizes[d] for d in unrolled) / steps
         utilization = ideal_units / hw.total_units
-        mapping = SpatialMapping({oa: dict(pd) for oa, pd in zip(names, combo) if pd})
+        mapping = SpatialMapping({oa: dict(pd) for oa, pd in zip(names, combo, strict=False) if pd})
         scored.append((-utilization, str(mapping), mapping))
     scored.sort(key=lambda item: (item[0], item[1]))
     mappings = [m for _, _, m in scored]
@@ -309,8 +427,9 @@ def spatial_candidates(layer: Layer, hw: Accelerator, mixed: bool = False, keep:
 # ---------------------------------------------------------------------------------------
 
 
-def canonical_key(temporal: TemporalMapping, rel: Relevancy, roomy_top: frozenset[str] = frozenset()
-                  ) -> tuple:
+def canonical_key(
+    temporal: TemporalMapping, rel: Relevancy, roomy_top: frozenset[str] = frozenset()
+) -> tuple:
     """What the cost depends on: per operand and level (after stationary ir loops move down)
     the multiset of loops and the products of the outermost r and ir runs. Orders with the
     same key cost exactly the same, so only one of them is evaluated.
@@ -321,18 +440,32 @@ def canonical_key(temporal: TemporalMapping, rel: Relevancy, roomy_top: frozense
     for op, levels in sorted(temporal.loops.items()):
         merged, mac_stationary = merge_stationary_loops([list(lv) for lv in levels], rel.ir[op])
         last = len(merged) - 1
-        parts.append((op, mac_stationary, tuple(
-            (tuple(sorted(lv)),) if (index == last and op in roomy_top) else
-            (tuple(sorted(lv)), top_loop_product(lv, rel.r[op]), top_loop_product(lv, rel.ir[op]))
-            for index, lv in enumerate(merged))))
+        parts.append(
+            (
+                op,
+                mac_stationary,
+                tuple(
+                    (tuple(sorted(lv)),)
+                    if (index == last and op in roomy_top)
+                    else (
+                        tuple(sorted(lv)),
+                        top_loop_product(lv, rel.r[op]),
+                        top_loop_product(lv, rel.ir[op]),
+                    )
+                    for index, lv in enumerate(merged)
+                ),
+            )
+        )
     return tuple(parts)
 
 
 def roomy_top_memories(layer: Layer, hw: Accelerator, rel: Relevancy) -> frozenset[str]:
     """Operands whose top memory holds every operand it stores at most half full."""
-    full = {op: tensor_elements(layer, op, layer.sizes, rel)
-            * max(layer.precision[op], layer.precision.get("O_final", 0) if op == layer.output else 0)
-            for op in layer.operands}
+    full = {
+        op: tensor_elements(layer, op, layer.sizes, rel)
+        * max(layer.precision[op], layer.precision.get("O_final", 0) if op == layer.output else 0)
+        for op in layer.operands
+    }
     roomy = set()
     for op in layer.operands:
         top = hw.levels(layer.links[op])[-1]
@@ -347,10 +480,22 @@ def _objective(cost: Cost, objective: str) -> tuple:
     return (primary, cost.energy_pj, cost.latency_cycles)
 
 
-def search_temporal(layer: Layer, hw: Accelerator, spatial_user: SpatialMapping, objective: str = "latency",
-                    lpf_limit: int | None = 6, ordering: list[Loop] | None = None,
-                    on_progress: Callable[[int], None] | None = None) -> MappingResult | None:
-    """Best temporal mapping for one spatial mapping (every loop order, or the given one)."""
+def search_temporal(
+    layer: Layer,
+    hw: Accelerator,
+    spatial_user: SpatialMapping,
+    objective: str = "latency",
+    lpf_limit: int | None = 6,
+    ordering: list[Loop] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    exhaustive: bool = False,
+    refine: int = 0,
+) -> MappingResult | None:
+    """Best temporal mapping for one spatial mapping (every loop order, or the given one).
+
+    With ``exhaustive`` every memory allocation of every order is tried, not only the
+    traffic-minimising one (affordable for small layers; use ``lpf_limit=None`` too).
+    With ``refine=N`` only the N best orders get every allocation tried, after the search."""
     from kiln.hw.cost import spatial_per_level
 
     if objective not in OBJECTIVES:
@@ -363,11 +508,14 @@ def search_temporal(layer: Layer, hw: Accelerator, spatial_user: SpatialMapping,
         candidates: Iterator[list[Loop]] = iter([ordering])
         total = 1
     else:
-        lpfs = loop_prime_factors(sizes, lpf_limit) or [(layer.operands and next(iter(layer.sizes)), 1)]
+        lpfs = loop_prime_factors(sizes, lpf_limit) or [
+            (layer.operands and next(iter(layer.sizes)), 1)
+        ]
         candidates = unique_orderings(lpfs)
         total = count_orderings(lpfs)
     best: tuple | None = None
     seen: set = set()
+    ranked: list = []
     cache: dict = {}
     roomy = roomy_top_memories(layer, hw, rel)
     rejected: dict[str, int] = defaultdict(int)
@@ -375,28 +523,59 @@ def search_temporal(layer: Layer, hw: Accelerator, spatial_user: SpatialMapping,
     for index, order in enumerate(candidates):
         if on_progress and index % 256 == 0:
             on_progress(index)
-        try:
-            temporal = allocate(layer, hw, levels, order, rel)
-        except MemoryTooSmall as error:
-            rejected[str(error).split(" (")[0]] += 1
-            continue
-        key = canonical_key(temporal, rel, roomy)
-        if key in seen:
-            continue
-        seen.add(key)
-        cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel, cache)
-        evaluated += 1
-        rank = (_objective(cost, objective), str(temporal.as_dict()))
-        if best is None or rank < best[0]:
-            best = (rank, cost, temporal)
+        if exhaustive:
+            temporals = list(all_allocations(layer, hw, levels, order, rel))
+        else:
+            try:
+                temporals = [allocate(layer, hw, levels, order, rel)]
+            except MemoryTooSmallError as error:
+                rejected[str(error).split(" (")[0]] += 1
+                continue
+        for temporal in temporals:
+            key = canonical_key(temporal, rel, roomy)
+            if key in seen:
+                continue
+            seen.add(key)
+            cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel, cache)
+            evaluated += 1
+            rank = (_objective(cost, objective), str(temporal.as_dict()))
+            if refine:
+                ranked.append((rank, order))
+            if best is None or rank < best[0]:
+                best = (rank, cost, temporal)
+    if refine and not exhaustive:
+        ranked.sort(key=lambda item: item[0])
+        for _, order in ranked[:refine]:
+            for temporal in all_allocations(layer, hw, levels, order, rel):
+                key = canonical_key(temporal, rel, roomy)
+                if key in seen:
+                    continue
+                seen.add(key)
+                cost = evaluate(
+                    layer, hw, spatial, temporal, spatial_int, spatial_limited, rel, cache
+                )
+                evaluated += 1
+                rank = (_objective(cost, objective), str(temporal.as_dict()))
+                if best is None or rank < best[0]:
+                    best = (rank, cost, temporal)
     if best is None:
         return None
-    return MappingResult(layer.name, best[1], spatial_user, best[2], evaluated, total, dict(rejected))
+    return MappingResult(
+        layer.name, best[1], spatial_user, best[2], evaluated, total, dict(rejected)
+    )
 
 
-def map_layer(layer: Layer, hw: Accelerator, objective: str = "latency",
-              constraints: MappingConstraints | None = None, lpf_limit: int | None = 6,
-              spatial_keep: int | None = 3, mixed: bool = False) -> MappingResult:
+def map_layer(
+    layer: Layer,
+    hw: Accelerator,
+    objective: str = "latency",
+    constraints: MappingConstraints | None = None,
+    lpf_limit: int | None = 6,
+    spatial_keep: int | None = 3,
+    mixed: bool = False,
+    exhaustive: bool = False,
+    refine: int = 0,
+) -> MappingResult:
     """Best mapping of one layer: over the given spatial mapping or the best ``spatial_keep``
     candidates (None: all), and over every loop order or the given one."""
     constraints = constraints or MappingConstraints()
@@ -412,7 +591,9 @@ def map_layer(layer: Layer, hw: Accelerator, objective: str = "latency",
     for spatial in spatials:
         spatial_fit = fit_spatial(layer, hw, spatial)[0]
         ordering = fixed_ordering(constraints, temporal_loop_sizes(layer, spatial_fit))
-        result = search_temporal(layer, hw, spatial, objective, lpf_limit, ordering)
+        result = search_temporal(
+            layer, hw, spatial, objective, lpf_limit, ordering, exhaustive=exhaustive, refine=refine
+        )
         if result is None:
             continue
         evaluated += result.evaluated
@@ -420,7 +601,9 @@ def map_layer(layer: Layer, hw: Accelerator, objective: str = "latency",
         for k, v in result.rejected.items():
             rejected[k] += v
         if best is None or (_objective(result.cost, objective), str(spatial)) < (
-                _objective(best.cost, objective), str(best.spatial)):
+            _objective(best.cost, objective),
+            str(best.spatial),
+        ):
             best = result
     if best is None:
         reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
@@ -449,26 +632,45 @@ class WorkloadResult:
 
     def as_dict(self) -> dict:
         return {
-            "workload": self.workload, "accelerator": self.accelerator, "objective": self.objective,
-            "energy_pj": self.energy_pj, "latency_cycles": self.latency_cycles,
-            "layers": [{**r.cost.as_dict(), "evaluated": r.evaluated, "orderings": r.orderings}
-                       for r in self.layers],
+            "workload": self.workload,
+            "accelerator": self.accelerator,
+            "objective": self.objective,
+            "energy_pj": self.energy_pj,
+            "latency_cycles": self.latency_cycles,
+            "layers": [
+                {**r.cost.as_dict(), "evaluated": r.evaluated, "orderings": r.orderings}
+                for r in self.layers
+            ],
             "not_costed": [{"name": n, "op": op} for n, op in self.not_costed],
         }
 
 
 def _layer_signature(layer: Layer, constraints: MappingConstraints) -> tuple:
     spatial = constraints.spatial.key() if constraints.spatial else None
-    return (tuple(layer.sizes.items()), tuple((k, tuple(v)) for k, v in layer.operand_dims.items()),
-            tuple(sorted(layer.precision.items())), tuple(sorted(layer.relations.items())),
-            tuple(sorted(layer.pr_sizes.items())), tuple(sorted(layer.links.items())), spatial,
-            tuple(constraints.ordering))
+    return (
+        tuple(layer.sizes.items()),
+        tuple((k, tuple(v)) for k, v in layer.operand_dims.items()),
+        tuple(sorted(layer.precision.items())),
+        tuple(sorted(layer.relations.items())),
+        tuple(sorted(layer.pr_sizes.items())),
+        tuple(sorted(layer.links.items())),
+        spatial,
+        tuple(constraints.ordering),
+    )
 
 
-def map_workload(workload: Workload, hw: Accelerator, objective: str = "latency",
-                 mapping: dict[str, MappingConstraints] | None = None, lpf_limit: int | None = 6,
-                 spatial_keep: int | None = 3, mixed: bool = False,
-                 on_layer: Callable[[int, Layer], None] | None = None) -> WorkloadResult:
+def map_workload(
+    workload: Workload,
+    hw: Accelerator,
+    objective: str = "latency",
+    mapping: dict[str, MappingConstraints] | None = None,
+    lpf_limit: int | None = 6,
+    spatial_keep: int | None = 3,
+    mixed: bool = False,
+    refine: int = 0,
+    exhaustive: bool = False,
+    on_layer: Callable[[int, Layer], None] | None = None,
+) -> WorkloadResult:
     """Map every layer; layers with the same loop nest, widths and constraints are mapped once.
 
     >>> result = map_workload(load_workload("resnet18"), hw)   # doctest: +SKIP
@@ -488,7 +690,17 @@ def map_workload(workload: Workload, hw: Accelerator, objective: str = "latency"
             layer.links = {op: constraints.links.get(op, mem) for op, mem in layer.links.items()}
         signature = _layer_signature(layer, constraints)
         if signature not in solved:
-            solved[signature] = map_layer(layer, hw, objective, constraints, lpf_limit, spatial_keep, mixed)
+            solved[signature] = map_layer(
+                layer,
+                hw,
+                objective,
+                constraints,
+                lpf_limit,
+                spatial_keep,
+                mixed,
+                exhaustive,
+                refine,
+            )
         first = solved[signature]
         results.append(replace(first, layer=layer.name, cost=replace(first.cost, layer=layer.name)))
     return WorkloadResult(workload.name, hw.name, objective, results, list(workload.not_costed))

@@ -77,7 +77,10 @@ class TemporalMapping:
         return tuple(sorted(self.loops.items()))
 
     def as_dict(self) -> dict[str, list[list[list[Any]]]]:
-        return {op: [[list(loop) for loop in level] for level in levels] for op, levels in self.loops.items()}
+        return {
+            op: [[list(loop) for loop in level] for level in levels]
+            for op, levels in self.loops.items()
+        }
 
 
 @dataclass
@@ -104,7 +107,7 @@ class MappingConstraints:
 
 
 def load_zigzag_mapping(path: str | Path) -> dict[str, MappingConstraints]:
-    """Read a ZigZag mapping YAML: entry name (a layer name, operator type or ``default``) → constraints."""
+    """Read a ZigZag mapping YAML: entry name (layer, operator type, ``default``) → constraints."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"mapping file not found: {path}")
@@ -115,15 +118,23 @@ def load_zigzag_mapping(path: str | Path) -> dict[str, MappingConstraints]:
     if not isinstance(data, list):
         raise ConfigError(f"{path}: a ZigZag mapping is a list of entries with a 'name'")
     entries: dict[str, MappingConstraints] = {}
-    allowed = {"name", "spatial_mapping", "temporal_ordering", "memory_operand_links", "core_allocation",
-               "spatial_mapping_hint"}
+    allowed = {
+        "name",
+        "spatial_mapping",
+        "temporal_ordering",
+        "memory_operand_links",
+        "core_allocation",
+        "spatial_mapping_hint",
+    }
     for index, entry in enumerate(data):
         where = f"{path}: [{index}]"
         if not isinstance(entry, dict) or "name" not in entry:
             raise ConfigError(f"{where}: every entry needs a 'name'")
         unknown = sorted(set(entry) - allowed)
         if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})"
+            )
         spatial = None
         if entry.get("spatial_mapping"):
             unrollings: dict[str, dict[str, float]] = {}
@@ -132,7 +143,10 @@ def load_zigzag_mapping(path: str | Path) -> dict[str, MappingConstraints]:
                 for item in items:
                     parts = [p.strip() for p in str(item).split(",")]
                     if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) < 1:
-                        raise ConfigError(f"{where}.spatial_mapping.{oa_dim}: expected 'DIM, FACTOR', got {item!r}")
+                        raise ConfigError(
+                            f"{where}.spatial_mapping.{oa_dim}: expected 'DIM, FACTOR', "
+                            f"got {item!r}"
+                        )
                     per_dim[parts[0].upper()] = int(parts[1])
                 unrollings[str(oa_dim)] = per_dim
             spatial = SpatialMapping(unrollings)
@@ -143,12 +157,16 @@ def load_zigzag_mapping(path: str | Path) -> dict[str, MappingConstraints]:
             size = None if item[1] == "*" else int(item[1])
             ordering.append((str(item[0]).upper(), size))
         links = entry.get("memory_operand_links")
-        entries[str(entry["name"])] = MappingConstraints(spatial, ordering, dict(links) if links else None)
+        entries[str(entry["name"])] = MappingConstraints(
+            spatial, ordering, dict(links) if links else None
+        )
     return entries
 
 
-def constraints_for(layer: Layer, entries: dict[str, MappingConstraints] | None) -> MappingConstraints:
-    """ZigZag's lookup: the entry named after the layer, else its operator type, else ``default``."""
+def constraints_for(
+    layer: Layer, entries: dict[str, MappingConstraints] | None
+) -> MappingConstraints:
+    """ZigZag's lookup: the entry named after the layer, its operator type, or ``default``."""
     if not entries:
         return MappingConstraints()
     for key in (layer.name, layer.op_type, "default"):
@@ -160,8 +178,10 @@ def constraints_for(layer: Layer, entries: dict[str, MappingConstraints] | None)
 def max_unrolling(layer: Layer, hw: Accelerator) -> dict[str, dict[str, int]]:
     """Largest factor of each layer dim on each array dim: its size, the array's, and the
     bandwidth of the innermost memories (a relevant operand needs one word per position)."""
-    limits = {oa: {dim: int(min(size, oa_size)) for dim, size in layer.sizes.items()}
-              for oa, oa_size in hw.array_sizes.items()}
+    limits = {
+        oa: {dim: int(min(size, oa_size)) for dim, size in layer.sizes.items()}
+        for oa, oa_size in hw.array_sizes.items()
+    }
     relevant = relevant_dims(layer)
     for memory in hw.inner_memories():
         for mem_op in memory.operands:
@@ -201,8 +221,9 @@ def _layer_op(layer: Layer, mem_op: str) -> str | None:
     return None
 
 
-def fit_spatial(layer: Layer, hw: Accelerator, spatial: SpatialMapping
-                ) -> tuple[SpatialMapping, SpatialMapping, SpatialMapping]:
+def fit_spatial(
+    layer: Layer, hw: Accelerator, spatial: SpatialMapping
+) -> tuple[SpatialMapping, SpatialMapping, SpatialMapping]:
     """Limit a user's spatial mapping to the layer and the array (ZigZag's rules).
 
     Returns (fractional, integer, limited) mappings: a dim of size 56 asked to unroll 32
@@ -213,18 +234,24 @@ def fit_spatial(layer: Layer, hw: Accelerator, spatial: SpatialMapping
     reduced: dict[str, dict[str, int]] = {}
     for oa, per_dim in spatial.unrollings.items():
         if oa not in hw.array_sizes:
-            raise ConfigError(f"spatial mapping uses array dimension '{oa}', which {hw.name} does not have "
-                              f"({', '.join(hw.array_sizes)})")
+            raise ConfigError(
+                f"spatial mapping uses array dimension '{oa}', which {hw.name} does not have "
+                f"({', '.join(hw.array_sizes)})"
+            )
         for dim, factor in per_dim.items():
             if dim not in layer.sizes:
                 continue
             if factor > hw.array_sizes[oa] and len(per_dim) == 1:
-                raise ConfigError(f"spatial mapping {oa}:{dim}{factor} is larger than the array dimension "
-                                  f"{oa} of {hw.name} ({hw.array_sizes[oa]})")
+                raise ConfigError(
+                    f"spatial mapping {oa}:{dim}{factor} is larger than the array dimension "
+                    f"{oa} of {hw.name} ({hw.array_sizes[oa]})"
+                )
             reduced.setdefault(oa, {})[dim] = max(1, min(int(factor), limits[oa][dim]))
         if oa in reduced and math.prod(reduced[oa].values()) > hw.array_sizes[oa]:
-            raise ConfigError(f"spatial mapping on {oa} unrolls {math.prod(reduced[oa].values())} > array "
-                              f"size {hw.array_sizes[oa]}")
+            raise ConfigError(
+                f"spatial mapping on {oa} unrolls {math.prod(reduced[oa].values())} > array "
+                f"size {hw.array_sizes[oa]}"
+            )
     reduced = _limit_to_capacity(layer, hw, reduced)
     fractional: dict[str, dict[str, float]] = {}
     integer: dict[str, dict[str, float]] = {}
@@ -242,12 +269,15 @@ def fit_spatial(layer: Layer, hw: Accelerator, spatial: SpatialMapping
             else:
                 fractional.setdefault(oa, {})[dim] = factor
                 integer.setdefault(oa, {})[dim] = factor
-    limited = SpatialMapping({oa: {d: float(f) for d, f in pd.items()} for oa, pd in reduced.items()})
+    limited = SpatialMapping(
+        {oa: {d: float(f) for d, f in pd.items()} for oa, pd in reduced.items()}
+    )
     return SpatialMapping(fractional), SpatialMapping(integer), limited
 
 
-def _limit_to_capacity(layer: Layer, hw: Accelerator, mapping: dict[str, dict[str, int]]
-                       ) -> dict[str, dict[str, int]]:
+def _limit_to_capacity(
+    layer: Layer, hw: Accelerator, mapping: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
     relevant = relevant_dims(layer)
     for memory in hw.inner_memories():
         for mem_op in memory.operands:
@@ -255,13 +285,17 @@ def _limit_to_capacity(layer: Layer, hw: Accelerator, mapping: dict[str, dict[st
             if layer_op is None:
                 continue
             capacity = memory.size_bits / layer.precision[layer_op]
-            entries = [(oa, dim) for oa in memory.served_dimensions for dim in mapping.get(oa, {})
-                       if dim in relevant[layer_op]]
+            entries = [
+                (oa, dim)
+                for oa in memory.served_dimensions
+                for dim in mapping.get(oa, {})
+                if dim in relevant[layer_op]
+            ]
             factors = [mapping[oa][dim] for oa, dim in entries]
             while math.prod(factors) > capacity and any(f > 1 for f in factors):
                 index = factors.index(max(factors))
                 factors[index] -= 1
-            for (oa, dim), factor in zip(entries, factors):
+            for (oa, dim), factor in zip(entries, factors, strict=False):
                 mapping[oa][dim] = factor
     return mapping
 

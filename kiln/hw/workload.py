@@ -28,8 +28,12 @@ import yaml
 from kiln.errors import ConfigError, ModelFormatError
 
 DEFAULT_LINKS = {"O": "O", "W": "I2", "I": "I1"}
-_EQUATION = re.compile(r"^\s*(\w)((?:\[\w+\])+)\s*\+?=\s*(\w)((?:\[\w+\])+)\s*[*+]\s*(\w)((?:\[\w*\])+)\s*$")
-_RELATION = re.compile(r"^\s*(\w+)\s*=\s*(?:(\d+)\s*\*\s*)?(\w+)\s*\+\s*(?:(\d+)\s*\*\s*)?(\w+)\s*$")
+_EQUATION = re.compile(
+    r"^\s*(\w)((?:\[\w+\])+)\s*\+?=\s*(\w)((?:\[\w+\])+)\s*[*+]\s*(\w)((?:\[\w*\])+)\s*$"
+)
+_RELATION = re.compile(
+    r"^\s*(\w+)\s*=\s*(?:(\d+)\s*\*\s*)?(\w+)\s*\+\s*(?:(\d+)\s*\*\s*)?(\w+)\s*$"
+)
 
 
 @dataclass
@@ -71,8 +75,17 @@ class Layer:
         """A copy with some operand precisions changed, e.g. ``with_precision(W=4, I=4)``."""
         precision = dict(self.precision)
         precision.update(bits)
-        return Layer(self.name, self.op_type, dict(self.sizes), self.operand_dims, precision,
-                     self.relations, self.pr_sizes, dict(self.links), list(self.inputs_from))
+        return Layer(
+            self.name,
+            self.op_type,
+            dict(self.sizes),
+            self.operand_dims,
+            precision,
+            self.relations,
+            self.pr_sizes,
+            dict(self.links),
+            list(self.inputs_from),
+        )
 
 
 @dataclass
@@ -119,27 +132,41 @@ def layer_from_zigzag(data: dict[str, Any], where: str) -> Layer:
     for key in required:
         if key not in data:
             raise ConfigError(f"{where}: missing key '{key}'")
-    allowed = set(required) | {"name", "dimension_relations", "operand_source", "pr_loop_dims",
-                               "pr_loop_sizes", "padding"}
+    allowed = set(required) | {
+        "name",
+        "dimension_relations",
+        "operand_source",
+        "pr_loop_dims",
+        "pr_loop_sizes",
+        "padding",
+    }
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+        raise ConfigError(
+            f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})"
+        )
     operand_dims = parse_equation(str(data["equation"]), f"{where}.equation")
     dims = [str(d).upper() for d in data["loop_dims"]]
     sizes_list = data["loop_sizes"]
     if len(dims) != len(sizes_list):
         raise ConfigError(f"{where}: loop_dims and loop_sizes differ in length")
     sizes = {}
-    for dim, size in zip(dims, sizes_list):
+    for dim, size in zip(dims, sizes_list, strict=False):
         if not isinstance(size, int) or size < 1:
-            raise ConfigError(f"{where}.loop_sizes: size of {dim} must be a whole number >= 1, got {size!r}")
+            raise ConfigError(
+                f"{where}.loop_sizes: size of {dim} must be a whole number >= 1, got {size!r}"
+            )
         sizes[dim] = size
-    relations = dict(_parse_relation(str(r), f"{where}.dimension_relations")
-                     for r in data.get("dimension_relations") or [])
+    relations = dict(
+        _parse_relation(str(r), f"{where}.dimension_relations")
+        for r in data.get("dimension_relations") or []
+    )
     for operand, odims in operand_dims.items():
         for dim in odims:
             if dim not in sizes and dim not in relations:
-                raise ConfigError(f"{where}.equation: dimension {dim} of {operand} has no loop size")
+                raise ConfigError(
+                    f"{where}.equation: dimension {dim} of {operand} has no loop size"
+                )
     precision = {str(k): int(v) for k, v in data["operand_precision"].items()}
     for operand in operand_dims:
         if operand not in precision:
@@ -147,11 +174,13 @@ def layer_from_zigzag(data: dict[str, Any], where: str) -> Layer:
     precision.setdefault("O_final", precision.get("O", 8))
     for key, bits in precision.items():
         if bits < 1:
-            raise ConfigError(f"{where}.operand_precision.{key}: bit width must be >= 1, got {bits}")
+            raise ConfigError(
+                f"{where}.operand_precision.{key}: bit width must be >= 1, got {bits}"
+            )
     pr_sizes: dict[str, int] = {}
     pr_dims = [str(d).upper() for d in data.get("pr_loop_dims") or []]
     if data.get("pr_loop_sizes"):
-        pr_sizes = dict(zip(pr_dims, (int(s) for s in data["pr_loop_sizes"])))
+        pr_sizes = dict(zip(pr_dims, (int(s) for s in data["pr_loop_sizes"]), strict=False))
     padding = data.get("padding") or []
     for target, (dim_a, scale_a, dim_b, scale_b) in relations.items():
         if target not in pr_sizes:
@@ -159,31 +188,59 @@ def layer_from_zigzag(data: dict[str, Any], where: str) -> Layer:
             pads = padding[pr_dims.index(target)] if target in pr_dims and padding else (0, 0)
             pr_sizes[target] = int(full - sum(pads))
     name = str(data.get("name") or f"layer{data['id']}")
-    return Layer(name, str(data["operator_type"]), sizes, operand_dims, precision, relations, pr_sizes)
+    return Layer(
+        name, str(data["operator_type"]), sizes, operand_dims, precision, relations, pr_sizes
+    )
 
 
-def _conv_layer(name: str, *, batch: int, groups: int, k: int, c: int, oy: int, ox: int, fy: int,
-                fx: int, stride: tuple[int, int], dilation: tuple[int, int], in_hw: tuple[int, int],
-                precision: dict[str, int], op_type: str = "Conv") -> Layer:
+def _conv_layer(
+    name: str,
+    *,
+    batch: int,
+    groups: int,
+    k: int,
+    c: int,
+    oy: int,
+    ox: int,
+    fy: int,
+    fx: int,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    in_hw: tuple[int, int],
+    precision: dict[str, int],
+    op_type: str = "Conv",
+) -> Layer:
     # ZigZag's convention: loops B K G OX OY C FX FY, ix = stride*ox + dilation*fx.
     sizes = {"B": batch, "K": k, "G": groups, "OX": ox, "OY": oy, "C": c, "FX": fx, "FY": fy}
-    operand_dims = {"O": ["B", "G", "K", "OY", "OX"], "W": ["G", "K", "C", "FY", "FX"],
-                    "I": ["B", "G", "C", "IY", "IX"]}
-    relations = {"IX": ("OX", stride[1], "FX", dilation[1]), "IY": ("OY", stride[0], "FY", dilation[0])}
+    operand_dims = {
+        "O": ["B", "G", "K", "OY", "OX"],
+        "W": ["G", "K", "C", "FY", "FX"],
+        "I": ["B", "G", "C", "IY", "IX"],
+    }
+    relations = {
+        "IX": ("OX", stride[1], "FX", dilation[1]),
+        "IY": ("OY", stride[0], "FY", dilation[0]),
+    }
     pr_sizes = {"IX": in_hw[1], "IY": in_hw[0]}
     return Layer(name, op_type, sizes, operand_dims, precision, relations, pr_sizes)
 
 
-def _gemm_layer(name: str, *, rows: int, c: int, k: int, precision: dict[str, int],
-                op_type: str = "Gemm") -> Layer:
+def _gemm_layer(
+    name: str, *, rows: int, c: int, k: int, precision: dict[str, int], op_type: str = "Gemm"
+) -> Layer:
     sizes = {"C": c, "D": rows, "K": k}
     operand_dims = {"O": ["D", "K"], "I": ["D", "C"], "W": ["C", "K"]}
     return Layer(name, op_type, sizes, operand_dims, precision)
 
 
 def default_precision(weight_bits: int = 8, activation_bits: int = 8) -> dict[str, int]:
-    """ZigZag's defaults: partial sums twice the activation width, outputs at the activation width."""
-    return {"W": weight_bits, "I": activation_bits, "O": 2 * activation_bits, "O_final": activation_bits}
+    """ZigZag's defaults: partial sums twice the activation width, outputs at it."""
+    return {
+        "W": weight_bits,
+        "I": activation_bits,
+        "O": 2 * activation_bits,
+        "O_final": activation_bits,
+    }
 
 
 def workload_from_onnx(path: str | Path) -> Workload:
@@ -212,27 +269,47 @@ def workload_from_onnx(path: str | Path) -> Workload:
             x_name = node.input[0]
             in_shape, out_shape = shapes.get(x_name), shapes.get(node.output[0])
             if not in_shape or not out_shape or len(in_shape) != 4:
-                raise ModelFormatError(f"{path}: node '{name}': Conv needs known 4-D input/output shapes")
+                raise ModelFormatError(
+                    f"{path}: node '{name}': Conv needs known 4-D input/output shapes"
+                )
             groups = int(attrs.get("group", 1))
             kernel = list(attrs.get("kernel_shape") or shapes[node.input[1]][2:])
             layer = _conv_layer(
-                name, batch=max(1, out_shape[0]), groups=groups, k=math.ceil(out_shape[1] / groups),
-                c=math.ceil(in_shape[1] / groups), oy=out_shape[2], ox=out_shape[3], fy=kernel[1],
-                fx=kernel[0], stride=tuple(attrs.get("strides", [1, 1])),
-                dilation=tuple(attrs.get("dilations", [1, 1])), in_hw=(in_shape[2], in_shape[3]),
-                precision=default_precision(), op_type=node.op_type)
+                name,
+                batch=max(1, out_shape[0]),
+                groups=groups,
+                k=math.ceil(out_shape[1] / groups),
+                c=math.ceil(in_shape[1] / groups),
+                oy=out_shape[2],
+                ox=out_shape[3],
+                fy=kernel[1],
+                fx=kernel[0],
+                stride=tuple(attrs.get("strides", [1, 1])),
+                dilation=tuple(attrs.get("dilations", [1, 1])),
+                in_hw=(in_shape[2], in_shape[3]),
+                precision=default_precision(),
+                op_type=node.op_type,
+            )
         elif node.op_type in ("Gemm", "MatMul"):
             in_shape, out_shape = shapes.get(node.input[0]), shapes.get(node.output[0])
             if node.op_type == "Gemm" and attrs.get("transA"):
                 in_shape = list(reversed(in_shape or []))
             if not out_shape:
-                raise ModelFormatError(f"{path}: node '{name}': {node.op_type} needs a known output shape")
+                raise ModelFormatError(
+                    f"{path}: node '{name}': {node.op_type} needs a known output shape"
+                )
             if not in_shape:
                 weight = shapes[node.input[1]]
                 in_shape = [out_shape[0], weight[1] if attrs.get("transB") else weight[0]]
             rows = math.prod(out_shape[:-1]) or 1
-            layer = _gemm_layer(name, rows=rows, c=in_shape[-1], k=out_shape[-1],
-                                precision=default_precision(), op_type=node.op_type)
+            layer = _gemm_layer(
+                name,
+                rows=rows,
+                c=in_shape[-1],
+                k=out_shape[-1],
+                precision=default_precision(),
+                op_type=node.op_type,
+            )
         else:
             not_costed.append((name, node.op_type))
             for output in node.output:
@@ -257,51 +334,84 @@ def workload_from_zigzag_yaml(path: str | Path) -> Workload:
     return Workload(path.stem, layers)
 
 
-def workload_from_graph(graph: Any, precision: dict[str, tuple[int, int]] | None = None,
-                        name: str = "model") -> Workload:
-    """The conv/linear/matmul layers of a kiln Graph.
+def workload_from_graph(
+    graph: Any, precision: dict[str, tuple[int, int]] | None = None, name: str | None = None
+) -> Workload:
+    """The conv/linear/matmul layers of a kiln Graph, with ZigZag's loop conventions.
 
-    ``precision`` maps a layer name to (weight bits, activation bits); layers not in it
-    use the widths of a quantized graph's quantizers, else 8/8.
+    ``precision`` maps a layer name to (weight bits, activation bits); other layers use
+    the widths of a quantized graph's quantizers, else 8/8.
+
+    >>> from kiln.models.checkpoints import build_graph
+    >>> [layer.name for layer in workload_from_graph(build_graph("convnet")).layers][:2]
+    ['conv1', 'conv2']
     """
+    from kiln.graph.metadata import OpKind
     from kiln.passes.shapes import propagate
 
     graph = propagate(graph)
     layers, not_costed = [], []
-    for node in graph.nodes():
-        info = graph.node(node.name)
-        if info.loops is None:
-            if info.op.value not in ("input", "output", "constant", "placeholder"):
-                not_costed.append((node.name, info.op.value))
+    for node in graph.fx_nodes():
+        info = node.meta["kiln"]
+        if info.op in (OpKind.INPUT, OpKind.OUTPUT, OpKind.CONSTANT):
             continue
-        w_bits, a_bits = (precision or {}).get(node.name) or _graph_widths(graph, node.name)
+        if info.loops is None or info.op not in (
+            OpKind.CONV,
+            OpKind.CONV1D,
+            OpKind.LINEAR,
+            OpKind.MATMUL,
+        ):
+            if info.macs == 0 and not _is_quantizer(graph, node):
+                not_costed.append((info.name, info.op.value))
+            continue
+        w_bits, a_bits = (precision or {}).get(info.name) or _graph_widths(graph, node)
         bits = default_precision(w_bits, a_bits)
         loops = info.loops
-        if info.op.value in ("conv", "conv2d", "conv1d", "depthwise_conv"):
+        if info.op in (OpKind.CONV, OpKind.CONV1D):
             in_shape = info.input_shapes[0]
             in_hw = (in_shape[-2], in_shape[-1]) if len(in_shape) == 4 else (1, in_shape[-1])
-            layer = _conv_layer(node.name, batch=loops.B, groups=loops.G, k=loops.K, c=loops.C,
-                                oy=loops.OY, ox=loops.OX, fy=loops.FY, fx=loops.FX,
-                                stride=loops.stride, dilation=loops.dilation, in_hw=in_hw,
-                                precision=bits)
+            layer = _conv_layer(
+                info.name,
+                batch=loops.B,
+                groups=loops.G,
+                k=loops.K,
+                c=loops.C,
+                oy=loops.OY,
+                ox=loops.OX,
+                fy=loops.FY,
+                fx=loops.FX,
+                stride=tuple(loops.stride),
+                dilation=tuple(loops.dilation),
+                in_hw=in_hw,
+                precision=bits,
+            )
         else:
-            layer = _gemm_layer(node.name, rows=loops.B, c=loops.C, k=loops.K, precision=bits,
-                                op_type="Gemm")
+            layer = _gemm_layer(
+                info.name, rows=loops.B, c=loops.C, k=loops.K, precision=bits, op_type="Gemm"
+            )
         layers.append(layer)
-    return Workload(name, layers, not_costed)
+    return Workload(name or graph.name, layers, not_costed)
 
 
-def _graph_widths(graph: Any, node_name: str) -> tuple[int, int]:
+def _is_quantizer(graph: Any, node: Any) -> bool:
+    from kiln.quant.fake_quant import FakeQuantize
+
+    return node.op == "call_module" and isinstance(
+        graph.module.get_submodule(node.target), FakeQuantize
+    )
+
+
+def _graph_widths(graph: Any, node: Any) -> tuple[int, int]:
     """(weight bits, activation bits) of a quantized layer; 8/8 for a float one."""
-    module = graph.submodule(node_name)
     weight_bits, act_bits = 8, 8
-    if module is not None:
+    if node.op == "call_module":
+        module = graph.module.get_submodule(node.target)
         weight_q = getattr(module, "weight_quantizer", None)
-        input_q = getattr(module, "input_quantizer", None)
-        if weight_q is not None and getattr(weight_q, "spec", None) is not None:
+        if weight_q is not None:
             weight_bits = int(weight_q.spec.bits)
-        if input_q is not None and getattr(input_q, "spec", None) is not None:
-            act_bits = int(input_q.spec.bits)
+    source = node.all_input_nodes[0] if node.all_input_nodes else None
+    if source is not None and _is_quantizer(graph, source):
+        act_bits = int(graph.module.get_submodule(source.target).spec.bits)
     return weight_bits, act_bits
 
 
@@ -316,7 +426,34 @@ def load_workload(spec: str, dataset: str | None = None) -> Workload:
         if not path.is_file():
             raise ModelFormatError(f"ONNX file not found: {path}")
         return workload_from_onnx(path)
-    from kiln.models.checkpoints import build_graph, resolve_model
+    from kiln.models.checkpoints import resolve_model
 
-    model, _ = resolve_model(spec, dataset, pretrained=False)
-    return workload_from_graph(build_graph(model), name=path.stem if path.suffix else spec)
+    graph, _ = resolve_model(spec, dataset=dataset, pretrained=False)
+    return workload_from_graph(graph, name=path.stem if path.suffix else spec)
+
+
+def layer_to_zigzag(layer: Layer, layer_id: int = 0) -> dict[str, Any]:
+    """A layer as one entry of a ZigZag workload YAML (the inverse of :func:`layer_from_zigzag`)."""
+
+    def operand_text(op: str) -> str:
+        return op + "".join(f"[{d.lower()}]" for d in layer.operand_dims[op])
+
+    out, first, second = layer.operands
+    data: dict[str, Any] = {
+        "id": layer_id,
+        "name": layer.name,
+        "operator_type": layer.op_type,
+        "equation": f"{operand_text(out)}+={operand_text(first)}*{operand_text(second)}",
+        "dimension_relations": [
+            f"{t.lower()}={sa}*{a.lower()}+{sb}*{b.lower()}"
+            for t, (a, sa, b, sb) in layer.relations.items()
+        ],
+        "loop_dims": list(layer.sizes),
+        "loop_sizes": list(layer.sizes.values()),
+        "operand_precision": {op: bits for op, bits in layer.precision.items()},
+        "operand_source": {op: layer_id for op in layer.inputs if op == "I"},
+    }
+    if layer.pr_sizes:
+        data["pr_loop_dims"] = list(layer.pr_sizes)
+        data["pr_loop_sizes"] = list(layer.pr_sizes.values())
+    return data
