@@ -490,7 +490,7 @@ def search_temporal(
     on_progress: Callable[[int], None] | None = None,
     exhaustive: bool = False,
     refine: int = 0,
-) -> MappingResult | None:
+) -> MappingResult:
     """Best temporal mapping for one spatial mapping (every loop order, or the given one).
 
     With ``exhaustive`` every memory allocation of every order is tried, not only the
@@ -559,7 +559,8 @@ def search_temporal(
                 if best is None or rank < best[0]:
                     best = (rank, cost, temporal)
     if best is None:
-        return None
+        reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
+        raise MappingError(f"spatial mapping {spatial_user}: {reasons}")
     return MappingResult(
         layer.name, best[1], spatial_user, best[2], evaluated, total, dict(rejected)
     )
@@ -588,13 +589,23 @@ def map_layer(
     best: MappingResult | None = None
     evaluated, orderings = 0, 0
     rejected: dict[str, int] = defaultdict(int)
+    failures: list[str] = []
     for spatial in spatials:
         spatial_fit = fit_spatial(layer, hw, spatial)[0]
         ordering = fixed_ordering(constraints, temporal_loop_sizes(layer, spatial_fit))
-        result = search_temporal(
-            layer, hw, spatial, objective, lpf_limit, ordering, exhaustive=exhaustive, refine=refine
-        )
-        if result is None:
+        try:
+            result = search_temporal(
+                layer,
+                hw,
+                spatial,
+                objective,
+                lpf_limit,
+                ordering,
+                exhaustive=exhaustive,
+                refine=refine,
+            )
+        except MappingError as error:
+            failures.append(str(error))
             continue
         evaluated += result.evaluated
         orderings += result.orderings
@@ -606,8 +617,9 @@ def map_layer(
         ):
             best = result
     if best is None:
-        reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
-        raise MappingError(f"layer '{layer.name}' cannot be mapped on {hw.name}: {reasons}")
+        raise MappingError(
+            f"layer '{layer.name}' cannot be mapped on {hw.name}: " + " | ".join(failures)
+        )
     best.evaluated, best.orderings, best.rejected = evaluated, orderings, dict(rejected)
     return best
 

@@ -343,8 +343,8 @@ def workload_from_graph(
     the widths of a quantized graph's quantizers, else 8/8.
 
     >>> from kiln.models.checkpoints import build_graph
-    >>> [layer.name for layer in workload_from_graph(build_graph("convnet")).layers][:2]
-    ['conv1', 'conv2']
+    >>> [layer.op_type for layer in workload_from_graph(build_graph("convnet")).layers]
+    ['Conv', 'Conv', 'Gemm', 'Gemm']
     """
     from kiln.graph.metadata import OpKind
     from kiln.passes.shapes import propagate
