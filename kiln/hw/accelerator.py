@@ -363,8 +363,18 @@ def parse_accelerator(data: Any, source: str = "<accelerator>") -> Accelerator:
             )
         )
     for op in MEMORY_OPERANDS:
-        if not any(op in m.operands for m in memories):
+        held = [m for m in memories if op in m.operands]
+        if not held:
             raise _fail(source, "memories", f"operand '{op}' is held by no memory")
+        # Memories are listed from the array upwards, each level larger than the one below.
+        for lower, upper in zip(held, held[1:], strict=False):
+            if upper.size_bits < lower.size_bits:
+                raise _fail(
+                    source,
+                    f"memories.{upper.name}",
+                    f"is smaller than '{lower.name}', listed below it for {op}; "
+                    "list memories from the array upwards",
+                )
     return Accelerator(str(data["name"]), array_sizes, unit_energy, memories, systolic, source)
 
 

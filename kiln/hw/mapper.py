@@ -46,6 +46,7 @@ from kiln.hw.mapping import (
 from kiln.hw.workload import Layer, Workload
 
 OBJECTIVES = ("latency", "energy", "edp")
+REFINE_ALLOCATIONS = 256
 
 
 class MemoryTooSmallError(MappingError):
@@ -177,7 +178,7 @@ def all_allocations(
                     return
                 ranges.append([count - 1])
             else:
-                ranges.append(list(range(count)))
+                ranges.append(list(reversed(range(count))))
         for combo in itertools.product(*ranges):
             if sum(options[op][i] for op, i in zip(ops, combo, strict=False)) > memory.size_bits:
                 continue
@@ -546,7 +547,11 @@ def search_temporal(
     if refine and not exhaustive:
         ranked.sort(key=lambda item: item[0])
         for _, order in ranked[:refine]:
-            for temporal in all_allocations(layer, hw, levels, order, rel):
+            # Deep hierarchies have very many allocations: the first REFINE_ALLOCATIONS
+            # (largest lower-level tiles first, as LOMA prefers) of each order are tried.
+            for temporal in itertools.islice(
+                all_allocations(layer, hw, levels, order, rel), REFINE_ALLOCATIONS
+            ):
                 key = canonical_key(temporal, rel, roomy)
                 if key in seen:
                     continue

@@ -109,7 +109,7 @@ TINY = {
 @pytest.fixture
 def tiny(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(TINY, sort_keys=False))
     return load_accelerator(path)
 
 
