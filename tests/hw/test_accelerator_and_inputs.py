@@ -17,7 +17,13 @@ from kiln.hw import (
     map_layer,
     parse_accelerator,
 )
-from kiln.hw.workload import layer_from_zigzag, layer_to_zigzag, workload_from_graph
+from kiln.hw.workload import (
+    _gemm_layer,
+    default_precision,
+    layer_from_zigzag,
+    layer_to_zigzag,
+    workload_from_graph,
+)
 from tests.hw.conftest import EXAMPLES, zigzag_inputs
 
 BUNDLED = [
@@ -60,11 +66,17 @@ def _tpu_data() -> dict:
 
 def _error(data, tmp_path) -> str:
     path = tmp_path / "hw.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(ConfigError) as info:
         load_accelerator(path)
     assert str(path) in str(info.value)
     return str(info.value)
+
+
+def test_memories_listed_top_down_are_rejected(tmp_path):
+    data = _tpu_data()
+    data["memories"] = dict(reversed(list(data["memories"].items())))
+    assert "list memories from the array upwards" in _error(data, tmp_path)
 
 
 def test_memory_of_size_zero_is_rejected_with_its_path(tmp_path):
@@ -115,9 +127,10 @@ def test_spatial_mapping_larger_than_the_array_is_rejected():
 def test_mapping_that_overflows_a_buffer_is_rejected_with_the_reason():
     data = yaml.safe_load((EXAMPLES / "tpu_like.yaml").read_text())
     small = copy.deepcopy(data)
-    small["memories"]["dram"]["size"] = 1024  # the top memory cannot hold the layer
+    # DRAM no larger than the unified buffer: a 4096^3 GEMM's weights (128 Mbit) do not fit.
+    small["memories"]["dram"]["size"] = small["memories"]["unified_buffer"]["size"]
     hw = parse_accelerator(small, "small.yaml")
-    layer = load_workload("resnet18").layers[5]
+    layer = _gemm_layer("big", rows=4096, c=4096, k=4096, precision=default_precision())
     with pytest.raises(MappingError, match="dram") as info:
         map_layer(layer, hw, "latency")
     assert isinstance(info.value, KilnError)
@@ -133,7 +146,7 @@ def test_fixed_ordering_that_overflows_the_registers_is_rejected_not_crashed():
     result = map_layer(layer, hw, constraints=MappingConstraints(spatial, ordering))
     assert result.cost.latency_cycles > 0
     tiny = yaml.safe_load((EXAMPLES / "eyeriss_like.yaml").read_text())
-    tiny["memories"]["global_buffer"]["size"] = 64
+    tiny["memories"]["global_buffer"]["size"] = 768  # room for a few words only
     with pytest.raises(MappingError, match="global_buffer"):
         map_layer(
             layer,

@@ -392,11 +392,26 @@ def test_unknown_objective_and_unmappable_layer_are_errors():
     with pytest.raises(Exception, match="objective must be one of"):
         map_layer(layer, hw, "speed")
     data = yaml.safe_load((EXAMPLES / "edge_npu.yaml").read_text())
-    data["memories"]["lpddr"]["size"] = 8
+    data["memories"]["lpddr"]["size"] = data["memories"]["act_buffer"]["size"]
+    big = _conv_layer(
+        "big",
+        batch=1,
+        groups=1,
+        k=512,
+        c=512,
+        oy=7,
+        ox=7,
+        fy=3,
+        fx=3,
+        stride=(1, 1),
+        dilation=(1, 1),
+        in_hw=(9, 9),
+        precision=default_precision(),
+    )
     from kiln.hw import parse_accelerator
 
-    with pytest.raises(MappingError, match="cannot be mapped"):
-        map_layer(layer, parse_accelerator(data, "x.yaml"), "latency")
+    with pytest.raises(MappingError, match="cannot be mapped on edge_npu_8x8x4: .*lpddr"):
+        map_layer(big, parse_accelerator(data, "x.yaml"), "latency")
 
 
 def test_equation_parser_names_operands_in_order():
