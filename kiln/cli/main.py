@@ -17,6 +17,7 @@ from kiln.cli import (
     inspect_cmd,
     integer_cmd,
     rtl_cmd,
+    search_cmd,
     train_cmd,
 )
 
@@ -42,6 +43,7 @@ compress_cmd.register(app)
 hw_cmd.register(app)
 integer_cmd.register(app)
 rtl_cmd.register(app)
+search_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,194 @@
+"""The search config (TOML): model, data, space, objectives, constraints, strategy, storage.
+
+objectives = ["size"]        # size | bits | accuracy | accuracy_drop | latency | energy
+
+[study]
+name = "convnet-mixed"
+strategy = "tpe"             # grid | random | tpe | nsga2
+trials = 50
+seed = 0
+storage = "sqlite:///out/search/convnet-mixed.db"   # default: sqlite in [study].out
+out = "out/search/convnet-mixed"
+
+[model]
+name = "convnet"             # zoo name (shipped checkpoint), .pt or .onnx
+dataset = "fashion-mnist"
+
+[space]
+kind = "mixed-precision"     # mixed-precision | channels | prune-quant
+weight_bits = [2, 4, 8]
+activation_bits = [8]
+
+[evaluation]
+samples = 5000               # held-out images scored per trial
+
+[constraints]
+max_accuracy_drop = 1.0      # points
+
+[hardware]                   # for latency / energy objectives
+accelerator = "examples/hardware/edge_npu.yaml"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kiln.errors import ConfigError
+
+OBJECTIVE_DIRECTIONS = {
+    "size": "minimize",  # bytes of parameters at their widths
+    "bits": "minimize",  # average weight bits per parameter
+    "accuracy": "maximize",
+    "accuracy_drop": "minimize",  # points below the float baseline
+    "latency": "minimize",  # cycles on [hardware].accelerator
+    "energy": "minimize",  # pJ on [hardware].accelerator
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudySection(_Strict):
+    name: str
+    strategy: Literal["grid", "random", "tpe", "nsga2"] = "tpe"
+    trials: int = Field(50, ge=1)
+    seed: int = 0
+    storage: str | None = None
+    out: str | None = None
+
+
+class ModelSection(_Strict):
+    name: str
+    dataset: str | None = None
+    pretrained: bool = True
+
+
+class SpaceSection(_Strict):
+    kind: Literal["mixed-precision", "channels", "prune-quant"]
+    per: Literal["layer", "op"] = "layer"
+    layers: list[str] = []
+    weight_bits: list[int] = [8]
+    activation_bits: list[int] = [8]
+    weight_range: list[Literal["minmax", "percentile", "mse", "entropy"]] = ["minmax"]
+    granularity: list[Literal["tensor", "channel"]] = ["channel"]
+    multipliers: list[float] = [1.0]
+    fractions: list[float] = [0.0]
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> SpaceSection:
+        for name in (
+            "weight_bits",
+            "activation_bits",
+            "weight_range",
+            "granularity",
+            "multipliers",
+            "fractions",
+        ):
+            if not getattr(self, name):
+                raise ValueError(f"space.{name} is empty: give at least one choice")
+        for bits in self.weight_bits + self.activation_bits:
+            if not 2 <= bits <= 16:
+                raise ValueError(f"bit widths must be 2..16, got {bits}")
+        for fraction in self.fractions:
+            if not 0 <= fraction < 1:
+                raise ValueError(f"pruning fractions must be in [0, 1), got {fraction}")
+        for multiplier in self.multipliers:
+            if multiplier <= 0:
+                raise ValueError(f"channel multipliers must be > 0, got {multiplier}")
+        return self
+
+
+class EvaluationSection(_Strict):
+    samples: int | None = Field(None, ge=1)
+    calibration_batches: int = Field(4, ge=1)
+    finetune_epochs: int = Field(0, ge=0)
+    train_epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+
+
+class ConstraintsSection(_Strict):
+    max_accuracy_drop: float | None = None  # points
+    min_accuracy: float | None = None  # 0..1
+    max_size: float | None = None  # bytes
+    max_latency: float | None = None  # cycles
+
+
+class HardwareSection(_Strict):
+    accelerator: str
+    mapping: str | None = None
+    objective_search: Literal["latency", "energy", "edp"] = "latency"
+
+
+class SearchConfig(_Strict):
+    study: StudySection
+    model: ModelSection
+    space: SpaceSection
+    evaluation: EvaluationSection = EvaluationSection()
+    objectives: list[str] = ["size"]
+    constraints: ConstraintsSection = ConstraintsSection()
+    hardware: HardwareSection | None = None
+    source: str = "<config>"
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchConfig:
+        if not self.objectives:
+            raise ValueError(
+                "objectives is empty: name at least one of " + ", ".join(OBJECTIVE_DIRECTIONS)
+            )
+        for objective in self.objectives:
+            if objective not in OBJECTIVE_DIRECTIONS:
+                raise ValueError(
+                    f"unknown objective '{objective}' (use {', '.join(OBJECTIVE_DIRECTIONS)})"
+                )
+        if {"latency", "energy"} & set(self.objectives) and self.hardware is None:
+            raise ValueError(
+                "latency/energy objectives need a [hardware] section with an accelerator"
+            )
+        if self.constraints.max_latency is not None and self.hardware is None:
+            raise ValueError("constraints.max_latency needs a [hardware] section")
+        if len(self.objectives) > 1 and self.study.strategy == "tpe":
+            pass  # TPE handles several objectives too
+        return self
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.study.out or f"out/search/{self.study.name}")
+
+    @property
+    def storage_url(self) -> str:
+        if self.study.storage:
+            return self.study.storage
+        return f"sqlite:///{self.out_dir / (self.study.name + '.db')}"
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVE_DIRECTIONS[o] for o in self.objectives]
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> SearchConfig:
+    try:
+        return SearchConfig.model_validate({**data, "source": source})
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"])
+            problems.append(f"{where}: {item['msg']}" if where else item["msg"])
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path) -> SearchConfig:
+    """Read and validate a search config file (TOML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search config not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse_config(data, str(path))

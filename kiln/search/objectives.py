@@ -1,0 +1,197 @@
+"""What a trial measures: accuracy on held-out data, size, bit width, hardware cost.
+
+The held-out data is the first half of the dataset's test split (``[evaluation].samples``
+of it); the second half stays untouched for reporting the chosen configuration. Hardware
+latency and energy come from kiln's mapper on the configured accelerator, with the trial's
+widths as operand precisions (cached per set of widths and layer shapes).
+
+    >>> evaluator = Evaluator(load_config("search.toml"))     # doctest: +SKIP
+    >>> evaluator.measure({"features_0.w": 4, ...})           # doctest: +SKIP
+    {'accuracy': 0.91, 'accuracy_drop': 0.8, 'size': 27312.0, 'bits': 4.0, ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from kiln.data.datasets import Dataset
+from kiln.graph.core import Graph
+from kiln.search.config import SearchConfig
+from kiln.search.spaces import ChannelSpace, MixedPrecisionSpace, PruneQuantSpace, make_space
+
+
+def split_test(dataset: Dataset, samples: int | None) -> tuple[Dataset, Dataset]:
+    """(validation, holdout): the two halves of the test split; validation capped at ``samples``."""
+    half = len(dataset.x_test) // 2
+    size = half if samples is None else min(samples, half)
+    validation = dataclasses.replace(
+        dataset, x_test=dataset.x_test[:size], y_test=dataset.y_test[:size]
+    )
+    holdout = dataclasses.replace(
+        dataset, x_test=dataset.x_test[half:], y_test=dataset.y_test[half:]
+    )
+    return validation, holdout
+
+
+class Evaluator:
+    """Builds and scores the graph of a trial's parameters (one per process)."""
+
+    def __init__(self, config: SearchConfig) -> None:
+        from kiln.data import load_dataset
+        from kiln.models import evaluate, resolve_model
+
+        self.config = config
+        self.graph, info = resolve_model(
+            config.model.name, dataset=config.model.dataset, pretrained=config.model.pretrained
+        )
+        self.dataset = load_dataset(config.model.dataset or info.dataset)
+        self.validation, self.holdout = split_test(self.dataset, config.evaluation.samples)
+        self.space = make_space(self.graph, config.space)
+        self.baseline = evaluate(self.graph, self.validation)
+        self._hardware = None
+        self._hw_cache: dict[tuple, tuple[float, float]] = {}
+
+    # -- building ------------------------------------------------------------------
+
+    def build(self, params: dict[str, Any]) -> Graph:
+        """The trial's network, trained / calibrated as its space requires."""
+        from kiln.models import fit
+        from kiln.quant import calibrate, qat, quantize
+
+        evaluation, seed = self.config.evaluation, self.config.study.seed
+        space = self.space
+        if isinstance(space, ChannelSpace):
+            graph = space.build(params, seed=seed)
+            fit(
+                graph,
+                self.dataset,
+                epochs=evaluation.train_epochs,
+                lr=evaluation.lr,
+                batch_size=evaluation.batch_size,
+                seed=seed,
+            )
+            return graph
+        if isinstance(space, PruneQuantSpace):
+            base = space.prune(params)
+            if evaluation.finetune_epochs:
+                fit(
+                    base,
+                    self.dataset,
+                    epochs=evaluation.finetune_epochs,
+                    lr=evaluation.lr / 2,
+                    batch_size=evaluation.batch_size,
+                    seed=seed,
+                )
+        else:
+            base = self.graph
+        assert isinstance(space, (MixedPrecisionSpace, PruneQuantSpace))
+        quantized = calibrate(
+            quantize(base, space.config(params)),
+            self.dataset,
+            batches=evaluation.calibration_batches,
+            seed=seed,
+        )
+        if evaluation.finetune_epochs and isinstance(space, MixedPrecisionSpace):
+            quantized, _ = qat(
+                quantized,
+                self.dataset,
+                epochs=evaluation.finetune_epochs,
+                batch_size=evaluation.batch_size,
+                seed=seed,
+            )
+        return quantized
+
+    # -- measuring -----------------------------------------------------------------
+
+    def measure(self, params: dict[str, Any], graph: Graph | None = None) -> dict[str, float]:
+        """Every metric of one configuration (objectives and constraints pick from these)."""
+        from kiln.models import evaluate
+        from kiln.passes import model_size
+
+        graph = graph if graph is not None else self.build(params)
+        accuracy = evaluate(graph, self.validation)
+        size = model_size(graph)
+        weights = sum(layer.params for layer in size.layers)
+        bits = sum(layer.params * layer.weight_bits for layer in size.layers) / max(weights, 1)
+        metrics = {
+            "accuracy": accuracy,
+            "accuracy_drop": 100 * (self.baseline - accuracy),
+            "size": size.total_bytes,
+            "bits": bits,
+            "params": float(weights),
+        }
+        if self.config.hardware is not None:
+            latency, energy = self.hardware_cost(graph, params)
+            metrics.update(latency=latency, energy=energy)
+        return metrics
+
+    def hardware_cost(self, graph: Graph, params: dict[str, Any]) -> tuple[float, float]:
+        """(latency cycles, energy pJ) of the trial's network on the configured accelerator."""
+        from kiln.hw import load_accelerator, load_zigzag_mapping
+        from kiln.hw.mapper import map_workload
+        from kiln.hw.workload import workload_from_graph
+
+        hardware = self.config.hardware
+        assert hardware is not None
+        if self._hardware is None:
+            mapping = load_zigzag_mapping(hardware.mapping) if hardware.mapping else None
+            self._hardware = (load_accelerator(hardware.accelerator), mapping)
+        accelerator, mapping = self._hardware
+        widths = getattr(self.space, "widths", None)
+        workload = workload_from_graph(graph, widths(params) if widths else None)
+        key = tuple(
+            (tuple(layer.sizes.items()), tuple(sorted(layer.precision.items())))
+            for layer in workload.layers
+        )
+        if key not in self._hw_cache:
+            result = map_workload(workload, accelerator, hardware.objective_search, mapping)
+            self._hw_cache[key] = (result.latency_cycles, result.energy_pj)
+        return self._hw_cache[key]
+
+    # -- constraints ---------------------------------------------------------------
+
+    def violations(self, metrics: dict[str, float]) -> list[float]:
+        """One value per constraint; <= 0 means satisfied (Optuna's convention)."""
+        c = self.config.constraints
+        values = []
+        if c.max_accuracy_drop is not None:
+            values.append(metrics["accuracy_drop"] - c.max_accuracy_drop)
+        if c.min_accuracy is not None:
+            values.append(c.min_accuracy - metrics["accuracy"])
+        if c.max_size is not None:
+            values.append(metrics["size"] - c.max_size)
+        if c.max_latency is not None:
+            values.append(metrics["latency"] - c.max_latency)
+        return values
+
+    def holdout_accuracy(self, params: dict[str, Any]) -> float:
+        """Accuracy of a configuration on the held-out half never used by the search."""
+        from kiln.models import evaluate
+
+        return evaluate(self.build(params), self.holdout)
+
+    def write_config(self, params: dict[str, Any], out: Path) -> list[Path]:
+        """The configuration as files the other commands read (quantization config YAML, ...)."""
+        import yaml
+
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        space = self.space
+        if isinstance(space, (MixedPrecisionSpace, PruneQuantSpace)):
+            path = out / "best_quantization.yaml"
+            path.write_text(yaml.safe_dump(space.config(params), sort_keys=False))
+            written.append(path)
+        if isinstance(space, PruneQuantSpace):
+            path = out / "best_pruning.yaml"
+            path.write_text(
+                yaml.safe_dump({"fractions": space.fractions_of(params)}, sort_keys=False)
+            )
+            written.append(path)
+        if isinstance(space, ChannelSpace):
+            path = out / "best_channels.yaml"
+            factors = {k.removesuffix(".mult"): float(v) for k, v in params.items()}
+            path.write_text(yaml.safe_dump({"multipliers": factors}, sort_keys=False))
+            written.append(path)
+        return written

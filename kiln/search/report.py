@@ -1,0 +1,160 @@
+"""A study's results as files: trials (JSON, CSV), plots (PNG) and a Markdown summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from kiln.search.study import SearchResult
+
+LABELS = {
+    "size": "size (bytes)",
+    "bits": "average weight bits",
+    "accuracy": "accuracy",
+    "accuracy_drop": "accuracy drop (points)",
+    "latency": "latency (cycles)",
+    "energy": "energy (pJ)",
+}
+
+
+def write_report(
+    result: SearchResult, out: Path, extra_points: dict[str, dict[str, float]] | None = None
+) -> list[Path]:
+    """Write trials.json, trials.csv, plots and summary.md into ``out``; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    trials_json = out / "trials.json"
+    trials_json.write_text(json.dumps(result.as_dict(), indent=1))
+    paths.append(trials_json)
+    complete = [t for t in result.trials if t["state"] == "COMPLETE" and t["metrics"]]
+    if complete:
+        param_names = sorted({k for t in complete for k in t["params"]})
+        metric_names = sorted({k for t in complete for k in t["metrics"]})
+        trials_csv = out / "trials.csv"
+        with trials_csv.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["number", "feasible", *param_names, *metric_names])
+            for t in complete:
+                writer.writerow(
+                    [
+                        t["number"],
+                        t["feasible"],
+                        *(t["params"].get(p) for p in param_names),
+                        *(t["metrics"].get(m) for m in metric_names),
+                    ]
+                )
+        paths.append(trials_csv)
+        pairs = [("size", "accuracy")]
+        if "latency" in complete[0]["metrics"]:
+            pairs += [("latency", "accuracy"), ("energy", "accuracy")]
+        if len(result.objectives) >= 2 and tuple(result.objectives[:2]) not in pairs:
+            pairs.insert(0, (result.objectives[0], result.objectives[1]))
+        for x, y in pairs:
+            paths.append(_scatter(result, complete, x, y, out / f"{y}_vs_{x}.png", extra_points))
+    summary = out / "summary.md"
+    summary.write_text(markdown_summary(result))
+    paths.append(summary)
+    return paths
+
+
+def _scatter(
+    result: SearchResult,
+    complete: list[dict],
+    x: str,
+    y: str,
+    path: Path,
+    extra_points: dict[str, dict[str, float]] | None,
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    feasible = [t for t in complete if t["feasible"]]
+    infeasible = [t for t in complete if not t["feasible"]]
+    for group, label, style in (
+        (feasible, "feasible trials", "o"),
+        (infeasible, "infeasible", "x"),
+    ):
+        if group:
+            axes.scatter(
+                [t["metrics"][x] for t in group],
+                [t["metrics"][y] for t in group],
+                marker=style,
+                s=18,
+                alpha=0.6,
+                label=label,
+            )
+    best = sorted(result.best, key=lambda t: t["metrics"][x])
+    if best:
+        axes.plot(
+            [t["metrics"][x] for t in best],
+            [t["metrics"][y] for t in best],
+            "r-o",
+            markersize=5,
+            label="best / Pareto front",
+        )
+    for name, metrics in (extra_points or {}).items():
+        if x in metrics and y in metrics:
+            axes.scatter([metrics[x]], [metrics[y]], marker="*", s=140, label=name, zorder=5)
+    axes.set_xlabel(LABELS.get(x, x))
+    axes.set_ylabel(LABELS.get(y, y))
+    axes.set_title(f"{result.study}: {len(complete)} trials")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    tmp.replace(path)
+    return path
+
+
+def _directed(result: SearchResult) -> list[str]:
+    return [f"{d} {o}" for o, d in zip(result.objectives, result.directions, strict=True)]
+
+
+def markdown_summary(result: SearchResult) -> str:
+    complete = [t for t in result.trials if t["state"] == "COMPLETE"]
+    lines = [
+        f"# Search `{result.study}`",
+        "",
+        f"Objectives: {', '.join(_directed(result))}. "
+        f"Finished trials: {len(complete)} ({sum(t['feasible'] for t in complete)} feasible). "
+        f"Float baseline accuracy on the validation half: {result.baseline_accuracy:.2%}.",
+        "",
+    ]
+    if result.best:
+        lines += [
+            "## Best feasible configuration" + ("s (Pareto front)" if len(result.best) > 1 else ""),
+            "",
+            "| trial | "
+            + " | ".join(LABELS.get(o, o) for o in result.objectives)
+            + " | accuracy | parameters |",
+            "|---|" + "---|" * (len(result.objectives) + 2),
+        ]
+        for t in result.best:
+            values = " | ".join(f"{t['metrics'][o]:.5g}" for o in result.objectives)
+            params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+            lines.append(
+                f"| {t['number']} | {values} | {t['metrics']['accuracy']:.2%} | {params} |"
+            )
+        if result.holdout_accuracy is not None:
+            lines += [
+                "",
+                f"Accuracy of the first on the held-out half (never seen by the search): "
+                f"{result.holdout_accuracy:.2%}.",
+            ]
+    else:
+        lines += ["## No configuration meets the constraints", ""]
+        if result.best_infeasible:
+            t = result.best_infeasible
+            lines.append(
+                f"Closest: trial {t['number']}, constraint excess {t['constraints']}, "
+                f"metrics {json.dumps(t['metrics'])}."
+            )
+    if result.files:
+        lines += ["", "Files: " + ", ".join(f"`{f}`" for f in result.files)]
+    return "\n".join(lines) + "\n"
