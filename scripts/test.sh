@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/postgres.sh   # the distributed-search tests run a study on a local server
 echo "[test] ruff check"
 .venv/bin/ruff check .
 echo "[test] pytest"

@@ -3,7 +3,7 @@
 * ``grid`` (brute force) enqueues every point of the space once, as waiting trials that
   workers take one at a time: no point is run twice, none is lost.
 * ``random``, ``tpe`` and ``nsga2`` are Optuna's samplers, seeded; TPE and NSGA-II see the
-  constraints (``constraints_func``), so a configuration that breaks one is never "best",
+  constraints (``Trial.set_constraint``), so a configuration that breaks one is never "best",
   however good its objective.
 * Every finished trial is committed to the storage. A search killed at any moment is
   continued with ``resume=True``: finished trials are kept, the trial that was running is
@@ -125,31 +125,19 @@ def make_sampler(config: SearchConfig, worker: int = 0):
     import optuna
 
     seed = config.study.seed + 1000 * worker
-    constraints = _constraints_func if _has_constraints(config) else None
     strategy = config.study.strategy
     if strategy in ("grid", "random"):
         return optuna.samplers.RandomSampler(seed=seed)
     if strategy == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed,
-            constraints_func=constraints,
             multivariate=True,
             n_startup_trials=min(10, max(2, config.study.trials // 5)),
         )
     return optuna.samplers.NSGAIISampler(
         seed=seed,
-        constraints_func=constraints,
         population_size=min(20, max(4, config.study.trials // 4)),
     )
-
-
-def _has_constraints(config: SearchConfig) -> bool:
-    return any(v is not None for v in config.constraints.model_dump().values())
-
-
-def _constraints_func(trial) -> list[float]:
-    values = trial.user_attrs.get("constraints")
-    return list(values) if values is not None else [math.inf]
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,7 +154,11 @@ def _objective_function(evaluator, config: SearchConfig) -> Callable:
         }
         metrics = evaluator.measure(params)
         trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("constraints", evaluator.violations(metrics))
+        violations = evaluator.violations(metrics)
+        trial.set_user_attr("constraints", violations)
+        # TPE and NSGA-II read these: an infeasible trial never guides them as a good one.
+        for index, value in enumerate(violations):
+            trial.set_constraint(f"c{index}", value)
         values = [metrics[name] for name in config.objectives]
         return values if len(values) > 1 else values[0]
 

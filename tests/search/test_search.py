@@ -1,0 +1,248 @@
+"""Search spaces, constraints, strategies, resume after SIGKILL, workers on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from kiln.errors import ConfigError
+from kiln.search import load_config, parse_config, run_search
+from kiln.search.study import StorageError
+
+POSTGRES = os.environ.get("KILN_TEST_POSTGRES", "postgresql://kiln:kiln@localhost:5432")
+
+
+def jsc_config(tmp_path: Path, **overrides) -> dict:
+    """A cheap study: jsc-three-linear on letter, per-layer weight widths {2, 4, 8}."""
+    data = {
+        "objectives": ["size"],
+        "study": {"name": "jsc", "strategy": "grid", "trials": 27, "out": str(tmp_path / "out")},
+        "model": {"name": "jsc-three-linear", "dataset": "letter"},
+        "space": {"kind": "mixed-precision", "weight_bits": [2, 4, 8]},
+        "evaluation": {"samples": 1000, "calibration_batches": 1},
+        "constraints": {"max_accuracy_drop": 1.0},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            data[section] = {**data.get(section, {}), **values}
+        else:
+            data[section] = values
+    return data
+
+
+def write_toml(path: Path, data: dict) -> Path:
+    lines = []
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {json.dumps(value)}")
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_brute_force_finds_the_smallest_feasible_point_and_tpe_respects_the_constraint(tmp_path):
+    grid = run_search(parse_config(jsc_config(tmp_path)))
+    complete = [t for t in grid.trials if t["state"] == "COMPLETE"]
+    assert len(complete) == 27
+    assert len({json.dumps(t["params"], sort_keys=True) for t in complete}) == 27
+    best = grid.best[0]
+    assert best["feasible"] and best["metrics"]["accuracy_drop"] <= 1.0
+    assert all(t["metrics"]["size"] >= best["metrics"]["size"] for t in complete if t["feasible"])
+    # Something smaller exists but breaks the constraint: it is not chosen.
+    assert any(
+        t["metrics"]["size"] < best["metrics"]["size"] and not t["feasible"] for t in complete
+    )
+    tpe = run_search(
+        parse_config(
+            jsc_config(tmp_path, study={"name": "jsc-tpe", "strategy": "tpe", "trials": 12})
+        )
+    )
+    assert len([t for t in tpe.trials if t["state"] == "COMPLETE"]) == 12
+    if tpe.best:
+        assert tpe.best[0]["metrics"]["accuracy_drop"] <= 1.0
+        assert tpe.best[0]["metrics"]["size"] >= best["metrics"]["size"]
+    written = tmp_path / "out" / "best_quantization.yaml"
+    assert written.is_file()
+
+
+def test_best_config_is_accepted_by_kiln_quantize(tmp_path):
+    result = run_search(
+        parse_config(
+            jsc_config(tmp_path, study={"trials": 9}, constraints={"max_accuracy_drop": 50.0})
+        )
+    )
+    path = Path(result.files[0])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "quantize",
+            "jsc-three-linear",
+            "--data",
+            "letter",
+            "--config",
+            str(path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    widths = {row[0]: row[2] for row in report["layers"]}
+    for name, bits in (
+        ("_2", result.best[0]["params"]["_2.w"]),
+        ("_6", result.best[0]["params"]["_6.w"]),
+    ):
+        assert str(bits) in str(widths[name])
+
+
+def test_same_seed_same_tpe_trials(tmp_path):
+    first = run_search(
+        parse_config(jsc_config(tmp_path / "a", study={"strategy": "tpe", "trials": 8}))
+    )
+    second = run_search(
+        parse_config(jsc_config(tmp_path / "b", study={"strategy": "tpe", "trials": 8}))
+    )
+    assert [t["params"] for t in first.trials] == [t["params"] for t in second.trials]
+
+
+def test_unmeetable_constraint_is_reported_with_the_closest_trial(tmp_path):
+    config = jsc_config(
+        tmp_path,
+        study={"trials": 6, "strategy": "random"},
+        constraints={"max_accuracy_drop": None, "min_accuracy": 0.99},
+    )
+    toml = write_toml(tmp_path / "impossible.toml", config)
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln", "search", str(toml)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no configuration meets the constraints" in done.stdout
+    assert "closest: trial" in done.stdout
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "No configuration meets the constraints" in summary
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="space.weight_bits is empty"):
+        parse_config(jsc_config(tmp_path, space={"weight_bits": []}))
+    with pytest.raises(ConfigError, match="single point"):
+        run_search(parse_config(jsc_config(tmp_path, space={"weight_bits": [8]})))
+    with pytest.raises(ConfigError, match="unknown objective 'speed'"):
+        parse_config(jsc_config(tmp_path, objectives=["speed"]))
+    with pytest.raises(ConfigError, match="hardware"):
+        parse_config(jsc_config(tmp_path, objectives=["latency"]))
+    with pytest.raises(StorageError, match="cannot open study storage"):
+        run_search(
+            parse_config(
+                jsc_config(tmp_path, study={"storage": "postgresql://kiln:kiln@127.0.0.1:1/x"})
+            )
+        )
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        (tmp_path / "broken.toml").write_text("[study\nname=")
+        load_config(tmp_path / "broken.toml")
+
+
+FINISHED_VALUES = (
+    "SELECT t.number, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id"
+    " WHERE t.state = 'COMPLETE'"
+)
+
+
+def _completed(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
+
+
+def test_search_killed_mid_trial_resumes_without_losing_or_repeating(tmp_path):
+    config = jsc_config(tmp_path)
+    toml = write_toml(tmp_path / "kill.toml", config)
+    db = tmp_path / "out" / "jsc.db"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "search", str(toml)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        states = [state for _, state in _completed(db)] if db.exists() else []
+        if states.count("COMPLETE") >= 5 and "RUNNING" in states:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = _completed(db)
+    assert any(state == "RUNNING" for _, state in before)  # killed in the middle of a trial
+    finished_before = {n for n, s in before if s == "COMPLETE"}
+    assert 5 <= len(finished_before) < 27
+    with sqlite3.connect(db) as connection:
+        values_before = dict(connection.execute(FINISHED_VALUES).fetchall())
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln", "search", str(toml), "--resume", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    complete = [t for t in result["trials"] if t["state"] == "COMPLETE"]
+    assert len(complete) == 27  # every grid point finished once
+    assert len({json.dumps(t["params"], sort_keys=True) for t in complete}) == 27
+    with sqlite3.connect(db) as connection:
+        values_after = dict(connection.execute(FINISHED_VALUES).fetchall())
+    assert all(values_after[n] == values_before[n] for n in finished_before)  # kept as they were
+
+
+@pytest.fixture
+def postgres_database():
+    """A fresh database on the local PostgreSQL server that scripts/postgres.sh starts."""
+    import psycopg
+
+    name = f"kiln_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    yield f"{POSTGRES}/{name}"
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_two_workers_on_postgresql_finish_every_trial_once(tmp_path, postgres_database):
+    torch.set_num_threads(1)
+    grid = parse_config(jsc_config(tmp_path, study={"storage": postgres_database, "trials": 27}))
+    result = run_search(grid, workers=2)
+    complete = [t for t in result.trials if t["state"] == "COMPLETE"]
+    assert len(complete) == 27 and len(result.trials) == 27
+    assert len({json.dumps(t["params"], sort_keys=True) for t in complete}) == 27
+    tpe = parse_config(
+        jsc_config(
+            tmp_path,
+            study={
+                "name": "jsc-tpe",
+                "storage": postgres_database,
+                "strategy": "tpe",
+                "trials": 10,
+            },
+        )
+    )
+    result = run_search(tpe, workers=2)
+    numbers = [t["number"] for t in result.trials if t["state"] == "COMPLETE"]
+    assert sorted(numbers) == list(range(10))
