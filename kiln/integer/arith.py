@@ -65,6 +65,55 @@ def float32_multiplier(*, input_scale: float, weight_scale: np.ndarray | float,
     return (product / np.float32(output_scale)).astype(np.float32)
 
 
+def float32_fields(multiplier_f32: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 multiplier as ``(mantissa, shift)``: M = mantissa · 2^-shift, the mantissa a
+    24-bit integer (what the float32-mode hardware stores instead of (M0, n)).
+
+    >>> float32_fields(np.float32(0.75))
+    (array(12582912), array(24))
+    """
+    fraction, exponent = np.frexp(np.asarray(multiplier_f32, dtype=np.float32))
+    mantissa = (fraction.astype(np.float64) * 2.0**24).astype(np.int64)
+    return mantissa, (24 - exponent).astype(np.int64)
+
+
+def _round_half_even_shift(value: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """round_half_even(value / 2^shift) for non-negative int64 ``value`` and ``shift`` >= 0."""
+    shift = np.asarray(shift, dtype=np.int64)
+    kept = value >> shift
+    remainder = value - (kept << shift)
+    half = np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), 0)
+    up = (remainder > half) | ((remainder == half) & (shift > 0) & ((kept & 1) == 1))
+    return kept + up
+
+
+def _round_to_24_bits(value: np.ndarray) -> np.ndarray:
+    """``value`` (non-negative int64) rounded half-to-even to 24 significant bits."""
+    bits = np.zeros_like(value)
+    probe = value.copy()
+    while np.any(probe > 0):
+        bits += probe > 0
+        probe >>= 1
+    shift = np.maximum(bits - 24, 0)
+    return _round_half_even_shift(value, shift) << shift
+
+
+def requantize_float32_exact(acc: np.ndarray, mantissa: np.ndarray, shift: np.ndarray,
+                             zero_point: int, qmin: int, qmax: int) -> np.ndarray:
+    """The ``float32`` mode in integers only, as the generated hardware computes it:
+    |acc| rounded to 24 significant bits (float32(acc)), times the 24-bit mantissa, the
+    product rounded to 24 significant bits (the float32 multiply), then shifted right by
+    ``shift`` rounding half to even (rint); the sign is applied last (float rounding is
+    symmetric). Equal to :func:`requantize` in ``float32`` mode for every int32 acc.
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    magnitude = _round_to_24_bits(np.abs(acc))
+    product = _round_to_24_bits(magnitude * np.asarray(mantissa, dtype=np.int64))
+    rounded = _round_half_even_shift(product, np.asarray(shift, dtype=np.int64))
+    signed = np.where(acc < 0, -rounded, rounded)
+    return np.clip(signed + zero_point, qmin, qmax)
+
+
 def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, zero_point: int,
                rounding: Rounding, qmin: int, qmax: int, *,
                multiplier_f32: np.ndarray | float | None = None) -> np.ndarray:

@@ -8,8 +8,8 @@ also gets the component sources, ``design.json`` (every parameter) and the cocot
 testbench ``test_top.py``.
 
 Supported: conv (ungrouped; an im2col frame buffer feeding a dense unit), max pool,
-flatten, dense and affine ops, in ``floor`` or ``nearest`` rounding. Anything else
-(residual adds, average pools, float32 rounding) is refused with a clear error.
+flatten, dense and affine ops, in ``floor``, ``nearest`` or ``float32`` rounding. Anything else
+(residual adds, average pools) is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import KilnError
+from kiln.integer.arith import float32_fields
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.report.markdown import write_text
 
@@ -157,9 +158,9 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
     stream width (P_out of one = P_in of the next). Parallelism that does not divide a
     dimension, or exceeds it, is handled by padding lanes with zero weights.
     """
-    if program.rounding not in ("floor", "nearest"):
+    if program.rounding not in ("floor", "nearest", "float32"):
         raise KilnError(f"program '{program.name}' uses {program.rounding} rounding; the "
-                        "generated hardware implements floor and nearest",
+                        "generated hardware implements floor, nearest and float32",
                         hint="lower with --rounding nearest")
     unsupported = [f"{op.name} ({op.kind})" for op in program.ops
                    if op.kind not in ("dense", "affine", "flatten", "conv", "maxpool")]
@@ -203,7 +204,7 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
             layer = _dense_layer(op, weight, p_in, p_out)
             shape = (weight.shape[0],)
             flattened_from = None
-        _write_memories(directory / "mem", layer, weight, op.arrays["bias"], op)
+        _write_memories(directory / "mem", layer, weight, op.arrays["bias"], op, program.rounding)
         design.layers.append(layer)
         lanes = p_out
     program.save(directory / "program")  # the golden model travels with the design
@@ -282,7 +283,7 @@ def _columns_in_stream_order(weight: np.ndarray, shape: tuple[int, ...], lanes: 
 
 
 def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndarray,
-                    op: IntOp) -> None:
+                    op: IntOp, rounding: str) -> None:
     rows, cols = layer.out_beats * layer.p_out, layer.in_beats * layer.p_in
     padded = np.zeros((rows, cols), dtype=np.int64)
     padded[: weight.shape[0], : weight.shape[1]] = weight
@@ -298,8 +299,18 @@ def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.nda
         return _padded(values, rows).reshape(layer.out_beats, layer.p_out)
 
     write_text(folder / f"{layer.name}.bias.mem", _hex_words(per_beat(bias), 32))
-    write_text(folder / f"{layer.name}.m0.mem", _hex_words(per_beat(op.arrays["m0"]), 32))
-    write_text(folder / f"{layer.name}.shift.mem", _hex_words(per_beat(op.arrays["shift"]), 8))
+    if rounding == "float32":
+        # The float32 multiplier as a 24-bit mantissa and a right shift (kiln_requant FLOAT32).
+        m0, shift = float32_fields(op.arrays["multiplier_f32"])
+        m0 = np.broadcast_to(m0, (layer.out_n,))
+        shift = np.broadcast_to(shift, (layer.out_n,))
+        if np.any(shift < 0) or np.any(shift > 63):
+            raise KilnError(f"layer '{layer.name}': a float32 multiplier outside 2^-39..2^24 "
+                            "cannot be requantized by the generated hardware")
+    else:
+        m0, shift = op.arrays["m0"], op.arrays["shift"]
+    write_text(folder / f"{layer.name}.m0.mem", _hex_words(per_beat(m0), 32))
+    write_text(folder / f"{layer.name}.shift.mem", _hex_words(per_beat(shift), 8))
     weight_zero = op.arrays.get("weight_zero", np.zeros(layer.out_n, dtype=np.int64))
     if weight_zero.ndim == 0 or weight_zero.size != layer.out_n:
         weight_zero = np.broadcast_to(weight_zero, (layer.out_n,))
@@ -369,7 +380,7 @@ def _top(design: Design) -> str:
                   "IN_SIGNED": int(layer.in_signed), "IN_ZERO": layer.in_zero,
                   "W_BITS": layer.weight_bits, "OUT_BITS": layer.out_bits,
                   "OUT_ZERO": layer.out_zero, "LO": layer.lo, "HI": layer.hi,
-                  "ROUND_NEAREST": nearest}
+                  "ROUND_NEAREST": nearest, "FLOAT32": int(design.rounding == "float32")}
         files = (f'.W_FILE("{mem}.weights.mem"), .B_FILE("{mem}.bias.mem"), '
                  f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem"), '
                  f'.Z_FILE("{mem}.wzero.mem")')

@@ -65,22 +65,24 @@ def _single_dense(rounding: str, seed: int) -> IntegerProgram:
                           output_name="matrix")
 
 
-@pytest.mark.parametrize("rounding", ["floor", "nearest"])
-def test_matrix_unit_64x32_by_32x64(tmp_path, rounding):
+@pytest.mark.parametrize(("rounding", "simulator"), [
+    ("floor", "verilator"), ("nearest", "verilator"), ("float32", "verilator"),
+    ("float32", "icarus")])
+def test_matrix_unit_64x32_by_32x64(tmp_path, rounding, simulator):
     program = _single_dense(rounding, seed=7)
     design = emit(program, (8, 8), tmp_path / rounding)
     inputs = np.random.default_rng(3).integers(0, 256, (64, 32))  # u = 64 rows
-    assert simulate(design, simulator="verilator", inputs=inputs).passed
+    assert simulate(design, simulator=simulator, inputs=inputs).passed
 
 
 def test_emitter_bad_inputs(jsc_program, tmp_path):
     with pytest.raises(KilnError, match="P_in 2 must equal the previous layer's P_out 4"):
         emit(jsc_program, [(4, 4), (2, 2), (2, 2), (2, 2)], tmp_path / "a")
-    jsc_program_f32 = IntegerProgram(jsc_program.name, jsc_program.input_shape,
+    jsc_program_odd = IntegerProgram(jsc_program.name, jsc_program.input_shape,
                                      jsc_program.input_quant, jsc_program.output_quant,
-                                     "float32", jsc_program.ops)
-    with pytest.raises(KilnError, match="float32 rounding"):
-        emit(jsc_program_f32, (4, 4), tmp_path / "b")
+                                     "truncate", jsc_program.ops)
+    with pytest.raises(KilnError, match="truncate rounding"):
+        emit(jsc_program_odd, (4, 4), tmp_path / "b")
     from kiln.models import build_graph
 
     resnet = build_graph("resnet18-cifar", (1, 8, 8), 10)

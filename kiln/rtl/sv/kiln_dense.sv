@@ -24,6 +24,7 @@ module kiln_dense #(
     parameter int LO = 0,
     parameter int HI = 255,
     parameter bit ROUND_NEAREST = 1,
+    parameter bit FLOAT32 = 0,
     parameter W_FILE = "weights.mem",
     parameter B_FILE = "bias.mem",
     parameter M_FILE = "m0.mem",
@@ -142,7 +143,7 @@ module kiln_dense #(
                            (last_i ? $signed(bias_rom[j_beat][p*32 +: 32]) : 32'sd0);
             assign lane_total[p*32 +: 32] = total;
             kiln_requant #(.OUT_BITS(OUT_BITS), .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
-                           .ROUND_NEAREST(ROUND_NEAREST)) u_requant (
+                           .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32)) u_requant (
                 .acc(total), .m0(m0_rom[j_beat][p*32 +: 32]),
                 .shift($signed(shift_rom[j_beat][p*8 +: 8])),
                 .out(result[p*OUT_BITS +: OUT_BITS]));
