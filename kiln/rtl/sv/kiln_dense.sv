@@ -128,24 +128,35 @@ module kiln_dense #(
                 end
             end
             logic signed [31:0] tree_sum;
-            always_comb begin : tree
-                logic signed [31:0] level [LEAVES];
-                for (int k = 0; k < LEAVES; k++) level[k] = $signed(products[k*32 +: 32]);
-                for (int l = 0; l < LEVELS; l++)
-                    for (int k = 0; k < LEAVES / 2; k++)
-                        if (k < (LEAVES >> (l + 1)))
-                            level[k] = level[2*k] + level[2*k + 1];
-                tree_sum = level[0];
+            if (LEAVES == 1) begin : g_single
+                // One multiplier: no tree (a one-entry array trips Yosys's frontend).
+                assign tree_sum = $signed(products[31:0]);
+            end else begin : g_tree
+                always_comb begin : tree
+                    logic signed [31:0] level [LEAVES];
+                    for (int k = 0; k < LEAVES; k++) level[k] = $signed(products[k*32 +: 32]);
+                    for (int l = 0; l < LEVELS; l++)
+                        for (int k = 0; k < LEAVES / 2; k++)
+                            if (k < (LEAVES >> (l + 1)))
+                                level[k] = level[2*k] + level[2*k + 1];
+                    tree_sum = level[0];
+                end
             end
             // The accumulator after this beat, with the bias on the last beat.
+            // ROM words go through named signed wires: with one lane the part-select is a
+            // whole memory word, and $signed() of it trips Yosys's frontend.
+            logic signed [31:0] lane_acc;
+            logic signed [31:0] lane_bias;
+            logic signed [7:0] lane_shift;
             logic signed [31:0] total;
-            assign total = $signed(acc[p*32 +: 32]) + tree_sum +
-                           (last_i ? $signed(bias_rom[j_beat][p*32 +: 32]) : 32'sd0);
+            assign lane_acc = acc[p*32 +: 32];
+            assign lane_bias = bias_rom[j_beat][p*32 +: 32];
+            assign lane_shift = shift_rom[j_beat][p*8 +: 8];
+            assign total = lane_acc + tree_sum + (last_i ? lane_bias : 32'sd0);
             assign lane_total[p*32 +: 32] = total;
             kiln_requant #(.OUT_BITS(OUT_BITS), .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
                            .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32)) u_requant (
-                .acc(total), .m0(m0_rom[j_beat][p*32 +: 32]),
-                .shift($signed(shift_rom[j_beat][p*8 +: 8])),
+                .acc(total), .m0(m0_rom[j_beat][p*32 +: 32]), .shift(lane_shift),
                 .out(result[p*OUT_BITS +: OUT_BITS]));
         end
     endgenerate

@@ -24,6 +24,7 @@ module kiln_requant #(
     logic signed [63:0] scaled;
     logic signed [63:0] biased;
     logic [6:0] total_shift;
+    logic signed [63:0] wide_acc;
     logic [63:0] magnitude;
     logic [63:0] magnitude24;
     logic [63:0] product24;
@@ -60,7 +61,8 @@ module kiln_requant #(
             rounded = product + (64'sd1 <<< (total_shift - 7'd1));
         else
             rounded = product;
-        magnitude = acc[31] ? 64'(-64'(acc)) : 64'(acc);
+        wide_acc = 64'(acc);
+        magnitude = acc[31] ? 64'(64'sd0 - wide_acc) : 64'(wide_acc);
         magnitude24 = round_to_24_bits(magnitude);
         product24 = round_to_24_bits(magnitude24 * {40'd0, m0[23:0]});
         float_result = shift_round_even(product24, 7'(shift));
