@@ -48,8 +48,9 @@ def write_report(
         pairs = [("size", "accuracy")]
         if "latency" in complete[0]["metrics"]:
             pairs += [("latency", "accuracy"), ("energy", "accuracy")]
-        if len(result.objectives) >= 2 and tuple(result.objectives[:2]) not in pairs:
-            pairs.insert(0, (result.objectives[0], result.objectives[1]))
+        first, second = (result.objectives + [None])[:2]
+        if second is not None and (first, second) not in pairs and (second, first) not in pairs:
+            pairs.insert(0, (first, second))
         for x, y in pairs:
             paths.append(_scatter(result, complete, x, y, out / f"{y}_vs_{x}.png", extra_points))
     summary = out / "summary.md"
