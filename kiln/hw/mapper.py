@@ -354,7 +354,10 @@ def count_orderings(loops: list[Loop]) -> int:
 
 
 def fixed_ordering(constraints: MappingConstraints, sizes: dict[str, int]) -> list[Loop] | None:
-    """The user's temporal ordering as loops, ``*`` taking what is left of a dim; None if absent."""
+    """The user's temporal ordering as loops, ``*`` taking what is left of a dim; None if absent.
+
+    What the ordering leaves out is returned after a ``None`` marker: those loops are
+    searched above the fixed ones (a partially fixed ordering)."""
     if not constraints.ordering:
         return None
     remaining = dict(sizes)
@@ -372,7 +375,7 @@ def fixed_ordering(constraints: MappingConstraints, sizes: dict[str, int]) -> li
             loops.append((dim, take))
         remaining[dim] //= take
     leftovers = [(d, s) for d, s in remaining.items() if s > 1]
-    return loops + leftovers
+    return loops + ([None, *leftovers] if leftovers else [])  # type: ignore[list-item]
 
 
 # ---------------------------------------------------------------------------------------
@@ -505,8 +508,16 @@ def search_temporal(
     spatial, spatial_int, spatial_limited = fit_spatial(layer, hw, spatial_user)
     levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
     sizes = temporal_loop_sizes(layer, spatial)
-    if ordering is not None:
-        candidates: Iterator[list[Loop]] = iter([ordering])
+    candidates: Iterator[list[Loop]]
+    if ordering is not None and None in ordering:
+        # Partially fixed: the given loops innermost, every order of the rest above them.
+        split = ordering.index(None)  # type: ignore[arg-type]
+        fixed, rest = ordering[:split], ordering[split + 1 :]
+        rest_lpfs = loop_prime_factors(dict(rest), lpf_limit)
+        candidates = (fixed + tail for tail in unique_orderings(rest_lpfs))
+        total = count_orderings(rest_lpfs)
+    elif ordering is not None:
+        candidates = iter([ordering])
         total = 1
     else:
         lpfs = loop_prime_factors(sizes, lpf_limit) or [

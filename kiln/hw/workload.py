@@ -351,6 +351,21 @@ def workload_from_graph(
 
     graph = propagate(graph)
     layers, not_costed = [], []
+    # The edges: each layer's nearest costed producers, looking through non-MAC nodes.
+    producers: dict[str, list[str]] = {}
+    for node in graph.fx_nodes():
+        sources: list[str] = []
+        for arg in node.all_input_nodes:
+            if arg.meta["kiln"].loops is not None and arg.meta["kiln"].op in (
+                OpKind.CONV,
+                OpKind.CONV1D,
+                OpKind.LINEAR,
+                OpKind.MATMUL,
+            ):
+                sources.append(arg.name)
+            else:
+                sources += producers.get(arg.name, [])
+        producers[node.name] = list(dict.fromkeys(sources))
     for node in graph.fx_nodes():
         info = node.meta["kiln"]
         if info.op in (OpKind.INPUT, OpKind.OUTPUT, OpKind.CONSTANT):
@@ -389,6 +404,7 @@ def workload_from_graph(
             layer = _gemm_layer(
                 info.name, rows=loops.B, c=loops.C, k=loops.K, precision=bits, op_type="Gemm"
             )
+        layer.inputs_from = producers[node.name]
         layers.append(layer)
     return Workload(name or graph.name, layers, not_costed)
 

@@ -206,3 +206,11 @@ def test_quantized_widths_become_operand_precisions():
     assert layers[1].precision["I"] == 6 and layers[1].precision["O_final"] == 6
     float_layers = workload_from_graph(build_graph("convnet")).layers
     assert float_layers[0].precision["W"] == 8
+
+
+def test_workload_edges_follow_the_graph_through_non_mac_layers(resnet18_onnx):
+    layers = {layer.name: layer for layer in load_workload("resnet18").layers}
+    assert layers["layers_0_conv1"].inputs_from == ["stem_0"]  # through BN, ReLU, max pool
+    assert set(layers["layers_1_conv1"].inputs_from) == {"layers_0_conv2", "stem_0"}  # residual
+    onnx_layers = load_workload(str(resnet18_onnx)).layers
+    assert onnx_layers[1].inputs_from == [onnx_layers[0].name]

@@ -420,3 +420,28 @@ def test_equation_parser_names_operands_in_order():
         "I": ["B", "C"],
         "W": ["C", "K"],
     }
+
+
+def test_partially_fixed_ordering_keeps_the_given_loops_innermost_and_searches_the_rest():
+    hw = load_accelerator(EXAMPLES / "tpu_like.yaml")
+    layer = _conv_layer(
+        "c",
+        batch=1,
+        groups=1,
+        k=64,
+        c=32,
+        oy=14,
+        ox=14,
+        fy=3,
+        fx=3,
+        stride=(1, 1),
+        dilation=(1, 1),
+        in_hw=(16, 16),
+        precision=default_precision(),
+    )
+    spatial = SpatialMapping({"D1": {"K": 32}, "D2": {"C": 32}})
+    partial = map_layer(layer, hw, "latency", MappingConstraints(spatial, [("FX", 3), ("FY", 3)]))
+    assert partial.temporal.ordering[:2] == [("FX", 3), ("FY", 3)]
+    assert partial.evaluated > 1
+    free = map_layer(layer, hw, "latency", MappingConstraints(spatial))
+    assert free.cost.latency_cycles <= partial.cost.latency_cycles
