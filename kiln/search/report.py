@@ -133,15 +133,17 @@ def markdown_summary(result: SearchResult) -> str:
             "",
             "| trial | "
             + " | ".join(LABELS.get(o, o) for o in result.objectives)
-            + " | accuracy | parameters |",
-            "|---|" + "---|" * (len(result.objectives) + 2),
+            + ("" if "accuracy" in result.objectives else " | accuracy")
+            + " | parameters |",
+            "|---|" + "---|" * (len(result.objectives) + 1 + ("accuracy" not in result.objectives)),
         ]
         for t in result.best:
             values = " | ".join(f"{t['metrics'][o]:.5g}" for o in result.objectives)
             params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
-            lines.append(
-                f"| {t['number']} | {values} | {t['metrics']['accuracy']:.2%} | {params} |"
+            accuracy = (
+                "" if "accuracy" in result.objectives else f" | {t['metrics']['accuracy']:.2%}"
             )
+            lines.append(f"| {t['number']} | {values}{accuracy} | {params} |")
         if result.holdout_accuracy is not None:
             lines += [
                 "",
