@@ -74,6 +74,7 @@ class SpaceSection(_Strict):
     layers: list[str] = []
     weight_bits: list[int] = [8]
     activation_bits: list[int] = [8]
+    weight_format: list[Literal["int", "bfp"]] = ["int"]
     weight_range: list[Literal["minmax", "percentile", "mse", "entropy"]] = ["minmax"]
     granularity: list[Literal["tensor", "channel"]] = ["channel"]
     multipliers: list[float] = [1.0]
@@ -84,6 +85,7 @@ class SpaceSection(_Strict):
         for name in (
             "weight_bits",
             "activation_bits",
+            "weight_format",
             "weight_range",
             "granularity",
             "multipliers",

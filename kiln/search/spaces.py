@@ -42,12 +42,16 @@ def quant_config(per_layer: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ``{layer: {"w": bits, "a": bits, "range": ..., "granularity": ...}}``."""
     rules = []
     for name, choice in per_layer.items():
-        weight = {
-            "bits": int(choice["w"]),
-            "symmetric": True,
-            "granularity": choice.get("granularity", "channel"),
-            "range": choice.get("range", "minmax"),
-        }
+        if choice.get("format", "int") == "bfp":
+            # block floating point: ``w`` mantissa bits, one 8-bit exponent per 16 weights
+            weight: dict[str, Any] = {"format": "bfp", "bits": int(choice["w"]), "block_size": 16}
+        else:
+            weight = {
+                "bits": int(choice["w"]),
+                "symmetric": True,
+                "granularity": choice.get("granularity", "channel"),
+                "range": choice.get("range", "minmax"),
+            }
         activation = {
             "bits": int(choice["a"]),
             "signed": False,
@@ -76,8 +80,8 @@ class SearchSpace:
 
 @dataclass
 class MixedPrecisionSpace(SearchSpace):
-    """Per layer (or per op type) weight and activation widths, optionally range method and
-    granularity."""
+    """Per layer (or per op type) weight and activation widths, optionally the weight format
+    (integer or block floating point), range method and granularity."""
 
     weight_bits: list[int] = field(default_factory=lambda: [8])
     activation_bits: list[int] = field(default_factory=lambda: [8])
@@ -85,6 +89,7 @@ class MixedPrecisionSpace(SearchSpace):
     granularity: list[str] = field(default_factory=lambda: ["channel"])
     per: str = "layer"
     layers: list[str] = field(default_factory=list)
+    weight_format: list[str] = field(default_factory=lambda: ["int"])
 
     def _groups(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
@@ -102,6 +107,8 @@ class MixedPrecisionSpace(SearchSpace):
                 result[f"{group}.range"] = list(self.weight_range)
             if len(self.granularity) > 1:
                 result[f"{group}.granularity"] = list(self.granularity)
+            if len(self.weight_format) > 1:
+                result[f"{group}.format"] = list(self.weight_format)
         return result
 
     def per_layer(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -112,6 +119,7 @@ class MixedPrecisionSpace(SearchSpace):
                 "a": params.get(f"{group}.a", self.activation_bits[0]),
                 "range": params.get(f"{group}.range", self.weight_range[0]),
                 "granularity": params.get(f"{group}.granularity", self.granularity[0]),
+                "format": params.get(f"{group}.format", self.weight_format[0]),
             }
             for name in names:
                 result[name] = choice
@@ -218,6 +226,7 @@ def make_space(graph: Graph, section: Any) -> SearchSpace:
             section.granularity,
             section.per,
             section.layers,
+            section.weight_format,
         )
     elif section.kind == "channels":
         space = ChannelSpace(graph, section.multipliers, section.layers)

@@ -246,3 +246,34 @@ def test_two_workers_on_postgresql_finish_every_trial_once(tmp_path, postgres_da
     result = run_search(tpe, workers=2)
     numbers = [t["number"] for t in result.trials if t["state"] == "COMPLETE"]
     assert sorted(numbers) == list(range(10))
+
+
+def test_per_op_type_space_with_formats_and_range_methods(tmp_path):
+    from kiln.models import build_graph
+    from kiln.quant import QuantConfig
+    from kiln.search.spaces import MixedPrecisionSpace
+
+    space = MixedPrecisionSpace(
+        build_graph("convnet"),
+        weight_bits=[4, 8],
+        per="op",
+        weight_format=["int", "bfp"],
+        weight_range=["minmax", "mse"],
+    )
+    choices = space.choices()
+    assert set(choices) == {
+        f"{op}.{what}" for op in ("conv2d", "linear") for what in ("w", "format", "range")
+    }
+    params = {
+        "conv2d.w": 4,
+        "conv2d.format": "bfp",
+        "conv2d.range": "mse",
+        "linear.w": 8,
+        "linear.format": "int",
+        "linear.range": "mse",
+    }
+    config = QuantConfig.parse(space.config(params))
+    rules = {rule.match.name[0]: rule for rule in config.rules}
+    assert rules["features_0"].weight["format"] == "bfp"
+    assert rules["classifier_1"].weight["range"] == "mse"
+    assert space.size() == 2**6
