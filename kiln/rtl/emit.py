@@ -7,7 +7,7 @@ biases and requantization parameters in ``$readmemh`` files laid out one word pe
 also gets the component sources, ``design.json`` (every parameter) and the cocotb
 testbench ``test_top.py``.
 
-Supported: conv (ungrouped; an im2col frame buffer feeding a dense unit), max pool,
+Supported: conv (ungrouped; an im2col line buffer feeding a dense unit), max pool,
 flatten, dense and affine ops, in ``floor``, ``nearest`` or ``float32`` rounding. Anything else
 (residual adds, average pools) is refused with a clear error.
 """
@@ -28,7 +28,8 @@ from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.report.markdown import write_text
 
 SOURCES = Path(__file__).parent / "sv"
-COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv", "kiln_im2col.sv", "kiln_maxpool.sv")
+COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv", "kiln_rows.sv", "kiln_im2col.sv",
+              "kiln_maxpool.sv")
 
 
 @dataclass

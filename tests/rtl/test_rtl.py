@@ -130,3 +130,22 @@ def test_synthesis_statistics(jsc_program, tmp_path):
     assert xilinx.luts > 100 and xilinx.flip_flops > 100 and xilinx.dsps > 0
     with pytest.raises(KilnError, match="unknown synthesis target"):
         synthesize(design, target="asic")
+
+
+def test_line_buffer_im2col_with_stride_dilation_and_no_padding(tmp_path):
+    import torch
+
+    from kiln.graph import from_torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, stride=2), torch.nn.ReLU(),            # 8x8 -> 3x3, no padding
+        torch.nn.Conv2d(4, 6, 3, padding=2, dilation=2), torch.nn.ReLU(),  # dilated, padded
+        torch.nn.Flatten(), torch.nn.Linear(54, 10)).eval()
+    digits = load_dataset("digits")
+    graph = from_torch(model, torch.zeros(1, 1, 8, 8))
+    program = lower(calibrate(quantize(graph, uniform_config(8, 8)), digits, batches=1))
+    program.metadata["dataset"] = "digits"
+    design = emit(program, (2, 2), tmp_path / "strided")
+    assert [layer.kind for layer in design.layers] == ["conv", "conv", "dense"]
+    assert simulate(design, simulator="verilator", vectors=20).passed

@@ -1,6 +1,7 @@
 // kiln_maxpool: max pooling of a streamed feature map (raster order, CB beats of P
-// lanes per pixel). The frame is stored, then each pooled pixel is emitted as CB beats,
-// each lane the maximum over its window (signed or unsigned compare).
+// lanes per pixel) through a line buffer of R rows (K rounded up to a power of two, see
+// kiln_rows): each pooled pixel is emitted as CB beats, each lane the maximum over its
+// K x K window (signed or unsigned compare), as soon as the window's rows have arrived.
 module kiln_maxpool #(
     parameter int H = 28,
     parameter int W = 28,
@@ -22,24 +23,30 @@ module kiln_maxpool #(
 );
     localparam int OH = (H - K) / STRIDE + 1;
     localparam int OW = (W - K) / STRIDE + 1;
-    localparam int WORDS = H * W * CB;
-    localparam int AB = $clog2(WORDS + 1);
+    localparam int ROW_BITS = (K > 1) ? $clog2(K) : 0;
+    localparam int R = 1 << ROW_BITS;
+    localparam int ROW_WORDS = W * CB;
+    localparam int WORDS = R * ROW_WORDS;
 
-    logic [P*BITS-1:0] frame [WORDS];
-    logic loading;
-    logic [AB-1:0] load_addr;
+    logic [P*BITS-1:0] rows [WORDS];
+    logic write_enable, rows_ready, frame_done;
+    logic [31:0] write_address, frame_base;
     logic [15:0] oy, ox, cb;
+    logic signed [31:0] first_row, need_rows;
 
     always_comb begin
+        first_row = $signed(32'(oy)) * STRIDE;
+        need_rows = first_row + K;
         for (int lane = 0; lane < P; lane++) begin
             logic [BITS-1:0] best;
-            best = frame[(32'(oy) * STRIDE * W + 32'(ox) * STRIDE) * CB + 32'(cb)]
-                        [lane*BITS +: BITS];
+            best = rows[((frame_base + 32'(oy) * STRIDE) & 32'(R - 1)) * ROW_WORDS
+                        + 32'(ox) * STRIDE * CB + 32'(cb)][lane*BITS +: BITS];
             for (int dy = 0; dy < K; dy++) begin
                 for (int dx = 0; dx < K; dx++) begin
                     logic [BITS-1:0] value;
-                    value = frame[((32'(oy) * STRIDE + dy) * W + 32'(ox) * STRIDE + dx) * CB
-                                  + 32'(cb)][lane*BITS +: BITS];
+                    value = rows[((frame_base + 32'(oy) * STRIDE + 32'(dy)) & 32'(R - 1))
+                                 * ROW_WORDS + (32'(ox) * STRIDE + 32'(dx)) * CB
+                                 + 32'(cb)][lane*BITS +: BITS];
                     if (SIGNED ? ($signed(value) > $signed(best)) : (value > best))
                         best = value;
                 end
@@ -47,36 +54,30 @@ module kiln_maxpool #(
             out_data[lane*BITS +: BITS] = best;
         end
     end
-    assign in_ready = loading;
-    assign out_valid = !loading;
+    kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R)) u_rows (
+        .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
+        .first_row(first_row), .need_rows(need_rows), .frame_done(frame_done),
+        .rows_ready(rows_ready), .write_enable(write_enable), .write_address(write_address),
+        .frame_base(frame_base));
+    assign out_valid = rows_ready;
+    assign frame_done = out_valid && out_ready && cb == 16'(CB - 1) && ox == 16'(OW - 1)
+                        && oy == 16'(OH - 1);
+
+    always_ff @(posedge clk) begin
+        if (write_enable) rows[write_address] <= in_data;
+    end
 
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
-            loading <= 1'b1;
-            load_addr <= '0;
             {oy, ox, cb} <= '0;
-        end else if (loading) begin
-            if (in_valid) begin
-                frame[load_addr] <= in_data;
-                if (load_addr == AB'(WORDS - 1)) begin
-                    load_addr <= '0;
-                    loading <= 1'b0;
-                end else begin
-                    load_addr <= load_addr + 1'b1;
-                end
-            end
-        end else if (out_ready) begin
+        end else if (out_valid && out_ready) begin
             if (cb != 16'(CB - 1)) cb <= cb + 1'b1;
             else begin
                 cb <= '0;
                 if (ox != 16'(OW - 1)) ox <= ox + 1'b1;
                 else begin
                     ox <= '0;
-                    if (oy != 16'(OH - 1)) oy <= oy + 1'b1;
-                    else begin
-                        oy <= '0;
-                        loading <= 1'b1;
-                    end
+                    oy <= (oy != 16'(OH - 1)) ? oy + 1'b1 : '0;
                 end
             end
         end
