@@ -23,8 +23,9 @@ def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     try:
         # The right operand column-major: oneDNN packs it without a transposing copy
         # (25x faster for a 256 x 1568 x 64 layer).
-        right = torch.from_numpy(np.ascontiguousarray(b.T)).t()
-        return torch._int_mm(torch.from_numpy(np.ascontiguousarray(a)), right).numpy()
+        right = torch.from_numpy(np.require(b.T, requirements=("C", "W"))).t()
+        left = torch.from_numpy(np.require(a, requirements=("C", "W")))
+        return torch._int_mm(left, right).numpy()
     except RuntimeError:  # a shape or build the kernel does not support
         return None
 
