@@ -13,6 +13,10 @@ DEFAULT_MODEL = "convnet"
 DEFAULT_DATASET = "fashion-mnist"
 
 
+EXAMPLE_ACCELERATOR = (Path(__file__).resolve().parents[2] / "examples" / "hardware"
+                       / "edge_npu.yaml")
+
+
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the checkpoint and the summary.")] = Path(
         "out/demo"),
@@ -25,8 +29,9 @@ def demo(
     It inspects the model, trains it from scratch and compares it with kiln's shipped
     checkpoint, then carries the trained model to integers: int8 quantization
     (calibrated), lowering to an integer-only program, the bit-exact engine, and an
-    ONNX export that ONNX Runtime must reproduce bit for bit. Results go to OUT
-    (summary.json, convnet.pt, program/, convnet-int8.onnx).
+    ONNX export that ONNX Runtime must reproduce bit for bit; last, it costs the int8
+    network on the edge NPU example accelerator with the best loop mapping of every
+    layer. Results go to OUT (summary.json, convnet.pt, program/, convnet-int8.onnx).
 
     Example:  kiln demo --epochs 3 --out out/demo
     """
@@ -87,6 +92,10 @@ def demo(
                   f"the fake-quant model on {integer['int8_top1_agreement']:.2%} of images; "
                   f"ONNX Runtime differs from the engine on {integer['onnx_mismatches']} of "
                   f"{integer['onnx_elements']:,} output integers")
+    console.print(f"[bold]5. accelerator[/]: on {integer['accelerator']} the int8 network takes "
+                  f"{integer['accelerator_latency_cycles']:,.0f} cycles and "
+                  f"{integer['accelerator_energy_pj'] / 1e6:.2f} µJ per image, MAC utilization "
+                  f"{integer['accelerator_utilization']:.0%} (best mapping of each layer)")
     console.print(f"wrote {checkpoint}, {out / 'convnet-int8.onnx'} and "
                   f"{out / 'summary.json'} in {summary['seconds']} s")
 
@@ -109,11 +118,26 @@ def _to_integers(graph, dataset, out: Path) -> dict:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     _, onnx_integers = session.run(None, {"input": dataset.x_test})
     engine = run(program, program.input_quant.quantize(dataset.x_test))
-    return {"int8_engine_accuracy": agreement.engine_accuracy,
+    cost = _accelerator_cost(quantized)
+    return {**cost, "int8_engine_accuracy": agreement.engine_accuracy,
             "int8_top1_agreement": agreement.top1_agreement,
             "int8_within_one_lsb": agreement.within_one_lsb,
             "onnx_mismatches": int((onnx_integers.astype(np.int64) != engine).sum()),
             "onnx_elements": int(engine.size)}
+
+
+def _accelerator_cost(quantized) -> dict:
+    """The quantized network (its widths as operand precisions) on the edge NPU example."""
+    from kiln.hw import load_accelerator
+    from kiln.hw.mapper import map_workload
+    from kiln.hw.workload import workload_from_graph
+
+    hardware = load_accelerator(EXAMPLE_ACCELERATOR)
+    result = map_workload(workload_from_graph(quantized, name=DEFAULT_MODEL), hardware, "latency")
+    ideal = sum(layer.cost.ideal_cycles for layer in result.layers)
+    return {"accelerator": hardware.name, "accelerator_latency_cycles": result.latency_cycles,
+            "accelerator_energy_pj": result.energy_pj,
+            "accelerator_utilization": ideal / result.latency_cycles}
 
 
 def register(app: typer.Typer) -> None:
