@@ -93,9 +93,9 @@ def test_emitter_bad_inputs(jsc_program, tmp_path):
 
 
 def test_padding_when_parallelism_exceeds_a_dimension(jsc_program, tmp_path):
-    # 16x16 lanes on layers 16 wide and a last layer of 26 outputs: padded lanes.
-    design = emit(jsc_program, (16, 16), tmp_path / "wide")
-    assert design.layers[-1].out_beats == 2
+    # 32 output lanes on the last layer's 26 outputs: more lanes than outputs, padded.
+    design = emit(jsc_program, [(4, 4), (4, 4), (4, 4), (4, 32)], tmp_path / "wide")
+    assert design.layers[-1].out_beats == 1 and design.layers[-1].p_out == 32
     assert simulate(design, simulator="verilator", vectors=100).passed
 
 
