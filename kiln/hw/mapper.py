@@ -106,19 +106,9 @@ def allocate(
         ops = [mem_to_op[m] for m in memory.operands if m in mem_to_op]
         if not ops:
             continue
-        options = {
-            op: _prefix_sizes(
-                layer,
-                op,
-                allocated[op],
-                unallocated[op],
-                spatial_levels[op],
-                arch_level[op],
-                memory,
-                rel,
-            )
-            for op in ops
-        }
+        options = _all_prefix_sizes(
+            layer, ops, allocated, unallocated, spatial_levels, arch_level, memory, rel
+        )
         chosen = _best_prefixes(ops, options, unallocated, memory, tops)
         for op, count in zip(ops, chosen, strict=False):
             loops = unallocated[op][:count]
@@ -155,19 +145,9 @@ def all_allocations(
         memory = memories[index]
         ops = [mem_to_op[m] for m in memory.operands if m in mem_to_op]
         try:
-            options = {
-                op: _prefix_sizes(
-                    layer,
-                    op,
-                    allocated[op],
-                    unallocated[op],
-                    spatial_levels[op],
-                    arch_level[op],
-                    memory,
-                    rel,
-                )
-                for op in ops
-            }
+            options = _all_prefix_sizes(
+                layer, ops, allocated, unallocated, spatial_levels, arch_level, memory, rel
+            )
         except MemoryTooSmallError:
             return
         ranges = []
@@ -203,6 +183,32 @@ def all_allocations(
         dict.fromkeys(layer.operands, 1),
         {op: [] for op in layer.operands},
     )
+
+
+def _all_prefix_sizes(
+    layer: Layer,
+    ops: list[str],
+    allocated: dict,
+    unallocated: dict,
+    spatial_levels: dict,
+    arch_level: dict,
+    memory: Memory,
+    rel: Relevancy,
+) -> dict[str, list[float]]:
+    """For each operand a memory holds, the sizes of the loop prefixes that fit in it."""
+    return {
+        op: _prefix_sizes(
+            layer,
+            op,
+            allocated[op],
+            unallocated[op],
+            spatial_levels[op],
+            arch_level[op],
+            memory,
+            rel,
+        )
+        for op in ops
+    }
 
 
 def _precision_for(

@@ -183,20 +183,16 @@ def max_unrolling(layer: Layer, hw: Accelerator) -> dict[str, dict[str, int]]:
         for oa, oa_size in hw.array_sizes.items()
     }
     relevant = relevant_dims(layer)
-    for memory in hw.inner_memories():
-        for mem_op in memory.operands:
-            layer_op = _layer_op(layer, mem_op)
-            if layer_op is None:
-                continue
-            direction = "wr_in_by_low" if layer_op == layer.output else "rd_out_to_low"
-            bandwidth = memory.bandwidth(mem_op, direction)
-            if bandwidth is None:
-                continue
-            words = bandwidth[1] // layer.precision[layer_op]
-            for oa in memory.served_dimensions:
-                for dim in limits[oa]:
-                    if dim in relevant[layer_op] and words < limits[oa][dim]:
-                        limits[oa][dim] = words
+    for memory, mem_op, layer_op in _inner_operands(layer, hw):
+        direction = "wr_in_by_low" if layer_op == layer.output else "rd_out_to_low"
+        bandwidth = memory.bandwidth(mem_op, direction)
+        if bandwidth is None:
+            continue
+        words = bandwidth[1] // layer.precision[layer_op]
+        for oa in memory.served_dimensions:
+            for dim in limits[oa]:
+                if dim in relevant[layer_op] and words < limits[oa][dim]:
+                    limits[oa][dim] = words
     return limits
 
 
@@ -212,6 +208,17 @@ def relevant_dims(layer: Layer) -> dict[str, set[str]]:
                 dims_set.add(dim)
         result[op] = {d for d in dims_set if d in layer.sizes}
     return result
+
+
+def _inner_operands(layer: Layer, hw: Accelerator) -> list[tuple[Any, str, str]]:
+    """(memory, memory operand, layer operand) for every innermost memory the layer uses."""
+    found = []
+    for memory in hw.inner_memories():
+        for mem_op in memory.operands:
+            layer_op = _layer_op(layer, mem_op)
+            if layer_op is not None:
+                found.append((memory, mem_op, layer_op))
+    return found
 
 
 def _layer_op(layer: Layer, mem_op: str) -> str | None:
@@ -279,24 +286,20 @@ def _limit_to_capacity(
     layer: Layer, hw: Accelerator, mapping: dict[str, dict[str, int]]
 ) -> dict[str, dict[str, int]]:
     relevant = relevant_dims(layer)
-    for memory in hw.inner_memories():
-        for mem_op in memory.operands:
-            layer_op = _layer_op(layer, mem_op)
-            if layer_op is None:
-                continue
-            capacity = memory.size_bits / layer.precision[layer_op]
-            entries = [
-                (oa, dim)
-                for oa in memory.served_dimensions
-                for dim in mapping.get(oa, {})
-                if dim in relevant[layer_op]
-            ]
-            factors = [mapping[oa][dim] for oa, dim in entries]
-            while math.prod(factors) > capacity and any(f > 1 for f in factors):
-                index = factors.index(max(factors))
-                factors[index] -= 1
-            for (oa, dim), factor in zip(entries, factors, strict=False):
-                mapping[oa][dim] = factor
+    for memory, _mem_op, layer_op in _inner_operands(layer, hw):
+        capacity = memory.size_bits / layer.precision[layer_op]
+        entries = [
+            (oa, dim)
+            for oa in memory.served_dimensions
+            for dim in mapping.get(oa, {})
+            if dim in relevant[layer_op]
+        ]
+        factors = [mapping[oa][dim] for oa, dim in entries]
+        while math.prod(factors) > capacity and any(f > 1 for f in factors):
+            index = factors.index(max(factors))
+            factors[index] -= 1
+        for (oa, dim), factor in zip(entries, factors, strict=False):
+            mapping[oa][dim] = factor
     return mapping
 
 
