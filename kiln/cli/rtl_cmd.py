@@ -51,16 +51,18 @@ def simulate(
     design_dir: Annotated[Path, typer.Argument(help="A folder written by 'kiln emit-rtl'.")],
     simulator: Annotated[str, typer.Option(help="verilator or icarus.")] = "verilator",
     vectors: Annotated[int, typer.Option(help="Test-set inputs to stream through.")] = 100,
+    jobs: Annotated[int, typer.Option(
+        help="Simulator processes, each on a consecutive share of the inputs.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Simulate a design with cocotb: every layer's outputs checked against the engine,
     with random input gaps and output backpressure; cycle counts at full rate.
 
-    Example:  kiln simulate out/jsc-rtl --simulator icarus --vectors 1000
+    Example:  kiln simulate out/jsc-rtl --simulator icarus --vectors 1000 --jobs 2
     """
     from kiln.rtl import simulate as run_simulation
 
-    result = run_simulation(design_dir, simulator=simulator, vectors=vectors)
+    result = run_simulation(design_dir, simulator=simulator, vectors=vectors, jobs=jobs)
     if as_json:
         print_json(result.as_dict())
         return

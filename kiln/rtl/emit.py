@@ -4,8 +4,8 @@ Each weighted layer becomes a ``kiln_dense`` instance (a standalone BatchNorm, k
 ``affine`` op, becomes a dense layer with a diagonal weight matrix) with its weights,
 biases and requantization parameters in ``$readmemh`` files laid out one word per
 [P_out x P_in] block. ``kiln_top.sv`` chains the layers with valid/ready streams; the folder
-also gets the component sources, ``design.json`` (every parameter) and the cocotb
-testbench ``test_top.py``.
+also gets the component sources, ``design.json`` (every parameter), the simulation harness
+``kiln_tb.sv`` and the cocotb testbench ``test_top.py``.
 
 Supported: conv (ungrouped; an im2col line buffer feeding a dense unit), max pool,
 flatten, dense and affine ops, in ``floor``, ``nearest`` or ``float32`` rounding. Anything else
@@ -90,6 +90,11 @@ class Design:
     @property
     def sources(self) -> list[Path]:
         return [self.directory / name for name in COMPONENTS] + [self.directory / "kiln_top.sv"]
+
+    @property
+    def simulation_sources(self) -> list[Path]:
+        """The design plus ``kiln_tb.sv``, the simulation harness around ``kiln_top``."""
+        return [*self.sources, self.directory / "kiln_tb.sv"]
 
     def as_dict(self) -> dict[str, Any]:
         return {"program": self.program_name, "rounding": self.rounding,
@@ -211,8 +216,9 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
     program.save(directory / "program")  # the golden model travels with the design
     write_text(directory / "kiln_top.sv", _top(design))
     write_text(directory / "design.json", json.dumps(design.as_dict(), indent=2) + "\n")
-    from kiln.rtl.testbench import TESTBENCH
+    from kiln.rtl.testbench import TESTBENCH, harness
 
+    write_text(directory / "kiln_tb.sv", harness(design))
     write_text(directory / "test_top.py", TESTBENCH)
     return design
 

@@ -85,14 +85,23 @@ def test_inputs(design: Design, count: int) -> np.ndarray:
 
 
 def simulate(design: Design | str | Path, *, simulator: str = "verilator", vectors: int = 100,
-             inputs: np.ndarray | None = None, seed: int = 1) -> SimulationResult:
+             inputs: np.ndarray | None = None, seed: int = 1, jobs: int = 1
+             ) -> SimulationResult:
     """Build the design on ``simulator`` and run its testbench on ``vectors`` inputs.
 
     The testbench compares every output beat of every layer with the engine; a mismatch
     raises :class:`KilnError` naming the layer, vector, element, expected and got.
+    ``jobs`` > 1 splits the inputs into that many consecutive chunks, each simulated by its
+    own simulator process (one per core); cycle counts come from the first chunk.
+
+    Example:
+        >>> result = simulate("out/jsc-rtl", simulator="icarus", vectors=1000, jobs=2)
+        >>> result.passed, result.cycles_per_inference
     """
     if simulator not in SIMULATORS:
         raise KilnError(f"unknown simulator '{simulator}': use {', '.join(SIMULATORS)}")
+    if jobs < 1:
+        raise KilnError(f"jobs must be at least 1, got {jobs}")
     if not isinstance(design, Design):
         design = Design.load(design)
     if simulator == "verilator":
@@ -100,11 +109,45 @@ def simulate(design: Design | str | Path, *, simulator: str = "verilator", vecto
     elif shutil.which("iverilog") is None:
         raise KilnError("icarus verilog (iverilog) is not installed",
                         hint="apt-get install iverilog (scripts/setup.sh does)")
-    from cocotb_tools.runner import get_runner
-
     if inputs is None:
         inputs = test_inputs(design, vectors)
-    build_dir = design.directory / f"sim_{simulator}"
+    chunks = [chunk for chunk in np.array_split(inputs, min(jobs, len(inputs))) if len(chunk)]
+    started = time.perf_counter()
+    if len(chunks) == 1:
+        outcomes = [_simulate_chunk(design.directory, simulator, chunks[0], "", seed)]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("spawn")
+                                 ) as pool:
+            futures = [pool.submit(_simulate_chunk, design.directory, simulator, chunk,
+                                   f"_{index}", seed) for index, chunk in enumerate(chunks)]
+            outcomes = [future.result() for future in futures]
+    wall = time.perf_counter() - started
+    for (failures, _, _, log), chunk_start in zip(
+            outcomes, np.cumsum([0] + [len(c) for c in chunks[:-1]]), strict=True):
+        if failures:
+            where = f" (inputs from #{chunk_start})" if len(chunks) > 1 else ""
+            raise KilnError(f"simulation on {simulator} failed{where}: {failures[0]}",
+                            hint=f"log: {log}")
+    results, build_seconds = outcomes[0][1], max(outcome[2] for outcome in outcomes)
+    ideal = max(layer.compute_cycles for layer in design.layers)
+    return SimulationResult(simulator, len(inputs), True, results["cycles_per_inference"],
+                            results["latency_cycles"], results["layer_intervals"], ideal,
+                            build_seconds, wall - build_seconds, extra={"jobs": len(chunks)})
+
+
+def _simulate_chunk(directory: Path, simulator: str, inputs: np.ndarray, suffix: str,
+                    seed: int) -> tuple[list[str], dict[str, Any], float, Path]:
+    """Build and run one simulator process on ``inputs``: (failures, results, build
+    seconds, log)."""
+    from cocotb_tools.runner import get_runner
+
+    if simulator == "verilator":
+        tool_path()
+    design = Design.load(directory)
+    build_dir = design.directory / f"sim_{simulator}{suffix}"
     build_dir.mkdir(exist_ok=True)
     vector_file = build_dir / "vectors.npz"
     np.savez(vector_file, **golden_vectors(design, inputs))
@@ -116,30 +159,24 @@ def simulate(design: Design | str | Path, *, simulator: str = "verilator", vecto
     build_args = (["-Wno-fatal", "--output-split", "0", "--output-split-cfuncs", "0"]
                   if simulator == "verilator" else [])
     started = time.perf_counter()
-    runner.build(sources=[str(p) for p in design.sources], hdl_toplevel="kiln_top",
+    runner.build(sources=[str(p) for p in design.simulation_sources], hdl_toplevel="kiln_tb",
                  build_dir=str(build_dir), build_args=build_args, timescale=("1ns", "1ps"),
                  always=True, log_file=str(build_dir / "build.log"))
     built = time.perf_counter()
     env = {"KILN_DESIGN_DIR": str(design.directory.resolve()),
            "KILN_VECTORS": str(vector_file.resolve()),
+           "KILN_SIM_DIR": str(build_dir.resolve()),
            "KILN_RESULTS": str(results_file.resolve())}
     xml = build_dir / "results.xml"
     # cocotb's runner exits when a test fails under pytest; the XML says which.
     with contextlib.suppress(SystemExit):
-        runner.test(hdl_toplevel="kiln_top", test_module="test_top",
+        runner.test(hdl_toplevel="kiln_tb", test_module="test_top",
+                    plusargs=[f"+KILN_SIM_DIR={build_dir.resolve()}"],
                     test_dir=str(design.directory.resolve()), build_dir=str(build_dir),
                     extra_env=env, seed=seed, log_file=str(build_dir / "test.log"),
                     results_xml=str(xml))
-    finished = time.perf_counter()
-    failures = _failures(xml)
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    if failures:
-        raise KilnError(f"simulation on {simulator} failed: {failures[0]}",
-                        hint=f"log: {build_dir / 'test.log'}")
-    ideal = max(layer.compute_cycles for layer in design.layers)
-    return SimulationResult(simulator, len(inputs), True, results["cycles_per_inference"],
-                            results["latency_cycles"], results["layer_intervals"], ideal,
-                            built - started, finished - built)
+    return _failures(xml), results, built - started, build_dir / "test.log"
 
 
 def _failures(xml: Path) -> list[str]:

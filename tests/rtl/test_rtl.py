@@ -27,11 +27,11 @@ def jsc_program(tmp_path_factory):
     return program
 
 
-@pytest.mark.parametrize("simulator,vectors", [("verilator", 1000), ("icarus", 200)])
-def test_mlp_bit_exact_on_both_simulators(jsc_program, tmp_path, simulator, vectors):
+@pytest.mark.parametrize("simulator,vectors,jobs", [("verilator", 1000, 1), ("icarus", 200, 2)])
+def test_mlp_bit_exact_on_both_simulators(jsc_program, tmp_path, simulator, vectors, jobs):
     design = emit(jsc_program, (4, 4), tmp_path / "design")
-    result = simulate(design, simulator=simulator, vectors=vectors)
-    assert result.passed and result.vectors == vectors
+    result = simulate(design, simulator=simulator, vectors=vectors, jobs=jobs)
+    assert result.passed and result.vectors == vectors and result.extra["jobs"] == jobs
     assert result.utilization >= 0.9  # 4x4 on 16-wide layers: the pipeline stays full
 
 

@@ -85,79 +85,60 @@ module kiln_dense #(
     assign last_i = (i_beat == IB'(IN_BEATS - 1));
     assign step = running && !(last_i && fifo_full);
 
-    // The current block: P_IN inputs (zero point subtracted) and P_OUT x P_IN weights.
-    logic [P_IN*IN_BITS-1:0] x_word;
-    logic [P_IN*P_OUT*W_BITS-1:0] w_word;
-    assign x_word = buffer[comp_sel][i_beat];
-    assign w_word = weight_rom[WA'(j_beat) * WA'(IN_BEATS) + WA'(i_beat)];
-
-    logic [P_IN*XB-1:0] x_centered;  // signed lanes
+    // The current block: P_IN inputs and P_OUT x P_IN weights, zero points subtracted;
+    // per output lane a balanced adder tree of depth ceil(log2 P_IN) over the P_IN
+    // products (padded with zeros to a power of two), then the accumulator after this beat
+    // with the bias on the last beat. One process for all lanes, reading the registers and
+    // ROMs itself: an event-driven simulator (Icarus) wakes it a couple of times per cycle
+    // instead of once per changed lane or product.
     logic [P_OUT*32-1:0] lane_total;
-    logic [P_OUT*OUT_BITS-1:0] result;
-    genvar q, p;
-    generate
-        for (q = 0; q < P_IN; q++) begin : g_center
-            logic [IN_BITS-1:0] raw;
-            assign raw = x_word[q*IN_BITS +: IN_BITS];
-            if (IN_SIGNED) begin : g_signed
-                assign x_centered[q*XB +: XB] = XB'($signed(raw)) - XB'(IN_ZERO);
-            end else begin : g_unsigned
-                assign x_centered[q*XB +: XB] = $signed(XB'({1'b0, raw})) - XB'(IN_ZERO);
-            end
+    always_comb begin : compute
+        logic [P_IN*IN_BITS-1:0] x_word;
+        logic [P_IN*P_OUT*W_BITS-1:0] w_word;
+        logic [P_OUT*W_BITS-1:0] w_zero_word;
+        logic [P_OUT*32-1:0] bias_word;
+        logic [P_IN*XB-1:0] x_centered;  // signed lanes (flat vectors: see acc)
+        logic [LEAVES*32-1:0] level;     // signed lanes, summed in place pairwise
+        logic [IN_BITS-1:0] raw;
+        logic signed [W_BITS-1:0] w;
+        logic signed [W_BITS-1:0] w_zero;
+        logic signed [WB-1:0] w_centered;
+        x_word = buffer[comp_sel][i_beat];
+        w_word = weight_rom[WA'(j_beat) * WA'(IN_BEATS) + WA'(i_beat)];
+        w_zero_word = wzero_rom[j_beat];
+        bias_word = bias_rom[j_beat];
+        for (int q = 0; q < P_IN; q++) begin
+            raw = x_word[q*IN_BITS +: IN_BITS];
+            if (IN_SIGNED) x_centered[q*XB +: XB] = XB'($signed(raw)) - XB'(IN_ZERO);
+            else x_centered[q*XB +: XB] = $signed(XB'({1'b0, raw})) - XB'(IN_ZERO);
         end
-        for (p = 0; p < P_OUT; p++) begin : g_lane
-            // P_IN products, padded with zeros to a power of two, summed pairwise:
-            // a balanced adder tree of depth ceil(log2 P_IN).
-            logic [LEAVES*32-1:0] products;  // signed lanes
-            logic [W_BITS-1:0] w_zero_bits;
-            logic signed [W_BITS-1:0] w_zero;
-            assign w_zero_bits = wzero_rom[j_beat][p*W_BITS +: W_BITS];
-            assign w_zero = w_zero_bits;
-            for (q = 0; q < LEAVES; q++) begin : g_leaf
-                if (q < P_IN) begin : g_product
-                    logic [W_BITS-1:0] w_bits;
-                    logic signed [W_BITS-1:0] w;
-                    logic signed [WB-1:0] w_centered;
-                    assign w_bits = w_word[(p*P_IN + q)*W_BITS +: W_BITS];
-                    assign w = w_bits;
-                    assign w_centered = WB'(w) - WB'(w_zero);
-                    assign products[q*32 +: 32] =
-                        32'(PB'($signed(x_centered[q*XB +: XB])) * PB'(w_centered));
-                end else begin : g_pad
-                    assign products[q*32 +: 32] = 32'd0;
-                end
+        for (int p = 0; p < P_OUT; p++) begin
+            w_zero = w_zero_word[p*W_BITS +: W_BITS];
+            level = '0;
+            for (int q = 0; q < P_IN; q++) begin
+                w = w_word[(p*P_IN + q)*W_BITS +: W_BITS];
+                w_centered = WB'(w) - WB'(w_zero);
+                level[q*32 +: 32] = 32'(PB'($signed(x_centered[q*XB +: XB])) * PB'(w_centered));
             end
-            logic signed [31:0] tree_sum;
-            if (LEAVES == 1) begin : g_single
-                // One multiplier: no tree (a one-entry array trips Yosys's frontend).
-                assign tree_sum = $signed(products[31:0]);
-            end else begin : g_tree
-                always_comb begin : tree
-                    logic signed [31:0] level [LEAVES];
-                    for (int k = 0; k < LEAVES; k++) level[k] = $signed(products[k*32 +: 32]);
-                    for (int l = 0; l < LEVELS; l++)
-                        for (int k = 0; k < LEAVES / 2; k++)
-                            if (k < (LEAVES >> (l + 1)))
-                                level[k] = level[2*k] + level[2*k + 1];
-                    tree_sum = level[0];
-                end
-            end
-            // The accumulator after this beat, with the bias on the last beat.
-            // ROM words go through named signed wires: with one lane the part-select is a
-            // whole memory word, and $signed() of it trips Yosys's frontend.
-            logic signed [31:0] lane_acc;
-            logic signed [31:0] lane_bias;
+            for (int l = 0; l < LEVELS; l++)
+                for (int k = 0; k < LEAVES / 2; k++)
+                    if (k < (LEAVES >> (l + 1)))
+                        level[k*32 +: 32] = level[2*k*32 +: 32] + level[(2*k + 1)*32 +: 32];
+            lane_total[p*32 +: 32] = acc[p*32 +: 32] + 32'(level) +
+                ((i_beat == IB'(IN_BEATS - 1)) ? bias_word[p*32 +: 32] : 32'd0);
+        end
+    end
+
+    logic [P_OUT*OUT_BITS-1:0] result;
+    genvar p;
+    generate
+        for (p = 0; p < P_OUT; p++) begin : g_requant
             logic signed [7:0] lane_shift;
-            logic signed [31:0] total;
-            assign lane_acc = acc[p*32 +: 32];
-            assign lane_bias = bias_rom[j_beat][p*32 +: 32];
             assign lane_shift = shift_rom[j_beat][p*8 +: 8];
-            assign total = lane_acc + tree_sum + (last_i ? lane_bias : 32'sd0);
-            assign lane_total[p*32 +: 32] = total;
             kiln_requant #(.OUT_BITS(OUT_BITS), .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
                            .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32)) u_requant (
-                .acc(total), .m0(m0_rom[j_beat][p*32 +: 32]), .shift(lane_shift),
-                .out(result[p*OUT_BITS +: OUT_BITS]));
+                .acc(lane_total[p*32 +: 32]), .m0(m0_rom[j_beat][p*32 +: 32]),
+                .shift(lane_shift), .out(result[p*OUT_BITS +: OUT_BITS]));
         end
     endgenerate
 

@@ -34,24 +34,30 @@ module kiln_maxpool #(
     logic [15:0] oy, ox, cb;
     logic signed [31:0] first_row, need_rows;
 
-    always_comb begin
+    // The K x K window's words are read once, then compared lane by lane (one process:
+    // an event-driven simulator evaluates it once per change of the line buffer).
+    always_comb begin : pool
+        logic [31:0] row_base;
+        logic [31:0] column_base;
+        logic [P*BITS-1:0] word;
+        logic [BITS-1:0] value;
+        logic [BITS-1:0] best;
         first_row = $signed(32'(oy)) * STRIDE;
         need_rows = first_row + K;
-        for (int lane = 0; lane < P; lane++) begin
-            logic [BITS-1:0] best;
-            best = rows[((frame_base + 32'(oy) * STRIDE) & 32'(R - 1)) * ROW_WORDS
-                        + 32'(ox) * STRIDE * CB + 32'(cb)][lane*BITS +: BITS];
-            for (int dy = 0; dy < K; dy++) begin
-                for (int dx = 0; dx < K; dx++) begin
-                    logic [BITS-1:0] value;
-                    value = rows[((frame_base + 32'(oy) * STRIDE + 32'(dy)) & 32'(R - 1))
-                                 * ROW_WORDS + (32'(ox) * STRIDE + 32'(dx)) * CB
-                                 + 32'(cb)][lane*BITS +: BITS];
+        row_base = frame_base + 32'(oy) * STRIDE;
+        column_base = 32'(ox) * STRIDE * CB + 32'(cb);
+        out_data = rows[(row_base & 32'(R - 1)) * ROW_WORDS + column_base];
+        for (int dy = 0; dy < K; dy++) begin
+            for (int dx = 0; dx < K; dx++) begin
+                word = rows[((row_base + 32'(dy)) & 32'(R - 1)) * ROW_WORDS + column_base
+                            + 32'(dx * CB)];
+                for (int lane = 0; lane < P; lane++) begin
+                    value = word[lane*BITS +: BITS];
+                    best = out_data[lane*BITS +: BITS];
                     if (SIGNED ? ($signed(value) > $signed(best)) : (value > best))
-                        best = value;
+                        out_data[lane*BITS +: BITS] = value;
                 end
             end
-            out_data[lane*BITS +: BITS] = best;
         end
     end
     kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R)) u_rows (

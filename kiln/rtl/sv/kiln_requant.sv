@@ -19,16 +19,8 @@ module kiln_requant #(
     input  logic signed [7:0]  shift,
     output logic [OUT_BITS-1:0] out
 );
-    logic signed [63:0] product;
-    logic signed [63:0] rounded;
     logic signed [63:0] scaled;
     logic signed [63:0] biased;
-    logic [6:0] total_shift;
-    logic signed [63:0] wide_acc;
-    logic [63:0] magnitude;
-    logic [63:0] magnitude24;
-    logic [63:0] product24;
-    logic [63:0] float_result;
 
     // round_half_even(value / 2^amount)
     function automatic logic [63:0] shift_round_even(input logic [63:0] value, input logic [6:0] amount);
@@ -54,22 +46,40 @@ module kiln_requant #(
         round_to_24_bits = shift_round_even(value, amount) << amount;
     endfunction
 
+    // Only the selected rounding is built: in an event-driven simulator (Icarus) the
+    // float32 path's bit scans would otherwise run on every accumulator change.
+    generate
+        if (FLOAT32) begin : g_float32
+            logic signed [63:0] wide_acc;
+            logic [63:0] magnitude;
+            logic [63:0] magnitude24;
+            logic [63:0] product24;
+            logic [63:0] float_result;
+            always_comb begin
+                wide_acc = 64'(acc);
+                magnitude = acc[31] ? 64'(64'sd0 - wide_acc) : 64'(wide_acc);
+                magnitude24 = round_to_24_bits(magnitude);
+                product24 = round_to_24_bits(magnitude24 * {40'd0, m0[23:0]});
+                float_result = shift_round_even(product24, 7'(shift));
+                scaled = acc[31] ? -$signed(float_result) : $signed(float_result);
+            end
+        end else begin : g_fixed
+            logic signed [63:0] product;
+            logic signed [63:0] rounded;
+            logic [6:0] total_shift;
+            always_comb begin
+                total_shift = 7'(8'sd31 + shift);
+                product = 64'(acc) * $signed({32'd0, m0});
+                if (ROUND_NEAREST && total_shift != 0)
+                    rounded = product + (64'sd1 <<< (total_shift - 7'd1));
+                else
+                    rounded = product;
+                scaled = rounded >>> total_shift;
+            end
+        end
+    endgenerate
+
     always_comb begin
-        total_shift = 7'(8'sd31 + shift);
-        product = 64'(acc) * $signed({32'd0, m0});
-        if (ROUND_NEAREST && total_shift != 0)
-            rounded = product + (64'sd1 <<< (total_shift - 7'd1));
-        else
-            rounded = product;
-        wide_acc = 64'(acc);
-        magnitude = acc[31] ? 64'(64'sd0 - wide_acc) : 64'(wide_acc);
-        magnitude24 = round_to_24_bits(magnitude);
-        product24 = round_to_24_bits(magnitude24 * {40'd0, m0[23:0]});
-        float_result = shift_round_even(product24, 7'(shift));
-        if (FLOAT32)
-            scaled = acc[31] ? -$signed(float_result) : $signed(float_result);
-        else
-            scaled = rounded >>> total_shift;
         biased = scaled + 64'(OUT_ZERO);
         if (biased < 64'(LO))
             out = OUT_BITS'(LO);
