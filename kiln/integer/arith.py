@@ -114,13 +114,28 @@ def requantize_float32_exact(acc: np.ndarray, mantissa: np.ndarray, shift: np.nd
     return np.clip(signed + zero_point, qmin, qmax)
 
 
+def narrow_dtype(qmin: int, qmax: int) -> np.dtype:
+    """The smallest NumPy integer type that holds [qmin, qmax].
+
+    >>> narrow_dtype(0, 255), narrow_dtype(-128, 127), narrow_dtype(-1, 255)
+    (dtype('uint8'), dtype('int8'), dtype('int16'))
+    """
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= qmin and qmax <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
 def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, zero_point: int,
                rounding: Rounding, qmin: int, qmax: int, *,
-               multiplier_f32: np.ndarray | float | None = None) -> np.ndarray:
+               multiplier_f32: np.ndarray | float | None = None,
+               out_dtype: np.dtype | type = np.int64) -> np.ndarray:
     """Scale an int32 accumulator to the output grid and saturate.
 
     ``m0``, ``shift`` and ``multiplier_f32`` broadcast against ``acc`` (per-channel values
-    go along the channel axis, e.g. shape [K, 1] for [K, L] accumulators).
+    go along the channel axis, e.g. shape [K, 1] for [K, L] accumulators). The result has
+    ``out_dtype`` (the engine passes the narrowest type of [qmin, qmax]).
 
     >>> requantize(np.array([1000, -1000]), 1 << 30, 3, 10, "nearest", 0, 255).tolist()
     [73, 0]
@@ -130,17 +145,22 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, z
             raise KilnError("float32 rounding needs the float32 multiplier")
         # float32(acc) rounds like C's int-to-float conversion (to nearest even), also
         # from float64 or float32 arrays that hold exact integers.
-        scaled = np.asarray(acc).astype(np.float32) * np.asarray(multiplier_f32,
-                                                                dtype=np.float32)
-        out = np.rint(scaled)  # rint rounds half to even
-        return np.clip(out + zero_point, qmin, qmax).astype(np.int64)
+        acc_f32 = np.asarray(acc).astype(np.float32)
+        multiplier = np.asarray(multiplier_f32, dtype=np.float32)
+        scaled = np.empty(np.broadcast_shapes(acc_f32.shape, multiplier.shape), np.float32)
+        np.multiply(acc_f32, multiplier, out=scaled)
+        np.rint(scaled, out=scaled)  # rint rounds half to even
+        # In float32 the zero point adds exactly below 2^24; above, the clip saturates anyway.
+        scaled += np.float32(zero_point)
+        return np.clip(scaled, qmin, qmax, out=scaled).astype(out_dtype)
     if rounding not in ("floor", "nearest"):
         raise KilnError(f"unknown rounding mode '{rounding}': use {', '.join(ROUNDING_MODES)}")
     total_shift = 31 + np.asarray(shift, dtype=np.int64)
     product = np.asarray(acc).astype(np.int64) * np.asarray(m0, dtype=np.int64)
     if rounding == "nearest":
         product = product + (np.int64(1) << (total_shift - 1))
-    return np.clip((product >> total_shift) + zero_point, qmin, qmax)
+    return np.clip((product >> total_shift) + zero_point, qmin, qmax).astype(out_dtype,
+                                                                              copy=False)
 
 
 def accumulator_bits(reduction: int, input_range: int, weight_range: int,

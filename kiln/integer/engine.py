@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from kiln.errors import KilnError
-from kiln.integer.arith import requantize
+from kiln.integer.arith import narrow_dtype, requantize
 from kiln.integer.ops import (
     conv_accumulate,
     qmatmul,
@@ -43,7 +43,7 @@ def _requantize_conv(op: IntOp, acc: np.ndarray, rounding: str) -> np.ndarray:
     lo, hi = op.attrs["clamp"]
     return requantize_channels(acc, op.arrays["m0"], op.arrays["shift"],
                                op.out_quant.zero_point, rounding, lo, hi,
-                               op.arrays["multiplier_f32"])
+                               op.arrays["multiplier_f32"], out_dtype=narrow_dtype(lo, hi))
 
 
 def _conv(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
@@ -55,7 +55,8 @@ def _dense(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
     return qmatmul(x.reshape(len(x), -1), op.arrays["weight"].T, _quant(op).zero_point,
                    op.arrays["weight_zero"], op.out_quant.zero_point, op.arrays["m0"],
                    op.arrays["shift"], rounding=rounding, qmin=lo, qmax=hi,
-                   bias=op.arrays["bias"], multiplier_f32=op.arrays["multiplier_f32"])
+                   bias=op.arrays["bias"], multiplier_f32=op.arrays["multiplier_f32"],
+                   out_dtype=narrow_dtype(lo, hi))
 
 
 def _affine(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
@@ -66,13 +67,15 @@ def _affine(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
     return requantize(acc, _per_channel(op.arrays["m0"], rank),
                       _per_channel(op.arrays["shift"], rank), op.out_quant.zero_point,
                       rounding, lo, hi,
-                      multiplier_f32=_per_channel(op.arrays["multiplier_f32"], rank))
+                      multiplier_f32=_per_channel(op.arrays["multiplier_f32"], rank),
+                      out_dtype=narrow_dtype(lo, hi))
 
 
 def _scalar_requantize(op: IntOp, acc: np.ndarray, rounding: str) -> np.ndarray:
     lo, hi = op.attrs["clamp"]
     return requantize(acc, op.arrays["m0"][0], op.arrays["shift"][0], op.out_quant.zero_point,
-                      rounding, lo, hi, multiplier_f32=op.arrays["multiplier_f32"][0])
+                      rounding, lo, hi, multiplier_f32=op.arrays["multiplier_f32"][0],
+                      out_dtype=narrow_dtype(lo, hi))
 
 
 def _requantize(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
@@ -141,8 +144,15 @@ def run(program: IntegerProgram, x: np.ndarray, *, batch_size: int = 256,
     if x.shape[1:] != tuple(program.input_shape):
         raise KilnError(f"program '{program.name}' takes inputs of shape "
                         f"{list(program.input_shape)}, got {list(x.shape[1:])}")
+    quant = program.input_quant
+    if x.size and (x.min() < quant.qmin or x.max() > quant.qmax):
+        raise KilnError(f"program '{program.name}' takes integers in [{quant.qmin}, "
+                        f"{quant.qmax}] (its input quantization), got values in "
+                        f"[{x.min()}, {x.max()}]",
+                        hint="quantize float inputs with program.input_quant.quantize(x)")
     if keep:
-        return _run_batch(program, x, keep=True)
+        return {name: tensor.astype(np.int64, copy=False)
+                for name, tensor in _run_batch(program, x, keep=True).items()}
     starts = range(0, len(x), batch_size)
     workers = min(os.cpu_count() or 1, len(starts))
     if workers > 1:
@@ -155,7 +165,10 @@ def run(program: IntegerProgram, x: np.ndarray, *, batch_size: int = 256,
     else:
         outputs = [_run_batch(program, x[start:start + batch_size], keep=False)
                    for start in starts]
-    return np.concatenate(outputs) if outputs else np.zeros((0,), dtype=np.int64)
+    # Activations travel in their narrowest integer type (uint8 for most layers: an eighth
+    # of int64's memory traffic); results are int64 like every other kiln integer API.
+    return (np.concatenate(outputs).astype(np.int64) if outputs
+            else np.zeros((0,), dtype=np.int64))
 
 
 def _pool_first(op: IntOp, pool: IntOp | None, consumers: dict[str, int]) -> bool:
@@ -168,8 +181,15 @@ def _pool_first(op: IntOp, pool: IntOp | None, consumers: dict[str, int]) -> boo
             and pool.inputs == [op.output] and consumers.get(op.output, 0) == 1)
 
 
+def _lowest(dtype: np.dtype) -> int | float:
+    """A padding value below every accumulator of this type (for max-pooling them)."""
+    return int(np.iinfo(dtype).min) if dtype.kind in "iu" else -np.inf
+
+
 def _run_batch(program: IntegerProgram, x: np.ndarray, *, keep: bool):
-    tensors: dict[str, np.ndarray] = {program.input_name: x.astype(np.int64)}
+    quant = program.input_quant
+    tensors: dict[str, np.ndarray] = {
+        program.input_name: x.astype(narrow_dtype(quant.qmin, quant.qmax), copy=False)}
     consumers: dict[str, int] = {}
     for op in program.ops:
         for name in op.inputs:
@@ -183,8 +203,8 @@ def _run_batch(program: IntegerProgram, x: np.ndarray, *, keep: bool):
             acc = _conv_accumulators(op, tensors[op.inputs[0]])
             pooled = qmaxpool2d(acc, tuple(following.attrs["kernel"]),
                                 tuple(following.attrs["stride"]),
-                                tuple(following.attrs["padding"]), -(2**52),
-                                following.attrs["ceil_mode"])
+                                tuple(following.attrs["padding"]),
+                                _lowest(acc.dtype), following.attrs["ceil_mode"])
             tensors[following.output] = _requantize_conv(op, pooled, program.rounding)
             skip.add(following.name)
             continue

@@ -34,12 +34,21 @@ def _int8_operand(x: np.ndarray) -> tuple[np.ndarray, int] | None:
     """``x`` as int8 minus an offset (0, or 128 for uint8 data), or None if it does not fit."""
     if x.size == 0:
         return None
+    if x.dtype == np.int8:
+        return x, 0
+    if x.dtype == np.uint8:
+        return _uint8_as_int8(x), 128
     low, high = int(x.min()), int(x.max())
     if low >= -128 and high <= 127:
         return x.astype(np.int8), 0
     if low >= 0 and high <= 255:
         return (x - 128).astype(np.int8), 128
     return None
+
+
+def _uint8_as_int8(x: np.ndarray) -> np.ndarray:
+    """uint8 ``x`` - 128 as int8, by flipping the top bit (one cheap pass, no widening)."""
+    return np.bitwise_xor(x, np.uint8(0x80)).view(np.int8)
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray, bound: float) -> np.ndarray:
@@ -85,14 +94,22 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, bound: float) -> np.ndarray:
 
 
 def _magnitude(x: np.ndarray) -> int:
-    return int(np.abs(x).max()) if x.size else 0
+    if x.dtype in (np.uint8, np.int8):  # the type bounds it: no pass over the data
+        return 255 if x.dtype == np.uint8 else 128
+    return int(np.abs(x.astype(np.int64, copy=False)).max()) if x.size else 0
+
+
+def _integers(x: np.ndarray) -> np.ndarray:
+    """``x`` as an integer array, narrow integer types kept (the engine passes uint8/int8)."""
+    x = np.asarray(x)
+    return x if x.dtype.kind in "iu" else x.astype(np.int64)
 
 
 def qmatmul(a: np.ndarray, b: np.ndarray, a_zero: int, b_zero: int | np.ndarray,
             out_zero: int, m0: np.ndarray | int, shift: np.ndarray | int, *,
             rounding: Rounding = "nearest", qmin: int = 0, qmax: int = 255,
-            bias: np.ndarray | None = None, multiplier_f32: np.ndarray | float | None = None
-            ) -> np.ndarray:
+            bias: np.ndarray | None = None, multiplier_f32: np.ndarray | float | None = None,
+            out_dtype: np.dtype | type = np.int64) -> np.ndarray:
     """Quantized [M, K] × [K, N] product with int32-style accumulation (Jacob et al. eq. 10).
 
     The zero-point terms are factored out of the accumulation:
@@ -103,18 +120,19 @@ def qmatmul(a: np.ndarray, b: np.ndarray, a_zero: int, b_zero: int | np.ndarray,
     >>> qmatmul(a, b, 128, 0, 0, 1 << 30, -1, qmin=-128, qmax=127).tolist()  # M = 1
     [[28]]
     """
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
+    a = _integers(a)
+    b = _integers(b)
     reduction = a.shape[-1]
     bound = reduction * _magnitude(a) * _magnitude(b)
     raw = exact_matmul(a, b, bound)
     b_zero = np.asarray(b_zero, dtype=np.int64)
-    acc = (raw - b_zero * a.sum(axis=-1, keepdims=True) - a_zero * b.sum(axis=0)
+    acc = (raw - b_zero * a.sum(axis=-1, keepdims=True, dtype=np.int64)
+           - a_zero * b.sum(axis=0, dtype=np.int64)
            + reduction * a_zero * b_zero)
     if bias is not None:
         acc = acc + np.asarray(bias, dtype=np.int64)
     return requantize(acc, m0, shift, out_zero, rounding, qmin, qmax,
-                      multiplier_f32=multiplier_f32)
+                      multiplier_f32=multiplier_f32, out_dtype=out_dtype)
 
 
 def pad_nchw(x: np.ndarray, padding: tuple[int, int, int, int], value: int) -> np.ndarray:
@@ -204,13 +222,21 @@ def _conv_accumulate_int8(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     if weights is None or weights[1] != 0:
         return None
     x = np.asarray(x)
-    low, high = (int(x.min()), int(x.max())) if x.size else (0, 0)
-    offset = 0 if (low >= -128 and high <= 127 and -128 <= x_zero <= 127) else 128
-    if not (low - offset >= -128 and high - offset <= 127 and -128 <= x_zero - offset <= 127):
+    if x.dtype in (np.uint8, np.int8):  # the engine's activations: no pass over the data
+        offset = 128 if x.dtype == np.uint8 else 0
+    else:
+        low, high = (int(x.min()), int(x.max())) if x.size else (0, 0)
+        offset = 0 if (low >= -128 and high <= 127 and -128 <= x_zero <= 127) else 128
+        if not (low - offset >= -128 and high - offset <= 127):
+            return None
+    if not -128 <= x_zero - offset <= 127:
         return None
     k_out, channels, fy, fx = w.shape
     # Channels last, so each window row copies contiguous channel vectors.
-    shifted = (x - offset).astype(np.int8) if offset else x.astype(np.int8)
+    if x.dtype == np.uint8:
+        shifted = _uint8_as_int8(x)
+    else:
+        shifted = (x.astype(np.int64) - offset).astype(np.int8) if offset else x.astype(np.int8)
     nhwc = np.ascontiguousarray(shifted.transpose(0, 2, 3, 1))
     if any(padding):
         pads = ((0, 0), (padding[0], padding[0]), (padding[1], padding[1]), (0, 0))
@@ -269,7 +295,8 @@ def qconv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, x_zer
 
 def requantize_channels(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, out_zero: int,
                         rounding: Rounding, qmin: int, qmax: int,
-                        multiplier_f32: np.ndarray | None, *, axis: int = 1) -> np.ndarray:
+                        multiplier_f32: np.ndarray | None, *, axis: int = 1,
+                        out_dtype: np.dtype | type = np.int64) -> np.ndarray:
     """:func:`requantize` with per-channel parameters along ``axis`` (1 for NCHW)."""
     channels = acc.shape[axis]
 
@@ -281,7 +308,7 @@ def requantize_channels(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, out_
         return np.broadcast_to(np.asarray(value), (channels,)).reshape(shape)
 
     return requantize(acc, along_channels(m0), along_channels(shift), out_zero, rounding, qmin,
-                      qmax, multiplier_f32=along_channels(multiplier_f32))
+                      qmax, multiplier_f32=along_channels(multiplier_f32), out_dtype=out_dtype)
 
 
 def qmaxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],

@@ -110,3 +110,34 @@ def test_lower_refuses_float_graphs_and_overflowing_accumulators():
     quantized = calibrate(quantize(build_graph("convnet"), wide), dataset, batches=1)
     with pytest.raises(KilnError, match="features_0.*overflow int32"):
         lower(quantized)
+
+
+def test_engine_rejects_inputs_outside_the_input_range(convnet_int8):
+    _, quantized, dataset = convnet_int8
+    program = lower(quantized)
+    x = program.input_quant.quantize(dataset.x_test[:4])
+    x[2, 0, 5, 5] = program.input_quant.qmax + 1
+    with pytest.raises(KilnError, match=r"takes integers in \[0, 255\].*got values in"):
+        run(program, x)
+
+
+def test_narrow_activations_give_the_int64_results():
+    """The engine passes uint8/int8 activations; the kernels must not wrap them."""
+    from kiln.integer.ops import conv_accumulate, qmatmul
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (3, 4, 9, 9))
+    w = rng.integers(-128, 128, (5, 4, 3, 3))
+    arguments = {"x_zero": 131, "w_zero": 0, "stride": (1, 1), "padding": (1, 1),
+                 "dilation": (1, 1), "groups": 1}
+    wide = conv_accumulate(x, w, None, **arguments)
+    assert np.array_equal(conv_accumulate(x.astype(np.uint8), w, None, **arguments), wide)
+    signed = x - 128
+    assert np.array_equal(conv_accumulate(signed.astype(np.int8), w, None,
+                                          **{**arguments, "x_zero": 3}),
+                          conv_accumulate(signed, w, None, **{**arguments, "x_zero": 3}))
+    a, b = x.reshape(3, -1), rng.integers(-128, 128, (324, 7))
+    result = qmatmul(a.astype(np.uint8), b, 131, 2, 5, 1 << 30, 8, qmin=0, qmax=255,
+                     out_dtype=np.uint8)
+    assert result.dtype == np.uint8
+    assert np.array_equal(result, qmatmul(a, b, 131, 2, 5, 1 << 30, 8, qmin=0, qmax=255))
