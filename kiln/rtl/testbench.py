@@ -221,7 +221,8 @@ def check_layer(index, run_id, count):
 
 
 async def run_vectors(dut, count, max_gap, ready_percent, seed, run_id):
-    Clock(dut.clk, 10, unit="ns").start()
+    # The clock toggles in cocotb's C++ layer ("gpi"), not in a Python coroutine per edge.
+    Clock(dut.clk, 10, unit="ns", impl="gpi").start()
     in_words = write_inputs(VECTORS["inputs"][: count * DESIGN["input_vectors_per_input"]])
     dut.rst_n.value = 0
     dut.run_id.value = run_id
