@@ -127,6 +127,24 @@ def narrow_dtype(qmin: int, qmax: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
+_TORCH_TYPES = {np.dtype(t): name for t, name in (
+    (np.uint8, "uint8"), (np.int8, "int8"), (np.int16, "int16"), (np.int32, "int32"),
+    (np.int64, "int64"))}
+
+
+def _requantize_float32_torch(acc: np.ndarray, multiplier_f32: np.ndarray | float,
+                              zero_point: int, qmin: int, qmax: int, out_dtype: np.dtype
+                              ) -> np.ndarray:
+    """The float32 mode on large arrays, in PyTorch: the same IEEE float32 operations
+    (multiply, round half to even, add, clamp) on every core, in the input's layout."""
+    import torch
+
+    multiplier = torch.from_numpy(np.ascontiguousarray(multiplier_f32, dtype=np.float32))
+    scaled = torch.from_numpy(acc) * multiplier
+    scaled.round_().add_(float(zero_point)).clamp_(qmin, qmax)
+    return scaled.to(getattr(torch, _TORCH_TYPES[out_dtype])).numpy()
+
+
 def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, zero_point: int,
                rounding: Rounding, qmin: int, qmax: int, *,
                multiplier_f32: np.ndarray | float | None = None,
@@ -145,7 +163,10 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, z
             raise KilnError("float32 rounding needs the float32 multiplier")
         # float32(acc) rounds like C's int-to-float conversion (to nearest even), also
         # from float64 or float32 arrays that hold exact integers.
-        acc_f32 = np.asarray(acc).astype(np.float32)
+        acc_f32 = np.asarray(acc).astype(np.float32, copy=False)
+        if acc_f32.size >= 1 << 16 and np.dtype(out_dtype) in _TORCH_TYPES:
+            return _requantize_float32_torch(acc_f32, multiplier_f32, zero_point, qmin, qmax,
+                                             np.dtype(out_dtype))
         multiplier = np.asarray(multiplier_f32, dtype=np.float32)
         scaled = np.empty(np.broadcast_shapes(acc_f32.shape, multiplier.shape), np.float32)
         np.multiply(acc_f32, multiplier, out=scaled)

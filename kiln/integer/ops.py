@@ -180,9 +180,11 @@ def conv_accumulate(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     """Integer convolution accumulators Σ(x−zx)(w−zw) + bias, [N, K, OY, OX].
 
     Exact by construction: when every partial sum stays below 2^24 the convolution runs
-    as PyTorch's float32 convolution (a direct/GEMM kernel: sums of products of small
-    integers, each partial sum exact in float32, in any order), below 2^53 in float64,
-    else as int64 im2col products. The result holds exact integers in that dtype.
+    as PyTorch's float32 convolution (a direct kernel: sums of products of small
+    integers, each partial sum exact in float32, in any order); below 2^31 with 8-bit
+    operands as im2col and int8 GEMM with int32 accumulation; below 2^53 in float64, else
+    as int64 im2col products. The result holds exact integers in that dtype, laid out
+    channels last (an NCHW view of NHWC memory).
     ``input_range`` bounds |x − zx| (the engine knows it from the quantization;
     otherwise it is measured).
     """
@@ -198,15 +200,21 @@ def conv_accumulate(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     reduction = int(np.prod(w.shape[1:]))
     bias_max = _magnitude(np.asarray(bias)) if bias is not None else 0
     bound = reduction * input_range * _magnitude(w) + bias_max
-    if bound < 2**31 and groups == 1:
+    if 2**24 <= bound < 2**31 and groups == 1:
         acc = _conv_accumulate_int8(x, w, bias, x_zero, stride, padding, dilation)
         if acc is not None:
             return acc
     if bound >= 2**53:
         return _conv_accumulate_int64(x, w, bias, x_zero, stride, padding, dilation, groups)
-    dtype = np.float32 if bound < 2**24 else np.float64
-    shifted = torch.from_numpy(np.asarray(x).astype(dtype) - dtype(x_zero))
-    acc = F.conv2d(shifted, torch.from_numpy(w.astype(dtype)),
+    dtype, torch_dtype = ((np.float32, torch.float32) if bound < 2**24
+                          else (np.float64, torch.float64))
+    # Channels last (the engine's activations already are): oneDNN's direct convolution
+    # without layout conversions; it was 2-4x faster than im2col + int8 GEMM on small
+    # channel counts (benchmarks/engine_throughput.py).
+    shifted = torch.from_numpy(np.asarray(x)).to(torch_dtype, memory_format=torch.channels_last)
+    shifted -= dtype(x_zero)
+    weight = torch.from_numpy(w.astype(dtype)).contiguous(memory_format=torch.channels_last)
+    acc = F.conv2d(shifted, weight,
                    None if bias is None else torch.from_numpy(np.asarray(bias).astype(dtype)),
                    stride=stride, padding=padding, dilation=dilation, groups=groups)
     return acc.numpy()
@@ -312,28 +320,32 @@ def requantize_channels(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, out_
 
 
 def qmaxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-               padding: tuple[int, int], pad_value: int, ceil_mode: bool = False
+               padding: tuple[int, int], pad_value: int | float, ceil_mode: bool = False
                ) -> np.ndarray:
     """Max pooling on integers (exact: quantization is monotone, so it commutes with max).
 
-    A running elementwise maximum over the FY·FX strided slices of the padded input:
-    no window copies.
+    Separable running maxima over strided slices of the padded input (first over the
+    window's rows, then its columns), in PyTorch, which keeps the input's memory layout
+    and uses every core: no window copies. Integer and float arrays (accumulators) alike.
     """
+    import torch
+
     batch, channels, height, width = x.shape
     oy = _pooled_size(height, kernel[0], stride[0], padding[0], ceil_mode)
     ox = _pooled_size(width, kernel[1], stride[1], padding[1], ceil_mode)
     extra_h = max(0, (oy - 1) * stride[0] + kernel[0] - height - 2 * padding[0])
     extra_w = max(0, (ox - 1) * stride[1] + kernel[1] - width - 2 * padding[1])
-    padded = pad_nchw(x, (padding[0], padding[1], padding[0] + extra_h, padding[1] + extra_w),
-                      pad_value)
-    result = None
+    padded = torch.from_numpy(pad_nchw(
+        x, (padding[0], padding[1], padding[0] + extra_h, padding[1] + extra_w), pad_value))
+    rows = None
     for ky in range(kernel[0]):
-        for kx in range(kernel[1]):
-            window = padded[:, :, ky:ky + stride[0] * (oy - 1) + 1:stride[0],
-                            kx:kx + stride[1] * (ox - 1) + 1:stride[1]]
-            result = window.copy() if result is None else np.maximum(result, window,
-                                                                      out=result)
-    return result
+        window = padded[:, :, ky:ky + stride[0] * (oy - 1) + 1:stride[0]]
+        rows = window if rows is None else torch.maximum(rows, window)
+    result = None
+    for kx in range(kernel[1]):
+        window = rows[:, :, :, kx:kx + stride[1] * (ox - 1) + 1:stride[1]]
+        result = window if result is None else torch.maximum(result, window)
+    return result.numpy() if kernel[0] * kernel[1] > 1 else result.numpy().copy()
 
 
 def _pooled_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
