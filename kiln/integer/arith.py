@@ -139,7 +139,7 @@ def _requantize_float32_torch(acc: np.ndarray, multiplier_f32: np.ndarray | floa
     (multiply, round half to even, add, clamp) on every core, in the input's layout."""
     import torch
 
-    multiplier = torch.from_numpy(np.ascontiguousarray(multiplier_f32, dtype=np.float32))
+    multiplier = torch.from_numpy(np.array(multiplier_f32, dtype=np.float32))  # a copy
     scaled = torch.from_numpy(acc) * multiplier
     scaled.round_().add_(float(zero_point)).clamp_(qmin, qmax)
     return scaled.to(getattr(torch, _TORCH_TYPES[out_dtype])).numpy()
@@ -164,7 +164,8 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, z
         # float32(acc) rounds like C's int-to-float conversion (to nearest even), also
         # from float64 or float32 arrays that hold exact integers.
         acc_f32 = np.asarray(acc).astype(np.float32, copy=False)
-        if acc_f32.size >= 1 << 16 and np.dtype(out_dtype) in _TORCH_TYPES:
+        if (acc_f32.size >= 1 << 16 and np.dtype(out_dtype) in _TORCH_TYPES
+                and acc_f32.flags.writeable):  # PyTorch wraps only writable arrays
             return _requantize_float32_torch(acc_f32, multiplier_f32, zero_point, qmin, qmax,
                                              np.dtype(out_dtype))
         multiplier = np.asarray(multiplier_f32, dtype=np.float32)

@@ -50,9 +50,21 @@ def _conv(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
     return _requantize_conv(op, _conv_accumulators(op, x), rounding)
 
 
+def _narrow_weight(op: IntOp) -> np.ndarray:
+    """The op's weight in its narrowest integer type (int8 for 8-bit weights), made once
+    per weight array: converting it on every batch cost as much as the product itself."""
+    weight = op.arrays["weight"]
+    cached = op.__dict__.get("_narrow_weight")
+    if cached is None or cached[0] is not weight:
+        low, high = (int(weight.min()), int(weight.max())) if weight.size else (0, 0)
+        cached = (weight, weight.astype(narrow_dtype(low, high)))
+        op.__dict__["_narrow_weight"] = cached
+    return cached[1]
+
+
 def _dense(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
     lo, hi = op.attrs["clamp"]
-    return qmatmul(x.reshape(len(x), -1), op.arrays["weight"].T, _quant(op).zero_point,
+    return qmatmul(x.reshape(len(x), -1), _narrow_weight(op).T, _quant(op).zero_point,
                    op.arrays["weight_zero"], op.out_quant.zero_point, op.arrays["m0"],
                    op.arrays["shift"], rounding=rounding, qmin=lo, qmax=hi,
                    bias=op.arrays["bias"], multiplier_f32=op.arrays["multiplier_f32"],

@@ -335,8 +335,10 @@ def qmaxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
     ox = _pooled_size(width, kernel[1], stride[1], padding[1], ceil_mode)
     extra_h = max(0, (oy - 1) * stride[0] + kernel[0] - height - 2 * padding[0])
     extra_w = max(0, (ox - 1) * stride[1] + kernel[1] - width - 2 * padding[1])
-    padded = torch.from_numpy(pad_nchw(
-        x, (padding[0], padding[1], padding[0] + extra_h, padding[1] + extra_w), pad_value))
+    padded = pad_nchw(x, (padding[0], padding[1], padding[0] + extra_h, padding[1] + extra_w),
+                      pad_value)
+    # PyTorch wraps only writable arrays (nothing is written to it here).
+    padded = torch.from_numpy(padded if padded.flags.writeable else padded.copy())
     rows = None
     for ky in range(kernel[0]):
         window = padded[:, :, ky:ky + stride[0] * (oy - 1) + 1:stride[0]]
