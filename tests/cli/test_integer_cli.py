@@ -40,9 +40,11 @@ def test_rtl_commands(tmp_path):
                    "--json")
     assert emitted.returncode == 0, emitted.stderr
     assert (design / "kiln_top.sv").is_file() and (design / "test_top.py").is_file()
+    assert (design / "kiln_tb.sv").is_file()
     simulated = json.loads(kiln("simulate", str(design), "--simulator", "icarus", "--vectors",
-                                "50", "--json").stdout)
+                                "50", "--jobs", "2", "--json").stdout)
     assert simulated["passed"] and simulated["vectors"] == 50
+    assert simulated["extra"]["jobs"] == 2
     _assert_one_line_error(kiln("simulate", str(design), "--simulator", "modelsim"),
                            "unknown simulator")
     _assert_one_line_error(kiln("emit-rtl", str(program), "--parallelism", "0x4", "--out",
