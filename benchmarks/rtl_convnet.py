@@ -9,7 +9,7 @@ same cycles as 16 with a sixteenth of the multipliers), streams --vectors Fashio
 images through it on each simulator (every layer's outputs checked bit-exactly against the
 engine; --jobs simulator processes share the images) and writes
 benchmarks/results/rtl_convnet.json. Icarus runs at about a millisecond per cycle on this
-design (7,448 cycles per image): 100 images take about 8 minutes with 2 jobs.
+design (7,448 cycles per image): 100 images took 11 minutes with 2 jobs.
 """
 
 from __future__ import annotations
