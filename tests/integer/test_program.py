@@ -141,3 +141,24 @@ def test_narrow_activations_give_the_int64_results():
                      out_dtype=np.uint8)
     assert result.dtype == np.uint8
     assert np.array_equal(result, qmatmul(a, b, 131, 2, 5, 1 << 30, 8, qmin=0, qmax=255))
+
+
+def test_int8_gemm_convolution_path_is_exact():
+    """Reductions too long for exact float32 (bound >= 2^24) take im2col + int8 GEMM."""
+    from kiln.integer.ops import (
+        _conv_accumulate_int8,
+        _conv_accumulate_int64,
+        conv_accumulate,
+    )
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (2, 64, 6, 6))
+    w = rng.integers(-128, 128, (8, 64, 3, 3))
+    bias = rng.integers(-5000, 5000, 8)
+    geometry = {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1)}
+    reference = _conv_accumulate_int64(x, w, bias, 77, groups=1, **geometry)
+    assert 64 * 9 * 255 * 128 >= 2**24  # the float32 path would not be exact here
+    int8 = _conv_accumulate_int8(x.astype(np.uint8), w, bias, 77, **geometry)
+    assert int8 is not None and np.array_equal(int8, reference)
+    assert np.array_equal(conv_accumulate(x.astype(np.uint8), w, bias, x_zero=77, w_zero=0,
+                                          groups=1, **geometry), reference)
