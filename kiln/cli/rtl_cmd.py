@@ -74,7 +74,8 @@ def simulate(
                             ["utilization", f"{result.utilization:.3f}"],
                             ["latency (cycles)", result.latency_cycles],
                             ["build / run seconds",
-                             f"{result.build_seconds:.1f} / {result.run_seconds:.1f}"]],
+                             f"{result.build_seconds:.1f} / {result.run_seconds:.1f}"],
+                            ["simulator processes", result.extra.get("jobs", 1)]],
                         right_align={"value"}))
 
 
