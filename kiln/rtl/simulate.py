@@ -146,7 +146,9 @@ def _simulate_chunk(directory: Path, simulator: str, inputs: np.ndarray, suffix:
 
     if simulator == "verilator":
         tool_path()
-    design = Design.load(directory)
+    # Absolute paths: the simulator runs in the design folder, and cocotb's runner resolves
+    # some relative paths (the results XML) from there.
+    design = Design.load(Path(directory).resolve())
     build_dir = design.directory / f"sim_{simulator}{suffix}"
     build_dir.mkdir(exist_ok=True)
     vector_file = build_dir / "vectors.npz"

@@ -33,7 +33,7 @@ def test_integer_bad_inputs(tmp_path):
     _assert_one_line_error(kiln("run", str(broken)), "arrays.npz")
 
 
-def test_rtl_commands(tmp_path):
+def test_rtl_commands(tmp_path, monkeypatch):
     program, design = tmp_path / "prog", tmp_path / "rtl"
     assert kiln("lower", "jsc-tiny", "--data", "letter", "--out", str(program)).returncode == 0
     emitted = kiln("emit-rtl", str(program), "--parallelism", "4x4", "--out", str(design),
@@ -41,7 +41,8 @@ def test_rtl_commands(tmp_path):
     assert emitted.returncode == 0, emitted.stderr
     assert (design / "kiln_top.sv").is_file() and (design / "test_top.py").is_file()
     assert (design / "kiln_tb.sv").is_file()
-    simulated = json.loads(kiln("simulate", str(design), "--simulator", "icarus", "--vectors",
+    monkeypatch.chdir(design.parent)  # a relative design path, as users type it
+    simulated = json.loads(kiln("simulate", design.name, "--simulator", "icarus", "--vectors",
                                 "50", "--jobs", "2", "--json").stdout)
     assert simulated["passed"] and simulated["vectors"] == 50
     assert simulated["extra"]["jobs"] == 2
