@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import KilnError
-from kiln.rtl.emit import Design
+from kiln.rtl.emit import Design, _hex_words
 
 SIMULATORS = ("verilator", "icarus")
 
@@ -62,6 +62,16 @@ def golden_vectors(design: Design, inputs: np.ndarray) -> dict[str, np.ndarray]:
     for index, layer in enumerate(design.layers):
         vectors[f"layer{index}"] = _stream_order(tensors[layer.name])
     return vectors
+
+
+def _input_beats(design: Design, rows: np.ndarray) -> str:
+    """The input stream as the harness reads it: one hex word of P_in lanes per beat, each
+    row padded with the input zero point to whole beats."""
+    first = design.layers[0]
+    beats = -(-first.stream_in_n // first.p_in)
+    padded = np.full((len(rows), beats * first.p_in), first.in_zero, dtype=np.int64)
+    padded[:, : rows.shape[1]] = rows
+    return _hex_words(padded.reshape(-1, first.p_in), first.in_bits)
 
 
 def _stream_order(tensor: np.ndarray) -> np.ndarray:
@@ -152,7 +162,9 @@ def _simulate_chunk(directory: Path, simulator: str, inputs: np.ndarray, suffix:
     build_dir = design.directory / f"sim_{simulator}{suffix}"
     build_dir.mkdir(exist_ok=True)
     vector_file = build_dir / "vectors.npz"
-    np.savez(vector_file, **golden_vectors(design, inputs))
+    vectors = golden_vectors(design, inputs)
+    np.savez(vector_file, **vectors)
+    (build_dir / "inputs.hex").write_text(_input_beats(design, vectors["inputs"]))
     results_file = build_dir / "results.json"
     results_file.unlink(missing_ok=True)
     runner = get_runner(simulator)
