@@ -105,8 +105,8 @@ def simulate(design: Design | str | Path, *, simulator: str = "verilator", vecto
     own simulator process (one per core); cycle counts come from the first chunk.
 
     Example:
-        >>> result = simulate("out/jsc-rtl", simulator="icarus", vectors=1000, jobs=2)
-        >>> result.passed, result.cycles_per_inference
+        >>> result = simulate("out/jsc-rtl", simulator="icarus", jobs=2)  # doctest: +SKIP
+        >>> result.passed, result.cycles_per_inference  # doctest: +SKIP
     """
     if simulator not in SIMULATORS:
         raise KilnError(f"unknown simulator '{simulator}': use {', '.join(SIMULATORS)}")
