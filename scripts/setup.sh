@@ -2,7 +2,8 @@
 # Idempotent setup for a fresh Debian 12 / Python 3.11 machine (run as root or with sudo).
 # Installs the Debian packages kiln's offline datasets come from, then a virtual
 # environment in .venv with torch==2.13.0 (CPU wheel) and kiln itself in editable mode.
-# A stamp file skips the pip step when pyproject.toml has not changed.
+# Python packages come from requirements.lock (exact versions; `bash scripts/lock.sh`
+# refreshes it). A stamp file skips the pip step when neither file has changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,13 +27,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.kiln-setup-stamp
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# The lock (requirements.lock, refreshed only by scripts/lock.sh) holds every package at an
+# exact version; --no-deps installs exactly those, so every machine gets the same set.
+want="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] installing Python packages into .venv"
-  # torch first and alone, pinned: an unpinned resolve would pull CUDA wheels.
+  echo "[setup] installing the locked Python packages into .venv"
+  .venv/bin/python scripts/lock_check.py requirements.lock
   # (grep drops pip's notes about local index folders this machine kind lists but lacks)
-  .venv/bin/pip install -q "torch==2.13.0" 2>&1 | { grep -v "is ignored: it is neither" || true; }
-  .venv/bin/pip install -q -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
+  quiet .venv/bin/pip install -q --no-deps -r requirements.lock
+  # kiln itself, editable, built with the locked setuptools (its notes shown only on failure)
+  log="$(mktemp)"
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e . >"$log" 2>&1 || { cat "$log"; exit 1; }
+  rm -f "$log"
+  .venv/bin/pip check >/dev/null || { .venv/bin/pip check; exit 1; }
   .venv/bin/python -c "import torch, kiln" # fail here, not in the tests, if the install broke
   echo "$want" > "$stamp"
 fi

@@ -91,7 +91,10 @@ def demo(
     console.print(f"[bold]4. integers[/]: int8 program in {out / 'program'}; engine top-1 equals "
                   f"the fake-quant model on {integer['int8_top1_agreement']:.2%} of images; "
                   f"ONNX Runtime differs from the engine on {integer['onnx_mismatches']} of "
-                  f"{integer['onnx_elements']:,} output integers")
+                  f"{integer['onnx_elements']:,} output integers"
+                  + (f" ([yellow]ORT left {', '.join(integer['onnx_float_nodes'])} in float on "
+                     "this CPU[/])" if integer["onnx_float_nodes"] else
+                     ", every Conv/Gemm in its integer kernels"))
     console.print(f"[bold]5. accelerator[/]: on {integer['accelerator']} the int8 network takes "
                   f"{integer['accelerator_latency_cycles']:,.0f} cycles and "
                   f"{integer['accelerator_energy_pj'] / 1e6:.2f} µJ per image, MAC utilization "
@@ -102,11 +105,9 @@ def demo(
 
 def _to_integers(graph, dataset, out: Path) -> dict:
     """int8 quantization, lowering, engine agreement, ONNX export and its check."""
-    import numpy as np
-    import onnxruntime as ort
-
-    from kiln.integer import export_onnx, lower, run
+    from kiln.integer import export_onnx, lower
     from kiln.integer.agreement import measure_agreement
+    from kiln.integer.onnx_check import check_onnx
     from kiln.quant import calibrate, quantize, uniform_config
 
     quantized = calibrate(quantize(graph, uniform_config(8, 8)), dataset)
@@ -115,15 +116,13 @@ def _to_integers(graph, dataset, out: Path) -> dict:
     program.save(out / "program")
     agreement = measure_agreement(program, dataset, fake_quant=quantized)
     path = export_onnx(program, out / "convnet-int8.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    _, onnx_integers = session.run(None, {"input": dataset.x_test})
-    engine = run(program, program.input_quant.quantize(dataset.x_test))
+    checked = check_onnx(program, path, dataset.x_test)
     cost = _accelerator_cost(quantized)
     return {**cost, "int8_engine_accuracy": agreement.engine_accuracy,
             "int8_top1_agreement": agreement.top1_agreement,
             "int8_within_one_lsb": agreement.within_one_lsb,
-            "onnx_mismatches": int((onnx_integers.astype(np.int64) != engine).sum()),
-            "onnx_elements": int(engine.size)}
+            "onnx_mismatches": checked.mismatches, "onnx_elements": checked.elements,
+            "onnx_float_nodes": [name for name, _ in checked.float_nodes]}
 
 
 def _accelerator_cost(quantized) -> dict:

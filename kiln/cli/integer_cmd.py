@@ -126,33 +126,38 @@ def export_onnx(
 
     Example:  kiln export-onnx out/convnet-int8 --format qdq --out convnet-int8.onnx
     """
-    import numpy as np
-
     from kiln.integer import IntegerProgram
     from kiln.integer import export_onnx as export
-    from kiln.integer import run as run_engine
+    from kiln.integer.onnx_check import check_onnx
 
     program = IntegerProgram.load(program_dir)
     path = export(program, out, export_format=format)
     result = {"onnx": str(path), "format": format, "rounding": program.rounding}
     dataset_name = program.metadata.get("dataset")
-    if check and dataset_name:
-        import onnxruntime as ort
-
+    if check:
         from kiln.data import load_dataset
 
-        x = load_dataset(dataset_name).x_test
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        _, ort_q = session.run(None, {"input": x})
-        ours = run_engine(program, program.input_quant.quantize(x))
-        mismatches = int((ort_q.astype(np.int64) != ours).sum())
-        result.update(dataset=dataset_name, elements=int(ours.size), mismatches=mismatches)
+        inputs = load_dataset(dataset_name).x_test if dataset_name else None
+        checked = check_onnx(program, path, inputs)
+        result.update(ort_node_types=checked.node_types,
+                      ort_float_nodes=[list(node) for node in checked.float_nodes],
+                      integer_only=checked.integer_only)
+        if inputs is not None:
+            result.update(dataset=dataset_name, elements=checked.elements,
+                          mismatches=checked.mismatches, bit_exact=checked.bit_exact)
     if as_json:
         print_json(result)
         return
     console.print(f"wrote {path} ({format})")
+    if "ort_node_types" in result:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in result["ort_node_types"].items())
+        console.print(f"ONNX Runtime's optimized graph on this CPU: {kinds}")
+        for name, kind in result["ort_float_nodes"]:
+            console.print(f"[yellow]ONNX Runtime runs {name} ({kind}) in float here: its "
+                          "integers match the engine only by luck[/]")
     if "mismatches" in result:
-        verdict = "bit-exact" if result["mismatches"] == 0 else "differs"
+        verdict = "bit-exact" if result["bit_exact"] else "differs" if result["mismatches"] \
+            else "equal, but not integer-only"
         console.print(f"ONNX Runtime vs engine on {result['dataset']} test set: "
                       f"{result['mismatches']} of {result['elements']:,} output integers differ "
                       f"([bold]{verdict}[/], {program.rounding} rounding)")

@@ -4,14 +4,26 @@
 is QLinearMatMul when it has no bias, else MatMulInteger + int32 bias Add + the
 requantization written out (Cast, Mul by the float32 multiplier, QuantizeLinear with
 scale 1, which rounds half to even and saturates); integer MaxPool, Reshape and Clip;
-DequantizeLinear at the output. **QDQ**: float operators between QuantizeLinear /
+DequantizeLinear at the output. **QDQ**: float Conv/Gemm between QuantizeLinear /
 DequantizeLinear pairs, with int8 weights and int32 biases, which ONNX Runtime fuses
-into the same integer kernels when it loads the model.
+into QLinearConv / QGemm when it loads the model.
 
-The graph has two outputs: the dequantized float output (``output``) and its integers
-(``output_q``). In the program's ``float32`` rounding mode ONNX Runtime reproduces the
-engine bit for bit; programs in ``floor`` or ``nearest`` mode export too, but ONNX
-Runtime then rounds its own way (half to even on a float product).
+Every activation travels as **uint8** in the exported graph, whatever its signedness in
+the program: a signed tensor q with zero point z is stored as q + 128 with zero point
+z + 128, which is the same real value and the same integers shifted, so every layer's
+input and output have one type. ONNX Runtime's QDQ fusion requires exactly that (its
+Conv and Gemm selectors refuse an int8 input with a uint8 output or the reverse, and
+on x86-64 refuse int8 convolution inputs altogether), and its QLinearConv kernels take
+no mixed input/output types. Clamps (ReLU, ReLU6, narrow widths) are integer Clips after
+the QuantizeLinear, not float Relus before it, so nothing stands between the float
+operator and its QuantizeLinear. Use :func:`kiln.integer.onnx_check.check_onnx` to see
+what ONNX Runtime actually made of a file on this CPU.
+
+The graph has two outputs: the dequantized float output (``output``) and the program's
+output integers (``output_q``, int8 or uint8 as the program says). In the program's
+``float32`` rounding mode ONNX Runtime reproduces the engine bit for bit; programs in
+``floor`` or ``nearest`` mode export too, but ONNX Runtime then rounds its own way
+(half to even on a float product).
 """
 
 from __future__ import annotations
@@ -27,6 +39,11 @@ from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 ExportFormat = Literal["qoperator", "qdq"]
 IR_VERSION = 10  # onnxruntime 1.31 reads IR versions up to 13; onnx writes 14 by default
 OPSET = 13
+
+
+def uint8_offset(quant: TensorQuant) -> int:
+    """What the export adds to a tensor's integers to carry them as uint8 (0 or 128)."""
+    return 128 if quant.signed else 0
 
 
 class _Builder:
@@ -54,21 +71,22 @@ class _Builder:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
         return output
 
-    # --- typed constants -----------------------------------------------------------
+    # --- typed constants (activations are uint8, see the module docstring) ----------
     def zero_point(self, quant: TensorQuant) -> str:
-        return self.constant("zero_point", np.array(quant.zero_point, dtype=_container(quant)))
+        return self.constant("zero_point", np.array(quant.zero_point + uint8_offset(quant),
+                                                    dtype=np.uint8))
 
     def scale(self, value: float | np.ndarray) -> str:
         return self.constant("scale", np.asarray(value, dtype=np.float32))
 
     def saturate(self, x: str, quant: TensorQuant, lo: int, hi: int) -> str:
-        """Clip to [lo, hi] when narrower than the 8-bit container saturates to."""
-        container = np.iinfo(_container(quant))
-        if lo <= container.min and hi >= container.max:
+        """Clip to the program's [lo, hi] where that is narrower than uint8's [0, 255]."""
+        offset = uint8_offset(quant)
+        lo, hi = lo + offset, hi + offset
+        if lo <= 0 and hi >= 255:
             return x
-        dtype = _container(quant)
-        return self.node("Clip", [x, self.constant("lo", np.array(lo, dtype)),
-                                  self.constant("hi", np.array(hi, dtype))], "clip")
+        return self.node("Clip", [x, self.constant("lo", np.array(lo, np.uint8)),
+                                  self.constant("hi", np.array(hi, np.uint8))], "clip")
 
     def requantize_int32(self, acc: str, multiplier: np.ndarray, quant: TensorQuant,
                          shape: list[int]) -> str:
@@ -79,26 +97,40 @@ class _Builder:
         return self.node("QuantizeLinear", [scaled, self.scale(1.0), self.zero_point(quant)],
                          "requantized")
 
+    def weights(self, op: IntOp, weight: np.ndarray) -> tuple[str, str]:
+        """The layer's weight integers and zero points, int8 where they fit, else uint8."""
+        zero = op.arrays["weight_zero"]
+        lowest = min(int(weight.min(initial=0)), int(zero.min(initial=0)))
+        highest = max(int(weight.max(initial=0)), int(zero.max(initial=0)))
+        if lowest >= -128 and highest <= 127:
+            dtype: type = np.int8
+        elif lowest >= 0 and highest <= 255:
+            dtype = np.uint8
+        else:
+            raise KilnError(f"layer '{op.name}': its weight integers ({lowest}..{highest}) "
+                            "fit neither int8 nor uint8")
+        return (self.constant("weight", weight.astype(dtype)),
+                self.constant("weight_zero", zero.astype(dtype)))
 
-def _container(quant: TensorQuant) -> type:
-    if quant.bits > 8:
-        raise KilnError(f"ONNX export supports activations of at most 8 bits, not {quant.bits}")
-    return np.int8 if quant.signed else np.uint8
 
-
-def _check_mode(program: IntegerProgram, export_format: str) -> None:
+def _check_program(program: IntegerProgram, export_format: str) -> None:
     if export_format not in ("qoperator", "qdq"):
         raise KilnError(f"unknown ONNX export format '{export_format}': use qoperator or qdq")
     for op in program.layers():
         if op.attrs.get("weight_bits", 8) > 8:
             raise KilnError(f"layer '{op.name}': ONNX export supports weights of at most 8 bits")
+    quants = [program.input_quant] + [op.out_quant for op in program.ops]
+    for quant, where in zip(quants, ["the input"] + [f"'{op.name}'" for op in program.ops],
+                            strict=True):
+        if quant.bits > 8:
+            raise KilnError(f"{where}: ONNX export supports activations of at most 8 bits, "
+                            f"not {quant.bits}")
 
 
 def _conv_qoperator(b: _Builder, op: IntOp, x: str) -> str:
     in_q, out_q = TensorQuant(**op.attrs["in_quant"]), op.out_quant
-    weight = b.constant("weight", op.arrays["weight"].astype(np.int8))
+    weight, weight_zero = b.weights(op, op.arrays["weight"])
     weight_scale = b.scale(np.asarray(op.attrs["weight_scale"], np.float32))
-    weight_zero = b.constant("weight_zero", op.arrays["weight_zero"].astype(np.int8))
     pads = list(op.attrs["padding"]) * 2
     y = b.node("QLinearConv", [x, b.scale(in_q.scale), b.zero_point(in_q), weight, weight_scale,
                                weight_zero, b.scale(out_q.scale), b.zero_point(out_q),
@@ -110,17 +142,14 @@ def _conv_qoperator(b: _Builder, op: IntOp, x: str) -> str:
 
 def _dense_qoperator(b: _Builder, op: IntOp, x: str) -> str:
     in_q, out_q = TensorQuant(**op.attrs["in_quant"]), op.out_quant
-    weight_t = op.arrays["weight"].T.astype(np.int8)
+    weight, weight_zero = b.weights(op, op.arrays["weight"].T)
     if not op.arrays["bias"].any():
         y = b.node("QLinearMatMul", [
-            x, b.scale(in_q.scale), b.zero_point(in_q), b.constant("weight", weight_t),
-            b.scale(np.asarray(op.attrs["weight_scale"], np.float32)),
-            b.constant("weight_zero", op.arrays["weight_zero"].astype(np.int8)),
+            x, b.scale(in_q.scale), b.zero_point(in_q), weight,
+            b.scale(np.asarray(op.attrs["weight_scale"], np.float32)), weight_zero,
             b.scale(out_q.scale), b.zero_point(out_q)], op.name)
         return b.saturate(y, out_q, *op.attrs["clamp"])
-    acc = b.node("MatMulInteger", [x, b.constant("weight", weight_t), b.zero_point(in_q),
-                                   b.constant("weight_zero",
-                                              op.arrays["weight_zero"].astype(np.int8))],
+    acc = b.node("MatMulInteger", [x, weight, b.zero_point(in_q), weight_zero],
                  op.name + "_acc")
     acc = b.node("Add", [acc, b.constant("bias", op.arrays["bias"].astype(np.int32))],
                  op.name + "_bias")
@@ -130,8 +159,8 @@ def _dense_qoperator(b: _Builder, op: IntOp, x: str) -> str:
 
 def _centered_int32(b: _Builder, x: str, quant: TensorQuant) -> str:
     as_int = b.node("Cast", [x], "as_int32", to=6)
-    return b.node("Sub", [as_int, b.constant("zero", np.array(quant.zero_point, np.int32))],
-                  "centered")
+    zero = quant.zero_point + uint8_offset(quant)
+    return b.node("Sub", [as_int, b.constant("zero", np.array(zero, np.int32))], "centered")
 
 
 def _affine(b: _Builder, op: IntOp, x: str, rank: int) -> str:
@@ -154,7 +183,7 @@ def _requantize(b: _Builder, op: IntOp, x: str) -> str:
 def _avgpool(b: _Builder, op: IntOp, x: str, channels: int) -> str:
     in_q = TensorQuant(**op.attrs["in_quant"])
     kernel = op.attrs["kernel"]
-    ones = np.ones((channels, 1, *kernel), dtype=np.uint8 if not in_q.signed else np.int8)
+    ones = np.ones((channels, 1, *kernel), dtype=np.uint8)
     sums = b.node("ConvInteger", [x, b.constant("ones", ones), b.zero_point(in_q)],
                   op.name + "_sum", group=channels, strides=list(op.attrs["stride"]))
     y = b.requantize_int32(sums, op.arrays["multiplier_f32"], op.out_quant, [])
@@ -175,7 +204,6 @@ def _add(b: _Builder, op: IntOp, x: str, y: str) -> str:
 
 
 def _structural(b: _Builder, op: IntOp, x: str) -> str:
-    quant = op.out_quant
     if op.kind == "maxpool":
         pads = list(op.attrs["padding"]) * 2
         return b.node("MaxPool", [x], op.name, kernel_shape=op.attrs["kernel"],
@@ -185,25 +213,19 @@ def _structural(b: _Builder, op: IntOp, x: str) -> str:
         return b.node("Reshape", [x, b.constant("shape", np.array([0, *op.attrs["shape"]],
                                                                    np.int64))], op.name)
     lo, hi = op.attrs["clamp"]
-    dtype = _container(quant)
-    return b.node("Clip", [x, b.constant("lo", np.array(lo, dtype)),
-                           b.constant("hi", np.array(hi, dtype))], op.name)
-
-
-def _qdq_float(b: _Builder, x: str, quant: TensorQuant) -> str:
-    return b.node("DequantizeLinear", [x, b.scale(quant.scale), b.zero_point(quant)], "dq")
+    offset = uint8_offset(op.out_quant)
+    return b.node("Clip", [x, b.constant("lo", np.array(lo + offset, np.uint8)),
+                           b.constant("hi", np.array(hi + offset, np.uint8))], op.name)
 
 
 def _weighted_qdq(b: _Builder, op: IntOp, x: str) -> str:
-    """DQ(x), DQ(int8 weights), DQ(int32 bias) -> Conv/Gemm -> Q: fused by ONNX Runtime."""
+    """DQ(x), DQ(weights), DQ(int32 bias) -> Conv/Gemm -> Q: fused by ONNX Runtime."""
     in_q, out_q = TensorQuant(**op.attrs["in_quant"]), op.out_quant
     weight_scale = np.asarray(op.attrs["weight_scale"], np.float32)
-    x_float = _qdq_float(b, x, in_q)
-    weight = op.arrays["weight"].astype(np.int8)
-    w_float = b.node("DequantizeLinear", [
-        b.constant("weight", weight), b.scale(weight_scale),
-        b.constant("weight_zero", op.arrays["weight_zero"].astype(np.int8))], "dq_weight",
-        axis=0)
+    x_float = b.node("DequantizeLinear", [x, b.scale(in_q.scale), b.zero_point(in_q)], "dq")
+    weight, weight_zero = b.weights(op, op.arrays["weight"])
+    w_float = b.node("DequantizeLinear", [weight, b.scale(weight_scale), weight_zero],
+                     "dq_weight", axis=0)
     bias_scale = (np.float32(in_q.scale) * weight_scale).astype(np.float32)
     bias_float = b.node("DequantizeLinear", [
         b.constant("bias", op.arrays["bias"].astype(np.int32)), b.scale(bias_scale),
@@ -214,11 +236,24 @@ def _weighted_qdq(b: _Builder, op: IntOp, x: str) -> str:
                    dilations=list(op.attrs["dilation"]), group=op.attrs["groups"])
     else:
         y = b.node("Gemm", [x_float, w_float, bias_float], op.name, transB=1)
-    lo, hi = op.attrs["clamp"]
-    if lo > out_q.qmin:  # a fused ReLU: the clamp starts at the real value 0
-        y = b.node("Relu", [y], op.name + "_relu")
+    # A ReLU is the integer Clip below (Q(relu(y)) = max(Q(y), Q(0))): a float Relu
+    # between the operator and its Q would stop ONNX Runtime's fusion unless the
+    # zero point were the type's minimum.
     q = b.node("QuantizeLinear", [y, b.scale(out_q.scale), b.zero_point(out_q)], "q")
-    return b.saturate(q, out_q, lo, hi)
+    return b.saturate(q, out_q, *op.attrs["clamp"])
+
+
+def _output_integers(b: _Builder, final: str, quant: TensorQuant) -> None:
+    """``output_q``: the program's integers (uint8 back to int8 for a signed output)."""
+    from onnx import helper
+
+    if not quant.signed:
+        b.nodes.append(helper.make_node("Identity", [final], ["output_q"], name="output_q"))
+        return
+    as_int = b.node("Cast", [final], "output_int32", to=6)
+    shifted = b.node("Sub", [as_int, b.constant("offset", np.array(128, np.int32))],
+                     "output_signed")
+    b.nodes.append(helper.make_node("Cast", [shifted], ["output_q"], name="output_q", to=3))
 
 
 def export_onnx(program: IntegerProgram, path: str | Path, *,
@@ -230,7 +265,7 @@ def export_onnx(program: IntegerProgram, path: str | Path, *,
     import onnx
     from onnx import TensorProto, helper
 
-    _check_mode(program, export_format)
+    _check_program(program, export_format)
     b = _Builder(program)
     in_q = program.input_quant
     names = {program.input_name: b.node("QuantizeLinear", [
@@ -271,7 +306,7 @@ def export_onnx(program: IntegerProgram, path: str | Path, *,
             channels[op.output] = channels[op.inputs[0]]
     out_q = program.output_quant
     final = names[program.output_name]
-    b.nodes.append(helper.make_node("Identity", [final], ["output_q"], name="output_q"))
+    _output_integers(b, final, out_q)
     b.nodes.append(helper.make_node("DequantizeLinear", [
         final, b.scale(out_q.scale), b.zero_point(out_q)], ["output"], name="output"))
     elem = TensorProto.INT8 if out_q.signed else TensorProto.UINT8

@@ -21,6 +21,10 @@ def test_lower_run_export_round_trip(tmp_path):
                         str(tmp_path / f"{export_format}.onnx"), "--json")
         report = json.loads(exported.stdout)
         assert report["mismatches"] == 0 and report["elements"] == 4000 * 26
+        assert report["integer_only"] and report["bit_exact"]
+        assert report["ort_float_nodes"] == []
+        assert report["ort_node_types"].get("QGemm" if export_format == "qdq" else
+                                            "MatMulInteger") == 3
 
 
 def test_integer_bad_inputs(tmp_path):

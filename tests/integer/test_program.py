@@ -10,6 +10,7 @@ from kiln.data import load_dataset
 from kiln.errors import KilnError
 from kiln.integer import IntegerProgram, export_onnx, lower, run
 from kiln.integer.agreement import measure_agreement
+from kiln.integer.onnx_check import INTEGER_COMPUTE, check_onnx
 from kiln.integer.program import from_mem
 from kiln.models import build_graph, resolve_model
 from kiln.quant import calibrate, quantize, uniform_config
@@ -33,17 +34,72 @@ def test_engine_agrees_with_fake_quant_graph(convnet_int8, rounding):
     assert agreement.engine_accuracy >= 0.915
 
 
-@pytest.mark.parametrize("export_format", ["qoperator", "qdq"])
-def test_onnx_runtime_is_bit_exact_on_the_whole_test_set(convnet_int8, tmp_path, export_format):
-    _, quantized, dataset = convnet_int8
-    program = lower(quantized, rounding="float32")
-    path = export_onnx(program, tmp_path / "model.onnx", export_format=export_format)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = dataset.x_test
-    floats, integers = session.run(None, {"input": x})
-    ours = run(program, program.input_quant.quantize(x))
-    assert np.array_equal(integers.astype(np.int64), ours)
-    assert np.array_equal(floats, program.output_quant.dequantize(ours))
+def _shipped_program(model: str):
+    """A shipped model at int8 (float32 rounding) and its dataset; resnet18-cifar has
+    random weights (no checkpoint) on 8x8 digits, which keeps it small."""
+    if model == "resnet18-cifar":
+        dataset = load_dataset("digits")
+        graph = build_graph("resnet18-cifar", (1, 8, 8), 10)
+        quantized = calibrate(quantize(graph, uniform_config(8, 8)), dataset, batches=2)
+    else:
+        dataset = load_dataset({"convnet": "fashion-mnist", "jsc-three-linear": "letter"}[model])
+        graph, _ = resolve_model(model, pretrained=True)
+        quantized = calibrate(quantize(graph, uniform_config(8, 8)), dataset)
+    return lower(quantized, rounding="float32"), dataset
+
+
+@pytest.mark.parametrize("model", ["convnet", "jsc-three-linear", "resnet18-cifar"])
+def test_onnx_runtime_runs_every_layer_in_integers_and_is_bit_exact(model, tmp_path):
+    """Not by luck: ORT's optimized graph (saved for each form) holds no float Conv, Gemm
+    or MatMul, and every output integer of the whole test set equals the engine's."""
+    program, dataset = _shipped_program(model)
+    for export_format in ("qoperator", "qdq"):
+        path = export_onnx(program, tmp_path / f"{export_format}.onnx",
+                           export_format=export_format)
+        optimized = tmp_path / f"{export_format}.optimized.onnx"
+        result = check_onnx(program, path, dataset.x_test, save_optimized=optimized)
+        assert optimized.is_file()
+        assert result.float_nodes == [], (export_format, result.node_types)
+        weighted = sum(op.kind in ("conv", "dense") for op in program.ops)
+        integer_kernels = sum(count for kind, count in result.node_types.items()
+                              if kind in INTEGER_COMPUTE)
+        assert integer_kernels >= weighted, (export_format, result.node_types)
+        outputs = run(program, program.input_quant.quantize(dataset.x_test[:1])).size
+        assert result.elements == len(dataset.x_test) * outputs
+        assert result.mismatches == 0, (export_format, result.max_difference)
+        assert result.bit_exact
+    # the float output is the dequantized integers
+    session = ort.InferenceSession(str(tmp_path / "qdq.onnx"), providers=["CPUExecutionProvider"])
+    floats, integers = session.run(None, {"input": dataset.x_test[:256]})
+    assert np.array_equal(floats, program.output_quant.dequantize(integers.astype(np.int64)))
+
+
+def test_check_names_a_layer_left_in_float(tmp_path):
+    """A float Gemm in the file (as ORT leaves one when it cannot fuse) is named, and the
+    result is not called bit-exact even where the integers happen to agree."""
+    import onnx
+
+    program, dataset = _shipped_program("jsc-three-linear")
+    path = export_onnx(program, tmp_path / "qdq.onnx", export_format="qdq")
+    model = onnx.load(str(path))
+    # Put Neg(Neg(.)) between the last Gemm and its QuantizeLinear: ORT cannot fuse that.
+    gemm = [node for node in model.graph.node if node.op_type == "Gemm"][-1]
+    blockers = [onnx.helper.make_node("Neg", [gemm.output[0]], ["negated"], name="neg1"),
+                onnx.helper.make_node("Neg", ["negated"], ["blocked"], name="neg2")]
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == gemm.output[0]:
+                node.input[i] = "blocked"
+    position = list(model.graph.node).index(gemm) + 1
+    for offset, node in enumerate(blockers):
+        model.graph.node.insert(position + offset, node)
+    onnx.save(model, str(tmp_path / "blocked.onnx"))
+    result = check_onnx(program, tmp_path / "blocked.onnx", dataset.x_test[:64])
+    # ORT makes it a QGemm with a float output (integer products, float scaling)
+    assert [kind for _, kind in result.float_nodes] in (["Gemm"], ["QGemm"])
+    assert gemm.name.split("_")[0] in result.float_nodes[0][0]
+    assert not result.bit_exact
+    assert "float" in result.verdict()
 
 
 def test_jsc_with_input_batchnorm_lowers_and_exports(tmp_path):
