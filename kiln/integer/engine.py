@@ -13,6 +13,7 @@ from kiln.integer.arith import narrow_dtype, requantize
 from kiln.integer.ops import (
     conv_accumulate,
     qmatmul,
+    pad_nchw,
     qmaxpool2d,
     requantize_channels,
     window_sums,
@@ -131,6 +132,10 @@ def _flatten(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
     return x.reshape(len(x), *op.attrs["shape"])
 
 
+def _pad(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
+    return pad_nchw(x, tuple(op.attrs["padding"]), op.attrs["value"])
+
+
 def _clamp(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
     lo, hi = op.attrs["clamp"]
     return np.clip(x, lo, hi)
@@ -138,7 +143,7 @@ def _clamp(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
 
 _UNARY: dict[str, Callable[[IntOp, np.ndarray, str], np.ndarray]] = {
     "conv": _conv, "dense": _dense, "affine": _affine, "requantize": _requantize,
-    "avgpool": _avgpool, "maxpool": _maxpool, "flatten": _flatten, "clamp": _clamp,
+    "avgpool": _avgpool, "maxpool": _maxpool, "flatten": _flatten, "clamp": _clamp, "pad": _pad,
 }
 
 

@@ -65,6 +65,12 @@ def _tensor_quant(quantizer: FakeQuantize, where: str) -> TensorQuant:
                        spec.bits, spec.signed)
 
 
+def _pad_attrs(attrs: dict[str, Any], quant: TensorQuant) -> dict[str, Any]:
+    """A pad's integer fill: real 0 is the zero point, -inf the lowest integer."""
+    fill = quant.qmin if attrs["fill"] == -math.inf else int(quant.quantize(np.array([0.0]))[0])
+    return {"padding": attrs["padding"], "value": fill}
+
+
 def _clamp_bounds(quant: TensorQuant, low: float, high: float) -> tuple[int, int]:
     lo, hi = quant.qmin, quant.qmax
     if low > -math.inf:
@@ -161,7 +167,11 @@ class _Lowering:
     def finish(self, pending: _Pending, quant: TensorQuant) -> _Quantized:
         op = pending.op
         multiplier = pending.acc_scale / quant.scale
-        m0, shift = quantize_multipliers(multiplier)
+        try:
+            m0, shift = quantize_multipliers(multiplier)
+        except KilnError as exc:
+            raise KilnError(f"'{op.name}' ({op.kind}): {exc}", hint="calibrate on data that "
+                            "exercises every layer, or use wider activations") from None
         lo, hi = _clamp_bounds(quant, pending.low, pending.high)
         op.attrs.update(out_quant=quant.as_dict(), clamp=[lo, hi])
         op.arrays.update(m0=m0, shift=shift)
@@ -175,6 +185,8 @@ class _Lowering:
         self.emit(op)
         current = _Quantized(op.output, quant)
         for kind, attrs, name in pending.deferred:
+            if kind == "pad":
+                attrs = _pad_attrs(attrs, quant)
             self.emit(IntOp(kind, name, [current.name], name,
                             {**attrs, "in_quant": quant.as_dict(), "out_quant": quant.as_dict()}))
             current = _Quantized(name, quant)
@@ -214,6 +226,8 @@ class _Lowering:
                 self.state[node.name] = self.avgpool(node, info)
             elif kind is OpKind.ADD:
                 self.state[node.name] = self.add(node)
+            elif kind is OpKind.PAD:
+                self.state[node.name] = self.pad(node)
             elif kind is OpKind.OUTPUT:
                 self.output = self.quantized_input(node)
             else:
@@ -280,6 +294,33 @@ class _Lowering:
         source = self.quantized_input(node)
         self.emit(IntOp(op_kind, node.name, [source.name], node.name,
                         {**attrs, "in_quant": source.quant.as_dict(),
+                         "out_quant": source.quant.as_dict()}))
+        return _Quantized(node.name, source.quant)
+
+    def pad(self, node: torch.fx.Node) -> _Quantized:
+        """A constant spatial pad (asymmetric 'SAME' padding, explicit pads in ONNX files):
+        zeros become the zero point, -inf (before a max pool) the lowest integer."""
+        pads = list(node.args[1]) if len(node.args) > 1 else list(node.kwargs.get("pad", []))
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+        value = 0.0 if value is None else float(value)
+        outer = pads[4:]  # torch order: last dim first; batch and channels must stay
+        if mode != "constant" or len(pads) < 2 or any(outer) or (value != 0.0 and
+                                                                 value != -math.inf):
+            raise KilnError(f"cannot lower pad '{node.name}' (mode {mode}, value {value}): only "
+                            "constant zero padding (or -inf before a max pool) of the last "
+                            "two dimensions lowers to integers")
+        left, right, top, bottom = [*pads, 0, 0][:4]
+        attrs = {"padding": [top, left, bottom, right], "fill": value}
+        value_state = self.state[node.all_input_nodes[0].name]
+        if isinstance(value_state, _Pending):
+            # Quantizing commutes with the pad (0 -> the zero point, -inf -> qmin):
+            # pad the requantized integers.
+            value_state.deferred.append(("pad", attrs, node.name))
+            return value_state
+        source = self.quantized_input(node)
+        self.emit(IntOp("pad", node.name, [source.name], node.name,
+                        {**_pad_attrs(attrs, source.quant), "in_quant": source.quant.as_dict(),
                          "out_quant": source.quant.as_dict()}))
         return _Quantized(node.name, source.quant)
 

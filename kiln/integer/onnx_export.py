@@ -209,6 +209,12 @@ def _structural(b: _Builder, op: IntOp, x: str) -> str:
         return b.node("MaxPool", [x], op.name, kernel_shape=op.attrs["kernel"],
                       strides=op.attrs["stride"], pads=pads,
                       ceil_mode=int(op.attrs["ceil_mode"]))
+    if op.kind == "pad":
+        top, left, bottom, right = op.attrs["padding"]
+        pads = np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
+        fill = np.array(op.attrs["value"] + uint8_offset(op.out_quant), np.uint8)
+        return b.node("Pad", [x, b.constant("pads", pads), b.constant("fill", fill)], op.name,
+                      mode="constant")
     if op.kind == "flatten":
         return b.node("Reshape", [x, b.constant("shape", np.array([0, *op.attrs["shape"]],
                                                                    np.int64))], op.name)

@@ -18,7 +18,9 @@ def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     instructions (PyTorch's ``_int_mm``, oneDNN); None where that is not available."""
     import torch
 
-    if not hasattr(torch, "_int_mm") or a.shape[0] == 0:
+    if not hasattr(torch, "_int_mm") or a.shape[0] == 0 or a.shape[1] < 2:
+        # A reduction of length 1 gives wrong products (oneDNN misreads the size-1
+        # dimension's strides; found by kiln's random-network tests): not worth a kernel.
         return None
     try:
         # The right operand column-major: oneDNN packs it without a transposing copy
@@ -140,6 +142,8 @@ def pad_nchw(x: np.ndarray, padding: tuple[int, int, int, int], value: int) -> n
     top, left, bottom, right = padding
     if not any(padding):
         return x
+    if x.dtype.kind in "iu" and not np.iinfo(x.dtype).min <= value <= np.iinfo(x.dtype).max:
+        x = x.astype(np.int64)  # a fill outside the narrow type would wrap
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
 
 
@@ -335,6 +339,9 @@ def qmaxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
     ox = _pooled_size(width, kernel[1], stride[1], padding[1], ceil_mode)
     extra_h = max(0, (oy - 1) * stride[0] + kernel[0] - height - 2 * padding[0])
     extra_w = max(0, (ox - 1) * stride[1] + kernel[1] - width - 2 * padding[1])
+    if x.dtype.kind in "iu":  # e.g. qmin -128 for a uint8 tensor of ReLU outputs: every
+        # value is >= the type's minimum, which then pads as well (and does not wrap)
+        pad_value = max(pad_value, int(np.iinfo(x.dtype).min))
     padded = pad_nchw(x, (padding[0], padding[1], padding[0] + extra_h, padding[1] + extra_w),
                       pad_value)
     # PyTorch wraps only writable arrays (nothing is written to it here).

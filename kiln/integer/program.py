@@ -30,7 +30,7 @@ from kiln.report.markdown import write_text
 FORMAT = "kiln-integer-program"
 VERSION = 1
 OP_KINDS = ("conv", "dense", "affine", "requantize", "maxpool", "avgpool", "add", "flatten",
-            "clamp")
+            "clamp", "pad")
 
 
 @dataclass(frozen=True)

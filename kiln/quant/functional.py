@@ -42,7 +42,10 @@ def scale_and_zero_point(
     """
     lo = torch.minimum(lo, torch.zeros_like(lo))
     hi = torch.maximum(hi, torch.zeros_like(hi))
-    tiny = torch.finfo(torch.float32).tiny
+    # A range that calibration saw as (nearly) empty, e.g. a ReLU that never fired, gets
+    # the smallest scale PyTorch's observers allow (float32 epsilon), not the smallest
+    # float: a scale of 1e-38 makes the next requantization multiplier overflow.
+    tiny = torch.finfo(torch.float32).eps
     if spec.symmetric:
         bound = torch.maximum(-lo, hi)
         scale = torch.clamp(bound / spec.qmax, min=tiny)

@@ -1,0 +1,305 @@
+"""Differential checks of one network through kiln's stages.
+
+Each stage is compared with an independent reference on the same inputs:
+
+* ``lower``: the quantized graph lowers to an :class:`IntegerProgram` (a refusal of a
+  network the generator only draws from supported shapes is a failure);
+* ``engine``: the engine's output integers against the fake-quant graph's outputs put on
+  the same grid (at most 1 LSB apart on every element, and equal on most);
+* ``onnx``: both export forms in ONNX Runtime: no float Conv/Gemm/MatMul left in its
+  optimized graph, and every output integer equal to the engine (float32 rounding, the
+  mode ONNX Runtime computes in; the program is lowered again in it when needed);
+* ``rtl``: the emitted SystemVerilog at a random parallelism, simulated, every beat of
+  every layer compared with the engine by the testbench.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.errors import KilnError
+from kiln.fuzz.networks import NetworkSpec, build_module, random_inputs
+
+STAGES = ("lower", "engine", "onnx", "rtl")
+#: (max LSB, exact fraction) per rounding mode of the engine against the fake-quant graph
+#: with integer biases (and floor rounding in floor mode): the two differ only where a
+#: float product lands within float32 rounding of a rounding tie (or, in nearest mode, on
+#: an exact tie, which it rounds up and the fake-quant graph to even), and such a 1-LSB
+#: difference can then propagate. In floor mode a product that is an exact integer in real arithmetic (a sum of 6 over 3
+#: pixels) can fall just below it with the fixed-point multiplier and floors to one less:
+#: that is floor mode's defined arithmetic, so it gets a wider margin.
+FAKE_QUANT_TOLERANCE = {"nearest": (1, 0.98), "float32": (1, 0.98), "floor": (2, 0.9)}
+
+
+@dataclass
+class StageFailure:
+    stage: str
+    message: str
+
+    @property
+    def signature(self) -> str:
+        """What identifies the bug (stage and error type), for shrinking."""
+        import re
+
+        head = re.sub(r"'[^']*'", "'…'", self.message)  # names differ between networks
+        head = re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "N", head)
+        return f"{self.stage}: {head[:70]}"
+
+
+@dataclass
+class CaseResult:
+    spec: NetworkSpec
+    passed: dict[str, bool] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failure: StageFailure | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def rtl_supported(spec: NetworkSpec) -> str | None:
+    """Why the RTL emitter would refuse ``spec`` (None when it takes it)."""
+    for layer in spec.layers:
+        op = layer["op"]
+        if op in ("residual", "avgpool", "global_avgpool"):
+            return f"{op} layers"
+        if op == "conv" and (len(set(layer["padding"])) != 1 or
+                             layer["kernel"][0] != layer["kernel"][1]):
+            return "asymmetric conv padding or kernel"
+        if op == "maxpool" and (layer["padding"] or layer["ceil"]):
+            return "padded or ceil-mode max pool"
+    return None
+
+
+def build_graph(spec: NetworkSpec, workdir: Path):
+    """The spec as a kiln Graph, through torch.fx or through an ONNX file."""
+    from kiln.graph import from_onnx, from_torch
+
+    module = build_module(spec)
+    example = torch.zeros(1, *spec.input_shape)
+    if not spec.via_onnx:
+        return from_torch(module, example, name=f"fuzz{spec.seed}")
+    path = workdir / f"fuzz{spec.seed}.onnx"
+    torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "batch"}})
+    return from_onnx(path, name=f"fuzz{spec.seed}")
+
+
+def quant_config(spec: NetworkSpec) -> dict[str, Any]:
+    activation = {"bits": spec.activation["bits"], "signed": spec.activation["signed"],
+                  "symmetric": spec.activation["symmetric"]}
+    weight = {"bits": spec.weight["bits"], "granularity": spec.weight["granularity"],
+              "symmetric": spec.weight["symmetric"]}
+    return {"default": {"weight": weight, "input": activation},
+            "rules": [{"match": {"name": ["@last"]},
+                       "output": {**activation, "signed": True}}]}
+
+
+def check_network(spec: NetworkSpec, stages: tuple[str, ...] = STAGES, *,
+                  inputs: int = 64, vectors: int = 3, simulator: str = "verilator",
+                  workdir: Path | None = None) -> CaseResult:
+    """Run ``spec`` through ``stages``; the first failing comparison is the result's
+    ``failure`` (later stages are not run)."""
+    result = CaseResult(spec)
+    with tempfile.TemporaryDirectory(prefix="kiln-fuzz-") as scratch:
+        folder = Path(workdir or scratch)
+        try:
+            _run_stages(spec, stages, result, folder, inputs, vectors, simulator)
+        except _Failed:
+            pass
+        except Exception as exc:  # an unexpected crash anywhere is a bug too
+            stage = result.details.get("stage", "setup")
+            result.failure = StageFailure(stage, f"{type(exc).__name__}: {exc} "
+                                                 f"[{_where(exc)}]")
+    return result
+
+
+class _Failed(Exception):
+    pass
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    kiln_frames = [f for f in frames if "/kiln/" in f.filename] or frames
+    last = kiln_frames[-1]
+    return f"{Path(last.filename).name}:{last.lineno}"
+
+
+def _fail(result: CaseResult, stage: str, message: str) -> None:
+    result.failure = StageFailure(stage, message)
+    raise _Failed
+
+
+def _run_stages(spec: NetworkSpec, stages: tuple[str, ...], result: CaseResult, folder: Path,
+                inputs: int, vectors: int, simulator: str) -> None:
+    from kiln.integer import lower, run
+    from kiln.models.training import predict
+    from kiln.quant import calibrate, quantize
+
+    result.details["stage"] = "lower"
+    graph = build_graph(spec, folder)
+    quantized = calibrate(quantize(graph, quant_config(spec)),
+                          random_inputs(spec, 256, seed=spec.seed + 1))
+    try:
+        program = lower(quantized, rounding=spec.rounding)
+    except KilnError as exc:
+        _fail(result, "lower", str(exc))
+    result.passed["lower"] = True
+    x = random_inputs(spec, inputs, seed=spec.seed + 2).numpy()
+    x_int = program.input_quant.quantize(x)
+    if "engine" in stages:
+        result.details["stage"] = "engine"
+        _check_engine(program, quantized, x, x_int, result)
+        result.passed["engine"] = True
+    if "onnx" in stages:
+        result.details["stage"] = "onnx"
+        _check_onnx(spec, quantized, program, x, folder, result)
+        result.passed["onnx"] = True
+    if "rtl" in stages:
+        reason = rtl_supported(spec)
+        if reason is not None:
+            result.skipped["rtl"] = f"the emitter refuses {reason}"
+            return
+        result.details["stage"] = "rtl"
+        _check_rtl(spec, program, x_int[:vectors], folder, simulator, result)
+        result.passed["rtl"] = True
+
+
+def _check_engine(program, quantized, x: np.ndarray, x_int: np.ndarray,
+                  result: CaseResult) -> None:
+    """The engine against the reference interpreter (every tensor, exactly) and against
+    the fake-quant graph (the output, within rounding noise)."""
+    from kiln.fuzz.reference import reference_run
+    from kiln.integer import run
+    from kiln.models.training import predict
+
+    expected = reference_run(program, x_int)
+    ours = run(program, x_int)  # the fast paths (pooling accumulators first, ...)
+    if not np.array_equal(ours, expected[program.output_name]):
+        _fail(result, "engine", "engine output differs from the reference interpreter: "
+                                f"{_first_difference(ours, expected[program.output_name])}")
+    for name, tensor in run(program, x_int, keep=True).items():
+        if not np.array_equal(tensor, expected[name]):
+            _fail(result, "engine", f"tensor '{name}' differs from the reference interpreter: "
+                                    f"{_first_difference(tensor, expected[name])}")
+    reference = program.output_quant.quantize(predict(
+        integer_reference_graph(quantized, program.rounding), x))
+    difference = np.abs(ours - reference)
+    exact = float((difference == 0).mean())
+    result.details.update(fake_quant_exact=exact, fake_quant_max_lsb=int(difference.max()))
+    max_lsb, exact_fraction = FAKE_QUANT_TOLERANCE[program.rounding]
+    if difference.max() > max_lsb or exact < exact_fraction:
+        _fail(result, "engine", f"engine vs fake-quant: max {int(difference.max())} LSB, "
+                                f"{exact:.1%} exact (element {int(difference.argmax())})")
+
+
+def integer_reference_graph(quantized, rounding: str = "nearest"):
+    """A copy of the fake-quant graph that computes what integer inference computes:
+    biases rounded to the accumulator grid (s_in · s_w per output channel), as the integer
+    program stores them (with 2-bit weights one accumulator unit can be most of an output
+    step), and in ``floor`` mode every requantizing quantizer rounding down."""
+    from kiln.quant.fake_quant import FakeQuantize
+    from kiln.quant.layers import QuantConv2d, QuantLinear
+
+    graph = quantized.copy()
+    module = graph.module
+    for node in module.graph.nodes:
+        if node.op != "call_module":
+            continue
+        layer = module.get_submodule(node.target)
+        if rounding == "floor" and isinstance(layer, FakeQuantize) and \
+                layer.role == "activation" and node.args[0].op != "placeholder":
+            layer.forward = _floor_quantizer(layer)
+        if not isinstance(layer, (QuantConv2d, QuantLinear)) or layer.bias is None:
+            continue
+        source = node.args[0]
+        if not (isinstance(source, torch.fx.Node) and source.op == "call_module" and
+                isinstance(module.get_submodule(source.target), FakeQuantize)):
+            continue
+        input_scale = float(module.get_submodule(source.target).scale.reshape(-1)[0])
+        with torch.no_grad():
+            layer.weight_quantizer(layer.weight)  # refresh the weight's scale
+            weight_scale = layer.weight_quantizer.scale.double().reshape(-1)
+            step = input_scale * weight_scale.expand(layer.bias.shape[0])
+            layer.bias.copy_((torch.round(layer.bias.double() / step) * step).float())
+    return graph
+
+
+def _floor_quantizer(quantizer):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        spec = quantizer.spec
+        q = torch.clamp(torch.floor(x / quantizer.scale) + quantizer.zero_point, spec.qmin,
+                        spec.qmax)
+        return (q - quantizer.zero_point) * quantizer.scale
+
+    return forward
+
+
+def _first_difference(ours: np.ndarray, expected: np.ndarray) -> str:
+    if ours.shape != expected.shape:
+        return f"shape {ours.shape} vs {expected.shape}"
+    index = np.unravel_index(int(np.argmax(ours != expected)), ours.shape)
+    count = int((ours != expected).sum())
+    return f"{count} elements, first at {tuple(map(int, index))}: {int(ours[index])} vs " \
+           f"{int(expected[index])}"
+
+
+def _check_onnx(spec: NetworkSpec, quantized, program, x: np.ndarray, folder: Path,
+                result: CaseResult) -> None:
+    from kiln.integer import export_onnx, lower
+    from kiln.integer.onnx_check import check_onnx
+
+    if program.rounding != "float32":
+        program = lower(quantized, rounding="float32")
+    for export_format in ("qoperator", "qdq"):
+        path = export_onnx(program, folder / f"{export_format}.onnx",
+                           export_format=export_format)
+        checked = check_onnx(program, path, x)
+        if checked.float_nodes:
+            _fail(result, "onnx", f"{export_format}: {checked.verdict()}")
+        if checked.mismatches:
+            _fail(result, "onnx", f"{export_format}: {checked.mismatches} of "
+                                  f"{checked.elements} integers differ from the engine (max "
+                                  f"{checked.max_difference})")
+
+
+def random_parallelism(spec: NetworkSpec, program) -> list[tuple[int, int]]:
+    """A random (P_in, P_out) per weighted layer, chained (P_out of one = P_in of next)."""
+    rng = random.Random(spec.seed * 7919 + 1)
+    weighted = [op for op in program.ops if op.kind in ("conv", "dense", "affine")]
+    choices = [1, 1, 2, 3, 4, 8]
+    lanes = rng.choice(choices)
+    per_layer = []
+    for _ in weighted:
+        out = rng.choice(choices)
+        per_layer.append((lanes, out))
+        lanes = out
+    return per_layer
+
+
+def _check_rtl(spec: NetworkSpec, program, x_int: np.ndarray, folder: Path, simulator: str,
+               result: CaseResult) -> None:
+    from kiln.rtl import emit
+    from kiln.rtl.simulate import simulate
+
+    parallelism = random_parallelism(spec, program)
+    result.details["parallelism"] = parallelism
+    try:
+        design = emit(program, parallelism, folder / "rtl")
+    except KilnError as exc:
+        _fail(result, "rtl", f"emit: {exc}")
+    try:
+        simulated = simulate(design, simulator=simulator, inputs=x_int)
+    except KilnError as exc:
+        _fail(result, "rtl", f"{simulator}: {exc}")
+    result.details["cycles_per_inference"] = simulated.cycles_per_inference
