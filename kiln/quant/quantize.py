@@ -26,7 +26,9 @@ class UnmatchedRuleWarning(UserWarning):
 
 def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
     """Return a quantized copy of ``graph`` (fake-quant modules at every point the config
-    names). BatchNorm is folded first unless the config says ``fold_batchnorm: false``.
+    names). The graph is normalized first (:func:`kiln.passes.normalize.normalize`: bias and
+    scale nodes folded into their layers), and BatchNorm is folded unless the config says
+    ``fold_batchnorm: false``.
     Activation quantizers need :func:`calibrate` before the graph runs.
 
     >>> from kiln.models import build_graph
@@ -35,10 +37,12 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
     'QuantLinear'
     """
     from kiln.passes.fuse import fuse_batchnorm
+    from kiln.passes.normalize import normalize
     from kiln.passes.shapes import propagate
 
     config = QuantConfig.parse(config)
-    result = fuse_batchnorm(graph) if config.fold_batchnorm else graph.copy()
+    result = normalize(graph)  # biases written as Add nodes, Identity, Dropout, ...
+    result = fuse_batchnorm(result) if config.fold_batchnorm else result
     module = result.module
     infos = {info.name: info for info in result.nodes()}
     compute = [n for n in module.graph.nodes if infos[n.name].op in QUANTIZABLE_OPS]

@@ -186,12 +186,17 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
         shutil.copyfile(SOURCES / name, directory / name)
     design = Design(directory, program.name, program.rounding)
     shape = tuple(program.input_shape)  # (C, H, W) of a feature map, or (N,) of a vector
+    ops = list(program.ops)
+    if len(shape) == 3 and ops and ops[0].kind == "flatten":
+        # An MLP on an image: stream the flattened input (NCHW order) as one vector.
+        shape = (int(np.prod(shape)),)
+        ops = ops[1:]
     if len(shape) == 3:
         design.input_vectors_per_input = shape[1] * shape[2]
     flattened_from: tuple[int, ...] | None = None
     lanes = per_layer[0][0]
     parallel = iter(per_layer)
-    for op in program.ops:
+    for op in ops:
         if op.kind == "flatten":
             flattened_from = shape if len(shape) == 3 else None
             shape = (int(np.prod(shape)),)

@@ -58,7 +58,10 @@ def golden_vectors(design: Design, inputs: np.ndarray) -> dict[str, np.ndarray]:
 
     program = IntegerProgram.load(design.directory / "program")
     tensors = run(program, inputs, keep=True)
-    vectors = {"inputs": _stream_order(inputs)}
+    # A feature map streams pixel by pixel; an input the design takes as one vector (an MLP
+    # on an image) streams in NCHW flatten order.
+    vectors = {"inputs": _stream_order(inputs) if design.input_vectors_per_input > 1
+               else inputs.reshape(len(inputs), -1)}
     for index, layer in enumerate(design.layers):
         vectors[f"layer{index}"] = _stream_order(tensors[layer.name])
     return vectors

@@ -58,6 +58,10 @@ module kiln_im2col #(
         if (first_row < 0) first_row = 0;
         need_rows = $signed(32'(oy)) * STRIDE - PAD + SPAN;
         if (need_rows > H) need_rows = H;
+        // A window that lies wholly in the top padding reads no row, but it belongs to a
+        // frame that must have begun: without this, a 1x1 conv with padding emitted the
+        // next frame's first row before that frame's input existed.
+        if (need_rows < 1) need_rows = 1;
     end
     kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R)) u_rows (
         .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
