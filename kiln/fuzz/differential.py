@@ -33,9 +33,10 @@ STAGES = ("lower", "engine", "onnx", "rtl")
 #: with integer biases (and floor rounding in floor mode): the two differ only where a
 #: float product lands within float32 rounding of a rounding tie (or, in nearest mode, on
 #: an exact tie, which it rounds up and the fake-quant graph to even), and such a 1-LSB
-#: difference can then propagate. In floor mode a product that is an exact integer in real arithmetic (a sum of 6 over 3
-#: pixels) can fall just below it with the fixed-point multiplier and floors to one less:
-#: that is floor mode's defined arithmetic, so it gets a wider margin.
+#: difference can then propagate. In floor mode a product that is an exact integer in
+#: real arithmetic (a sum of 6 over 3 pixels) can fall just below it with the fixed-point
+#: multiplier and floors to one less: that is floor mode's defined arithmetic, so it gets
+#: a wider margin.
 FAKE_QUANT_TOLERANCE = {"nearest": (1, 0.98), "float32": (1, 0.98), "floor": (2, 0.9)}
 
 
@@ -115,7 +116,7 @@ def check_network(spec: NetworkSpec, stages: tuple[str, ...] = STAGES, *,
         folder = Path(workdir or scratch)
         try:
             _run_stages(spec, stages, result, folder, inputs, vectors, simulator)
-        except _Failed:
+        except _StageFailedError:
             pass
         except Exception as exc:  # an unexpected crash anywhere is a bug too
             stage = result.details.get("stage", "setup")
@@ -124,7 +125,7 @@ def check_network(spec: NetworkSpec, stages: tuple[str, ...] = STAGES, *,
     return result
 
 
-class _Failed(Exception):
+class _StageFailedError(Exception):
     pass
 
 
@@ -137,13 +138,12 @@ def _where(exc: BaseException) -> str:
 
 def _fail(result: CaseResult, stage: str, message: str) -> None:
     result.failure = StageFailure(stage, message)
-    raise _Failed
+    raise _StageFailedError
 
 
 def _run_stages(spec: NetworkSpec, stages: tuple[str, ...], result: CaseResult, folder: Path,
                 inputs: int, vectors: int, simulator: str) -> None:
-    from kiln.integer import lower, run
-    from kiln.models.training import predict
+    from kiln.integer import lower
     from kiln.quant import calibrate, quantize
 
     result.details["stage"] = "lower"

@@ -12,8 +12,8 @@ from kiln.errors import KilnError
 from kiln.integer.arith import narrow_dtype, requantize
 from kiln.integer.ops import (
     conv_accumulate,
-    qmatmul,
     pad_nchw,
+    qmatmul,
     qmaxpool2d,
     requantize_channels,
     window_sums,
