@@ -13,6 +13,7 @@ from kiln.cli import (
     compress_cmd,
     data_cmd,
     demo_cmd,
+    fuzz_cmd,
     hw_cmd,
     inspect_cmd,
     integer_cmd,
@@ -44,6 +45,7 @@ hw_cmd.register(app)
 integer_cmd.register(app)
 rtl_cmd.register(app)
 search_cmd.register(app)
+fuzz_cmd.register(app)
 
 
 def main() -> None:

@@ -24,7 +24,13 @@ def _valid(spec: NetworkSpec) -> bool:
             module(torch.zeros(1, *spec.input_shape))
     except Exception:  # an impossible geometry (a kernel larger than its input, ...)
         return False
-    return any(layer["op"] == "linear" for layer in spec.layers) or len(spec.input_shape) == 3
+    vector = len(spec.input_shape) == 1
+    for layer in spec.layers:  # a linear layer takes vectors: after a flatten
+        if layer["op"] in ("flatten", "global_avgpool"):
+            vector = True
+        elif (layer["op"] == "linear") != vector:
+            return False
+    return True
 
 
 def _layer_variants(layer: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -131,6 +131,11 @@ class _Lowering:
         attrs: dict[str, Any] = {"in_quant": source.quant.as_dict(), "acc_bits": acc_bits,
                                  "weight_bits": quantizer.spec.bits,
                                  "weight_scale": scale.tolist()}
+        if isinstance(layer, nn.Linear) and len(self.infos[node.name].input_shapes[0]) != 2:
+            raise KilnError(f"linear layer '{node.name}' is applied to a rank-"
+                            f"{len(self.infos[node.name].input_shapes[0])} tensor (along its "
+                            "last axis); the integer program's dense layers take vectors",
+                            hint="flatten the input first (nn.Flatten / torch.flatten)")
         if isinstance(layer, nn.Conv2d):
             kind = "conv"
             attrs.update(stride=list(layer.stride), padding=list(layer.padding),

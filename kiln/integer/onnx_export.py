@@ -1,9 +1,9 @@
 """Export an :class:`IntegerProgram` to ONNX, in QOperator or QDQ form.
 
 **QOperator**: QuantizeLinear at the input; QLinearConv for convolutions; a linear layer
-is QLinearMatMul when it has no bias, else MatMulInteger + int32 bias Add + the
-requantization written out (Cast, Mul by the float32 multiplier, QuantizeLinear with
-scale 1, which rounds half to even and saturates); integer MaxPool, Reshape and Clip;
+is MatMulInteger + int32 bias Add + the requantization written out (Cast, Mul by the
+float32 multiplier, QuantizeLinear with scale 1, which rounds half to even and
+saturates); integer MaxPool, Pad, Reshape and Clip;
 DequantizeLinear at the output. **QDQ**: float Conv/Gemm between QuantizeLinear /
 DequantizeLinear pairs, with int8 weights and int32 biases, which ONNX Runtime fuses
 into QLinearConv / QGemm when it loads the model.
@@ -141,18 +141,15 @@ def _conv_qoperator(b: _Builder, op: IntOp, x: str) -> str:
 
 
 def _dense_qoperator(b: _Builder, op: IntOp, x: str) -> str:
+    """MatMulInteger, the int32 bias (if any), and the requantization written out with the
+    engine's own float32 operations: one form for every linear layer."""
     in_q, out_q = TensorQuant(**op.attrs["in_quant"]), op.out_quant
     weight, weight_zero = b.weights(op, op.arrays["weight"].T)
-    if not op.arrays["bias"].any():
-        y = b.node("QLinearMatMul", [
-            x, b.scale(in_q.scale), b.zero_point(in_q), weight,
-            b.scale(np.asarray(op.attrs["weight_scale"], np.float32)), weight_zero,
-            b.scale(out_q.scale), b.zero_point(out_q)], op.name)
-        return b.saturate(y, out_q, *op.attrs["clamp"])
     acc = b.node("MatMulInteger", [x, weight, b.zero_point(in_q), weight_zero],
                  op.name + "_acc")
-    acc = b.node("Add", [acc, b.constant("bias", op.arrays["bias"].astype(np.int32))],
-                 op.name + "_bias")
+    if op.arrays["bias"].any():
+        acc = b.node("Add", [acc, b.constant("bias", op.arrays["bias"].astype(np.int32))],
+                     op.name + "_bias")
     y = b.requantize_int32(acc, op.arrays["multiplier_f32"], out_q, [-1])
     return b.saturate(y, out_q, *op.attrs["clamp"])
 
@@ -274,8 +271,10 @@ def export_onnx(program: IntegerProgram, path: str | Path, *,
     _check_program(program, export_format)
     b = _Builder(program)
     in_q = program.input_quant
-    names = {program.input_name: b.node("QuantizeLinear", [
-        "input", b.scale(in_q.scale), b.zero_point(in_q)], "input_q")}
+    quantized_input = b.node("QuantizeLinear", [
+        "input", b.scale(in_q.scale), b.zero_point(in_q)], "input_q")
+    # QuantizeLinear saturates to uint8; an input narrower than 8 bits saturates further.
+    names = {program.input_name: b.saturate(quantized_input, in_q, in_q.qmin, in_q.qmax)}
     shapes: dict[str, int] = {program.input_name: len(program.input_shape) + 1}
     channels: dict[str, int] = {program.input_name: program.input_shape[0]}
     for op in program.ops:

@@ -42,15 +42,20 @@ def scale_and_zero_point(
     """
     lo = torch.minimum(lo, torch.zeros_like(lo))
     hi = torch.maximum(hi, torch.zeros_like(hi))
-    # A range that calibration saw as (nearly) empty, e.g. a ReLU that never fired, gets
-    # the smallest scale PyTorch's observers allow (float32 epsilon), not the smallest
-    # float: a scale of 1e-38 makes the next requantization multiplier overflow.
+    # A range that calibration saw as empty (a ReLU that never fired: only zeros) holds
+    # zero exactly at any scale; it gets scale 1 so that the integer program stays well
+    # conditioned (with a scale of 1e-38, or even float32 epsilon, the next layer's int32
+    # bias or the requantization multiplier overflows). A tiny but non-empty range gets
+    # at least float32 epsilon, as PyTorch's observers do.
     tiny = torch.finfo(torch.float32).eps
+    empty = (hi - lo) == 0
     if spec.symmetric:
         bound = torch.maximum(-lo, hi)
-        scale = torch.clamp(bound / spec.qmax, min=tiny)
+        scale = torch.where(empty, torch.ones_like(bound), torch.clamp(bound / spec.qmax,
+                                                                          min=tiny))
         return scale, torch.zeros_like(scale)
-    scale = torch.clamp((hi - lo) / (spec.qmax - spec.qmin), min=tiny)
+    scale = torch.where(empty, torch.ones_like(hi),
+                        torch.clamp((hi - lo) / (spec.qmax - spec.qmin), min=tiny))
     zero_point = torch.clamp(torch.round(spec.qmin - lo / scale), spec.qmin, spec.qmax)
     return scale, zero_point
 

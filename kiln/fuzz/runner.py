@@ -1,0 +1,140 @@
+"""``fuzz``: many random networks through the chosen stages, failures shrunk and saved.
+
+A failing network is shrunk (:mod:`kiln.fuzz.shrink`) and written as a case file,
+``cases/seed-<S>.json``, holding the network, the failure and the command that replays it:
+``kiln fuzz --replay cases/seed-<S>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import KilnError
+from kiln.fuzz.differential import STAGES, CaseResult, check_network
+from kiln.fuzz.networks import NetworkSpec, random_network
+from kiln.fuzz.shrink import shrink
+from kiln.report.markdown import write_text
+
+
+@dataclass
+class FuzzReport:
+    """Counts per stage over the networks tried, and every failure."""
+
+    seed: int
+    count: int
+    stages: tuple[str, ...]
+    passed: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    icarus_checked: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def signatures(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for failure in self.failures:
+            counts[failure["signature"]] = counts.get(failure["signature"], 0) + 1
+        return counts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "count": self.count, "stages": list(self.stages),
+                "passed": self.passed, "skipped": self.skipped, "failed": self.failed,
+                "failures": self.failures, "distinct_bugs": self.signatures(),
+                "icarus_checked": self.icarus_checked, "seconds": round(self.seconds, 1)}
+
+
+def _check_stages(stages: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown or not stages:
+        raise KilnError(f"unknown fuzz stage(s) {', '.join(unknown) or '(none)'}: use a "
+                        f"comma-separated list of {', '.join(STAGES)}")
+    return tuple(stage for stage in STAGES if stage in stages)
+
+
+def save_case(folder: Path, spec: NetworkSpec, result: CaseResult, stages: tuple[str, ...],
+              original: NetworkSpec, tried: int) -> Path:
+    """Write a failing network as a reproducible case file."""
+    assert result.failure is not None
+    path = folder / f"seed-{original.seed}.json"
+    case = {"network": json.loads(spec.to_json()), "description": spec.describe(),
+            "stage": result.failure.stage, "message": result.failure.message,
+            "signature": result.failure.signature, "stages": list(stages),
+            "details": {k: v for k, v in result.details.items() if k != "stage"},
+            "original": json.loads(original.to_json()), "shrink_tries": tried,
+            "command": f"kiln fuzz --replay {path}"}
+    write_text(path, json.dumps(case, indent=2, default=str) + "\n")
+    return path
+
+
+def fuzz(*, count: int = 100, seed: int = 0, stages: tuple[str, ...] = STAGES,
+         simulator: str = "verilator", icarus_every: int = 0, vectors: int = 3,
+         shrink_failures: bool = True, out: Path | None = None,
+         on_network: Callable[[int, CaseResult], None] | None = None) -> FuzzReport:
+    """Check ``count`` random networks (seeds ``seed`` .. ``seed + count - 1``).
+
+    With ``rtl`` among the stages the networks are drawn from what the RTL emitter takes,
+    and every ``icarus_every``-th one is also simulated on Icarus. Failures are shrunk and,
+    with ``out``, saved as case files under ``out/cases/``.
+    """
+    stages = _check_stages(stages)
+    if count < 1:
+        raise KilnError(f"count must be at least 1, got {count}")
+    report = FuzzReport(seed, count, stages, {s: 0 for s in stages}, {s: 0 for s in stages},
+                        {s: 0 for s in stages})
+    started = time.perf_counter()
+    options = {"vectors": vectors, "simulator": simulator}
+    for index in range(count):
+        spec = random_network(seed + index, rtl="rtl" in stages)
+        result = check_network(spec, stages, **options)
+        if result.ok and "rtl" in result.passed and icarus_every and \
+                index % icarus_every == 0:
+            result = check_network(spec, stages, vectors=vectors, simulator="icarus")
+            report.icarus_checked += 1
+        for stage in stages:
+            if result.passed.get(stage):
+                report.passed[stage] += 1
+            elif stage in result.skipped:
+                report.skipped[stage] += 1
+        if result.failure is not None:
+            report.failed[result.failure.stage] = report.failed.get(result.failure.stage, 0) + 1
+            small, small_result, tried = spec, result, 0
+            if shrink_failures:
+                small, small_result, tried = shrink(spec, result, stages=stages, **options)
+            entry = {"seed": spec.seed, "stage": result.failure.stage,
+                     "signature": result.failure.signature,
+                     "message": small_result.failure.message if small_result.failure else "",
+                     "network": spec.describe(), "shrunk": small.describe()}
+            if out is not None:
+                entry["case"] = str(save_case(Path(out) / "cases", small, small_result, stages,
+                                              spec, tried))
+            report.failures.append(entry)
+        if on_network is not None:
+            on_network(index, result)
+    report.seconds = time.perf_counter() - started
+    if out is not None:
+        write_text(Path(out) / "fuzz.json", json.dumps(report.as_dict(), indent=2) + "\n")
+    return report
+
+
+def replay(case_path: str | Path, *, simulator: str = "verilator") -> CaseResult:
+    """Run a saved case (or a bare network JSON) again through its stages."""
+    path = Path(case_path)
+    if not path.is_file():
+        raise KilnError(f"{path}: no such fuzz case file")
+    try:
+        data = json.loads(path.read_text())
+        network = data.get("network", data)
+        spec = NetworkSpec.from_json(json.dumps(network))
+    except (ValueError, TypeError) as exc:
+        raise KilnError(f"{path}: not a fuzz case ({exc})") from None
+    stages = _check_stages(tuple(data.get("stages", STAGES)))
+    return check_network(spec, stages, simulator=simulator)
