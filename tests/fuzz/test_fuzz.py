@@ -1,0 +1,117 @@
+"""Random networks through every stage (a small seeded sample; the large run is
+benchmarks/fuzz_networks.py), the shrinker, and every bug the fuzzer found, kept as the
+shrunk network that exposed it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kiln.errors import KilnError
+from kiln.fuzz import NetworkSpec, check_network, fuzz, random_network
+from kiln.fuzz.differential import CaseResult, StageFailure
+from kiln.fuzz.networks import build_module
+from kiln.fuzz.shrink import shrink
+
+CASES = sorted((Path(__file__).parent / "cases").glob("*.json"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.stem for case in CASES])
+def test_found_bug_stays_fixed(case):
+    data = json.loads(case.read_text())
+    spec = NetworkSpec.from_json(json.dumps(data["network"]))
+    result = check_network(spec, tuple(data["stages"]), vectors=2)
+    assert result.ok, f"{data['bug']}\n{result.failure}"
+    assert set(result.passed) == set(data["stages"])
+
+
+def test_a_seeded_sample_passes_lower_engine_and_onnx():
+    report = fuzz(count=24, seed=424_242, stages=("lower", "engine", "onnx"))
+    assert report.ok, report.failures
+    assert report.passed == {"lower": 24, "engine": 24, "onnx": 24}
+
+
+def test_a_seeded_sample_passes_rtl_on_verilator():
+    report = fuzz(count=2, seed=90_210, stages=("lower", "engine", "rtl"), vectors=2)
+    assert report.ok, report.failures
+    assert report.passed["rtl"] == 2
+
+
+def test_generator_is_seeded_and_covers_what_the_stages_claim():
+    assert random_network(5) == random_network(5)
+    assert random_network(5) != random_network(6)
+    specs = [random_network(seed) for seed in range(300)]
+    layers = [layer for spec in specs for layer in spec.layers]
+    convs = [layer for layer in layers if layer["op"] == "conv"]
+    assert {k for layer in convs for k in layer["kernel"]} == set(range(1, 8))
+    assert {layer["stride"] for layer in convs} == {1, 2, 3}
+    assert {p for layer in convs for p in layer["padding"]} == {0, 1, 2, 3}
+    assert any(len(set(layer["padding"])) > 1 for layer in convs)  # asymmetric
+    assert {layer["dilation"] for layer in convs} == {1, 2}
+    assert {layer["op"] for layer in layers} >= {"maxpool", "avgpool", "residual", "flatten",
+                                                  "global_avgpool", "linear"}
+    assert any(layer.get("ceil") for layer in layers if layer["op"] == "maxpool")
+    assert {spec.weight["bits"] for spec in specs} == set(range(2, 9))
+    assert {spec.rounding for spec in specs} == {"floor", "nearest", "float32"}
+    assert any(spec.activation["signed"] for spec in specs)
+    assert any(spec.via_onnx for spec in specs)
+    for spec in specs[:40]:  # every drawn network builds and runs
+        module = build_module(spec)
+        assert module(__import__("torch").zeros(2, *spec.input_shape)).shape[0] == 2
+
+
+def test_rtl_networks_are_only_what_the_emitter_takes():
+    from kiln.fuzz.differential import rtl_supported
+
+    assert all(rtl_supported(random_network(seed, rtl=True)) is None for seed in range(100))
+
+
+def test_shrinker_finds_the_smallest_network_that_fails_the_same_way():
+    """A synthetic bug (any conv with a kernel of 3 or more) shrinks to one such conv."""
+    def buggy(spec: NetworkSpec) -> CaseResult:
+        result = CaseResult(spec)
+        if any(layer["op"] == "conv" and max(layer["kernel"]) >= 3 for layer in spec.layers):
+            result.failure = StageFailure("engine", "kernel too large: 3")
+        return result
+
+    spec = next(s for s in (random_network(seed) for seed in range(100))
+                if sum(layer["op"] == "conv" for layer in s.layers) >= 3 and
+                any(layer["op"] == "conv" and max(layer["kernel"]) >= 3 for layer in s.layers))
+    small, result, tried = shrink(spec, buggy(spec), stages=("engine",), check=buggy)
+    convs = [layer for layer in small.layers if layer["op"] == "conv"]
+    assert result.failure is not None and tried > 0
+    assert len(convs) == 1 and max(convs[0]["kernel"]) == 3 and convs[0]["out"] == 1
+    assert len(small.layers) < len(spec.layers)
+
+
+def test_unknown_stage_and_empty_count_are_user_errors():
+    with pytest.raises(KilnError, match="unknown fuzz stage"):
+        fuzz(count=1, stages=("lower", "bitstream"))
+    with pytest.raises(KilnError, match="at least 1"):
+        fuzz(count=0)
+
+
+def test_int8_gemm_with_a_reduction_of_one_is_exact():
+    from kiln.integer.ops import qmatmul
+
+    x = np.array([[3], [-4], [7]], dtype=np.int8)
+    weight = np.array([[-102], [-127]], dtype=np.int8)  # [out, in]: its .T has strides (1, 1)
+    got = qmatmul(x, weight.T, 0, 0, 0, 1 << 30, -1, qmin=-10_000, qmax=10_000)
+    assert got.tolist() == (x.astype(np.int64) @ weight.T.astype(np.int64)).tolist()
+
+
+def test_linear_layer_on_a_feature_map_is_refused_by_name():
+    import torch
+
+    from kiln.graph import from_torch
+    from kiln.integer import lower
+    from kiln.quant import calibrate, quantize, uniform_config
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.Linear(4, 3))
+    graph = from_torch(net, torch.zeros(1, 1, 4, 4))
+    quantized = calibrate(quantize(graph, uniform_config(8, 8)), torch.rand(16, 1, 4, 4))
+    with pytest.raises(KilnError, match="linear layer '_1' is applied to a rank-4 tensor"):
+        lower(quantized)
