@@ -62,3 +62,38 @@ def shape(values: Any) -> str:
     if isinstance(values[0], (list, tuple)):
         return ", ".join("x".join(str(v) for v in s) for s in values)
     return "x".join(str(v) for v in values)
+
+
+def check_out_folder(path: Any, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be one, before any work starts."""
+    from pathlib import Path
+
+    from kiln.errors import KilnError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise KilnError(f"{option} {path} is a file, not a folder",
+                        hint="name a folder (it is created if missing)")
+    _check_parents(path, option)
+
+
+def check_out_file(path: Any, option: str = "--out") -> None:
+    """Refuse an output file that is a folder or lies under a file, before any work."""
+    from pathlib import Path
+
+    from kiln.errors import KilnError
+
+    path = Path(path)
+    if path.is_dir():
+        raise KilnError(f"{option} {path} is a folder, not a file")
+    _check_parents(path, option)
+
+
+def _check_parents(path: Any, option: str) -> None:
+    from kiln.errors import KilnError
+
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise KilnError(f"{option} {path}: {parent} is a file, not a folder")
+            break

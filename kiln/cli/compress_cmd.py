@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import console, error_console, print_json, progress, table
+from kiln.cli.common import (
+    check_out_folder,
+    console,
+    error_console,
+    print_json,
+    progress,
+    table,
+)
 
 experiment_app = typer.Typer(help="Compression experiments that write Markdown tables and PNG "
                                   "plots into --out.", no_args_is_help=True)
@@ -205,6 +212,7 @@ def _run_experiment(kind: str, model: str, data: str | None, out: Path, quick: b
         quantization_experiment,
     )
 
+    check_out_folder(out)
     graph, _, dataset = _load(model, data)
     settings = ExperimentSettings()
     if quick:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import console, human, print_json, progress, table
+from kiln.cli.common import check_out_folder, console, human, print_json, progress, table
 
 DEFAULT_MODEL = "convnet"
 DEFAULT_DATASET = "fashion-mnist"
@@ -37,6 +37,8 @@ def demo(
     """
     import json
     import time
+
+    check_out_folder(out)
 
     from kiln.data import load_dataset
     from kiln.models import evaluate, fit, resolve_model, save_checkpoint

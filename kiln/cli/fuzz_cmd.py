@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import console, print_json, progress, table
+from kiln.cli.common import check_out_folder, console, print_json, progress, table
 
 
 def fuzz(
@@ -47,8 +47,8 @@ def fuzz(
 
     if simulator not in SIMULATORS:
         raise KilnError(f"unknown simulator '{simulator}': use {', '.join(SIMULATORS)}")
-    if out is not None and out.exists() and not out.is_dir():
-        raise KilnError(f"--out {out} is a file, not a folder")
+    if out is not None:
+        check_out_folder(out)
     if replay is not None:
         result = run_replay(replay, simulator=simulator)
         summary = {"case": str(replay), "network": result.spec.describe(), "ok": result.ok,

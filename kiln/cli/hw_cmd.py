@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import console, human, print_json, progress, table
+from kiln.cli.common import check_out_folder, console, human, print_json, progress, table
 
 WORKLOAD_HELP = (
     "A zoo name (kiln models), a .pt checkpoint, an .onnx file or a ZigZag workload YAML."
@@ -120,6 +120,8 @@ def cost(
     Example:  kiln cost resnet18 -a examples/hardware/tpu_like.yaml \
                 --mapping examples/hardware/tpu_like_mapping.yaml
     """
+    if out is not None:
+        check_out_folder(out)
     work, hw, entries = _load(workload, accelerator, mapping, dataset)
     result = _run_mapping(work, hw, entries, "latency", 6, 0, False, as_json)
     _report(result, as_json, out, f"{work.name} on {hw.name}")
@@ -161,6 +163,8 @@ def map_command(
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
+    if out is not None:
+        check_out_folder(out)
     work, hw, entries = _load(workload, accelerator, mapping, dataset)
     result = _run_mapping(
         work, hw, entries, objective, lpf_limit or None, refine, exhaustive, as_json
@@ -220,6 +224,8 @@ def compare_command(
     from kiln.hw import load_accelerator, load_workload, load_zigzag_mapping
     from kiln.hw.compare import compare, comparison_rows, sweep_accelerators
 
+    if out is not None:
+        check_out_folder(out)
     files = list(accelerators or []) + [Path(a) for a in ctx.args]
     if not files:
         raise ConfigError("give at least one accelerator: --accelerators A.yaml [B.yaml ...]")

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import console, print_json, table
+from kiln.cli.common import (
+    check_out_file,
+    check_out_folder,
+    console,
+    print_json,
+    table,
+)
 
 
 def _fake_quant_graph(model: str, data: str | None, config_data: dict | None,
@@ -55,6 +61,8 @@ def lower(
     from kiln.integer import lower as lower_graph
     from kiln.integer.agreement import measure_agreement
     from kiln.quant import QuantConfig
+
+    check_out_folder(out)
 
     config_data = (QuantConfig.load(config).model_dump(mode="json", exclude_unset=True)
                    if config else None)
@@ -130,6 +138,7 @@ def export_onnx(
     from kiln.integer import export_onnx as export
     from kiln.integer.onnx_check import check_onnx
 
+    check_out_file(out)
     program = IntegerProgram.load(program_dir)
     path = export(program, out, export_format=format)
     result = {"onnx": str(path), "format": format, "rounding": program.rounding}

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import console, print_json, table
+from kiln.cli.common import check_out_folder, console, print_json, table
 
 
 def emit_rtl(
@@ -29,6 +29,7 @@ def emit_rtl(
     from kiln.integer import IntegerProgram
     from kiln.rtl import emit
 
+    check_out_folder(out)
     program = IntegerProgram.load(program_dir)
     choice: object = parallelism
     if config is not None:

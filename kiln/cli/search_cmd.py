@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import console, print_json, progress, table
+from kiln.cli.common import check_out_folder, console, print_json, progress, table
 
 
 def search(
@@ -63,6 +63,7 @@ def search(
     if study_name is not None:
         raise ConfigError(f"unexpected argument '{study_name}' (only 'show' takes a study name)")
     config = load_config(Path(target))
+    check_out_folder(config.out_dir, "[study].out")
     if trials is not None:
         config.study.trials = trials
     if strategy is not None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import console, print_json, progress, table
+from kiln.cli.common import check_out_file, console, print_json, progress, table
 
 
 def train(
@@ -31,14 +31,20 @@ def train(
     from kiln.data import load_dataset
     from kiln.errors import ConfigError
     from kiln.models import fit, model_spec, resolve_model, save_checkpoint
+    from kiln.models.registry import MODELS
 
-    graph, info = resolve_model(model, dataset=data)
-    dataset_name = data or info.dataset
+    if out is not None:
+        check_out_file(out)
+        if out.suffix != ".pt":
+            raise ConfigError(f"--out {out}: checkpoints end in .pt")
+    # A zoo model is shaped for the dataset it trains on (its head follows the dataset's
+    # classes), also for its default dataset: jsc-tiny has 5 outputs, letter 26 classes.
+    default = data or (model_spec(model).dataset if model in MODELS else None)
+    graph, info = resolve_model(model, dataset=default)
+    dataset_name = default or info.dataset
     if dataset_name is None:
         raise ConfigError(f"model '{model}' has no default dataset: pass --data")
     dataset = load_dataset(dataset_name)
-    if out is not None and out.suffix != ".pt":
-        raise ConfigError(f"--out {out}: checkpoints end in .pt")
     batches = -(-len(dataset.x_train) // batch_size)
     with progress(quiet=as_json) as bar:
         task = bar.add_task(f"train {info.name}", total=epochs * batches, status="")

@@ -89,3 +89,38 @@ def test_lists():
     assert "convnet" in [m["name"] for m in json.loads(kiln("models", "--json").stdout)]
     datasets = json.loads(kiln("datasets", "--json").stdout)
     assert {d["name"]: d["installed"] for d in datasets}["fashion-mnist"] is True
+
+
+def test_every_command_refuses_an_out_that_is_a_file_before_working(tmp_path):
+    """One line, exit 2, no traceback, and the file is left as it was."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    program = tmp_path / "program"
+    assert kiln("lower", "jsc-tiny", "--data", "letter", "--out", str(program)).returncode == 0
+    commands = [
+        ["lower", "jsc-tiny", "--data", "letter", "--out", str(blocker)],
+        ["emit-rtl", str(program), "--out", str(blocker)],
+        ["export-onnx", str(program), "--out", str(blocker / "x.onnx")],
+        ["map", "jsc-tiny", "-a", "examples/hardware/edge_npu.yaml", "--out", str(blocker)],
+        ["cost", "jsc-tiny", "-a", "examples/hardware/edge_npu.yaml", "--out", str(blocker)],
+        ["compare", "jsc-tiny", "--accelerators", "examples/hardware/edge_npu.yaml", "--out",
+         str(blocker)],
+        ["demo", "--out", str(blocker)],
+        ["train", "jsc-tiny", "--epochs", "1", "--out", str(blocker / "x.pt")],
+        ["experiment", "quantization", "--model", "jsc-tiny", "--out", str(blocker)],
+        ["experiment", "pruning", "--model", "jsc-tiny", "--out", str(blocker)],
+        ["fuzz", "--count", "1", "--out", str(blocker)],
+    ]
+    for command in commands:
+        _assert_one_line_error(kiln(*command), "is a file, not a folder")
+        assert blocker.read_text() == "keep me"
+    _assert_one_line_error(kiln("export-onnx", str(program), "--out", str(tmp_path)),
+                           "is a folder, not a file")
+
+
+def test_train_a_zoo_model_on_its_default_dataset(tmp_path):
+    """jsc-tiny's default dataset (letter) has 26 classes: the head follows it."""
+    result = kiln("train", "jsc-tiny", "--epochs", "1", "--out", str(tmp_path / "x.pt"),
+                  "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["dataset"] == "letter"
