@@ -17,11 +17,13 @@ from kiln.cli.common import (
 
 
 def _fake_quant_graph(model: str, data: str | None, config_data: dict | None,
-                      weight_bits: int | None, activation_bits: int | None, batches: int):
+                      weight_bits: int | None, activation_bits: int | None, batches: int,
+                      input_scale: float = 1.0):
     from kiln.cli.compress_cmd import _load
     from kiln.quant import QuantConfig, calibrate, quantize, uniform_config
 
     graph, info, dataset = _load(model, data)
+    dataset = dataset.scaled(input_scale)
     if config_data is not None:
         config = QuantConfig.parse(config_data)
     else:
@@ -52,12 +54,18 @@ def lower(
     rounding: Annotated[str, typer.Option(
         help="floor, nearest (round half up) or float32 (as ONNX Runtime).")] = "nearest",
     calibration_batches: Annotated[int, typer.Option(help="Batches of 256.")] = 8,
+    input_scale: Annotated[float, typer.Option(
+        help="Multiply the dataset's inputs (0..1) by this, e.g. 255 for a model trained on "
+             "0..255 pixels; stored in the program for run, export-onnx and simulate.")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Quantize, calibrate and lower MODEL to an integer-only program in OUT.
 
     Example:  kiln lower convnet --rounding float32 --out out/convnet-int8
+
+    Example:  kiln lower model.onnx --data mnist-5k --input-scale 255 --out out/mnist-int8
     """
+    from kiln.errors import ConfigError
     from kiln.integer import lower as lower_graph
     from kiln.integer.agreement import measure_agreement
     from kiln.quant import QuantConfig
@@ -66,12 +74,17 @@ def lower(
 
     config_data = (QuantConfig.load(config).model_dump(mode="json", exclude_unset=True)
                    if config else None)
+    if input_scale <= 0:
+        raise ConfigError(f"--input-scale must be positive, got {input_scale}")
     graph, quantized, info, dataset, quant_config = _fake_quant_graph(
-        model, data, config_data, weight_bits, activation_bits, calibration_batches)
+        model, data, config_data, weight_bits, activation_bits, calibration_batches,
+        input_scale)
     program = lower_graph(quantized, rounding=rounding)
-    program.metadata = {"model": model, "dataset": dataset.name,
+    # A model file is recorded by its absolute path: the folder works from anywhere.
+    model_ref = str(Path(model).resolve()) if Path(model).is_file() else model
+    program.metadata = {"model": model_ref, "dataset": dataset.name,
                         "quant_config": quant_config.model_dump(mode="json", exclude_unset=True),
-                        "calibration_batches": calibration_batches}
+                        "calibration_batches": calibration_batches, "input_scale": input_scale}
     program.save(out)
     agreement = measure_agreement(program, dataset, fake_quant=quantized, float_graph=graph)
     layers = [[op.name, op.kind, "x".join(map(str, op.arrays["weight"].shape)),
@@ -97,22 +110,18 @@ def run(
 
     Example:  kiln run out/convnet-int8
     """
-    from kiln.data import load_dataset
-    from kiln.errors import ConfigError
     from kiln.integer import IntegerProgram
-    from kiln.integer.agreement import measure_agreement
+    from kiln.integer.agreement import measure_agreement, program_dataset
 
     program = IntegerProgram.load(program_dir)
     meta = program.metadata
-    dataset_name = data or meta.get("dataset")
-    if dataset_name is None:
-        raise ConfigError(f"{program_dir}: the program names no dataset: pass --data")
-    dataset = load_dataset(dataset_name)
+    dataset = program_dataset(program, data)
+    dataset_name = dataset.name
     fake_quant = float_graph = None
     if "model" in meta and "quant_config" in meta:
         float_graph, fake_quant, *_ = _fake_quant_graph(
             meta["model"], dataset_name, meta["quant_config"], None, None,
-            meta.get("calibration_batches", 8))
+            meta.get("calibration_batches", 8), float(meta.get("input_scale", 1.0)))
     agreement = measure_agreement(program, dataset, fake_quant=fake_quant,
                                   float_graph=float_graph)
     if as_json:
@@ -144,9 +153,9 @@ def export_onnx(
     result = {"onnx": str(path), "format": format, "rounding": program.rounding}
     dataset_name = program.metadata.get("dataset")
     if check:
-        from kiln.data import load_dataset
+        from kiln.integer.agreement import program_dataset
 
-        inputs = load_dataset(dataset_name).x_test if dataset_name else None
+        inputs = program_dataset(program).x_test if dataset_name else None
         checked = check_onnx(program, path, inputs)
         result.update(ort_node_types=checked.node_types,
                       ort_float_nodes=[list(node) for node in checked.float_nodes],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +71,18 @@ class Dataset:
             return (np.concatenate([self.x_train, self.x_test]),
                     np.concatenate([self.y_train, self.y_test]))
         raise UnknownNameError(f"unknown split '{split}': use 'train', 'test' or 'all'")
+
+    def scaled(self, factor: float) -> Dataset:
+        """The same data with every input multiplied by ``factor`` (a model trained on
+        0..255 pixels, such as the ONNX model zoo's MNIST CNN, takes ``scaled(255)``).
+
+        >>> load_dataset("digits").scaled(255).x_test.max()
+        np.float32(255.0)
+        """
+        if factor == 1:
+            return self
+        return replace(self, x_train=(self.x_train * np.float32(factor)).astype(np.float32),
+                       x_test=(self.x_test * np.float32(factor)).astype(np.float32))
 
     def loader(
         self, split: str = "train", *, batch_size: int = 128, shuffle: bool | None = None,

@@ -13,6 +13,18 @@ from kiln.integer.engine import run
 from kiln.integer.program import IntegerProgram
 
 
+def program_dataset(program: IntegerProgram, name: str | None = None) -> Dataset:
+    """The dataset a program was lowered with (or ``name``), scaled as its inputs were
+    (``metadata["input_scale"]``, e.g. 255 for a model that takes 0..255 pixels)."""
+    from kiln.data import load_dataset
+    from kiln.errors import ConfigError
+
+    dataset_name = name or program.metadata.get("dataset")
+    if dataset_name is None:
+        raise ConfigError(f"program '{program.name}' names no dataset: pass --data")
+    return load_dataset(dataset_name).scaled(float(program.metadata.get("input_scale", 1.0)))
+
+
 @dataclass(frozen=True)
 class Agreement:
     """Accuracy of the engine and its agreement with the fake-quant (and float) graph."""

@@ -86,14 +86,13 @@ def _stream_order(tensor: np.ndarray) -> np.ndarray:
 
 def test_inputs(design: Design, count: int) -> np.ndarray:
     """The first ``count`` test-set inputs of the program's dataset, quantized."""
-    from kiln.data import load_dataset
     from kiln.integer import IntegerProgram
+    from kiln.integer.agreement import program_dataset
 
     program = IntegerProgram.load(design.directory / "program")
-    dataset_name = program.metadata.get("dataset")
-    if dataset_name is None:
+    if program.metadata.get("dataset") is None:
         raise KilnError(f"{design.directory}: the program names no dataset for test vectors")
-    x = load_dataset(dataset_name).x_test[:count]
+    x = program_dataset(program).x_test[:count]
     return program.input_quant.quantize(x)
 
 
