@@ -196,6 +196,11 @@ def conv_accumulate(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     import torch.nn.functional as F
 
     k_out = weight.shape[0]
+    # Dilation along an axis where the kernel is 1 wide changes nothing; PyTorch 2.13's
+    # channels-last float32 convolution crashes (segfault) on a 1-wide input with such a
+    # dilation, padding and a stride of 2 or more (found by kiln's random networks).
+    dilation = tuple(1 if size == 1 else step
+                     for size, step in zip(weight.shape[2:], dilation, strict=True))
     w = np.asarray(weight, dtype=np.int64)
     w_zero_arr = np.broadcast_to(np.asarray(w_zero, dtype=np.int64), (k_out,))
     w = w - w_zero_arr.reshape(-1, 1, 1, 1)

@@ -115,3 +115,27 @@ def test_linear_layer_on_a_feature_map_is_refused_by_name():
     quantized = calibrate(quantize(graph, uniform_config(8, 8)), torch.rand(16, 1, 4, 4))
     with pytest.raises(KilnError, match="linear layer '_1' is applied to a rank-4 tensor"):
         lower(quantized)
+
+
+def test_dilated_one_wide_kernel_on_a_one_wide_map_does_not_crash():
+    """Every (kx=1, dilation 2, width 1, padding, stride >= 2) case crashed PyTorch's
+    channels-last convolution (a segfault of the whole process)."""
+    from kiln.fuzz.reference import _conv
+    from kiln.integer.ops import conv_accumulate
+    from kiln.integer.program import IntOp
+
+    rng = np.random.default_rng(0)
+    for ky, stride, padding in ((1, 2, 1), (3, 2, 1), (2, 3, 2)):
+        x = rng.integers(0, 255, (8, 4, 5, 1)).astype(np.uint8)
+        weight = rng.integers(-100, 100, (5, 4, ky, 1))
+        bias = rng.integers(-1000, 1000, 5)
+        acc = conv_accumulate(x, weight, bias, x_zero=3, w_zero=0, stride=(stride, stride),
+                              padding=(padding, padding), dilation=(2, 2), groups=1)
+        op = IntOp("conv", "c", ["x"], "y", {
+            "in_quant": {"scale": 1.0, "zero_point": 3, "bits": 8, "signed": False},
+            "out_quant": {"scale": 1.0, "zero_point": 0, "bits": 32, "signed": True},
+            "padding": [padding, padding], "stride": [stride, stride], "dilation": [2, 2],
+            "groups": 1, "clamp": [-2**31, 2**31 - 1]},
+            {"weight": weight, "weight_zero": np.zeros(5, np.int64), "bias": bias,
+             "m0": np.full(5, 1 << 30), "shift": np.full(5, -1)})
+        assert np.array_equal(np.asarray(acc, dtype=np.int64), _conv(op, x, "floor"))
