@@ -58,17 +58,18 @@ def main() -> None:
     parser.add_argument("--rtl-count", type=int, default=100)
     parser.add_argument("--rtl-seed", type=int, default=100_000)
     parser.add_argument("--icarus-every", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="networks checked at once")
     args = parser.parse_args()
     results = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                            "onnxruntime": onnxruntime.__version__,
                            "processor": platform.processor() or platform.machine()}}
     if args.count:
         results["engine_onnx"] = _run("lower/engine/onnx", count=args.count, seed=args.seed,
-                                      stages=("lower", "engine", "onnx"))
+                                      stages=("lower", "engine", "onnx"), workers=args.workers)
     if args.rtl_count:
         results["rtl"] = _run("lower/engine/onnx/rtl", count=args.rtl_count,
                               seed=args.rtl_seed, stages=("lower", "engine", "onnx", "rtl"),
-                              icarus_every=args.icarus_every)
+                              icarus_every=args.icarus_every, workers=args.workers)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fuzz.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS / 'fuzz.json'}")

@@ -11,6 +11,7 @@ from kiln.cli.common import check_out_folder, console, print_json, progress, tab
 
 
 def fuzz(
+    workers: Annotated[int, typer.Option(help="Worker processes (networks checked at once).")] = 1,
     stages: Annotated[str, typer.Option(
         help="Comma-separated stages: lower, engine, onnx, rtl.")] = "lower,engine,onnx",
     count: Annotated[int, typer.Option(help="Networks to generate.")] = 100,
@@ -73,7 +74,7 @@ def fuzz(
 
         report = run_fuzz(count=count, seed=seed, stages=chosen, simulator=simulator,
                           icarus_every=icarus_every, vectors=vectors, shrink_failures=shrink,
-                          out=out, on_network=advance)
+                          out=out, workers=workers, on_network=advance)
     if as_json:
         print_json(report.as_dict())
     else:
