@@ -24,15 +24,11 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kiln.errors import ConfigError, KilnError
 from kiln.search.config import SearchConfig, parse_config
-
-
-class StorageError(KilnError):
-    """A study storage that cannot be opened (bad URL, server down, missing driver)."""
+from kiln.search.storage import open_storage, redact
 
 
 @dataclass
@@ -69,56 +65,6 @@ class SearchResult:
             "trials": self.trials,
             "files": self.files,
         }
-
-
-# ---------------------------------------------------------------------------------------
-# Storage and samplers
-# ---------------------------------------------------------------------------------------
-
-
-def open_storage(url: str, heartbeat: bool = True):
-    """An Optuna RDB storage; stale running trials (a dead worker) are failed and retried."""
-    import warnings
-
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Heartbeats are experimental in Optuna 5; they are how a dead worker's trial gets retried.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    elif url.startswith("postgresql"):
-        engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    elif "://" not in url:
-        raise StorageError(
-            f"storage '{url}' is not a database URL",
-            hint="use sqlite:///path/study.db or postgresql://user:pass@host/db",
-        )
-    options: dict[str, Any] = {"engine_kwargs": engine_kwargs}
-    if heartbeat:
-        options.update(
-            heartbeat_interval=5,
-            grace_period=20,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
-    try:
-        return RDBStorage(url, **options)
-    except Exception as error:  # sqlalchemy raises many kinds; all mean "cannot use this URL"
-        reason = str(error).strip().splitlines()[0][:200]
-        raise StorageError(
-            f"cannot open study storage '{_redact(url)}': {reason}",
-            hint="is the database server running and the URL right?",
-        ) from None
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 def make_sampler(config: SearchConfig, worker: int = 0):
@@ -223,7 +169,7 @@ def prepare_study(
     if trials and not resume:
         raise KilnError(
             f"study '{config.study.name}' already has {len(trials)} trials in "
-            f"{_redact(storage_url)}",
+            f"{redact(storage_url)}",
             hint="add --resume to continue it, or change [study].name",
         )
     stored = study.user_attrs.get("config")
@@ -413,7 +359,7 @@ def collect(config: SearchConfig, storage_url: str, evaluator=None) -> SearchRes
     baseline = float(study.user_attrs.get("baseline_accuracy", math.nan))
     result = SearchResult(
         config.study.name,
-        _redact(storage_url),
+        redact(storage_url),
         config.objectives,
         config.directions,
         baseline,
@@ -441,7 +387,7 @@ def load_study_config(study_name: str, storage_url: str) -> SearchConfig:
             for s in optuna.get_all_study_summaries(open_storage(storage_url, heartbeat=False))
         ]
         raise KilnError(
-            f"no study '{study_name}' in {_redact(storage_url)}",
+            f"no study '{study_name}' in {redact(storage_url)}",
             hint=f"studies there: {', '.join(names) or 'none'}",
         ) from None
     data = study.user_attrs.get("config")

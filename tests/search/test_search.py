@@ -17,7 +17,7 @@ import torch
 
 from kiln.errors import ConfigError
 from kiln.search import load_config, parse_config, run_search
-from kiln.search.study import StorageError
+from kiln.search.storage import StorageError
 
 POSTGRES = os.environ.get("KILN_TEST_POSTGRES", "postgresql://kiln:kiln@localhost:5432")
 
