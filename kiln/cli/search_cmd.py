@@ -51,7 +51,7 @@ def search(
     from kiln.errors import ConfigError
     from kiln.search import load_config, run_search
     from kiln.search.report import write_report
-    from kiln.search.study import collect, load_study_config
+    from kiln.search.results import collect, load_study_config
 
     if target == "show":
         if study_name is None or storage is None:
@@ -73,8 +73,8 @@ def search(
     with progress(quiet=as_json) as bar:
         task = bar.add_task(f"search {config.study.name}", total=None, status="loading")
 
-        def on_progress(done: int, total: int, best: str) -> None:
-            bar.update(task, completed=done, total=total, status=f"best: {best}")
+        def on_progress(spent: float, budget: int, best: str) -> None:
+            bar.update(task, completed=spent, total=budget, status=f"best: {best}")
 
         result = run_search(
             config, storage=storage, workers=workers, resume=resume, on_progress=on_progress
@@ -88,10 +88,15 @@ def _print(result, as_json: bool) -> None:
         print_json(result.as_dict())
         return
     complete = [t for t in result.trials if t["state"] == "COMPLETE"]
+    summary = result.as_dict()
     console.print(
-        f"study [bold]{result.study}[/] in {result.storage}: {len(complete)} finished trials, "
+        f"study [bold]{result.study}[/] in {result.storage}: {result.evaluations:g} "
+        f"evaluations over {len(result.trials)} trials ({summary['reused_trials']} reused "
+        f"results, {summary['pruned_trials']} pruned at low fidelity), "
         f"{sum(t['feasible'] for t in complete)} feasible; float baseline "
         f"{result.baseline_accuracy:.2%}"
+        + (f"; every one of the {result.space_size} configurations is known (space "
+           "exhausted)" if result.exhausted else "")
     )
     if result.best:
         columns = ["trial", *result.objectives, "accuracy", "parameters"]

@@ -3,9 +3,10 @@ accuracy constraints and hardware-aware objectives, as resumable Optuna studies.
 
 from kiln.search.config import SearchConfig, load_config, parse_config
 from kiln.search.objectives import Evaluator
+from kiln.search.results import SearchResult, collect
 from kiln.search.spaces import ChannelSpace, MixedPrecisionSpace, PruneQuantSpace, make_space
 from kiln.search.storage import StorageError
-from kiln.search.study import SearchResult, collect, run_search
+from kiln.search.study import run_search
 
 __all__ = [
     "ChannelSpace",

@@ -5,7 +5,9 @@ objectives = ["size"]        # size | bits | accuracy | accuracy_drop | latency 
 [study]
 name = "convnet-mixed"
 strategy = "tpe"             # grid | random | tpe | nsga2
-trials = 50
+trials = 50                  # evaluations; a configuration seen before is reused, free
+deduplicate = true           # false: evaluate repeats again (the old behaviour)
+seed_uniform = false         # true: evaluate the uniform configurations first
 seed = 0
 storage = "sqlite:///out/search/convnet-mixed.db"   # default: sqlite in [study].out
 out = "out/search/convnet-mixed"
@@ -21,6 +23,8 @@ activation_bits = [8]
 
 [evaluation]
 samples = 5000               # held-out images scored per trial
+low_fidelity_samples = 1000  # optional: score these first, prune the clearly infeasible
+seed = 0                     # calibration / training seed
 
 [constraints]
 max_accuracy_drop = 1.0      # points
@@ -56,8 +60,10 @@ class _Strict(BaseModel):
 class StudySection(_Strict):
     name: str
     strategy: Literal["grid", "random", "tpe", "nsga2"] = "tpe"
-    trials: int = Field(50, ge=1)
-    seed: int = 0
+    trials: int = Field(50, ge=1)  # evaluations (a reused configuration costs none)
+    seed: int = 0  # the sampler's
+    deduplicate: bool = True  # reuse the result of a configuration evaluated before
+    seed_uniform: bool = False  # evaluate the uniform configurations first
     storage: str | None = None
     out: str | None = None
 
@@ -107,6 +113,10 @@ class SpaceSection(_Strict):
 
 class EvaluationSection(_Strict):
     samples: int | None = Field(None, ge=1)
+    # Multi-fidelity: score this many samples first; prune (Optuna) what is clearly
+    # infeasible or worse, and score the rest only for the survivors.
+    low_fidelity_samples: int | None = Field(None, ge=1)
+    seed: int = 0  # calibration, training and fine-tuning
     calibration_batches: int = Field(4, ge=1)
     finetune_epochs: int = Field(0, ge=0)
     train_epochs: int = Field(3, ge=1)
@@ -154,8 +164,16 @@ class SearchConfig(_Strict):
             )
         if self.constraints.max_latency is not None and self.hardware is None:
             raise ValueError("constraints.max_latency needs a [hardware] section")
-        if len(self.objectives) > 1 and self.study.strategy == "tpe":
-            pass  # TPE handles several objectives too
+        if self.evaluation.low_fidelity_samples is not None:
+            accuracy_constraint = (self.constraints.max_accuracy_drop is not None or
+                                   self.constraints.min_accuracy is not None)
+            if len(self.objectives) > 1:
+                raise ValueError("evaluation.low_fidelity_samples needs a single objective "
+                                 "(Optuna prunes single-objective studies only)")
+            if not accuracy_constraint and self.objectives[0] not in ("accuracy",
+                                                                      "accuracy_drop"):
+                raise ValueError("evaluation.low_fidelity_samples prunes on an accuracy "
+                                 "constraint or an accuracy objective: give one")
         return self
 
     @property

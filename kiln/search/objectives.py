@@ -52,6 +52,30 @@ class Evaluator:
         self.baseline = evaluate(self.graph, self.validation)
         self._hardware = None
         self._hw_cache: dict[tuple, tuple[float, float]] = {}
+        low = config.evaluation.low_fidelity_samples
+        self.low_samples = min(low, len(self.validation.x_test)) if low else None
+        self._low_pass: tuple[str, Graph, int] | None = None  # (params, graph, correct)
+
+    @property
+    def low_fraction(self) -> float:
+        """The cost of a low-fidelity pass, as a fraction of a full evaluation."""
+        return (self.low_samples or 0) / len(self.validation.x_test)
+
+    def prune_limit(self) -> float | None:
+        """The accuracy drop (points) above which a low-fidelity result is clearly
+        infeasible: the constraint plus two standard errors of the smaller sample."""
+        import math
+
+        c = self.config.constraints
+        limits = []
+        if c.max_accuracy_drop is not None:
+            limits.append(c.max_accuracy_drop)
+        if c.min_accuracy is not None:
+            limits.append(100 * (self.baseline - c.min_accuracy))
+        if not limits or not self.low_samples:
+            return None
+        p = min(max(self.baseline, 0.01), 0.99)
+        return min(limits) + 2 * 100 * math.sqrt(p * (1 - p) / self.low_samples)
 
     # -- building ------------------------------------------------------------------
 
@@ -60,7 +84,8 @@ class Evaluator:
         from kiln.models import fit
         from kiln.quant import calibrate, qat, quantize
 
-        evaluation, seed = self.config.evaluation, self.config.study.seed
+        evaluation = self.config.evaluation
+        seed = evaluation.seed
         space = self.space
         if isinstance(space, ChannelSpace):
             graph = space.build(params, seed=seed)
@@ -105,13 +130,50 @@ class Evaluator:
 
     # -- measuring -----------------------------------------------------------------
 
+    def measure_low(self, params: dict[str, Any]) -> dict[str, float]:
+        """Accuracy on the first ``low_fidelity_samples`` validation samples; a following
+        :meth:`measure` of the same configuration scores only the rest."""
+        import dataclasses
+        import json
+
+        from kiln.models import evaluate
+
+        assert self.low_samples is not None
+        graph = self.build(params)
+        part = dataclasses.replace(self.validation, x_test=self.validation.x_test[
+            :self.low_samples], y_test=self.validation.y_test[:self.low_samples])
+        correct = round(evaluate(graph, part) * self.low_samples)
+        self._low_pass = (json.dumps(params, sort_keys=True), graph, correct)
+        accuracy = correct / self.low_samples
+        return {"accuracy": accuracy, "accuracy_drop": 100 * (self.baseline - accuracy)}
+
+    def _accuracy(self, params: dict[str, Any], graph: Graph) -> float:
+        import dataclasses
+        import json
+
+        from kiln.models import evaluate
+
+        low, self._low_pass = self._low_pass, None
+        if low is None or low[0] != json.dumps(params, sort_keys=True) or low[1] is not graph:
+            return evaluate(graph, self.validation)
+        total = len(self.validation.x_test)
+        rest = dataclasses.replace(self.validation, x_test=self.validation.x_test[
+            self.low_samples:], y_test=self.validation.y_test[self.low_samples:])
+        remaining = total - self.low_samples
+        correct = low[2] + (round(evaluate(graph, rest) * remaining) if remaining else 0)
+        return correct / total
+
     def measure(self, params: dict[str, Any], graph: Graph | None = None) -> dict[str, float]:
         """Every metric of one configuration (objectives and constraints pick from these)."""
-        from kiln.models import evaluate
+        import json
+
         from kiln.passes import model_size
 
+        if graph is None and self._low_pass is not None and \
+                self._low_pass[0] == json.dumps(params, sort_keys=True):
+            graph = self._low_pass[1]  # built by measure_low
         graph = graph if graph is not None else self.build(params)
-        accuracy = evaluate(graph, self.validation)
+        accuracy = self._accuracy(params, graph)
         size = model_size(graph)
         weights = sum(layer.params for layer in size.layers)
         bits = sum(layer.params * layer.weight_bits for layer in size.layers) / max(weights, 1)

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from kiln.search.study import SearchResult
+from kiln.search.results import SearchResult
 
 LABELS = {
     "size": "size (bytes)",

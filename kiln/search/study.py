@@ -1,18 +1,26 @@
 """Studies: Optuna samplers over a search space, stored in SQLite or PostgreSQL.
 
-* ``grid`` (brute force) enqueues every point of the space once, as waiting trials that
+* ``grid`` (brute force) enqueues the points of the space in order, as waiting trials that
   workers take one at a time: no point is run twice, none is lost.
 * ``random``, ``tpe`` and ``nsga2`` are Optuna's samplers, seeded; TPE and NSGA-II see the
   constraints (``Trial.set_constraint``), so a configuration that breaks one is never "best",
   however good its objective.
+* ``[study].trials`` is a budget of *evaluations*: a configuration evaluated before (in
+  this study, or in another with the same evaluation on the same storage) is reused, not
+  evaluated again, and costs nothing (:mod:`kiln.search.reuse` says why that keeps the
+  samplers sound). The study stops when the budget is spent or every point is known.
+* Multi-fidelity (``[evaluation].low_fidelity_samples``): each candidate is first scored on
+  that many samples; Optuna's ThresholdPruner stops the ones clearly over the accuracy
+  constraint (its MedianPruner, the clearly worse ones for an accuracy objective), and only
+  survivors are scored on the rest.
 * Every finished trial is committed to the storage. A search killed at any moment is
   continued with ``resume=True``: finished trials are kept, the trial that was running is
-  run again, and the study stops at the configured number of finished trials.
+  run again (its result is reused if it was stored before the kill).
 * ``workers > 1`` runs that many processes on the same study (use PostgreSQL for several
   machines: each runs ``kiln search CONFIG --storage postgresql://...``).
 
     >>> result = run_search(load_config("examples/search/convnet_mixed.toml"))   # doctest: +SKIP
-    >>> result.best[0]["params"], result.best[0]["metrics"]["size"]              # doctest: +SKIP
+    >>> result.best[0]["params"], result.evaluations                             # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,48 +31,23 @@ import math
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.errors import ConfigError, KilnError
 from kiln.search.config import SearchConfig, parse_config
+from kiln.search.results import SearchResult, collect, select_best, trial_params, trial_row
+from kiln.search.reuse import (
+    MAX_CONSECUTIVE_REPEATS,
+    EvaluationCache,
+    Outcome,
+    params_key,
+    unevaluated_point,
+    uniform_points,
+    wait_for_duplicate,
+)
 from kiln.search.storage import open_storage, redact
 
-
-@dataclass
-class SearchResult:
-    """Every trial of a study and the best feasible configuration(s)."""
-
-    study: str
-    storage: str
-    objectives: list[str]
-    directions: list[str]
-    baseline_accuracy: float
-    trials: list[dict[str, Any]]
-    best: list[dict[str, Any]]
-    best_infeasible: dict[str, Any] | None = None
-    holdout_accuracy: float | None = None
-    files: list[str] = field(default_factory=list)
-
-    @property
-    def feasible(self) -> bool:
-        return bool(self.best)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "study": self.study,
-            "storage": self.storage,
-            "objectives": self.objectives,
-            "directions": self.directions,
-            "baseline_accuracy": self.baseline_accuracy,
-            "finished_trials": sum(t["state"] == "COMPLETE" for t in self.trials),
-            "feasible": self.feasible,
-            "best": self.best,
-            "best_infeasible": self.best_infeasible,
-            "holdout_accuracy": self.holdout_accuracy,
-            "trials": self.trials,
-            "files": self.files,
-        }
+__all__ = ["SearchResult", "collect", "make_sampler", "run_search"]
 
 
 def make_sampler(config: SearchConfig, worker: int = 0):
@@ -86,19 +69,64 @@ def make_sampler(config: SearchConfig, worker: int = 0):
     )
 
 
+def make_pruner(config: SearchConfig, evaluator):
+    """Optuna's pruner for the low-fidelity pass (None without one)."""
+    import optuna
+
+    if evaluator.low_samples is None:
+        return None
+    limit = evaluator.prune_limit()
+    if limit is not None:  # the reported value is the accuracy drop in points
+        return optuna.pruners.ThresholdPruner(upper=limit)
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+
+
 # ---------------------------------------------------------------------------------------
-# Running
+# One trial
 # ---------------------------------------------------------------------------------------
 
 
-def _objective_function(evaluator, config: SearchConfig) -> Callable:
+def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache | None
+                        ) -> Callable:
+    import optuna
+
     choices = evaluator.space.choices()
+    low_fidelity = evaluator.low_samples is not None
+    prune_on_drop = low_fidelity and evaluator.prune_limit() is not None
 
     def objective(trial) -> list[float] | float:
         params = {
             name: trial.suggest_categorical(name, options) for name, options in choices.items()
         }
-        metrics = evaluator.measure(params)
+        key = params_key(params)
+        trial.set_user_attr("key", key)
+        known = Outcome()
+        if cache is not None:
+            wait_for_duplicate(trial.study, trial, key)
+            known = cache.lookup(key)
+        cost = 0.0
+        low = known.low
+        if low_fidelity and known.metrics is None:
+            if low is None:
+                trial.set_user_attr("evaluating", True)
+                low = evaluator.measure_low(params)
+                cost = evaluator.low_fraction
+                if cache is not None:
+                    cache.store(key, Outcome(None, low))
+            trial.set_user_attr("low_fidelity", low)
+            trial.report(low["accuracy_drop"] if prune_on_drop else low[config.objectives[0]],
+                         step=0)
+            if trial.should_prune():
+                _account(trial, cost)
+                raise optuna.TrialPruned(f"low-fidelity {low}")
+        metrics = known.metrics
+        if metrics is None:
+            trial.set_user_attr("evaluating", True)
+            metrics = evaluator.measure(params)
+            cost = 1.0  # a low-fidelity pass of this trial is part of it
+            if cache is not None:
+                cache.store(key, Outcome(metrics, low))
+        _account(trial, cost)
         trial.set_user_attr("metrics", metrics)
         violations = evaluator.violations(metrics)
         trial.set_user_attr("constraints", violations)
@@ -111,22 +139,74 @@ def _objective_function(evaluator, config: SearchConfig) -> Callable:
     return objective
 
 
-def _worker(config_data: dict[str, Any], storage_url: str, n_trials: int, worker: int) -> None:
-    """One worker process: its own model, data and sampler on the shared study."""
-    import optuna
-    import torch
+def _account(trial, cost: float) -> None:
+    trial.set_user_attr("cost", cost)
+    trial.set_user_attr("reused", cost == 0)
+    trial.set_user_attr("evaluating", False)
 
-    from kiln.search.objectives import Evaluator
 
-    torch.set_num_threads(1)
-    config = parse_config(config_data, config_data.get("source", "<config>"))
-    evaluator = Evaluator(config)
-    study = optuna.load_study(
-        study_name=config.study.name,
-        storage=open_storage(storage_url),
-        sampler=make_sampler(config, worker),
-    )
-    study.optimize(_objective_function(evaluator, config), n_trials=n_trials, catch=(KilnError,))
+# ---------------------------------------------------------------------------------------
+# The budget: when to stop, what to enqueue
+# ---------------------------------------------------------------------------------------
+
+
+def _spent(trials) -> float:
+    return sum(float(t.user_attrs.get("cost", 0.0)) for t in trials
+               if t.state.name in ("COMPLETE", "PRUNED"))
+
+
+def _known_keys(trials, cache: EvaluationCache | None) -> set[str]:
+    keys = {t.user_attrs.get("key") for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
+    if cache is not None:
+        keys |= set(cache.known)
+    keys.discard(None)
+    return keys
+
+
+def _controller(config: SearchConfig, choices: dict[str, list[Any]],
+                cache: EvaluationCache | None,
+                on_progress: Callable[[float, int, str], None] | None) -> Callable:
+    """The callback after every trial: stop when the budget is spent or the space is
+    exhausted; keep a grid fed; steer a sampler that repeats itself to a new point."""
+    budget = config.study.trials
+    size = math.prod(len(options) for options in choices.values())
+    dedupe = config.study.deduplicate
+
+    def callback(study, trial) -> None:
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        spent = _spent(trials)
+        if on_progress:
+            on_progress(spent, budget, _best_text(study, config))
+        known = _known_keys(trials, cache) if dedupe else set()
+        if dedupe and len(known) >= size:
+            study.set_user_attr("exhausted", True)  # every point known (here or cached)
+        if spent >= budget - 1e-9 or (dedupe and len(known) >= size):
+            study.stop()
+            return
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        if waiting:
+            return
+        if config.study.strategy == "grid":
+            queued = {params_key(trial_params(t)) for t in trials}
+            for point in _grid_points(choices):
+                if params_key(point) not in queued and params_key(point) not in known:
+                    study.enqueue_trial(point, skip_if_exists=False)
+                    return
+        if dedupe:
+            finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+            repeats = 0
+            for finished_trial in reversed(finished):
+                if not finished_trial.user_attrs.get("reused"):
+                    break
+                repeats += 1
+            if repeats >= MAX_CONSECUTIVE_REPEATS:
+                point = unevaluated_point(choices, known, config.study.seed + len(trials))
+                if point is not None:
+                    study.enqueue_trial(point, skip_if_exists=False)
+
+    return callback
 
 
 def _grid_points(choices: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -136,27 +216,50 @@ def _grid_points(choices: dict[str, list[Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _trial_params(trial) -> dict[str, Any]:
-    fixed = trial.system_attrs.get("fixed_params")
-    return dict(fixed) if fixed else dict(trial.params)
+# ---------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------
 
 
-def _key(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)
+def _optimize(study, evaluator, config: SearchConfig, cache: EvaluationCache | None,
+              on_progress: Callable | None) -> None:
+    choices = evaluator.space.choices()
+    study.optimize(
+        _objective_function(evaluator, config, cache),
+        n_trials=None,  # the controller stops the study
+        catch=(KilnError,),
+        callbacks=[_controller(config, choices, cache, on_progress)],
+    )
 
 
-def prepare_study(
-    config: SearchConfig,
-    storage_url: str,
-    resume: bool,
-    choices: dict[str, list[Any]],
-    baseline: float,
-):
-    """Create (or reopen) the study; enqueue grid points; requeue a killed run's trial.
-    Returns (study, trials still to run)."""
+def _worker(config_data: dict[str, Any], storage_url: str, worker: int) -> None:
+    """One worker process: its own model, data and sampler on the shared study."""
+    import optuna
+    import torch
+
+    from kiln.search.objectives import Evaluator
+
+    torch.set_num_threads(1)
+    config = parse_config(config_data, config_data.get("source", "<config>"))
+    evaluator = Evaluator(config)
+    storage = open_storage(storage_url)
+    study = optuna.load_study(
+        study_name=config.study.name,
+        storage=storage,
+        sampler=make_sampler(config, worker),
+        pruner=make_pruner(config, evaluator),
+    )
+    cache = EvaluationCache(storage, config) if config.study.deduplicate else None
+    _optimize(study, evaluator, config, cache, None)
+
+
+def prepare_study(config: SearchConfig, storage_url: str, resume: bool, evaluator):
+    """Create (or reopen) the study; seed it; requeue a killed run's trial.
+    Returns (study, storage)."""
     import optuna
     from optuna.trial import TrialState
 
+    choices = evaluator.space.choices()
     storage = open_storage(storage_url)
     study = optuna.create_study(
         study_name=config.study.name,
@@ -164,6 +267,7 @@ def prepare_study(
         load_if_exists=True,
         directions=config.directions,
         sampler=make_sampler(config),
+        pruner=make_pruner(config, evaluator),
     )
     trials = study.get_trials(deepcopy=False)
     if trials and not resume:
@@ -180,32 +284,28 @@ def prepare_study(
         )
     if stored is None:
         study.set_user_attr("config", json.loads(config.model_dump_json()))
-        study.set_user_attr("baseline_accuracy", baseline)
+        study.set_user_attr("baseline_accuracy", evaluator.baseline)
+        study.set_user_attr("space_size", math.prod(len(o) for o in choices.values()))
     if resume:
         # The run was killed: its running trial never finished. Fail it and run it again.
         for trial in trials:
             if trial.state == TrialState.RUNNING:
-                params = _trial_params(trial)
+                params = trial_params(trial)
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 if len(params) == len(choices):
                     study.enqueue_trial(params, skip_if_exists=False)
-    trials = study.get_trials(deepcopy=False)
-    complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    waiting = sum(t.state == TrialState.WAITING for t in trials)
-    if config.study.strategy == "grid":
-        points = _grid_points(choices)
-        target = min(config.study.trials, len(points))
-        taken = {
-            _key(_trial_params(t))
-            for t in trials
-            if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-        }
-        fresh = [p for p in points if _key(p) not in taken]
-        for params in fresh[: max(0, target - complete - waiting)]:
-            study.enqueue_trial(params, skip_if_exists=False)
-        waiting = sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
-        return study, waiting
-    return study, max(0, config.study.trials - complete)
+    if not trials:
+        first: list[dict[str, Any]] = []
+        if config.study.seed_uniform:
+            first += uniform_points(choices)
+        if config.study.strategy == "grid":
+            first += _grid_points(choices)[:max(1, config.study.trials)]
+        seen: set[str] = set()
+        for point in first:
+            if params_key(point) not in seen:
+                seen.add(params_key(point))
+                study.enqueue_trial(point, skip_if_exists=False)
+    return study, storage
 
 
 def run_search(
@@ -214,60 +314,43 @@ def run_search(
     storage: str | None = None,
     workers: int = 1,
     resume: bool = False,
-    on_progress: Callable[[int, int, str], None] | None = None,
+    on_progress: Callable[[float, int, str], None] | None = None,
+    evaluator=None,
 ) -> SearchResult:
-    """Run (or continue) a study until it has ``[study].trials`` finished trials."""
+    """Run (or continue) a study until ``[study].trials`` evaluations are spent or every
+    point of the space is known. ``evaluator`` replaces the model evaluation (benchmarks
+    use a table of precomputed results)."""
     from kiln.search.objectives import Evaluator
 
     storage_url = storage or config.storage_url
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    evaluator = Evaluator(config)
-    choices = evaluator.space.choices()
-    study, to_run = prepare_study(config, storage_url, resume, choices, evaluator.baseline)
-    target = to_run + _count_complete(study)
-    if to_run:
+    if workers > 1 and evaluator is not None:
+        raise ConfigError("a custom evaluator runs in one process only")
+    evaluator = evaluator or Evaluator(config)
+    study, opened = prepare_study(config, storage_url, resume, evaluator)
+    cache = EvaluationCache(opened, config) if config.study.deduplicate else None
+    if _spent(study.get_trials(deepcopy=False)) < config.study.trials:
         if workers == 1:
-
-            def callback(study_, trial) -> None:
-                if on_progress:
-                    on_progress(_count_complete(study_), target, _best_text(study_, config))
-
-            study.optimize(
-                _objective_function(evaluator, config),
-                n_trials=to_run,
-                catch=(KilnError,),
-                callbacks=[callback],
-            )
+            _optimize(study, evaluator, config, cache, on_progress)
         else:
-            _run_workers(config, storage_url, workers, to_run, study, target, on_progress)
-    result = collect(config, storage_url, evaluator)
-    return result
+            _run_workers(config, storage_url, workers, study, on_progress)
+    return collect(config, storage_url, evaluator)
 
 
-def _run_workers(
-    config: SearchConfig,
-    storage_url: str,
-    workers: int,
-    to_run: int,
-    study,
-    target: int,
-    on_progress: Callable | None,
-) -> None:
+def _run_workers(config: SearchConfig, storage_url: str, workers: int, study,
+                 on_progress: Callable | None) -> None:
     context = multiprocessing.get_context("spawn")
-    shares = [to_run // workers + (1 if i < to_run % workers else 0) for i in range(workers)]
     data = json.loads(config.model_dump_json())
-    processes = [
-        context.Process(target=_worker, args=(data, storage_url, share, index))
-        for index, share in enumerate(shares)
-        if share
-    ]
+    processes = [context.Process(target=_worker, args=(data, storage_url, index))
+                 for index in range(workers)]
     for process in processes:
         process.start()
     while any(p.is_alive() for p in processes):
         time.sleep(1.0)
         if on_progress:
-            on_progress(_count_complete(study), target, _best_text(study, config))
+            on_progress(_spent(study.get_trials(deepcopy=False)), config.study.trials,
+                        _best_text(study, config))
     failed = [p.exitcode for p in processes if p.exitcode != 0]
     if failed:
         raise KilnError(
@@ -276,121 +359,10 @@ def _run_workers(
         )
 
 
-def _count_complete(study) -> int:
-    from optuna.trial import TrialState
-
-    return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-
-
 def _best_text(study, config: SearchConfig) -> str:
-    rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
     best, _ = select_best(rows, config.objectives, config.directions)
     if not best:
         return "no feasible trial yet"
     first = best[0]
-    return ", ".join(f"{name} {_short(first['metrics'][name])}" for name in config.objectives)
-
-
-def _short(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _trial_row(trial) -> dict[str, Any]:
-    constraints = trial.user_attrs.get("constraints")
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "params": _trial_params(trial),
-        "metrics": trial.user_attrs.get("metrics"),
-        "constraints": constraints,
-        "feasible": constraints is not None and all(v <= 0 for v in constraints),
-    }
-
-
-def select_best(
-    rows: list[dict[str, Any]], objectives: list[str], directions: list[str]
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """(best feasible trials: one, or the Pareto front; the least-violating infeasible trial)."""
-    complete = [r for r in rows if r["state"] == "COMPLETE" and r["metrics"] is not None]
-    feasible = [r for r in complete if r["feasible"]]
-    signs = [1 if d == "minimize" else -1 for d in directions]
-
-    def values(row: dict[str, Any]) -> tuple[float, ...]:
-        return tuple(s * row["metrics"][o] for s, o in zip(signs, objectives, strict=True))
-
-    if len(objectives) == 1:
-        best = sorted(feasible, key=lambda r: (values(r), r["number"]))[:1]
-    else:
-        best = [r for r in feasible if not any(_dominates(values(o), values(r)) for o in feasible)]
-        best.sort(key=lambda r: (values(r), r["number"]))
-        # identical points: keep the first trial only
-        unique: dict[tuple, dict[str, Any]] = {}
-        for row in best:
-            unique.setdefault(values(row), row)
-        best = list(unique.values())
-    infeasible = [r for r in complete if not r["feasible"]]
-    least = min(
-        infeasible,
-        key=lambda r: (
-            sum(max(0.0, v) for v in r["constraints"] or [math.inf]),
-            values(r),
-            r["number"],
-        ),
-        default=None,
-    )
-    return best, (least if not best else None)
-
-
-def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
-        x < y for x, y in zip(a, b, strict=True)
-    )
-
-
-def collect(config: SearchConfig, storage_url: str, evaluator=None) -> SearchResult:
-    """Read a study back from its storage and pick the best configuration(s)."""
-    import optuna
-
-    study = optuna.load_study(
-        study_name=config.study.name, storage=open_storage(storage_url, heartbeat=False)
-    )
-    rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
-    best, infeasible = select_best(rows, config.objectives, config.directions)
-    baseline = float(study.user_attrs.get("baseline_accuracy", math.nan))
-    result = SearchResult(
-        config.study.name,
-        redact(storage_url),
-        config.objectives,
-        config.directions,
-        baseline,
-        rows,
-        best,
-        infeasible,
-    )
-    if evaluator is not None and best:
-        result.holdout_accuracy = evaluator.holdout_accuracy(best[0]["params"])
-        result.files = [str(p) for p in evaluator.write_config(best[0]["params"], config.out_dir)]
-    return result
-
-
-def load_study_config(study_name: str, storage_url: str) -> SearchConfig:
-    """The config a stored study was created with (for ``kiln search show``)."""
-    import optuna
-
-    try:
-        study = optuna.load_study(
-            study_name=study_name, storage=open_storage(storage_url, heartbeat=False)
-        )
-    except KeyError:
-        names = [
-            s.study_name
-            for s in optuna.get_all_study_summaries(open_storage(storage_url, heartbeat=False))
-        ]
-        raise KilnError(
-            f"no study '{study_name}' in {redact(storage_url)}",
-            hint=f"studies there: {', '.join(names) or 'none'}",
-        ) from None
-    data = study.user_attrs.get("config")
-    if data is None:
-        raise KilnError(f"study '{study_name}' was not created by kiln (no config stored)")
-    return parse_config(data, f"study {study_name}")
+    return ", ".join(f"{name} {first['metrics'][name]:.4g}" for name in config.objectives)

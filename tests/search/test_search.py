@@ -70,7 +70,9 @@ def test_brute_force_finds_the_smallest_feasible_point_and_tpe_respects_the_cons
             jsc_config(tmp_path, study={"name": "jsc-tpe", "strategy": "tpe", "trials": 12})
         )
     )
-    assert len([t for t in tpe.trials if t["state"] == "COMPLETE"]) == 12
+    assert tpe.evaluations == 12  # the budget counts evaluations; repeats are reused
+    evaluated = [t["key"] for t in tpe.trials if t["state"] == "COMPLETE" and not t["reused"]]
+    assert len(evaluated) == len(set(evaluated)) == 12
     if tpe.best:
         assert tpe.best[0]["metrics"]["accuracy_drop"] <= 1.0
         assert tpe.best[0]["metrics"]["size"] >= best["metrics"]["size"]
@@ -162,15 +164,19 @@ def test_bad_inputs(tmp_path):
         load_config(tmp_path / "broken.toml")
 
 
+# The study's own trials (the storage also holds kiln's evaluation-cache study).
 FINISHED_VALUES = (
     "SELECT t.number, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id"
-    " WHERE t.state = 'COMPLETE'"
+    " JOIN studies s ON s.study_id = t.study_id"
+    " WHERE t.state = 'COMPLETE' AND s.study_name = 'jsc'"
 )
 
 
 def _completed(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as connection:
-        return connection.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
+        return connection.execute(
+            "SELECT t.number, t.state FROM trials t JOIN studies s ON s.study_id = t.study_id"
+            " WHERE s.study_name = 'jsc' ORDER BY t.number").fetchall()
 
 
 def test_search_killed_mid_trial_resumes_without_losing_or_repeating(tmp_path):
@@ -210,6 +216,9 @@ def test_search_killed_mid_trial_resumes_without_losing_or_repeating(tmp_path):
     complete = [t for t in result["trials"] if t["state"] == "COMPLETE"]
     assert len(complete) == 27  # every grid point finished once
     assert len({json.dumps(t["params"], sort_keys=True) for t in complete}) == 27
+    # nothing evaluated twice across the restart: 27 evaluations for 27 points (the killed
+    # trial's point counts once, whether its result was stored before the kill or not)
+    assert result["evaluations"] == 27 and result["space_exhausted"]
     with sqlite3.connect(db) as connection:
         values_after = dict(connection.execute(FINISHED_VALUES).fetchall())
     assert all(values_after[n] == values_before[n] for n in finished_before)  # kept as they were
@@ -233,22 +242,22 @@ def test_two_workers_on_postgresql_finish_every_trial_once(tmp_path, postgres_da
     grid = parse_config(jsc_config(tmp_path, study={"storage": postgres_database, "trials": 27}))
     result = run_search(grid, workers=2)
     complete = [t for t in result.trials if t["state"] == "COMPLETE"]
-    assert len(complete) == 27 and len(result.trials) == 27
     assert len({json.dumps(t["params"], sort_keys=True) for t in complete}) == 27
-    tpe = parse_config(
-        jsc_config(
-            tmp_path,
-            study={
-                "name": "jsc-tpe",
-                "storage": postgres_database,
-                "strategy": "tpe",
-                "trials": 10,
-            },
-        )
-    )
-    result = run_search(tpe, workers=2)
-    numbers = [t["number"] for t in result.trials if t["state"] == "COMPLETE"]
-    assert sorted(numbers) == list(range(10))
+    # each point evaluated once; a worker that started a trial just as the other finished
+    # the last point gets a repeat, which is reused, not evaluated
+    assert result.evaluations == 27 and len(_evaluated(result)) == 27
+    assert all(t["reused"] for t in complete if t["number"] >= 27)
+    tpe = jsc_config(tmp_path, study={"name": "jsc-tpe", "storage": postgres_database,
+                                      "strategy": "tpe", "trials": 10},
+                     evaluation={"seed": 3})  # another evaluation: nothing to reuse
+    result = run_search(parse_config(tpe), workers=2)
+    evaluated = _evaluated(result)
+    assert len(set(evaluated)) == len(evaluated) == result.evaluations >= 10
+    # the same evaluation as the grid study: all 27 points are known on this storage
+    tpe["study"]["name"], tpe["evaluation"] = "jsc-tpe-2", {"samples": 1000,
+                                                           "calibration_batches": 1}
+    result = run_search(parse_config(tpe), workers=2)
+    assert result.evaluations == 0 and result.exhausted
 
 
 def test_per_op_type_space_with_formats_and_range_methods(tmp_path):
@@ -280,3 +289,71 @@ def test_per_op_type_space_with_formats_and_range_methods(tmp_path):
     assert rules["features_0"].weight["format"] == "bfp"
     assert rules["classifier_1"].weight["range"] == "mse"
     assert space.size() == 2**6
+
+
+def _evaluated(result) -> list[str]:
+    return [t["key"] for t in result.trials if t["state"] in ("COMPLETE", "PRUNED")
+            and not t["reused"]]
+
+
+def test_no_configuration_is_evaluated_twice_and_an_exhausted_space_stops(tmp_path):
+    """TPE proposes repeats on a 27-point space; they are reused, free, and the study stops
+    when all 27 are known even though the budget is larger."""
+    config = jsc_config(tmp_path, study={"name": "tpe", "strategy": "tpe", "trials": 40,
+                                         "storage": "memory://exhaust"})
+    result = run_search(parse_config(config))
+    assert len(_evaluated(result)) == len(set(_evaluated(result))) == 27
+    assert result.evaluations == 27 and result.exhausted
+    assert any(t["reused"] for t in result.trials)  # the sampler did repeat itself
+    reused = [t for t in result.trials if t["reused"]]
+    first = {t["key"]: t["metrics"] for t in result.trials if not t["reused"]}
+    assert all(t["metrics"] == first[t["key"]] for t in reused)  # the stored result
+    # Without deduplication the same budget evaluates repeats again (the old behaviour).
+    config["study"].update(name="tpe-dup", deduplicate=False, trials=27)
+    plain = run_search(parse_config(config))
+    keys = [t["key"] for t in plain.trials]
+    assert len(keys) == 27 and len(set(keys)) < 27
+
+
+def test_a_second_study_on_the_same_storage_reuses_the_first_ones_evaluations(tmp_path):
+    storage = "memory://shared"
+    first = run_search(parse_config(jsc_config(tmp_path, study={
+        "name": "a", "strategy": "random", "trials": 8, "storage": storage, "seed": 1})))
+    second = run_search(parse_config(jsc_config(tmp_path, study={
+        "name": "b", "strategy": "random", "trials": 8, "storage": storage, "seed": 1})))
+    assert first.evaluations == 8
+    # same sampler seed: the same first proposals, all known already
+    assert [t["key"] for t in second.trials[:8]] == [t["key"] for t in first.trials[:8]]
+    assert all(t["reused"] for t in second.trials[:8])
+    assert len(set(_evaluated(first)) & set(_evaluated(second))) == 0
+    # a different evaluation (calibration seed) is a different cache
+    other = run_search(parse_config(jsc_config(tmp_path, study={
+        "name": "c", "strategy": "random", "trials": 3, "storage": storage, "seed": 1},
+        evaluation={"seed": 5})))
+    assert not any(t["reused"] for t in other.trials)
+
+
+def test_low_fidelity_prunes_the_clearly_infeasible_and_keeps_the_optimum(tmp_path):
+    grid = run_search(parse_config(jsc_config(tmp_path, study={
+        "name": "truth", "storage": "memory://fidelity-truth"})))
+    config = jsc_config(tmp_path, study={"name": "mf", "strategy": "grid", "trials": 27,
+                                         "storage": "memory://fidelity"},
+                        evaluation={"low_fidelity_samples": 200})
+    result = run_search(parse_config(config))
+    pruned = [t for t in result.trials if t["state"] == "PRUNED"]
+    assert pruned and all(0 < t["cost"] < 1 for t in pruned)
+    assert all(t["low_fidelity"]["accuracy_drop"] > 1.0 for t in pruned)
+    assert result.evaluations < 27
+    assert result.best[0]["params"] == grid.best[0]["params"]
+    assert result.best[0]["metrics"] == grid.best[0]["metrics"]  # full score, same samples
+    with pytest.raises(ConfigError, match="single objective"):
+        parse_config(jsc_config(tmp_path, objectives=["size", "accuracy"],
+                                evaluation={"low_fidelity_samples": 100}))
+
+
+def test_uniform_points_come_first(tmp_path):
+    config = jsc_config(tmp_path, study={"name": "u", "strategy": "tpe", "trials": 5,
+                                         "seed_uniform": True, "storage": "memory://uniform"})
+    result = run_search(parse_config(config))
+    firsts = [t["params"] for t in result.trials[:3]]
+    assert firsts == [{"_2.w": b, "_4.w": b, "_6.w": b} for b in (2, 4, 8)]
