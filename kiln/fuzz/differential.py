@@ -38,7 +38,11 @@ STAGES = ("lower", "engine", "onnx", "rtl")
 #: fixed-point multiplier and floors to one less, which is floor mode's defined arithmetic
 #: (the reference interpreter checks it exactly); the lowering itself is the same code in
 #: every mode, and the nearest and float32 networks hold it to this tolerance.
+#: Below 4-bit activations most values lie near a rounding tie (a real tie that the
+#: engine's fixed-point multiplier and the float graph each break their own way), so the
+#: exact fraction is held lower there; the 1-LSB bound holds at every width.
 FAKE_QUANT_TOLERANCE = (1, 0.95)
+FAKE_QUANT_EXACT_BELOW_4_BITS = 0.8
 
 
 @dataclass
@@ -186,6 +190,7 @@ def _check_engine(program, quantized, x: np.ndarray, x_int: np.ndarray,
     the fake-quant graph (the output, within rounding noise)."""
     from kiln.fuzz.reference import reference_run
     from kiln.integer import run
+    from kiln.integer.program import TensorQuant
     from kiln.models.training import predict
 
     expected = reference_run(program, x_int)
@@ -203,6 +208,10 @@ def _check_engine(program, quantized, x: np.ndarray, x_int: np.ndarray,
     exact = float((difference == 0).mean())
     result.details.update(fake_quant_exact=exact, fake_quant_max_lsb=int(difference.max()))
     max_lsb, exact_fraction = FAKE_QUANT_TOLERANCE
+    widths = [TensorQuant(**op.attrs["out_quant"]).bits for op in program.ops
+              if "out_quant" in op.attrs] + [program.input_quant.bits]
+    if min(widths) < 4:
+        exact_fraction = FAKE_QUANT_EXACT_BELOW_4_BITS
     if program.rounding != "floor" and (difference.max() > max_lsb or exact < exact_fraction):
         _fail(result, "engine", f"engine vs fake-quant: max {int(difference.max())} LSB, "
                                 f"{exact:.1%} exact (element {int(difference.argmax())})")
