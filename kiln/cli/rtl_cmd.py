@@ -33,11 +33,11 @@ def emit_rtl(
     program = IntegerProgram.load(program_dir)
     choice: object = parallelism
     if config is not None:
-        import yaml
+        from kiln.strict_yaml import load_yaml_file
 
         if not config.is_file():
             raise ConfigError(f"{config}: no such parallelism config")
-        choice = {k: tuple(v) for k, v in (yaml.safe_load(config.read_text()) or {}).items()}
+        choice = {k: tuple(v) for k, v in (load_yaml_file(config) or {}).items()}
     design = emit(program, choice, out)
     rows = [[layer.name, f"{layer.in_n}->{layer.out_n}", f"{layer.p_in}x{layer.p_out}",
              layer.compute_cycles] for layer in design.layers]

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kiln.errors import ConfigError
+from kiln.strict_yaml import load_yaml_file
 
 MEMORY_OPERANDS = ("I1", "I2", "O")
 # ZigZag's short direction names → the four ways data moves at a memory level.
@@ -387,8 +386,5 @@ def load_accelerator(path: str | Path) -> Accelerator:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"accelerator file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    data = load_yaml_file(path)
     return parse_accelerator(data, str(path))

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator
 from kiln.hw.workload import Layer
+from kiln.strict_yaml import load_yaml_file
 
 Loop = tuple[str, int]
 
@@ -111,10 +110,7 @@ def load_zigzag_mapping(path: str | Path) -> dict[str, MappingConstraints]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"mapping file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    data = load_yaml_file(path)
     if not isinstance(data, list):
         raise ConfigError(f"{path}: a ZigZag mapping is a list of entries with a 'name'")
     entries: dict[str, MappingConstraints] = {}

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kiln.errors import ConfigError, ModelFormatError
+from kiln.strict_yaml import load_yaml_file
 
 DEFAULT_LINKS = {"O": "O", "W": "I2", "I": "I1"}
 _EQUATION = re.compile(
@@ -324,10 +323,7 @@ def workload_from_onnx(path: str | Path) -> Workload:
 
 def workload_from_zigzag_yaml(path: str | Path) -> Workload:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    data = load_yaml_file(path)
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{path}: a ZigZag workload is a non-empty list of layers")
     layers = [layer_from_zigzag(item, f"{path}: layer[{i}]") for i, item in enumerate(data)]

@@ -141,13 +141,21 @@ class QuantConfig(BaseModel):
 
                 data = tomllib.loads(text)
             elif path.suffix in (".yaml", ".yml"):
-                import yaml
+                from kiln.strict_yaml import load_yaml
 
-                data = yaml.safe_load(text) or {}
+                data = load_yaml(text, path) or {}
             elif path.suffix == ".json":
                 import json
 
-                data = json.loads(text)
+                def strict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+                    keys = [key for key, _ in pairs]
+                    repeated = sorted({key for key in keys if keys.count(key) > 1})
+                    if repeated:
+                        raise ConfigError(f"{path}: key '{repeated[0]}' appears twice in one "
+                                          "object")
+                    return dict(pairs)
+
+                data = json.loads(text, object_pairs_hook=strict)
             else:
                 raise ConfigError(f"{path}: use a .toml, .yaml or .json file")
         except ConfigError:

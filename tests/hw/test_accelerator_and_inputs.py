@@ -214,3 +214,29 @@ def test_workload_edges_follow_the_graph_through_non_mac_layers(resnet18_onnx):
     assert set(layers["layers_1_conv1"].inputs_from) == {"layers_0_conv2", "stem_0"}  # residual
     onnx_layers = load_workload(str(resnet18_onnx)).layers
     assert onnx_layers[1].inputs_from == [onnx_layers[0].name]
+
+
+def test_a_key_given_twice_is_rejected_with_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys; kiln refuses, naming the key and lines."""
+    from kiln.errors import ConfigError
+    from kiln.hw import load_accelerator
+    from kiln.quant import QuantConfig
+
+    text = (EXAMPLES / "edge_npu.yaml").read_text()
+    lines = text.splitlines()
+    index = next(i for i, line in enumerate(lines) if "unit_energy" in line)
+    indent = lines[index][: len(lines[index]) - len(lines[index].lstrip())]
+    lines.insert(index + 1, f"{indent}unit_energy: 4.0")
+    path = tmp_path / "twice.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=rf"key 'unit_energy' appears twice in one mapping "
+                                          rf"\(lines {index + 1} and {index + 2}\)"):
+        load_accelerator(path)
+    config = tmp_path / "quant.yaml"
+    config.write_text("default:\n  weight: {bits: 8}\n  weight: {bits: 4}\n")
+    with pytest.raises(ConfigError, match="key 'weight' appears twice"):
+        QuantConfig.load(config)
+    as_json = tmp_path / "quant.json"
+    as_json.write_text('{"default": {"weight": {"bits": 8}, "weight": {"bits": 4}}}')
+    with pytest.raises(ConfigError, match="key 'weight' appears twice"):
+        QuantConfig.load(as_json)
