@@ -30,12 +30,17 @@ def _json_default(value: Any) -> Any:
 
 def table(title: str, columns: list[str], rows: list[list[Any]], *,
           right_align: set[str] | None = None) -> Table:
+    """A terminal table. Cells and the title are plain text: a name such as
+    ``edge_npu [array.D1=4]`` is printed as it is, not read as rich markup."""
+    from rich.markup import escape
+    from rich.text import Text
+
     right_align = right_align or set()
-    result = Table(title=title, title_justify="left", header_style="bold")
+    result = Table(title=escape(title), title_justify="left", header_style="bold")
     for column in columns:
-        result.add_column(column, justify="right" if column in right_align else "left")
+        result.add_column(escape(column), justify="right" if column in right_align else "left")
     for row in rows:
-        result.add_row(*[str(cell) for cell in row])
+        result.add_row(*[Text(str(cell)) for cell in row])
     return result
 
 

@@ -41,6 +41,8 @@ def fuzz(
       kiln fuzz --stages lower,engine,onnx,rtl --count 20 --icarus-every 5 --out out/fuzz
       kiln fuzz --replay out/fuzz/cases/seed-17.json
     """
+    from rich.markup import escape
+
     from kiln.errors import KilnError
     from kiln.fuzz import fuzz as run_fuzz
     from kiln.fuzz import replay as run_replay
@@ -58,9 +60,9 @@ def fuzz(
         if as_json:
             print_json(summary)
         else:
-            console.print(f"{summary['network']}\n" + (
+            console.print(f"{escape(summary['network'])}\n" + (
                 "[green]passes every stage[/]" if result.ok else
-                f"[red]fails at {result.failure.stage}[/]: {result.failure.message}"),
+                f"[red]fails at {result.failure.stage}[/]: {escape(result.failure.message)}"),
                 highlight=False)
         raise typer.Exit(0 if result.ok else 1)
     chosen = tuple(stage.strip() for stage in stages.split(",") if stage.strip())
@@ -87,7 +89,8 @@ def fuzz(
                             right_align={"passed", "failed", "skipped"}))
         for failure in report.failures:
             console.print(f"[red]seed {failure['seed']}[/] {failure['stage']}: "
-                          f"{failure['message']}\n  shrunk to {failure['shrunk']}"
+                          f"{escape(failure['message'])}\n  shrunk to "
+                          f"{escape(failure['shrunk'])}"
                           + (f"\n  replay: kiln fuzz --replay {failure['case']}"
                              if "case" in failure else ""), highlight=False)
     if not report.ok:

@@ -107,7 +107,8 @@ def cost(
     workload: Annotated[str, typer.Argument(help=WORKLOAD_HELP)],
     accelerator: Annotated[Path, typer.Option("--accelerator", "-a", help=ACCEL_HELP)],
     mapping: Annotated[Path | None, typer.Option(help=MAPPING_HELP)] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset a zoo model is shaped for.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--data", "--dataset", "-d", help="Dataset a zoo model is shaped for.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNG plots.")] = None,
 ) -> None:
@@ -146,7 +147,8 @@ def map_command(
         bool,
         typer.Option(help="Every loop order with every memory allocation (small layers only)."),
     ] = False,
-    dataset: Annotated[str | None, typer.Option(help="Dataset a zoo model is shaped for.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--data", "--dataset", "-d", help="Dataset a zoo model is shaped for.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNG plots.")] = None,
 ) -> None:
@@ -169,7 +171,8 @@ def map_command(
     result = _run_mapping(
         work, hw, entries, objective, lpf_limit or None, refine, exhaustive, as_json
     )
-    _report(result, as_json, out, f"{work.name} on {hw.name}, objective {objective}")
+    _report(result, as_json, out, f"{work.name} on {hw.name}, objective {objective}, "
+            f"refine {refine}")
 
 
 def _report(result, as_json: bool, out: Path | None, title: str) -> None:
@@ -207,8 +210,10 @@ def compare_command(
     ] = None,
     objective: Annotated[str, typer.Option(help=OBJECTIVE_HELP)] = "latency",
     mapping: Annotated[Path | None, typer.Option(help="Constraints: " + MAPPING_HELP)] = None,
-    refine: Annotated[int, typer.Option(help="See 'kiln map --help'.")] = 0,
-    dataset: Annotated[str | None, typer.Option(help="Dataset a zoo model is shaped for.")] = None,
+    refine: Annotated[int, typer.Option(
+        help="As 'kiln map --refine' (the same default, 4).")] = 4,
+    dataset: Annotated[str | None, typer.Option(
+        "--data", "--dataset", "-d", help="Dataset a zoo model is shaped for.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNG plots.")] = None,
 ) -> None:
@@ -260,7 +265,7 @@ def compare_command(
     )
     console.print(
         table(
-            f"{work.name}: {len(hws)} accelerators, objective {objective}",
+            f"{work.name}: {len(hws)} accelerators, objective {objective}, refine {refine}",
             ["accelerator", "latency (cyc)", "energy (pJ)", "EDP", "utilization"],
             [
                 [

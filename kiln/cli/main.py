@@ -6,6 +6,7 @@ Heavy libraries (torch, onnx) are imported inside commands, so ``kiln --help`` i
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -35,6 +36,21 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
+
+def _version(value: bool) -> None:
+    if value:
+        from kiln import __version__
+
+        print(f"kiln {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print kiln's version and exit.")
+        ] = False) -> None:
+    """kiln's global options."""
+
 
 inspect_cmd.register(app)
 train_cmd.register(app)

@@ -84,6 +84,8 @@ def search(
 
 
 def _print(result, as_json: bool) -> None:
+    from kiln.search.report import best_table, format_metric
+
     if as_json:
         print_json(result.as_dict())
         return
@@ -99,16 +101,7 @@ def _print(result, as_json: bool) -> None:
            "exhausted)" if result.exhausted else "")
     )
     if result.best:
-        columns = ["trial", *result.objectives, "accuracy", "parameters"]
-        rows = [
-            [
-                t["number"],
-                *(f"{t['metrics'][o]:.5g}" for o in result.objectives),
-                f"{t['metrics']['accuracy']:.2%}",
-                " ".join(f"{k}={v}" for k, v in t["params"].items()),
-            ]
-            for t in result.best
-        ]
+        columns, rows = best_table(result)
         title = "best feasible configuration" + (" (Pareto front)" if len(result.best) > 1 else "")
         console.print(table(title, columns, rows))
         if result.holdout_accuracy is not None:
@@ -122,10 +115,12 @@ def _print(result, as_json: bool) -> None:
             t = result.best_infeasible
             console.print(
                 f"closest: trial {t['number']} (constraint excess {t['constraints']}), "
-                f"accuracy {t['metrics']['accuracy']:.2%}, size {t['metrics']['size']:.0f} bytes"
+                f"accuracy {t['metrics']['accuracy']:.2%}, size "
+                f"{format_metric('size', t['metrics']['size'])}"
             )
     for path in result.files:
         console.print(f"wrote {path}")
+
 
 
 def register(app: typer.Typer) -> None:

@@ -80,7 +80,8 @@ def train(
 def evaluate(
     model: Annotated[str, typer.Argument(help="Zoo name, .pt checkpoint or .onnx file.")],
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
-    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    split: Annotated[str, typer.Option(
+        help="train, test, or all (both: for a model trained elsewhere).")] = "test",
     input_scale: Annotated[float, typer.Option(
         help="Multiply inputs by this (255 for models trained on 0..255 pixels).")] = 1.0,
     pretrained: Annotated[bool, typer.Option(

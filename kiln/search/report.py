@@ -18,6 +18,33 @@ LABELS = {
 }
 
 
+def format_metric(name: str, value: float) -> str:
+    """A metric with its unit, as a person reads it: 104,340 bytes is '104.3 kB'."""
+    if name == "size":
+        return f"{value / 1000:,.1f} kB" if value >= 1000 else f"{value:,.0f} B"
+    if name == "accuracy":
+        return f"{value:.2%}"
+    if name == "accuracy_drop":
+        return f"{value:+.2f} points"
+    if name == "bits":
+        return f"{value:.2f} bits"
+    if name == "latency":
+        return f"{value:,.0f} cycles"
+    if name == "energy":
+        return f"{value / 1e6:,.3f} µJ" if value >= 1e6 else f"{value:,.0f} pJ"
+    return f"{value:.5g}"
+
+
+def best_table(result: SearchResult) -> tuple[list[str], list[list[str]]]:
+    """The best configuration(s) as (columns, rows): the objectives with units, accuracy
+    once (also when it is an objective), the parameters."""
+    shown = list(result.objectives) + ([] if "accuracy" in result.objectives else ["accuracy"])
+    columns = ["trial", *(LABELS.get(name, name) for name in shown), "parameters"]
+    rows = [[str(t["number"]), *(format_metric(name, t["metrics"][name]) for name in shown),
+             " ".join(f"{k}={v}" for k, v in t["params"].items())] for t in result.best]
+    return columns, rows
+
+
 def write_report(
     result: SearchResult, out: Path, extra_points: dict[str, dict[str, float]] | None = None
 ) -> list[Path]:
@@ -119,31 +146,29 @@ def _directed(result: SearchResult) -> list[str]:
 
 def markdown_summary(result: SearchResult) -> str:
     complete = [t for t in result.trials if t["state"] == "COMPLETE"]
+    summary = result.as_dict()
     lines = [
         f"# Search `{result.study}`",
         "",
         f"Objectives: {', '.join(_directed(result))}. "
-        f"Finished trials: {len(complete)} ({sum(t['feasible'] for t in complete)} feasible). "
-        f"Float baseline accuracy on the validation half: {result.baseline_accuracy:.2%}.",
+        f"Model evaluations: {result.evaluations:g} over {len(result.trials)} trials "
+        f"({summary['reused_trials']} reused a stored result, {summary['pruned_trials']} "
+        f"pruned at low fidelity); finished trials: {len(complete)} "
+        f"({sum(t['feasible'] for t in complete)} feasible)"
+        + (f"; every one of the {result.space_size} configurations is known"
+           if result.exhausted else "")
+        + f". Float baseline accuracy on the validation half: {result.baseline_accuracy:.2%}.",
         "",
     ]
     if result.best:
+        columns, rows = best_table(result)
         lines += [
             "## Best feasible configuration" + ("s (Pareto front)" if len(result.best) > 1 else ""),
             "",
-            "| trial | "
-            + " | ".join(LABELS.get(o, o) for o in result.objectives)
-            + ("" if "accuracy" in result.objectives else " | accuracy")
-            + " | parameters |",
-            "|---|" + "---|" * (len(result.objectives) + 1 + ("accuracy" not in result.objectives)),
+            "| " + " | ".join(columns) + " |",
+            "|" + "---|" * len(columns),
         ]
-        for t in result.best:
-            values = " | ".join(f"{t['metrics'][o]:.5g}" for o in result.objectives)
-            params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
-            accuracy = (
-                "" if "accuracy" in result.objectives else f" | {t['metrics']['accuracy']:.2%}"
-            )
-            lines.append(f"| {t['number']} | {values}{accuracy} | {params} |")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
         if result.holdout_accuracy is not None:
             lines += [
                 "",
