@@ -115,56 +115,92 @@ def plot_comparison(results: list[WorkloadResult], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     layers = [r.layer for r in results[0].layers]
-    short = [name.strip("/").replace("/Conv", "").replace("/Gemm", "")[-18:] for name in layers]
+    names = [_label(name) for name in layers]
     x = np.arange(len(layers))
     width = 0.8 / len(results)
+    longest = max((len(name) for name in names), default=0)
     for metric, label, file in (
         ("latency_cycles", "latency (cycles)", "latency_per_layer.png"),
-        ("energy_pj", "energy (pJ)", "energy_per_layer.png"),
+        ("energy_pj", "energy (µJ)", "energy_per_layer.png"),
         ("utilization", "MAC utilization", "utilization_per_layer.png"),
     ):
-        figure, axes = plt.subplots(figsize=(max(6.4, 0.45 * len(layers)), 4.2), dpi=110)
+        # Room below the axis for the full layer names, rotated.
+        figure, axes = plt.subplots(figsize=(max(6.4, 0.32 * len(layers) + 2),
+                                             3.6 + 0.075 * longest), dpi=110)
         for index, result in enumerate(results):
             values = [getattr(r.cost, metric) for r in result.layers]
+            if metric == "energy_pj":
+                values = [v / 1e6 for v in values]
             axes.bar(x + index * width, values, width, label=result.accelerator)
-        axes.set_xticks(x + 0.4 - width / 2, short, rotation=70, fontsize=7)
+        axes.set_xticks(x + 0.4 - width / 2, names, rotation=90, fontsize=7)
+        axes.set_xlim(-0.6, len(layers) - 0.2)
         axes.set_ylabel(label)
         axes.set_title(f"{label} per layer")
+        axes.grid(axis="y", alpha=0.3)
         axes.legend(fontsize=7)
         figure.tight_layout()
         paths.append(_save(figure, out_dir / file))
         plt.close(figure)
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    bottoms = np.zeros(len(results))
-    keys = sorted(
-        {
-            (memory, op)
-            for r in results
-            for layer in r.layers
-            for memory, ops in layer.cost.energy_by_level.items()
-            for op in ops
-        }
-    )
-    for memory, op in keys:
-        values = np.array(
-            [
-                sum(layer.cost.energy_by_level.get(memory, {}).get(op, 0.0) for layer in r.layers)
-                for r in results
-            ]
-        )
-        axes.bar(range(len(results)), values, bottom=bottoms, label=f"{memory} {op}")
-        bottoms += values
-    macs = np.array([sum(layer.cost.mac_energy_pj for layer in r.layers) for r in results])
-    axes.bar(range(len(results)), macs, bottom=bottoms, label="MACs", color="black")
-    axes.set_xticks(range(len(results)), [r.accelerator for r in results], rotation=20, fontsize=7)
-    axes.set_ylabel("energy (pJ)")
-    axes.set_title("energy by memory level and operand")
-    axes.legend(fontsize=6, ncol=2)
-    figure.tight_layout()
-    paths.append(_save(figure, out_dir / "energy_breakdown.png"))
-    plt.close(figure)
+    paths.append(_energy_breakdown(results, out_dir / "energy_breakdown.png"))
     return paths
+
+
+def _label(name: str) -> str:
+    """A layer name short enough for an axis, cut in the middle (both ends identify it)."""
+    name = name.strip("/")
+    return name if len(name) <= 36 else name[:17] + "…" + name[-18:]
+
+
+def breakdown_colours(keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
+    """A colour per (memory level, operand): 20 distinct hues (tab20's strong colours, then
+    its light ones), one per memory level, its operands that hue blended towards white."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    hues = plt.get_cmap("tab20").colors
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    memories = sorted({memory for memory, _ in keys})
+    colours = {}
+    for memory_index, memory in enumerate(memories):
+        operands = sorted(op for m, op in keys if m == memory)
+        base = np.array(hues[order[memory_index % 20]])
+        for op_index, op in enumerate(operands):
+            blend = 0.55 * op_index / max(len(operands) - 1, 1)
+            colours[(memory, op)] = tuple(float(v) for v in base * (1 - blend) + blend)
+    return colours
+
+
+def _energy_breakdown(results: list[WorkloadResult], path: Path) -> Path:
+    """Stacked bars of energy by memory level and operand: one hue per memory level (a
+    shade per operand), MACs in black, the legend beside the plot, in µJ."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = sorted({(memory, op) for r in results for layer in r.layers
+                   for memory, ops in layer.cost.energy_by_level.items() for op in ops})
+    memories = sorted({memory for memory, _ in keys})
+    colours = breakdown_colours(keys)
+    figure, axes = plt.subplots(figsize=(6.4 + 0.5 * len(results), 4.6), dpi=110)
+    bottoms = np.zeros(len(results))
+    for memory in memories:
+        for op in [op for m, op in keys if m == memory]:
+            colour = colours[(memory, op)]
+            values = np.array([sum(layer.cost.energy_by_level.get(memory, {}).get(op, 0.0)
+                                   for layer in r.layers) for r in results]) / 1e6
+            axes.bar(range(len(results)), values, bottom=bottoms, label=f"{memory}: {op}",
+                     color=colour, edgecolor="white", linewidth=0.4)
+            bottoms += values
+    macs = np.array([sum(layer.cost.mac_energy_pj for layer in r.layers) for r in results]) / 1e6
+    axes.bar(range(len(results)), macs, bottom=bottoms, label="MACs", color="black")
+    axes.set_xticks(range(len(results)), [r.accelerator for r in results], rotation=20,
+                    ha="right", fontsize=8)
+    axes.set_ylabel("energy (µJ)")
+    axes.set_title("energy by memory level and operand")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+    return path
 
 
 def _save(figure, path: Path) -> Path:

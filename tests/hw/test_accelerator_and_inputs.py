@@ -240,3 +240,15 @@ def test_a_key_given_twice_is_rejected_with_both_lines(tmp_path):
     as_json.write_text('{"default": {"weight": {"bits": 8}, "weight": {"bits": 4}}}')
     with pytest.raises(ConfigError, match="key 'weight' appears twice"):
         QuantConfig.load(as_json)
+
+
+def test_breakdown_colours_are_distinct_and_layer_labels_whole():
+    """17 memory/operand categories got 10 cycling colours, and layer names were cut."""
+    from kiln.hw.compare import _label, breakdown_colours
+
+    keys = [(f"mem{m}", op) for m in range(9) for op in ("I", "W")]
+    colours = breakdown_colours(keys)
+    assert len(set(colours.values())) == len(keys) == 18
+    assert _label("layers_6_shortcut_0") == "layers_6_shortcut_0"
+    long = "/model/backbone/stage4/block2/conv_pointwise/Conv"
+    assert _label(long).startswith("model/backbone") and _label(long).endswith("pointwise/Conv")
