@@ -34,9 +34,7 @@ def _config(name: str, study: str, strategy: str, trials: int):
     config.study.name, config.study.strategy, config.study.trials = study, strategy, trials
     config.study.out = str(OUT / study)
     config.study.storage = f"sqlite:///{OUT / (study + '.db')}"
-    if config.hardware is not None:
-        config.hardware.accelerator = str(ROOT / config.hardware.accelerator)
-    return config
+    return config  # (load_config resolves the accelerator relative to the config file)
 
 
 def _run(config):

@@ -35,5 +35,9 @@ class DatasetNotInstalledError(KilnError):
     """A dataset whose files are not on this machine; the message says how to install them."""
 
 
+class InterruptError(KilnError):
+    """The user stopped a command (Ctrl-C); the message says what was kept. Exit 130."""
+
+
 class ConfigError(KilnError):
     """An invalid option, configuration file or hardware description field."""

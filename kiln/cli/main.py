@@ -66,10 +66,17 @@ fuzz_cmd.register(app)
 
 def main() -> None:
     """Entry point: user errors print one or two lines and exit with status 2."""
-    from kiln.errors import KilnError
+    from kiln.errors import InterruptError, KilnError
 
     try:
         app()
+    except KeyboardInterrupt:
+        from kiln.cli.common import error_console
+
+        # Every artifact is written whole or not at all (kiln.atomic, temp file + rename).
+        error_console.print("interrupted: nothing half-written was left (outputs are written "
+                            "whole or not at all)", highlight=False)
+        sys.exit(130)
     except KilnError as exc:
         from rich.markup import escape
 
@@ -80,7 +87,7 @@ def main() -> None:
         if exc.hint:
             error_console.print(f"  hint: {exc.hint}", highlight=False, markup=False,
                                 soft_wrap=True)
-        sys.exit(2)
+        sys.exit(130 if isinstance(exc, InterruptError) else 2)
 
 
 if __name__ == "__main__":

@@ -76,9 +76,17 @@ def search(
         def on_progress(spent: float, budget: int, best: str) -> None:
             bar.update(task, completed=spent, total=budget, status=f"best: {best}")
 
-        result = run_search(
-            config, storage=storage, workers=workers, resume=resume, on_progress=on_progress
-        )
+        try:
+            result = run_search(
+                config, storage=storage, workers=workers, resume=resume,
+                on_progress=on_progress
+            )
+        except KeyboardInterrupt:
+            from kiln.errors import InterruptError
+
+            raise InterruptError(f"interrupted: the finished trials of study "
+                              f"'{config.study.name}' are kept in its storage",
+                              hint=f"continue with: kiln search {target} --resume") from None
     result.files += [str(p) for p in write_report(result, config.out_dir)]
     _print(result, as_json)
 

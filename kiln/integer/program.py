@@ -111,8 +111,16 @@ class IntegerProgram:
 
     # --- saving --------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write manifest.json, arrays.npz and mem/*.mem (see the module docstring)."""
-        directory = Path(directory)
+        """Write manifest.json, arrays.npz and mem/*.mem (see the module docstring), whole
+        or not at all (:func:`kiln.atomic.atomic_folder`)."""
+        from kiln.atomic import atomic_folder
+
+        final = Path(directory)
+        with atomic_folder(final, marker="manifest.json") as partial:
+            self._write(partial)
+        return final
+
+    def _write(self, directory: Path) -> Path:
         (directory / "mem").mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
         ops = []

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln.atomic import atomic_folder
 from kiln.errors import KilnError
 from kiln.integer.arith import float32_fields
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
@@ -180,7 +181,15 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
         if before[1] != after[0]:
             raise KilnError(f"layer '{op.name}': its P_in {after[0]} must equal the previous "
                             f"layer's P_out {before[1]} (the stream width between them)")
-    directory = Path(out_dir)
+    final = Path(out_dir)
+    with atomic_folder(final, marker="design.json") as directory:  # whole or not at all
+        design = _write_design(program, per_layer, directory)
+    design.directory = final
+    return design
+
+
+def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], directory: Path
+                  ) -> Design:
     (directory / "mem").mkdir(parents=True, exist_ok=True)
     for name in COMPONENTS:
         shutil.copyfile(SOURCES / name, directory / name)

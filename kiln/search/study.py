@@ -95,6 +95,13 @@ def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache 
     prune_on_drop = low_fidelity and evaluator.prune_limit() is not None
 
     def objective(trial) -> list[float] | float:
+        try:
+            return evaluate_trial(trial)
+        except KilnError as error:  # Optuna fails the trial; the study keeps the reason
+            trial.set_user_attr("error", error.message)
+            raise
+
+    def evaluate_trial(trial) -> list[float] | float:
         params = {
             name: trial.suggest_categorical(name, options) for name, options in choices.items()
         }
@@ -150,9 +157,21 @@ def _account(trial, cost: float) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+#: Stop a study after this many failed trials in a row (a broken evaluation, not a bad
+#: configuration); run_search then reports the first failure.
+MAX_CONSECUTIVE_FAILURES = 5
+
+
 def _spent(trials) -> float:
-    return sum(float(t.user_attrs.get("cost", 0.0)) for t in trials
-               if t.state.name in ("COMPLETE", "PRUNED"))
+    """Evaluations paid for: each finished trial's cost; a failed trial counts as one."""
+    return sum(float(t.user_attrs.get("cost", 0.0)) if t.state.name in ("COMPLETE", "PRUNED")
+               else 1.0 for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL"))
+
+
+def _failing(trials) -> bool:
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
+    tail = finished[-MAX_CONSECUTIVE_FAILURES:]
+    return len(tail) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in tail)
 
 
 def _known_keys(trials, cache: EvaluationCache | None) -> set[str]:
@@ -182,7 +201,7 @@ def _controller(config: SearchConfig, choices: dict[str, list[Any]],
         known = _known_keys(trials, cache) if dedupe else set()
         if dedupe and len(known) >= size:
             study.set_user_attr("exhausted", True)  # every point known (here or cached)
-        if spent >= budget - 1e-9 or (dedupe and len(known) >= size):
+        if spent >= budget - 1e-9 or (dedupe and len(known) >= size) or _failing(trials):
             study.stop()
             return
         waiting = [t for t in trials if t.state == TrialState.WAITING]
@@ -234,14 +253,22 @@ def _optimize(study, evaluator, config: SearchConfig, cache: EvaluationCache | N
 
 def _worker(config_data: dict[str, Any], storage_url: str, worker: int) -> None:
     """One worker process: its own model, data and sampler on the shared study."""
-    import optuna
     import torch
 
     from kiln.search.objectives import Evaluator
 
     torch.set_num_threads(1)
     config = parse_config(config_data, config_data.get("source", "<config>"))
-    evaluator = Evaluator(config)
+    try:
+        _work(config, storage_url, worker, Evaluator)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker: the parent reports it
+        raise SystemExit(130) from None
+
+
+def _work(config: SearchConfig, storage_url: str, worker: int, evaluator_type) -> None:
+    import optuna
+
+    evaluator = evaluator_type(config)
     storage = open_storage(storage_url)
     study = optuna.load_study(
         study_name=config.study.name,
@@ -335,7 +362,20 @@ def run_search(
             _optimize(study, evaluator, config, cache, on_progress)
         else:
             _run_workers(config, storage_url, workers, study, on_progress)
+    _refuse_if_every_trial_failed(study)
     return collect(config, storage_url, evaluator)
+
+
+def _refuse_if_every_trial_failed(study) -> None:
+    """A study none of whose trials finished is an error, with the first trial's reason."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state.name in ("COMPLETE", "PRUNED") for t in trials):
+        return
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    if failed:
+        reason = failed[0].user_attrs.get("error", "an error outside kiln (see the log)")
+        raise KilnError(f"every trial of study '{study.study_name}' failed ({len(failed)}); "
+                        f"the first: {str(reason)[:300]}")
 
 
 def _run_workers(config: SearchConfig, storage_url: str, workers: int, study,

@@ -357,3 +357,30 @@ def test_uniform_points_come_first(tmp_path):
     result = run_search(parse_config(config))
     firsts = [t["params"] for t in result.trials[:3]]
     assert firsts == [{"_2.w": b, "_4.w": b, "_6.w": b} for b in (2, 4, 8)]
+
+
+def test_config_paths_are_relative_to_the_config_file_and_checked_first(tmp_path, monkeypatch):
+    """Run from another folder: the accelerator named in examples/search resolves; a
+    missing one is named before any work (it was four tracebacks and exit 0)."""
+    example = Path(__file__).parents[2] / "examples/search/convnet_hardware.toml"
+    monkeypatch.chdir(tmp_path)
+    config = load_config(example)
+    assert Path(config.hardware.accelerator).is_file()
+    broken = tmp_path / "broken.toml"
+    broken.write_text(example.read_text().replace("../hardware/edge_npu.yaml",
+                                                  "../hardware/nope.yaml"))
+    with pytest.raises(ConfigError, match=r"\[hardware\].accelerator '../hardware/nope.yaml'"):
+        load_config(broken)
+
+
+def test_a_search_whose_every_trial_fails_is_an_error(tmp_path, monkeypatch):
+    from kiln.errors import KilnError
+    from kiln.search.objectives import Evaluator
+
+    def broken(self, params, graph=None):
+        raise KilnError("layer 'x': cannot quantize")
+
+    monkeypatch.setattr(Evaluator, "measure", broken)
+    with pytest.raises(KilnError, match="every trial of study 'jsc' failed.*cannot quantize"):
+        run_search(parse_config(jsc_config(tmp_path, study={"trials": 3,
+                                                            "storage": "memory://fails"})))

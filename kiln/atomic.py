@@ -1,0 +1,51 @@
+"""Outputs written whole or not at all.
+
+A folder artifact (an integer program, an RTL design) is built under a temporary name
+beside its destination and put in place with one rename, so an interrupt (Ctrl-C,
+SIGKILL) or an error leaves the destination as it was: absent, or the previous complete
+version. A destination that holds something else than that kind of artifact is never
+replaced.
+
+>>> with atomic_folder(tmp / "program", marker="manifest.json") as folder:   # doctest: +SKIP
+...     (folder / "manifest.json").write_text("{}")
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kiln.errors import KilnError
+
+
+@contextmanager
+def atomic_folder(path: str | Path, *, marker: str) -> Iterator[Path]:
+    """Yield a temporary folder; on success it becomes ``path``. ``marker`` is the file
+    that identifies the artifact (``manifest.json``): an existing non-empty ``path``
+    without it is refused rather than replaced."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise KilnError(f"{path} is a file, not a folder")
+        if any(path.iterdir()) and not (path / marker).is_file():
+            raise KilnError(f"{path} holds other files (no {marker}): kiln will not replace it",
+                            hint="name a new or empty folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    try:
+        yield partial
+        partial.chmod(0o755)
+        if path.exists():
+            previous = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            path.rename(previous)
+            partial.rename(path)
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            partial.rename(path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
