@@ -64,19 +64,38 @@ search_cmd.register(app)
 fuzz_cmd.register(app)
 
 
+def _interrupted(exit_: BaseException) -> bool:
+    """Typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130: find it in the chain."""
+    seen: BaseException | None = exit_
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _print_interrupt() -> None:
+    from kiln.cli.common import error_console
+
+    # Every artifact is written whole or not at all (kiln.atomic, temp file + rename).
+    error_console.print("interrupted: nothing half-written was left (outputs are written "
+                        "whole or not at all)", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point: user errors print one or two lines and exit with status 2."""
+    """Entry point: user errors print one or two lines and exit with status 2; Ctrl-C
+    prints one line and exits with status 130."""
     from kiln.errors import InterruptError, KilnError
 
     try:
         app()
     except KeyboardInterrupt:
-        from kiln.cli.common import error_console
-
-        # Every artifact is written whole or not at all (kiln.atomic, temp file + rename).
-        error_console.print("interrupted: nothing half-written was left (outputs are written "
-                            "whole or not at all)", highlight=False)
+        _print_interrupt()
         sys.exit(130)
+    except SystemExit as exit_:
+        if exit_.code == 130 and _interrupted(exit_):
+            _print_interrupt()
+        raise
     except KilnError as exc:
         from rich.markup import escape
 

@@ -54,3 +54,49 @@ def test_rtl_commands(tmp_path, monkeypatch):
                            "unknown simulator")
     _assert_one_line_error(kiln("emit-rtl", str(program), "--parallelism", "0x4", "--out",
                                 str(tmp_path / "x")), "parallelism must be positive")
+
+
+def test_ctrl_c_during_lower_leaves_nothing_half_written(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "program"
+    process = subprocess.Popen([sys.executable, "-m", "kiln", "lower", "convnet", "--out",
+                                str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    time.sleep(4)  # importing, loading, calibrating
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:  # finished before the signal: the folder is complete
+        assert (out / "manifest.json").is_file()
+        return
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    assert not list(tmp_path.glob(".program*"))  # no partial folder left behind
+
+
+def test_atomic_folder_keeps_the_previous_version_and_refuses_foreign_folders(tmp_path):
+    import pytest
+
+    from kiln.atomic import atomic_folder
+    from kiln.errors import KilnError
+
+    target = tmp_path / "artifact"
+    with atomic_folder(target, marker="manifest.json") as folder:
+        (folder / "manifest.json").write_text("one")
+    with pytest.raises(RuntimeError), atomic_folder(target, marker="manifest.json") as folder:
+        (folder / "manifest.json").write_text("two")
+        raise RuntimeError("killed half-way")
+    assert (target / "manifest.json").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_text("meow")
+    with pytest.raises(KilnError, match="holds other files"), \
+            atomic_folder(foreign, marker="manifest.json"):
+        pass
+    assert (foreign / "cat.jpg").read_text() == "meow"
