@@ -75,7 +75,9 @@ def test_ctrl_c_during_lower_leaves_nothing_half_written(tmp_path):
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     assert len(stderr.strip().splitlines()) == 1
-    assert not out.exists()
+    # the program folder is absent, or complete (interrupted while scoring it afterwards)
+    assert not out.exists() or {"manifest.json", "arrays.npz", "mem"} <= {
+        p.name for p in out.iterdir()}
     assert not list(tmp_path.glob(".program*"))  # no partial folder left behind
 
 
