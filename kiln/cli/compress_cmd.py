@@ -9,9 +9,16 @@ from typing import Annotated
 import typer
 
 from kiln.cli.common import (
+    INPUT_SCALE_HELP,
+    INPUT_SHAPE_HELP,
+    MODEL_HELP,
+    WEIGHTS_HELP,
+    check_out_file,
     check_out_folder,
     console,
     error_console,
+    load_model_argument,
+    model_dataset,
     print_json,
     progress,
     table,
@@ -21,16 +28,35 @@ experiment_app = typer.Typer(help="Compression experiments that write Markdown t
                                   "plots into --out.", no_args_is_help=True)
 
 
-def _load(model: str, data: str | None):
-    from kiln.data import load_dataset
-    from kiln.errors import ConfigError
-    from kiln.models import resolve_model
+def _load(model: str, data: str | None, input_shape: str | None = None, weights=None,
+          input_scale: float | None = None):
+    """(graph, info, dataset scaled for the model, the scale)."""
+    graph, info = load_model_argument(model, data=data, input_shape=input_shape,
+                                      weights=weights)
+    dataset, scale = model_dataset(info, data, input_scale)
+    return graph, info, dataset, scale
 
-    graph, info = resolve_model(model, dataset=data, pretrained=True)
-    name = data or info.dataset
-    if name is None:
-        raise ConfigError(f"model '{model}' has no default dataset: pass --data")
-    return graph, info, load_dataset(name)
+
+def _save(graph, info, out: Path | None, step: dict, dataset, scale: float,
+          metrics: dict) -> str | None:
+    """Write the compressed model as a model file the next command reads."""
+    if out is None:
+        return None
+    from kiln.models.artifacts import save_model
+
+    recipe = dict(info.recipe or {})
+    recipe["steps"] = [*recipe.get("steps", []), step]
+    save_model(graph, out, recipe, dataset=dataset.name, input_scale=scale, metrics=metrics)
+    return str(out)
+
+
+def _check_model_out(out: Path | None) -> None:
+    if out is not None:
+        from kiln.errors import ConfigError
+
+        check_out_file(out)
+        if out.suffix != ".pt":
+            raise ConfigError(f"--out {out}: model files end in .pt")
 
 
 def _config(config: Path | None, weight_bits: int | None, activation_bits: int | None):
@@ -65,7 +91,7 @@ def _quant_rows(graph) -> list[list[str]]:
 
 
 def quantize(
-    model: Annotated[str, typer.Argument(help="Zoo name (shipped checkpoint), .pt or .onnx.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     config: Annotated[Path | None, typer.Option(
         help="Quantization config (.toml/.yaml/.json): default + rules.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
@@ -74,22 +100,31 @@ def quantize(
     activation_bits: Annotated[int | None, typer.Option(
         help="Without --config: asymmetric activations at this width.")] = None,
     calibration_batches: Annotated[int, typer.Option(help="Batches of 256 to calibrate.")] = 8,
+    out: Annotated[Path | None, typer.Option(
+        help="Model file (.pt) to write: lower, map, qat, prune and emit-rtl read it.")
+    ] = None,
+    input_scale: Annotated[float | None, typer.Option(help=INPUT_SCALE_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Quantize MODEL (post-training) and report accuracy before/after, size, per layer.
 
     Examples:
 
-      kiln quantize convnet --weight-bits 8 --activation-bits 8
+      kiln quantize convnet --weight-bits 8 --activation-bits 8 --out convnet-int8.pt
 
       kiln quantize convnet --config examples/quant/w4a8.toml
+
+      kiln quantize model.onnx --data mnist-5k --input-scale 255 --weight-bits 8
     """
     from kiln.models import evaluate
     from kiln.passes import model_size
     from kiln.quant import UnmatchedRuleWarning, calibrate
     from kiln.quant import quantize as quantize_graph
 
-    graph, info, dataset = _load(model, data)
+    _check_model_out(out)
+    graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
     quant_config = _config(config, weight_bits, activation_bits)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnmatchedRuleWarning)
@@ -104,6 +139,10 @@ def quantize(
               "quantized_accuracy": after, "drop_points": 100 * (before - after),
               "float_bytes": size_before, "quantized_bytes": size_after,
               "warnings": unmatched, "layers": _quant_rows(quantized)}
+    from kiln.models.artifacts import quantize_step
+
+    result["model_file"] = _save(quantized, info, out, quantize_step(quant_config), dataset,
+                                 scale, {"accuracy": after})
     if as_json:
         print_json(result)
         return
@@ -111,10 +150,12 @@ def quantize(
                         result["layers"], right_align={"bytes"}))
     console.print(f"accuracy {before:.2%} → [bold]{after:.2%}[/] ({result['drop_points']:+.2f} "
                   f"points drop); size {size_before / 1024:.1f} KB → {size_after / 1024:.1f} KB")
+    if out is not None:
+        console.print(f"wrote {out}")
 
 
 def qat(
-    model: Annotated[str, typer.Argument(help="Zoo name (shipped checkpoint), .pt or .onnx.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     config: Annotated[Path | None, typer.Option(help="Quantization config file.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
     weight_bits: Annotated[int | None, typer.Option(help="Without --config.")] = 4,
@@ -123,41 +164,53 @@ def qat(
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 2,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Model file (.pt) to write: lower, map, prune and emit-rtl read it.")] = None,
+    input_scale: Annotated[float | None, typer.Option(help=INPUT_SCALE_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Quantization-aware training: quantize, calibrate, then fine-tune (STE or LSQ).
 
-    Example:  kiln qat convnet --weight-bits 4 --activation-bits 8 --method lsq
+    Example:  kiln qat convnet --weight-bits 4 --activation-bits 8 --method lsq --out w4.pt
     """
     from kiln.models import evaluate
     from kiln.quant import calibrate
     from kiln.quant import qat as run_qat
     from kiln.quant import quantize as quantize_graph
 
-    graph, info, dataset = _load(model, data)
-    quantized = calibrate(quantize_graph(graph, _config(config, weight_bits, activation_bits)),
-                          dataset)
+    _check_model_out(out)
+    graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
+    quant_config = _config(config, weight_bits, activation_bits)
+    quantized = calibrate(quantize_graph(graph, quant_config), dataset)
     before, ptq = evaluate(graph, dataset), evaluate(quantized, dataset)
     batches = -(-len(dataset.x_train) // 128)
     with progress(quiet=as_json) as bar:
         task = bar.add_task(f"QAT {method}", total=epochs * batches, status="")
-        _, result = run_qat(quantized, dataset, method=method, epochs=epochs, lr=lr, seed=seed,
-                            on_batch=lambda e, b, loss: bar.update(
-                                task, advance=1, status=f"loss {loss:.3f}"))
+        trained, result = run_qat(quantized, dataset, method=method, epochs=epochs, lr=lr,
+                                  seed=seed, on_batch=lambda e, b, loss: bar.update(
+                                      task, advance=1, status=f"loss {loss:.3f}"))
     summary = {"model": info.name, "dataset": dataset.name, "method": method,
                "float_accuracy": before, "ptq_accuracy": ptq,
                "qat_accuracy": result.final_accuracy,
                "drop_points": 100 * (before - result.final_accuracy)}
+    from kiln.models.artifacts import quantize_step
+
+    summary["model_file"] = _save(trained, info, out, quantize_step(quant_config), dataset,
+                                  scale, {"accuracy": result.final_accuracy})
     if as_json:
         print_json(summary)
         return
     console.print(f"float {before:.2%}, PTQ {ptq:.2%}, after {epochs} epochs of QAT "
                   f"({method}) [bold]{result.final_accuracy:.2%}[/] "
                   f"({summary['drop_points']:.2f} points below float)")
+    if out is not None:
+        console.print(f"wrote {out}")
 
 
 def prune(
-    model: Annotated[str, typer.Argument(help="Zoo name (shipped checkpoint), .pt or .onnx.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     method: Annotated[str, typer.Option(help="filters, channels or magnitude.")] = "filters",
     fraction: Annotated[float | None, typer.Option(help="Fraction to prune, in [0, 1).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Prune norms at or below.")] = None,
@@ -166,11 +219,17 @@ def prune(
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning with masks.")] = 2,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Model file (.pt) to write: quantize, qat, lower and map read it.")] = None,
+    input_scale: Annotated[float | None, typer.Option(help=INPUT_SCALE_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Prune MODEL, fine-tune with masks, shrink (structured), report size and accuracy.
 
-    Example:  kiln prune convnet --method filters --fraction 0.5 --finetune-epochs 2
+    Example:  kiln prune convnet --method filters --fraction 0.5 --finetune-epochs 2 \
+                --out convnet-half.pt
     """
     from kiln.errors import ConfigError
     from kiln.models import evaluate, fit
@@ -181,13 +240,20 @@ def prune(
                  "magnitude": prune_magnitude}
     if method not in functions:
         raise ConfigError(f"unknown pruning method '{method}': use {', '.join(functions)}")
-    graph, info, dataset = _load(model, data)
+    _check_model_out(out)
+    graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
     options = {"fraction": fraction, "threshold": threshold, "scope": scope}
     if method != "magnitude":
         options["norm"] = norm
     pruned = functions[method](graph, **options)
     if finetune_epochs:
-        fit(pruned, dataset, epochs=finetune_epochs, lr=1e-3, seed=seed, after_step=apply_masks)
+        batches = -(-len(dataset.x_train) // 128)
+        with progress(quiet=as_json) as bar:
+            task = bar.add_task(f"fine-tune ({method})", total=finetune_epochs * batches,
+                                status="")
+            fit(pruned, dataset, epochs=finetune_epochs, lr=1e-3, seed=seed,
+                after_step=apply_masks, on_batch=lambda e, b, loss: bar.update(
+                    task, advance=1, status=f"epoch {e + 1} loss {loss:.3f}"))
     small = shrink(pruned) if method != "magnitude" else pruned
     sparse = "auto" if method == "magnitude" else "dense"
     summary = {"model": info.name, "method": method, "float_accuracy": evaluate(graph, dataset),
@@ -195,6 +261,11 @@ def prune(
                "params_after": small.total_params,
                "bytes_before": model_size(graph).total_bytes,
                "bytes_after": model_size(small, sparse_format=sparse).total_bytes}
+    from kiln.models.artifacts import prune_step
+
+    summary["model_file"] = _save(small, info, out,
+                                  prune_step(pruned, shrunk=method != "magnitude"), dataset,
+                                  scale, {"accuracy": summary["pruned_accuracy"]})
     if as_json:
         print_json(summary)
         return
@@ -202,6 +273,8 @@ def prune(
                   f"params, {summary['bytes_before'] / 1024:.1f} → "
                   f"{summary['bytes_after'] / 1024:.1f} KB; accuracy "
                   f"{summary['float_accuracy']:.2%} → [bold]{summary['pruned_accuracy']:.2%}[/]")
+    if out is not None:
+        console.print(f"wrote {out}")
 
 
 def _run_experiment(kind: str, model: str, data: str | None, out: Path, quick: bool,
@@ -213,7 +286,7 @@ def _run_experiment(kind: str, model: str, data: str | None, out: Path, quick: b
     )
 
     check_out_folder(out)
-    graph, _, dataset = _load(model, data)
+    graph, _, dataset, _ = _load(model, data)
     settings = ExperimentSettings()
     if quick:
         settings = ExperimentSettings(qat_epochs=1, finetune_epochs=1, fractions=(0.5, 0.75),

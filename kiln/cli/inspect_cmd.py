@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kiln.cli.common import console, human, print_json, shape, table
-
-
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    from kiln.errors import ConfigError
-
-    try:
-        dims = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError as exc:
-        raise ConfigError(f"--input-shape '{text}': write dimensions like 3,32,32") from exc
-    if not dims or any(d <= 0 for d in dims):
-        raise ConfigError(f"--input-shape '{text}': dimensions must be positive integers")
-    return dims
+from kiln.cli.common import (
+    MODEL_HELP,
+    WEIGHTS_HELP,
+    console,
+    human,
+    load_model_argument,
+    print_json,
+    shape,
+    table,
+)
 
 
 def inspect(
-    model: Annotated[str, typer.Argument(help="Zoo name, .pt checkpoint or .onnx file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     data: Annotated[str | None, typer.Option(
         "--data", "-d", help="Dataset whose input width and classes a zoo model follows.")] = None,
     input_shape: Annotated[str | None, typer.Option(
-        help="Per-sample input shape for a zoo model, e.g. 3,32,32.")] = None,
+        help="Per-sample input shape, e.g. 3x32x32: for a file.py:Name model, or to size a "
+             "zoo model.")] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     weight_bits: Annotated[int, typer.Option(help="Bits per weight for the size total.")] = 32,
     all_nodes: Annotated[bool, typer.Option(
         "--all", help="Also list identity and dropout nodes.")] = False,
@@ -43,16 +41,14 @@ def inspect(
       kiln inspect convnet --json
 
       kiln inspect model.onnx --weight-bits 8
+
+      kiln inspect examples/models/tiny_cnn.py:TinyCNN --input-shape 1x28x28
     """
-    from kiln.models import build_graph, resolve_model
     from kiln.passes import count, layer_summary
     from kiln.passes.counts import format_loops
 
-    shape_override = _parse_shape(input_shape)
-    if shape_override is not None:
-        graph = build_graph(model, shape_override)
-    else:
-        graph, _ = resolve_model(model, dataset=data)
+    graph, _ = load_model_argument(model, data=data, input_shape=input_shape, weights=weights,
+                                   pretrained=False)
     rows = layer_summary(graph, include_trivial=all_nodes)
     totals = count(graph, weight_bits=weight_bits)
     if as_json:

@@ -8,6 +8,10 @@ from typing import Annotated
 import typer
 
 from kiln.cli.common import (
+    INPUT_SCALE_HELP,
+    INPUT_SHAPE_HELP,
+    MODEL_HELP,
+    WEIGHTS_HELP,
     check_out_file,
     check_out_folder,
     console,
@@ -18,18 +22,55 @@ from kiln.cli.common import (
 
 def _fake_quant_graph(model: str, data: str | None, config_data: dict | None,
                       weight_bits: int | None, activation_bits: int | None, batches: int,
-                      input_scale: float = 1.0):
-    from kiln.cli.compress_cmd import _load
-    from kiln.quant import QuantConfig, calibrate, quantize, uniform_config
+                      input_scale: float | None = None, input_shape: str | None = None,
+                      weights: Path | None = None):
+    """(float graph or None, quantized graph, info, dataset, quant config or None, scale).
 
-    graph, info, dataset = _load(model, data)
-    dataset = dataset.scaled(input_scale)
+    A model that is already quantized (a model file from quantize or qat) is used as it
+    is: no second quantization or calibration."""
+    from kiln.cli.compress_cmd import _load
+    from kiln.errors import ConfigError
+    from kiln.quant import QuantConfig, calibrate, quantize, uniform_config
+    from kiln.quant.fake_quant import FakeQuantize
+
+    graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
+    if any(isinstance(m, FakeQuantize) for m in graph.module.modules()):
+        if config_data is not None:
+            raise ConfigError(f"'{model}' is already quantized: drop --config (or lower its "
+                              "float model)")
+        return None, graph, info, dataset, None, scale
     if config_data is not None:
         config = QuantConfig.parse(config_data)
     else:
-        config = uniform_config(weight_bits, activation_bits)
+        config = uniform_config(weight_bits or 8, activation_bits or 8)
     quantized = calibrate(quantize(graph, config), dataset, batches=batches)
-    return graph, quantized, info, dataset, config
+    return graph, quantized, info, dataset, config, scale
+
+
+def _model_files(model: str, weights: Path | None) -> tuple[str, dict[str, Path]]:
+    """The program's reference to its model, and the files to copy into ``source/``: a
+    model file travels with the program, so the folder works when moved or run from
+    anywhere."""
+    from kiln.models.user import is_user_module
+
+    if is_user_module(model):
+        file, _, name = model.rpartition(":")
+        files = {f"source/{Path(file).name}": Path(file)}
+        if weights is not None:
+            files[f"source/{Path(weights).name}"] = Path(weights)
+        return f"source/{Path(file).name}:{name}", files
+    if Path(model).is_file():
+        return f"source/{Path(model).name}", {f"source/{Path(model).name}": Path(model)}
+    return model, {}
+
+
+def _resolve_model_reference(program_dir: Path, meta: dict) -> tuple[str, Path | None]:
+    model = meta["model"]
+    weights = meta.get("weights")
+    if model.startswith("source/"):
+        model = str(program_dir / model)
+        weights = str(program_dir / weights) if weights else None
+    return model, Path(weights) if weights else None
 
 
 def _agreement_table(title: str, agreement) -> None:
@@ -45,18 +86,23 @@ def _agreement_table(title: str, agreement) -> None:
 
 
 def lower(
-    model: Annotated[str, typer.Argument(help="Zoo name (shipped checkpoint), .pt or .onnx.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     out: Annotated[Path, typer.Option(help="Program directory to write.")],
     config: Annotated[Path | None, typer.Option(help="Quantization config file.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Calibration dataset.")] = None,
-    weight_bits: Annotated[int, typer.Option(help="Without --config.")] = 8,
-    activation_bits: Annotated[int, typer.Option(help="Without --config.")] = 8,
+    weight_bits: Annotated[int | None, typer.Option(
+        help="Without --config: weight width (8; a quantized model file keeps its own).")
+    ] = None,
+    activation_bits: Annotated[int | None, typer.Option(
+        help="Without --config: activation width (8).")] = None,
     rounding: Annotated[str, typer.Option(
         help="floor, nearest (round half up) or float32 (as ONNX Runtime).")] = "nearest",
     calibration_batches: Annotated[int, typer.Option(help="Batches of 256.")] = 8,
-    input_scale: Annotated[float, typer.Option(
-        help="Multiply the dataset's inputs (0..1) by this, e.g. 255 for a model trained on "
-             "0..255 pixels; stored in the program for run, export-onnx and simulate.")] = 1.0,
+    input_scale: Annotated[float | None, typer.Option(
+        help=INPUT_SCALE_HELP + " Stored in the program for run, export-onnx and simulate.")
+    ] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Quantize, calibrate and lower MODEL to an integer-only program in OUT.
@@ -74,18 +120,24 @@ def lower(
 
     config_data = (QuantConfig.load(config).model_dump(mode="json", exclude_unset=True)
                    if config else None)
-    if input_scale <= 0:
-        raise ConfigError(f"--input-scale must be positive, got {input_scale}")
-    graph, quantized, info, dataset, quant_config = _fake_quant_graph(
+    graph, quantized, info, dataset, quant_config, scale = _fake_quant_graph(
         model, data, config_data, weight_bits, activation_bits, calibration_batches,
-        input_scale)
+        input_scale, input_shape, weights)
+    if quant_config is None and (weight_bits or activation_bits):
+        raise ConfigError(f"'{model}' is already quantized: drop --weight-bits / "
+                          "--activation-bits")
     program = lower_graph(quantized, rounding=rounding)
-    # A model file is recorded by its absolute path: the folder works from anywhere.
-    model_ref = str(Path(model).resolve()) if Path(model).is_file() else model
-    program.metadata = {"model": model_ref, "dataset": dataset.name,
-                        "quant_config": quant_config.model_dump(mode="json", exclude_unset=True),
-                        "calibration_batches": calibration_batches, "input_scale": input_scale}
-    program.save(out)
+    reference, files = _model_files(model, weights)
+    program.metadata = {"model": reference, "dataset": dataset.name,
+                        "calibration_batches": calibration_batches, "input_scale": scale}
+    if quant_config is not None:
+        program.metadata["quant_config"] = quant_config.model_dump(mode="json",
+                                                                   exclude_unset=True)
+    if input_shape is not None:
+        program.metadata["input_shape_option"] = input_shape
+    if weights is not None:
+        program.metadata["weights"] = f"source/{Path(weights).name}"
+    program.save(out, extra_files=files)
     agreement = measure_agreement(program, dataset, fake_quant=quantized, float_graph=graph)
     layers = [[op.name, op.kind, "x".join(map(str, op.arrays["weight"].shape)),
                op.attrs.get("acc_bits", ""), f"{op.arrays['m0'][0]}",
@@ -118,10 +170,12 @@ def run(
     dataset = program_dataset(program, data)
     dataset_name = dataset.name
     fake_quant = float_graph = None
-    if "model" in meta and "quant_config" in meta:
+    if "model" in meta:
+        model, weights = _resolve_model_reference(Path(program_dir), meta)
         float_graph, fake_quant, *_ = _fake_quant_graph(
-            meta["model"], dataset_name, meta["quant_config"], None, None,
-            meta.get("calibration_batches", 8), float(meta.get("input_scale", 1.0)))
+            model, dataset_name, meta.get("quant_config"), None, None,
+            meta.get("calibration_batches", 8), float(meta.get("input_scale", 1.0)),
+            meta.get("input_shape_option"), weights)
     agreement = measure_agreement(program, dataset, fake_quant=fake_quant,
                                   float_graph=float_graph)
     if as_json:

@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import check_out_file, console, print_json, progress, table
+from kiln.cli.common import (
+    INPUT_SCALE_HELP,
+    INPUT_SHAPE_HELP,
+    MODEL_HELP,
+    WEIGHTS_HELP,
+    check_out_file,
+    console,
+    load_model_argument,
+    model_dataset,
+    print_json,
+    progress,
+    table,
+)
 
 
 def train(
@@ -20,6 +32,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for weights and shuffling.")] = 0,
     out: Annotated[Path | None, typer.Option(
         help="Checkpoint to write (.pt, with a .json of its metrics beside it).")] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Train MODEL on a dataset, report test accuracy, and save a checkpoint.
@@ -40,7 +54,11 @@ def train(
     # A zoo model is shaped for the dataset it trains on (its head follows the dataset's
     # classes), also for its default dataset: jsc-tiny has 5 outputs, letter 26 classes.
     default = data or (model_spec(model).dataset if model in MODELS else None)
-    graph, info = resolve_model(model, dataset=default)
+    if model in MODELS and input_shape is None:
+        graph, info = resolve_model(model, dataset=default)
+    else:
+        graph, info = load_model_argument(model, data=default, input_shape=input_shape,
+                                          weights=weights, pretrained=False)
     dataset_name = default or info.dataset
     if dataset_name is None:
         raise ConfigError(f"model '{model}' has no default dataset: pass --data")
@@ -57,11 +75,16 @@ def train(
 
         result = fit(graph, dataset, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                      on_batch=on_batch, on_epoch=on_epoch)
-    model_spec(info.name)  # a checkpoint must name a zoo model
-    if out is not None:
-        save_checkpoint(graph, out, model=info.name, dataset=dataset_name, metrics={
-            "test_accuracy": result.final_accuracy, "epochs": epochs, "lr": lr,
-            "batch_size": batch_size, "seed": seed})
+    metrics = {"test_accuracy": result.final_accuracy, "epochs": epochs, "lr": lr,
+               "batch_size": batch_size, "seed": seed}
+    if out is not None and info.recipe and info.recipe["base"]["kind"] == "zoo" and \
+            not info.recipe["steps"] and info.name in MODELS:
+        save_checkpoint(graph, out, model=info.name, dataset=dataset_name, metrics=metrics)
+    elif out is not None:  # an ONNX file, your own module, a compressed model file
+        from kiln.models.artifacts import save_model
+
+        save_model(graph, out, info.recipe or {}, dataset=dataset_name,
+                   input_scale=info.input_scale, metrics=metrics)
     summary = {"model": info.name, "dataset": dataset_name, **result.as_dict(),
                "checkpoint": str(out) if out else None}
     if as_json:
@@ -78,14 +101,15 @@ def train(
 
 
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Zoo name, .pt checkpoint or .onnx file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
     split: Annotated[str, typer.Option(
         help="train, test, or all (both: for a model trained elsewhere).")] = "test",
-    input_scale: Annotated[float, typer.Option(
-        help="Multiply inputs by this (255 for models trained on 0..255 pixels).")] = 1.0,
+    input_scale: Annotated[float | None, typer.Option(help=INPUT_SCALE_HELP)] = None,
     pretrained: Annotated[bool, typer.Option(
         help="For a zoo name, use kiln's shipped checkpoint.")] = True,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Top-1 accuracy of MODEL on a dataset split.
@@ -96,17 +120,13 @@ def evaluate(
 
       kiln evaluate model.onnx --data mnist-5k --input-scale 255
     """
-    from kiln.data import load_dataset
-    from kiln.errors import ConfigError
     from kiln.models import evaluate as evaluate_model
-    from kiln.models import resolve_model
 
-    graph, info = resolve_model(model, dataset=data, pretrained=pretrained)
-    dataset_name = data or info.dataset
-    if dataset_name is None:
-        raise ConfigError(f"model '{model}' has no default dataset: pass --data")
-    dataset = load_dataset(dataset_name)
-    accuracy = evaluate_model(graph, dataset, split=split, input_scale=input_scale)
+    graph, info = load_model_argument(model, data=data, input_shape=input_shape,
+                                      weights=weights, pretrained=pretrained)
+    dataset, _ = model_dataset(info, data, input_scale)
+    dataset_name = dataset.name
+    accuracy = evaluate_model(graph, dataset, split=split)
     result = {"model": info.name, "dataset": dataset_name, "split": split,
               "samples": len(dataset.arrays(split)[1]), "accuracy": accuracy}
     if as_json:

@@ -110,13 +110,21 @@ class IntegerProgram:
         return [op for op in self.ops if op.kind in ("conv", "dense", "affine")]
 
     # --- saving --------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, *, extra_files: dict[str, Path] | None = None
+             ) -> Path:
         """Write manifest.json, arrays.npz and mem/*.mem (see the module docstring), whole
-        or not at all (:func:`kiln.atomic.atomic_folder`)."""
+        or not at all (:func:`kiln.atomic.atomic_folder`). ``extra_files`` are copied in
+        (relative name -> source), e.g. the model the program was lowered from, so that
+        the folder holds what it refers to."""
+        import shutil
+
         from kiln.atomic import atomic_folder
 
         final = Path(directory)
         with atomic_folder(final, marker="manifest.json") as partial:
+            for name, source in (extra_files or {}).items():
+                (partial / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, partial / name)
             self._write(partial)
         return final
 

@@ -24,6 +24,9 @@ class ModelInfo:
     dataset: str | None
     checkpoint: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # How to rebuild the graph: its base and the steps applied (kiln.models.artifacts).
+    recipe: dict[str, Any] | None = None
+    input_scale: float = 1.0  # what the dataset's inputs are multiplied by for this model
 
 
 def shipped_checkpoint(name: str) -> Path | None:
@@ -106,6 +109,10 @@ def load_checkpoint(path: str | Path) -> tuple[Graph, ModelInfo]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise ModelFormatError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
+    from kiln.models.artifacts import MODEL_FORMAT, load_model, zoo_base
+
+    if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
+        return load_model(path, payload)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelFormatError(
             f"{path}: not a kiln checkpoint (no 'format: {CHECKPOINT_FORMAT}' entry)",
@@ -118,13 +125,17 @@ def load_checkpoint(path: str | Path) -> tuple[Graph, ModelInfo]:
                                ) from exc
     graph.name = payload["model"]
     graph.source = str(path)
-    info = ModelInfo(payload["model"], payload.get("dataset"), path, payload.get("metrics", {}))
+    info = ModelInfo(payload["model"], payload.get("dataset"), path, payload.get("metrics", {}),
+                     recipe={"base": zoo_base(payload["model"], graph), "steps": []})
     return graph, info
 
 
-def resolve_model(spec: str, *, dataset: str | None = None, pretrained: bool = False
-                  ) -> tuple[Graph, ModelInfo]:
-    """Turn a MODEL argument into a graph: a zoo name, a ``.pt`` checkpoint or ``.onnx``.
+def resolve_model(spec: str, *, dataset: str | None = None, pretrained: bool = False,
+                  input_shape: tuple[int, ...] | None = None,
+                  weights: str | Path | None = None) -> tuple[Graph, ModelInfo]:
+    """Turn a MODEL argument into a graph: a zoo name, a ``.pt`` checkpoint or model file,
+    an ``.onnx`` file, or a user's module ``file.py:ClassOrFactory`` (with ``input_shape``
+    and optional ``weights``, a state-dict file).
 
     A zoo name gives fresh weights, or the shipped trained checkpoint when
     ``pretrained`` (for models that have one). ``dataset`` makes a zoo model's input
@@ -134,13 +145,21 @@ def resolve_model(spec: str, *, dataset: str | None = None, pretrained: bool = F
     >>> graph.input_shape, info.dataset
     ((1, 16), 'letter')
     """
+    from kiln.models.artifacts import module_base, onnx_base, zoo_base
     from kiln.models.registry import MODELS, model_spec
+    from kiln.models.user import is_user_module, load_user_module
 
+    if is_user_module(spec):
+        graph = load_user_module(spec, input_shape, weights=weights)
+        return graph, ModelInfo(graph.name, dataset, None,
+                                recipe={"base": module_base(spec, input_shape or ()),
+                                        "steps": []})
     if spec.endswith(".onnx") or (Path(spec).suffix == ".onnx"):
         from kiln.graph import from_onnx
 
         graph = from_onnx(spec)
-        return graph, ModelInfo(Path(spec).stem, dataset, Path(spec))
+        return graph, ModelInfo(Path(spec).stem, dataset, Path(spec),
+                                recipe={"base": onnx_base(Path(spec)), "steps": []})
     if spec.endswith(".pt") or (spec not in MODELS and Path(spec).is_file()):
         graph, info = load_checkpoint(spec)
         if dataset is not None:
@@ -158,4 +177,5 @@ def resolve_model(spec: str, *, dataset: str | None = None, pretrained: bool = F
         graph = build_graph(spec, data.input_shape, data.num_classes)
     else:
         graph = build_graph(spec)
-    return graph, ModelInfo(spec, dataset or zoo.dataset)
+    return graph, ModelInfo(spec, dataset or zoo.dataset,
+                            recipe={"base": zoo_base(spec, graph), "steps": []})
