@@ -8,11 +8,24 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import check_out_folder, console, human, print_json, progress, table
+from kiln.cli.common import (
+    INPUT_SHAPE_HELP,
+    WEIGHTS_HELP,
+    check_out_folder,
+    console,
+    human,
+    print_json,
+    progress,
+    table,
+)
 
 WORKLOAD_HELP = (
-    "A zoo name (kiln models), a .pt checkpoint, an .onnx file or a ZigZag workload YAML."
+    "A zoo name (kiln models), a .pt checkpoint or model file (quantized: its widths), an "
+    ".onnx file, a ZigZag workload YAML, a program folder from 'kiln lower' (its widths), "
+    "or your own module as file.py:Name (with --input-shape)."
 )
+QUANT_HELP = ("A quantization config (.yaml/.toml/.json) whose per-layer weight and "
+              "activation widths become the operand precisions.")
 ACCEL_HELP = "A ZigZag 3.x accelerator YAML (see examples/hardware/)."
 MAPPING_HELP = (
     "A ZigZag mapping YAML: per layer name, operator type or 'default', a "
@@ -21,11 +34,15 @@ MAPPING_HELP = (
 OBJECTIVE_HELP = "What the mapper minimises: latency, energy or edp."
 
 
-def _load(workload: str, accelerator: Path, mapping: Path | None, dataset: str | None):
+def _load(workload: str, accelerator: Path, mapping: Path | None, dataset: str | None,
+          quant_config: Path | None = None, input_shape: str | None = None,
+          weights: Path | None = None):
     from kiln.hw import load_accelerator, load_workload, load_zigzag_mapping
+    from kiln.models.user import parse_shape
 
     hw = load_accelerator(accelerator)
-    work = load_workload(workload, dataset=dataset)
+    work = load_workload(workload, dataset=dataset, input_shape=parse_shape(input_shape),
+                         weights=weights, quant_config=quant_config)
     entries = load_zigzag_mapping(mapping) if mapping is not None else None
     return work, hw, entries
 
@@ -109,6 +126,9 @@ def cost(
     mapping: Annotated[Path | None, typer.Option(help=MAPPING_HELP)] = None,
     dataset: Annotated[str | None, typer.Option(
         "--data", "--dataset", "-d", help="Dataset a zoo model is shaped for.")] = None,
+    quant_config: Annotated[Path | None, typer.Option(help=QUANT_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNG plots.")] = None,
 ) -> None:
@@ -123,7 +143,8 @@ def cost(
     """
     if out is not None:
         check_out_folder(out)
-    work, hw, entries = _load(workload, accelerator, mapping, dataset)
+    work, hw, entries = _load(workload, accelerator, mapping, dataset, quant_config,
+                              input_shape, weights)
     result = _run_mapping(work, hw, entries, "latency", 6, 0, False, as_json)
     _report(result, as_json, out, f"{work.name} on {hw.name}")
 
@@ -149,6 +170,9 @@ def map_command(
     ] = False,
     dataset: Annotated[str | None, typer.Option(
         "--data", "--dataset", "-d", help="Dataset a zoo model is shaped for.")] = None,
+    quant_config: Annotated[Path | None, typer.Option(help=QUANT_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNG plots.")] = None,
 ) -> None:
@@ -167,7 +191,8 @@ def map_command(
         raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
     if out is not None:
         check_out_folder(out)
-    work, hw, entries = _load(workload, accelerator, mapping, dataset)
+    work, hw, entries = _load(workload, accelerator, mapping, dataset, quant_config,
+                              input_shape, weights)
     result = _run_mapping(
         work, hw, entries, objective, lpf_limit or None, refine, exhaustive, as_json
     )
@@ -214,6 +239,9 @@ def compare_command(
         help="As 'kiln map --refine' (the same default, 4).")] = 4,
     dataset: Annotated[str | None, typer.Option(
         "--data", "--dataset", "-d", help="Dataset a zoo model is shaped for.")] = None,
+    quant_config: Annotated[Path | None, typer.Option(help=QUANT_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNG plots.")] = None,
 ) -> None:
@@ -237,7 +265,10 @@ def compare_command(
     hws = [load_accelerator(f) for f in files]
     if sweep:
         hws = sweep_accelerators(hws[0], sweep)
-    work = load_workload(workload, dataset=dataset)
+    from kiln.models.user import parse_shape
+
+    work = load_workload(workload, dataset=dataset, input_shape=parse_shape(input_shape),
+                         weights=weights, quant_config=quant_config)
     entries = load_zigzag_mapping(mapping) if mapping is not None else None
     with progress(transient=True, quiet=as_json) as bar:
         task = bar.add_task("comparing", total=len(hws), status="")

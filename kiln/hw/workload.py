@@ -427,20 +427,104 @@ def _graph_widths(graph: Any, node: Any) -> tuple[int, int]:
     return weight_bits, act_bits
 
 
-def load_workload(spec: str, dataset: str | None = None) -> Workload:
-    """A workload from a zoo name, a checkpoint, an ONNX file or a ZigZag workload YAML."""
+def workload_from_program(program: Any, name: str | None = None) -> Workload:
+    """The conv and dense layers of an integer program (a folder from ``kiln lower``), at
+    its widths: weights at their bits, activations at their input quantizer's bits.
+    Pools, adds, pads and standalone BatchNorms are listed as not costed."""
+    from kiln.integer.program import TensorQuant
+
+    shapes: dict[str, tuple[int, ...]] = {program.input_name: tuple(program.input_shape)}
+    producers: dict[str, list[str]] = {program.input_name: []}
+    layers, not_costed = [], []
+    for op in program.ops:
+        shape = shapes[op.inputs[0]]
+        sources = list(dict.fromkeys(s for i in op.inputs for s in producers.get(i, [])))
+        if op.kind in ("conv", "dense"):
+            weight = op.arrays["weight"]
+            bits = default_precision(int(op.array_bits.get("weight", 8)),
+                                     TensorQuant(**op.attrs["in_quant"]).bits)
+            if op.kind == "conv":
+                channels, height, width = shape
+                k_out, c_group, fy, fx = weight.shape
+                groups = op.attrs["groups"]
+                (py, px), (sy, sx) = op.attrs["padding"], op.attrs["stride"]
+                dy, dx = op.attrs["dilation"]
+                oy = (height + 2 * py - dy * (fy - 1) - 1) // sy + 1
+                ox = (width + 2 * px - dx * (fx - 1) - 1) // sx + 1
+                layer = _conv_layer(op.name, batch=1, groups=groups, k=k_out // groups,
+                                    c=c_group, oy=oy, ox=ox, fy=fy, fx=fx, stride=(sy, sx),
+                                    dilation=(dy, dx), in_hw=(height, width), precision=bits)
+                shapes[op.output] = (k_out, oy, ox)
+            else:
+                layer = _gemm_layer(op.name, rows=1, c=weight.shape[1], k=weight.shape[0],
+                                    precision=bits)
+                shapes[op.output] = (weight.shape[0],)
+            layer.inputs_from = sources
+            layers.append(layer)
+            producers[op.output] = [op.name]
+            continue
+        not_costed.append((op.name, op.kind))
+        producers[op.output] = sources
+        shapes[op.output] = _program_shape(op, shape)
+    return Workload(name or program.name, layers, not_costed)
+
+
+def _program_shape(op: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape of a program op that carries no MACs."""
+    if op.kind == "flatten":
+        return tuple(op.attrs["shape"])
+    if op.kind == "pad":
+        top, left, bottom, right = op.attrs["padding"]
+        return (shape[0], shape[1] + top + bottom, shape[2] + left + right)
+    if op.kind in ("maxpool", "avgpool"):
+        (ky, kx), (sy, sx) = op.attrs["kernel"], op.attrs["stride"]
+        py, px = op.attrs.get("padding", [0, 0])
+        ceil = op.attrs.get("ceil_mode", False)
+
+        def size(length: int, kernel: int, stride: int, pad: int) -> int:
+            span = length + 2 * pad - kernel
+            out = (-(-span // stride) if ceil else span // stride) + 1
+            return out - 1 if ceil and (out - 1) * stride >= length + pad else out
+
+        return (shape[0], size(shape[1], ky, sy, py), size(shape[2], kx, sx, px))
+    return shape
+
+
+def load_workload(spec: str, dataset: str | None = None, *,
+                  input_shape: tuple[int, ...] | None = None, weights: Any = None,
+                  quant_config: Any = None) -> Workload:
+    """A workload from a zoo name, a checkpoint or model file, an ONNX file, a ZigZag
+    workload YAML, a program folder from ``kiln lower`` (at its widths), or a user's
+    ``file.py:Name`` module; ``quant_config`` (a config or file) sets per-layer widths."""
     path = Path(spec)
-    if path.suffix in (".yaml", ".yml"):
+    if path.is_dir():
+        if not (path / "manifest.json").is_file():
+            raise ConfigError(f"{path}: a folder, but not a program from 'kiln lower' "
+                              "(no manifest.json)")
+        from kiln.integer.program import IntegerProgram
+
+        return workload_from_program(IntegerProgram.load(path), name=path.name)
+    if path.suffix in (".yaml", ".yml") and quant_config is None:
         if not path.is_file():
             raise ConfigError(f"workload file not found: {path}")
         return workload_from_zigzag_yaml(path)
-    if path.suffix == ".onnx":
+    if path.suffix == ".onnx" and quant_config is None:
         if not path.is_file():
             raise ModelFormatError(f"ONNX file not found: {path}")
         return workload_from_onnx(path)
     from kiln.models.checkpoints import resolve_model
 
-    graph, _ = resolve_model(spec, dataset=dataset, pretrained=False)
+    graph, _ = resolve_model(spec, dataset=dataset, pretrained=False, input_shape=input_shape,
+                             weights=weights)
+    if quant_config is not None:
+        from kiln.quant import QuantConfig, quantize
+        from kiln.quant.fake_quant import uncalibrated_pass_through
+
+        if isinstance(quant_config, (str, Path)):
+            quant_config = QuantConfig.load(quant_config)
+        graph = quantize(graph, quant_config)  # only the widths are read: no calibration
+        with uncalibrated_pass_through():
+            return workload_from_graph(graph, name=path.stem if path.suffix else spec)
     return workload_from_graph(graph, name=path.stem if path.suffix else spec)
 
 
