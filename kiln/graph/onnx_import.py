@@ -77,6 +77,13 @@ class _Importer:
         self.examples: dict[torch.fx.Node, Any] = {}
         self.constant_nodes: dict[str, torch.fx.Node] = {}
         self.used_names: set[str] = set()
+        # Pre-quantized models (kiln.graph.onnx_quant): the quantization of folded constant
+        # weights, and of computed tensors between a QuantizeLinear and its Dequantize.
+        self.weight_quant: dict[str, Any] = {}
+        self.quant_params: dict[str, Any] = {}
+
+    def attrs_of(self, node: Any) -> dict[str, Any]:
+        return attributes(node)
 
     # --- naming --------------------------------------------------------------------
     def unique_name(self, raw: str) -> str:
@@ -169,12 +176,22 @@ class _Importer:
 
     # --- the build -----------------------------------------------------------------
     def build(self, name: str) -> Graph:
+        from kiln.graph import onnx_quant
+
         graph = self.model.graph
         unsupported: list[str] = []
         dynamic_nodes = []
         known = set(self.constants)
-        for node in graph.node:
+        nodes = _needed_nodes(graph)
+        for node in nodes:
             inputs_constant = all(i == "" or i in known for i in node.input)
+            if inputs_constant and node.op_type in ("DequantizeLinear", "Quant"):
+                inputs = [self.constants.get(i) if i else None for i in node.input]
+                value, params = onnx_quant.dequantize_constant(node, inputs, attributes(node))
+                self.constants[node.output[0]] = value
+                self.weight_quant[node.output[0]] = params
+                known.add(node.output[0])
+                continue
             if inputs_constant and node.op_type not in ("RandomNormal", "RandomUniform"):
                 inputs = [self.constants.get(i) if i else None for i in node.input]
                 try:
@@ -185,7 +202,9 @@ class _Importer:
                     self.constants[out_name] = value
                     known.add(out_name)
                 continue
-            if node.op_type not in _HANDLERS or node.domain not in ("", "ai.onnx"):
+            domain_ok = node.domain in ("", "ai.onnx") or (
+                node.op_type == "Quant" and node.domain in onnx_quant.QONNX_DOMAINS)
+            if node.op_type not in _HANDLERS or not domain_ok:
                 unsupported.append(f"{node.op_type} (node '{node.name or node.output[0]}')")
             dynamic_nodes.append(node)
         if unsupported:
@@ -211,9 +230,12 @@ class _Importer:
             for out_name, fx_node in zip(node.output, outputs, strict=False):
                 if out_name:
                     self.values[out_name] = fx_node
+            if node.op_type in onnx_quant.INTEGER_PASS_THROUGH and \
+                    node.input[0] in self.quant_params:  # integers moved, not changed
+                self.quant_params[node.output[0]] = self.quant_params[node.input[0]]
 
         results = []
-        for output in graph.output:
+        for output in _outputs(graph):
             if output.name not in self.values:
                 raise KilnError(f"{self.path}: graph output '{output.name}' is a constant")
             results.append(self.values[output.name])
@@ -234,6 +256,28 @@ class _Importer:
         dims = [d.dim_value if d.dim_value > 0 else 1 for d in tensor_type.shape.dim]
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randn(*dims, generator=generator)
+
+
+def _is_quantized_model(graph: Any) -> bool:
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear", "Quant")
+               for node in graph.node)
+
+
+def _outputs(graph: Any) -> list[Any]:
+    """The outputs kiln builds: all of them, but only the first of a pre-quantized model
+    (kiln's own QDQ export adds the integers as a second output, through casts)."""
+    return list(graph.output[:1]) if _is_quantized_model(graph) else list(graph.output)
+
+
+def _needed_nodes(graph: Any) -> list[Any]:
+    """The nodes the built outputs depend on, in file order."""
+    needed = {output.name for output in _outputs(graph)}
+    keep = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            keep.append(node)
+            needed.update(name for name in node.input if name)
+    return list(reversed(keep))
 
 
 def _class_name(name: str) -> str:
@@ -310,6 +354,10 @@ def _conv(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Nod
         conv.weight.copy_(torch.from_numpy(np.array(weight, dtype=np.float32)))
         if bias is not None:
             conv.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+    if node.input[1] in imp.weight_quant:  # a pre-quantized weight keeps its quantization
+        from kiln.graph.onnx_quant import quantized_layer
+
+        conv = quantized_layer(conv, imp.weight_quant[node.input[1]], 0)
     return [imp.call_module(_node_name(node), conv, x)]
 
 
@@ -340,6 +388,10 @@ def _gemm(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Nod
                     f"{imp.where(node)}: Gemm C of shape {bias.shape} is not a per-column bias"
                 )
             linear.bias.copy_(torch.from_numpy(full.reshape(-1).copy()))
+    if node.input[1] in imp.weight_quant:  # the output channels: axis 0 of B^T, 1 of B
+        from kiln.graph.onnx_quant import quantized_layer
+
+        linear = quantized_layer(linear, imp.weight_quant[node.input[1]], 0 if trans_b else 1)
     return [imp.call_module(_node_name(node), linear, a)]
 
 
@@ -351,6 +403,10 @@ def _matmul(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.N
         linear = nn.Linear(weight.shape[0], weight.shape[1], bias=False)
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight.T)))
+        if node.input[1] in imp.weight_quant:
+            from kiln.graph.onnx_quant import quantized_layer
+
+            linear = quantized_layer(linear, imp.weight_quant[node.input[1]], 1)
         return [imp.call_module(_node_name(node), linear, a)]
     a = imp.dynamic(node.input[0], node)
     b = imp.dynamic(node.input[1], node)
@@ -387,6 +443,11 @@ def _clip(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Nod
         low = float(low_value) if low_value is not None else -np.inf
         high = float(high_value) if high_value is not None else np.inf
     x = imp.dynamic(node.input[0], node)
+    params = imp.quant_params.get(node.input[0])
+    if params is not None:  # a clip of integers (between Q and DQ): its bounds as reals
+        low = params.real(low) if np.isfinite(low) else low
+        high = params.real(high) if np.isfinite(high) else high
+        imp.quant_params[node.output[0]] = params
     if low == 0.0 and high == 6.0:
         module: nn.Module = nn.ReLU6()
     elif low == 0.0 and high == np.inf:
@@ -569,6 +630,10 @@ def _pad(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Node
         pads = [int(p) for p in imp.require_constant(node, 1, "the Pad amounts")]
         constant = imp.require_constant(node, 2, "the Pad value")
         value = float(constant) if constant is not None else 0.0
+    params = imp.quant_params.get(node.input[0])
+    if params is not None:  # padding integers (between Q and DQ): the pad value as a real
+        value = params.real(value)
+        imp.quant_params[node.output[0]] = params
     rank = len(pads) // 2
     torch_pads: list[int] = []
     for begin, end in zip(reversed(pads[:rank]), reversed(pads[rank:]), strict=True):
@@ -580,6 +645,40 @@ def _pad(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Node
         return [imp.call_function(_node_name(node), F.pad, x, tuple(torch_pads), "constant",
                                   value)]
     return [imp.call_function(_node_name(node), F.pad, x, tuple(torch_pads), torch_mode)]
+
+
+@_handles("QuantizeLinear")
+def _quantize_linear(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Node]:
+    from kiln.graph.onnx_quant import linear_params, quantize_node
+
+    return quantize_node(imp, node, linear_params(imp, node, "QuantizeLinear"))
+
+
+@_handles("DequantizeLinear")
+def _dequantize_linear(imp: _Importer, node: Any, attrs: dict[str, Any]
+                       ) -> list[torch.fx.Node]:
+    """The identity in a float graph: the values are already the dequantized ones."""
+    from kiln.graph.onnx_quant import linear_params, same_params
+
+    params = imp.quant_params.get(node.input[0])
+    if params is None:
+        raise UnsupportedOperatorError(f"{imp.where(node)}: DequantizeLinear of integers that "
+                                       "no QuantizeLinear made (computed in integers)")
+    if not same_params(params, linear_params(imp, node, "DequantizeLinear")):
+        raise UnsupportedOperatorError(f"{imp.where(node)}: reads integers back with another "
+                                       "scale or zero point than they were quantized with")
+    return [imp.dynamic(node.input[0], node)]
+
+
+@_handles("Quant")
+def _qonnx_quant(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Node]:
+    from kiln.graph.onnx_quant import qonnx_params, quantize_node
+
+    rank = imp.example(imp.dynamic(node.input[0], node)).dim()
+    inputs = [None] + [imp.require_constant(node, i, what) for i, what in
+                       ((1, "the Quant scale"), (2, "the Quant zero point"),
+                        (3, "the Quant bit width"))]
+    return quantize_node(imp, node, qonnx_params(inputs, attrs, rank))
 
 
 SUPPORTED_ONNX_OPS = frozenset(_HANDLERS) | {"Constant", "ConstantOfShape"}

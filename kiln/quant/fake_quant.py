@@ -63,6 +63,9 @@ class FakeQuantize(nn.Module):
         self.register_buffer("zero_point", torch.empty(0))
         self.observing = False
         self.learned = False
+        # Scale and zero point fixed from outside (a pre-quantized ONNX model): calibration
+        # and the weight range refresh leave them as they are.
+        self.frozen = False
         self._samples: list[torch.Tensor] = []
         self._running: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cached_version: tuple[int, int] | None = None
@@ -73,14 +76,31 @@ class FakeQuantize(nn.Module):
         return self.scale.numel() > 0 or self.spec.format == "bfp"
 
     def extra_repr(self) -> str:
-        return f"{self.role}: {self.spec.describe()}" + (" (LSQ)" if self.learned else "")
+        return f"{self.role}: {self.spec.describe()}" + (" (LSQ)" if self.learned else "") + (
+            " (fixed)" if self.frozen else "")
+
+    @classmethod
+    def fixed(cls, spec: QuantSpec, scale: torch.Tensor, zero_point: torch.Tensor,
+              role: Role = "activation") -> FakeQuantize:
+        """A quantizer with a given scale and zero point that calibration does not change
+        (per channel along ``spec.axis`` when ``scale`` has several values)."""
+        quantizer = cls(spec, role)
+        quantizer.scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).clone()
+        quantizer.zero_point = torch.as_tensor(zero_point, dtype=torch.float32).reshape(
+            -1).clone()
+        quantizer.frozen = True
+        return quantizer
 
     def start_observing(self) -> None:
+        if self.frozen:
+            return
         self.observing = True
         self._samples, self._running = [], None
 
     def finish_observing(self) -> None:
         """Freeze the range from everything observed since :meth:`start_observing`."""
+        if self.frozen:
+            return
         self.observing = False
         if self._running is None:
             raise KilnError(f"{self.role} quantizer saw no data during calibration",
@@ -108,7 +128,7 @@ class FakeQuantize(nn.Module):
         if self.observing:
             self._observe(x)
             return x
-        if self.role != "activation" and not self.learned:
+        if self.role != "activation" and not self.learned and not self.frozen:
             self._refresh_from(x)
         elif not self.calibrated:
             if _shape_only.get():
