@@ -29,16 +29,18 @@ def _fake_quant_graph(model: str, data: str | None, config_data: dict | None,
     A model that is already quantized (a model file from quantize or qat) is used as it
     is: no second quantization or calibration."""
     from kiln.cli.compress_cmd import _load
-    from kiln.errors import ConfigError
     from kiln.quant import QuantConfig, calibrate, quantize, uniform_config
     from kiln.quant.fake_quant import FakeQuantize
 
     graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
     if any(isinstance(m, FakeQuantize) for m in graph.module.modules()):
-        if config_data is not None:
-            raise ConfigError(f"'{model}' is already quantized: drop --config (or lower its "
-                              "float model)")
-        return None, graph, info, dataset, None, scale
+        if config_data is None:
+            return None, graph, info, dataset, None, scale
+        # Partly quantized (a QONNX model with float inputs, say): the config quantizes
+        # what is not; the model's own quantizers stay as they are.
+        config = QuantConfig.parse(config_data)
+        quantized = calibrate(quantize(graph, config), dataset, batches=batches)
+        return None, quantized, info, dataset, config, scale
     if config_data is not None:
         config = QuantConfig.parse(config_data)
     else:

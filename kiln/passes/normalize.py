@@ -8,7 +8,8 @@ float32):
   as in the ONNX model zoo's MNIST CNN, or a ``MatMul`` followed by an ``Add``) becomes
   that layer's bias;
 * a constant ``Mul`` / ``Div`` after a conv or linear layer, by a scalar or a value per
-  output channel, is folded into its weights and bias;
+  output channel, is folded into its weights and bias; so is a positive one after a ReLU
+  that follows such a layer (relu(a·y) = a·relu(y) for a > 0);
 * ``Identity`` and ``Dropout`` nodes (inference semantics) are removed.
 
 Each fold needs the layer's output to have no other user and the constant to broadcast
@@ -123,6 +124,13 @@ def normalize(graph: Graph) -> Graph:
             continue
         first, second = node.args
         for producer, other, constant_first in ((first, second, False), (second, first, True)):
+            through_relu = None
+            if isinstance(producer, torch.fx.Node) and info.op in (OpKind.MUL, OpKind.DIV) and \
+                    infos.get(producer.name) is not None and \
+                    infos[producer.name].op is OpKind.RELU and len(producer.users) == 1 and \
+                    producer.all_input_nodes:
+                # relu(a·y) = a·relu(y) for a > 0: a positive scale after a ReLU folds too
+                through_relu, producer = producer, producer.all_input_nodes[0]
             if not (isinstance(producer, torch.fx.Node) and producer.op == "call_module"):
                 continue
             producer_info = infos.get(producer.name)
@@ -135,10 +143,11 @@ def normalize(graph: Graph) -> Graph:
             if value is None:
                 continue
             vector = _per_channel(value, tuple(producer_info.output_shape))
-            if vector is None:
+            if vector is None or (through_relu is not None and not np.all(vector > 0)):
                 continue
             if _fold(module.get_submodule(producer.target), info.op, vector, constant_first):
-                node.replace_all_uses_with(producer)
+                node.replace_all_uses_with(through_relu if through_relu is not None
+                                           else producer)
                 module.graph.erase_node(node)
                 changed = True
             break

@@ -69,7 +69,11 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
 
 def _quantize_node(module: torch.fx.GraphModule, node: torch.fx.Node,
                    infos: dict[str, Any], layer: LayerQuant) -> None:
-    if node.op == "call_module" and (layer.weight is not None or layer.bias is not None):
+    already = node.op == "call_module" and isinstance(
+        module.get_submodule(node.target), (QuantConv2d, QuantLinear))
+    if already:  # a pre-quantized model's layer keeps its own weight quantization
+        pass
+    elif node.op == "call_module" and (layer.weight is not None or layer.bias is not None):
         float_layer = module.get_submodule(node.target)
         if isinstance(float_layer, nn.Conv2d):
             quantized: nn.Module = QuantConv2d.from_float(float_layer, layer.weight, layer.bias)
@@ -82,6 +86,8 @@ def _quantize_node(module: torch.fx.GraphModule, node: torch.fx.Node,
     if layer.input is not None:
         inputs = node.all_input_nodes if infos[node.name].op is OpKind.MATMUL else [node.args[0]]
         for position, source in enumerate(inputs):
+            if _is_activation_quantizer(module, source):
+                continue  # already quantized (a pre-quantized model's quantizer)
             name = f"{node.name}_input{position if len(inputs) > 1 else ''}_quant"
             module.add_submodule(name, FakeQuantize(layer.input, "activation"))
             with module.graph.inserting_before(node):
@@ -89,6 +95,8 @@ def _quantize_node(module: torch.fx.GraphModule, node: torch.fx.Node,
             node.replace_input_with(source, quant_node)
     if layer.output is not None:
         tail = output_tail(node, infos)
+        if len(tail.users) == 1 and _is_activation_quantizer(module, next(iter(tail.users))):
+            return  # the output is quantized already
         name = f"{tail.name}_output_quant"
         module.add_submodule(name, FakeQuantize(layer.output, "activation"))
         with module.graph.inserting_after(tail):
