@@ -73,3 +73,25 @@ def test_model_file_mistakes_are_one_line_errors(tmp_path):
                 str(quantized)).returncode == 0
     _assert_one_line_error(kiln("lower", str(quantized), "--weight-bits", "4", "--out",
                                 str(tmp_path / "p")), "already quantized")
+
+
+def test_the_python_api_mirrors_the_cli(tmp_path):
+    import numpy as np
+
+    import kiln
+
+    graph, info = kiln.load("jsc-three-linear")
+    quantized = kiln.quantize(graph, kiln.uniform_config(8, 8), data="letter", batches=2)
+    program = kiln.lower(quantized, rounding="float32")
+    kiln.save_program(program, tmp_path / "p")
+    assert (tmp_path / "p" / "manifest.json").is_file()
+    smaller = kiln.prune_model(graph, method="filters", fraction=0.5)
+    assert smaller.total_params < graph.total_params
+    mapped = kiln.map("jsc-three-linear", str(EDGE))
+    cli = _json("map", "jsc-three-linear", "-a", str(EDGE))
+    assert mapped.latency_cycles == cli["latency_cycles"]  # the same defaults (refine 4)
+    x = np.zeros((1, 16), dtype=np.int64) + program.input_quant.zero_point
+    assert kiln.run(program, x).shape == (1, 26)  # the shipped checkpoint: letter
+    import kiln.prune  # noqa: F401  (a subpackage import does not hide an API function)
+
+    assert callable(kiln.prune_model) and kiln.__version__
