@@ -48,7 +48,7 @@ def run_kiln(hw_name: str, map_name: str, refine: int, out: str) -> None:
 
     base = zigzag_inputs()
     start = time.process_time()
-    hw = load_accelerator(base / "hardware" / f"{hw_name}.yaml")
+    hw = load_accelerator(base / "hardware" / f"{hw_name}.yaml", duplicate_keys="last")
     workload = load_workload(str(base / "workload" / "resnet18.onnx"))
     mapping = load_zigzag_mapping(base / "mapping" / f"{map_name}.yaml")
     result = map_workload(workload, hw, "latency", mapping, lpf_limit=6, refine=refine)
@@ -65,7 +65,7 @@ def fixed_mapping_check(peer: dict, hw_name: str) -> dict:
     from kiln.hw.mapping import SpatialMapping, TemporalMapping
 
     base = zigzag_inputs()
-    hw = load_accelerator(base / "hardware" / f"{hw_name}.yaml")
+    hw = load_accelerator(base / "hardware" / f"{hw_name}.yaml", duplicate_keys="last")
     layers = {
         layer.name: layer
         for layer in load_workload(str(base / "workload" / "resnet18.onnx")).layers

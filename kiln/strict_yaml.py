@@ -26,24 +26,47 @@ class _DuplicateKeyError(Exception):
 
 
 class _StrictLoader(yaml.SafeLoader):
+    keep_last = False  # (set on a subclass) ZigZag's behaviour: warn, keep the last value
+    source = "<yaml>"
+
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             try:
-                if key in seen:
+                if key in seen and not self.keep_last:
                     raise _DuplicateKeyError(key, seen[key], line)
+                if key in seen:
+                    import warnings
+
+                    warnings.warn(f"{self.source}: key '{key}' appears twice in one mapping "
+                                  f"(lines {seen[key]} and {line}); keeping the last, as "
+                                  "ZigZag does", DuplicateKeyWarning, stacklevel=2)
             except TypeError:  # an unhashable key: PyYAML reports it below
                 continue
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(text: str, source: str | Path) -> Any:
-    """Parse YAML ``text`` (from ``source``, named in errors) strictly."""
+class DuplicateKeyWarning(UserWarning):
+    """A repeated YAML key accepted with ``duplicate_keys="last"``."""
+
+
+class _KeepLastLoader(_StrictLoader):
+    keep_last = True
+
+
+def load_yaml(text: str, source: str | Path, *, duplicate_keys: str = "error") -> Any:
+    """Parse YAML ``text`` (from ``source``, named in errors) strictly. ``duplicate_keys=
+    "last"`` reads a file as PyYAML (and ZigZag) do, with a warning per repeated key: ZigZag's
+    own bundled ``tpu_like.yaml`` repeats ``ports``."""
+    if duplicate_keys not in ("error", "last"):
+        raise ConfigError(f"duplicate_keys must be 'error' or 'last', got '{duplicate_keys}'")
+    base = _StrictLoader if duplicate_keys == "error" else _KeepLastLoader
+    loader = type("Loader", (base,), {"source": str(source)})
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader subclass)
     except _DuplicateKeyError as exc:
         raise ConfigError(f"{source}: key '{exc.key}' appears twice in one mapping "
                           f"(lines {exc.first} and {exc.second})",
@@ -52,6 +75,6 @@ def load_yaml(text: str, source: str | Path) -> Any:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
 
 
-def load_yaml_file(path: str | Path) -> Any:
+def load_yaml_file(path: str | Path, *, duplicate_keys: str = "error") -> Any:
     path = Path(path)
-    return load_yaml(path.read_text(), path)
+    return load_yaml(path.read_text(), path, duplicate_keys=duplicate_keys)

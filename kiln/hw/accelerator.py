@@ -377,8 +377,10 @@ def parse_accelerator(data: Any, source: str = "<accelerator>") -> Accelerator:
     return Accelerator(str(data["name"]), array_sizes, unit_energy, memories, systolic, source)
 
 
-def load_accelerator(path: str | Path) -> Accelerator:
-    """Read and validate a ZigZag 3.x accelerator YAML file.
+def load_accelerator(path: str | Path, *, duplicate_keys: str = "error") -> Accelerator:
+    """Read and validate a ZigZag 3.x accelerator YAML file. A key given twice is an error;
+    ``duplicate_keys="last"`` keeps the last with a warning, as ZigZag does (its bundled
+    ``tpu_like.yaml`` repeats ``ports``).
 
     >>> load_accelerator("examples/hardware/edge_npu.yaml").name   # doctest: +SKIP
     'edge_npu'
@@ -386,5 +388,5 @@ def load_accelerator(path: str | Path) -> Accelerator:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"accelerator file not found: {path}")
-    data = load_yaml_file(path)
+    data = load_yaml_file(path, duplicate_keys=duplicate_keys)
     return parse_accelerator(data, str(path))

@@ -165,11 +165,13 @@ MAX_CONSECUTIVE_FAILURES = 5
 def _spent(trials) -> float:
     """Evaluations paid for: each finished trial's cost; a failed trial counts as one."""
     return sum(float(t.user_attrs.get("cost", 0.0)) if t.state.name in ("COMPLETE", "PRUNED")
-               else 1.0 for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL"))
+               else 1.0 for t in trials if t.state.name in ("COMPLETE", "PRUNED") or (
+                   t.state.name == "FAIL" and not t.user_attrs.get("killed")))
 
 
 def _failing(trials) -> bool:
-    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")
+                and not t.user_attrs.get("killed")]
     tail = finished[-MAX_CONSECUTIVE_FAILURES:]
     return len(tail) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in tail)
 
@@ -318,6 +320,8 @@ def prepare_study(config: SearchConfig, storage_url: str, resume: bool, evaluato
         for trial in trials:
             if trial.state == TrialState.RUNNING:
                 params = trial_params(trial)
+                # killed, not broken: it costs no evaluation (it is run again)
+                storage.set_trial_user_attr(trial._trial_id, "killed", True)
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 if len(params) == len(choices):
                     study.enqueue_trial(params, skip_if_exists=False)

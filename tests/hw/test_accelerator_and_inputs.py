@@ -39,7 +39,8 @@ BUNDLED = [
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_reads_zigzag_bundled_accelerators_as_is(name):
-    hw = load_accelerator(zigzag_inputs() / "hardware" / f"{name}.yaml")
+    # ZigZag's tpu_like.yaml repeats 'ports': read it as ZigZag does (the last one)
+    hw = load_accelerator(zigzag_inputs() / "hardware" / f"{name}.yaml", duplicate_keys="last")
     assert hw.total_units > 1
     for op in ("I1", "I2", "O"):
         assert hw.levels(op), f"{name}: no memory for {op}"
@@ -252,3 +253,15 @@ def test_breakdown_colours_are_distinct_and_layer_labels_whole():
     assert _label("layers_6_shortcut_0") == "layers_6_shortcut_0"
     long = "/model/backbone/stage4/block2/conv_pointwise/Conv"
     assert _label(long).startswith("model/backbone") and _label(long).endswith("pointwise/Conv")
+
+
+def test_zigzags_own_tpu_like_repeats_a_key_and_is_read_as_zigzag_reads_it_on_request():
+    from kiln.hw import load_accelerator
+    from kiln.strict_yaml import DuplicateKeyWarning
+
+    path = zigzag_inputs() / "hardware" / "tpu_like.yaml"
+    with pytest.raises(ConfigError, match="key 'ports' appears twice"):
+        load_accelerator(path)
+    with pytest.warns(DuplicateKeyWarning, match="keeping the last, as ZigZag does"):
+        hw = load_accelerator(path, duplicate_keys="last")
+    assert hw.name

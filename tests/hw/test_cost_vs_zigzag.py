@@ -48,7 +48,7 @@ def test_gemm_l1_128_cube_matches_zigzag_published_numbers(tmp_path):
 
 def test_resnet18_first_layer_on_tpu_like_with_its_fixed_ordering(tmp_path, resnet18_onnx):
     hw_path = zigzag_inputs() / "hardware" / "tpu_like.yaml"
-    hw = load_accelerator(hw_path)
+    hw = load_accelerator(hw_path, duplicate_keys="last")  # ZigZag's files, as ZigZag reads
     layer = load_workload(str(resnet18_onnx)).layers[0]
     # The tpu_like mapping's example entry: C on D1, K on D2, OX 112, OY 112, FX, FY, K 2.
     spatial = {"D1": {"C": 32}, "D2": {"K": 32}}
@@ -84,7 +84,7 @@ CASES = [
 @pytest.mark.parametrize(("hw_name", "index", "spatial"), CASES, ids=[c[0] for c in CASES])
 def test_fixed_mappings_agree_with_zigzag(tmp_path, resnet18_onnx, hw_name, index, spatial):
     hw_path = zigzag_inputs() / "hardware" / f"{hw_name}.yaml"
-    hw = load_accelerator(hw_path)
+    hw = load_accelerator(hw_path, duplicate_keys="last")  # ZigZag's files, as ZigZag reads
     layer = load_workload(str(resnet18_onnx)).layers[index]
     spatial = {oa: {d: f for d, f in m.items() if d in layer.sizes} for oa, m in spatial.items()}
     # kiln's best order under this spatial mapping, then both tools cost that one order.
