@@ -46,6 +46,7 @@ class Evaluator:
         self.graph, info = resolve_model(
             config.model.name, dataset=config.model.dataset, pretrained=config.model.pretrained
         )
+        self.info = info
         self.dataset = load_dataset(config.model.dataset or info.dataset)
         self.validation, self.holdout = split_test(self.dataset, config.evaluation.samples)
         self.space = make_space(self.graph, config.space)
@@ -245,6 +246,15 @@ class Evaluator:
             path = out / "best_quantization.yaml"
             path.write_text(yaml.safe_dump(space.config(params), sort_keys=False))
             written.append(path)
+        if isinstance(space, MixedPrecisionSpace) and self.info.recipe is not None:
+            # The best model itself, calibrated: lower, map and emit-rtl read it.
+            from kiln.models.artifacts import quantize_step, save_model
+
+            recipe = {**self.info.recipe,
+                      "steps": [*self.info.recipe["steps"], quantize_step(space.config(params))]}
+            written.append(save_model(self.build(params), out / "best_model.pt", recipe,
+                                      dataset=self.dataset.name,
+                                      metrics={"params": params}))
         if isinstance(space, PruneQuantSpace):
             path = out / "best_pruning.yaml"
             path.write_text(

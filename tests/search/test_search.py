@@ -78,6 +78,14 @@ def test_brute_force_finds_the_smallest_feasible_point_and_tpe_respects_the_cons
         assert tpe.best[0]["metrics"]["size"] >= best["metrics"]["size"]
     written = tmp_path / "out" / "best_quantization.yaml"
     assert written.is_file()
+    # the best model itself, as a model file the other commands read
+    from kiln.models import resolve_model
+    from kiln.quant.layers import QuantLinear
+
+    best_model, _ = resolve_model(str(tmp_path / "out" / "best_model.pt"))
+    widths = [m.weight_quantizer.spec.bits for m in best_model.module.modules()
+              if isinstance(m, QuantLinear)]
+    assert widths and len(widths) == 3
 
 
 def test_best_config_is_accepted_by_kiln_quantize(tmp_path):
