@@ -4,7 +4,8 @@ A folder artifact (an integer program, an RTL design) is built under a temporary
 beside its destination and put in place with one rename, so an interrupt (Ctrl-C,
 SIGKILL) or an error leaves the destination as it was: absent, or the previous complete
 version. A destination that holds something else than that kind of artifact is never
-replaced.
+replaced. (One writer per destination: a second process writing the same folder at the same
+time would remove the first one's partial folder.)
 
 >>> with atomic_folder(tmp / "program", marker="manifest.json") as folder:   # doctest: +SKIP
 ...     (folder / "manifest.json").write_text("{}")
@@ -35,6 +36,9 @@ def atomic_folder(path: str | Path, *, marker: str) -> Iterator[Path]:
             raise KilnError(f"{path} holds other files (no {marker}): kiln will not replace it",
                             hint="name a new or empty folder")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed outright (SIGKILL) leaves its partial folder: never used, removed now.
+    for stale in path.parent.glob(f".{path.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     partial = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
     try:
         yield partial

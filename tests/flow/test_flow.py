@@ -1,0 +1,139 @@
+"""kiln flow: every stage on models it was not made for, caching by content, refusals,
+interrupts, and the report."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln.errors import ConfigError
+from kiln.flow import load_flow_config, parse_flow_config, run_flow, write_report
+from tests.cli.test_cli import _assert_one_line_error, kiln
+
+FAST = {"data": {"calibration_batches": 2, "test_samples": 1000},
+        "simulate": {"simulator": "verilator", "vectors": 4, "jobs": 1},
+        "accelerator": {"refine": 0}}
+
+RESIDUAL = '''
+import torch
+from torch import nn
+
+
+class ResidualMLP(nn.Module):
+    """An MLP with a residual add: the RTL emitter cannot take it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 16)
+        self.fc2 = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 26)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.head(torch.relu(h + self.fc2(h)))
+'''
+
+
+def _statuses(records) -> dict[str, str]:
+    return {r.stage: r.status for r in records}
+
+
+def test_jsc_through_every_stage_then_only_the_rtl_stages_again(tmp_path):
+    config = parse_flow_config(FAST)
+    records = run_flow("jsc-three-linear", config, tmp_path)
+    assert set(_statuses(records).values()) == {"done"}
+    by = {r.stage: r.figures for r in records}
+    assert by["onnx"]["bit_exact"] and by["simulate"]["bit_exact"]
+    assert by["integer"]["top1_agreement"] > 0.99 and by["cost"]["latency_cycles"] > 0
+    assert by["synth"]["cells"] > 0
+    paths = write_report("jsc-three-linear", records, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rtl_bit_exact"] and summary["onnx_bit_exact"]
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Summary" in html  # self-contained
+    assert all(path.is_file() for path in paths)
+    # only the RTL parallelism changes: the stages before it are taken from the cache
+    again = run_flow("jsc-three-linear", parse_flow_config({**FAST, "rtl": {
+        "parallelism": "2x2"}}), tmp_path)
+    assert _statuses(again) == {"float": "cached", "compress": "cached", "integer": "cached",
+                                "onnx": "cached", "cost": "cached", "rtl": "done",
+                                "simulate": "done", "synth": "done"}
+    assert {r.stage: r.figures for r in again}["rtl"]["parallelism"] == "2x2"
+
+
+def test_a_module_with_a_residual_add_runs_what_it_can(tmp_path):
+    module = tmp_path / "residual.py"
+    module.write_text(RESIDUAL)
+    config = parse_flow_config({**FAST, "model": {"input_shape": "16"},
+                                "data": {**FAST["data"], "dataset": "letter"}})
+    records = run_flow(f"{module}:ResidualMLP", config, tmp_path / "out")
+    statuses = _statuses(records)
+    assert statuses == {"float": "done", "compress": "done", "integer": "done", "onnx": "done",
+                        "cost": "done", "rtl": "refused", "simulate": "skipped",
+                        "synth": "skipped"}
+    rtl = next(r for r in records if r.stage == "rtl")
+    assert "add" in rtl.message and "the RTL emitter supports" in rtl.message
+    assert {r.stage: r.message for r in records}["simulate"] == "needs rtl (refused)"
+
+
+def test_qonnx_mnist_from_its_file_with_its_own_input_scale(tmp_path):
+    path = Path(__import__("qonnx").__file__).parent / "data/onnx/mnist-conv/model.onnx"
+    config = load_flow_config(Path(__file__).parents[2] / "examples/flow/mnist.toml")
+    config = parse_flow_config({**config.model_dump(mode="json"), **FAST,
+                                "data": {**config.data.model_dump(), "calibration_batches": 2},
+                                "stages": ["float", "compress", "integer", "onnx", "rtl",
+                                           "simulate"]})
+    records = run_flow(str(path), config, tmp_path)
+    by = {r.stage: r for r in records}
+    assert by["float"].figures["accuracy"] > 0.98 and by["float"].figures["input_scale"] == 255
+    assert by["integer"].figures["accuracy"] > 0.98
+    assert by["onnx"].figures["bit_exact"] and by["simulate"].figures["bit_exact"]
+    assert by["cost"].status == "not selected"
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL])
+def test_a_killed_flow_leaves_nothing_a_rerun_would_trust(tmp_path, signal_number):
+    config = tmp_path / "flow.toml"
+    config.write_text('stages = ["float", "compress", "integer", "rtl", "simulate"]\n'
+                      "[data]\ncalibration_batches = 2\n[simulate]\nvectors = 4\njobs = 1\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "kiln", "flow", "jsc-three-linear", "--config",
+               str(config), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob(".simulate.partial-*")):
+        time.sleep(0.1)  # wait until the simulation stage is under way
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (130, -9), stderr
+    assert not (out / "simulate").exists()  # never half-written
+    for stage in ("float", "compress", "integer", "rtl"):
+        assert (out / stage / "stage.json").is_file()
+    rerun = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    stages = {s["stage"]: s["status"] for s in json.loads(rerun.stdout)["stages"]}
+    assert stages["float"] == stages["rtl"] == "cached" and stages["simulate"] == "done"
+    assert not list(out.glob(".simulate.partial-*"))
+
+
+def test_flow_config_mistakes_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="unknown stage"):
+        parse_flow_config({"stages": ["float", "bitstream"]})
+    with pytest.raises(ConfigError, match="rtl.parallelism"):
+        parse_flow_config({"rtl": {"parallelism": "four"}})
+    with pytest.raises(ConfigError, match="compression.weight_bits"):
+        parse_flow_config({"compression": {"weight_bits": 0}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[accelerator]\npath = "nope.yaml"\n')
+    _assert_one_line_error(kiln("flow", "jsc-tiny", "--config", str(bad), "--out",
+                                str(tmp_path / "o")), "[accelerator].path 'nope.yaml'")
+    bad.write_text('[data]\nsamples = 3\n')
+    _assert_one_line_error(kiln("flow", "jsc-tiny", "--config", str(bad), "--out",
+                                str(tmp_path / "o")), "data.samples")
