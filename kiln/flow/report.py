@@ -84,7 +84,7 @@ def _bar_plot(path: Path, labels: list[str], series: dict[str, list[float]], *, 
         axes.set_ylim(max(0.0, low - 0.05), min(1.0, max(max(v) for v in series.values()) +
                                                   0.03))
     if len(series) > 1:
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def _blocks(model: str, records: list[StageRecord], out: Path) -> list[Block]:
             ["RTL", f"{_num(facts['rtl_cycles_per_inference'])} cycles per inference"
              if facts["rtl_cycles_per_inference"] else "—"],
             ["resources (Yosys)", resources_text(by.get("synth"))]]
-    blocks += [("h2", "Summary"), ("table", ["", ""], rows)]
+    blocks += [("h2", "Summary"), ("table", ["figure", "value"], rows)]
     blocks += [("h2", "Stages"), ("table", ["stage", "status", "seconds (when it ran)", "note"],
                                   [[r.stage, r.status, f"{r.seconds:.1f}" if r.seconds else "",
                                     r.message] for r in records])]
@@ -194,7 +194,8 @@ def _blocks(model: str, records: list[StageRecord], out: Path) -> list[Block]:
     rtl, simulate, synth = by.get("rtl"), by.get("simulate"), by.get("synth")
     if rtl and rtl.figures:
         blocks += [("h2", f"RTL ({rtl.figures['parallelism']})"),
-                   ("table", ["layer", "kind", "in → out", "P_in × P_out", "cycles / vector"],
+                   ("table", ["layer", "kind", "in → out", "P_in × P_out",
+                              "busy cycles / inference"],
                     [[x["layer"], x["kind"], f"{x['in']} → {x['out']}",
                       f"{x['p_in']} × {x['p_out']}", x["cycles"]]
                      for x in rtl.figures["layers"]])]
@@ -206,19 +207,27 @@ def _blocks(model: str, records: list[StageRecord], out: Path) -> list[Block]:
                             f"rate, latency {_num(f['latency_cycles'])} cycles, utilization "
                             f"{f['utilization']:.2f} (build {f['build_seconds']:.0f} s, run "
                             f"{f['run_seconds']:.0f} s)."))
-        intervals = f.get("layer_intervals") or {}
-        if intervals:
-            plot = _bar_plot(report_dir / "cycles.png", list(intervals),
-                             {"cycles per inference": list(intervals.values())},
-                             title="RTL: cycles per inference at each layer's output",
-                             ylabel="cycles")
-            blocks.append(("img", plot, "cycles per inference, per layer"))
+        if rtl and rtl.figures:
+            # where the cycles go: each layer's busy cycles against the achieved interval
+            # (the slowest layer sets the pace; the others wait)
+            layers = [x for x in rtl.figures["layers"] if x["cycles"]]
+            plot = _bar_plot(report_dir / "cycles.png", [x["layer"] for x in layers],
+                             {"busy cycles per inference": [x["cycles"] for x in layers]},
+                             title="RTL: busy cycles per layer", ylabel="cycles")
+            blocks.append(("img", plot, "busy cycles of each layer per inference; the "
+                                        "slowest layer sets the throughput (achieved: "
+                                        f"{f['cycles_per_inference']:,.0f} per inference)"))
     if synth and synth.figures:
         f = synth.figures
+        if f["target"] == "generic":  # word-level cells, no LUT or DSP mapping
+            columns = ["cells (word level)", "flip-flops", "multipliers", "seconds"]
+            values = [f["cells"], f["flip_flops"], f["multipliers"], f"{f['seconds']:.0f}"]
+        else:
+            columns = ["LUTs", "flip-flops", "DSPs", "multipliers", "cells", "seconds"]
+            values = [f["luts"], f["flip_flops"], f["dsps"], f["multipliers"], f["cells"],
+                      f"{f['seconds']:.0f}"]
         blocks += [("h2", f"Synthesis ({f['target']}, Yosys)"),
-                   ("table", ["cells", "LUTs", "flip-flops", "DSPs", "multipliers", "seconds"],
-                    [[f["cells"], f["luts"], f["flip_flops"], f["dsps"], f["multipliers"],
-                      f"{f['seconds']:.0f}"]])]
+                   ("table", columns, [values])]
     return blocks
 
 
