@@ -8,4 +8,4 @@ bash scripts/postgres.sh   # the distributed-search tests run a study on a local
 echo "[test] ruff check"
 .venv/bin/ruff check .
 echo "[test] pytest"
-.venv/bin/python -m pytest -n 2 "$@"
+.venv/bin/python -m pytest -n 2 --durations=15 "$@"

@@ -92,6 +92,10 @@ def flow(
                         [[r.stage, r.status, f"{r.seconds:.1f}" if r.seconds else "",
                           r.message[:100]] for r in records if r.status != "not selected"],
                         right_align={"seconds"}))
+    for record in records:  # a refusal's reason in full (the table cuts it)
+        if record.status == "refused":
+            console.print(f"[yellow]{record.stage} refused:[/] {record.message}",
+                          highlight=False, markup=True)
     facts = summary(model, records)
     lines = []
     if facts["float_accuracy"] is not None:
