@@ -53,13 +53,13 @@ become stages of their own when kiln has them.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kiln.errors import ConfigError
+from kiln.toml_config import read_toml, resolve_input_file
 
 STAGES = ("float", "compress", "integer", "onnx", "cost", "rtl", "simulate", "synth")
 #: What each stage needs before it can run.
@@ -174,21 +174,8 @@ def load_flow_config(path: str | Path | None) -> FlowConfig:
     relative to the file and must exist."""
     if path is None:
         return FlowConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"flow config not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    base = path.resolve().parent
+    data = read_toml(path, "flow config")
     for section, key in (("model", "weights"), ("compression", "config"),
                          ("compression", "search"), ("accelerator", "path")):
-        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
-        if isinstance(value, str) and value:
-            resolved = Path(value) if Path(value).is_absolute() else base / value
-            if not resolved.is_file():
-                raise ConfigError(f"{path}: [{section}].{key} '{value}': no such file "
-                                  f"({resolved})", hint="paths are relative to the config file")
-            data[section][key] = str(resolved)
+        resolve_input_file(data, section, key, path)
     return parse_flow_config(data, str(path))

@@ -163,9 +163,9 @@ def load_model(path: str | Path, payload: dict[str, Any] | None = None):
 
     path = Path(path)
     if payload is None:
-        import torch
+        from kiln.models.checkpoints import read_torch_file
 
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = read_torch_file(path, "model")
     if payload.get("version") != MODEL_VERSION:
         raise ModelFormatError(f"{path}: kiln model version {payload.get('version')} "
                                f"(this kiln reads {MODEL_VERSION})")

@@ -95,8 +95,10 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path) -> tuple[Graph, ModelInfo]:
-    """Rebuild a zoo model from a kiln checkpoint; a bad file is a ``KilnError``."""
+def read_torch_file(path: str | Path, what: str) -> Any:
+    """What a ``.pt`` file holds, read with ``weights_only=True`` (tensors and plain data,
+    never pickled code); a missing or unreadable file is a ``ModelFormatError`` naming
+    ``what`` was expected."""
     import pickle
     import zipfile
 
@@ -104,11 +106,18 @@ def load_checkpoint(path: str | Path) -> tuple[Graph, ModelInfo]:
 
     path = Path(path)
     if not path.is_file():
-        raise ModelFormatError(f"{path}: no such checkpoint file")
+        raise ModelFormatError(f"{path}: no such {what} file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError,
+            AttributeError, TypeError) as exc:  # what torch raises depends on the damage
+        raise ModelFormatError(f"{path}: not a readable PyTorch {what}: {exc}") from exc
+
+
+def load_checkpoint(path: str | Path) -> tuple[Graph, ModelInfo]:
+    """Rebuild a zoo model from a kiln checkpoint; a bad file is a ``KilnError``."""
+    path = Path(path)
+    payload = read_torch_file(path, "checkpoint")
     from kiln.models.artifacts import MODEL_FORMAT, load_model, zoo_base
 
     if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:

@@ -93,15 +93,9 @@ def build_user_module(spec: str, *, source: str | None = None) -> Any:
 
 def load_state_dict_file(path: str | Path) -> dict[str, Any]:
     """A state dict from a ``.pt`` file: a bare one, or the ``state_dict`` of a checkpoint."""
-    import torch
+    from kiln.models.checkpoints import read_torch_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: no such state-dict file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several kinds for a bad file
-        raise ModelFormatError(f"{path}: not a readable PyTorch file: {exc}") from exc
+    data = read_torch_file(path, "state-dict")
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):

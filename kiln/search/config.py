@@ -35,13 +35,13 @@ accelerator = "examples/hardware/edge_npu.yaml"
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kiln.errors import ConfigError
+from kiln.toml_config import RELATIVE_HINT, read_toml, relative_to_config, resolve_input_file
 
 OBJECTIVE_DIRECTIONS = {
     "size": "minimize",  # bytes of parameters at their widths
@@ -204,45 +204,25 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> SearchConfig
 
 def load_config(path: str | Path) -> SearchConfig:
     """Read and validate a search config file (TOML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search config not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    data = read_toml(path, "search config")
     _resolve_input_paths(data, path)
     return parse_config(data, str(path))
 
 
-def _resolve_input_paths(data: dict[str, Any], path: Path) -> None:
+def _resolve_input_paths(data: dict[str, Any], path: str | Path) -> None:
     """Input files named in a config ([hardware].accelerator and .mapping, a model file)
     are relative to the config file, as in any config format; each must exist. Outputs
     ([study].out, a SQLite storage) stay relative to where kiln runs."""
-    base = path.resolve().parent
-    hardware = data.get("hardware")
-    if isinstance(hardware, dict):
-        for key in ("accelerator", "mapping"):
-            value = hardware.get(key)
-            if isinstance(value, str) and value:
-                resolved = _relative_to(base, value)
-                if not resolved.is_file():
-                    raise ConfigError(f"{path}: [hardware].{key} '{value}': no such file "
-                                      f"({resolved})", hint="paths in a config are relative "
-                                      "to the config file")
-                hardware[key] = str(resolved)
+    for key in ("accelerator", "mapping"):
+        resolve_input_file(data, "hardware", key, path)
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("name"), str):
         name = model["name"]
         file_part = name.split(":")[0] if ".py:" in name else name
         if file_part.endswith((".pt", ".onnx", ".py")):
-            resolved = _relative_to(base, file_part)
+            resolved = relative_to_config(path, file_part)
             if not resolved.is_file():
                 raise ConfigError(f"{path}: [model].name '{name}': no such file ({resolved})",
-                                  hint="paths in a config are relative to the config file")
+                                  hint=RELATIVE_HINT)
             model["name"] = str(resolved) + name[len(file_part):]
 
-
-def _relative_to(base: Path, value: str) -> Path:
-    candidate = Path(value).expanduser()
-    return candidate if candidate.is_absolute() else base / candidate

@@ -66,6 +66,11 @@ def test_model_file_mistakes_are_one_line_errors(tmp_path):
     _assert_one_line_error(kiln("inspect", f"{TINY}:TinyCNN"), "give its input shape")
     _assert_one_line_error(kiln("inspect", f"{TINY}:Nope", "--input-shape", "1x28x28"),
                            "has no 'Nope'")
+    garbage = tmp_path / "weights.pt"
+    garbage.write_bytes(b"PK\x03\x04 a torn zip")
+    _assert_one_line_error(kiln("inspect", f"{TINY}:TinyCNN", "--input-shape", "1x28x28",
+                                "--weights", str(garbage)),
+                           "not a readable PyTorch state-dict")
     _assert_one_line_error(kiln("quantize", "convnet", "--weight-bits", "8", "--out",
                                 str(tmp_path / "q.onnx")), "model files end in .pt")
     quantized = tmp_path / "q.pt"

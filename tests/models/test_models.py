@@ -85,3 +85,7 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"weights": torch.zeros(2)}, plain)
     with pytest.raises(ModelFormatError, match="not a kiln checkpoint"):
         load_checkpoint(plain)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes((tmp_path / "plain.pt").read_bytes()[:100])
+    with pytest.raises(ModelFormatError, match="torn.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(torn)
