@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +29,15 @@ def onnxruntime_run(path: Path, x: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def start_interruptible(command: list[str], **popen_args) -> subprocess.Popen:
+    """Start ``command`` so that SIGINT interrupts it as a terminal's Ctrl-C would. A
+    shell's background job starts with SIGINT ignored, and Python keeps an ignored SIGINT
+    ignored, so a suite run in the background would otherwise test nothing."""
+    return subprocess.Popen(command, text=True, preexec_fn=_default_sigint, **popen_args)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+

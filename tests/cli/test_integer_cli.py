@@ -3,6 +3,7 @@
 import json
 
 from tests.cli.test_cli import _assert_one_line_error, kiln
+from tests.conftest import start_interruptible
 
 
 def test_lower_run_export_round_trip(tmp_path):
@@ -63,9 +64,8 @@ def test_ctrl_c_during_lower_leaves_nothing_half_written(tmp_path):
     import time
 
     out = tmp_path / "program"
-    process = subprocess.Popen([sys.executable, "-m", "kiln", "lower", "convnet", "--out",
-                                str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = start_interruptible([sys.executable, "-m", "kiln", "lower", "convnet", "--out",
+                                   str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(4)  # importing, loading, calibrating
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

@@ -15,6 +15,7 @@ import pytest
 from kiln.errors import ConfigError
 from kiln.flow import load_flow_config, parse_flow_config, run_flow, write_report
 from tests.cli.test_cli import _assert_one_line_error, kiln
+from tests.conftest import start_interruptible
 
 FAST = {"data": {"calibration_batches": 2, "test_samples": 1000},
         "simulate": {"simulator": "verilator", "vectors": 4, "jobs": 1},
@@ -105,8 +106,7 @@ def test_a_killed_flow_leaves_nothing_a_rerun_would_trust(tmp_path, signal_numbe
     out = tmp_path / "out"
     command = [sys.executable, "-m", "kiln", "flow", "jsc-three-linear", "--config",
                str(config), "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+    process = start_interruptible(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and not list(out.glob(".simulate.partial-*")):
         time.sleep(0.1)  # wait until the simulation stage is under way
