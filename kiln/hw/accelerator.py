@@ -283,6 +283,14 @@ def parse_accelerator(data: Any, source: str = "<accelerator>") -> Accelerator:
         "<root>",
     )
     array = data["operational_array"]
+    if isinstance(array, dict) and (array.get("is_imc") or "imc_type" in array):
+        # ZigZag 3.9 models in-memory computing (its dimc/aimc examples) with a separate
+        # cost model (bit-serial inputs, ADC/DAC energy, cell arrays); kiln has none of it.
+        kind = str(array.get("imc_type", "an")).replace("digital", "a digital").replace(
+            "analog", "an analog")
+        raise _fail(source, "operational_array",
+                    f"{kind} in-memory-computing array (is_imc) is not supported: kiln "
+                    "models digital MAC arrays only (ZigZag's IMC cost model is not in kiln)")
     _expect_keys(
         array, _ARRAY_KEYS, {"unit_energy", "dimensions", "sizes"}, source, "operational_array"
     )

@@ -716,25 +716,32 @@ def map_workload(
 
     solved: dict[tuple, MappingResult] = {}
     results = []
+    workload_dims = {dim for layer in workload.layers for dim in layer.sizes}
     for index, layer in enumerate(workload.layers):
         if on_layer:
             on_layer(index, layer)
         constraints = constraints_for(layer, mapping)
+        unknown = sorted(constraints.dims() - workload_dims)
+        if unknown:
+            # A dimension the layer lacks is skipped, as ZigZag does (a 'default' entry
+            # serves convs and GEMMs alike); one that no layer has is a typo.
+            raise ConfigError(f"{constraints.source}: dimension {unknown[0]} is in no layer of "
+                              f"workload '{workload.name}' (layer '{layer.name}' uses this "
+                              f"entry; its dimensions: {', '.join(layer.sizes)})")
         if constraints.links:
             layer.links = {op: constraints.links.get(op, mem) for op, mem in layer.links.items()}
         signature = _layer_signature(layer, constraints)
         if signature not in solved:
-            solved[signature] = map_layer(
-                layer,
-                hw,
-                objective,
-                constraints,
-                lpf_limit,
-                spatial_keep,
-                mixed,
-                exhaustive,
-                refine,
-            )
+            try:
+                solved[signature] = map_layer(layer, hw, objective, constraints, lpf_limit,
+                                              spatial_keep, mixed, exhaustive, refine)
+            except (MappingError, ConfigError) as error:
+                if not constraints.source or constraints.source in error.message:
+                    raise
+                # Say which layer and which mapping entry: the user's file is what to fix.
+                message = error.message.removeprefix(f"layer '{layer.name}' ")
+                raise type(error)(f"layer '{layer.name}', mapping {constraints.source}: "
+                                  f"{message}", hint=error.hint) from None
         first = solved[signature]
         results.append(replace(first, layer=layer.name, cost=replace(first.cost, layer=layer.name)))
     return WorkloadResult(workload.name, hw.name, objective, results, list(workload.not_costed))

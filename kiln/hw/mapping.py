@@ -93,6 +93,14 @@ class MappingConstraints:
     spatial: SpatialMapping | None = None
     ordering: list[tuple[str, int | None]] = field(default_factory=list)
     links: dict[str, str] | None = None
+    source: str = ""  # where it was written: "FILE: entry [i] 'name'", for error messages
+
+    def dims(self) -> set[str]:
+        """Every layer dimension the entry names (spatial mapping and temporal ordering)."""
+        named = {dim for dim, _ in self.ordering}
+        if self.spatial is not None:
+            named |= {dim for per_dim in self.spatial.unrollings.values() for dim in per_dim}
+        return named
 
     def ordering_is_complete(self, temporal_sizes: dict[str, int]) -> bool:
         if not self.ordering:
@@ -122,10 +130,17 @@ def load_zigzag_mapping(path: str | Path) -> dict[str, MappingConstraints]:
         "core_allocation",
         "spatial_mapping_hint",
     }
+    first_index: dict[str, int] = {}
     for index, entry in enumerate(data):
         where = f"{path}: [{index}]"
         if not isinstance(entry, dict) or "name" not in entry:
             raise ConfigError(f"{where}: every entry needs a 'name'")
+        name = str(entry["name"])
+        if name in first_index:
+            raise ConfigError(f"{where}: entry name '{name}' is also entry [{first_index[name]}]'s",
+                              hint="give each entry its own name (ZigZag silently uses the "
+                                   "first of the two)")
+        first_index[name] = index
         unknown = sorted(set(entry) - allowed)
         if unknown:
             raise ConfigError(
@@ -153,8 +168,8 @@ def load_zigzag_mapping(path: str | Path) -> dict[str, MappingConstraints]:
             size = None if item[1] == "*" else int(item[1])
             ordering.append((str(item[0]).upper(), size))
         links = entry.get("memory_operand_links")
-        entries[str(entry["name"])] = MappingConstraints(
-            spatial, ordering, dict(links) if links else None
+        entries[name] = MappingConstraints(
+            spatial, ordering, dict(links) if links else None, source=f"{path}: [{index}] '{name}'"
         )
     return entries
 

@@ -186,7 +186,7 @@ def layer_from_zigzag(data: dict[str, Any], where: str) -> Layer:
             full = pr_extent(scale_a, sizes.get(dim_a, 1), scale_b, sizes.get(dim_b, 1))
             pads = padding[pr_dims.index(target)] if target in pr_dims and padding else (0, 0)
             pr_sizes[target] = int(full - sum(pads))
-    name = str(data.get("name") or f"layer{data['id']}")
+    name = zigzag_layer_name(data)
     return Layer(
         name, str(data["operator_type"]), sizes, operand_dims, precision, relations, pr_sizes
     )
@@ -321,13 +321,41 @@ def workload_from_onnx(path: str | Path) -> Workload:
     return Workload(path.stem, layers, not_costed)
 
 
+# Operator types a MAC array does not run: ZigZag prices them as MAC layers with a 0-bit
+# or activation "weight" on digital arrays and skips them on IMC arrays; kiln keeps them
+# in the workload, listed as not costed (a real NPU runs them on its vector unit).
+NOT_COSTED_OPERATORS = ("Pooling", "Add")
+
+
+def zigzag_layer_name(data: dict[str, Any]) -> str:
+    """A workload layer's name as ZigZag gives it: its ``name``, else ``Layer<id>``."""
+    return str(data.get("name") or f"Layer{data['id']}")
+
+
 def workload_from_zigzag_yaml(path: str | Path) -> Workload:
+    """A ZigZag workload YAML: its MAC layers costed, Pooling/Add layers kept as not costed."""
     path = Path(path)
     data = load_yaml_file(path)
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{path}: a ZigZag workload is a non-empty list of layers")
-    layers = [layer_from_zigzag(item, f"{path}: layer[{i}]") for i, item in enumerate(data)]
-    return Workload(path.stem, layers)
+    layers, not_costed, names = [], [], {}
+    for index, item in enumerate(data):
+        where = f"{path}: layer[{index}]"
+        if not isinstance(item, dict) or "id" not in item or "operator_type" not in item:
+            raise ConfigError(f"{where}: a layer needs at least 'id' and 'operator_type'")
+        name = zigzag_layer_name(item)
+        if name in names:
+            raise ConfigError(f"{where}: layer name '{name}' is also layer[{names[name]}]'s",
+                              hint="mapping entries find layers by name: give each its own")
+        names[name] = index
+        if str(item["operator_type"]) in NOT_COSTED_OPERATORS:
+            not_costed.append((name, str(item["operator_type"])))
+            continue
+        layers.append(layer_from_zigzag(item, where))
+    if not layers:
+        raise ConfigError(f"{path}: no layer a MAC array runs (only "
+                          f"{', '.join(sorted({op for _, op in not_costed}))})")
+    return Workload(path.stem, layers, not_costed)
 
 
 def workload_from_graph(

@@ -57,6 +57,21 @@ def zigzag_fixed_mapping(
     return energy, latency
 
 
+def zigzag_search(tmp_path: Path, workload: Path, hardware: Path, mapping: Path,
+                  objective: str = "latency") -> dict[str, tuple[float, float]]:
+    """ZigZag 3.9.1's own search (LOMA, lpf limit 6): layer name → (energy, latency)."""
+    from zigzag.api import get_hardware_performance_zigzag
+
+    logging.disable(logging.CRITICAL)
+    try:
+        _, _, cmes = get_hardware_performance_zigzag(
+            str(workload), str(hardware), str(mapping), opt=objective,
+            dump_folder=str(tmp_path / "zz"), loma_show_progress_bar=False, lpf_limit=6)
+    finally:
+        logging.disable(logging.NOTSET)
+    return {cme.layer.name: (cme.energy_total, cme.latency_total2) for cme, _ in cmes[0][1]}
+
+
 @pytest.fixture(scope="session")
 def resnet18_onnx() -> Path:
     return zigzag_inputs() / "workload" / "resnet18.onnx"
