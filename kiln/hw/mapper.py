@@ -43,6 +43,7 @@ from kiln.hw.mapping import (
     max_unrolling,
     temporal_loop_sizes,
 )
+from kiln.hw.orders import order_space
 from kiln.hw.workload import Layer, Workload
 
 OBJECTIVES = ("latency", "energy", "edp")
@@ -69,18 +70,6 @@ class MappingResult:
 # ---------------------------------------------------------------------------------------
 # Memory allocation of one loop order
 # ---------------------------------------------------------------------------------------
-
-
-def _prime_factors(n: int) -> list[int]:
-    factors, p = [], 2
-    while p * p <= n:
-        while n % p == 0:
-            factors.append(p)
-            n //= p
-        p += 1
-    if n > 1:
-        factors.append(n)
-    return factors
 
 
 def allocate(
@@ -313,77 +302,6 @@ def _best_prefixes(
 # ---------------------------------------------------------------------------------------
 
 
-def loop_prime_factors(sizes: dict[str, int], limit: int | None) -> list[Loop]:
-    """Each temporal loop split into prime factors; while there are more than ``limit``,
-    the two smallest factors of the dim with the most are merged (ZigZag's lpf limit)."""
-    factors = {dim: sorted(_prime_factors(size)) for dim, size in sizes.items()}
-    limit = None if limit is None else max(limit, len(factors))
-    while limit is not None and sum(len(f) for f in factors.values()) > limit:
-        dim = max(factors, key=lambda d: len(factors[d]))
-        values = factors[dim]
-        merged = values[0] * values[1]
-        factors[dim] = sorted(values[2:] + [merged])
-    return [(dim, f) for dim, values in factors.items() for f in values]
-
-
-def unique_orderings(loops: list[Loop]) -> Iterator[list[Loop]]:
-    """Every distinct order of a multiset of loops (identical loops are not permuted)."""
-    counts: dict[Loop, int] = defaultdict(int)
-    for loop in loops:
-        counts[loop] += 1
-    keys = sorted(counts)
-    order: list[Loop] = []
-
-    def visit() -> Iterator[list[Loop]]:
-        if len(order) == len(loops):
-            yield list(order)
-            return
-        for key in keys:
-            if counts[key]:
-                counts[key] -= 1
-                order.append(key)
-                yield from visit()
-                order.pop()
-                counts[key] += 1
-
-    yield from visit()
-
-
-def count_orderings(loops: list[Loop]) -> int:
-    counts: dict[Loop, int] = defaultdict(int)
-    for loop in loops:
-        counts[loop] += 1
-    total = math.factorial(len(loops))
-    for c in counts.values():
-        total //= math.factorial(c)
-    return total
-
-
-def fixed_ordering(constraints: MappingConstraints, sizes: dict[str, int]) -> list[Loop] | None:
-    """The user's temporal ordering as loops, ``*`` taking what is left of a dim; None if absent.
-
-    What the ordering leaves out is returned after a ``None`` marker: those loops are
-    searched above the fixed ones (a partially fixed ordering)."""
-    if not constraints.ordering:
-        return None
-    remaining = dict(sizes)
-    loops: list[Loop] = []
-    for dim, size in constraints.ordering:
-        if dim not in remaining:
-            continue
-        take = remaining[dim] if size is None else size
-        if remaining[dim] % take:
-            raise ConfigError(
-                f"temporal ordering: {dim} {take} does not divide what is left of {dim} "
-                f"({remaining[dim]})"
-            )
-        if take > 1:
-            loops.append((dim, take))
-        remaining[dim] //= take
-    leftovers = [(d, s) for d, s in remaining.items() if s > 1]
-    return loops + ([None, *leftovers] if leftovers else [])  # type: ignore[list-item]
-
-
 # ---------------------------------------------------------------------------------------
 # Spatial candidates
 # ---------------------------------------------------------------------------------------
@@ -496,12 +414,13 @@ def search_temporal(
     spatial_user: SpatialMapping,
     objective: str = "latency",
     lpf_limit: int | None = 6,
-    ordering: list[Loop] | None = None,
+    ordering: list[tuple[str, int | None]] | None = None,
     on_progress: Callable[[int], None] | None = None,
     exhaustive: bool = False,
     refine: int = 0,
 ) -> MappingResult:
-    """Best temporal mapping for one spatial mapping (every loop order, or the given one).
+    """Best temporal mapping for one spatial mapping: over every loop order, or those a
+    user's ``ordering`` allows (ZigZag's reading: :mod:`kiln.hw.orders`).
 
     With ``exhaustive`` every memory allocation of every order is tried, not only the
     traffic-minimising one (affordable for small layers; use ``lpf_limit=None`` too).
@@ -513,24 +432,7 @@ def search_temporal(
     rel = relevancy(layer)
     spatial, spatial_int, spatial_limited = fit_spatial(layer, hw, spatial_user)
     levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
-    sizes = temporal_loop_sizes(layer, spatial)
-    candidates: Iterator[list[Loop]]
-    if ordering is not None and None in ordering:
-        # Partially fixed: the given loops innermost, every order of the rest above them.
-        split = ordering.index(None)  # type: ignore[arg-type]
-        fixed, rest = ordering[:split], ordering[split + 1 :]
-        rest_lpfs = loop_prime_factors(dict(rest), lpf_limit)
-        candidates = (fixed + tail for tail in unique_orderings(rest_lpfs))
-        total = count_orderings(rest_lpfs)
-    elif ordering is not None:
-        candidates = iter([ordering])
-        total = 1
-    else:
-        lpfs = loop_prime_factors(sizes, lpf_limit) or [
-            (layer.operands and next(iter(layer.sizes)), 1)
-        ]
-        candidates = unique_orderings(lpfs)
-        total = count_orderings(lpfs)
+    space = order_space(temporal_loop_sizes(layer, spatial), ordering, lpf_limit)
     best: tuple | None = None
     seen: set = set()
     ranked: list = []
@@ -538,7 +440,9 @@ def search_temporal(
     roomy = roomy_top_memories(layer, hw, rel)
     rejected: dict[str, int] = defaultdict(int)
     evaluated = 0
-    for index, order in enumerate(candidates):
+    total = 0
+    for index, order in enumerate(space.orders()):
+        total += 1
         if on_progress and index % 256 == 0:
             on_progress(index)
         if exhaustive:
@@ -613,8 +517,7 @@ def map_layer(
     rejected: dict[str, int] = defaultdict(int)
     failures: list[str] = []
     for spatial in spatials:
-        spatial_fit = fit_spatial(layer, hw, spatial)[0]
-        ordering = fixed_ordering(constraints, temporal_loop_sizes(layer, spatial_fit))
+        ordering = constraints.ordering or None
         try:
             result = search_temporal(
                 layer,

@@ -86,8 +86,10 @@ class TemporalMapping:
 class MappingConstraints:
     """What the user fixes: a spatial mapping, forced unrollings, a (partial) loop order.
 
-    ``ordering`` lists ``(dim, size)`` innermost first; a size of ``None`` (``"*"`` in
-    YAML) means "all that is left of that dimension".
+    ``ordering`` lists ``(dim, size)`` innermost first, as ZigZag reads it: a complete
+    order, or constraints on positions of the searched one; a size of ``None`` (``"*"`` in
+    YAML) means "some loop of that dimension here", a dim of ``"*"`` makes the entries after
+    it count from the outermost end (:mod:`kiln.hw.orders`).
     """
 
     spatial: SpatialMapping | None = None
@@ -97,20 +99,10 @@ class MappingConstraints:
 
     def dims(self) -> set[str]:
         """Every layer dimension the entry names (spatial mapping and temporal ordering)."""
-        named = {dim for dim, _ in self.ordering}
+        named = {dim for dim, _ in self.ordering if dim != "*"}
         if self.spatial is not None:
             named |= {dim for per_dim in self.spatial.unrollings.values() for dim in per_dim}
         return named
-
-    def ordering_is_complete(self, temporal_sizes: dict[str, int]) -> bool:
-        if not self.ordering:
-            return False
-        remaining = dict(temporal_sizes)
-        for dim, size in self.ordering:
-            if size is None:
-                return True
-            remaining[dim] = remaining.get(dim, 1) / size
-        return all(abs(v - 1) < 1e-9 for v in remaining.values())
 
 
 def load_zigzag_mapping(path: str | Path) -> dict[str, MappingConstraints]:

@@ -12,13 +12,13 @@ from kiln.hw import MappingConstraints, SpatialMapping, evaluate, fit_spatial, l
 from kiln.hw.cost import relevancy
 from kiln.hw.mapper import (
     MappingError,
-    _prime_factors,
     canonical_key,
     map_layer,
     map_workload,
     spatial_candidates,
 )
 from kiln.hw.mapping import TemporalMapping, temporal_loop_sizes
+from kiln.hw.orders import prime_factors
 from kiln.hw.workload import Workload, _conv_layer, _gemm_layer, default_precision, parse_equation
 from tests.hw.conftest import EXAMPLES
 
@@ -142,7 +142,7 @@ def brute_force(layer, hw, spatial_user):
     fractional, integer, limited = fit_spatial(layer, hw, spatial_user)
     rel = relevancy(layer)
     factors = [
-        (d, p) for d, s in temporal_loop_sizes(layer, fractional).items() for p in _prime_factors(s)
+        (d, p) for d, s in temporal_loop_sizes(layer, fractional).items() for p in prime_factors(s)
     ]
     best = {"latency": None, "energy": None}
     for order in set(itertools.permutations(factors)):

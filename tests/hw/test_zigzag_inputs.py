@@ -127,3 +127,58 @@ def test_in_memory_computing_accelerators_are_refused_by_name(name, kind):
     with pytest.raises(ConfigError, match=f"operational_array: {kind} in-memory-computing "
                                           "array .* not supported"):
         load_accelerator(zigzag_inputs() / "hardware" / f"{name}.yaml")
+
+
+def test_order_space_reads_positions_as_zigzag_does():
+    from kiln.hw.orders import order_space
+
+    sizes = {"K": 4, "C": 6, "OX": 2}
+    inner = order_space(sizes, [("C", None), ("K", 2)], lpf_limit=6)
+    orders = list(inner.orders())
+    assert orders and all(o[0][0] == "C" and o[1] == ("K", 2) for o in orders)
+    outer = order_space(sizes, [("*", None), ("OX", None)], lpf_limit=6)
+    assert all(o[-1] == ("OX", 2) for o in outer.orders())
+    # A fixed size is one loop that the lpf limit never merges: K 4 stays whole.
+    fixed = order_space({"K": 8, "C": 6}, [("K", 4)], lpf_limit=3)
+    assert sorted(fixed.lpfs) == [("C", 6), ("K", 2), ("K", 4)]
+    complete = order_space(sizes, [("K", 4), ("C", 6), ("OX", 2)], lpf_limit=6)
+    assert list(complete.orders()) == [[("K", 4), ("C", 6), ("OX", 2)]]
+    with pytest.raises(ConfigError, match="K 3 does not divide"):
+        order_space(sizes, [("K", 3)], lpf_limit=6)
+
+
+def _constrained_conv(tmp_path, ordering):
+    workload_path = tmp_path / "w.yaml"
+    workload_path.write_text(yaml.safe_dump([_conv(0, 64, 32, 14, 0, name="conv")]))
+    mapping_path = tmp_path / "mapping.yaml"
+    mapping_path.write_text(yaml.safe_dump([
+        {"name": "default", "spatial_mapping": {"D1": ["K, 32"], "D2": ["C, 16"]},
+         "temporal_ordering": ordering, "memory_operand_links": LINKS}]))
+    hw_path = zigzag_inputs() / "hardware" / "tpu_like.yaml"
+    hw = load_accelerator(hw_path, duplicate_keys="last")
+    result = map_workload(load_workload(str(workload_path)), hw, "latency",
+                          load_zigzag_mapping(mapping_path)).layers[0]
+    return result, (workload_path, hw_path, mapping_path)
+
+
+@pytest.mark.parametrize("ordering", [
+    [["OX", "*"], ["K", "*"]],                       # innermost some OX, then some K
+    [["FX", 3], ["FY", 3], ["C", "*"]],              # sizes and a star
+])
+def test_constrained_orders_give_zigzags_mapping(tmp_path, ordering):
+    result, inputs = _constrained_conv(tmp_path, ordering)
+    energy, latency = zigzag_search(tmp_path, *inputs)["conv"]
+    assert result.cost.latency_cycles == pytest.approx(latency, rel=1e-12)
+    assert result.cost.energy_pj == pytest.approx(energy, rel=1e-12)
+    assert [dim for dim, _ in result.temporal.ordering[:len(ordering)]] == [
+        dim for dim, _ in ordering]
+
+
+def test_entries_after_star_star_count_from_the_outermost_loop(tmp_path):
+    # Deliberate difference: ZigZag 3.9.1 documents ["*", "*"] as "what follows is
+    # outermost", but drops the entry as "not a layer dimension" before reading the
+    # constraints, so there K lands second innermost. kiln keeps the documented meaning.
+    result, inputs = _constrained_conv(tmp_path, [["OX", "*"], ["*", "*"], ["K", "*"]])
+    assert result.temporal.ordering[0][0] == "OX" and result.temporal.ordering[-1][0] == "K"
+    energy, latency = zigzag_search(tmp_path, *inputs)["conv"]
+    assert result.cost.latency_cycles <= latency  # a different, constrained space
