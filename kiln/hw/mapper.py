@@ -308,12 +308,23 @@ def _best_prefixes(
 
 
 def spatial_candidates(
-    layer: Layer, hw: Accelerator, mixed: bool = False, keep: int | None = None
+    layer: Layer, hw: Accelerator, mixed: bool = False, keep: int | None = None,
+    fixed: SpatialMapping | None = None,
 ) -> list[SpatialMapping]:
-    """Every valid unrolling, best array utilization first (ties broken by the text)."""
+    """Every valid unrolling, best array utilization first (ties broken by the text).
+
+    ``fixed`` holds a user's unrollings of some array dimensions: those stay as given and
+    only the others are searched (ZigZag completes a partial spatial mapping the same way).
+    """
     limits = max_unrolling(layer, hw)
+    given = fixed.unrollings if fixed is not None else {}
     per_oa: list[list[dict[str, int]]] = []
     for oa, size in hw.array_sizes.items():
+        if oa in given:
+            # Clamped to the layer here only to rank; fit_spatial applies ZigZag's reduction.
+            per_oa.append([{d: min(int(f), layer.sizes[d]) for d, f in given[oa].items()
+                            if d in layer.sizes}])
+            continue
         options: list[dict[str, int]] = [{}]
         for dim in layer.sizes:
             top = limits[oa][dim]
@@ -343,11 +354,45 @@ def spatial_candidates(
             continue
         ideal_units = math.prod(layer.sizes[d] for d in unrolled) / steps
         utilization = ideal_units / hw.total_units
-        mapping = SpatialMapping({oa: dict(pd) for oa, pd in zip(names, combo, strict=False) if pd})
+        mapping = SpatialMapping({oa: dict(given[oa]) if oa in given else dict(pd)
+                                  for oa, pd in zip(names, combo, strict=False)
+                                  if pd or oa in given})
         scored.append((-utilization, str(mapping), mapping))
     scored.sort(key=lambda item: (item[0], item[1]))
     mappings = [m for _, _, m in scored]
     return mappings[:keep] if keep else mappings
+
+
+def zigzag_completions(layer: Layer, hw: Accelerator, fixed: SpatialMapping,
+                       keep: int = 3) -> list[SpatialMapping]:
+    """The ``keep`` completions of a partial spatial mapping that ZigZag 3.9 would try: one
+    layer dim per free array dimension at a divisor of its largest unrolling, ranked by
+    ZigZag's performance indicator (unroll product plus a diversity term)."""
+    limits = max_unrolling(layer, hw)
+    given = {oa: {d: min(int(f), limits[oa][d]) for d, f in per_dim.items() if d in layer.sizes}
+             for oa, per_dim in fixed.unrollings.items() if oa in hw.array_sizes}
+    free = [oa for oa in hw.array_sizes if oa not in fixed.unrollings]
+    options = [[(dim, factor) for dim in layer.sizes
+                for factor in range(limits[oa][dim], 0, -1) if limits[oa][dim] % factor == 0]
+               for oa in free]
+    ranked = []
+    for combo in itertools.product(*options):
+        totals: dict[str, int] = defaultdict(lambda: 1)
+        for per_dim in given.values():
+            for dim, factor in per_dim.items():
+                totals[dim] *= factor
+        for dim, factor in combo:
+            totals[dim] *= factor
+        if any(total > layer.sizes[dim] for dim, total in totals.items()):
+            continue
+        product = math.prod(totals.values())
+        indicator = product + product / max(totals.values()) - 1
+        mapping = SpatialMapping({**{oa: dict(pd) for oa, pd in fixed.unrollings.items()},
+                                  **{oa: {dim: factor} for oa, (dim, factor)
+                                     in zip(free, combo, strict=True) if factor > 1}})
+        ranked.append((-indicator, str(mapping), mapping))
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    return [mapping for _, _, mapping in ranked[:keep]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,10 +551,17 @@ def map_layer(
     """Best mapping of one layer: over the given spatial mapping or the best ``spatial_keep``
     candidates (None: all), and over every loop order or the given one."""
     constraints = constraints or MappingConstraints()
-    if constraints.spatial is not None:
-        spatials = [constraints.spatial]
-    else:
-        spatials = spatial_candidates(layer, hw, mixed=mixed, keep=spatial_keep)
+    given = constraints.spatial
+    if given is not None and set(hw.array_sizes) <= set(given.unrollings):
+        spatials = [given]
+    else:  # nothing given, or some array dimensions left free: those are searched
+        spatials = spatial_candidates(layer, hw, mixed=mixed, keep=spatial_keep, fixed=given)
+        if given is not None:
+            # ZigZag ranks completions by its own indicator (raw unroll product and
+            # diversity): its picks are searched too, so kiln never misses ZigZag's answer.
+            known = {str(mapping) for mapping in spatials}
+            spatials += [mapping for mapping in zigzag_completions(layer, hw, given)
+                         if str(mapping) not in known]
         if not spatials:
             raise MappingError(f"layer '{layer.name}': no spatial unrolling fits {hw.name}")
     best: MappingResult | None = None

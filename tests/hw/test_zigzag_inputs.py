@@ -182,3 +182,23 @@ def test_entries_after_star_star_count_from_the_outermost_loop(tmp_path):
     assert result.temporal.ordering[0][0] == "OX" and result.temporal.ordering[-1][0] == "K"
     energy, latency = zigzag_search(tmp_path, *inputs)["conv"]
     assert result.cost.latency_cycles <= latency  # a different, constrained space
+
+
+def test_a_partial_spatial_mapping_is_completed_as_zigzag_completes_it(tmp_path):
+    # edge_tpu_like has four array dimensions; the mapping names two. ZigZag searches
+    # unrollings for D3 and D4; leaving them idle would halve the array twice over.
+    workload_path = tmp_path / "w.yaml"
+    workload_path.write_text(yaml.safe_dump([_conv(0, 32, 16, 14, 0, name="conv")]))
+    mapping_path = tmp_path / "mapping.yaml"
+    mapping_path.write_text(yaml.safe_dump([
+        {"name": "default", "spatial_mapping": {"D1": ["K, 8"], "D2": ["C, 8"]},
+         "memory_operand_links": LINKS}]))
+    hw_path = zigzag_inputs() / "hardware" / "edge_tpu_like.yaml"
+    result = map_workload(load_workload(str(workload_path)), load_accelerator(hw_path),
+                          "latency", load_zigzag_mapping(mapping_path)).layers[0]
+    unrolled = result.spatial.unrollings
+    assert unrolled["D1"] == {"K": 8} and unrolled["D2"] == {"C": 8}
+    assert set(unrolled) == {"D1", "D2", "D3", "D4"}  # the free dimensions were filled
+    energy, latency = zigzag_search(tmp_path, workload_path, hw_path, mapping_path)["conv"]
+    assert result.cost.latency_cycles == pytest.approx(latency, rel=1e-12)
+    assert result.cost.energy_pj <= energy * (1 + 1e-12)
