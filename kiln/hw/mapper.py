@@ -56,7 +56,8 @@ class MemoryTooSmallError(MappingError):
 
 @dataclass
 class MappingResult:
-    """The best mapping found for a layer and what the search did."""
+    """The best mapping found for a layer and what the search did. ``spatial`` is the
+    unrolling used: a user's, reduced where it exceeded the array, layer or memories."""
 
     layer: str
     cost: Cost
@@ -533,7 +534,7 @@ def search_temporal(
         reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
         raise MappingError(f"spatial mapping {spatial_user}: {reasons}")
     return MappingResult(
-        layer.name, best[1], spatial_user, best[2], evaluated, total, dict(rejected)
+        layer.name, best[1], spatial_limited, best[2], evaluated, total, dict(rejected)
     )
 
 

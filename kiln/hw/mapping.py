@@ -251,11 +251,9 @@ def fit_spatial(
         for dim, factor in per_dim.items():
             if dim not in layer.sizes:
                 continue
-            if factor > hw.array_sizes[oa] and len(per_dim) == 1:
-                raise ConfigError(
-                    f"spatial mapping {oa}:{dim}{factor} is larger than the array dimension "
-                    f"{oa} of {hw.name} ({hw.array_sizes[oa]})"
-                )
+            # Larger than the array, the layer or the inner memories' bandwidth allow:
+            # reduced to what fits, as ZigZag does (it logs a warning; kiln's result
+            # reports the reduced mapping as the one used).
             reduced.setdefault(oa, {})[dim] = max(1, min(int(factor), limits[oa][dim]))
         if oa in reduced and math.prod(reduced[oa].values()) > hw.array_sizes[oa]:
             raise ConfigError(

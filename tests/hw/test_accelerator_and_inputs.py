@@ -116,11 +116,17 @@ def test_unknown_served_dimension_is_named(tmp_path):
     assert "unknown dimension 'D7'" in _error(data, tmp_path)
 
 
-def test_spatial_mapping_larger_than_the_array_is_rejected():
+def test_spatial_mapping_larger_than_the_array_is_reduced_as_zigzag_reduces_it():
     hw = load_accelerator(EXAMPLES / "tpu_like.yaml")
     layer = load_workload("resnet18").layers[5]
-    with pytest.raises(ConfigError, match="larger than the array dimension D1"):
-        map_layer(layer, hw, constraints=MappingConstraints(SpatialMapping({"D1": {"K": 64}})))
+    def mapped(factor: int):
+        spatial = SpatialMapping({"D1": {"K": factor}, "D2": {"C": 32}})
+        return map_layer(layer, hw, constraints=MappingConstraints(spatial))
+
+    reduced, fits = mapped(64), mapped(32)
+    assert reduced.spatial.unrollings == {"D1": {"K": 32}, "D2": {"C": 32}}
+    assert reduced.cost.latency_cycles == fits.cost.latency_cycles
+    assert reduced.cost.energy_pj == fits.cost.energy_pj
     with pytest.raises(ConfigError, match="does not have"):
         map_layer(layer, hw, constraints=MappingConstraints(SpatialMapping({"D9": {"K": 4}})))
 

@@ -202,3 +202,17 @@ def test_a_partial_spatial_mapping_is_completed_as_zigzag_completes_it(tmp_path)
     energy, latency = zigzag_search(tmp_path, workload_path, hw_path, mapping_path)["conv"]
     assert result.cost.latency_cycles == pytest.approx(latency, rel=1e-12)
     assert result.cost.energy_pj <= energy * (1 + 1e-12)
+
+
+def test_an_unrolling_larger_than_the_array_is_reduced_as_in_zigzag(tmp_path):
+    # ZigZag's default mapping (K 32, C 32) on eyeriss_like (a 14 x 12 array).
+    workload_path = tmp_path / "w.yaml"
+    workload_path.write_text(yaml.safe_dump([_conv(0, 64, 64, 28, 0, name="conv")]))
+    mapping_path = zigzag_inputs() / "mapping" / "default.yaml"
+    hw_path = zigzag_inputs() / "hardware" / "eyeriss_like.yaml"
+    result = map_workload(load_workload(str(workload_path)), load_accelerator(hw_path),
+                          "latency", load_zigzag_mapping(mapping_path)).layers[0]
+    assert result.spatial.unrollings == {"D1": {"K": 14}, "D2": {"C": 12}}
+    energy, latency = zigzag_search(tmp_path, workload_path, hw_path, mapping_path)["conv"]
+    assert result.cost.latency_cycles == pytest.approx(latency, rel=1e-12)
+    assert result.cost.energy_pj == pytest.approx(energy, rel=1e-12)
