@@ -21,6 +21,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator, Memory
@@ -454,6 +455,30 @@ def _objective(cost: Cost, objective: str) -> tuple:
     return (primary, cost.energy_pj, cost.latency_cycles)
 
 
+# With --refine, kiln searches beyond ZigZag's space and meets many near-equal latencies at
+# very different energies: within this fraction of the best primary figure, the other one
+# (energy for latency, latency for energy) decides. The plain search keeps ZigZag's rule
+# (strictly the best primary figure, then energy) so that both tools pick the same mapping.
+NEAR_TIE = 1e-3
+
+
+def pick_best(candidates: list[tuple[Cost, str, Any]], objective: str, near_tie: float = 0.0
+              ) -> tuple[Cost, str, Any]:
+    """The best of ``(cost, text, payload)`` candidates: the lowest objective (then energy,
+    latency, text); with ``near_tie`` > 0, among those within that fraction of the lowest
+    primary figure, the one best on the secondary figure."""
+    best = min(candidates, key=lambda c: (_objective(c[0], objective), c[1]))
+    if near_tie <= 0 or objective == "edp":
+        return best
+    bound = _objective(best[0], objective)[0] * (1 + near_tie)
+    close = [c for c in candidates if _objective(c[0], objective)[0] <= bound]
+
+    def secondary(cost: Cost) -> float:
+        return cost.energy_pj if objective == "latency" else cost.latency_cycles
+
+    return min(close, key=lambda c: (secondary(c[0]), _objective(c[0], objective), c[1]))
+
+
 def search_temporal(
     layer: Layer,
     hw: Accelerator,
@@ -482,6 +507,7 @@ def search_temporal(
     best: tuple | None = None
     seen: set = set()
     ranked: list = []
+    pool: list[tuple[Cost, str, TemporalMapping]] = []  # with refine: every candidate
     cache: dict = {}
     roomy = roomy_top_memories(layer, hw, rel)
     rejected: dict[str, int] = defaultdict(int)
@@ -509,6 +535,7 @@ def search_temporal(
             rank = (_objective(cost, objective), str(temporal.as_dict()))
             if refine:
                 ranked.append((rank, order))
+                pool.append((cost, rank[1], temporal))
             if best is None or rank < best[0]:
                 best = (rank, cost, temporal)
     if refine and not exhaustive:
@@ -527,9 +554,10 @@ def search_temporal(
                     layer, hw, spatial, temporal, spatial_int, spatial_limited, rel, cache
                 )
                 evaluated += 1
-                rank = (_objective(cost, objective), str(temporal.as_dict()))
-                if best is None or rank < best[0]:
-                    best = (rank, cost, temporal)
+                pool.append((cost, str(temporal.as_dict()), temporal))
+    if pool:
+        cost, text, temporal = pick_best(pool, objective, NEAR_TIE)
+        best = ((_objective(cost, objective), text), cost, temporal)
     if best is None:
         reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
         raise MappingError(f"spatial mapping {spatial_user}: {reasons}")
@@ -565,7 +593,7 @@ def map_layer(
                          if str(mapping) not in known]
         if not spatials:
             raise MappingError(f"layer '{layer.name}': no spatial unrolling fits {hw.name}")
-    best: MappingResult | None = None
+    results: list[tuple[Cost, str, MappingResult]] = []
     evaluated, orderings = 0, 0
     rejected: dict[str, int] = defaultdict(int)
     failures: list[str] = []
@@ -589,15 +617,12 @@ def map_layer(
         orderings += result.orderings
         for k, v in result.rejected.items():
             rejected[k] += v
-        if best is None or (_objective(result.cost, objective), str(spatial)) < (
-            _objective(best.cost, objective),
-            str(best.spatial),
-        ):
-            best = result
-    if best is None:
+        results.append((result.cost, str(spatial), result))
+    if not results:
         raise MappingError(
             f"layer '{layer.name}' cannot be mapped on {hw.name}: " + " | ".join(failures)
         )
+    best = pick_best(results, objective, NEAR_TIE if refine else 0.0)[2]
     best.evaluated, best.orderings, best.rejected = evaluated, orderings, dict(rejected)
     return best
 
