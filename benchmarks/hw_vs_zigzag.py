@@ -44,7 +44,7 @@ def zigzag_inputs() -> Path:
 def run_kiln(hw_name: str, map_name: str, refine: int, out: str) -> None:
     """One kiln run (called in a child process)."""
     from kiln.hw import load_accelerator, load_workload, load_zigzag_mapping
-    from kiln.hw.mapper import map_workload
+    from kiln.hw.workload_mapper import map_workload
 
     base = zigzag_inputs()
     start = time.process_time()

@@ -133,7 +133,7 @@ def export_onnx(program, path, *, export_format: str = "qoperator"):
 def map(workload, accelerator, *, objective: str = "latency", refine: int = 4, **options):
     """The best mapping of every layer on an accelerator (``kiln map``, same defaults)."""
     from kiln.hw import load_accelerator, load_workload
-    from kiln.hw.mapper import map_workload
+    from kiln.hw.workload_mapper import map_workload
 
     if isinstance(workload, str):
         workload = load_workload(workload)

@@ -97,14 +97,16 @@ def _run_mapping(
     refine: int,
     exhaustive: bool,
     quiet: bool,
+    workers: int = 1,
+    cache: Path | None = None,
 ):
-    from kiln.hw.mapper import map_workload
+    from kiln.hw.workload_mapper import map_workload
 
     with progress(transient=True, quiet=quiet) as bar:
         task = bar.add_task(f"mapping on {hw.name}", total=len(work.layers), status="")
 
-        def on_layer(index: int, layer) -> None:
-            bar.update(task, completed=index, status=layer.name)
+        def on_layer(done: int, to_search: int, layer) -> None:
+            bar.update(task, completed=done, total=to_search, status=layer.name)
 
         result = map_workload(
             work,
@@ -115,6 +117,8 @@ def _run_mapping(
             refine=refine,
             exhaustive=exhaustive,
             on_layer=on_layer,
+            workers=workers,
+            cache_dir=cache,
         )
         bar.update(task, completed=len(work.layers))
     return result
@@ -168,6 +172,12 @@ def map_command(
         bool,
         typer.Option(help="Every loop order with every memory allocation (small layers only)."),
     ] = False,
+    workers: Annotated[int, typer.Option(
+        help="Map distinct layers on this many processes (one core each); same result.")] = 1,
+    cache: Annotated[Path | None, typer.Option(
+        help="Folder that keeps each distinct layer's mapping, keyed by the layer, its "
+             "constraints, the accelerator and the options: a layer seen before (in this "
+             "network, another one or an earlier run) is not searched again.")] = None,
     dataset: Annotated[str | None, typer.Option(
         "--data", "--dataset", "-d", help="Dataset a zoo model is shaped for.")] = None,
     quant_config: Annotated[Path | None, typer.Option(help=QUANT_HELP)] = None,
@@ -183,6 +193,7 @@ def map_command(
     identical layers mapped once. Ties are broken deterministically.
 
     Example:  kiln map resnet18 -a examples/hardware/edge_npu.yaml --objective edp --out out/map
+              kiln map model.onnx -a tpu_like.yaml --workers 2 --cache ~/.cache/kiln/mappings
     """
     from kiln.errors import ConfigError
     from kiln.hw.mapper import OBJECTIVES
@@ -193,8 +204,11 @@ def map_command(
         check_out_folder(out)
     work, hw, entries = _load(workload, accelerator, mapping, dataset, quant_config,
                               input_shape, weights)
+    if cache is not None and cache.exists() and not cache.is_dir():
+        raise ConfigError(f"--cache {cache}: is a file, not a folder")
     result = _run_mapping(
-        work, hw, entries, objective, lpf_limit or None, refine, exhaustive, as_json
+        work, hw, entries, objective, lpf_limit or None, refine, exhaustive, as_json,
+        workers=workers, cache=cache,
     )
     _report(result, as_json, out, f"{work.name} on {hw.name}, objective {objective}, "
             f"refine {refine}")
@@ -210,6 +224,8 @@ def _report(result, as_json: bool, out: Path | None, title: str) -> None:
         f"total: latency {result.latency_cycles:,.0f} cycles, energy {result.energy_pj:,.0f} pJ "
         f"({len(result.layers)} layers costed)"
     )
+    if getattr(result, "cached", 0):
+        console.print(f"{result.cached} distinct layers taken from the cache")
     if result.not_costed:
         kinds = sorted({op for _, op in result.not_costed})
         console.print(f"not costed (no MACs): {len(result.not_costed)} layers ({', '.join(kinds)})")

@@ -219,8 +219,8 @@ def stage_cost(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 
     from kiln.hw import load_accelerator
     from kiln.hw.compare import plot_comparison
-    from kiln.hw.mapper import map_workload
     from kiln.hw.workload import workload_from_program
+    from kiln.hw.workload_mapper import map_workload
 
     options = ctx.config.accelerator
     hardware = load_accelerator(options.path)

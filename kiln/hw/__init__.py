@@ -12,6 +12,7 @@ from kiln.hw.mapping import (
     load_zigzag_mapping,
 )
 from kiln.hw.workload import Layer, Workload, load_workload, workload_from_onnx
+from kiln.hw.workload_mapper import WorkloadResult, map_workload
 
 __all__ = [
     "Accelerator",
@@ -25,6 +26,7 @@ __all__ = [
     "SpatialMapping",
     "TemporalMapping",
     "Workload",
+    "WorkloadResult",
     "constraints_for",
     "evaluate",
     "fit_spatial",
@@ -32,6 +34,7 @@ __all__ = [
     "load_workload",
     "load_zigzag_mapping",
     "map_layer",
+    "map_workload",
     "parse_accelerator",
     "search_temporal",
     "spatial_candidates",

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator
-from kiln.hw.mapper import WorkloadResult, map_workload
 from kiln.hw.mapping import MappingConstraints
 from kiln.hw.workload import Workload
+from kiln.hw.workload_mapper import WorkloadResult, map_workload
 
 
 def sweep_accelerators(hw: Accelerator, spec: str) -> list[Accelerator]:

@@ -45,7 +45,7 @@ from kiln.hw.mapping import (
     temporal_loop_sizes,
 )
 from kiln.hw.orders import order_space
-from kiln.hw.workload import Layer, Workload
+from kiln.hw.workload import Layer
 
 OBJECTIVES = ("latency", "energy", "edp")
 REFINE_ALLOCATIONS = 256
@@ -625,104 +625,3 @@ def map_layer(
     best = pick_best(results, objective, NEAR_TIE if refine else 0.0)[2]
     best.evaluated, best.orderings, best.rejected = evaluated, orderings, dict(rejected)
     return best
-
-
-@dataclass
-class WorkloadResult:
-    """Best mappings of every layer of a workload, and the totals."""
-
-    workload: str
-    accelerator: str
-    objective: str
-    layers: list[MappingResult]
-    not_costed: list[tuple[str, str]]
-
-    @property
-    def energy_pj(self) -> float:
-        return sum(r.cost.energy_pj for r in self.layers)
-
-    @property
-    def latency_cycles(self) -> float:
-        return sum(r.cost.latency_cycles for r in self.layers)
-
-    def as_dict(self) -> dict:
-        return {
-            "workload": self.workload,
-            "accelerator": self.accelerator,
-            "objective": self.objective,
-            "energy_pj": self.energy_pj,
-            "latency_cycles": self.latency_cycles,
-            "layers": [
-                {**r.cost.as_dict(), "evaluated": r.evaluated, "orderings": r.orderings}
-                for r in self.layers
-            ],
-            "not_costed": [{"name": n, "op": op} for n, op in self.not_costed],
-        }
-
-
-def _layer_signature(layer: Layer, constraints: MappingConstraints) -> tuple:
-    spatial = constraints.spatial.key() if constraints.spatial else None
-    return (
-        tuple(layer.sizes.items()),
-        tuple((k, tuple(v)) for k, v in layer.operand_dims.items()),
-        tuple(sorted(layer.precision.items())),
-        tuple(sorted(layer.relations.items())),
-        tuple(sorted(layer.pr_sizes.items())),
-        tuple(sorted(layer.links.items())),
-        spatial,
-        tuple(constraints.ordering),
-    )
-
-
-def map_workload(
-    workload: Workload,
-    hw: Accelerator,
-    objective: str = "latency",
-    mapping: dict[str, MappingConstraints] | None = None,
-    lpf_limit: int | None = 6,
-    spatial_keep: int | None = 3,
-    mixed: bool = False,
-    refine: int = 0,
-    exhaustive: bool = False,
-    on_layer: Callable[[int, Layer], None] | None = None,
-) -> WorkloadResult:
-    """Map every layer; layers with the same loop nest, widths and constraints are mapped once.
-
-    >>> result = map_workload(load_workload("resnet18"), hw)   # doctest: +SKIP
-    >>> result.latency_cycles                                 # doctest: +SKIP
-    """
-    from dataclasses import replace
-
-    from kiln.hw.mapping import constraints_for
-
-    solved: dict[tuple, MappingResult] = {}
-    results = []
-    workload_dims = {dim for layer in workload.layers for dim in layer.sizes}
-    for index, layer in enumerate(workload.layers):
-        if on_layer:
-            on_layer(index, layer)
-        constraints = constraints_for(layer, mapping)
-        unknown = sorted(constraints.dims() - workload_dims)
-        if unknown:
-            # A dimension the layer lacks is skipped, as ZigZag does (a 'default' entry
-            # serves convs and GEMMs alike); one that no layer has is a typo.
-            raise ConfigError(f"{constraints.source}: dimension {unknown[0]} is in no layer of "
-                              f"workload '{workload.name}' (layer '{layer.name}' uses this "
-                              f"entry; its dimensions: {', '.join(layer.sizes)})")
-        if constraints.links:
-            layer.links = {op: constraints.links.get(op, mem) for op, mem in layer.links.items()}
-        signature = _layer_signature(layer, constraints)
-        if signature not in solved:
-            try:
-                solved[signature] = map_layer(layer, hw, objective, constraints, lpf_limit,
-                                              spatial_keep, mixed, exhaustive, refine)
-            except (MappingError, ConfigError) as error:
-                if not constraints.source or constraints.source in error.message:
-                    raise
-                # Say which layer and which mapping entry: the user's file is what to fix.
-                message = error.message.removeprefix(f"layer '{layer.name}' ")
-                raise type(error)(f"layer '{layer.name}', mapping {constraints.source}: "
-                                  f"{message}", hint=error.hint) from None
-        first = solved[signature]
-        results.append(replace(first, layer=layer.name, cost=replace(first.cost, layer=layer.name)))
-    return WorkloadResult(workload.name, hw.name, objective, results, list(workload.not_costed))

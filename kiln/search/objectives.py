@@ -193,8 +193,8 @@ class Evaluator:
     def hardware_cost(self, graph: Graph, params: dict[str, Any]) -> tuple[float, float]:
         """(latency cycles, energy pJ) of the trial's network on the configured accelerator."""
         from kiln.hw import load_accelerator, load_zigzag_mapping
-        from kiln.hw.mapper import map_workload
         from kiln.hw.workload import workload_from_graph
+        from kiln.hw.workload_mapper import map_workload
 
         hardware = self.config.hardware
         assert hardware is not None

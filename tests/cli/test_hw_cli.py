@@ -93,3 +93,21 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         "compare", "convnet", "--accelerators", str(HW / "edge_npu.yaml"), "--sweep", "array.D9=2"
     )
     assert sweep.returncode == 2 and "no array dimension 'D9'" in sweep.stderr
+
+
+def test_map_with_workers_and_a_cache(tmp_path):
+    cache = tmp_path / "cache"
+    command = ("map", "convnet", "-a", str(HW / "edge_npu.yaml"), "--refine", "0", "--json")
+    first = kiln(*command, "--workers", "2", "--cache", str(cache))
+    assert first.returncode == 0, first.stderr
+    again = kiln(*command, "--cache", str(cache))
+    assert again.returncode == 0, again.stderr
+    cold, warm = json.loads(first.stdout), json.loads(again.stdout)
+    assert cold["layers_from_cache"] == 0 and warm["layers_from_cache"] == 4
+    assert warm["layers"] == cold["layers"]
+    table = kiln(*command[:-1], "--cache", str(cache))
+    assert "4 distinct layers taken from the cache" in table.stdout
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    refused = kiln(*command, "--cache", str(not_a_folder))
+    assert refused.returncode == 2 and "is a file, not a folder" in refused.stderr

@@ -86,8 +86,8 @@ def test_light_models_import_and_map(name):
     """Import -> workload -> mapper (a narrower search than kiln map's default, to keep the
     suite fast: lpf_limit 4, one spatial candidate)."""
     from kiln.hw import load_accelerator
-    from kiln.hw.mapper import map_workload
     from kiln.hw.workload import workload_from_onnx
+    from kiln.hw.workload_mapper import map_workload
 
     graph = from_onnx(LIGHT_DIR / name)
     workload = workload_from_onnx(LIGHT_DIR / name)

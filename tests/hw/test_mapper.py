@@ -8,18 +8,19 @@ import math
 import pytest
 import yaml
 
+from kiln.errors import ConfigError
 from kiln.hw import MappingConstraints, SpatialMapping, evaluate, fit_spatial, load_accelerator
 from kiln.hw.cost import relevancy
 from kiln.hw.mapper import (
     MappingError,
     canonical_key,
     map_layer,
-    map_workload,
     spatial_candidates,
 )
 from kiln.hw.mapping import TemporalMapping, temporal_loop_sizes
 from kiln.hw.orders import prime_factors
 from kiln.hw.workload import Workload, _conv_layer, _gemm_layer, default_precision, parse_equation
+from kiln.hw.workload_mapper import layer_signature, map_workload
 from tests.hw.conftest import EXAMPLES
 
 
@@ -468,3 +469,29 @@ def test_refine_breaks_near_ties_on_energy(monkeypatch):
     assert tied.cost.latency_cycles <= strict.cost.latency_cycles * 1.001
     assert tied.cost.latency_cycles <= plain.cost.latency_cycles
     assert tied.cost.energy_pj < 0.5 * strict.cost.energy_pj
+
+
+def test_workers_and_the_cache_give_the_same_mappings(tmp_path):
+    from kiln.hw import load_workload
+
+    hw = load_accelerator(EXAMPLES / "tpu_like.yaml")
+    workload = load_workload("resnet18")
+    one = map_workload(workload, hw, "latency")
+    two = map_workload(workload, hw, "latency", workers=2)
+    assert [r.cost.as_dict() for r in two.layers] == [r.cost.as_dict() for r in one.layers]
+    cache = tmp_path / "cache"
+    first = map_workload(workload, hw, "latency", cache_dir=cache)
+    again = map_workload(workload, hw, "latency", cache_dir=cache)
+    distinct = len({layer_signature(layer, MappingConstraints()) for layer in workload.layers})
+    assert distinct < len(workload.layers)  # resnet18 repeats layers: each searched once
+    assert first.cached == 0 and again.cached == distinct
+    assert [r.cost.as_dict() for r in again.layers] == [r.cost.as_dict() for r in one.layers]
+    # A torn cache file is searched again, never trusted; other options are other keys.
+    victim = next(cache.rglob("*.pkl"))
+    victim.write_bytes(victim.read_bytes()[:10])
+    repaired = map_workload(workload, hw, "latency", cache_dir=cache)
+    assert repaired.cached == again.cached - 1
+    assert repaired.latency_cycles == one.latency_cycles
+    assert map_workload(workload, hw, "energy", cache_dir=cache).cached == 0
+    with pytest.raises(ConfigError, match="workers must be at least 1"):
+        map_workload(workload, hw, "latency", workers=0)

@@ -8,7 +8,7 @@ import yaml
 
 from kiln.errors import ConfigError
 from kiln.hw import load_accelerator, load_workload, load_zigzag_mapping
-from kiln.hw.mapper import map_workload
+from kiln.hw.workload_mapper import map_workload
 from tests.hw.conftest import zigzag_inputs, zigzag_search
 
 LINKS = {"O": "O", "W": "I2", "I": "I1"}
