@@ -2,7 +2,7 @@
 
 Run it in its own process so that its CPU time is measured alone:
 
-    python benchmarks/zigzag_peer.py resnet18.onnx tpu_like.yaml tpu_like.yaml out.json
+    python benchmarks/zigzag_peer.py resnet18.onnx tpu_like.yaml tpu_like.yaml out.json [6 [EDP]]
 """
 
 import json
@@ -16,6 +16,7 @@ from zigzag.api import get_hardware_performance_zigzag
 def main() -> None:
     workload, accelerator, mapping, out_path = sys.argv[1:5]
     lpf_limit = int(sys.argv[5]) if len(sys.argv) > 5 else 6
+    objective = sys.argv[6] if len(sys.argv) > 6 else "latency"  # latency, energy or EDP
     logging.disable(logging.CRITICAL)
     start_cpu = time.process_time()
     start_wall = time.perf_counter()
@@ -23,7 +24,7 @@ def main() -> None:
         workload,
         accelerator,
         mapping,
-        opt="latency",
+        opt=objective,
         dump_folder="/tmp/kiln-zigzag-peer",
         loma_show_progress_bar=False,
         lpf_limit=lpf_limit,
@@ -54,6 +55,7 @@ def main() -> None:
         "accelerator": accelerator,
         "mapping": mapping,
         "lpf_limit": lpf_limit,
+        "objective": objective,
         "cpu_s": cpu_s,
         "wall_s": wall_s,
         "energy_pj": energy,

@@ -16,6 +16,7 @@ depend on enumeration order or hash seeds.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections import defaultdict
@@ -265,12 +266,17 @@ def _best_prefixes(
         sizes = options[op]
         if memory is tops[op]:
             offsets[op] = len(sizes) - 1
-            sizes = sizes[-1:]
+            choices[op] = sizes[-1:]
+            accesses[op] = [0]
+            continue
         choices[op] = sizes
-        accesses[op] = []
-        for index, size in enumerate(sizes):
-            rest = unallocated[op][index + offsets[op] :]
-            accesses[op].append(0 if memory is tops[op] else math.prod(s for _, s in rest) * size)
+        # Accesses to the level above: the tile size times the iterations of the loops
+        # left above it (suffix products, so that each prefix costs O(1)).
+        remaining = unallocated[op]
+        above = [1.0] * (len(remaining) + 1)
+        for index in range(len(remaining) - 1, -1, -1):
+            above[index] = above[index + 1] * remaining[index][1]
+        accesses[op] = [above[index] * size for index, size in enumerate(sizes)]
     # Among the combinations that fit together, the last one (in product order) with the
     # least traffic to the level above wins, as in ZigZag's LOMA.
     if len(ops) == 1:
@@ -279,23 +285,37 @@ def _best_prefixes(
         least = min(traffic)
         last = max(i for i, t in enumerate(traffic) if t == least)
         return [last + offsets[op]]
+    # The last operand's options are not walked one by one: tiles only grow with a longer
+    # prefix, so what fits beside the others is a prefix of its options, found by
+    # bisection, and its least traffic is a running minimum. The winner is the one the
+    # full walk would pick, float rounding of the sums included (the last of equal sums).
+    *outer_ops, last_op = ops
+    last_sizes, last_traffic = choices[last_op], accesses[last_op]
+    running_min = list(itertools.accumulate(last_traffic, min))
     best, best_traffic = [offsets[op] for op in ops], math.inf
-    ranges = [range(len(choices[op])) for op in ops]
+    ranges = [range(len(choices[op])) for op in outer_ops]
     for position, combo in enumerate(itertools.product(*ranges)):
-        total = 0.0
+        held = 0.0
         traffic_sum = 0.0
-        for op, i in zip(ops, combo, strict=False):
-            total += choices[op][i]
+        for op, i in zip(outer_ops, combo, strict=True):
+            held += choices[op][i]
             traffic_sum += accesses[op][i]
-        if total > memory.size_bits:
+        fitting = bisect.bisect_right(last_sizes, memory.size_bits - held)
+        if fitting == 0:
             if position == 0:
                 raise MemoryTooSmallError(
                     f"{memory.name} cannot hold the tiles of {', '.join(ops)} together"
                 )
             continue
+        least = traffic_sum + running_min[fitting - 1]
+        last_index = fitting - 1
+        while traffic_sum + last_traffic[last_index] != least:
+            last_index -= 1
+        traffic_sum = least
         if traffic_sum <= best_traffic:
             best_traffic = traffic_sum
-            best = [i + offsets[op] for op, i in zip(ops, combo, strict=False)]
+            best = [i + offsets[op] for op, i in zip(outer_ops, combo, strict=True)]
+            best.append(last_index + offsets[last_op])
     return best
 
 
