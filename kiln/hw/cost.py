@@ -23,6 +23,7 @@ systolic drain.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,6 +100,8 @@ class Relevancy:
     pr: dict[str, dict[str, tuple[str, str]]]
     r_split: dict[str, set[str]]  # r dims with the pr parts ("IX_r") added
     ir_split: dict[str, set[str]]  # ir dims with the pr parts ("IX_ir") added
+    touching: dict[str, frozenset[str]] = field(default_factory=dict)  # change its tile
+    counters: dict[str, Callable[[dict[str, float]], float]] = field(default_factory=dict)
 
 
 def relevancy(layer: Layer) -> Relevancy:
@@ -117,7 +120,9 @@ def relevancy(layer: Layer) -> Relevancy:
             ir[op] = {d for d in others if layer.sizes[d] != 1}
             pr[op] = {}
             r_split[op], ir_split[op] = set(r[op]), set(ir[op])
-    return Relevancy(r, ir, pr, r_split, ir_split)
+    touching = {op: frozenset(r[op]) | {d for pair in pr[op].values() for d in pair}
+                for op in layer.operand_dims}
+    return Relevancy(r, ir, pr, r_split, ir_split, touching)
 
 
 def pr_dim_size(layer: Layer, target: str, sizes: dict[str, float]) -> float:
@@ -135,6 +140,31 @@ def tensor_elements(layer: Layer, op: str, sizes: dict[str, float], rel: Relevan
     for target in rel.pr[op]:
         total *= pr_dim_size(layer, target, sizes)
     return total
+
+
+def tile_counter(layer: Layer, op: str, rel: Relevancy) -> Callable[[dict[str, float]], float]:
+    """``tensor_elements`` for one operand as a fast function of ``sizes``, with the same
+    float result (the same factors multiplied in the same order): the mapper calls it for
+    every prefix of every loop order."""
+    relevant = tuple(rel.r[op])
+    windows = []
+    for target in rel.pr[op]:
+        dim_a, scale_a, dim_b, scale_b = layer.relations[target]
+        divisor = math.gcd(scale_a, scale_b)
+        windows.append((dim_a, dim_b, scale_a // divisor, scale_b // divisor,
+                        layer.pr_sizes.get(target)))
+
+    def count(sizes: dict[str, float]) -> float:
+        total = 1.0
+        for dim in relevant:
+            total *= sizes.get(dim, 1)
+        for dim_a, dim_b, step_a, step_b, cap in windows:
+            size_a, size_b = int(sizes.get(dim_a, 1)), int(sizes.get(dim_b, 1))
+            extent = size_a * size_b - max(0, size_b - step_a) * (size_a - step_b)
+            total *= extent if cap is None else min(cap, extent)
+        return total
+
+    return count
 
 
 def split_pr_loops(

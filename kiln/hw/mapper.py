@@ -34,6 +34,7 @@ from kiln.hw.cost import (
     merge_stationary_loops,
     relevancy,
     tensor_elements,
+    tile_counter,
     top_loop_product,
 )
 from kiln.hw.mapping import (
@@ -235,12 +236,20 @@ def _prefix_sizes(
     sizes: dict[str, float] = defaultdict(lambda: 1)
     for dim, size in allocated:
         sizes[dim] *= size
+    count = rel.counters.get(op)
+    if count is None:
+        count = rel.counters[op] = tile_counter(layer, op, rel)
+    touching = rel.touching[op]
     fits = []
+    needed = 0.0
     for index in range(len(unallocated) + 1):
         if index:
             dim, size = unallocated[index - 1]
             sizes[dim] *= size
-        needed = tensor_elements(layer, op, sizes, rel) * bits
+            if dim not in touching:  # a loop the operand ignores leaves its tile as it was
+                fits.append(needed)
+                continue
+        needed = count(sizes) * bits
         if needed > memory.size_bits:
             if index == 0:
                 raise MemoryTooSmallError(
