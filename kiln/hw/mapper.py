@@ -69,11 +69,31 @@ class MappingResult:
     evaluated: int
     orderings: int
     rejected: dict[str, int] = field(default_factory=dict)
+    plain_best: float = math.inf  # the objective's best in ZigZag's search space
 
 
 # ---------------------------------------------------------------------------------------
 # Memory allocation of one loop order
 # ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Checkpoint:
+    """The allocation state after one memory, and how many leading loops of the order the
+    choices so far read (the same leading loops give the same state)."""
+
+    reads: int
+    state: tuple  # per operand: loops left, loops allocated, arch level, levels so far
+    error: MemoryTooSmallError | None = None
+
+
+@dataclass
+class AllocationMemo:
+    """Reuses the lower memories' choices between consecutive loop orders that share their
+    first loops (orders come in lexicographic order, so most share a long prefix)."""
+
+    order: list[Loop] = field(default_factory=list)
+    checkpoints: list[_Checkpoint] = field(default_factory=list)
 
 
 def allocate(
@@ -82,38 +102,88 @@ def allocate(
     spatial_levels: dict[str, list[list[Loop]]],
     ordering: list[Loop],
     rel: Relevancy,
+    memo: AllocationMemo | None = None,
 ) -> TemporalMapping:
     """Give the loops of ``ordering`` (innermost first) to each memory bottom-up.
 
     Each memory takes, for each operand it holds, a prefix of that operand's remaining
     loops; among the prefixes that fit together it picks the one with the fewest accesses
     to the level above (size × remaining iterations). Raises :class:`MemoryTooSmallError`.
+    With a ``memo``, the memories whose choice read only loops this order shares with the
+    previous one are not worked out again.
     """
     mem_to_op = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
+    tops = {op: hw.levels(layer.links[op])[-1] for op in layer.operands}
+    memories = [(memory, [mem_to_op[m] for m in memory.operands if m in mem_to_op])
+                for memory in hw.memories]
+    memories = [(memory, ops) for memory, ops in memories if ops]
     unallocated = {op: list(ordering) for op in layer.operands}
     allocated = {op: list(spatial_levels[op][0]) for op in layer.operands}
     arch_level = dict.fromkeys(layer.operands, 1)
     result: dict[str, list[tuple[Loop, ...]]] = {op: [] for op in layer.operands}
-    tops = {op: hw.levels(layer.links[op])[-1] for op in layer.operands}
-    for memory in hw.memories:
-        ops = [mem_to_op[m] for m in memory.operands if m in mem_to_op]
-        if not ops:
-            continue
-        options = _all_prefix_sizes(
-            layer, ops, allocated, unallocated, spatial_levels, arch_level, memory, rel
-        )
+    first = 0
+    if memo is not None:
+        shared = 0
+        for mine, theirs in zip(ordering, memo.order, strict=False):
+            if mine != theirs:
+                break
+            shared += 1
+        kept = 0
+        for checkpoint in memo.checkpoints:
+            if checkpoint.reads > shared:
+                break
+            kept += 1
+        del memo.checkpoints[kept:]
+        memo.order = list(ordering)
+        if kept:
+            last = memo.checkpoints[kept - 1]
+            if last.error is not None:
+                raise last.error
+            saved_unallocated, saved_allocated, saved_levels, saved_result = last.state
+            # The loops left are this order's (the saved state knows only how many).
+            unallocated = {op: list(ordering[len(ordering) - left:])
+                           for op, left in saved_unallocated.items()}
+            allocated = {op: list(v) for op, v in saved_allocated.items()}
+            arch_level = dict(saved_levels)
+            result = {op: list(v) for op, v in saved_result.items()}
+            first = kept
+    reads = memo.checkpoints[first - 1].reads if memo is not None and first else 0
+    for memory, ops in memories[first:]:
+        start = {op: len(ordering) - len(unallocated[op]) for op in ops}
+        try:
+            options = _all_prefix_sizes(
+                layer, ops, allocated, unallocated, spatial_levels, arch_level, memory, rel
+            )
+        except MemoryTooSmallError as error:
+            if memo is not None:
+                reads = max(reads, *(start[op] + 1 for op in ops))
+                memo.checkpoints.append(_Checkpoint(min(reads, len(ordering)), (), error))
+            raise
+        # What this choice read: each operand's loops up to the first that did not fit.
+        reads = max(reads, *(start[op] + len(options[op]) for op in ops))
+        reads = min(reads, len(ordering))
         chosen = _best_prefixes(ops, options, unallocated, memory, tops)
+        error = None
         for op, count in zip(ops, chosen, strict=False):
             loops = unallocated[op][:count]
             del unallocated[op][:count]
             allocated[op] += loops
             result[op].append(tuple(loops))
             allocated[op] += spatial_levels[op][arch_level[op]]
-            if memory is tops[op] and unallocated[op]:
-                raise MemoryTooSmallError(
+            if memory is tops[op] and unallocated[op] and error is None:
+                error = MemoryTooSmallError(
                     f"{memory.name} (top memory of {op}) cannot hold all loops"
                 )
             arch_level[op] += 1
+        if memo is not None:
+            memo.checkpoints.append(_Checkpoint(reads, (
+                {op: len(v) for op, v in unallocated.items()},
+                {op: tuple(v) for op, v in allocated.items()},
+                dict(arch_level),
+                {op: tuple(v) for op, v in result.items()},
+            ), error))
+        if error is not None:
+            raise error
     return TemporalMapping({op: tuple(levels) for op, levels in result.items()})
 
 
@@ -491,15 +561,16 @@ def _objective(cost: Cost, objective: str) -> tuple:
 NEAR_TIE = 1e-3
 
 
-def pick_best(candidates: list[tuple[Cost, str, Any]], objective: str, near_tie: float = 0.0
-              ) -> tuple[Cost, str, Any]:
+def pick_best(candidates: list[tuple[Cost, str, Any]], objective: str, near_tie: float = 0.0,
+              ceiling: float = math.inf) -> tuple[Cost, str, Any]:
     """The best of ``(cost, text, payload)`` candidates: the lowest objective (then energy,
     latency, text); with ``near_tie`` > 0, among those within that fraction of the lowest
-    primary figure, the one best on the secondary figure."""
+    primary figure and not above ``ceiling`` (what ZigZag's search space reached), the one
+    best on the secondary figure."""
     best = min(candidates, key=lambda c: (_objective(c[0], objective), c[1]))
     if near_tie <= 0 or objective == "edp":
         return best
-    bound = _objective(best[0], objective)[0] * (1 + near_tie)
+    bound = min(_objective(best[0], objective)[0] * (1 + near_tie), ceiling)
     close = [c for c in candidates if _objective(c[0], objective)[0] <= bound]
 
     def secondary(cost: Cost) -> float:
@@ -540,6 +611,7 @@ def search_temporal(
     cache: dict = {}
     roomy = roomy_top_memories(layer, hw, rel)
     rejected: dict[str, int] = defaultdict(int)
+    memo = AllocationMemo()
     evaluated = 0
     total = 0
     for index, order in enumerate(space.orders()):
@@ -550,7 +622,7 @@ def search_temporal(
             temporals = list(all_allocations(layer, hw, levels, order, rel))
         else:
             try:
-                temporals = [allocate(layer, hw, levels, order, rel)]
+                temporals = [allocate(layer, hw, levels, order, rel, memo)]
             except MemoryTooSmallError as error:
                 rejected[str(error).split(" (")[0]] += 1
                 continue
@@ -584,15 +656,15 @@ def search_temporal(
                 )
                 evaluated += 1
                 pool.append((cost, str(temporal.as_dict()), temporal))
+    plain_best = best[0][0][0] if best is not None else math.inf
     if pool:
-        cost, text, temporal = pick_best(pool, objective, NEAR_TIE)
+        cost, text, temporal = pick_best(pool, objective, NEAR_TIE, ceiling=plain_best)
         best = ((_objective(cost, objective), text), cost, temporal)
     if best is None:
         reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
         raise MappingError(f"spatial mapping {spatial_user}: {reasons}")
-    return MappingResult(
-        layer.name, best[1], spatial_limited, best[2], evaluated, total, dict(rejected)
-    )
+    return MappingResult(layer.name, best[1], spatial_limited, best[2], evaluated, total,
+                         dict(rejected), plain_best)
 
 
 def map_layer(
@@ -651,6 +723,8 @@ def map_layer(
         raise MappingError(
             f"layer '{layer.name}' cannot be mapped on {hw.name}: " + " | ".join(failures)
         )
-    best = pick_best(results, objective, NEAR_TIE if refine else 0.0)[2]
+    ceiling = min(result.plain_best for _, _, result in results)
+    best = pick_best(results, objective, NEAR_TIE if refine else 0.0, ceiling)[2]
+    best.plain_best = ceiling
     best.evaluated, best.orderings, best.rejected = evaluated, orderings, dict(rejected)
     return best
