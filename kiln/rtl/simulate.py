@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import KilnError
+from kiln.report.markdown import write_text
 from kiln.rtl.emit import Design, _hex_words
 
 SIMULATORS = ("verilator", "icarus")
@@ -97,14 +98,17 @@ def test_inputs(design: Design, count: int) -> np.ndarray:
 
 
 def simulate(design: Design | str | Path, *, simulator: str = "verilator", vectors: int = 100,
-             inputs: np.ndarray | None = None, seed: int = 1, jobs: int = 1
-             ) -> SimulationResult:
+             inputs: np.ndarray | None = None, seed: int = 1, jobs: int = 1,
+             waves: bool = False) -> SimulationResult:
     """Build the design on ``simulator`` and run its testbench on ``vectors`` inputs.
 
     The testbench compares every output beat of every layer with the engine; a mismatch
     raises :class:`KilnError` naming the layer, vector, element, expected and got.
     ``jobs`` > 1 splits the inputs into that many consecutive chunks, each simulated by its
     own simulator process (one per core); cycle counts come from the first chunk.
+    ``waves`` records every signal (Verilator: ``dump.vcd``, Icarus: ``kiln_tb.fst`` in the
+    simulator's build folder); the failure message then names the waveform file too. The
+    result is also saved as ``simulation.json`` in the design folder.
 
     Example:
         >>> result = simulate("out/jsc-rtl", simulator="icarus", jobs=2)  # doctest: +SKIP
@@ -126,7 +130,8 @@ def simulate(design: Design | str | Path, *, simulator: str = "verilator", vecto
     chunks = [chunk for chunk in np.array_split(inputs, min(jobs, len(inputs))) if len(chunk)]
     started = time.perf_counter()
     if len(chunks) == 1:
-        outcomes = [_simulate_chunk(design.directory, simulator, chunks[0], "", seed)]
+        outcomes = [_simulate_chunk(design.directory, simulator, chunks[0], "", seed,
+                                    waves)]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -134,24 +139,38 @@ def simulate(design: Design | str | Path, *, simulator: str = "verilator", vecto
         with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("spawn")
                                  ) as pool:
             futures = [pool.submit(_simulate_chunk, design.directory, simulator, chunk,
-                                   f"_{index}", seed) for index, chunk in enumerate(chunks)]
+                                   f"_{index}", seed, waves)
+                       for index, chunk in enumerate(chunks)]
             outcomes = [future.result() for future in futures]
     wall = time.perf_counter() - started
     for (failures, _, _, log), chunk_start in zip(
             outcomes, np.cumsum([0] + [len(c) for c in chunks[:-1]]), strict=True):
         if failures:
             where = f" (inputs from #{chunk_start})" if len(chunks) > 1 else ""
+            waveform = _waves_file(log.parent, simulator) if waves else None
             raise KilnError(f"simulation on {simulator} failed{where}: {failures[0]}",
-                            hint=f"log: {log}")
+                            hint=f"log: {log}" + (f"; waveform: {waveform}" if waveform
+                                                  else ""))
     results, build_seconds = outcomes[0][1], max(outcome[2] for outcome in outcomes)
     ideal = max(layer.compute_cycles for layer in design.layers)
-    return SimulationResult(simulator, len(inputs), True, results["cycles_per_inference"],
-                            results["latency_cycles"], results["layer_intervals"], ideal,
-                            build_seconds, wall - build_seconds, extra={"jobs": len(chunks)})
+    extra: dict[str, Any] = {"jobs": len(chunks)}
+    if waves:
+        extra["waves"] = [str(_waves_file(outcome[3].parent, simulator)) for outcome in outcomes]
+    result = SimulationResult(simulator, len(inputs), True, results["cycles_per_inference"],
+                              results["latency_cycles"], results["layer_intervals"], ideal,
+                              build_seconds, wall - build_seconds, extra=extra)
+    write_text(design.directory / "simulation.json", json.dumps(result.as_dict(), indent=2))
+    return result
+
+
+def _waves_file(build_dir: Path, simulator: str) -> Path:
+    """Where cocotb's runner leaves the waveform of a run."""
+    return build_dir / ("dump.vcd" if simulator == "verilator" else "kiln_tb.fst")
 
 
 def _simulate_chunk(directory: Path, simulator: str, inputs: np.ndarray, suffix: str,
-                    seed: int) -> tuple[list[str], dict[str, Any], float, Path]:
+                    seed: int, waves: bool = False
+                    ) -> tuple[list[str], dict[str, Any], float, Path]:
     """Build and run one simulator process on ``inputs``: (failures, results, build
     seconds, log)."""
     from cocotb_tools.runner import get_runner
@@ -177,7 +196,7 @@ def _simulate_chunk(directory: Path, simulator: str, inputs: np.ndarray, suffix:
     started = time.perf_counter()
     runner.build(sources=[str(p) for p in design.simulation_sources], hdl_toplevel="kiln_tb",
                  build_dir=str(build_dir), build_args=build_args, timescale=("1ns", "1ps"),
-                 always=True, log_file=str(build_dir / "build.log"))
+                 always=True, log_file=str(build_dir / "build.log"), waves=waves)
     built = time.perf_counter()
     env = {"KILN_DESIGN_DIR": str(design.directory.resolve()),
            "KILN_VECTORS": str(vector_file.resolve()),
@@ -190,7 +209,7 @@ def _simulate_chunk(directory: Path, simulator: str, inputs: np.ndarray, suffix:
                     plusargs=[f"+KILN_SIM_DIR={build_dir.resolve()}"],
                     test_dir=str(design.directory.resolve()), build_dir=str(build_dir),
                     extra_env=env, seed=seed, log_file=str(build_dir / "test.log"),
-                    results_xml=str(xml))
+                    results_xml=str(xml), waves=waves)
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     return _failures(xml), results, built - started, build_dir / "test.log"
 

@@ -200,10 +200,14 @@ def check_layer(index, run_id, count):
         wrong = np.argwhere(got[:compared] != expected[:compared])
         if len(wrong):
             vector, element = (int(i) for i in wrong[0])
+            # Where to look in the waveform: the output beat and the testbench's cycle
+            # counter (signal kiln_tb.cycle) when that beat left the layer.
+            beat = vector * beats + element // layer["p_out"]
             raise AssertionError(
                 f"layer {layer['name']} (#{index}): vector {vector}, element {element}: "
                 f"expected {int(expected[vector, element])}, got {int(got[vector, element])} "
-                f"({len(wrong)} elements differ)")
+                f"({len(wrong)} elements differ); output beat {beat} at cycle "
+                f"{int(cycles[beat])} (signal l{index}_data)")
     if complete != wanted or len(words) % beats:
         raise AssertionError(
             f"layer {layer['name']} (#{index}): {len(words)} output beats, expected "

@@ -9,7 +9,8 @@
 // takes IN_BEATS * OUT_BEATS compute cycles. Two input buffers let the next vector load
 // while this one computes; a 2-entry output FIFO lets compute run ahead of the consumer.
 // Weights, biases and requantization parameters come from ROMs read with $readmemh
-// (one word per block: lane 0 in the least significant bits). Valid/ready on both sides.
+// (one word per block: lane 0 in the least significant bits), read synchronously so that
+// they can live in block RAM. Valid/ready on both sides.
 module kiln_dense #(
     parameter int IN_N = 16,
     parameter int OUT_N = 16,
@@ -85,6 +86,41 @@ module kiln_dense #(
     assign last_i = (i_beat == IB'(IN_BEATS - 1));
     assign step = running && !(last_i && fifo_full);
 
+    // The block counters' values after the next clock edge. The ROMs are read with them
+    // one cycle ahead into registers (a synchronous read, which Yosys can put in block RAM:
+    // SB_RAM40_4K on iCE40, DP16KD on ECP5), so each registered word is the one the
+    // current block needs, exactly as an asynchronous read of the current counters.
+    logic [IB-1:0] i_next;
+    logic [OB-1:0] j_next;
+    always_comb begin
+        i_next = i_beat;
+        j_next = j_beat;
+        if (!running && full[comp_sel]) begin
+            i_next = '0;
+            j_next = '0;
+        end
+        if (step) begin
+            if (last_i) begin
+                i_next = '0;
+                j_next = (j_beat == OB'(OUT_BEATS - 1)) ? '0 : j_beat + 1'b1;
+            end else begin
+                i_next = i_beat + 1'b1;
+            end
+        end
+    end
+    logic [P_IN*P_OUT*W_BITS-1:0] weight_word;
+    logic [P_OUT*W_BITS-1:0] wzero_word;
+    logic [P_OUT*32-1:0] bias_word_q;
+    logic [P_OUT*32-1:0] m0_word;
+    logic [P_OUT*8-1:0] shift_word;
+    always_ff @(posedge clk) begin
+        weight_word <= weight_rom[WA'(j_next) * WA'(IN_BEATS) + WA'(i_next)];
+        wzero_word <= wzero_rom[j_next];
+        bias_word_q <= bias_rom[j_next];
+        m0_word <= m0_rom[j_next];
+        shift_word <= shift_rom[j_next];
+    end
+
     // The current block: P_IN inputs and P_OUT x P_IN weights, zero points subtracted;
     // per output lane a balanced adder tree of depth ceil(log2 P_IN) over the P_IN
     // products (padded with zeros to a power of two), then the accumulator after this beat
@@ -104,9 +140,9 @@ module kiln_dense #(
         logic signed [W_BITS-1:0] w_zero;
         logic signed [WB-1:0] w_centered;
         x_word = buffer[comp_sel][i_beat];
-        w_word = weight_rom[WA'(j_beat) * WA'(IN_BEATS) + WA'(i_beat)];
-        w_zero_word = wzero_rom[j_beat];
-        bias_word = bias_rom[j_beat];
+        w_word = weight_word;
+        w_zero_word = wzero_word;
+        bias_word = bias_word_q;
         for (int q = 0; q < P_IN; q++) begin
             raw = x_word[q*IN_BITS +: IN_BITS];
             if (IN_SIGNED) x_centered[q*XB +: XB] = XB'($signed(raw)) - XB'(IN_ZERO);
@@ -134,10 +170,10 @@ module kiln_dense #(
     generate
         for (p = 0; p < P_OUT; p++) begin : g_requant
             logic signed [7:0] lane_shift;
-            assign lane_shift = shift_rom[j_beat][p*8 +: 8];
+            assign lane_shift = shift_word[p*8 +: 8];
             kiln_requant #(.OUT_BITS(OUT_BITS), .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
                            .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32)) u_requant (
-                .acc(lane_total[p*32 +: 32]), .m0(m0_rom[j_beat][p*32 +: 32]),
+                .acc(lane_total[p*32 +: 32]), .m0(m0_word[p*32 +: 32]),
                 .shift(lane_shift), .out(result[p*OUT_BITS +: OUT_BITS]));
         end
     endgenerate
