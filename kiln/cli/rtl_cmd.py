@@ -54,16 +54,22 @@ def simulate(
     vectors: Annotated[int, typer.Option(help="Test-set inputs to stream through.")] = 100,
     jobs: Annotated[int, typer.Option(
         help="Simulator processes, each on a consecutive share of the inputs.")] = 1,
+    waves: Annotated[bool, typer.Option(
+        "--waves", help="Record every signal (Verilator: VCD, Icarus: FST) in the "
+                        "simulator's build folder, to open where a mismatch names the cycle.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Simulate a design with cocotb: every layer's outputs checked against the engine,
     with random input gaps and output backpressure; cycle counts at full rate.
 
     Example:  kiln simulate out/jsc-rtl --simulator icarus --vectors 1000 --jobs 2
+    Example:  kiln simulate out/jsc-rtl --vectors 10 --waves    # then open dump.vcd
     """
     from kiln.rtl import simulate as run_simulation
 
-    result = run_simulation(design_dir, simulator=simulator, vectors=vectors, jobs=jobs)
+    result = run_simulation(design_dir, simulator=simulator, vectors=vectors, jobs=jobs,
+                            waves=waves)
     if as_json:
         print_json(result.as_dict())
         return
@@ -76,7 +82,8 @@ def simulate(
                             ["latency (cycles)", result.latency_cycles],
                             ["build / run seconds",
                              f"{result.build_seconds:.1f} / {result.run_seconds:.1f}"],
-                            ["simulator processes", result.extra.get("jobs", 1)]],
+                            ["simulator processes", result.extra.get("jobs", 1)],
+                            *[["waveform", path] for path in result.extra.get("waves", [])]],
                         right_align={"value"}))
 
 

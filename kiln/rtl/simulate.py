@@ -210,6 +210,12 @@ def _simulate_chunk(directory: Path, simulator: str, inputs: np.ndarray, suffix:
                     test_dir=str(design.directory.resolve()), build_dir=str(build_dir),
                     extra_env=env, seed=seed, log_file=str(build_dir / "test.log"),
                     results_xml=str(xml), waves=waves)
+    if waves:
+        # The simulator writes its waveform where it runs (the design folder); keep it with
+        # this process's build, so that parallel chunks do not overwrite each other's.
+        written = design.directory / _waves_file(build_dir, simulator).name
+        if written.is_file():
+            written.replace(_waves_file(build_dir, simulator))
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     return _failures(xml), results, built - started, build_dir / "test.log"
 

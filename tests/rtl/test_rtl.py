@@ -41,27 +41,30 @@ def test_flipped_weight_bit_fails_with_a_clear_message(jsc_program, tmp_path):
     words = mem.read_text().split()
     words[0] = f"{int(words[0], 16) ^ (1 << 3):0{len(words[0])}x}"
     mem.write_text("\n".join(words) + "\n")
-    with pytest.raises(KilnError, match=rf"layer {design.layers[2].name} .*expected -?\d+, got"):
+    # the first failing layer, and where to look in a waveform: its output beat and cycle
+    wrong = rf"layer {design.layers[2].name} .*expected -?\d+, got .*output beat \d+ at cycle \d+"
+    with pytest.raises(KilnError, match=wrong):
         simulate(design, simulator="verilator", vectors=100)
 
 
-def _single_dense(rounding: str, seed: int) -> IntegerProgram:
-    """One 32 -> 64 dense layer with random int8 weights, weight and input zero points."""
+def single_dense(rounding: str, seed: int, in_n: int = 32, out_n: int = 64) -> IntegerProgram:
+    """One in_n -> out_n dense layer with random int8 weights, weight and input zero
+    points."""
     rng = np.random.default_rng(seed)
-    weight = rng.integers(-128, 128, (64, 32))
-    weight_zero = rng.integers(-8, 9, 64)
-    bias = rng.integers(-20000, 20000, 64)
-    multipliers = rng.uniform(2e-4, 2e-3, 64)
+    weight = rng.integers(-128, 128, (out_n, in_n))
+    weight_zero = rng.integers(-8, 9, out_n)
+    bias = rng.integers(-20000, 20000, out_n)
+    multipliers = rng.uniform(2e-4, 2e-3, out_n)
     m0, shift = quantize_multipliers(multipliers)
     in_quant = TensorQuant(0.02, int(rng.integers(0, 256)), 8, False)
     out_quant = TensorQuant(0.05, int(rng.integers(-20, 20)), 8, True)
     op = IntOp("dense", "matrix", ["input"], "matrix",
                {"in_quant": in_quant.as_dict(), "out_quant": out_quant.as_dict(),
-                "clamp": [-128, 127], "weight_scale": [0.01] * 64, "weight_bits": 8},
+                "clamp": [-128, 127], "weight_scale": [0.01] * out_n, "weight_bits": 8},
                {"weight": weight, "weight_zero": weight_zero, "bias": bias, "m0": m0,
                 "shift": shift, "multiplier_f32": multipliers.astype(np.float32)},
                {"weight": 8, "bias": 32, "m0": 32, "shift": 8})
-    return IntegerProgram("matrix", (32,), in_quant, out_quant, rounding, [op],
+    return IntegerProgram("matrix", (in_n,), in_quant, out_quant, rounding, [op],
                           output_name="matrix")
 
 
@@ -69,7 +72,7 @@ def _single_dense(rounding: str, seed: int) -> IntegerProgram:
     ("floor", "verilator"), ("nearest", "verilator"), ("float32", "verilator"),
     ("float32", "icarus")])
 def test_matrix_unit_64x32_by_32x64(tmp_path, rounding, simulator):
-    program = _single_dense(rounding, seed=7)
+    program = single_dense(rounding, seed=7)
     design = emit(program, (8, 8), tmp_path / rounding)
     inputs = np.random.default_rng(3).integers(0, 256, (64, 32))  # u = 64 rows
     assert simulate(design, simulator=simulator, inputs=inputs).passed

@@ -1,0 +1,72 @@
+"""Place and route on real FPGA devices (Yosys + nextpnr from PyPI) and waveforms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kiln.errors import KilnError
+from kiln.rtl import emit, simulate
+from kiln.rtl.fpga import DEVICES, Device, DoesNotFitError, device, place_and_route
+from tests.cli.test_cli import _assert_one_line_error, kiln
+from tests.rtl.test_rtl import single_dense
+
+
+@pytest.fixture(scope="module")
+def tiny_design(tmp_path_factory):
+    """An 8 -> 4 dense layer at 2x2: small enough to place and route in seconds."""
+    program = single_dense("nearest", seed=5, in_n=8, out_n=4)
+    return emit(program, (2, 2), tmp_path_factory.mktemp("fpga") / "tiny")
+
+
+def test_unknown_device_and_pnr_without_an_fpga_are_refused(tiny_design):
+    with pytest.raises(KilnError, match="unknown FPGA device 'ecp5-12k': use one of ice40-up5k"):
+        device("ecp5-12k")
+    _assert_one_line_error(kiln("synth", str(tiny_design.directory), "--target", "generic",
+                                "--pnr"), "--pnr needs an FPGA target")
+    with pytest.raises(KilnError, match="clock must be a positive frequency"):
+        place_and_route(tiny_design, "ecp5-25k", clock_mhz=0)
+
+
+def test_placed_and_routed_on_ecp5_with_a_clock_it_cannot_meet(tiny_design):
+    # One nextpnr run: a 2 GHz constraint no ECP5 design meets. The figures are reported
+    # (resources, Fmax, inferences/s), the report is kept, and kiln exits 2 naming the clock.
+    result = kiln("synth", str(tiny_design.directory), "--target", "ecp5-25k", "--pnr",
+                  "--clock-mhz", "2000", "--json")
+    assert result.returncode == 2, result.stderr
+    assert "the 2000 MHz clock is not met" in result.stderr
+    figures = json.loads(result.stdout)
+    # nextpnr's own capacities for the device are the ones kiln checks fits against.
+    assert figures["available"] == DEVICES["ecp5-25k"].capacity()
+    used = figures["used"]
+    assert used["lut"] > 50 and used["ff"] > 50
+    assert used["dsp"] == 2 * 2 + 2 * 4  # products, and 4 DSP tiles per requantizer lane
+    assert 5 < figures["fmax_mhz"] < 2000 and not figures["timing_met"]
+    assert figures["cycles_per_inference"] == 8  # 4 x 2 blocks: the slowest layer
+    assert figures["inferences_per_second"] == pytest.approx(figures["fmax_mhz"] * 1e6 / 8)
+    report = json.loads((tiny_design.directory / "pnr_ecp5-25k.json").read_text())
+    assert min(c["achieved"] for c in report["fmax"].values()) == pytest.approx(
+        figures["fmax_mhz"])
+
+
+def test_a_design_that_does_not_fit_names_the_resource(tiny_design):
+    # A made-up device with 2 DSPs and 50 LUTs: the 12 multipliers move to logic (a second
+    # synthesis without DSPs), which then needs more LUTs than it has.
+    small = Device("tiny-ecp5", "ecp5", "--25k", "CABGA256", luts=50, flip_flops=5000,
+                   brams=0, dsps=2)
+    with pytest.raises(DoesNotFitError, match=r"LUTs: needs [\d,]+, tiny-ecp5 has 50"):
+        place_and_route(tiny_design, small)
+    assert (tiny_design.directory / "netlist_ecp5_nodsp.json").is_file()
+
+
+def test_waves_and_measured_cycles_are_kept(tiny_design):
+    inputs = np.random.default_rng(0).integers(0, 256, (5, 8))
+    result = simulate(tiny_design, simulator="verilator", inputs=inputs, waves=True)
+    (waves,) = result.extra["waves"]
+    text = Path(waves).read_text()
+    assert "$enddefinitions" in text and "l0_data" in text
+    saved = json.loads((tiny_design.directory / "simulation.json").read_text())
+    assert saved["cycles_per_inference"] == result.cycles_per_inference
