@@ -16,23 +16,29 @@ import tempfile
 from pathlib import Path
 
 
+def jsc_int8_program():
+    """The shipped jsc-three-linear, int8, lowered with nearest rounding, test set 'letter'."""
+    from kiln.data import load_dataset
+    from kiln.integer import lower
+    from kiln.models import resolve_model
+    from kiln.quant import calibrate, quantize, uniform_config
+
+    graph, _ = resolve_model("jsc-three-linear", pretrained=True)
+    program = lower(calibrate(quantize(graph, uniform_config(8, 8)), load_dataset("letter")))
+    program.metadata["dataset"] = "letter"
+    return program
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vectors", type=int, default=1000)
     parser.add_argument("--sizes", default="1,2,4,8,16")
     args = parser.parse_args()
 
-    from kiln.data import load_dataset
     from kiln.errors import KilnError
-    from kiln.integer import lower
-    from kiln.models import resolve_model
-    from kiln.quant import calibrate, quantize, uniform_config
     from kiln.rtl import emit, simulate, synthesize
 
-    dataset = load_dataset("letter")
-    graph, _ = resolve_model("jsc-three-linear", pretrained=True)
-    program = lower(calibrate(quantize(graph, uniform_config(8, 8)), dataset))
-    program.metadata["dataset"] = "letter"
+    program = jsc_int8_program()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for size in (int(s) for s in args.sizes.split(",")):

@@ -30,18 +30,13 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/rtl_pnr.json")
     args = parser.parse_args()
 
-    from kiln.data import load_dataset
+    from rtl_parallelism import jsc_int8_program  # this folder is on sys.path
+
     from kiln.errors import KilnError
-    from kiln.integer import lower
-    from kiln.models import resolve_model
-    from kiln.quant import calibrate, quantize, uniform_config
     from kiln.rtl import emit, simulate
     from kiln.rtl.fpga import place_and_route
 
-    dataset = load_dataset("letter")
-    graph, _ = resolve_model("jsc-three-linear", pretrained=True)
-    program = lower(calibrate(quantize(graph, uniform_config(8, 8)), dataset))
-    program.metadata["dataset"] = "letter"
+    program = jsc_int8_program()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for run in args.runs.split(","):
