@@ -9,6 +9,8 @@ helps, *what to do*::
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KilnError(Exception):
     """Base class of every error a user can cause (bad file, bad option, bad model)."""
@@ -41,3 +43,13 @@ class InterruptError(KilnError):
 
 class ConfigError(KilnError):
     """An invalid option, configuration file or hardware description field."""
+
+
+def config_error_from_validation(error: Any, source: str) -> ConfigError:
+    """A :class:`ConfigError` listing every problem of a pydantic ``ValidationError``, each
+    with its path in the file: ``source: stages.rtl.parallelism: Input should be ...``."""
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        problems.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return ConfigError(f"{source}: " + "; ".join(problems))

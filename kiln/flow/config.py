@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kiln.errors import ConfigError
+from kiln.errors import config_error_from_validation
 from kiln.toml_config import read_toml, resolve_input_file
 
 STAGES = ("float", "compress", "integer", "onnx", "cost", "rtl", "simulate", "synth")
@@ -162,11 +162,7 @@ def parse_flow_config(data: dict[str, Any], source: str = "flow config") -> Flow
     try:
         return FlowConfig.model_validate(data)
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            where = ".".join(str(p) for p in item["loc"])
-            problems.append(f"{where}: {item['msg']}" if where else item["msg"])
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+        raise config_error_from_validation(error, source) from None
 
 
 def load_flow_config(path: str | Path | None) -> FlowConfig:

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, config_error_from_validation
 from kiln.toml_config import RELATIVE_HINT, read_toml, relative_to_config, resolve_input_file
 
 OBJECTIVE_DIRECTIONS = {
@@ -195,11 +195,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> SearchConfig
     try:
         return SearchConfig.model_validate({**data, "source": source})
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            where = ".".join(str(p) for p in item["loc"])
-            problems.append(f"{where}: {item['msg']}" if where else item["msg"])
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+        raise config_error_from_validation(error, source) from None
 
 
 def load_config(path: str | Path) -> SearchConfig:
