@@ -7,7 +7,11 @@ A real multiplier M = S_a·S_w / S_out is written as M0 · 2^-(31+n) with M0 an 
 * ``nearest``: (acc · M0 + 2^(30+n)) >> (31 + n): round half up, as cheap in hardware;
 * ``float32``: round_half_even(float32(acc) · float32(M)), as ONNX Runtime does.
 
-Every mode then adds the output zero point and saturates to [qmin, qmax].
+Every mode then adds the output zero point and saturates to [qmin, qmax], except ``mvu``:
+what BARVINN's matrix-vector unit computes (:mod:`kiln.mvu`): (acc · M0) >> (31 + n) with
+a 16-bit M0 (floor), plus the zero point; an unsigned output (qmin = 0) passes the unit's
+ReLU (max 0); then only the low bits of [qmin, qmax]'s width are kept: it wraps, it does
+not saturate.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import numpy as np
 
 from kiln.errors import KilnError
 
-Rounding = Literal["floor", "nearest", "float32"]
+Rounding = Literal["floor", "nearest", "float32", "mvu"]
 ROUNDING_MODES: tuple[str, ...] = ("floor", "nearest", "float32")
+# Made only by kiln.mvu's lowering, never chosen by `kiln lower`: what the MVU computes.
+MVU_ROUNDING = "mvu"
 
 
 def quantize_multiplier(multiplier: float) -> tuple[int, int]:
@@ -175,6 +181,9 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, z
         # In float32 the zero point adds exactly below 2^24; above, the clip saturates anyway.
         scaled += np.float32(zero_point)
         return np.clip(scaled, qmin, qmax, out=scaled).astype(out_dtype)
+    if rounding == MVU_ROUNDING:
+        return requantize_mvu(acc, m0, shift, zero_point, qmin, qmax).astype(out_dtype,
+                                                                           copy=False)
     if rounding not in ("floor", "nearest"):
         raise KilnError(f"unknown rounding mode '{rounding}': use {', '.join(ROUNDING_MODES)}")
     total_shift = 31 + np.asarray(shift, dtype=np.int64)
@@ -183,6 +192,24 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, z
         product = product + (np.int64(1) << (total_shift - 1))
     return np.clip((product >> total_shift) + zero_point, qmin, qmax).astype(out_dtype,
                                                                               copy=False)
+
+
+def requantize_mvu(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int,
+                   zero_point: int, qmin: int, qmax: int) -> np.ndarray:
+    """The ``mvu`` mode: floor((acc · M0) / 2^(31+n)) + zero point, max 0 for unsigned
+    outputs (qmin = 0, the MVU's ReLU), then wrapped into [qmin, qmax] (the unit keeps the
+    low bits, it cannot saturate).
+
+    >>> requantize_mvu(np.array([1, -1, 6]), 1 << 14, -17, 0, 0, 3).tolist()  # 6 wraps
+    [1, 0, 2]
+    """
+    total_shift = 31 + np.asarray(shift, dtype=np.int64)
+    value = ((np.asarray(acc).astype(np.int64) * np.asarray(m0, dtype=np.int64))
+             >> total_shift) + zero_point
+    if qmin == 0:
+        value = np.maximum(value, 0)
+    width = qmax - qmin + 1
+    return (value - qmin) % width + qmin
 
 
 def accumulator_bits(reduction: int, input_range: int, weight_range: int,

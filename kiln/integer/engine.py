@@ -216,7 +216,8 @@ def _run_batch(program: IntegerProgram, x: np.ndarray, *, keep: bool):
         if op.name in skip:
             continue
         following = program.ops[index + 1] if index + 1 < len(program.ops) else None
-        if not keep and _pool_first(op, following, consumers):
+        # The MVU's requantization wraps (not monotone): pool after it, never before.
+        if not keep and program.rounding != "mvu" and _pool_first(op, following, consumers):
             acc = _conv_accumulators(op, tensors[op.inputs[0]])
             pooled = qmaxpool2d(acc, tuple(following.attrs["kernel"]),
                                 tuple(following.attrs["stride"]),
