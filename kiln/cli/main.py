@@ -19,6 +19,7 @@ from kiln.cli import (
     hw_cmd,
     inspect_cmd,
     integer_cmd,
+    mvu_cmd,
     rtl_cmd,
     search_cmd,
     train_cmd,
@@ -61,6 +62,8 @@ compress_cmd.register(app)
 hw_cmd.register(app)
 integer_cmd.register(app)
 rtl_cmd.register(app)
+mvu_cmd.register(app)
+mvu_cmd.register(app)
 search_cmd.register(app)
 fuzz_cmd.register(app)
 flow_cmd.register(app)

@@ -10,15 +10,17 @@ from torch import nn
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int,
+                 shortcut: bool = True) -> None:
         super().__init__()
+        self.use_shortcut = shortcut
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
+        if shortcut and (stride != 1 or in_channels != out_channels):
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
                 nn.BatchNorm2d(out_channels),
@@ -28,14 +30,17 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if not self.use_shortcut:
+            return self.relu2(out)
         return self.relu2(out + self.shortcut(x))
 
 
 class ResNet18(nn.Module):
-    """ResNet-18; ``stem='imagenet'`` (7×7/2 conv + max pool) or ``'cifar'`` (3×3/1 conv)."""
+    """ResNet-18; ``stem='imagenet'`` (7×7/2 conv + max pool) or ``'cifar'`` (3×3/1 conv).
+    ``shortcuts=False`` drops the residual connections (BARVINN's MVU example network)."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 1000, stem: str = "imagenet"
-                 ) -> None:
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, stem: str = "imagenet",
+                 shortcuts: bool = True) -> None:
         super().__init__()
         if stem == "imagenet":
             self.stem = nn.Sequential(
@@ -49,7 +54,8 @@ class ResNet18(nn.Module):
         blocks: list[nn.Module] = []
         channels = 64
         for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks += [BasicBlock(channels, width, stride), BasicBlock(width, width, 1)]
+            blocks += [BasicBlock(channels, width, stride, shortcuts),
+                       BasicBlock(width, width, 1, shortcuts)]
             channels = width
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)

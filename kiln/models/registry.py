@@ -61,6 +61,10 @@ MODELS: dict[str, ModelSpec] = {
                   _image(imagenet.ResNet18, stem="imagenet"), (3, 224, 224), 1000, None),
         ModelSpec("resnet18-cifar", "ResNet-18, CIFAR stem (3×3/1, no max pool), 32×32",
                   _image(imagenet.ResNet18, stem="cifar"), (3, 32, 32), 10, None),
+        ModelSpec("resnet18-cifar-plain", "ResNet-18, CIFAR stem, no shortcuts (BARVINN's "
+                  "MVU example network), 32×32",
+                  _image(imagenet.ResNet18, stem="cifar", shortcuts=False), (3, 32, 32), 10,
+                  None),
         ModelSpec("mobilenetv2", "MobileNetV2 1.0, ImageNet stem, 224×224",
                   _image(imagenet.MobileNetV2, stem="imagenet"), (3, 224, 224), 1000, None),
         ModelSpec("mobilenetv2-cifar", "MobileNetV2 1.0, CIFAR stem, 32×32",
