@@ -8,10 +8,10 @@ A real multiplier M = S_a·S_w / S_out is written as M0 · 2^-(31+n) with M0 an 
 * ``float32``: round_half_even(float32(acc) · float32(M)), as ONNX Runtime does.
 
 Every mode then adds the output zero point and saturates to [qmin, qmax], except ``mvu``:
-what BARVINN's matrix-vector unit computes (:mod:`kiln.mvu`): (acc · M0) >> (31 + n) with
-a 16-bit M0 (floor), plus the zero point; an unsigned output (qmin = 0) passes the unit's
-ReLU (max 0); then only the low bits of [qmin, qmax]'s width are kept: it wraps, it does
-not saturate.
+what BARVINN's matrix-vector unit computes (:mod:`kiln.mvu`): (acc · M0 + 2^(30+n)) >>
+(31 + n) with a 16-bit M0 (the rounding offset travels in the unit's bias), plus the zero
+point; an unsigned output (qmin = 0) passes the unit's ReLU (max 0); then only the low bits
+of [qmin, qmax]'s width are kept: it wraps, it does not saturate.
 """
 
 from __future__ import annotations
@@ -196,15 +196,16 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, z
 
 def requantize_mvu(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int,
                    zero_point: int, qmin: int, qmax: int) -> np.ndarray:
-    """The ``mvu`` mode: floor((acc · M0) / 2^(31+n)) + zero point, max 0 for unsigned
-    outputs (qmin = 0, the MVU's ReLU), then wrapped into [qmin, qmax] (the unit keeps the
-    low bits, it cannot saturate).
+    """The ``mvu`` mode: floor((acc · M0 + 2^(30+n)) / 2^(31+n)) + zero point (round half
+    up), max 0 for unsigned outputs (qmin = 0, the MVU's ReLU), then wrapped into
+    [qmin, qmax] (the unit keeps the low bits, it cannot saturate).
 
-    >>> requantize_mvu(np.array([1, -1, 6]), 1 << 14, -17, 0, 0, 3).tolist()  # 6 wraps
-    [1, 0, 2]
+    >>> requantize_mvu(np.array([1, -1, 6]), 1 << 13, -17, 0, 0, 3).tolist()  # 3 wraps
+    [1, 0, 3]
     """
     total_shift = 31 + np.asarray(shift, dtype=np.int64)
-    value = ((np.asarray(acc).astype(np.int64) * np.asarray(m0, dtype=np.int64))
+    half = np.where(total_shift > 0, np.int64(1) << np.maximum(total_shift - 1, 0), 0)
+    value = ((np.asarray(acc).astype(np.int64) * np.asarray(m0, dtype=np.int64) + half)
              >> total_shift) + zero_point
     if qmin == 0:
         value = np.maximum(value, 0)

@@ -7,7 +7,8 @@ optional ReLU, and keeps ``oprec`` bits from ``msbidx`` down. So for every conv 
 * weights must be symmetric (zero point 0); the input zero point moves into the bias
   (Σ(x−zx)·w = Σx·w − zx·Σw), and padded positions hold zx in the data RAM;
 * the multiplier M becomes scale / 2^shift, the scale with as many bits (≤ 15 plus sign) as
-  keep the bias within 27 bits; the output zero point moves into the bias too;
+  keep the bias within 27 bits; the output zero point and the rounding offset 2^(shift−1)
+  move into the bias too (so the unit's truncation rounds half up);
 * an unsigned output passes the ReLU; the output wraps instead of saturating.
 
 The result is again an IntegerProgram, with rounding mode ``mvu`` (see
@@ -77,7 +78,9 @@ def mvu_scale(op: IntOp, multiplier: np.ndarray, bias_acc: np.ndarray, out_zero:
         scale = np.round(multiplier * 2.0**shift).astype(np.int64)
         if scale.max() >= 1 << (SCALE_BITS - 1) or scale.min() < 1:
             continue
-        bias = bias_acc.astype(np.int64) * scale + (int(out_zero) << shift)
+        # The output zero point and the rounding offset (round half up) ride in the bias.
+        rounding = (1 << (shift - 1)) if shift > 0 else 0
+        bias = bias_acc.astype(np.int64) * scale + (int(out_zero) << shift) + rounding
         if np.abs(bias).max(initial=0) < limit:
             return MvuScale(scale, bias, shift, scale_bits)
     raise _reject(op, f"no 16-bit scale keeps its bias within {BIAS_BITS} bits (the input "

@@ -136,7 +136,7 @@ class Mvu:
         self.bias[:, base:base + bias.shape[1]] = bias
 
     # --- execution ------------------------------------------------------------------
-    def run(self, job: MvuJob, *, max_chunk_bytes: int = 1 << 27) -> JobResult:
+    def run(self, job: MvuJob, *, max_chunk_bytes: int = 1 << 26) -> JobResult:
         """Execute ``job``: compute, write its outputs into the data RAM, return counts."""
         job.check()
         control = job_control(job)
@@ -168,13 +168,13 @@ class Mvu:
         coefficient = np.where(negative, -1, 1) * (np.int64(1) << after)
         weight_words = self.weight[control.weight_address[:used]]  # [T, 64]
         acc = np.zeros((self.batch, outputs, LANES), dtype=np.int64)
-        per_sample = used * LANES
+        per_sample = used * LANES * 8  # the int64 terms of one input
         chunk = max(1, max_chunk_bytes // max(per_sample, 1))
         starts = np.concatenate([[0], ends[:-1] + 1])
         for begin in range(0, self.batch, chunk):
             data_words = self.data[begin:begin + chunk, control.data_address[:used]]  # [b, T]
             counts = np.bitwise_count(data_words[:, :, None] & weight_words[None, :, :])
-            terms = counts.astype(np.int64) * coefficient[None, :, None]
+            terms = np.multiply(counts, coefficient[None, :, None], dtype=np.int64)
             acc[begin:begin + chunk] = np.add.reduceat(terms, starts, axis=1)
         acc = wrap_signed(acc, ACC_BITS)
         self._write_outputs(job, acc)
