@@ -187,7 +187,7 @@ def write_plan(plan: MvuPlan, directory: Path, inputs: np.ndarray) -> dict[str, 
     for step in plan.layers:
         for index, one in enumerate(step.passes):
             stem = directory / "weights" / f"{step.op.name}.pass{index}"
-            write_text(stem.with_suffix(".mem"), weight_image(one.weight_words))
+            write_text(stem.parent / f"{stem.name}.mem", weight_image(one.weight_words))
             write_text(stem.parent / f"{stem.name}.scaler.mem", lane_image(one.scaler, 16))
             write_text(stem.parent / f"{stem.name}.bias.mem", lane_image(one.bias, 32))
     golden = run_engine(plan.program, inputs, keep=True)
