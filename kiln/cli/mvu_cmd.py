@@ -18,10 +18,12 @@ from kiln.cli.common import (
 )
 
 
-def _program_from_model(model: str, data: str | None, aprec: int, wprec: int, oprec: int,
+def _program_from_model(model: str, data: str | None, aprec: int, wprec: int,
                         last_oprec: int, batches: int, input_scale: float | None,
                         weights: Path | None):
-    """(float graph or None, program at the MVU precisions, dataset)."""
+    """(float graph or None, program, dataset). A float model is quantized to --aprec /
+    --wprec (logits at --last-oprec); a quantized model file (from ``kiln qat``) keeps its
+    own quantizers, so its precisions are the program's."""
     from kiln.cli.integer_cmd import _fake_quant_graph
     from kiln.integer import lower as lower_graph
     from kiln.quant import uniform_config
@@ -29,11 +31,21 @@ def _program_from_model(model: str, data: str | None, aprec: int, wprec: int, op
     config = uniform_config(wprec, aprec).model_dump(mode="json", exclude_unset=True)
     config["rules"] = [{"match": {"name": ["@last"]},
                         "output": {"bits": last_oprec, "signed": True, "symmetric": False}}]
+    if _is_quantized(model, weights):
+        config = None
     graph, quantized, info, dataset, _, scale = _fake_quant_graph(
         model, data, config, None, None, batches, input_scale, None, weights)
     program = lower_graph(quantized, rounding="nearest")
     program.metadata = {"model": model, "dataset": dataset.name, "input_scale": scale}
     return graph, program, dataset
+
+
+def _is_quantized(model: str, weights: Path | None) -> bool:
+    from kiln.cli.common import load_model_argument
+    from kiln.quant.fake_quant import FakeQuantize
+
+    graph, _ = load_model_argument(model, weights=weights)
+    return any(isinstance(m, FakeQuantize) for m in graph.module.modules())
 
 
 def _check_precisions(aprec: int, wprec: int, oprec: int, last_oprec: int) -> None:
@@ -133,17 +145,18 @@ def mvu(
     else:
         _check_precisions(aprec, wprec, oprec, last_oprec)
         graph, program, dataset = _program_from_model(
-            source, data, aprec, wprec, oprec, last_oprec, calibration_batches, input_scale,
-            weights)
+            source, data, aprec, wprec, last_oprec, calibration_batches, input_scale, weights)
         if graph is not None:
             from kiln.models.training import predict
 
             x, y = dataset.arrays("test")
             measured["float"] = float((predict(graph, x).argmax(axis=1) == y).mean())
-            _, int8, _ = _program_from_model(source, data, 8, 8, 8, 8, calibration_batches,
+            _, int8, _ = _program_from_model(source, data, 8, 8, 8, calibration_batches,
                                              input_scale, weights)
             measured["int8 program"] = accuracy(int8, dataset)
-        measured[f"program w{wprec}a{aprec}"] = accuracy(program, dataset)
+        layer = program.layers()[0]
+        measured[f"program w{layer.attrs['weight_bits']}a{program.input_quant.bits}"] = \
+            accuracy(program, dataset)
     mvu_program = lower_for_mvu(program)
     dataset = program_dataset(mvu_program)
     if dataset is not None:

@@ -95,6 +95,7 @@ class MvuLayer:
     out_size: tuple[int, int]
     passes: list[Pass]
     notes: list[str] = field(default_factory=list)
+    in_blocks: int = 0  # input blocks the jobs walk: the source's, or more (zero weights)
 
     @property
     def jobs(self) -> list[MvuJob]:
@@ -139,12 +140,13 @@ def _reject(op: IntOp, message: str, hint: str | None = None) -> KilnError:
     return KilnError(f"layer '{op.name}' ({op.kind}): {message}", hint=hint)
 
 
-def weight_words(weight: np.ndarray, wprec: int, first_block: int, blocks: int) -> np.ndarray:
+def weight_words(weight: np.ndarray, wprec: int, first_block: int, blocks: int,
+                 in_blocks: int | None = None) -> np.ndarray:
     """Weight RAM words of output blocks ``first_block`` … for ``weight`` [K, C, FH, FW]:
     word (((f·FH + y)·FW + x)·iC + b)·wprec + p, lane o's bit c = plane p (MSB first, two's
     complement) of weight (64·(first_block+f) + o, 64·b + c, y, x)."""
     kernels, channels, height, width = weight.shape
-    in_blocks = math.ceil(channels / LANES)
+    in_blocks = in_blocks or math.ceil(channels / LANES)
     padded = np.zeros((blocks * LANES, in_blocks * LANES, height, width), dtype=np.int64)
     chosen = weight[first_block * LANES:(first_block + blocks) * LANES]
     padded[:len(chosen), :channels] = chosen
@@ -175,7 +177,7 @@ def _conv_jobs(layer: MvuLayer, one: Pass, scale_shift: int, relu: bool) -> list
     source, target, op = layer.source, layer.target, layer.op
     aprec, oprec = source.quant.bits, target.quant.bits
     wprec = int(op.attrs.get("weight_bits", 8))
-    in_blocks, out_blocks = source.blocks, one.blocks
+    in_blocks, out_blocks = layer.in_blocks, one.blocks
     fh, fw = layer.kernel
     sy, sx = layer.stride
     out_h, out_w = layer.out_size
@@ -218,29 +220,44 @@ def _make_layer(op: IntOp, source: Buffer, target: Buffer) -> MvuLayer:
         raise _reject(op, f"computes {out_h}x{out_w} outputs, its target holds "
                       f"{target.height}x{target.width}")
     wprec = int(op.attrs.get("weight_bits", 8))
-    per_block = source.blocks * kernel[0] * kernel[1] * wprec
+    combos = source.quant.bits * wprec
+    in_blocks = source.blocks
+    between = combos * in_blocks * kernel[0] * kernel[1]
+    notes = []
+    if between < target.quant.bits and source.padded == (1, 1):
+        # A vector input (a dense layer): walk extra channel blocks with zero weights, so
+        # each output takes at least oprec cycles. What the extra words hold does not
+        # matter; they only need to be inside the data RAM.
+        in_blocks = -(-target.quant.bits // (combos * kernel[0] * kernel[1]))
+        between = combos * in_blocks * kernel[0] * kernel[1]
+        if source.base + in_blocks * source.quant.bits <= DATA_WORDS:
+            notes.append(f"walks {in_blocks - source.blocks} extra zero-weight input "
+                         f"block(s) so that each output takes {between} >= "
+                         f"{target.quant.bits} cycles (the output serializer)")
+        else:
+            in_blocks, between = source.blocks, combos * source.blocks
+    if between < target.quant.bits:
+        raise _reject(op, f"an output every {between} cycles is faster than the "
+                      f"{target.quant.bits}-bit output serializer can write it "
+                      f"({target.quant.bits} cycles)",
+                      hint="use a lower output precision or a larger layer")
+    per_block = in_blocks * kernel[0] * kernel[1] * wprec
     if per_block > WEIGHT_WORDS:
         raise _reject(op, f"one 64-channel output block needs {per_block} weight words "
-                      f"({source.blocks} input blocks × {kernel[0]}×{kernel[1]} × {wprec} "
+                      f"({in_blocks} input blocks × {kernel[0]}×{kernel[1]} × {wprec} "
                       f"bits); the weight RAM holds {WEIGHT_WORDS}",
                       hint="use fewer input channels, a smaller kernel or narrower weights")
-    combos = source.quant.bits * wprec
-    between = combos * source.blocks * kernel[0] * kernel[1]
-    if between < target.quant.bits:
-        raise _reject(op, f"an output every {between} cycles is faster than the {target.quant.bits}"
-                      f"-bit output serializer can write it ({target.quant.bits} cycles)",
-                      hint="use a lower output precision or a larger layer")
     mvu = op.attrs["mvu"]
     scale = np.zeros(target.blocks * LANES, dtype=np.int64)
     bias = np.zeros(target.blocks * LANES, dtype=np.int64)
     scale[:len(weight)] = np.broadcast_to(op.arrays["m0"], (len(weight),))
     bias[:len(weight)] = op.arrays["mvu_bias"]
     per_pass = WEIGHT_WORDS // per_block
-    layer = MvuLayer(op, source, target, kernel, stride, (out_h, out_w), [])
+    layer = MvuLayer(op, source, target, kernel, stride, (out_h, out_w), [], notes, in_blocks)
     for first in range(0, target.blocks, per_pass):
         blocks = min(per_pass, target.blocks - first)
         lanes = slice(first * LANES, (first + blocks) * LANES)
-        one = Pass(first, blocks, weight_words(weight, wprec, first, blocks),
+        one = Pass(first, blocks, weight_words(weight, wprec, first, blocks, in_blocks),
                    scale[lanes].reshape(blocks, LANES).T.copy(),
                    bias[lanes].reshape(blocks, LANES).T.copy())
         one.jobs = _conv_jobs(layer, one, int(mvu["shift"]), bool(mvu["relu"]))
@@ -249,10 +266,6 @@ def _make_layer(op: IntOp, source: Buffer, target: Buffer) -> MvuLayer:
         layer.notes.append(f"weights need {per_block * target.blocks} words: "
                            f"{len(layer.passes)} passes of {per_pass} output block(s)")
     return layer
-
-
-def _shape_of(op: IntOp, shapes: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
-    return shapes[op.inputs[0]]
 
 
 def plan_mvu(program: IntegerProgram) -> MvuPlan:

@@ -205,6 +205,16 @@ def test_outputs_faster_than_the_serializer_are_refused():
         plan_mvu(lower_for_mvu(program))
 
 
+def test_vector_layers_walk_zero_weight_blocks_to_feed_the_serializer():
+    """2-bit x 2-bit over one block is 4 cycles per output; 8-bit logits need 8."""
+    program = synthetic_program((30,), [{"dense": 20}, {"dense": 5}], aprec=2, wprec=2,
+                                last_oprec=8, seed=2)
+    plan = plan_mvu(lower_for_mvu(program))
+    last = plan.layers[-1]
+    assert last.in_blocks == 2 and last.source.blocks == 1 and last.jobs[0].countdown == 8
+    assert prove(plan, random_inputs(program, 10)).mismatches == 0
+
+
 def test_engine_runs_the_lowered_program_close_to_the_original():
     """The MVU lowering changes only the multiplier's precision and the saturation."""
     program = synthetic_program((3, 8, 8), CNN, aprec=8, wprec=4, oprec=8, seed=11)
