@@ -136,7 +136,7 @@ def mvu(
     if out is None:
         raise ConfigError("give --out DIR for the configurations and images")
     from kiln.mvu.emit import LAYER_HEADER, layer_rows
-    from kiln.mvu.generate import accuracy, generate, program_dataset
+    from kiln.mvu.generate import accuracy, calibration_inputs, generate, program_dataset
     from kiln.mvu.lower import lower_for_mvu
 
     measured: dict[str, float] = {}
@@ -157,7 +157,7 @@ def mvu(
         layer = program.layers()[0]
         measured[f"program w{layer.attrs['weight_bits']}a{program.input_quant.bits}"] = \
             accuracy(program, dataset)
-    mvu_program = lower_for_mvu(program)
+    mvu_program = lower_for_mvu(program, calibration=calibration_inputs(program))
     dataset = program_dataset(mvu_program)
     if dataset is not None:
         measured["MVU lowering"] = accuracy(mvu_program, dataset)

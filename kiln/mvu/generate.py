@@ -54,6 +54,15 @@ def test_inputs(program: IntegerProgram, count: int, seed: int = 0) -> tuple[np.
     return random_inputs(program, count, seed), "uniform random integers"
 
 
+def calibration_inputs(program: IntegerProgram, count: int = 1000) -> np.ndarray | None:
+    """Quantized training-set inputs for :func:`lower_for_mvu`'s logit fit, if any."""
+    dataset = program_dataset(program)
+    if dataset is None:
+        return None
+    x, _ = dataset.arrays("train")
+    return program.input_quant.quantize(x[:count])
+
+
 def accuracy(program: IntegerProgram, dataset: Any) -> float:
     """Top-1 accuracy of ``program`` in kiln's engine on the dataset's test split."""
     from kiln.integer.engine import run
@@ -68,7 +77,8 @@ def generate(program: IntegerProgram, out: str | Path, *, prove_count: int = 100
     """Lower ``program`` for the MVU, plan it, prove the plan on ``prove_count`` test inputs
     on the MVU model, and write the files (:mod:`kiln.mvu.emit`) with ``samples`` test
     vectors into ``out``, whole or not at all."""
-    mvu_program = program if program.rounding == "mvu" else lower_for_mvu(program)
+    mvu_program = (program if program.rounding == "mvu" else
+                   lower_for_mvu(program, calibration=calibration_inputs(program)))
     plan = plan_mvu(mvu_program)
     inputs, source = test_inputs(mvu_program, max(prove_count, samples), seed)
     report = prove(plan, inputs[:prove_count]) if prove_count else ProofReport(0)

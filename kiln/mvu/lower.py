@@ -88,10 +88,56 @@ def mvu_scale(op: IntOp, multiplier: np.ndarray, bias_acc: np.ndarray, out_zero:
                   hint="use a symmetric input quantization or smaller biases")
 
 
-def lower_for_mvu(program: IntegerProgram) -> IntegerProgram:
+def _fit_logits(program: IntegerProgram, calibration: np.ndarray) -> None:
+    """Give the last layer a symmetric output scale that holds its largest accumulator on
+    ``calibration`` (its multiplier and the program's output quantization change with it)."""
+    from kiln.integer.arith import quantize_multipliers
+    from kiln.integer.engine import _conv_accumulators
+    from kiln.integer.engine import run as run_engine
+
+    last = program.ops[-1]
+    if last.kind not in ("conv", "dense") or last.output != program.output_name:
+        return
+    source = run_engine(program, calibration, keep=True)[last.inputs[0]]
+    if last.kind == "conv":
+        acc = _conv_accumulators(last, source)
+    else:
+        zero = TensorQuant(**last.attrs["in_quant"]).zero_point
+        acc = ((source.reshape(len(source), -1) - zero) @ last.arrays["weight"].T.astype(
+            np.int64) + last.arrays["bias"])
+    largest = float(np.abs(acc).max(initial=0))
+    out = last.out_quant
+    if largest == 0:
+        return
+    multiplier = (last.arrays["m0"].astype(np.float64)
+                  * 2.0 ** -(31 + last.arrays["shift"].astype(np.float64)))
+    # acc · M_new must stay within the signed range: M_new = qmax / largest (one common
+    # output scale for every channel, so the logits stay comparable).
+    qmax = (1 << (out.bits - 1)) - 1
+    ratio = qmax / (largest * float(np.max(multiplier)))
+    new_multiplier = multiplier * ratio
+    m0, shift = quantize_multipliers(new_multiplier)
+    quant = TensorQuant(out.scale / ratio, 0, out.bits, True)
+    last.arrays.update(m0=m0, shift=shift,
+                       multiplier_f32=new_multiplier.astype(np.float32))
+    last.attrs.update(out_quant=quant.as_dict(), clamp=[quant.qmin, quant.qmax],
+                      logits_fitted_on=len(calibration))
+    program.output_quant = quant
+
+
+def lower_for_mvu(program: IntegerProgram, *, calibration: np.ndarray | None = None
+                  ) -> IntegerProgram:
     """A copy of ``program`` whose conv/dense layers requantize as the MVU does; raises a
-    :class:`KilnError` naming the layer for anything the unit cannot run."""
+    :class:`KilnError` naming the layer for anything the unit cannot run.
+
+    The unit wraps where the program saturates. ``calibration`` (integer inputs) rescales
+    the last layer's output (the logits, which no later layer reads) so that none of them
+    wraps on these inputs: a logit beyond the range would otherwise come back with the
+    wrong sign and decide the argmax.
+    """
     lowered = copy.deepcopy(program)
+    if calibration is not None and len(calibration):
+        _fit_logits(lowered, np.asarray(calibration))
     for op in lowered.ops:
         if op.kind not in SUPPORTED_OPS:
             if op.kind == "add":

@@ -215,6 +215,28 @@ def test_vector_layers_walk_zero_weight_blocks_to_feed_the_serializer():
     assert prove(plan, random_inputs(program, 10)).mismatches == 0
 
 
+def test_calibration_fits_the_logits_so_none_wraps():
+    program = synthetic_program((40,), [{"dense": 10}], aprec=4, wprec=4, last_oprec=4,
+                                seed=9)
+    program.ops[0].arrays["shift"] = program.ops[0].arrays["shift"] - 3  # 8x: logits overflow
+    x = random_inputs(program, 200, seed=1)
+    op = program.ops[0]
+    acc = x @ op.arrays["weight"].T + op.arrays["bias"]
+
+    def unwrapped(lowered):
+        layer = lowered.ops[0]
+        shift = 31 + layer.arrays["shift"]
+        return ((acc * layer.arrays["m0"] + (1 << (shift - 1))) >> shift) \
+            + layer.out_quant.zero_point
+
+    plain = lower_for_mvu(program)
+    assert (run_engine(plain, x) != unwrapped(plain)).any()  # without the fit, some wrap
+    fitted = lower_for_mvu(program, calibration=x)
+    assert (run_engine(fitted, x) == unwrapped(fitted)).all()
+    assert fitted.output_quant.zero_point == 0 and fitted.output_quant.bits == 4
+    assert np.abs(unwrapped(fitted)).max() >= 4  # the range is used, not just avoided
+
+
 def test_engine_runs_the_lowered_program_close_to_the_original():
     """The MVU lowering changes only the multiplier's precision and the saturation."""
     program = synthetic_program((3, 8, 8), CNN, aprec=8, wprec=4, oprec=8, seed=11)
