@@ -13,7 +13,8 @@ Files (all text):
 * ``data/input.s<i>.mem``: the input buffer (padding filled) for test input i, ``$readmemh``
   with an ``@address`` line, 64-bit words;
 * ``data/<layer>.s<i>.mem``: the expected buffer after each layer (and host step), from
-  kiln's engine, in the same layout.
+  kiln's engine, in the same layout;
+* ``program/``: the MVU-lowered integer program (``kiln run`` runs it: rounding ``mvu``).
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def write_plan(plan: MvuPlan, directory: Path, inputs: np.ndarray) -> dict[str, 
     description = describe_plan(plan)
     write_text(directory / "mvu.json", json.dumps(description, indent=1) + "\n")
     write_text(directory / "mvu_jobs.h", c_header(plan))
+    plan.program._write(directory / "program")
     for step in plan.layers:
         for index, one in enumerate(step.passes):
             stem = directory / "weights" / f"{step.op.name}.pass{index}"
