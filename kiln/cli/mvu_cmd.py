@@ -65,7 +65,7 @@ def _check_precisions(aprec: int, wprec: int, oprec: int, last_oprec: int) -> No
 
 def mvu(
     source: Annotated[str, typer.Argument(
-        help="A program directory from 'kiln lower', or a model (" + MODEL_HELP + ").")],
+        help="A program directory from 'kiln lower', or a model. " + MODEL_HELP)],
     out: Annotated[Path | None, typer.Option(help="Folder for the configurations and images.")
                    ] = None,
     aprec: Annotated[int, typer.Option(help="From a model: activation (input) bits.")] = 2,
@@ -87,11 +87,13 @@ def mvu(
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Generate MVU job configurations (CSR values and a C header), bit-serial weight,
-    scaler and bias images, and test vectors; prove them on kiln's bit-accurate MVU model.
+    """Configure BARVINN's matrix-vector unit for a network, proven on a model of the unit.
 
-    From a program directory, its precisions are used. From a model, it is quantized to
-    --aprec/--wprec bits and lowered first (the int8 program's accuracy is shown beside).
+    Writes per-job CSR values (JSON and a C header), bit-serial weight, scaler and bias
+    images and test vectors, then runs every job on kiln's bit-accurate MVU model against
+    the integer engine. From a program directory, its precisions are used. From a model, it
+    is quantized to --aprec/--wprec bits and lowered first (the float and int8 accuracies
+    are shown beside).
 
     Example:  kiln mvu out/convnet-int8 --out out/convnet-mvu
 
