@@ -56,10 +56,15 @@ class Layer:
     stream_in_n: int = 0  # elements per vector on the input stream (a pixel for conv)
     vectors_per_input: int = 1  # output vectors (pixels) per inference
     cycles_per_input: int = 0
+    requants: int = 0  # requantizers shared by the P_OUT lanes (enough to keep up)
 
     def __post_init__(self) -> None:
         self.stream_in_n = self.stream_in_n or self.in_n
         self.cycles_per_input = self.cycles_per_input or self.compute_cycles
+        if not self.requants:
+            # The lanes of one output beat are requantized during the next beat's
+            # IN_BEATS accumulation cycles.
+            self.requants = min(self.p_out, -(-self.p_out // self.in_beats))
 
     @property
     def in_beats(self) -> int:
@@ -194,14 +199,45 @@ def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], dir
     for name in COMPONENTS:
         shutil.copyfile(SOURCES / name, directory / name)
     design = Design(directory, program.name, program.rounding)
+    design.input_vectors_per_input = _input_vectors(program)
+    for op, layer, weight in _walk(program, per_layer):
+        if weight is not None:
+            _write_memories(directory / "mem", layer, weight, op.arrays["bias"], op,
+                            program.rounding)
+        design.layers.append(layer)
+    program.save(directory / "program")  # the golden model travels with the design
+    write_text(directory / "kiln_top.sv", _top(design))
+    write_text(directory / "design.json", json.dumps(design.as_dict(), indent=2) + "\n")
+    from kiln.rtl.testbench import TESTBENCH, harness
+
+    write_text(directory / "kiln_tb.sv", harness(design))
+    write_text(directory / "test_top.py", TESTBENCH)
+    return design
+
+
+def plan_layers(program: IntegerProgram, parallelism: Any) -> list[Layer]:
+    """The layers :func:`emit` would make (shapes, parallelism, cycles), writing nothing:
+    what folding searches over."""
+    weighted = [op for op in program.ops if op.kind in ("dense", "affine", "conv")]
+    per_layer = _parse_parallelism(parallelism, len(weighted), [op.name for op in weighted])
+    return [layer for _, layer, _ in _walk(program, per_layer, weights=False)]
+
+
+def _input_vectors(program: IntegerProgram) -> int:
+    shape = tuple(program.input_shape)
+    if len(shape) == 3 and not (program.ops and program.ops[0].kind == "flatten"):
+        return shape[1] * shape[2]
+    return 1
+
+
+def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: bool = True):
+    """(op, layer, dense weight or None) for every emitted layer, in stream order."""
     shape = tuple(program.input_shape)  # (C, H, W) of a feature map, or (N,) of a vector
     ops = list(program.ops)
     if len(shape) == 3 and ops and ops[0].kind == "flatten":
         # An MLP on an image: stream the flattened input (NCHW order) as one vector.
         shape = (int(np.prod(shape)),)
         ops = ops[1:]
-    if len(shape) == 3:
-        design.input_vectors_per_input = shape[1] * shape[2]
     flattened_from: tuple[int, ...] | None = None
     lanes = per_layer[0][0]
     parallel = iter(per_layer)
@@ -212,29 +248,20 @@ def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], dir
             continue
         if op.kind == "maxpool":
             layer, shape = _maxpool_layer(op, shape, lanes)
-            design.layers.append(layer)
+            yield op, layer, None
             continue
         p_in, p_out = next(parallel)
         if op.kind == "conv":
             layer, weight, shape = _conv_layer(op, shape, p_in, p_out)
         else:
             weight = _as_dense(op)[0]
-            if flattened_from is not None:
+            if flattened_from is not None and weights:
                 weight = _columns_in_stream_order(weight, flattened_from, p_in)
             layer = _dense_layer(op, weight, p_in, p_out)
             shape = (weight.shape[0],)
             flattened_from = None
-        _write_memories(directory / "mem", layer, weight, op.arrays["bias"], op, program.rounding)
-        design.layers.append(layer)
+        yield op, layer, weight
         lanes = p_out
-    program.save(directory / "program")  # the golden model travels with the design
-    write_text(directory / "kiln_top.sv", _top(design))
-    write_text(directory / "design.json", json.dumps(design.as_dict(), indent=2) + "\n")
-    from kiln.rtl.testbench import TESTBENCH, harness
-
-    write_text(directory / "kiln_tb.sv", harness(design))
-    write_text(directory / "test_top.py", TESTBENCH)
-    return design
 
 
 def _dense_layer(op: IntOp, weight: np.ndarray, p_in: int, p_out: int, **extra: Any) -> Layer:
@@ -401,7 +428,8 @@ def _top(design: Design) -> str:
                   "IN_SIGNED": int(layer.in_signed), "IN_ZERO": layer.in_zero,
                   "W_BITS": layer.weight_bits, "OUT_BITS": layer.out_bits,
                   "OUT_ZERO": layer.out_zero, "LO": layer.lo, "HI": layer.hi,
-                  "ROUND_NEAREST": nearest, "FLOAT32": int(design.rounding == "float32")}
+                  "ROUND_NEAREST": nearest, "FLOAT32": int(design.rounding == "float32"),
+                  "REQUANTS": layer.requants}
         files = (f'.W_FILE("{mem}.weights.mem"), .B_FILE("{mem}.bias.mem"), '
                  f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem"), '
                  f'.Z_FILE("{mem}.wzero.mem")')

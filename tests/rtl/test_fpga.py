@@ -43,7 +43,8 @@ def test_placed_and_routed_on_ecp5_with_a_clock_it_cannot_meet(tiny_design):
     assert figures["available"] == DEVICES["ecp5-25k"].capacity()
     used = figures["used"]
     assert used["lut"] > 50 and used["ff"] > 50
-    assert used["dsp"] == 2 * 2 + 2 * 4  # products, and 4 DSP tiles per requantizer lane
+    # Products, and 4 DSP tiles for the one requantizer the 2 lanes share (4 input beats).
+    assert used["dsp"] == 2 * 2 + 1 * 4
     assert 5 < figures["fmax_mhz"] < 2000 and not figures["timing_met"]
     assert figures["cycles_per_inference"] == 8  # 4 x 2 blocks: the slowest layer
     assert figures["inferences_per_second"] == pytest.approx(figures["fmax_mhz"] * 1e6 / 8)

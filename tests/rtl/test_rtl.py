@@ -128,7 +128,10 @@ def test_synthesis_statistics(jsc_program, tmp_path):
 
     design = emit(jsc_program, (2, 2), tmp_path / "synth")
     generic = synthesize(design, target="generic")
-    assert generic.multipliers == 4 * (2 * 2 + 2)  # products and requantizers, 4 layers
+    # Products, and one shared requantizer per layer (8 input beats leave time to
+    # requantize the 2 lanes in turn): 4 layers.
+    assert [layer.requants for layer in design.layers] == [1, 1, 1, 1]
+    assert generic.multipliers == 4 * (2 * 2 + 1)
     xilinx = synthesize(design, target="xilinx")
     assert xilinx.luts > 100 and xilinx.flip_flops > 100 and xilinx.dsps > 0
     with pytest.raises(KilnError, match="unknown synthesis target"):

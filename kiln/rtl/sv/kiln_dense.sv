@@ -11,7 +11,10 @@
 // separates accumulation from requantization.
 // Weights, biases and requantization parameters come from ROMs read with $readmemh
 // (one word per block: lane 0 in the least significant bits), read synchronously so that
-// they can live in block RAM. Valid/ready on both sides.
+// they can live in block RAM. REQUANTS requantizers (32x32 multiply and 64-bit shift each,
+// the largest part of a lane) serve the P_OUT lanes in ceil(P_OUT / REQUANTS) cycles after
+// each output beat's accumulation: with REQUANTS >= P_OUT / IN_BEATS they keep up with the
+// engine. Valid/ready on both sides.
 module kiln_dense #(
     parameter int IN_N = 16,
     parameter int OUT_N = 16,
@@ -27,6 +30,7 @@ module kiln_dense #(
     parameter int HI = 255,
     parameter bit ROUND_NEAREST = 1,
     parameter bit FLOAT32 = 0,
+    parameter int REQUANTS = P_OUT,  // requantizers, shared by the P_OUT lanes in turn
     parameter W_FILE = "weights.mem",
     parameter B_FILE = "bias.mem",
     parameter M_FILE = "m0.mem",
@@ -67,8 +71,10 @@ module kiln_dense #(
         $readmemh(S_FILE, shift_rom);
     end
 
-    // Input side: two vector buffers, filled alternately.
-    logic [P_IN*IN_BITS-1:0] buffer [2][IN_BEATS];
+    // Input side: two vector buffers, filled alternately: one memory of 2 x IN_BEATS
+    // words (the buffer number is the top address bit), written by the loader and read
+    // synchronously one cycle ahead like the ROMs, so that Yosys may put it in block RAM.
+    logic [P_IN*IN_BITS-1:0] buffer [2*IN_BEATS];
     logic [1:0] full;
     logic load_sel;
     logic [IB-1:0] load_beat;
@@ -85,7 +91,8 @@ module kiln_dense #(
     logic fifo_full;
     logic step;
     assign last_i = (i_beat == IB'(IN_BEATS - 1));
-    assign step = running && !(last_i && fifo_full);
+    logic serializer_held;  // total_q still needed by the requantizers after this cycle
+    assign step = running && !(last_i && (fifo_full || serializer_held));
 
     // The block counters' values after the next clock edge. The ROMs are read with them
     // one cycle ahead into registers (a synchronous read, which Yosys can put in block RAM:
@@ -93,9 +100,11 @@ module kiln_dense #(
     // current block needs, exactly as an asynchronous read of the current counters.
     logic [IB-1:0] i_next;
     logic [OB-1:0] j_next;
+    logic comp_sel_next;
     always_comb begin
         i_next = i_beat;
         j_next = j_beat;
+        comp_sel_next = comp_sel;
         if (!running && full[comp_sel]) begin
             i_next = '0;
             j_next = '0;
@@ -104,6 +113,7 @@ module kiln_dense #(
             if (last_i) begin
                 i_next = '0;
                 j_next = (j_beat == OB'(OUT_BEATS - 1)) ? '0 : j_beat + 1'b1;
+                if (j_beat == OB'(OUT_BEATS - 1)) comp_sel_next = !comp_sel;
             end else begin
                 i_next = i_beat + 1'b1;
             end
@@ -114,7 +124,10 @@ module kiln_dense #(
     logic [P_OUT*32-1:0] bias_word_q;
     logic [P_OUT*32-1:0] m0_word;
     logic [P_OUT*8-1:0] shift_word;
+    localparam int BA = $clog2(2 * IN_BEATS);
+    logic [P_IN*IN_BITS-1:0] x_word_q;
     always_ff @(posedge clk) begin
+        x_word_q <= buffer[BA'(comp_sel_next) * BA'(IN_BEATS) + BA'(i_next)];
         weight_word <= weight_rom[WA'(j_next) * WA'(IN_BEATS) + WA'(i_next)];
         wzero_word <= wzero_rom[j_next];
         bias_word_q <= bias_rom[j_next];
@@ -140,7 +153,7 @@ module kiln_dense #(
         logic signed [W_BITS-1:0] w;
         logic signed [W_BITS-1:0] w_zero;
         logic signed [WB-1:0] w_centered;
-        x_word = buffer[comp_sel][i_beat];
+        x_word = x_word_q;
         w_word = weight_word;
         w_zero_word = wzero_word;
         bias_word = bias_word_q;
@@ -168,7 +181,7 @@ module kiln_dense #(
 
     // A pipeline register between the accumulation and the requantization: the MAC path
     // and the 32x32 requantization multiply each get a clock cycle of their own.
-    logic pending;  // a finished accumulator waits in total_q, pushed next cycle
+    logic pending;  // result_q is complete: pushed into the FIFO this cycle
     logic [P_OUT*32-1:0] total_q;
     logic [P_OUT*32-1:0] m0_q;
     logic [P_OUT*8-1:0] shift_q;
@@ -180,26 +193,51 @@ module kiln_dense #(
         end
     end
 
-    logic [P_OUT*OUT_BITS-1:0] result;
-    genvar p;
+    always_ff @(posedge clk) begin
+        if (in_valid && in_ready) buffer[BA'(load_sel) * BA'(IN_BEATS) + BA'(load_beat)] <= in_data;
+    end
+
+    // Requantization: REQUANTS units take the lanes in turn, SERIAL steps per output beat,
+    // into result_q, which is pushed into the FIFO the cycle after the last step.
+    localparam int SERIAL = (P_OUT + REQUANTS - 1) / REQUANTS;
+    localparam int SB = SERIAL > 1 ? $clog2(SERIAL) : 1;
+    localparam int LB = P_OUT > 1 ? $clog2(P_OUT) : 1;
+    logic busy;
+    logic [SB-1:0] serial_step;
+    logic last_serial;
+    assign last_serial = (serial_step == SB'(SERIAL - 1));
+    logic [P_OUT*OUT_BITS-1:0] result_q;
+    logic [REQUANTS*OUT_BITS-1:0] part;
+    genvar r;
     generate
-        for (p = 0; p < P_OUT; p++) begin : g_requant
+        for (r = 0; r < REQUANTS; r++) begin : g_requant
+            logic [LB:0] lane;
+            logic [LB:0] lane_read;
             logic signed [7:0] lane_shift;
-            assign lane_shift = shift_q[p*8 +: 8];
+            assign lane = (LB + 1)'(serial_step) * (LB + 1)'(REQUANTS) + (LB + 1)'(r);
+            assign lane_read = (lane < (LB + 1)'(P_OUT)) ? lane : '0;
+            assign lane_shift = shift_q[lane_read*8 +: 8];
             kiln_requant #(.OUT_BITS(OUT_BITS), .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
                            .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32)) u_requant (
-                .acc(total_q[p*32 +: 32]), .m0(m0_q[p*32 +: 32]),
-                .shift(lane_shift), .out(result[p*OUT_BITS +: OUT_BITS]));
+                .acc(total_q[lane_read*32 +: 32]), .m0(m0_q[lane_read*32 +: 32]),
+                .shift(lane_shift), .out(part[r*OUT_BITS +: OUT_BITS]));
+            always_ff @(posedge clk) begin
+                if (busy && lane < (LB + 1)'(P_OUT))
+                    result_q[lane_read*OUT_BITS +: OUT_BITS] <= part[r*OUT_BITS +: OUT_BITS];
+            end
         end
     endgenerate
 
-        // Output FIFO (4 entries): room for the pending result and the one behind it, so that
+    // Output FIFO (4 entries): room for the results in flight and the one behind them, so that
     // a consumer ready every cycle never stalls the engine.
     logic [P_OUT*OUT_BITS-1:0] fifo [4];
     logic [2:0] fifo_count;
     logic [1:0] fifo_head;
     logic push, pop;
-    assign fifo_full = (fifo_count + {2'd0, pending} >= 3'd3);
+    // A new accumulator may start into the requantizers only if the FIFO has room for it
+    // behind everything in flight (the result being requantized, the one being pushed).
+    assign fifo_full = (fifo_count + {2'd0, pending} + {2'd0, busy} >= 3'd4);
+    assign serializer_held = busy && !last_serial;
     assign push = pending;
     // The slot after the last entry, wrapping at 4 (a 2-bit sum: an index expression
     // would not wrap in every simulator).
@@ -221,11 +259,12 @@ module kiln_dense #(
             fifo_count <= 3'd0;
             fifo_head <= 2'd0;
             pending <= 1'b0;
+            busy <= 1'b0;
+            serial_step <= '0;
             acc <= '0;
         end else begin
-            // Load.
+            // Load (the buffer itself is written below, outside the reset process).
             if (in_valid && in_ready) begin
-                buffer[load_sel][load_beat] <= in_data;
                 if (load_beat == IB'(IN_BEATS - 1)) begin
                     load_beat <= '0;
                     load_sel <= !load_sel;
@@ -266,8 +305,15 @@ module kiln_dense #(
                     full[b] <= 1'b0;
             end
             // Output FIFO.
-            pending <= step && last_i;
-            if (push) fifo[write_slot] <= result;
+            // Requantization steps, then the push.
+            pending <= busy && last_serial;
+            if (busy) begin
+                serial_step <= last_serial ? '0 : serial_step + 1'b1;
+                busy <= !last_serial || (step && last_i);
+            end else begin
+                busy <= step && last_i;
+            end
+            if (push) fifo[write_slot] <= result_q;
             if (pop) fifo_head <= fifo_head + 2'd1;
             fifo_count <= fifo_count + {2'd0, push} - {2'd0, pop};
         end

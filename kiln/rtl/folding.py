@@ -1,0 +1,284 @@
+"""Fold a program to a device: choose P_in × P_out per layer so the layers' cycle counts are
+balanced (the slowest layer sets the throughput) and the estimated resources fit.
+
+The stream between two layers has one width (the P_out of one layer is the P_in of the
+next), so a folding is a chain of stream widths; every chain of powers of two up to each
+stream's element count is scored (cycles from :func:`kiln.rtl.emit.plan_layers`' formulas,
+resources from a linear model per unit fitted to Yosys runs,
+``benchmarks/rtl_resource_model.py`` → ``resource_model.json``) and the fastest one that fits
+wins (the cheapest, with ``target_cycles``).
+
+>>> folding = fold(program, budget=Budget.of_device("ecp5-25k"))    # doctest: +SKIP
+>>> [(layer.name, layer.p_in, layer.p_out, layer.cycles) for layer in folding.layers]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.errors import ConfigError, KilnError
+from kiln.integer.program import IntegerProgram
+from kiln.rtl.emit import Layer, plan_layers
+
+RESOURCES = ("lut", "ff", "dsp", "bram")
+MODEL_PATH = Path(__file__).with_name("resource_model.json")
+BRAM_BITS = 18 * 1024
+# Memories smaller than this stay in logic (Yosys's choice on ECP5 for small ROMs).
+BRAM_MIN_BITS = 2048
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Resources a design may use."""
+
+    lut: int
+    ff: int
+    dsp: int
+    bram: int
+    name: str = "budget"
+
+    @classmethod
+    def of_device(cls, name: str) -> Budget:
+        from kiln.rtl.fpga import device
+
+        dev = device(name)
+        return cls(dev.luts, dev.flip_flops, dev.dsps, dev.brams, dev.name)
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """``lut=20000,dsp=28,bram=56`` (ff defaults to the LUTs; a missing one is 0)."""
+        values: dict[str, int] = {}
+        for part in text.split(","):
+            key, _, value = part.partition("=")
+            key = key.strip().lower()
+            if key not in RESOURCES or not value.strip().isdigit():
+                raise ConfigError(f"--budget '{text}': use lut=N,ff=N,dsp=N,bram=N "
+                                  f"(got '{part}')")
+            values[key] = int(value)
+        if "lut" not in values:
+            raise ConfigError(f"--budget '{text}': give at least lut=N")
+        values.setdefault("ff", values["lut"])
+        return cls(values["lut"], values["ff"], values.get("dsp", 0), values.get("bram", 0),
+                   "budget " + text)
+
+    def as_dict(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in RESOURCES}
+
+
+def family_of(budget: Budget) -> str:
+    return "ice40" if budget.name.startswith("ice40") else "ecp5"
+
+
+# --- the resource model ---------------------------------------------------------------------
+def _brams(width: int, depth: int) -> int:
+    """DP16KD blocks for a width x depth memory (the best of its 18K aspect ratios)."""
+    options = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in options)
+
+
+def memories(layer: dict[str, Any]) -> list[tuple[int, int]]:
+    """(width, depth) of the unit's memories: weight ROM and the two input buffers."""
+    if layer["kind"] == "maxpool":
+        return []
+    in_beats = -(-layer["in_n"] // layer["p_in"])
+    out_beats = -(-layer["out_n"] // layer["p_out"])
+    return [(layer["p_in"] * layer["p_out"] * layer["weight_bits"], in_beats * out_beats),
+            (layer["p_in"] * layer["in_bits"], 2 * in_beats)]
+
+
+def features(layer: dict[str, Any]) -> dict[str, float]:
+    """What the model multiplies by its coefficients, per unit."""
+    if layer["kind"] == "maxpool":
+        geometry = layer["geometry"]
+        return {"pool": 1.0, "pool_buffer_bits": float(geometry["W"] * geometry["CB"]
+                                                       * layer["p_in"] * layer["in_bits"])}
+    small = sum(w * d for w, d in memories(layer) if w * d < BRAM_MIN_BITS)
+    products = layer["p_in"] * layer["p_out"]
+    out = {"unit": 1.0, "products": float(products),
+           "product_bits": float(products * layer["weight_bits"] * layer["in_bits"]),
+           "lanes": float(layer["p_out"]), "requants": float(layer["requants"]),
+           "inputs": float(layer["p_in"] * layer["in_bits"]), "small_memory_bits": float(small)}
+    if layer["kind"] == "conv":
+        geometry = layer["geometry"]
+        out["im2col"] = 1.0
+        out["line_bits"] = float(geometry["FY"] * geometry["W"] * geometry["CB"]
+                                 * layer["p_in"] * layer["in_bits"])
+    return out
+
+
+LUT_FEATURES = ("unit", "products", "lanes", "requants", "small_memory_bits", "im2col",
+                "line_bits", "pool", "pool_buffer_bits")
+FF_FEATURES = ("unit", "products", "lanes", "requants", "inputs", "im2col", "pool")
+DSP_FEATURES = ("unit", "products", "requants", "im2col")
+
+
+def fit_resource_model(samples: list[dict[str, Any]], family: str) -> dict[str, Any]:
+    """Least-squares coefficients (non-negative by clipping) for LUTs, FFs and DSPs."""
+    model: dict[str, Any] = {"family": family, "samples": len(samples)}
+    for resource, names in (("lut", LUT_FEATURES), ("ff", FF_FEATURES),
+                            ("dsp", DSP_FEATURES)):
+        rows = [features(s["layer"]) for s in samples]
+        matrix = np.array([[row.get(n, 0.0) for n in names] for row in rows])
+        target = np.array([s["used"][resource] for s in samples], dtype=float)
+        active = matrix.any(axis=0)
+        coefficients = np.zeros(len(names))
+        if active.any():
+            solution, *_ = np.linalg.lstsq(matrix[:, active], target, rcond=None)
+            coefficients[active] = np.clip(solution, 0, None)
+        model[resource] = {n: round(float(c), 4) for n, c in zip(names, coefficients,
+                                                                strict=True)}
+    return model
+
+
+def load_model(family: str) -> dict[str, Any]:
+    if not MODEL_PATH.is_file():
+        raise KilnError(f"{MODEL_PATH}: the resource model is missing",
+                        hint="run benchmarks/rtl_resource_model.py")
+    stored = json.loads(MODEL_PATH.read_text())
+    if family not in stored:
+        fallback = next(iter(stored.values()))
+        return {**fallback, "family": family, "borrowed_from": fallback["family"]}
+    return stored[family]
+
+
+def predict_layer(layer: dict[str, Any] | Layer, model: dict[str, Any]) -> dict[str, float]:
+    """Estimated LUT/FF/DSP/BRAM of one emitted layer (its im2col included)."""
+    layer = layer.__dict__ if isinstance(layer, Layer) else layer
+    row = features(layer)
+    out = {resource: sum(model[resource].get(n, 0.0) * v for n, v in row.items())
+           for resource in ("lut", "ff", "dsp")}
+    out["bram"] = float(sum(_brams(w, d) for w, d in memories(layer) if w * d >= BRAM_MIN_BITS))
+    return out
+
+
+# --- folding ---------------------------------------------------------------------------------
+@dataclass
+class FoldedLayer:
+    name: str
+    kind: str
+    p_in: int
+    p_out: int
+    cycles: int
+    estimate: dict[str, float]
+
+
+@dataclass
+class Folding:
+    """A chosen folding: per layer P_in × P_out, cycles and estimated resources."""
+
+    layers: list[FoldedLayer]
+    budget: Budget
+    uniform: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cycles(self) -> int:
+        return max(layer.cycles for layer in self.layers)
+
+    @property
+    def estimate(self) -> dict[str, float]:
+        return {r: sum(layer.estimate[r] for layer in self.layers) for r in RESOURCES}
+
+    def parallelism(self) -> dict[str, tuple[int, int]]:
+        """For :func:`kiln.rtl.emit`: weighted layer name -> (P_in, P_out)."""
+        return {layer.name: (layer.p_in, layer.p_out) for layer in self.layers
+                if layer.kind != "maxpool"}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cycles": self.cycles, "estimate": self.estimate,
+                "budget": self.budget.as_dict(), "uniform": self.uniform,
+                "layers": [layer.__dict__ for layer in self.layers]}
+
+
+def _fits(estimate: dict[str, float], budget: Budget) -> bool:
+    return all(estimate[r] <= getattr(budget, r) for r in RESOURCES)
+
+
+def _candidates(limit: int, cap: int) -> list[int]:
+    """Powers of two up to the first that covers ``limit`` elements, at most ``cap``."""
+    widths, width = [], 1
+    while width <= cap:
+        widths.append(width)
+        if width >= limit:
+            break
+        width *= 2
+    return widths
+
+
+def _score(plans: dict[tuple[int, int], list[Layer]], chain: tuple[int, ...],
+           model: dict[str, Any], budget: Budget
+           ) -> tuple[list[FoldedLayer], dict[str, float]]:
+    """The layers of ``chain`` (stream widths) with cycles and estimates. ``plans`` holds
+    :func:`plan_layers` at every uniform (P_in, P_out): a layer's shape and cycles depend
+    only on its own widths. DSP overflow moves every multiplier into logic."""
+    folded = []
+    stream = 0
+    for position, layer in enumerate(plans[(1, 1)]):
+        if layer.kind == "maxpool":
+            planned = plans[(chain[stream], chain[stream])][position]
+        else:
+            planned = plans[(chain[stream], chain[stream + 1])][position]
+            stream += 1
+        folded.append(FoldedLayer(layer.name, layer.kind, planned.p_in, planned.p_out,
+                                  planned.cycles_per_input, predict_layer(planned, model)))
+    total = {r: sum(f.estimate[r] for f in folded) for r in RESOURCES}
+    if total["dsp"] > budget.dsp:
+        # Yosys then puts every multiplier in logic (kiln.rtl.fpga does the same).
+        per_dsp = model.get("lut_per_dsp_in_logic", 80.0)
+        total = {**total, "dsp": 0.0, "lut": total["lut"] + total["dsp"] * per_dsp}
+    return folded, total
+
+
+def fold(program: IntegerProgram, *, budget: Budget, target_cycles: int | None = None,
+         uniform: bool = False, max_width: int = 64) -> Folding:
+    """The fastest folding that fits ``budget`` (with ``target_cycles``: the cheapest in
+    LUTs whose slowest layer takes at most that many cycles); ``uniform`` restricts to one
+    P for every stream. Raises a KilnError with the smallest design's needs if none fits."""
+    base = plan_layers(program, (1, 1))
+    model = load_model(family_of(budget))
+    weighted = [layer for layer in base if layer.kind != "maxpool"]
+    streams = [weighted[0].stream_in_n] + [layer.out_n for layer in weighted]
+    options = [_candidates(n, max_width) for n in streams]
+    widths = sorted({w for o in options for w in o})
+    plans = {(a, b): plan_layers(program, (a, b)) for a in widths for b in widths}
+    if uniform:
+        widest = max(len(o) for o in options)
+        chains = [tuple(min(2 ** k, o[-1]) for o in options) for k in range(widest)]
+    else:
+        chains = list(itertools.product(*options))
+    best: tuple | None = None
+    smallest: tuple | None = None
+    for chain in chains:
+        folded, total = _score(plans, chain, model, budget)
+        cycles = max(f.cycles for f in folded)
+        if smallest is None or total["lut"] < smallest[1]["lut"]:
+            smallest = (folded, total)
+        if not _fits(total, budget):
+            continue
+        if target_cycles is not None:
+            if cycles > target_cycles:
+                continue
+            key = (total["lut"], total["dsp"], cycles)
+        else:
+            key = (cycles, total["lut"], total["dsp"])
+        if best is None or key < best[0]:
+            best = (key, folded, chain)
+    if best is None:
+        assert smallest is not None
+        folded, total = smallest
+        needs = ", ".join(f"{r} {total[r]:,.0f} (has {getattr(budget, r):,})"
+                          for r in RESOURCES if total[r] > getattr(budget, r))
+        what = (f"no folding reaches {target_cycles:,} cycles within {budget.name}"
+                if target_cycles is not None else f"no folding fits {budget.name}")
+        smallest_chain = "-".join(str(f.p_in) for f in folded if f.kind != "maxpool")
+        raise KilnError(f"{what}: the smallest design (stream widths {smallest_chain}...) "
+                        f"needs {needs or 'more cycles than the target'}",
+                        hint="raise the budget or the target cycles, or narrow the widths")
+    return Folding(best[1], budget, uniform)
