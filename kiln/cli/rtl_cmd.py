@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -18,32 +19,75 @@ def emit_rtl(
     config: Annotated[Path | None, typer.Option(
         help="YAML/JSON of per-layer parallelism: {default: [4, 4], layer_name: [8, 4]}.")
     ] = None,
+    device: Annotated[str | None, typer.Option(
+        help="Fold every layer to fit this FPGA (ice40-up5k, ice40-hx8k, ecp5-25k, "
+             "ecp5-45k, ecp5-85k): the fastest design whose estimate fits.")] = None,
+    budget: Annotated[str | None, typer.Option(
+        help="Fold to explicit resources instead: lut=N,ff=N,dsp=N,bram=N.")] = None,
+    target_cycles: Annotated[int | None, typer.Option(
+        help="With --device/--budget: the cheapest folding whose slowest layer takes at "
+             "most N cycles per inference.")] = None,
+    uniform: Annotated[bool, typer.Option(
+        "--uniform", help="With --device/--budget: one P for every stream (to compare).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Emit SystemVerilog for an integer program (MLPs and small CNNs), with ROM files
     and a cocotb testbench.
 
     Example:  kiln emit-rtl out/jsc-int8 --parallelism 4x4 --out out/jsc-rtl
+
+    Example:  kiln emit-rtl out/convnet-int8 --device ecp5-25k --out out/convnet-25k
     """
     from kiln.errors import ConfigError
     from kiln.integer import IntegerProgram
     from kiln.rtl import emit
 
     check_out_folder(out)
+    if target_cycles is not None and target_cycles < 1:
+        raise ConfigError(f"--target-cycles must be positive, got {target_cycles}")
+    if (target_cycles is not None or uniform) and device is None and budget is None:
+        raise ConfigError("--target-cycles and --uniform fold to a --device or --budget")
+    if device is not None and budget is not None:
+        raise ConfigError("give --device or --budget, not both")
     program = IntegerProgram.load(program_dir)
     choice: object = parallelism
-    if config is not None:
+    folding = None
+    if device is not None or budget is not None:
+        from kiln.rtl.folding import Budget, fold
+
+        limits = Budget.of_device(device) if device else Budget.parse(budget or "")
+        folding = fold(program, budget=limits, target_cycles=target_cycles, uniform=uniform)
+        choice = folding.parallelism()
+    elif config is not None:
         from kiln.strict_yaml import load_yaml_file
 
         if not config.is_file():
             raise ConfigError(f"{config}: no such parallelism config")
         choice = {k: tuple(v) for k, v in (load_yaml_file(config) or {}).items()}
     design = emit(program, choice, out)
+    if folding is not None:
+        (out / "folding.json").write_text(json.dumps(folding.as_dict(), indent=2) + "\n")
+    if as_json:
+        extra = {"folding": folding.as_dict()} if folding is not None else {}
+        print_json({"design": str(out), **design.as_dict(), **extra})
+        return
+    if folding is not None:
+        rows = [[layer.name, layer.kind, f"{layer.p_in}x{layer.p_out}", f"{layer.cycles:,}",
+                 *(f"{layer.estimate[r]:,.0f}" for r in ("lut", "ff", "dsp", "bram"))]
+                for layer in folding.layers]
+        total = folding.estimate
+        rows.append(["total", "", "", f"{folding.cycles:,} (slowest)",
+                     *(f"{total[r]:,.0f} / {getattr(folding.budget, r):,}"
+                       for r in ("lut", "ff", "dsp", "bram"))])
+        console.print(table(f"{program.name} folded for {folding.budget.name} → {out}",
+                            ["layer", "kind", "P_in x P_out", "cycles/inference",
+                             "LUT (est.)", "FF (est.)", "DSP (est.)", "BRAM (est.)"], rows,
+                            right_align={"cycles/inference", "LUT (est.)", "FF (est.)",
+                                         "DSP (est.)", "BRAM (est.)"}))
+        return
     rows = [[layer.name, f"{layer.in_n}->{layer.out_n}", f"{layer.p_in}x{layer.p_out}",
              layer.compute_cycles] for layer in design.layers]
-    if as_json:
-        print_json({"design": str(out), **design.as_dict()})
-        return
     console.print(table(f"{program.name} → {out}", ["layer", "shape", "parallelism",
                                                     "compute cycles / vector"], rows))
 

@@ -152,8 +152,9 @@ def predict_layer(layer: dict[str, Any] | Layer, model: dict[str, Any]) -> dict[
     """Estimated LUT/FF/DSP/BRAM of one emitted layer (its im2col included)."""
     layer = layer.__dict__ if isinstance(layer, Layer) else layer
     row = features(layer)
+    # The fit is per unit (hierarchy kept); flatten_* scales it to the flattened netlist.
     out = {resource: sum(model[resource].get(n, 0.0) * v for n, v in row.items())
-           for resource in ("lut", "ff", "dsp")}
+           * model.get(f"flatten_{resource}", 1.0) for resource in ("lut", "ff", "dsp")}
     out["bram"] = float(sum(_brams(w, d) for w, d in memories(layer) if w * d >= BRAM_MIN_BITS))
     return out
 

@@ -221,12 +221,16 @@ module kiln_dense #(
                            .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32)) u_requant (
                 .acc(total_q[lane_read*32 +: 32]), .m0(m0_q[lane_read*32 +: 32]),
                 .shift(lane_shift), .out(part[r*OUT_BITS +: OUT_BITS]));
-            always_ff @(posedge clk) begin
-                if (busy && lane < (LB + 1)'(P_OUT))
-                    result_q[lane_read*OUT_BITS +: OUT_BITS] <= part[r*OUT_BITS +: OUT_BITS];
-            end
         end
     endgenerate
+    // Lane p is written at serial step p / REQUANTS by requantizer p % REQUANTS: constant
+    // part-selects in one process (Yosys mis-merges variable-index writes from several).
+    always_ff @(posedge clk) begin
+        if (busy)
+            for (int p = 0; p < P_OUT; p++)
+                if (serial_step == SB'(p / REQUANTS))
+                    result_q[p*OUT_BITS +: OUT_BITS] <= part[(p % REQUANTS)*OUT_BITS +: OUT_BITS];
+    end
 
     // Output FIFO (4 entries): room for the results in flight and the one behind them, so that
     // a consumer ready every cycle never stalls the engine.
