@@ -174,8 +174,23 @@ def main() -> None:
         model["lut_per_dsp_in_logic"] = round(
             sum(d["without"]["lut"] - d["with_dsp"]["lut"] for d in nodsp)
             / max(sum(d["with_dsp"]["dsp"] for d in nodsp), 1), 1)
-    # Flattening optimizes across units: scale the per-unit fit to the flattened totals.
-    for key in ("lut", "ff", "dsp"):
+    # Flattening optimizes across units: scale the per-unit fit to the flattened totals
+    # (LUTs: one factor for the matrix units, one for the window units, least squares).
+    import numpy as np
+
+    from kiln.rtl.folding import features, lut_parts
+
+    parts, actual = [], []
+    for entry in designs:
+        layers = [s for s in samples if s["design"] == entry["design"]]
+        split = [lut_parts(features(s["layer"]), model) for s in layers]
+        parts.append([sum(d for d, _ in split), sum(w for _, w in split)])
+        actual.append(entry["used"]["flattened"]["lut"])
+    (dense_factor, window_factor), *_ = np.linalg.lstsq(np.array(parts), np.array(actual),
+                                                        rcond=None)
+    model["flatten_lut_dense"] = round(float(max(dense_factor, 0.1)), 4)
+    model["flatten_lut_window"] = round(float(max(window_factor, 0.1)), 4)
+    for key in ("ff", "dsp"):
         hierarchical = sum(d["used"]["hierarchical"][key] for d in designs)
         flattened = sum(d["used"]["flattened"][key] for d in designs)
         model[f"flatten_{key}"] = round(flattened / max(hierarchical, 1), 4)

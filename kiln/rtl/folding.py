@@ -29,9 +29,14 @@ from kiln.rtl.emit import Layer, plan_layers
 
 RESOURCES = ("lut", "ff", "dsp", "bram")
 MODEL_PATH = Path(__file__).with_name("resource_model.json")
-BRAM_BITS = 18 * 1024
-# Memories smaller than this stay in logic (Yosys's choice on ECP5 for small ROMs).
-BRAM_MIN_BITS = 2048
+# Which memories Yosys puts in DP16KD, as observed on the calibration designs: the deep
+# ones, and the wide ones of many bits; the rest stay in logic.
+BRAM_MIN_DEPTH = 512
+BRAM_MIN_BITS = 32 * 1024
+
+
+def in_bram(width: int, depth: int) -> bool:
+    return depth >= BRAM_MIN_DEPTH or width * depth >= BRAM_MIN_BITS
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ def features(layer: dict[str, Any]) -> dict[str, float]:
         geometry = layer["geometry"]
         return {"pool": 1.0, "pool_buffer_bits": float(geometry["W"] * geometry["CB"]
                                                        * layer["p_in"] * layer["in_bits"])}
-    small = sum(w * d for w, d in memories(layer) if w * d < BRAM_MIN_BITS)
+    small = sum(w * d for w, d in memories(layer) if not in_bram(w, d))
     products = layer["p_in"] * layer["p_out"]
     out = {"unit": 1.0, "products": float(products),
            "product_bits": float(products * layer["weight_bits"] * layer["in_bits"]),
@@ -137,6 +142,17 @@ def fit_resource_model(samples: list[dict[str, Any]], family: str) -> dict[str, 
     return model
 
 
+WINDOW_FEATURES = ("im2col", "line_bits", "pool", "pool_buffer_bits")
+
+
+def lut_parts(row: dict[str, float], model: dict[str, Any]) -> tuple[float, float]:
+    """(matrix unit, window unit) LUTs of the per-unit fit, before flattening."""
+    lut = model["lut"]
+    window = sum(lut.get(n, 0.0) * row.get(n, 0.0) for n in WINDOW_FEATURES)
+    total = sum(lut.get(n, 0.0) * v for n, v in row.items())
+    return total - window, window
+
+
 def load_model(family: str) -> dict[str, Any]:
     if not MODEL_PATH.is_file():
         raise KilnError(f"{MODEL_PATH}: the resource model is missing",
@@ -152,10 +168,14 @@ def predict_layer(layer: dict[str, Any] | Layer, model: dict[str, Any]) -> dict[
     """Estimated LUT/FF/DSP/BRAM of one emitted layer (its im2col included)."""
     layer = layer.__dict__ if isinstance(layer, Layer) else layer
     row = features(layer)
-    # The fit is per unit (hierarchy kept); flatten_* scales it to the flattened netlist.
+    # The fit is per unit (hierarchy kept); flatten_* scales it to the flattened netlist,
+    # LUTs separately for the matrix units and the window units (im2col, max pool).
     out = {resource: sum(model[resource].get(n, 0.0) * v for n, v in row.items())
-           * model.get(f"flatten_{resource}", 1.0) for resource in ("lut", "ff", "dsp")}
-    out["bram"] = float(sum(_brams(w, d) for w, d in memories(layer) if w * d >= BRAM_MIN_BITS))
+           * model.get(f"flatten_{resource}", 1.0) for resource in ("ff", "dsp")}
+    dense, window = lut_parts(row, model)
+    out["lut"] = (dense * model.get("flatten_lut_dense", 1.0)
+                  + window * model.get("flatten_lut_window", 1.0))
+    out["bram"] = float(sum(_brams(w, d) for w, d in memories(layer) if in_bram(w, d)))
     return out
 
 
