@@ -98,26 +98,39 @@ module kiln_dense #(
     // one cycle ahead into registers (a synchronous read, which Yosys can put in block RAM:
     // SB_RAM40_4K on iCE40, DP16KD on ECP5), so each registered word is the one the
     // current block needs, exactly as an asynchronous read of the current counters.
+    // The weight ROM's address j * IN_BEATS + i is counted, not multiplied (a multiply
+    // would take a DSP block).
     logic [IB-1:0] i_next;
     logic [OB-1:0] j_next;
     logic comp_sel_next;
+    logic [WA-1:0] w_addr, w_addr_next;
     always_comb begin
         i_next = i_beat;
         j_next = j_beat;
         comp_sel_next = comp_sel;
+        w_addr_next = w_addr;
         if (!running && full[comp_sel]) begin
             i_next = '0;
             j_next = '0;
+            w_addr_next = '0;
         end
         if (step) begin
+            w_addr_next = w_addr + 1'b1;
             if (last_i) begin
                 i_next = '0;
                 j_next = (j_beat == OB'(OUT_BEATS - 1)) ? '0 : j_beat + 1'b1;
-                if (j_beat == OB'(OUT_BEATS - 1)) comp_sel_next = !comp_sel;
+                if (j_beat == OB'(OUT_BEATS - 1)) begin
+                    comp_sel_next = !comp_sel;
+                    w_addr_next = '0;
+                end
             end else begin
                 i_next = i_beat + 1'b1;
             end
         end
+    end
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) w_addr <= '0;
+        else w_addr <= w_addr_next;
     end
     logic [P_IN*P_OUT*W_BITS-1:0] weight_word;
     logic [P_OUT*W_BITS-1:0] wzero_word;
@@ -127,8 +140,8 @@ module kiln_dense #(
     localparam int BA = $clog2(2 * IN_BEATS);
     logic [P_IN*IN_BITS-1:0] x_word_q;
     always_ff @(posedge clk) begin
-        x_word_q <= buffer[BA'(comp_sel_next) * BA'(IN_BEATS) + BA'(i_next)];
-        weight_word <= weight_rom[WA'(j_next) * WA'(IN_BEATS) + WA'(i_next)];
+        x_word_q <= buffer[(comp_sel_next ? BA'(IN_BEATS) : BA'(0)) + BA'(i_next)];
+        weight_word <= weight_rom[w_addr_next];
         wzero_word <= wzero_rom[j_next];
         bias_word_q <= bias_rom[j_next];
         m0_word <= m0_rom[j_next];
@@ -194,7 +207,8 @@ module kiln_dense #(
     end
 
     always_ff @(posedge clk) begin
-        if (in_valid && in_ready) buffer[BA'(load_sel) * BA'(IN_BEATS) + BA'(load_beat)] <= in_data;
+        if (in_valid && in_ready)
+            buffer[(load_sel ? BA'(IN_BEATS) : BA'(0)) + BA'(load_beat)] <= in_data;
     end
 
     // Requantization: REQUANTS units take the lanes in turn, SERIAL steps per output beat,
