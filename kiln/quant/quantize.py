@@ -200,6 +200,7 @@ def calibrate(graph: Graph, data: Any, *, batches: int = 8, batch_size: int = 25
     module.eval()
     for quantizer in activation:
         quantizer.start_observing()
+    completed = False
     try:
         # One pass per quantization depth would be exact for chained quantizers; observing
         # unquantized activations (all quantizers observe in one pass) is the standard
@@ -207,9 +208,13 @@ def calibrate(graph: Graph, data: Any, *, batches: int = 8, batch_size: int = 25
         with torch.no_grad():
             for chunk in chunks:
                 module(chunk)
+        completed = True
     finally:
         for quantizer in activation:
-            if quantizer.observing:
+            if quantizer.observing and completed:
                 quantizer.finish_observing()
+            # Interrupted (Ctrl-C, an error): stop observing without freezing a range, so
+            # the interruption, not "saw no data", is what the user sees.
+            quantizer.observing = False
         module.train(was_training)
     return result

@@ -90,13 +90,17 @@ class EvaluationCache:
 
 def wait_for_duplicate(study: Any, trial: Any, key: str, timeout: float = 3600.0) -> None:
     """Another worker is evaluating the same configuration right now: let it finish, so
-    that this trial reuses its result rather than evaluating it a second time."""
+    that this trial reuses its result rather than evaluating it a second time.
+
+    The caller claims its key (``evaluating``) *before* calling: two workers that draw the
+    same configuration at the same moment then both see the other's claim, and only the
+    later trial (by number) waits, so exactly one evaluates and neither waits forever."""
     from optuna.trial import TrialState
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.number != trial.number and
+                   if t.number < trial.number and
                    t.user_attrs.get("key") == key and t.user_attrs.get("evaluating")]
         if not running:
             return

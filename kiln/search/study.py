@@ -109,6 +109,7 @@ def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache 
         trial.set_user_attr("key", key)
         known = Outcome()
         if cache is not None:
+            trial.set_user_attr("evaluating", True)  # the claim wait_for_duplicate reads
             wait_for_duplicate(trial.study, trial, key)
             known = cache.lookup(key)
         cost = 0.0
