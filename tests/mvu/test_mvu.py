@@ -245,3 +245,28 @@ def test_engine_runs_the_lowered_program_close_to_the_original():
     lowered = run_engine(lower_for_mvu(program), x).astype(np.int64)
     close = np.abs(original - lowered) <= 2
     assert close.mean() > 0.6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_odd_shapes_match_the_engine(seed):
+    """Kernels 1/3/5, strides 1-3, paddings up to k//2, odd channel counts and widths."""
+    rng = np.random.default_rng(100 + seed)
+    height, width, layers = 13, 11, []
+    for _ in range(2):
+        k, s = int(rng.choice([1, 3, 5])), int(rng.integers(1, 4))
+        p = int(rng.integers(0, k // 2 + 1))
+        out_h, out_w = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
+        if min(out_h, out_w) < 1:
+            break
+        layers.append({"conv": int(rng.integers(1, 140)), "kernel": k, "stride": s,
+                       "padding": p})
+        height, width = out_h, out_w
+    layers += [{"maxpool": 1}, {"flatten": True}, {"dense": int(rng.integers(2, 70))}]
+    bits = int(rng.choice([2, 3, 6]))
+    program = synthetic_program((int(rng.integers(1, 80)), 13, 11), layers, aprec=bits,
+                                wprec=int(rng.choice([1, 2])), oprec=bits,
+                                isigned=bool(rng.integers(2)), wsigned=bool(rng.integers(2)),
+                                input_zero_point=int(rng.integers(0, 2)), seed=seed)
+    plan = plan_mvu(lower_for_mvu(program))
+    report = prove(plan, random_inputs(program, 4, seed=seed))
+    assert report.mismatches == 0, [layer.first_mismatch for layer in report.layers]
