@@ -26,17 +26,10 @@ DEFAULT_DESIGNS = ("convnet:1x2:2x2,convnet:1x4:4x4,convnet:1x8:8x8,convnet:1x16
 
 
 def programs():
-    from rtl_parallelism import jsc_int8_program  # this folder is on sys.path
+    from rtl_folding import convnet_program  # this folder is on sys.path
+    from rtl_parallelism import jsc_int8_program
 
-    from kiln.data import load_dataset
-    from kiln.integer import lower
-    from kiln.models import resolve_model
-    from kiln.quant import calibrate, quantize, uniform_config
-
-    graph, _ = resolve_model("convnet", pretrained=True)
-    convnet = lower(calibrate(quantize(graph, uniform_config(8, 8)),
-                              load_dataset("fashion-mnist")))
-    return {"convnet": convnet, "jsc": jsc_int8_program()}
+    return {"convnet": convnet_program(), "jsc": jsc_int8_program()}
 
 
 def _module_totals(netlist: dict) -> dict[str, dict[str, int]]:
