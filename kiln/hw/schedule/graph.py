@@ -1,0 +1,248 @@
+"""The scheduler's view of a network: every operator that takes time on some core (MAC
+layers, pooling, element-wise), its feature-map geometry and the edges between them.
+
+Operators that only rename data (Flatten, Reshape, Identity, Dropout) are dropped and their
+consumers read the producer directly. A MAC layer keeps its loop nest (:class:`Layer`) so
+each tile is priced by kiln's mapper.
+
+    >>> graph = graph_from_onnx("resnet18.onnx")        # doctest: +SKIP
+    >>> graph.nodes[0].name, graph.nodes[0].out_rows    # doctest: +SKIP
+    ('/conv1/Conv', 112)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.errors import ConfigError, ModelFormatError
+from kiln.hw.schedule.system import MAC_OPERATORS
+from kiln.hw.workload import Layer, Workload, workload_from_onnx
+
+PASSTHROUGH = ("Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze")
+GLOBAL_OPERATORS = ("GlobalAveragePool", "GlobalMaxPool")
+POOL_OPERATORS = ("MaxPool", "AveragePool")
+
+
+@dataclass
+class Node:
+    """One scheduled operator. Feature maps are channels × rows × columns (a matrix product's
+    output is ``out_channels`` features, one row). ``needs_all_rows``: each output row reads
+    every input row (matrix products after a flatten, global pooling)."""
+
+    name: str
+    op_type: str
+    inputs: list[str]
+    out_channels: int
+    out_rows: int
+    out_cols: int
+    in_channels: int
+    in_rows: int
+    in_cols: int
+    kernel_rows: int = 1
+    stride_rows: int = 1
+    pad_top: int = 0
+    dilation_rows: int = 1
+    channelwise: bool = False  # output channel k reads only input channel k
+    needs_all_rows: bool = False
+    layer: Layer | None = None
+    weight_count: int = 0
+    ops_per_output: int = 1  # SIMD operations per output element (kernel area of a pool)
+    act_bits: int = 8
+    weight_bits: int = 8
+
+    @property
+    def is_mac(self) -> bool:
+        return self.layer is not None
+
+    @property
+    def output_bits(self) -> int:
+        return self.out_channels * self.out_rows * self.out_cols * self.act_bits
+
+    def input_rows(self, first: int, last: int) -> tuple[int, int]:
+        """The input rows ``[a, b)`` that output rows ``[first, last)`` read."""
+        if self.needs_all_rows:
+            return 0, self.in_rows
+        start = first * self.stride_rows - self.pad_top
+        end = (last - 1) * self.stride_rows - self.pad_top + (self.kernel_rows - 1) * (
+            self.dilation_rows) + 1
+        return max(0, start), min(self.in_rows, end)
+
+
+@dataclass
+class Graph:
+    """Nodes in a topological order and the names of the network's inputs."""
+
+    name: str
+    nodes: list[Node]
+    source: str = "<graph>"
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index = {node.name: i for i, node in enumerate(self.nodes)}
+
+    def node(self, name: str) -> Node:
+        return self.nodes[self.index[name]]
+
+    def consumers(self) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {node.name: [] for node in self.nodes}
+        for node in self.nodes:
+            for producer in node.inputs:
+                result[producer].append(node.name)
+        return result
+
+
+def _topological(nodes: list[Node], source: str) -> list[Node]:
+    """Nodes ordered so that each comes after its producers; a cycle is an error."""
+    by_name = {node.name: node for node in nodes}
+    pending = {node.name: {p for p in node.inputs if p in by_name} for node in nodes}
+    ordered: list[Node] = []
+    ready = [node.name for node in nodes if not pending[node.name]]
+    done: set[str] = set()
+    while ready:
+        name = ready.pop(0)
+        done.add(name)
+        ordered.append(by_name[name])
+        for node in nodes:
+            if node.name not in done and node.name not in ready and name in pending[node.name]:
+                pending[node.name].discard(name)
+                if not pending[node.name]:
+                    ready.append(node.name)
+    if len(ordered) != len(nodes):
+        stuck = sorted(n.name for n in nodes if n.name not in done)
+        raise ModelFormatError(f"{source}: the workload has a cycle through "
+                               f"{', '.join(stuck[:4])}")
+    return ordered
+
+
+def _chw(shape: list[int] | None) -> tuple[int, int, int]:
+    if not shape:
+        return 1, 1, 1
+    if len(shape) == 4:
+        return shape[1], shape[2], shape[3]
+    if len(shape) == 3:
+        return shape[1], shape[2], 1
+    return (shape[-1] if shape else 1), 1, 1
+
+
+def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8) -> Graph:
+    """Every operator of an ONNX file that does work, with shapes (inferred) and edges."""
+    import onnx
+
+    path = Path(path)
+    workload = workload_from_onnx(path)
+    layers = {layer.name: layer for layer in workload.layers}
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    shapes: dict[str, list[int]] = {}
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(
+            model.graph.output):
+        shapes[value.name] = [d.dim_value for d in value.type.tensor_type.shape.dim]
+    initializers = {init.name: list(init.dims) for init in model.graph.initializer}
+    producer: dict[str, str] = {}  # tensor → scheduled node that makes it
+    flattened: set[str] = set()  # tensors that went through a flatten/reshape
+    nodes: list[Node] = []
+    for position, onnx_node in enumerate(model.graph.node):
+        name = onnx_node.name or f"{onnx_node.op_type}_{position}"
+        op = onnx_node.op_type
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in onnx_node.attribute}
+        data_inputs = [t for t in onnx_node.input if t and t not in initializers]
+        if op in PASSTHROUGH or op == "Constant":
+            for output in onnx_node.output:
+                if data_inputs and data_inputs[0] in producer:
+                    producer[output] = producer[data_inputs[0]]
+                if op in ("Flatten", "Reshape", "Squeeze"):
+                    flattened.add(output)
+                elif data_inputs and data_inputs[0] in flattened:
+                    flattened.add(output)
+            continue
+        inputs = [producer[t] for t in data_inputs if t in producer]
+        out_c, out_h, out_w = _chw(shapes.get(onnx_node.output[0]))
+        first = data_inputs[0] if data_inputs else None
+        in_c, in_h, in_w = _chw(shapes.get(first) if first else None)
+        node = Node(name, op, inputs, out_c, out_h, out_w, in_c, in_h, in_w,
+                    act_bits=act_bits, weight_bits=weight_bits)
+        if op in MAC_OPERATORS:
+            layer = layers.get(name)
+            if layer is None:
+                raise ModelFormatError(f"{path}: node '{name}': cannot read its loop nest")
+            node.layer = layer.with_precision(W=weight_bits, I=act_bits, O=2 * act_bits,
+                                              O_final=act_bits)
+            if "OY" in layer.sizes:
+                kernel = list(attrs.get("kernel_shape") or initializers.get(
+                    onnx_node.input[1], [0, 0, 1, 1])[2:])
+                node.kernel_rows = int(kernel[0])
+                node.stride_rows = int((attrs.get("strides") or [1, 1])[0])
+                node.dilation_rows = int((attrs.get("dilations") or [1, 1])[0])
+                node.pad_top = int((attrs.get("pads") or [0, 0, 0, 0])[0])
+                if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID",
+                                                             "VALID"):
+                    total = max(0, (out_h - 1) * node.stride_rows + (
+                        node.kernel_rows - 1) * node.dilation_rows + 1 - in_h)
+                    node.pad_top = total // 2
+                groups = int(attrs.get("group", 1))
+                node.channelwise = groups > 1 and groups == in_c == out_c
+                node.weight_count = out_c * (in_c // groups) * math.prod(kernel)
+            else:  # a matrix product: its rows are the output's rows, no halo
+                out_c = layer.sizes["K"]
+                node.out_channels, node.in_channels = out_c, layer.sizes["C"]
+                node.out_rows, node.out_cols = layer.sizes["D"], 1
+                node.in_rows, node.in_cols = layer.sizes["D"], 1
+                node.weight_count = layer.sizes["C"] * layer.sizes["K"]
+            if first in flattened:
+                node.needs_all_rows = True
+                node.in_rows = max(1, _chw(shapes.get(first))[1])
+        elif op in POOL_OPERATORS:
+            kernel = list(attrs.get("kernel_shape", [1, 1]))
+            node.kernel_rows = int(kernel[0])
+            node.stride_rows = int((attrs.get("strides") or [1, 1])[0])
+            node.dilation_rows = int((attrs.get("dilations") or [1, 1])[0])
+            node.pad_top = int((attrs.get("pads") or [0, 0, 0, 0])[0])
+            node.channelwise = True
+            node.ops_per_output = math.prod(kernel)
+        elif op in GLOBAL_OPERATORS:
+            node.channelwise, node.needs_all_rows = True, True
+            node.ops_per_output = in_h * in_w
+        elif op == "Concat":
+            node.channelwise = False
+        else:  # element-wise: one operation per output element and input
+            node.channelwise = True
+            node.ops_per_output = max(1, len(data_inputs) - 1)
+        nodes.append(node)
+        for output in onnx_node.output:
+            producer[output] = name
+    if not nodes:
+        raise ModelFormatError(f"{path}: no operator to schedule")
+    return Graph(path.stem, _topological(nodes, str(path)), str(path))
+
+
+def graph_from_workload(workload: Workload) -> Graph:
+    """A kiln :class:`Workload` (MAC layers only; pooling is not part of it) as a graph."""
+    nodes = []
+    known = {layer.name for layer in workload.layers}
+    for layer in workload.layers:
+        inputs = [name for name in layer.inputs_from if name in known]
+        if "OY" in layer.sizes:
+            sizes = layer.sizes
+            stride, dilation = layer.relations["IY"][1], layer.relations["IY"][3]
+            in_rows = layer.pr_sizes.get("IY", sizes["OY"] * stride)
+            span = (sizes["OY"] - 1) * stride + (sizes["FY"] - 1) * dilation + 1
+            node = Node(layer.name, layer.op_type, inputs, sizes["K"] * sizes.get("G", 1),
+                        sizes["OY"], sizes["OX"], sizes["C"] * sizes.get("G", 1), in_rows,
+                        layer.pr_sizes.get("IX", sizes["OX"]), sizes["FY"], stride,
+                        max(0, (span - in_rows) // 2), dilation,
+                        channelwise=sizes.get("G", 1) > 1 and sizes["C"] == 1, layer=layer,
+                        weight_count=sizes["K"] * sizes["C"] * sizes["FY"] * sizes["FX"] *
+                        sizes.get("G", 1))
+        elif {"C", "K"} <= set(layer.sizes):
+            rows = layer.sizes.get("D", 1)
+            node = Node(layer.name, layer.op_type, inputs, layer.sizes["K"], rows, 1,
+                        layer.sizes["C"], rows, 1, needs_all_rows=True, layer=layer,
+                        weight_count=layer.sizes["C"] * layer.sizes["K"])
+        else:
+            raise ConfigError(f"layer '{layer.name}': the scheduler reads convolutions and "
+                              "matrix products")
+        node.act_bits = layer.precision.get("I", 8)
+        node.weight_bits = layer.precision.get("W", 8)
+        nodes.append(node)
+    return Graph(workload.name, _topological(nodes, workload.name), workload.name)

@@ -1,0 +1,499 @@
+"""An event-driven list scheduler of tiles on the cores of a system.
+
+Tiles are taken in the plan's order; each core runs its tiles in that order. A tile starts
+when its core is free, its inputs have arrived (from the producer's core over the route's
+links, or from DRAM), its weights are loaded, and its core's memory has room. Data that does
+not fit is spilled: the buffer used furthest in the future is written back to DRAM (if it is
+still needed and not there yet) and read again when needed.
+
+Rules the validator (``validate.py``) checks independently:
+- transfers through a link, a bus or the DRAM port share its bandwidth (each takes the
+  narrowest bandwidth on its route, and together never more than any link has); a core runs
+  one tile at a time;
+- a transfer starts after its data exists at the source; a tile starts after its inputs and
+  weights are on its core and ends before they are freed;
+- a core's buffers never exceed its memory.
+
+Inputs and weights of a tile move in no earlier than the start of the tile before it on the
+same core (double buffering), so the memory check needs only recent buffers.
+
+    >>> schedule = schedule_tiles(graph, system, plan)     # doctest: +SKIP
+    >>> schedule.latency, schedule.energy_pj               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from kiln.errors import KilnError
+from kiln.hw.schedule.costs import TileCoster
+from kiln.hw.schedule.graph import Graph
+from kiln.hw.schedule.system import System
+from kiln.hw.schedule.tiles import Plan, Tile, check_plan, fit_rows, make_tiles
+
+
+MIN_BURST = 256  # cycles: the shortest piece a transfer is cut into
+
+
+class DoesNotFitError(KilnError):
+    """A tile whose weights, inputs and output do not fit in its core's memory."""
+
+
+@dataclass
+class Transfer:
+    """Data moved between two cores (the off-chip core is DRAM). ``item``: ``("out", tile)``
+    a tile's output (spilled or final), ``("slice", producer, consumer)`` the part of a
+    producer tile's output a consumer reads, ``("w", layer, core)`` weights, ``("in", tile)``
+    the network input a tile reads."""
+
+    item: tuple
+    source: int
+    target: int
+    bits: int
+    start: float
+    end: float
+    resources: tuple[str, ...]
+    energy_pj: float
+    reason: str
+    rate: float = 0.0  # bits per cycle it takes of every link on its route
+
+
+@dataclass
+class Buffer:
+    """``bits`` of ``item`` held in ``core``'s memory over ``[start, end)``; ``ready`` is when
+    the data is complete in it."""
+
+    core: int
+    item: tuple
+    bits: int
+    start: float
+    ready: float
+    end: float | None = None
+    last_use: float = 0.0
+
+
+@dataclass
+class ScheduledTile:
+    tile: Tile
+    start: float
+    end: float
+    energy_pj: float
+
+
+@dataclass
+class Schedule:
+    """A complete schedule, its figures and everything the validator and the views read."""
+
+    system: System
+    graph: Graph
+    plan: Plan
+    tiles: list[ScheduledTile]
+    transfers: list[Transfer]
+    buffers: list[Buffer]
+    spills: int = 0
+    priced_shapes: int = 0
+    figures: dict = field(default_factory=dict)
+
+    @property
+    def latency(self) -> float:
+        ends = [t.end for t in self.tiles] + [t.end for t in self.transfers]
+        return max(ends) if ends else 0.0
+
+    @property
+    def energy_pj(self) -> float:
+        return sum(t.energy_pj for t in self.tiles) + sum(t.energy_pj for t in self.transfers)
+
+
+class Timeline:
+    """Use of one resource over time: intervals each taking a share (``rate``) of its
+    ``capacity`` (bits per cycle of a link; 1 for a core), with earliest-fit search."""
+
+    def __init__(self, capacity: float = 1.0) -> None:
+        self.capacity = capacity
+        self.starts: list[float] = []
+        self.intervals: list[tuple[float, float, float]] = []
+        self.longest = 0.0
+
+    def _peak(self, start: float, end: float) -> tuple[float, list[float]]:
+        """Highest use inside [start, end) and the ends of what overlaps it."""
+        first = bisect.bisect_left(self.starts, start - self.longest)
+        events, ends = [], []
+        level = 0.0
+        for s, e, rate in self.intervals[first:]:
+            if s >= end:
+                break
+            if e <= start:
+                continue
+            ends.append(e)
+            if s <= start:
+                level += rate
+            else:
+                events.append((s, rate))
+            if e < end:
+                events.append((e, -rate))
+        peak = level
+        for _, delta in sorted(events, key=lambda x: (x[0], x[1])):
+            level += delta
+            peak = max(peak, level)
+        return peak, ends
+
+    def earliest(self, ready: float, duration: float, rate: float = 1.0) -> float:
+        time = ready
+        while True:
+            peak, ends = self._peak(time, time + max(duration, 1e-9))
+            if peak + rate <= self.capacity + 1e-9:
+                return time
+            time = min(e for e in ends if e > time)
+
+    def free_span(self, start: float, rate: float) -> float:
+        """How long from ``start`` the resource has ``rate`` to spare (inf: for ever)."""
+        first = bisect.bisect_left(self.starts, start - self.longest)
+        level, events = 0.0, []
+        for s, e, r in self.intervals[first:]:
+            if e <= start:
+                continue
+            if s <= start:
+                level += r
+                events.append((e, -r))
+            else:
+                events.append((s, r))
+                events.append((e, -r))
+        if level + rate > self.capacity + 1e-9:
+            return 0.0
+        for time, delta in sorted(events, key=lambda x: (x[0], x[1])):
+            level += delta
+            if level + rate > self.capacity + 1e-9:
+                return time - start
+        return math.inf
+
+    def reserve(self, start: float, end: float, rate: float = 1.0) -> None:
+        if end <= start:
+            return
+        index = bisect.bisect_right(self.starts, start)
+        self.starts.insert(index, start)
+        self.intervals.insert(index, (start, end, rate))
+        self.longest = max(self.longest, end - start)
+
+
+class _Scheduler:
+    def __init__(self, graph: Graph, system: System, plan: Plan, coster: TileCoster,
+                 prefetch: int = 4, push: bool = True) -> None:
+        self.graph, self.system, self.plan, self.coster = graph, system, plan, coster
+        self.dram = system.offchip_core_id
+        self.timelines: dict[str, Timeline] = defaultdict(Timeline)
+        for link in system.links:
+            self.timelines[f"link {link.index}"] = Timeline(link.bandwidth)
+        self.timelines["dram"] = Timeline(system.offchip.bandwidth)
+        self.core_free: dict[int, float] = defaultdict(float)
+        self.recent_starts: dict[int, list[float]] = defaultdict(list)
+        self.horizon: dict[int, float] = defaultdict(float)
+        self.prefetch = prefetch
+        self.push = push
+        self.buffers: list[Buffer] = []
+        self.active: dict[int, list[Buffer]] = defaultdict(list)  # open or recent, per core
+        self.resident: dict[tuple[int, tuple], Buffer] = {}  # (core, item) → open buffer
+        self.in_dram: dict[tuple, float] = {}  # item → when its DRAM copy is complete
+        self.transfers: list[Transfer] = []
+        self.done: dict[int, ScheduledTile] = {}
+        self.spills = 0
+
+    # -- transfers ---------------------------------------------------------------------
+    def _move(self, item: tuple, source: int, target: int, bits: int, ready: float,
+              reason: str) -> Transfer:
+        route = self.system.route(source, target)
+        width = min([link.bandwidth for link in route] or [math.inf])
+        resources = [f"link {link.index}" for link in route]
+        energy = sum(link.pj_per_bit * bits for link in route)
+        dram = self.system.offchip
+        if self.dram in (source, target):
+            width = min(width, dram.bandwidth)
+            resources.append("dram")
+            energy += bits * (dram.read_pj_per_bit if source == self.dram
+                              else dram.write_pj_per_bit)
+        # A transfer runs at its route's narrowest bandwidth and may be cut into bursts
+        # (DMA-like) that fill the gaps other transfers leave, none shorter than
+        # MIN_BURST cycles unless it is the last.
+        remaining, time, pieces = bits, ready, []
+        while remaining > 0 or not pieces:
+            cycles_left = math.ceil(remaining / width) if remaining else 0
+            shortest = min(cycles_left, MIN_BURST)
+            while True:  # the earliest moment every resource on the way has room
+                moved = time
+                for resource in resources:
+                    moved = max(moved, self.timelines[resource].earliest(moved, shortest, width))
+                if moved == time:
+                    break
+                time = moved
+            span = min(self.timelines[r].free_span(time, width) for r in resources)
+            length = cycles_left if span >= cycles_left else max(shortest, math.floor(span))
+            moved_bits = min(remaining, length * width)
+            for resource in resources:
+                self.timelines[resource].reserve(time, time + length, width)
+            piece = Transfer(item, source, target, int(moved_bits), time, time + length,
+                             tuple(resources), energy * (moved_bits / bits if bits else 0.0),
+                             reason, width)
+            self.transfers.append(piece)
+            pieces.append(piece)
+            remaining -= moved_bits
+            time += length
+            if not bits:
+                break
+        transfer = Transfer(item, source, target, bits, pieces[0].start, pieces[-1].end,
+                            tuple(resources), energy, reason, width)
+        return transfer
+
+    # -- memory ------------------------------------------------------------------------
+    def _peak_after(self, core: int, time: float) -> int:
+        events = []
+        level = 0
+        for buffer in self.active[core]:
+            if buffer.end is not None and buffer.end <= time:
+                continue
+            if buffer.start <= time:
+                level += buffer.bits
+            else:
+                events.append((buffer.start, buffer.bits))
+            if buffer.end is not None:
+                events.append((max(buffer.end, time), -buffer.bits))
+        peak = level
+        for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+            level += delta
+            peak = max(peak, level)
+        return peak
+
+    def _earliest_room(self, core: int, time: float, need: int) -> float | None:
+        capacity = self.system.cores[core].memory_bits
+        candidates = sorted({time} | {b.end for b in self.active[core]
+                                      if b.end is not None and b.end > time})
+        for moment in candidates:
+            if self._peak_after(core, moment) + need <= capacity:
+                return moment
+        return None
+
+    def _close(self, buffer: Buffer, at: float) -> None:
+        buffer.end = max(at, buffer.ready, buffer.last_use, buffer.start)
+        self.resident.pop((buffer.core, buffer.item), None)
+
+    def _open(self, core: int, item: tuple, bits: int, start: float, ready: float) -> Buffer:
+        buffer = Buffer(core, item, bits, start, ready, None, ready)
+        self.buffers.append(buffer)
+        self.active[core].append(buffer)
+        self.resident[(core, item)] = buffer
+        return buffer
+
+    def _prune(self, core: int, before: float) -> None:
+        # Nothing may be placed on this core before ``before`` any more.
+        self.horizon[core] = max(self.horizon[core], before)
+        self.active[core] = [b for b in self.active[core] if b.end is None or b.end > before]
+
+    def _evict_one(self, core: int, keep: set[tuple], next_use: dict[tuple, int]) -> bool:
+        candidates = [b for b in self.active[core] if b.end is None and b.item not in keep]
+        if not candidates:
+            return False
+        victim = max(candidates, key=lambda b: (next_use.get(b.item, math.inf), b.bits))
+        item = victim.item
+        if item[0] in ("out", "copy"):
+            producer = item[1]
+            if self.pending[producer] and ("out", producer) not in self.in_dram:
+                # Still needed: write it back to DRAM first (the other holders may leave
+                # before all its readers have run).
+                write = self._move(("out", producer), core, self.dram, victim.bits,
+                                   victim.ready, "spill")
+                self.in_dram[("out", producer)] = write.end
+                victim.last_use = max(victim.last_use, write.end)
+                self.spills += 1
+        self._close(victim, victim.last_use)
+        return True
+
+    def _push(self, tile: Tile, core: int, end: float) -> None:
+        """Send a finished tile's output to the other cores that will read it, right away,
+        so a small core (a SIMD unit) does not hold it until its last reader runs."""
+        own = self.resident[(core, ("out", tile.id))]
+        targets = sorted({self.tile_core[c] for c in self.pending[tile.id]} - {core})
+        pushed = []
+        for target in targets:
+            horizon = self.horizon[target]
+            room = self._earliest_room(target, max(end, horizon), tile.output_bits)
+            if room is None:
+                continue
+            move = self._move(("copy", tile.id), core, target, tile.output_bits, room, "push")
+            self._open(target, ("copy", tile.id), tile.output_bits, move.start, move.end)
+            own.last_use = max(own.last_use, move.end)
+            pushed.append(target)
+        if len(pushed) == len(targets) and not any(
+                self.tile_core[c] == core for c in self.pending[tile.id]):
+            self._close(own, own.last_use)  # every reader has its copy
+
+    def _holders(self, producer: int) -> list[Buffer]:
+        """The open buffers holding a tile's whole output: its own and pushed copies."""
+        found = []
+        for holder in self.system.cores:
+            for kind in ("out", "copy"):
+                buffer = self.resident.get((holder, (kind, producer)))
+                if buffer is not None:
+                    found.append(buffer)
+        return found
+
+    # -- tiles -------------------------------------------------------------------------
+    def run(self, tiles: list[Tile]) -> Schedule:
+        self.tiles_by_id = {t.id: t for t in tiles}
+        self.tile_core = {t.id: t.core for t in tiles}
+        self.pending: dict[int, set[int]] = defaultdict(set)  # producer → consumers left
+        self.left_on_core: dict[tuple, int] = defaultdict(int)  # ("w", node, core) → tiles
+        for tile in tiles:
+            for dep in tile.deps:
+                self.pending[dep].add(tile.id)
+            if tile.weight_bits:
+                self.left_on_core[("w", tile.node, tile.core)] += 1
+        # When each item is next needed (list position), for choosing what to spill.
+        self.uses: dict[tuple, list[int]] = defaultdict(list)
+        for tile in tiles:
+            for dep in tile.deps:
+                self.uses[("out", dep)].append(tile.order)
+            if tile.weight_bits:
+                self.uses[("w", tile.node, tile.core)].append(tile.order)
+        scheduled = [self._one(tile) for tile in tiles]
+        return Schedule(self.system, self.graph, self.plan, scheduled, self.transfers,
+                        self.buffers, self.spills, self.coster.priced)
+
+    def _next_use(self, after: int) -> dict[tuple, int]:
+        result = {}
+        for item, orders in self.uses.items():
+            index = bisect.bisect_right(orders, after)
+            result[item] = orders[index] if index < len(orders) else math.inf
+        return result
+
+    def _one(self, tile: Tile) -> ScheduledTile:
+        core = tile.core
+        node = self.graph.node(tile.node)
+        cycles, energy = self.coster.cost(node, tile)
+        # Inputs move in no earlier than the start of the tile before on this core, weights
+        # no earlier than that of the ``prefetch``-th tile before (they come from DRAM,
+        # usually the bottleneck, so they are fetched ahead).
+        starts = self.recent_starts[core]
+        window = starts[-1] if starts else 0.0
+        weight_window = starts[-self.prefetch] if len(starts) >= self.prefetch else 0.0
+        self._prune(core, weight_window)
+        weight_item = ("w", tile.node, core)
+        # What has to come in: weights (unless resident), the slice of each producer tile
+        # this tile reads (unless that tile's output is on this core), network input.
+        needs: list[tuple[tuple, int, int | None]] = []
+        if tile.weight_bits and (core, weight_item) not in self.resident:
+            needs.append((weight_item, tile.weight_bits, None))
+        local: list[Buffer] = []
+        for dep, bits in zip(tile.deps, tile.dep_bits, strict=True):
+            here = self.resident.get((core, ("out", dep))) or self.resident.get(
+                (core, ("copy", dep)))
+            if here is not None:
+                local.append(here)
+            else:
+                needs.append((("slice", dep, tile.id), bits, dep))
+        if tile.reads_input_bits:
+            needs.append((("in", tile.id), tile.reads_input_bits, None))
+        need = sum(bits for _, bits, _ in needs) + tile.output_bits
+        capacity = self.system.cores[core].memory_bits
+        held = sum(b.bits for b in local) + (
+            self.resident[(core, weight_item)].bits if (core, weight_item) in self.resident
+            else 0)
+        if need + held > capacity:
+            raise DoesNotFitError(
+                f"tile {tile.label} on {self.system.cores[core].label} needs {need + held:,} "
+                f"bits of memory (weights {tile.weight_bits:,}, output {tile.output_bits:,}, "
+                f"inputs {need + held - tile.weight_bits - tile.output_bits:,}) but the core "
+                f"holds {capacity:,}",
+                hint="split the layer across more cores or use fewer rows per tile")
+        keep = {("out", dep) for dep in tile.deps} | {("copy", dep) for dep in tile.deps} | {
+            weight_item}
+        next_use = None
+        while True:
+            weights_need = sum(bits for item, bits, _ in needs if item[0] == "w")
+            weight_room = self._earliest_room(core, weight_window, weights_need) if \
+                weights_need else window
+            room = None
+            if weight_room is not None:
+                room = self._earliest_room(core, max(window, weight_room), need)
+            if room is not None:
+                break
+            if next_use is None:
+                next_use = self._next_use(tile.order)
+            if not self._evict_one(core, keep, next_use):
+                raise DoesNotFitError(
+                    f"tile {tile.label} does not fit on {self.system.cores[core].label} "
+                    f"({need:,} bits needed, {capacity:,} available)")
+        arrivals = [room] + [buffer.ready for buffer in local]
+        brought: list[Buffer] = []
+        for item, bits, dep in needs:
+            if item[0] == "w":
+                source, ready = self.dram, min(room, weight_room)
+            elif dep is None:
+                source, ready = self.dram, room
+            else:
+                holders = self._holders(dep)
+                own = min(holders, key=lambda b: b.ready) if holders else None
+                if own is not None:
+                    source, ready = own.core, own.ready
+                else:
+                    source, ready = self.dram, self.in_dram[("out", dep)]
+            reason = {"w": "weights", "in": "input"}.get(item[0], "input")
+            move = self._move(item, source, core, bits,
+                              ready if item[0] == "w" else max(room, ready), reason)
+            if source != self.dram:
+                own.last_use = max(own.last_use, move.end)
+            buffer = self._open(core, item, bits, move.start, move.end)
+            if item[0] != "w":
+                brought.append(buffer)
+            arrivals.append(move.end)
+        if tile.weight_bits:
+            arrivals.append(self.resident[(core, weight_item)].ready)
+        start = max([self.core_free[core], *arrivals])
+        end = start + cycles
+        self.core_free[core] = end
+        starts.append(start)
+        self.timelines[f"core {core}"].reserve(start, end)
+        self._open(core, ("out", tile.id), tile.output_bits, start, end)
+        for buffer in local:
+            buffer.last_use = max(buffer.last_use, end)
+        for buffer in brought:
+            buffer.last_use = end
+            self._close(buffer, end)
+        for dep in tile.deps:
+            self.pending[dep].discard(tile.id)
+            if not self.pending[dep]:  # every consumer has read it: free it everywhere
+                for buffer in self._holders(dep):
+                    self._close(buffer, buffer.last_use)
+            elif not any(self.tile_core[c] == core for c in self.pending[dep]):
+                copy = self.resident.get((core, ("copy", dep)))
+                if copy is not None:  # this core's consumers are done with its copy
+                    self._close(copy, copy.last_use)
+        if tile.weight_bits:
+            weights = self.resident[(core, weight_item)]
+            weights.last_use = max(weights.last_use, end)
+            self.left_on_core[weight_item] -= 1
+            if self.left_on_core[weight_item] == 0:
+                self._close(weights, end)
+        output = self.resident[(core, ("out", tile.id))]
+        if tile.is_final:
+            write = self._move(("out", tile.id), core, self.dram, tile.output_bits, end,
+                               "output")
+            self.in_dram[("out", tile.id)] = write.end
+            output.last_use = write.end
+            self._close(output, write.end)
+        elif self.push:
+            self._push(tile, core, end)
+        scheduled = ScheduledTile(tile, start, end, energy)
+        self.done[tile.id] = scheduled
+        return scheduled
+
+
+def schedule_tiles(graph: Graph, system: System, plan: Plan,
+                   coster: TileCoster | None = None, prefetch: int = 4) -> Schedule:
+    """Schedule a network on a system under a plan (allocation, rows per tile, groups)."""
+    check_plan(graph, plan, system)
+    fit_rows(graph, plan, system)
+    coster = coster or TileCoster(system)
+    tiles = make_tiles(graph, plan)
+    schedule = _Scheduler(graph, system, plan, coster, prefetch).run(tiles)
+    return schedule

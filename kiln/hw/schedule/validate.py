@@ -1,0 +1,249 @@
+"""An independent check of a schedule: replays it and names the first broken rule.
+
+It re-derives from the graph which producer rows and channels each tile reads (it does not
+trust the tiles' dependency lists) and checks that:
+- the tiles of each layer cover its output exactly once;
+- every producer tile a tile reads ends before it starts, and its data is on the tile's core
+  for the whole tile (the producer's own buffer there, or a slice moved in before the start
+  from where the data was at the time: the producer's core after the producer ended, or DRAM
+  after it was written back);
+- weights are on the core for every MAC tile; the network input was read in;
+- a core runs one tile at a time; a link, bus or the DRAM port carries one transfer at a time,
+  and no transfer is faster than its narrowest link;
+- no core holds more than its memory at any cycle; every final output reaches DRAM.
+
+    >>> problems = check_schedule(schedule)      # doctest: +SKIP
+    >>> validate(schedule)                        # raises InvalidScheduleError if any
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from kiln.errors import KilnError
+
+_EPS = 1e-6
+
+
+class InvalidScheduleError(KilnError):
+    """A schedule that breaks a rule: a tile too early, a resource used twice, memory over."""
+
+
+def _alive(buffer, start: float, end: float) -> bool:
+    finish = math.inf if buffer.end is None else buffer.end
+    return buffer.start <= start + _EPS and finish + _EPS >= end
+
+
+def _needed(node, producer, rows: tuple[int, int]) -> tuple[int, int]:
+    if node.needs_all_rows:
+        first, last = 0, node.in_rows
+    else:
+        first = rows[0] * node.stride_rows - node.pad_top
+        last = (rows[1] - 1) * node.stride_rows - node.pad_top + (
+            node.kernel_rows - 1) * node.dilation_rows + 1
+        first, last = max(0, first), min(node.in_rows, last)
+    if producer.out_rows != node.in_rows and node.in_rows:
+        first = first * producer.out_rows // node.in_rows
+        last = -(-last * producer.out_rows // node.in_rows)
+    return max(0, first), min(producer.out_rows, max(last, first + 1))
+
+
+def _source_problem(moves, source, item, dram, transfers_by_item, buffers_by_core_item):
+    """Why a transfer of a producer tile's data had no data to send, or None."""
+    producer = source.tile.id
+    for move in moves:
+        if move.source == dram:
+            written = [t.end for t in transfers_by_item.get(item, []) if t.target == dram]
+            if not written or min(written) > move.start + _EPS:
+                return (f"reads {source.tile.label} from DRAM at cycle {move.start:g} "
+                        "before it was written there")
+            continue
+        held = [b for kind in ("out", "copy")
+                for b in buffers_by_core_item.get((move.source, (kind, producer)), [])
+                if _alive(b, move.start, move.end) and b.ready <= move.start + _EPS and
+                (kind == "copy" or move.source == source.tile.core)]
+        if move.start + _EPS < source.end or not held:
+            return (f"{source.tile.label} leaves core {move.source} at cycle {move.start:g}, "
+                    "before it exists there or after it was freed")
+    return None
+
+
+def check_schedule(schedule, limit: int = 20) -> list[str]:
+    """Every rule a schedule breaks (at most ``limit``), each naming the tile and cycle."""
+    problems: list[str] = []
+    graph, system = schedule.graph, schedule.system
+
+    def fail(message: str) -> bool:
+        problems.append(message)
+        return len(problems) >= limit
+
+    by_node: dict[str, list] = defaultdict(list)
+    for entry in schedule.tiles:
+        by_node[entry.tile.node].append(entry)
+    buffers_by_core_item: dict[tuple, list] = defaultdict(list)
+    for buffer in schedule.buffers:
+        buffers_by_core_item[(buffer.core, buffer.item)].append(buffer)
+    transfers_by_item: dict[tuple, list] = defaultdict(list)
+    for transfer in schedule.transfers:
+        transfers_by_item[transfer.item].append(transfer)
+
+    # Coverage: each layer's output once.
+    for node in graph.nodes:
+        covered = sum((e.tile.rows[1] - e.tile.rows[0]) * (e.tile.channels[1] - e.tile.channels[0])
+                      for e in by_node[node.name])
+        if covered != node.out_rows * node.out_channels:
+            if fail(f"layer '{node.name}': its tiles cover {covered} of "
+                    f"{node.out_rows * node.out_channels} output rows × channels"):
+                return problems
+
+    dram = system.offchip_core_id
+    for entry in schedule.tiles:
+        tile, node = entry.tile, graph.node(entry.tile.node)
+        core = tile.core
+        where = f"tile {tile.label} on core {core} at cycle {entry.start:g}"
+        for producer_name in dict.fromkeys(node.inputs):
+            producer = graph.node(producer_name)
+            first, last = _needed(node, producer, tile.rows)
+            same_channels = node.channelwise and producer.out_channels == node.out_channels
+            for source in by_node[producer_name]:
+                rows, channels = source.tile.rows, source.tile.channels
+                if rows[1] <= first or rows[0] >= last:
+                    continue
+                if same_channels and (channels[1] <= tile.channels[0] or
+                                      channels[0] >= tile.channels[1]):
+                    continue
+                if source.end > entry.start + _EPS:
+                    if fail(f"{where}: starts before {source.tile.label} ends "
+                            f"(cycle {source.end:g})"):
+                        return problems
+                    continue
+                item = ("out", source.tile.id)
+                own = [b for b in buffers_by_core_item.get((core, item), [])
+                       if core == source.tile.core and _alive(b, entry.start, entry.end)
+                       and b.ready <= entry.start + _EPS]
+                copies = [b for b in buffers_by_core_item.get((core, ("copy", source.tile.id)),
+                                                              [])
+                          if _alive(b, entry.start, entry.end) and b.ready <= entry.start + _EPS]
+                if own or copies:
+                    continue
+                slices = [b for b in buffers_by_core_item.get(
+                    (core, ("slice", source.tile.id, tile.id)), [])
+                    if _alive(b, entry.start, entry.end) and b.ready <= entry.start + _EPS]
+                if not slices:
+                    if fail(f"{where}: the output of {source.tile.label} is not on core "
+                            f"{core} while it runs"):
+                        return problems
+                    continue
+                moves = transfers_by_item.get(("slice", source.tile.id, tile.id), [])
+                problem = _source_problem(moves, source, item, dram, transfers_by_item,
+                                          buffers_by_core_item)
+                if problem and fail(f"{where}: {problem}"):
+                    return problems
+        if node.is_mac and tile.weight_bits:
+            weights = [b for b in buffers_by_core_item.get((core, ("w", node.name, core)), [])
+                       if _alive(b, entry.start, entry.end) and b.ready <= entry.start + _EPS]
+            if not weights:
+                if fail(f"{where}: the weights of '{node.name}' are not on core {core}"):
+                    return problems
+        if tile.reads_input_bits:
+            read = [b for b in buffers_by_core_item.get((core, ("in", tile.id)), [])
+                    if b.ready <= entry.start + _EPS and _alive(b, entry.start, entry.end)]
+            if not read:
+                if fail(f"{where}: its network input is not on core {core}"):
+                    return problems
+        if tile.is_final:
+            written = [t for t in transfers_by_item.get(("out", tile.id), [])
+                       if t.target == dram and t.start + _EPS >= entry.end]
+            if not written:
+                if fail(f"tile {tile.label}: its final output never reaches DRAM"):
+                    return problems
+
+    # Pushed copies leave their core after the tile ended, while it still holds the output.
+    by_id = {entry.tile.id: entry for entry in schedule.tiles}
+    for transfer in schedule.transfers:
+        if transfer.item[0] == "copy":
+            source = by_id[transfer.item[1]]
+            problem = _source_problem([transfer], source, ("out", source.tile.id), dram,
+                                      transfers_by_item, buffers_by_core_item)
+            if problem and fail(f"copy of {source.tile.label} to core {transfer.target}: "
+                                f"{problem}"):
+                return problems
+            held = [b for b in buffers_by_core_item.get((transfer.target, transfer.item), [])
+                    if b.ready + _EPS >= transfer.end and b.start <= transfer.start + _EPS]
+            if not held and fail(f"copy of {source.tile.label} to core {transfer.target}: "
+                                 "no buffer receives it"):
+                return problems
+
+    # One tile per core at a time; links, buses and the DRAM port within their bandwidth.
+    cores: dict[int, list[tuple[float, float, str]]] = defaultdict(list)
+    for entry in schedule.tiles:
+        cores[entry.tile.core].append((entry.start, entry.end, entry.tile.label))
+    for core_id, intervals in cores.items():
+        intervals.sort()
+        for (s1, e1, a), (s2, e2, b) in zip(intervals, intervals[1:], strict=False):
+            if s2 + _EPS < e1 and e2 > s2 and e1 > s1:
+                if fail(f"core {core_id} runs two tiles at cycle {s2:g}: {a} and {b}"):
+                    return problems
+    links = {f"link {link.index}": link for link in system.links}
+    capacity = {name: link.bandwidth for name, link in links.items()}
+    capacity["dram"] = system.offchip.bandwidth
+    load: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for transfer in schedule.transfers:
+        label = f"transfer of {transfer.item} {transfer.source}->{transfer.target}"
+        route = system.route(transfer.source, transfer.target)
+        expected = {f"link {link.index}" for link in route}
+        if dram in (transfer.target, transfer.source):
+            expected.add("dram")
+        if set(transfer.resources) != expected:
+            if fail(f"{label}: uses {sorted(transfer.resources)}, its route is "
+                    f"{sorted(expected)}"):
+                return problems
+        width = min(capacity[r] for r in expected) if expected else math.inf
+        rate = transfer.rate
+        if transfer.bits and (rate > width + _EPS or
+                              (transfer.end - transfer.start) * rate + _EPS < transfer.bits):
+            if fail(f"{label}: moves {transfer.bits} bits in {transfer.end - transfer.start:g} "
+                    f"cycles at {rate:g} bits/cycle (route allows {width:g})"):
+                return problems
+        if transfer.end > transfer.start:
+            for resource in expected:
+                load[resource].append((transfer.start, rate, label))
+                load[resource].append((transfer.end, -rate, label))
+    for resource, events in load.items():
+        level = 0.0
+        for time, delta, label in sorted(events, key=lambda e: (e[0], e[1])):
+            level += delta
+            if level > capacity[resource] + _EPS:
+                if fail(f"{resource} carries {level:g} bits/cycle at cycle {time:g} (it has "
+                        f"{capacity[resource]:g}), with {label}"):
+                    return problems
+                break
+
+    # Memory over time per core.
+    for core_id, core in system.cores.items():
+        if core.kind == "offchip":
+            continue
+        events = []
+        for buffer in schedule.buffers:
+            if buffer.core != core_id:
+                continue
+            events.append((buffer.start, buffer.bits))
+            events.append((math.inf if buffer.end is None else buffer.end, -buffer.bits))
+        level = 0
+        for time, delta in sorted(events, key=lambda e: (e[0], e[1])):
+            level += delta
+            if level > core.memory_bits:
+                if fail(f"core {core_id} holds {level:,} bits at cycle {time:g}, more than "
+                        f"its {core.memory_bits:,}"):
+                    return problems
+                break
+    return problems
+
+
+def validate(schedule) -> None:
+    """Raise :class:`InvalidScheduleError` naming what a schedule breaks."""
+    problems = check_schedule(schedule)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise InvalidScheduleError("invalid schedule: " + "; ".join(problems[:3]) + more)
