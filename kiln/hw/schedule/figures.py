@@ -74,9 +74,10 @@ def schedule_figures(schedule) -> dict:
     dram_energy = link_energy = 0.0
     dram_bits = 0
     by_reason: dict[str, int] = defaultdict(int)
+    link_by_name = {f"link {link.index}": link for link in system.links}
     for transfer in schedule.transfers:
-        links = sum(link.pj_per_bit * transfer.bits
-                    for link in system.route(transfer.source, transfer.target))
+        links = sum(link_by_name[r].pj_per_bit * transfer.bits
+                    for r in transfer.resources if r in link_by_name)
         link_energy += links
         dram_energy += transfer.energy_pj - links
         if dram_id in (transfer.source, transfer.target):
@@ -87,9 +88,12 @@ def schedule_figures(schedule) -> dict:
         profile = memory_profile(schedule, core.id)
         peaks[core.id] = max((level for _, level in profile), default=0)
     busy: dict[str, float] = defaultdict(float)
+    capacity = {name: link.bandwidth for name, link in link_by_name.items()}
+    capacity["dram"] = system.offchip.bandwidth
     for transfer in schedule.transfers:
-        for resource in transfer.resources:
-            busy[resource] += transfer.end - transfer.start
+        for resource in transfer.resources:  # bandwidth-cycles used over those it has
+            busy[resource] += (transfer.end - transfer.start) * transfer.rate / capacity[
+                resource]
     labels = {f"link {link.index}": link.label for link in system.links}
     labels["dram"] = "DRAM port"
     core_busy: dict[int, float] = defaultdict(float)

@@ -35,6 +35,7 @@ from kiln.hw.schedule.system import System
 from kiln.hw.schedule.tiles import Plan, Tile, check_plan, fit_rows, make_tiles
 
 
+ROUTE_POLICY = 'links'
 MIN_BURST = 256  # cycles: the shortest piece a transfer is cut into
 
 
@@ -201,21 +202,12 @@ class _Scheduler:
         self.spills = 0
 
     # -- transfers ---------------------------------------------------------------------
-    def _move(self, item: tuple, source: int, target: int, bits: int, ready: float,
-              reason: str) -> Transfer:
-        route = self.system.route(source, target)
-        width = min([link.bandwidth for link in route] or [math.inf])
-        resources = [f"link {link.index}" for link in route]
-        energy = sum(link.pj_per_bit * bits for link in route)
-        dram = self.system.offchip
-        if self.dram in (source, target):
-            width = min(width, dram.bandwidth)
-            resources.append("dram")
-            energy += bits * (dram.read_pj_per_bit if source == self.dram
-                              else dram.write_pj_per_bit)
-        # A transfer runs at its route's narrowest bandwidth and may be cut into bursts
-        # (DMA-like) that fill the gaps other transfers leave, none shorter than
-        # MIN_BURST cycles unless it is the last.
+    def _pieces(self, resources: list[str], width: float, bits: int,
+                ready: float) -> list[tuple[float, int, float]]:
+        """Where a transfer fits: (start, cycles, bits) pieces, without reserving them. A
+        transfer runs at its route's narrowest bandwidth and may be cut into bursts (like a
+        DMA) that fill the gaps other transfers leave, none shorter than MIN_BURST cycles
+        unless it is the last."""
         remaining, time, pieces = bits, ready, []
         while remaining > 0 or not pieces:
             cycles_left = math.ceil(remaining / width) if remaining else 0
@@ -230,18 +222,46 @@ class _Scheduler:
             span = min(self.timelines[r].free_span(time, width) for r in resources)
             length = cycles_left if span >= cycles_left else max(shortest, math.floor(span))
             moved_bits = min(remaining, length * width)
-            for resource in resources:
-                self.timelines[resource].reserve(time, time + length, width)
-            piece = Transfer(item, source, target, int(moved_bits), time, time + length,
-                             tuple(resources), energy * (moved_bits / bits if bits else 0.0),
-                             reason, width)
-            self.transfers.append(piece)
-            pieces.append(piece)
+            pieces.append((time, length, moved_bits))
             remaining -= moved_bits
             time += length
             if not bits:
                 break
-        transfer = Transfer(item, source, target, bits, pieces[0].start, pieces[-1].end,
+        return pieces
+
+    def _move(self, item: tuple, source: int, target: int, bits: int, ready: float,
+              reason: str) -> Transfer:
+        """Move data over whichever shortest route delivers it first."""
+        dram = self.system.offchip
+        best = None
+        routes = self.system.routes(source, target)
+        if ROUTE_POLICY == "links" and self.dram not in (source, target):
+            direct = [r for r in routes if all(link.kind == "link" for link in r)]
+            routes = direct or routes
+        for route in routes:
+            width = min([link.bandwidth for link in route] or [math.inf])
+            resources = [f"link {link.index}" for link in route]
+            energy = sum(link.pj_per_bit * bits for link in route)
+            if self.dram in (source, target):
+                width = min(width, dram.bandwidth)
+                resources.append("dram")
+                energy += bits * (dram.read_pj_per_bit if source == self.dram
+                                  else dram.write_pj_per_bit)
+            pieces = self._pieces(resources, width, bits, ready)
+            finish = pieces[-1][0] + pieces[-1][1]
+            if best is None or finish < best[0]:
+                best = (finish, resources, width, energy, pieces)
+        _, resources, width, energy, pieces = best
+        made = []
+        for start, length, moved_bits in pieces:
+            for resource in resources:
+                self.timelines[resource].reserve(start, start + length, width)
+            piece = Transfer(item, source, target, int(moved_bits), start, start + length,
+                             tuple(resources), energy * (moved_bits / bits if bits else 0.0),
+                             reason, width)
+            self.transfers.append(piece)
+            made.append(piece)
+        transfer = Transfer(item, source, target, bits, made[0].start, made[-1].end,
                             tuple(resources), energy, reason, width)
         return transfer
 

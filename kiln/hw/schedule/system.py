@@ -95,7 +95,7 @@ class System:
     offchip_core_id: int
     links: list[Link]
     source: str = "<system>"
-    _routes: dict[tuple[int, int], tuple[Link, ...]] = field(default_factory=dict, repr=False)
+    _routes: dict[tuple, Any] = field(default_factory=dict, repr=False)
 
     @property
     def offchip(self) -> Core:
@@ -108,6 +108,33 @@ class System:
     def cores_for(self, op_type: str) -> list[Core]:
         """The cores that can run an operator type (a SIMD core before a compute core)."""
         return [c for c in self.compute_cores if c.runs(op_type)]
+
+    def routes(self, source: int, target: int) -> list[tuple[Link, ...]]:
+        """Every route with the fewest hops (a transfer takes whichever finishes first)."""
+        key = (source, target, "all")
+        if key not in self._routes:
+            best = self.route(source, target)
+            hops = len(best)
+            found: list[tuple[Link, ...]] = []
+
+            def walk(here: int, path: tuple[Link, ...], seen: frozenset[int]) -> None:
+                if len(found) >= 8:
+                    return
+                if here == target:
+                    found.append(path)
+                    return
+                if len(path) >= hops:
+                    return
+                for link in self.links:
+                    if here in link.cores:
+                        for there in link.cores:
+                            if there != here and there not in seen:
+                                walk(there, path + (link,), seen | {there})
+
+            walk(source, (), frozenset({source}))
+            found.sort(key=lambda p: -min([link.bandwidth for link in p] or [math.inf]))
+            self._routes[key] = found or [best]  # type: ignore[assignment]
+        return self._routes[key]  # type: ignore[return-value]
 
     def route(self, source: int, target: int) -> tuple[Link, ...]:
         key = (source, target)

@@ -32,10 +32,16 @@ class Plan:
     allocation: dict[str, tuple[int, ...]]
     rows: dict[str, int] = field(default_factory=dict)
     groups: list[list[str]] = field(default_factory=list)
+    split: dict[str, str] = field(default_factory=dict)  # "K" (default) or "OY" across cores
 
     def describe(self) -> dict:
         return {"allocation": {k: list(v) for k, v in self.allocation.items()},
+                "split": {k: self.split.get(k, "K") for k in self.allocation},
                 "rows_per_tile": dict(self.rows), "fused_groups": [list(g) for g in self.groups]}
+
+    def copy(self) -> Plan:
+        return Plan(dict(self.allocation), dict(self.rows), [list(g) for g in self.groups],
+                    dict(self.split))
 
 
 @dataclass
@@ -147,10 +153,15 @@ def make_tiles(graph: Graph, plan: Plan) -> list[Tile]:
     for node in graph.nodes:
         cores = plan.allocation[node.name]
         row_list = row_ranges(node, plan.rows.get(node.name))
-        channel_list = split(node.out_channels, len(cores))
+        by_rows = plan.split.get(node.name, "K") == "OY" and len(cores) > 1
+        # K across cores: each core a share of the output channels of every row tile;
+        # OY across cores: whole row tiles dealt to the cores in turn (each holds all weights).
+        channel_list = [(0, node.out_channels)] if by_rows else split(node.out_channels,
+                                                                      len(cores))
         own = []
-        for rows in row_list:
-            for part, (channels, core) in enumerate(zip(channel_list, cores, strict=False)):
+        for row_index, rows in enumerate(row_list):
+            placed = [cores[row_index % len(cores)]] if by_rows else cores
+            for part, (channels, core) in enumerate(zip(channel_list, placed, strict=False)):
                 deps: list[int] = []
                 dep_bits: list[int] = []
                 for producer_name in dict.fromkeys(node.inputs):
@@ -179,6 +190,7 @@ def make_tiles(graph: Graph, plan: Plan) -> list[Tile]:
                         dep_bits.append(overlap * producer.out_cols * (high - low) *
                                         producer.act_bits)
                 share = (channels[1] - channels[0]) / max(1, node.out_channels)
+                part = core if by_rows else part
                 reads_input = 0
                 if not node.inputs:
                     first, last = node.input_rows(*rows)
@@ -258,7 +270,8 @@ def fit_rows(graph: Graph, plan: Plan, system, share: float = 0.5) -> dict[str, 
         rows = plan.rows.get(node.name) or node.out_rows
         rows = max(1, min(rows, node.out_rows))
         start = rows
-        while rows > 1 and tile_memory(graph, node, rows, len(cores)) > capacity:
+        parts = 1 if plan.split.get(node.name) == "OY" else len(cores)
+        while rows > 1 and tile_memory(graph, node, rows, parts) > capacity:
             rows = math.ceil(rows / 2)
         if rows != start:
             plan.rows[node.name] = rows
