@@ -46,6 +46,8 @@ def tile_layer(node: Node, tile: Tile) -> Layer:
     else:
         sizes["D"] = rows if "D" in sizes else sizes.get("D", 1)
         sizes["K"] = channels
+    if tile.in_channels is not None:
+        sizes["C"] = tile.in_channels[1] - tile.in_channels[0]
     return Layer(f"{layer.name}", layer.op_type, sizes, layer.operand_dims, dict(layer.precision),
                  layer.relations, pr_sizes, dict(layer.links), [])
 

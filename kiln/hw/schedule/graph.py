@@ -126,14 +126,31 @@ def _chw(shape: list[int] | None) -> tuple[int, int, int]:
     return (shape[-1] if shape else 1), 1, 1
 
 
-def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8) -> Graph:
-    """Every operator of an ONNX file that does work, with shapes (inferred) and edges."""
+ELEMENT_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 10: 16, 11: 64, 16: 16}
+
+
+def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
+                    precision: str = "fixed") -> Graph:
+    """Every operator of an ONNX file that does work, with shapes (inferred) and edges.
+
+    ``precision="fixed"``: activations and weights move and are stored with ``act_bits`` and
+    ``weight_bits``; ``"onnx"``: with the bits of their ONNX element types (Stream's
+    convention: a float32 model moves 32-bit words), while MACs are still priced at
+    ``act_bits``/``weight_bits`` as the cores compute them."""
     import onnx
 
     path = Path(path)
+    if precision not in ("fixed", "onnx"):
+        raise ConfigError(f"precision '{precision}': choose fixed or onnx")
     workload = workload_from_onnx(path)
     layers = {layer.name: layer for layer in workload.layers}
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    element_bits = {}
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(
+            model.graph.output):
+        element_bits[value.name] = ELEMENT_BITS.get(value.type.tensor_type.elem_type, 8)
+    for init in model.graph.initializer:
+        element_bits[init.name] = ELEMENT_BITS.get(init.data_type, 8)
     shapes: dict[str, list[int]] = {}
     for value in list(model.graph.value_info) + list(model.graph.input) + list(
             model.graph.output):
@@ -162,6 +179,11 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8) -
         in_c, in_h, in_w = _chw(shapes.get(first) if first else None)
         node = Node(name, op, inputs, out_c, out_h, out_w, in_c, in_h, in_w,
                     act_bits=act_bits, weight_bits=weight_bits)
+        if precision == "onnx":
+            node.act_bits = element_bits.get(onnx_node.output[0], act_bits)
+            weights = [t for t in onnx_node.input[1:2] if t in initializers]
+            node.weight_bits = element_bits.get(weights[0], weight_bits) if weights else \
+                node.act_bits
         if op in MAC_OPERATORS:
             layer = layers.get(name)
             if layer is None:

@@ -14,8 +14,10 @@ Rules the validator (``validate.py``) checks independently:
   weights are on its core and ends before they are freed;
 - a core's buffers never exceed its memory.
 
-Inputs and weights of a tile move in no earlier than the start of the tile before it on the
-same core (double buffering), so the memory check needs only recent buffers.
+A tile's inputs move in no earlier than the start of the tile before it on the same core
+(double buffering); its weights up to 64 tiles ahead, as memory allows (DRAM is usually the
+bottleneck, so keeping it busy matters most). Transfers may be cut into bursts that fill gaps
+in a link's use; a finished tile's output is pushed at once to the other cores that read it.
 
     >>> schedule = schedule_tiles(graph, system, plan)     # doctest: +SKIP
     >>> schedule.latency, schedule.energy_pj               # doctest: +SKIP
@@ -35,7 +37,7 @@ from kiln.hw.schedule.system import System
 from kiln.hw.schedule.tiles import Plan, Tile, check_plan, fit_rows, make_tiles
 
 
-ROUTE_POLICY = 'links'
+PUSH_SHARE = 0.25  # a pushed copy takes at most this share of the receiving core's memory
 MIN_BURST = 256  # cycles: the shortest piece a transfer is cut into
 
 
@@ -47,7 +49,7 @@ class DoesNotFitError(KilnError):
 class Transfer:
     """Data moved between two cores (the off-chip core is DRAM). ``item``: ``("out", tile)``
     a tile's output (spilled or final), ``("slice", producer, consumer)`` the part of a
-    producer tile's output a consumer reads, ``("w", layer, core)`` weights, ``("in", tile)``
+    producer tile's output a consumer reads, ``("w", layer, core, chunk)`` weights, ``("in", tile)``
     the network input a tile reads."""
 
     item: tuple
@@ -181,7 +183,7 @@ class Timeline:
 
 class _Scheduler:
     def __init__(self, graph: Graph, system: System, plan: Plan, coster: TileCoster,
-                 prefetch: int = 4, push: bool = True) -> None:
+                 prefetch: int | None = 64, push: bool = True) -> None:
         self.graph, self.system, self.plan, self.coster = graph, system, plan, coster
         self.dram = system.offchip_core_id
         self.timelines: dict[str, Timeline] = defaultdict(Timeline)
@@ -235,7 +237,9 @@ class _Scheduler:
         dram = self.system.offchip
         best = None
         routes = self.system.routes(source, target)
-        if ROUTE_POLICY == "links" and self.dram not in (source, target):
+        if self.dram not in (source, target):
+            # Core-to-core data takes point-to-point links where there are: the shared bus
+            # is what DRAM traffic needs (taking it because it is wider starves the DRAM).
             direct = [r for r in routes if all(link.kind == "link" for link in r)]
             routes = direct or routes
         for route in routes:
@@ -266,7 +270,10 @@ class _Scheduler:
         return transfer
 
     # -- memory ------------------------------------------------------------------------
-    def _peak_after(self, core: int, time: float) -> int:
+    def _earliest_room(self, core: int, time: float, need: int) -> float | None:
+        """The earliest moment from ``time`` on after which ``need`` more bits fit on the
+        core for good (with what is already placed there), or None."""
+        capacity = self.system.cores[core].memory_bits
         events = []
         level = 0
         for buffer in self.active[core]:
@@ -277,19 +284,24 @@ class _Scheduler:
             else:
                 events.append((buffer.start, buffer.bits))
             if buffer.end is not None:
-                events.append((max(buffer.end, time), -buffer.bits))
-        peak = level
-        for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+                events.append((buffer.end, -buffer.bits))
+        events.sort()
+        # Level just after each moment, then the highest level from each moment on.
+        moments, levels = [time], [level]
+        for moment, delta in events:
             level += delta
-            peak = max(peak, level)
-        return peak
-
-    def _earliest_room(self, core: int, time: float, need: int) -> float | None:
-        capacity = self.system.cores[core].memory_bits
-        candidates = sorted({time} | {b.end for b in self.active[core]
-                                      if b.end is not None and b.end > time})
-        for moment in candidates:
-            if self._peak_after(core, moment) + need <= capacity:
+            if moment == moments[-1]:
+                levels[-1] = level
+            else:
+                moments.append(moment)
+                levels.append(level)
+        highest = 0
+        suffix = [0] * len(levels)
+        for index in range(len(levels) - 1, -1, -1):
+            highest = max(highest, levels[index])
+            suffix[index] = highest
+        for moment, peak in zip(moments, suffix, strict=True):
+            if peak + need <= capacity:
                 return moment
         return None
 
@@ -314,19 +326,25 @@ class _Scheduler:
         if not candidates:
             return False
         victim = max(candidates, key=lambda b: (next_use.get(b.item, math.inf), b.bits))
+        self._evict(victim)
+        return True
+
+    def _evict(self, victim: Buffer) -> None:
+        """Free a buffer, first writing it back to DRAM if it is the last copy of a tile
+        output still needed. (A copy whose own readers are done stays while it is the last
+        one, so a needed output is always on some core or in DRAM.)"""
         item = victim.item
         if item[0] in ("out", "copy"):
             producer = item[1]
-            if self.pending[producer] and ("out", producer) not in self.in_dram:
-                # Still needed: write it back to DRAM first (the other holders may leave
-                # before all its readers have run).
-                write = self._move(("out", producer), core, self.dram, victim.bits,
+            others = [b for b in self._holders(producer) if b is not victim]
+            if self.pending[producer] and ("out", producer) not in self.in_dram and \
+                    not others:
+                write = self._move(("out", producer), victim.core, self.dram, victim.bits,
                                    victim.ready, "spill")
                 self.in_dram[("out", producer)] = write.end
                 victim.last_use = max(victim.last_use, write.end)
                 self.spills += 1
         self._close(victim, victim.last_use)
-        return True
 
     def _push(self, tile: Tile, core: int, end: float) -> None:
         """Send a finished tile's output to the other cores that will read it, right away,
@@ -335,6 +353,12 @@ class _Scheduler:
         targets = sorted({self.tile_core[c] for c in self.pending[tile.id]} - {core})
         pushed = []
         for target in targets:
+            receiver = self.system.cores[target]
+            if tile.output_bits > receiver.memory_bits * PUSH_SHARE or \
+                    receiver.memory_bits < self.system.cores[core].memory_bits:
+                # Too big to park there, or a smaller memory than where it is: its readers
+                # pull the rows they need when they run.
+                continue
             horizon = self.horizon[target]
             room = self._earliest_room(target, max(end, horizon), tile.output_bits)
             if room is None:
@@ -367,14 +391,14 @@ class _Scheduler:
             for dep in tile.deps:
                 self.pending[dep].add(tile.id)
             if tile.weight_bits:
-                self.left_on_core[("w", tile.node, tile.core)] += 1
+                self.left_on_core[("w", tile.node, tile.core, tile.chunk)] += 1
         # When each item is next needed (list position), for choosing what to spill.
         self.uses: dict[tuple, list[int]] = defaultdict(list)
         for tile in tiles:
             for dep in tile.deps:
                 self.uses[("out", dep)].append(tile.order)
             if tile.weight_bits:
-                self.uses[("w", tile.node, tile.core)].append(tile.order)
+                self.uses[("w", tile.node, tile.core, tile.chunk)].append(tile.order)
         scheduled = [self._one(tile) for tile in tiles]
         return Schedule(self.system, self.graph, self.plan, scheduled, self.transfers,
                         self.buffers, self.spills, self.coster.priced)
@@ -390,34 +414,48 @@ class _Scheduler:
         core = tile.core
         node = self.graph.node(tile.node)
         cycles, energy = self.coster.cost(node, tile)
-        # Inputs move in no earlier than the start of the tile before on this core, weights
-        # no earlier than that of the ``prefetch``-th tile before (they come from DRAM,
-        # usually the bottleneck, so they are fetched ahead).
+        # Inputs move in no earlier than the start of the tile before on this core; weights
+        # no earlier than the start of the ``prefetch``-th tile before (None: as early as
+        # memory allows): they come from DRAM, usually the bottleneck.
         starts = self.recent_starts[core]
         window = starts[-1] if starts else 0.0
-        weight_window = starts[-self.prefetch] if len(starts) >= self.prefetch else 0.0
+        weight_window = starts[-self.prefetch] if self.prefetch and len(
+            starts) >= self.prefetch else 0.0
         self._prune(core, weight_window)
-        weight_item = ("w", tile.node, core)
+        weight_item = ("w", tile.node, core, tile.chunk)
         # What has to come in: weights (unless resident), the slice of each producer tile
         # this tile reads (unless that tile's output is on this core), network input.
         needs: list[tuple[tuple, int, int | None]] = []
         if tile.weight_bits and (core, weight_item) not in self.resident:
             needs.append((weight_item, tile.weight_bits, None))
-        local: list[Buffer] = []
+        local: list[tuple[int, int, Buffer]] = []
         for dep, bits in zip(tile.deps, tile.dep_bits, strict=True):
             here = self.resident.get((core, ("out", dep))) or self.resident.get(
                 (core, ("copy", dep)))
             if here is not None:
-                local.append(here)
+                local.append((dep, bits, here))
             else:
                 needs.append((("slice", dep, tile.id), bits, dep))
         if tile.reads_input_bits:
             needs.append((("in", tile.id), tile.reads_input_bits, None))
-        need = sum(bits for _, bits, _ in needs) + tile.output_bits
         capacity = self.system.cores[core].memory_bits
-        held = sum(b.bits for b in local) + (
-            self.resident[(core, weight_item)].bits if (core, weight_item) in self.resident
-            else 0)
+        weights_here = self.resident[(core, weight_item)].bits if (
+            core, weight_item) in self.resident else 0
+
+        def total() -> int:
+            return sum(bits for _, bits, _ in needs) + tile.output_bits + weights_here + sum(
+                buffer.bits for _, _, buffer in local)
+
+        # Whole producer tiles held here that leave no room: spill them and read only the
+        # rows this tile needs.
+        while total() > capacity and any(b.bits > bits for _, bits, b in local):
+            dep, bits, buffer = max(local, key=lambda entry: entry[2].bits - entry[1])
+            local.remove((dep, bits, buffer))
+            self._evict(buffer)
+            needs.append((("slice", dep, tile.id), bits, dep))
+        need = sum(bits for _, bits, _ in needs) + tile.output_bits
+        held = total() - need
+        local_buffers = [buffer for _, _, buffer in local]
         if need + held > capacity:
             raise DoesNotFitError(
                 f"tile {tile.label} on {self.system.cores[core].label} needs {need + held:,} "
@@ -443,7 +481,7 @@ class _Scheduler:
                 raise DoesNotFitError(
                     f"tile {tile.label} does not fit on {self.system.cores[core].label} "
                     f"({need:,} bits needed, {capacity:,} available)")
-        arrivals = [room] + [buffer.ready for buffer in local]
+        arrivals = [room] + [buffer.ready for buffer in local_buffers]
         brought: list[Buffer] = []
         for item, bits, dep in needs:
             if item[0] == "w":
@@ -474,7 +512,7 @@ class _Scheduler:
         starts.append(start)
         self.timelines[f"core {core}"].reserve(start, end)
         self._open(core, ("out", tile.id), tile.output_bits, start, end)
-        for buffer in local:
+        for buffer in local_buffers:
             buffer.last_use = max(buffer.last_use, end)
         for buffer in brought:
             buffer.last_use = end
@@ -486,8 +524,9 @@ class _Scheduler:
                     self._close(buffer, buffer.last_use)
             elif not any(self.tile_core[c] == core for c in self.pending[dep]):
                 copy = self.resident.get((core, ("copy", dep)))
-                if copy is not None:  # this core's consumers are done with its copy
-                    self._close(copy, copy.last_use)
+                others = [b for b in self._holders(dep) if b is not copy]
+                if copy is not None and (others or ("out", dep) in self.in_dram):
+                    self._close(copy, copy.last_use)  # this core's readers are done with it
         if tile.weight_bits:
             weights = self.resident[(core, weight_item)]
             weights.last_use = max(weights.last_use, end)
@@ -509,7 +548,7 @@ class _Scheduler:
 
 
 def schedule_tiles(graph: Graph, system: System, plan: Plan,
-                   coster: TileCoster | None = None, prefetch: int = 4) -> Schedule:
+                   coster: TileCoster | None = None, prefetch: int | None = 64) -> Schedule:
     """Schedule a network on a system under a plan (allocation, rows per tile, groups)."""
     check_plan(graph, plan, system)
     fit_rows(graph, plan, system)

@@ -33,15 +33,19 @@ class Plan:
     rows: dict[str, int] = field(default_factory=dict)
     groups: list[list[str]] = field(default_factory=list)
     split: dict[str, str] = field(default_factory=dict)  # "K" (default) or "OY" across cores
+    # Input-channel chunks of a MAC layer whose weights do not fit a core at once: each chunk
+    # adds its partial sums to the previous one's on the same core (weights stream in).
+    chunks: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> dict:
         return {"allocation": {k: list(v) for k, v in self.allocation.items()},
                 "split": {k: self.split.get(k, "K") for k in self.allocation},
-                "rows_per_tile": dict(self.rows), "fused_groups": [list(g) for g in self.groups]}
+                "rows_per_tile": dict(self.rows), "input_channel_chunks": dict(self.chunks),
+                "fused_groups": [list(g) for g in self.groups]}
 
     def copy(self) -> Plan:
         return Plan(dict(self.allocation), dict(self.rows), [list(g) for g in self.groups],
-                    dict(self.split))
+                    dict(self.split), dict(self.chunks))
 
 
 @dataclass
@@ -63,11 +67,17 @@ class Tile:
     group: int
     order: int = 0
     is_final: bool = False
+    in_channels: tuple[int, int] | None = None  # the input channels it reads (None: all)
+    chunk: int = 0  # which input-channel chunk; chunk > 0 adds to chunk − 1's partial sums
+    chunks: int = 1
 
     @property
     def label(self) -> str:
-        return f"{self.node}[rows {self.rows[0]}:{self.rows[1]}, ch {self.channels[0]}:" \
-               f"{self.channels[1]}]"
+        text = f"{self.node}[rows {self.rows[0]}:{self.rows[1]}, ch {self.channels[0]}:" \
+               f"{self.channels[1]}"
+        if self.chunks > 1:
+            text += f", in {self.in_channels[0]}:{self.in_channels[1]}"
+        return text + "]"
 
 
 def split(total: int, parts: int) -> list[tuple[int, int]]:
@@ -158,58 +168,81 @@ def make_tiles(graph: Graph, plan: Plan) -> list[Tile]:
         # OY across cores: whole row tiles dealt to the cores in turn (each holds all weights).
         channel_list = [(0, node.out_channels)] if by_rows else split(node.out_channels,
                                                                       len(cores))
+        chunks = plan.chunks.get(node.name, 1) if node.is_mac and not node.channelwise else 1
+        chunk_list = split(node.in_channels, chunks) if chunks > 1 else [None]
         own = []
         for row_index, rows in enumerate(row_list):
             placed = [cores[row_index % len(cores)]] if by_rows else cores
             for part, (channels, core) in enumerate(zip(channel_list, placed, strict=False)):
-                deps: list[int] = []
-                dep_bits: list[int] = []
-                for producer_name in dict.fromkeys(node.inputs):
-                    producer = graph.node(producer_name)
-                    first, last = _producer_rows(node, producer, rows)
-                    wanted = channels if (node.channelwise and
-                                          producer.out_channels == node.out_channels) else None
-                    produced = by_node[producer_name]
-                    row_starts = starts[producer_name]
-                    # Producer tiles are stored by row range, then channel part: start at
-                    # the first tile of the range holding the first needed row.
-                    index = max(0, bisect.bisect_right(row_starts, first) - 1)
-                    index = bisect.bisect_left(row_starts, row_starts[index])
-                    for candidate in produced[index:]:
-                        if candidate.rows[0] >= last:
-                            break
-                        if candidate.rows[1] <= first:
-                            continue
-                        low, high = candidate.channels
-                        if wanted:
-                            low, high = max(low, wanted[0]), min(high, wanted[1])
-                            if high <= low:
-                                continue
-                        deps.append(candidate.id)
-                        overlap = min(last, candidate.rows[1]) - max(first, candidate.rows[0])
-                        dep_bits.append(overlap * producer.out_cols * (high - low) *
-                                        producer.act_bits)
-                share = (channels[1] - channels[0]) / max(1, node.out_channels)
-                part = core if by_rows else part
-                reads_input = 0
-                if not node.inputs:
-                    first, last = node.input_rows(*rows)
-                    in_channels = (channels[1] - channels[0]) if node.channelwise else \
-                        node.in_channels
-                    reads_input = (last - first) * node.in_cols * in_channels * node.act_bits
-                tile = Tile(
-                    id=len(tiles), node=node.name, part=part, core=core, rows=rows,
-                    channels=channels, deps=deps, dep_bits=dep_bits,
-                    output_bits=(rows[1] - rows[0]) * node.out_cols * (channels[1] - channels[0])
-                    * node.act_bits,
-                    weight_bits=math.ceil(node.weight_count * share) * node.weight_bits,
-                    reads_input_bits=reads_input, group=groups[node.name],
-                    is_final=not consumers[node.name])
-                tiles.append(tile)
-                own.append(tile)
+                previous: Tile | None = None
+                for chunk, in_channels in enumerate(chunk_list):
+                    deps, dep_bits = _dependencies(graph, node, rows, channels, in_channels,
+                                                   by_node, starts)
+                    if previous is not None:  # the partial sums so far, on this core
+                        deps.append(previous.id)
+                        dep_bits.append(previous.output_bits)
+                    share = (channels[1] - channels[0]) / max(1, node.out_channels)
+                    if in_channels is not None:
+                        share *= (in_channels[1] - in_channels[0]) / max(1, node.in_channels)
+                    reads_input = 0
+                    if not node.inputs:
+                        first, last = node.input_rows(*rows)
+                        wide = (channels[1] - channels[0]) if node.channelwise else (
+                            node.in_channels if in_channels is None else
+                            in_channels[1] - in_channels[0])
+                        reads_input = (last - first) * node.in_cols * wide * node.act_bits
+                    last_chunk = chunk == len(chunk_list) - 1
+                    tile = Tile(
+                        id=len(tiles), node=node.name, part=core if by_rows else part,
+                        core=core, rows=rows, channels=channels, deps=deps, dep_bits=dep_bits,
+                        output_bits=(rows[1] - rows[0]) * node.out_cols *
+                        (channels[1] - channels[0]) * node.act_bits,
+                        weight_bits=math.ceil(node.weight_count * share) * node.weight_bits,
+                        reads_input_bits=reads_input, group=groups[node.name],
+                        is_final=last_chunk and not consumers[node.name],
+                        in_channels=in_channels, chunk=chunk, chunks=len(chunk_list))
+                    tiles.append(tile)
+                    previous = tile
+                    if last_chunk:
+                        own.append(tile)
         by_node[node.name] = own
         starts[node.name] = [t.rows[0] for t in own]
     return _ordered(graph, tiles)
+
+
+def _dependencies(graph: Graph, node: Node, rows: tuple[int, int], channels: tuple[int, int],
+                  in_channels: tuple[int, int] | None, by_node: dict[str, list[Tile]],
+                  starts: dict[str, list[int]]) -> tuple[list[int], list[int]]:
+    """The producer tiles a tile reads, and how many bits of each: the rows its window
+    covers; the channels it reads (its own for channel-wise operators, its input-channel
+    chunk, or all)."""
+    deps: list[int] = []
+    dep_bits: list[int] = []
+    for producer_name in dict.fromkeys(node.inputs):
+        producer = graph.node(producer_name)
+        first, last = _producer_rows(node, producer, rows)
+        wanted = channels if (node.channelwise and
+                              producer.out_channels == node.out_channels) else in_channels
+        produced = by_node[producer_name]
+        row_starts = starts[producer_name]
+        # Producer tiles are stored by row range, then channel part: start at the first tile
+        # of the range holding the first needed row.
+        index = max(0, bisect.bisect_right(row_starts, first) - 1)
+        index = bisect.bisect_left(row_starts, row_starts[index])
+        for candidate in produced[index:]:
+            if candidate.rows[0] >= last:
+                break
+            if candidate.rows[1] <= first:
+                continue
+            low, high = candidate.channels
+            if wanted:
+                low, high = max(low, wanted[0]), min(high, wanted[1])
+                if high <= low:
+                    continue
+            deps.append(candidate.id)
+            overlap = min(last, candidate.rows[1]) - max(first, candidate.rows[0])
+            dep_bits.append(overlap * producer.out_cols * (high - low) * producer.act_bits)
+    return deps, dep_bits
 
 
 def _ordered(graph: Graph, tiles: list[Tile]) -> list[Tile]:
@@ -243,9 +276,10 @@ def _ordered(graph: Graph, tiles: list[Tile]) -> list[Tile]:
     return ordered
 
 
-def tile_memory(graph: Graph, node: Node, rows: int, parts: int) -> int:
-    """Bits a tile of ``rows`` output rows (one of ``parts`` channel parts) holds at once:
-    its output, the input rows it reads and its share of the weights."""
+def tile_memory(graph: Graph, node: Node, rows: int, parts: int, chunks: int = 1) -> int:
+    """Bits a tile of ``rows`` output rows (one of ``parts`` channel parts, one of ``chunks``
+    input-channel chunks) holds at once: its output, the input rows it reads and its share
+    of the weights."""
     channels = math.ceil(node.out_channels / parts)
     output = rows * node.out_cols * channels * node.act_bits
     if node.needs_all_rows:
@@ -253,16 +287,17 @@ def tile_memory(graph: Graph, node: Node, rows: int, parts: int) -> int:
     else:
         in_rows = min(node.in_rows, (rows - 1) * node.stride_rows +
                       (node.kernel_rows - 1) * node.dilation_rows + 1)
-    in_channels = channels if node.channelwise else node.in_channels
+    in_channels = channels if node.channelwise else math.ceil(node.in_channels / chunks)
     inputs = in_rows * node.in_cols * in_channels * node.act_bits * max(1, len(node.inputs))
-    weights = math.ceil(node.weight_count / parts) * node.weight_bits
+    weights = math.ceil(node.weight_count / parts / chunks) * node.weight_bits
     return output + inputs + weights
 
 
 def fit_rows(graph: Graph, plan: Plan, system, share: float = 0.5) -> dict[str, int]:
     """Rows per tile for each layer: the plan's, halved until a tile needs at most ``share``
-    of its smallest core's memory (the rest holds what other tiles still need). Returns the
-    layers whose rows were reduced, with the new value."""
+    of its smallest core's memory (the rest holds what other tiles still need); where a
+    layer's share of weights alone is more than that, its input channels are cut into
+    chunks first. Returns the layers whose rows were reduced, with the new value."""
     reduced = {}
     for node in graph.nodes:
         cores = plan.allocation[node.name]
@@ -271,7 +306,19 @@ def fit_rows(graph: Graph, plan: Plan, system, share: float = 0.5) -> dict[str, 
         rows = max(1, min(rows, node.out_rows))
         start = rows
         parts = 1 if plan.split.get(node.name) == "OY" else len(cores)
-        while rows > 1 and tile_memory(graph, node, rows, parts) > capacity:
+        if node.is_mac and not node.channelwise and node.name not in plan.chunks:
+            weights = math.ceil(node.weight_count / parts) * node.weight_bits
+            chunks = 1
+            while weights / chunks > capacity / 2 and chunks < node.in_channels:
+                chunks *= 2
+            if chunks > 1:
+                plan.chunks[node.name] = chunks
+        chunks = plan.chunks.get(node.name, 1)
+        if chunks > 1:
+            # Weights stream in chunk by chunk; cutting rows too would load each chunk once
+            # per row tile. The whole map's partial sums stay on the core instead.
+            rows = node.out_rows
+        while rows > 1 and tile_memory(graph, node, rows, parts, chunks) > capacity:
             rows = math.ceil(rows / 2)
         if rows != start:
             plan.rows[node.name] = rows

@@ -91,7 +91,7 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
     # Coverage: each layer's output once.
     for node in graph.nodes:
         covered = sum((e.tile.rows[1] - e.tile.rows[0]) * (e.tile.channels[1] - e.tile.channels[0])
-                      for e in by_node[node.name])
+                      for e in by_node[node.name] if e.tile.chunk == e.tile.chunks - 1)
         if covered != node.out_rows * node.out_channels:
             if fail(f"layer '{node.name}': its tiles cover {covered} of "
                     f"{node.out_rows * node.out_channels} output rows × channels"):
@@ -106,12 +106,14 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
             producer = graph.node(producer_name)
             first, last = _needed(node, producer, tile.rows)
             same_channels = node.channelwise and producer.out_channels == node.out_channels
+            wanted = tile.channels if same_channels else tile.in_channels
             for source in by_node[producer_name]:
                 rows, channels = source.tile.rows, source.tile.channels
+                if source.tile.chunk != source.tile.chunks - 1:
+                    continue  # partial sums are not the producer's output
                 if rows[1] <= first or rows[0] >= last:
                     continue
-                if same_channels and (channels[1] <= tile.channels[0] or
-                                      channels[0] >= tile.channels[1]):
+                if wanted and (channels[1] <= wanted[0] or channels[0] >= wanted[1]):
                     continue
                 if source.end > entry.start + _EPS:
                     if fail(f"{where}: starts before {source.tile.label} ends "
@@ -140,8 +142,19 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
                                           buffers_by_core_item)
                 if problem and fail(f"{where}: {problem}"):
                     return problems
+        if tile.chunk > 0:
+            previous = [e for e in by_node[node.name] if e.tile.rows == tile.rows and
+                        e.tile.channels == tile.channels and e.tile.chunk == tile.chunk - 1]
+            held = [b for e in previous for b in buffers_by_core_item.get(
+                (core, ("out", e.tile.id)), []) if _alive(b, entry.start, entry.end)]
+            if not previous or previous[0].end > entry.start + _EPS or \
+                    previous[0].tile.core != core or not held:
+                if fail(f"{where}: the partial sums of the chunk before are not on core "
+                        f"{core} when it starts"):
+                    return problems
         if node.is_mac and tile.weight_bits:
-            weights = [b for b in buffers_by_core_item.get((core, ("w", node.name, core)), [])
+            weights = [b for b in buffers_by_core_item.get(
+                (core, ("w", node.name, core, tile.chunk)), [])
                        if _alive(b, entry.start, entry.end) and b.ready <= entry.start + _EPS]
             if not weights:
                 if fail(f"{where}: the weights of '{node.name}' are not on core {core}"):
