@@ -10,6 +10,8 @@ forms (a zoo name, a .pt checkpoint or model file, an .onnx file, ``file.py:Name
     program = kiln.lower(quantized, rounding="float32")      # kiln lower
     kiln.save_program(program, "out/convnet-int8")
     cost = kiln.map("convnet", "examples/hardware/edge_npu.yaml")   # kiln map
+    plan = kiln.schedule("resnet18-conv1x4",                         # kiln schedule
+                         "examples/hardware/multicore/quad_core_homogeneous.yaml")
     design = kiln.emit_rtl(program, (4, 4), "out/convnet-rtl")      # kiln emit-rtl
     result = kiln.simulate(design, vectors=20)                      # kiln simulate
 
@@ -27,7 +29,7 @@ __version__ = "0.1.0"
 # subpackage would replace the function once imported.)
 __all__ = ["__version__", "calibrate", "emit_rtl", "evaluate", "export_onnx", "fuzz_networks",
            "load", "lower", "map", "prune_model", "qat", "quantize", "run", "save_program",
-           "search_study", "simulate", "train", "uniform_config"]
+           "schedule", "search_study", "simulate", "train", "uniform_config"]
 
 
 def load(model: str, *, data: str | None = None, input_shape: tuple[int, ...] | None = None,
@@ -140,6 +142,14 @@ def map(workload, accelerator, *, objective: str = "latency", refine: int = 4, *
     hardware = load_accelerator(accelerator) if not hasattr(accelerator, "memories") \
         else accelerator
     return map_workload(workload, hardware, objective, refine=refine, **options)
+
+
+def schedule(workload, system, **options):
+    """A network on a multi-core system (``kiln schedule``, same options as keywords:
+    mapping, granularity, allocate, objective, trials, seed, storage, precision)."""
+    from kiln.hw.schedule.run import schedule as run_schedule
+
+    return run_schedule(workload, system, **options)
 
 
 def emit_rtl(program, parallelism, out_dir):

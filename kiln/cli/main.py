@@ -21,6 +21,7 @@ from kiln.cli import (
     integer_cmd,
     mvu_cmd,
     rtl_cmd,
+    schedule_cmd,
     search_cmd,
     train_cmd,
 )
@@ -60,9 +61,9 @@ data_cmd.register(app)
 demo_cmd.register(app)
 compress_cmd.register(app)
 hw_cmd.register(app)
+schedule_cmd.register(app)
 integer_cmd.register(app)
 rtl_cmd.register(app)
-mvu_cmd.register(app)
 mvu_cmd.register(app)
 search_cmd.register(app)
 fuzz_cmd.register(app)

@@ -23,7 +23,7 @@ from kiln.hw.schedule.costs import TileCoster
 from kiln.hw.schedule.graph import Graph
 from kiln.hw.schedule.scheduler import Schedule, schedule_tiles
 from kiln.hw.schedule.system import System
-from kiln.hw.schedule.tiles import Plan, Tile
+from kiln.hw.schedule.tiles import Plan, Tile, fit_rows
 
 OBJECTIVES = ("latency", "energy", "edp")
 EXHAUSTIVE_LIMIT = 20_000
@@ -68,7 +68,8 @@ def _key(schedule: Schedule, objective: str) -> tuple:
     return (round(score(schedule, objective), 6), round(other, 6))
 
 
-def layer_options(graph: Graph, system: System, split_options: bool = True) -> dict[str, list[Option]]:
+def layer_options(graph: Graph, system: System,
+                  split_options: bool = True) -> dict[str, list[Option]]:
     """Every way each layer can be placed on this system."""
     result: dict[str, list[Option]] = {}
     for node in graph.nodes:
@@ -128,11 +129,10 @@ def greedy(graph: Graph, system: System, base: Plan, coster: TileCoster,
         best = None
         for option in options[node.name]:
             parts = len(option.cores) if option.split == "K" else 1
-            tile = _whole_tile(node, parts)
-            cycles, energy = coster.cost(node, tile, option.cores[0])
-            if option.split == "OY":
-                cycles /= len(option.cores)
-                energy *= 1.0
+            try:
+                cycles, energy = _layer_cost(graph, system, node, option, coster)
+            except KilnError:
+                continue  # does not map there
             weights = node.weight_count * node.weight_bits / (parts or 1)
             load = weights / dram.bandwidth * (len(option.cores) if option.split == "OY" else 1)
             arrive = 0.0
@@ -151,12 +151,13 @@ def greedy(graph: Graph, system: System, base: Plan, coster: TileCoster,
                     dram.bandwidth
             start = max([arrive, load] + [ready[c] for c in option.cores])
             end = start + cycles
-            added = energy * (len(option.cores) if option.split == "K" else 1) + \
-                weights * dram.read_pj_per_bit
+            added = energy + weights * dram.read_pj_per_bit
             figure = {"latency": (end, added), "energy": (added, end),
                       "edp": (added * end, end)}[objective]
             if best is None or figure < best[0]:
                 best = (figure, option, end)
+        if best is None:
+            raise ConfigError(f"layer '{node.name}' maps on none of the cores that run it")
         _, option, end = best
         _apply(plan, node.name, option)
         for core in option.cores:
@@ -170,9 +171,24 @@ class _Infinite:
     bandwidth = math.inf
 
 
-def _whole_tile(node, parts: int) -> Tile:
+def _layer_cost(graph: Graph, system: System, node, option: Option,
+                coster: TileCoster) -> tuple[float, float]:
+    """(cycles on the slowest core, energy on all) of a layer placed by an option, with the
+    row tiles and input-channel chunks the scheduler would use."""
+    trial = Plan({node.name: option.cores}, split={node.name: option.split})
+    fit_rows(graph, trial, system)
+    rows = trial.rows.get(node.name) or node.out_rows
+    chunks = trial.chunks.get(node.name, 1)
+    parts = len(option.cores) if option.split == "K" else 1
     channels = math.ceil(node.out_channels / parts)
-    return Tile(-1, node.name, 0, -1, (0, node.out_rows), (0, channels), [], [], 0, 0, 0, 0)
+    in_channels = (0, math.ceil(node.in_channels / chunks)) if chunks > 1 else None
+    tile = Tile(-1, node.name, 0, option.cores[0], (0, rows), (0, channels), [], [], 0, 0, 0, 0,
+                in_channels=in_channels, chunks=chunks)
+    cycles, energy = coster.cost(node, tile, option.cores[0])
+    count = math.ceil(node.out_rows / rows) * chunks
+    if option.split == "OY":
+        count = math.ceil(count / len(option.cores))
+    return cycles * count, energy * count * (parts if option.split == "K" else 1)
 
 
 def exhaustive(graph: Graph, system: System, base: Plan, coster: TileCoster,

@@ -168,9 +168,8 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
             for output in onnx_node.output:
                 if data_inputs and data_inputs[0] in producer:
                     producer[output] = producer[data_inputs[0]]
-                if op in ("Flatten", "Reshape", "Squeeze"):
-                    flattened.add(output)
-                elif data_inputs and data_inputs[0] in flattened:
+                if op in ("Flatten", "Reshape", "Squeeze") or (
+                        data_inputs and data_inputs[0] in flattened):
                     flattened.add(output)
             continue
         inputs = [producer[t] for t in data_inputs if t in producer]

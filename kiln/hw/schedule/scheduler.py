@@ -36,7 +36,6 @@ from kiln.hw.schedule.graph import Graph
 from kiln.hw.schedule.system import System
 from kiln.hw.schedule.tiles import Plan, Tile, check_plan, fit_rows, make_tiles
 
-
 PUSH_SHARE = 0.25  # a pushed copy takes at most this share of the receiving core's memory
 MIN_BURST = 256  # cycles: the shortest piece a transfer is cut into
 

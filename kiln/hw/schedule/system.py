@@ -3,7 +3,7 @@
 The file format is Stream's system YAML, read as is::
 
     name: quad
-    cores: {0: cores/tpu_like.yaml, 1: cores/tpu_like.yaml, 2: cores/simd.yaml, 3: cores/offchip.yaml}
+    cores: {0: cores/array.yaml, 1: cores/array.yaml, 2: cores/simd.yaml, 3: cores/dram.yaml}
     offchip_core_id: 3
     unit_energy_cost: 0          # pJ per bit moved, for links that do not give their own
     core_connectivity:
@@ -262,7 +262,8 @@ def parse_system(data: Any, source: str, base_dir: Path) -> System:
         raise _fail(source, "<root>", "expected a mapping")
     for key in data:
         if key not in _SYSTEM_KEYS:
-            raise _fail(source, str(key), f"unknown key (allowed: {', '.join(sorted(_SYSTEM_KEYS))})")
+            raise _fail(source, str(key),
+                        f"unknown key (allowed: {', '.join(sorted(_SYSTEM_KEYS))})")
     for key in ("name", "cores", "offchip_core_id", "core_connectivity"):
         if key not in data:
             raise _fail(source, key, "missing")

@@ -300,6 +300,8 @@ def fit_rows(graph: Graph, plan: Plan, system, share: float = 0.5) -> dict[str, 
     chunks first. Returns the layers whose rows were reduced, with the new value."""
     reduced = {}
     for node in graph.nodes:
+        if node.name not in plan.allocation:
+            continue
         cores = plan.allocation[node.name]
         capacity = min(system.cores[c].memory_bits for c in cores) * share
         rows = plan.rows.get(node.name) or node.out_rows

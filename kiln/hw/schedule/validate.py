@@ -18,6 +18,7 @@ trust the tiles' dependency lists) and checks that:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 
@@ -72,11 +73,23 @@ def _source_problem(moves, source, item, dram, transfers_by_item, buffers_by_cor
 def check_schedule(schedule, limit: int = 20) -> list[str]:
     """Every rule a schedule breaks (at most ``limit``), each naming the tile and cycle."""
     problems: list[str] = []
-    graph, system = schedule.graph, schedule.system
 
-    def fail(message: str) -> bool:
+    def fail(message: str) -> None:
         problems.append(message)
-        return len(problems) >= limit
+        if len(problems) >= limit:
+            raise _EnoughError
+
+    with contextlib.suppress(_EnoughError):
+        _check(schedule, fail)
+    return problems
+
+
+class _EnoughError(Exception):
+    """Enough problems found to stop looking."""
+
+
+def _check(schedule, fail) -> None:
+    graph, system = schedule.graph, schedule.system
 
     by_node: dict[str, list] = defaultdict(list)
     for entry in schedule.tiles:
@@ -93,9 +106,8 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
         covered = sum((e.tile.rows[1] - e.tile.rows[0]) * (e.tile.channels[1] - e.tile.channels[0])
                       for e in by_node[node.name] if e.tile.chunk == e.tile.chunks - 1)
         if covered != node.out_rows * node.out_channels:
-            if fail(f"layer '{node.name}': its tiles cover {covered} of "
-                    f"{node.out_rows * node.out_channels} output rows × channels"):
-                return problems
+            fail(f"layer '{node.name}': its tiles cover {covered} of "
+                 f"{node.out_rows * node.out_channels} output rows × channels")
 
     dram = system.offchip_core_id
     for entry in schedule.tiles:
@@ -116,9 +128,8 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
                 if wanted and (channels[1] <= wanted[0] or channels[0] >= wanted[1]):
                     continue
                 if source.end > entry.start + _EPS:
-                    if fail(f"{where}: starts before {source.tile.label} ends "
-                            f"(cycle {source.end:g})"):
-                        return problems
+                    fail(f"{where}: starts before {source.tile.label} ends "
+                         f"(cycle {source.end:g})")
                     continue
                 item = ("out", source.tile.id)
                 own = [b for b in buffers_by_core_item.get((core, item), [])
@@ -133,15 +144,14 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
                     (core, ("slice", source.tile.id, tile.id)), [])
                     if _alive(b, entry.start, entry.end) and b.ready <= entry.start + _EPS]
                 if not slices:
-                    if fail(f"{where}: the output of {source.tile.label} is not on core "
-                            f"{core} while it runs"):
-                        return problems
+                    fail(f"{where}: the output of {source.tile.label} is not on core "
+                         f"{core} while it runs")
                     continue
                 moves = transfers_by_item.get(("slice", source.tile.id, tile.id), [])
                 problem = _source_problem(moves, source, item, dram, transfers_by_item,
                                           buffers_by_core_item)
-                if problem and fail(f"{where}: {problem}"):
-                    return problems
+                if problem:
+                    fail(f"{where}: {problem}")
         if tile.chunk > 0:
             previous = [e for e in by_node[node.name] if e.tile.rows == tile.rows and
                         e.tile.channels == tile.channels and e.tile.chunk == tile.chunk - 1]
@@ -149,28 +159,24 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
                 (core, ("out", e.tile.id)), []) if _alive(b, entry.start, entry.end)]
             if not previous or previous[0].end > entry.start + _EPS or \
                     previous[0].tile.core != core or not held:
-                if fail(f"{where}: the partial sums of the chunk before are not on core "
-                        f"{core} when it starts"):
-                    return problems
+                fail(f"{where}: the partial sums of the chunk before are not on core "
+                     f"{core} when it starts")
         if node.is_mac and tile.weight_bits:
             weights = [b for b in buffers_by_core_item.get(
                 (core, ("w", node.name, core, tile.chunk)), [])
                        if _alive(b, entry.start, entry.end) and b.ready <= entry.start + _EPS]
             if not weights:
-                if fail(f"{where}: the weights of '{node.name}' are not on core {core}"):
-                    return problems
+                fail(f"{where}: the weights of '{node.name}' are not on core {core}")
         if tile.reads_input_bits:
             read = [b for b in buffers_by_core_item.get((core, ("in", tile.id)), [])
                     if b.ready <= entry.start + _EPS and _alive(b, entry.start, entry.end)]
             if not read:
-                if fail(f"{where}: its network input is not on core {core}"):
-                    return problems
+                fail(f"{where}: its network input is not on core {core}")
         if tile.is_final:
             written = [t for t in transfers_by_item.get(("out", tile.id), [])
                        if t.target == dram and t.start + _EPS >= entry.end]
             if not written:
-                if fail(f"tile {tile.label}: its final output never reaches DRAM"):
-                    return problems
+                fail(f"tile {tile.label}: its final output never reaches DRAM")
 
     # Pushed copies leave their core after the tile ended, while it still holds the output.
     by_id = {entry.tile.id: entry for entry in schedule.tiles}
@@ -179,14 +185,13 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
             source = by_id[transfer.item[1]]
             problem = _source_problem([transfer], source, ("out", source.tile.id), dram,
                                       transfers_by_item, buffers_by_core_item)
-            if problem and fail(f"copy of {source.tile.label} to core {transfer.target}: "
-                                f"{problem}"):
-                return problems
+            if problem:
+                fail(f"copy of {source.tile.label} to core {transfer.target}: {problem}")
             held = [b for b in buffers_by_core_item.get((transfer.target, transfer.item), [])
                     if b.ready + _EPS >= transfer.end and b.start <= transfer.start + _EPS]
-            if not held and fail(f"copy of {source.tile.label} to core {transfer.target}: "
-                                 "no buffer receives it"):
-                return problems
+            if not held:
+                fail(f"copy of {source.tile.label} to core {transfer.target}: no buffer "
+                     "receives it")
 
     # One tile per core at a time; links, buses and the DRAM port within their bandwidth.
     cores: dict[int, list[tuple[float, float, str]]] = defaultdict(list)
@@ -196,8 +201,7 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
         intervals.sort()
         for (s1, e1, a), (s2, e2, b) in zip(intervals, intervals[1:], strict=False):
             if s2 + _EPS < e1 and e2 > s2 and e1 > s1:
-                if fail(f"core {core_id} runs two tiles at cycle {s2:g}: {a} and {b}"):
-                    return problems
+                fail(f"core {core_id} runs two tiles at cycle {s2:g}: {a} and {b}")
     links = {f"link {link.index}": link for link in system.links}
     capacity = {name: link.bandwidth for name, link in links.items()}
     capacity["dram"] = system.offchip.bandwidth
@@ -212,16 +216,14 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
             allowed.append(names)
         expected = set(transfer.resources)
         if expected not in allowed:
-            if fail(f"{label}: uses {sorted(expected)}, not a route from core "
-                    f"{transfer.source} to core {transfer.target}"):
-                return problems
+            fail(f"{label}: uses {sorted(expected)}, not a route from core "
+                 f"{transfer.source} to core {transfer.target}")
         width = min(capacity[r] for r in expected) if expected else math.inf
         rate = transfer.rate
         if transfer.bits and (rate > width + _EPS or
                               (transfer.end - transfer.start) * rate + _EPS < transfer.bits):
-            if fail(f"{label}: moves {transfer.bits} bits in {transfer.end - transfer.start:g} "
-                    f"cycles at {rate:g} bits/cycle (route allows {width:g})"):
-                return problems
+            fail(f"{label}: moves {transfer.bits} bits in {transfer.end - transfer.start:g} "
+                 f"cycles at {rate:g} bits/cycle (route allows {width:g})")
         if transfer.end > transfer.start:
             for resource in expected:
                 load[resource].append((transfer.start, rate, label))
@@ -231,9 +233,8 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
         for time, delta, label in sorted(events, key=lambda e: (e[0], e[1])):
             level += delta
             if level > capacity[resource] + _EPS:
-                if fail(f"{resource} carries {level:g} bits/cycle at cycle {time:g} (it has "
-                        f"{capacity[resource]:g}), with {label}"):
-                    return problems
+                fail(f"{resource} carries {level:g} bits/cycle at cycle {time:g} (it has "
+                     f"{capacity[resource]:g}), with {label}")
                 break
 
     # Memory over time per core.
@@ -250,11 +251,9 @@ def check_schedule(schedule, limit: int = 20) -> list[str]:
         for time, delta in sorted(events, key=lambda e: (e[0], e[1])):
             level += delta
             if level > core.memory_bits:
-                if fail(f"core {core_id} holds {level:,} bits at cycle {time:g}, more than "
-                        f"its {core.memory_bits:,}"):
-                    return problems
+                fail(f"core {core_id} holds {level:,} bits at cycle {time:g}, more than "
+                     f"its {core.memory_bits:,}")
                 break
-    return problems
 
 
 def validate(schedule) -> None:
