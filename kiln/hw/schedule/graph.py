@@ -60,6 +60,15 @@ class Node:
     def output_bits(self) -> int:
         return self.out_channels * self.out_rows * self.out_cols * self.act_bits
 
+    def rows_read(self, first: int, last: int) -> list[int]:
+        """Exactly the input rows output rows ``[first, last)`` read, sorted (with a stride
+        larger than the window or a dilation, the span has rows nobody reads)."""
+        if self.needs_all_rows:
+            return list(range(self.in_rows))
+        read = {row * self.stride_rows - self.pad_top + tap * self.dilation_rows
+                for row in range(first, last) for tap in range(self.kernel_rows)}
+        return sorted(r for r in read if 0 <= r < self.in_rows)
+
     def input_rows(self, first: int, last: int) -> tuple[int, int]:
         """The input rows ``[a, b)`` that output rows ``[first, last)`` read."""
         if self.needs_all_rows:
@@ -142,9 +151,14 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
     path = Path(path)
     if precision not in ("fixed", "onnx"):
         raise ConfigError(f"precision '{precision}': choose fixed or onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises several unrelated types for a bad file
+        raise ModelFormatError(f"{path}: cannot read ONNX model: {error}") from None
+    _check_acyclic(model.graph, path)
     workload = workload_from_onnx(path)
     layers = {layer.name: layer for layer in workload.layers}
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    model = onnx.shape_inference.infer_shapes(model)
     element_bits = {}
     for value in list(model.graph.value_info) + list(model.graph.input) + list(
             model.graph.output):
@@ -235,6 +249,51 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
     if not nodes:
         raise ModelFormatError(f"{path}: no operator to schedule")
     return Graph(path.stem, _topological(nodes, str(path)), str(path))
+
+
+def _check_acyclic(graph, path: Path) -> None:
+    """ONNX nodes must come after what they read; a cycle is named instead of looping."""
+    made_by = {out: index for index, node in enumerate(graph.node) for out in node.output}
+    later = {}
+    for index, node in enumerate(graph.node):
+        reads = [made_by[t] for t in node.input if t in made_by]
+        if any(source >= index for source in reads):
+            later[index] = reads
+    if not later:
+        return
+    # Something reads a later output: follow those edges to see whether they close a loop.
+    edges = {i: [made_by[t] for t in n.input if t in made_by] for i, n in enumerate(graph.node)}
+    state: dict[int, int] = {}
+
+    def visit(start: int) -> list[int] | None:
+        stack = [(start, iter(edges[start]))]
+        path_nodes = [start]
+        state[start] = 1
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+                path_nodes.pop()
+                continue
+            if state.get(child) == 1:
+                return path_nodes[path_nodes.index(child):]
+            if child not in state:
+                state[child] = 1
+                stack.append((child, iter(edges[child])))
+                path_nodes.append(child)
+        return None
+
+    for start in later:
+        if start not in state:
+            loop = visit(start)
+            if loop:
+                names = [graph.node[i].name or f"{graph.node[i].op_type}_{i}" for i in loop]
+                raise ModelFormatError(f"{path}: the workload has a cycle through "
+                                       f"{' -> '.join(names)}")
+    raise ModelFormatError(f"{path}: nodes are not in topological order (node "
+                           f"'{graph.node[min(later)].name}' reads an output made after it)")
 
 
 def graph_from_workload(workload: Workload) -> Graph:

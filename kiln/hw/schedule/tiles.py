@@ -221,6 +221,8 @@ def _dependencies(graph: Graph, node: Node, rows: tuple[int, int], channels: tup
     for producer_name in dict.fromkeys(node.inputs):
         producer = graph.node(producer_name)
         first, last = _producer_rows(node, producer, rows)
+        exact = producer.out_rows == node.in_rows and not node.needs_all_rows
+        read = node.rows_read(*rows) if exact else []
         wanted = channels if (node.channelwise and
                               producer.out_channels == node.out_channels) else in_channels
         produced = by_node[producer_name]
@@ -239,8 +241,14 @@ def _dependencies(graph: Graph, node: Node, rows: tuple[int, int], channels: tup
                 low, high = max(low, wanted[0]), min(high, wanted[1])
                 if high <= low:
                     continue
+            if exact:  # rows of this tile the window really reads
+                overlap = bisect.bisect_left(read, candidate.rows[1]) - bisect.bisect_left(
+                    read, candidate.rows[0])
+                if overlap <= 0:
+                    continue
+            else:
+                overlap = min(last, candidate.rows[1]) - max(first, candidate.rows[0])
             deps.append(candidate.id)
-            overlap = min(last, candidate.rows[1]) - max(first, candidate.rows[0])
             dep_bits.append(overlap * producer.out_cols * (high - low) * producer.act_bits)
     return deps, dep_bits
 

@@ -117,6 +117,11 @@ def _check(schedule, fail) -> None:
         for producer_name in dict.fromkeys(node.inputs):
             producer = graph.node(producer_name)
             first, last = _needed(node, producer, tile.rows)
+            if producer.out_rows == node.in_rows and not node.needs_all_rows:
+                read = {r * node.stride_rows - node.pad_top + t * node.dilation_rows
+                        for r in range(*tile.rows) for t in range(node.kernel_rows)}
+            else:
+                read = None
             same_channels = node.channelwise and producer.out_channels == node.out_channels
             wanted = tile.channels if same_channels else tile.in_channels
             for source in by_node[producer_name]:
@@ -124,6 +129,8 @@ def _check(schedule, fail) -> None:
                 if source.tile.chunk != source.tile.chunks - 1:
                     continue  # partial sums are not the producer's output
                 if rows[1] <= first or rows[0] >= last:
+                    continue
+                if read is not None and not any(rows[0] <= r < rows[1] for r in read):
                     continue
                 if wanted and (channels[1] <= wanted[0] or channels[0] >= wanted[1]):
                     continue

@@ -1,0 +1,304 @@
+"""Multi-core scheduling: systems, tile dependencies, schedules and their validator,
+allocation search, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from kiln.errors import ConfigError, KilnError, ModelFormatError
+from kiln.hw.schedule.allocate import default_plan, exhaustive, layer_options, nsga2
+from kiln.hw.schedule.costs import TileCoster
+from kiln.hw.schedule.figures import schedule_figures
+from kiln.hw.schedule.graph import Graph, Node, graph_from_onnx
+from kiln.hw.schedule.inputs import first_layer_copies, plan_from_stream_mapping
+from kiln.hw.schedule.run import schedule
+from kiln.hw.schedule.scheduler import DoesNotFitError, schedule_tiles
+from kiln.hw.schedule.system import load_system
+from kiln.hw.schedule.tiles import Plan, make_tiles
+from kiln.hw.schedule.validate import check_schedule
+from kiln.hw.workload import _conv_layer, default_precision
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEMS = ROOT / "examples" / "hardware" / "multicore"
+TWO_CONV = ROOT.parent / "shared" / "data" / "stream" / "2conv_1_8_32_32_16_32_3.onnx"
+
+
+@pytest.fixture(scope="module")
+def dual():
+    return load_system(SYSTEMS / "dual_core_simd.yaml")
+
+
+@pytest.fixture(scope="module")
+def coster(dual):
+    return TileCoster(dual)
+
+
+def conv_node(name, inputs, channels_in, channels_out, size_in, kernel, stride, pad,
+              dilation=1):
+    size_out = (size_in + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    layer = _conv_layer(name, batch=1, groups=1, k=channels_out, c=channels_in, oy=size_out,
+                        ox=size_out, fy=kernel, fx=kernel, stride=(stride, stride),
+                        dilation=(dilation, dilation), in_hw=(size_in, size_in),
+                        precision=default_precision())
+    return Node(name, "Conv", inputs, channels_out, size_out, size_out, channels_in, size_in,
+                size_in, kernel_rows=kernel, stride_rows=stride, pad_top=pad,
+                dilation_rows=dilation, layer=layer,
+                weight_count=channels_out * channels_in * kernel * kernel)
+
+
+def random_chain(rng: random.Random, layers: int = 4) -> Graph:
+    """Convolutions and pools of random kernel, stride, padding and dilation."""
+    nodes, size, channels, previous = [], rng.choice([17, 23, 30]), 3, []
+    for index in range(layers):
+        kernel = rng.choice([1, 2, 3, 5, 7])
+        stride = rng.choice([1, 1, 2, 3])
+        dilation = rng.choice([1, 1, 2]) if kernel > 1 else 1
+        pad = rng.randint(0, (kernel - 1) * dilation // 2)
+        if (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1 < 2:
+            kernel, stride, pad, dilation = 1, 1, 0, 1
+        if rng.random() < 0.3 and index:
+            out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+            node = Node(f"pool{index}", "MaxPool", previous, channels, out, out, channels,
+                        size, size, kernel_rows=kernel, stride_rows=stride, pad_top=pad,
+                        dilation_rows=dilation, channelwise=True, ops_per_output=kernel ** 2)
+        else:
+            out_channels = rng.choice([5, 8, 13])
+            node = conv_node(f"conv{index}", previous, channels, out_channels, size, kernel,
+                             stride, pad, dilation)
+            channels = out_channels
+        nodes.append(node)
+        size, previous = node.out_rows, [node.name]
+    return Graph("chain", nodes)
+
+
+def test_example_systems_load_with_stream_keys():
+    for name in ("quad_core_homogeneous", "quad_core_heterogeneous", "dual_core_simd"):
+        system = load_system(SYSTEMS / f"{name}.yaml")
+        kinds = [core.kind for core in system.cores.values()]
+        assert kinds.count("offchip") == 1 and "simd" in kinds
+        assert system.offchip.bandwidth == 64
+        for core in system.compute_cores:  # every core reaches DRAM
+            assert system.route(core.id, system.offchip_core_id)
+    hetero = load_system(SYSTEMS / "quad_core_heterogeneous.yaml")
+    arrays = {tuple(c.accelerator.array_sizes.values()) for c in hetero.compute_cores
+              if c.kind == "compute"}
+    assert len(arrays) == 4
+
+
+def _write_system(tmp_path: Path, connectivity: str, offchip: int = 2) -> Path:
+    text = (SYSTEMS / "dual_core_simd.yaml").read_text()
+    head = text.split("core_connectivity:")[0].replace("offchip_core_id: 3",
+                                                        f"offchip_core_id: {offchip}")
+    path = tmp_path / "system.yaml"
+    path.write_text(head.replace("array_32x32.yaml", str(SYSTEMS / "cores" / "array_32x32.yaml"))
+                    .replace("simd.yaml", str(SYSTEMS / "cores" / "simd.yaml"))
+                    .replace("dram.yaml", str(SYSTEMS / "cores" / "dram.yaml"))
+                    + "core_connectivity:\n" + connectivity)
+    return path
+
+
+def test_bad_systems_name_file_and_path(tmp_path):
+    path = _write_system(tmp_path, "  - {type: link, cores: [0, 7], bandwidth: 64}\n", 3)
+    with pytest.raises(ConfigError, match=r"system.yaml: core_connectivity\[0\]\.cores\[1\]: "
+                                          r"core 7 does not exist"):
+        load_system(path)
+    path = _write_system(tmp_path, "  - {type: bus, cores: [0, 1, 2, 3], bandwidth: 64}\n", 2)
+    with pytest.raises(ConfigError, match="offchip_core_id: core 2 is not an offchip core"):
+        load_system(path)
+    path = _write_system(tmp_path, "  - {type: link, cores: [0, 1], bandwidth: 0}\n", 3)
+    with pytest.raises(ConfigError, match=r"core_connectivity\[0\]\.bandwidth: must be > 0"):
+        load_system(path)
+    path = _write_system(tmp_path, "  - {type: link, cores: [0, 1], bandwidth: 8}\n", 3)
+    with pytest.raises(ConfigError, match="no link connects core 0"):
+        load_system(path)  # nothing reaches the DRAM
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dependencies_are_exactly_the_rows_read(seed):
+    """Differential: each tile's producer tiles are those holding a row its window reads."""
+    rng = random.Random(seed)
+    graph = random_chain(rng)
+    plan = Plan({n.name: (0, 1) for n in graph.nodes},
+                rows={n.name: rng.choice([1, 2, 3, 5]) for n in graph.nodes},
+                split={n.name: rng.choice(["K", "OY"]) for n in graph.nodes})
+    tiles = make_tiles(graph, plan)
+    by_id = {t.id: t for t in tiles}
+    for tile in tiles:
+        node = graph.node(tile.node)
+        read = set()
+        for row in range(*tile.rows):
+            for tap in range(node.kernel_rows):
+                source = row * node.stride_rows - node.pad_top + tap * node.dilation_rows
+                if 0 <= source < node.in_rows:
+                    read.add(source)
+        expected = set()
+        for producer in node.inputs:
+            for other in tiles:
+                if other.node != producer:
+                    continue
+                rows_hit = read & set(range(*other.rows))
+                channels_hit = not node.channelwise or (
+                    other.channels[0] < tile.channels[1] and tile.channels[0] < other.channels[1])
+                if rows_hit and channels_hit:
+                    expected.add(other.id)
+        assert set(tile.deps) == expected, tile.label
+        for dep in tile.deps:  # the order is topological
+            assert by_id[dep].order < tile.order
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_networks_schedule_and_validate(seed, dual, coster):
+    rng = random.Random(100 + seed)
+    graph = random_chain(rng, layers=5)
+    options = layer_options(graph, dual)
+    plan = Plan({n.name: rng.choice(options[n.name]).cores for n in graph.nodes},
+                rows={n.name: rng.choice([1, 2, 4]) for n in graph.nodes},
+                groups=[[n.name for n in graph.nodes]] if seed % 2 else [])
+    result = schedule_tiles(graph, dual, plan, coster)
+    assert check_schedule(result) == []
+    figures = schedule_figures(result)
+    assert figures["latency_cycles"] >= figures["lower_bound"]["cycles"] - 1e-6
+    assert figures["energy_pj"] > 0
+
+
+def test_validator_rejects_broken_schedules(dual, coster):
+    graph = graph_from_onnx(TWO_CONV)
+    plan = default_plan(graph, dual)
+    plan.rows = {n.name: 8 for n in graph.nodes}
+    plan.groups = [[n.name for n in graph.nodes]]
+    result = schedule_tiles(graph, dual, plan, coster)
+    assert check_schedule(result) == []
+    consumer = next(e for e in result.tiles if e.tile.deps and e.tile.chunk == 0)
+
+    early = consumer.start, consumer.end
+    consumer.start, consumer.end = 0.0, consumer.end - early[0]
+    problems = check_schedule(result)
+    assert any(consumer.tile.label in p and "starts before" in p for p in problems)
+    consumer.start, consumer.end = early
+
+    first, second = [e for e in result.tiles if e.tile.core == 0][:2]
+    saved = second.start, second.end
+    second.start, second.end = first.start, first.start + (saved[1] - saved[0])
+    assert any("core 0 runs two tiles" in p for p in check_schedule(result))
+    second.start, second.end = saved
+
+    capacity = dual.cores[0].memory_bits
+    dual.cores[0].memory_bits = 1000
+    try:
+        assert any("core 0 holds" in p for p in check_schedule(result))
+    finally:
+        dual.cores[0].memory_bits = capacity
+
+    result.transfers.append(result.transfers[0])  # the same transfer twice: over bandwidth
+    assert any("carries" in p for p in check_schedule(result))
+    result.transfers.pop()
+
+    finals = [t for t in result.transfers if t.reason == "output"]
+    for transfer in finals:
+        result.transfers.remove(transfer)
+    assert any("never reaches DRAM" in p for p in check_schedule(result))
+
+
+def test_exhaustive_finds_the_optimum_and_nsga2_reaches_it(dual, coster):
+    graph = graph_from_onnx(TWO_CONV)
+    base = default_plan(graph, dual)
+    best = exhaustive(graph, dual, base, coster)
+    options = layer_options(graph, dual)
+    latencies = []
+    for first in options["Conv1"]:
+        for second in options["Conv2"]:
+            plan = base.copy()
+            for name, option in (("Conv1", first), ("Conv2", second)):
+                plan.allocation[name] = option.cores
+                plan.split[name] = option.split
+            latencies.append(schedule_tiles(graph, dual, plan, coster).latency)
+    assert best.evaluated == len(latencies) == 16
+    assert best.schedule.latency == min(latencies)
+    runs = [nsga2(graph, dual, base, coster, trials=60, seed=3, study_name=f"t{i}")
+            for i in range(2)]
+    assert runs[0].schedule.latency == runs[1].schedule.latency == min(latencies)
+    assert runs[0].plan.allocation == runs[1].plan.allocation  # seeded: deterministic
+
+
+def test_lab4_fusion_and_independence(tmp_path):
+    system = load_system(SYSTEMS / "quad_core_heterogeneous.yaml")
+    plan = Plan({f"conv1_{i}": (2,) for i in range(4)})
+    chain, free = first_layer_copies(True), first_layer_copies(False)
+    coster = TileCoster(system)
+    by_layer = schedule_tiles(chain, system, plan, coster)
+    independent = schedule_tiles(free, system, plan, coster)
+    fused_plan = plan.copy()
+    fused_plan.rows = {name: 8 for name in plan.allocation}
+    fused_plan.groups = [list(plan.allocation)]
+    fused = schedule_tiles(chain, system, fused_plan, coster)
+    for result in (by_layer, independent, fused):
+        assert check_schedule(result) == []
+    peak = {name: schedule_figures(r)["peak_memory_bits_max"]
+            for name, r in (("layer", by_layer), ("fused", fused))}
+    # Fused on rows, a layer's output is consumed a few rows at a time: each of the four
+    # layers keeps two or three 8-row tiles (0.46 Mbit each) instead of a whole 6.4 Mbit map.
+    assert peak["fused"] < 0.6 * peak["layer"]
+    # On one core the four layers run back to back either way; what independence changes
+    # is that no layer waits for another's output to arrive.
+    assert independent.latency <= by_layer.latency
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, dual):
+    graph = graph_from_onnx(TWO_CONV)
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text("layers:\n  - name: Conv1\n    core_allocation: [[2]]\n")
+    plan, _ = plan_from_stream_mapping(mapping, graph, dual, default_plan(graph, dual))
+    with pytest.raises(ConfigError, match=r"layer 'Conv1': core 2 \(simd_64\) cannot run Conv"):
+        schedule_tiles(graph, dual, plan)
+    mapping.write_text("layers:\n  - name: Conv9\n    core_allocation: [[0]]\n")
+    with pytest.raises(ConfigError, match=r"map.yaml: layers\[0\]: no layer 'Conv9'"):
+        plan_from_stream_mapping(mapping, graph, dual)
+
+    tiny = load_system(SYSTEMS / "dual_core_simd.yaml")
+    for core in tiny.compute_cores:
+        core.memory_bits = 4096
+    with pytest.raises(DoesNotFitError, match="Conv1.*needs .* bits of memory .* holds 4,096"):
+        schedule_tiles(graph, tiny, default_plan(graph, tiny))
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+             helper.make_node("Relu", ["a"], ["b"], name="second"),
+             helper.make_node("Relu", ["a"], ["y"], name="out")]
+    cyclic = tmp_path / "cyclic.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "cyclic", [x], [y])), cyclic)
+    with pytest.raises(ModelFormatError, match="cycle"):
+        graph_from_onnx(cyclic)
+
+
+def test_schedule_api_and_cli(tmp_path):
+    result = schedule(str(TWO_CONV), SYSTEMS / "dual_core_simd.yaml", granularity="rows=8",
+                      allocate="fixed")
+    assert result.figures["latency_cycles"] == result.schedule.latency > 0
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "kiln", "schedule", str(TWO_CONV), "--system",
+               str(SYSTEMS / "dual_core_simd.yaml"), "--granularity", "rows=4", "--allocate",
+               "greedy", "--out", str(out), "--json", "--trace"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    data = json.loads(done.stdout)
+    assert data["validated"] and data["figures"]["latency_cycles"] > 0
+    for name in ("schedule.json", "timeline.png", "memory.png", "trace.json"):
+        assert (out / name).stat().st_size > 0
+    trace = json.loads((out / "trace.json").read_text())
+    assert any(e.get("ph") == "X" and e["pid"] == 1 for e in trace["traceEvents"])
+    clash = tmp_path / "file"
+    clash.write_text("keep")
+    command[command.index("--out") + 1] = str(clash)
+    failed = subprocess.run(command, capture_output=True, text=True)
+    assert failed.returncode == 2 and "is a file" in failed.stderr
+    assert clash.read_text() == "keep"
+    with pytest.raises(KilnError, match="granularity rows=0"):
+        schedule(str(TWO_CONV), SYSTEMS / "dual_core_simd.yaml", granularity="rows=0")
