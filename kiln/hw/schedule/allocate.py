@@ -87,13 +87,19 @@ def layer_options(graph: Graph, system: System,
 
 
 def default_plan(graph: Graph, system: System) -> Plan:
-    """MAC layers on every compute core, output channels split; others on the first core
-    that can run them."""
+    """MAC layers on every compute core: split by output rows where the feature maps
+    outweigh the weights (each core then reads only its rows), by output channels where the
+    weights do (each core loads only its share); other layers on the first core that runs
+    them."""
     options = layer_options(graph, system)
     plan = Plan({})
     for node in graph.nodes:
         choices = options[node.name]
-        spread = [o for o in choices if len(o.cores) > 1 and o.split == "K"]
+        maps = node.output_bits + node.in_channels * node.in_rows * node.in_cols * node.act_bits
+        by_rows = maps > node.weight_count * node.weight_bits
+        wanted = "OY" if by_rows else "K"
+        spread = [o for o in choices if len(o.cores) > 1 and o.split == wanted] or [
+            o for o in choices if len(o.cores) > 1]
         _apply(plan, node.name, spread[0] if spread else choices[0])
     return plan
 

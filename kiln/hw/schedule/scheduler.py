@@ -48,8 +48,9 @@ class DoesNotFitError(KilnError):
 class Transfer:
     """Data moved between two cores (the off-chip core is DRAM). ``item``: ``("out", tile)``
     a tile's output (spilled or final), ``("slice", producer, consumer)`` the part of a
-    producer tile's output a consumer reads, ``("w", layer, core, chunk)`` weights, ``("in", tile)``
-    the network input a tile reads."""
+    producer tile's output a consumer reads, ``("w", layer, chunk, channels)`` weights,
+    ``("in", tile)`` the network input a tile reads. A bus carries one transfer to several
+    cores at once: ``also_to`` lists the other cores that receive it."""
 
     item: tuple
     source: int
@@ -61,6 +62,7 @@ class Transfer:
     energy_pj: float
     reason: str
     rate: float = 0.0  # bits per cycle it takes of every link on its route
+    also_to: tuple[int, ...] = ()
 
 
 @dataclass
@@ -194,6 +196,7 @@ class _Scheduler:
         self.horizon: dict[int, float] = defaultdict(float)
         self.prefetch = prefetch
         self.push = push
+        self.multicast = True
         self.buffers: list[Buffer] = []
         self.active: dict[int, list[Buffer]] = defaultdict(list)  # open or recent, per core
         self.resident: dict[tuple[int, tuple], Buffer] = {}  # (core, item) → open buffer
@@ -231,8 +234,72 @@ class _Scheduler:
         return pieces
 
     def _move(self, item: tuple, source: int, target: int, bits: int, ready: float,
-              reason: str) -> Transfer:
-        """Move data over whichever shortest route delivers it first."""
+              reason: str, alternatives: tuple[tuple[int, float], ...] = ()) -> Transfer:
+        """Move data over whichever shortest route delivers it first; ``alternatives``:
+        other (source, ready) places the same data can come from."""
+        best = None
+        for origin, when in ((source, ready), *alternatives):
+            found = self._best_route(origin, target, bits, when)
+            if best is None or found[0] < best[0]:
+                best = (*found, origin)
+        _, resources, width, energy, pieces, source = best
+        made = []
+        for start, length, moved_bits in pieces:
+            for resource in resources:
+                self.timelines[resource].reserve(start, start + length, width)
+            piece = Transfer(item, source, target, int(moved_bits), start, start + length,
+                             tuple(resources), energy * (moved_bits / bits if bits else 0.0),
+                             reason, width)
+            self.transfers.append(piece)
+            made.append(piece)
+        return Transfer(item, source, target, bits, made[0].start, made[-1].end,
+                        tuple(resources), energy, reason, width)
+
+    def _multicast(self, item: tuple, core: int, bits: int, ready: float) -> Transfer | None:
+        """Weights that other cores will need too (a layer split by rows) go from DRAM to all
+        of them in one transfer over a bus that reaches them, each with room for them."""
+        others = [c for c in self.system.cores if c != core and
+                  self.left_on_core.get((item, c), 0) > 0 and (c, item) not in self.resident]
+        if not others:
+            return None
+        buses = [link for link in self.system.links if link.kind == "bus" and
+                 {self.dram, core} <= set(link.cores)]
+        if not buses:
+            return None
+        bus = max(buses, key=lambda link: len(set(others) & set(link.cores)))
+        start = ready
+        receivers = []
+        for other in others:
+            if other not in bus.cores:
+                continue
+            room = self._earliest_room(other, max(ready, self.horizon[other]), bits)
+            if room is not None:
+                receivers.append(other)
+                start = max(start, room)
+        if not receivers:
+            return None
+        width = min(bus.bandwidth, self.system.offchip.bandwidth)
+        resources = [f"link {bus.index}", "dram"]
+        pieces = self._pieces(resources, width, bits, start)
+        energy = bits * (bus.pj_per_bit * (1 + len(receivers)) +
+                         self.system.offchip.read_pj_per_bit)
+        made = []
+        for piece_start, length, moved_bits in pieces:
+            for resource in resources:
+                self.timelines[resource].reserve(piece_start, piece_start + length, width)
+            piece = Transfer(item, self.dram, core, int(moved_bits), piece_start,
+                             piece_start + length, tuple(resources),
+                             energy * (moved_bits / bits if bits else 0.0), "weights", width,
+                             tuple(receivers))
+            self.transfers.append(piece)
+            made.append(piece)
+        for other in receivers:
+            self._open(other, item, bits, made[0].start, made[-1].end)
+        return Transfer(item, self.dram, core, bits, made[0].start, made[-1].end,
+                        tuple(resources), energy, "weights", width, tuple(receivers))
+
+    def _best_route(self, source: int, target: int, bits: int, ready: float) -> tuple:
+        """(finish, resources, width, energy, pieces) of the best route, nothing reserved."""
         dram = self.system.offchip
         best = None
         routes = self.system.routes(source, target)
@@ -254,19 +321,7 @@ class _Scheduler:
             finish = pieces[-1][0] + pieces[-1][1]
             if best is None or finish < best[0]:
                 best = (finish, resources, width, energy, pieces)
-        _, resources, width, energy, pieces = best
-        made = []
-        for start, length, moved_bits in pieces:
-            for resource in resources:
-                self.timelines[resource].reserve(start, start + length, width)
-            piece = Transfer(item, source, target, int(moved_bits), start, start + length,
-                             tuple(resources), energy * (moved_bits / bits if bits else 0.0),
-                             reason, width)
-            self.transfers.append(piece)
-            made.append(piece)
-        transfer = Transfer(item, source, target, bits, made[0].start, made[-1].end,
-                            tuple(resources), energy, reason, width)
-        return transfer
+        return best
 
     # -- memory ------------------------------------------------------------------------
     def _earliest_room(self, core: int, time: float, need: int) -> float | None:
@@ -385,19 +440,19 @@ class _Scheduler:
         self.tiles_by_id = {t.id: t for t in tiles}
         self.tile_core = {t.id: t.core for t in tiles}
         self.pending: dict[int, set[int]] = defaultdict(set)  # producer → consumers left
-        self.left_on_core: dict[tuple, int] = defaultdict(int)  # ("w", node, core) → tiles
+        self.left_on_core: dict[tuple, int] = defaultdict(int)  # (weights, core) → tiles
         for tile in tiles:
             for dep in tile.deps:
                 self.pending[dep].add(tile.id)
             if tile.weight_bits:
-                self.left_on_core[("w", tile.node, tile.core, tile.chunk)] += 1
+                self.left_on_core[(weights_of(tile), tile.core)] += 1
         # When each item is next needed (list position), for choosing what to spill.
         self.uses: dict[tuple, list[int]] = defaultdict(list)
         for tile in tiles:
             for dep in tile.deps:
                 self.uses[("out", dep)].append(tile.order)
             if tile.weight_bits:
-                self.uses[("w", tile.node, tile.core, tile.chunk)].append(tile.order)
+                self.uses[weights_of(tile)].append(tile.order)
         scheduled = [self._one(tile) for tile in tiles]
         return Schedule(self.system, self.graph, self.plan, scheduled, self.transfers,
                         self.buffers, self.spills, self.coster.priced)
@@ -421,7 +476,7 @@ class _Scheduler:
         weight_window = starts[-self.prefetch] if self.prefetch and len(
             starts) >= self.prefetch else 0.0
         self._prune(core, weight_window)
-        weight_item = ("w", tile.node, core, tile.chunk)
+        weight_item = weights_of(tile)
         # What has to come in: weights (unless resident), the slice of each producer tile
         # this tile reads (unless that tile's output is on this core), network input.
         needs: list[tuple[tuple, int, int | None]] = []
@@ -483,8 +538,14 @@ class _Scheduler:
         arrivals = [room] + [buffer.ready for buffer in local_buffers]
         brought: list[Buffer] = []
         for item, bits, dep in needs:
+            alternatives: tuple[tuple[int, float], ...] = ()
             if item[0] == "w":
                 source, ready = self.dram, min(room, weight_room)
+                # The same weights already on another core (a layer split by rows) can
+                # come from there over a link instead of from DRAM.
+                peers = [self.resident[(other, item)] for other in self.system.cores
+                         if other != core and (other, item) in self.resident]
+                alternatives = tuple((peer.core, max(peer.ready, ready)) for peer in peers)
             elif dep is None:
                 source, ready = self.dram, room
             else:
@@ -495,10 +556,18 @@ class _Scheduler:
                 else:
                     source, ready = self.dram, self.in_dram[("out", dep)]
             reason = {"w": "weights", "in": "input"}.get(item[0], "input")
-            move = self._move(item, source, core, bits,
-                              ready if item[0] == "w" else max(room, ready), reason)
-            if source != self.dram:
-                own.last_use = max(own.last_use, move.end)
+            move = None
+            if item[0] == "w" and self.multicast:
+                move = self._multicast(item, core, bits, ready)
+            if move is None:
+                move = self._move(item, source, core, bits,
+                                  ready if item[0] == "w" else max(room, ready), reason,
+                                  alternatives)
+            if move.source != self.dram:
+                giver = self.resident[(move.source, ("out", dep) if dep is not None and (
+                    move.source, ("out", dep)) in self.resident else item if item[0] == "w"
+                    else ("copy", dep))]
+                giver.last_use = max(giver.last_use, move.end)
             buffer = self._open(core, item, bits, move.start, move.end)
             if item[0] != "w":
                 brought.append(buffer)
@@ -529,8 +598,8 @@ class _Scheduler:
         if tile.weight_bits:
             weights = self.resident[(core, weight_item)]
             weights.last_use = max(weights.last_use, end)
-            self.left_on_core[weight_item] -= 1
-            if self.left_on_core[weight_item] == 0:
+            self.left_on_core[(weight_item, core)] -= 1
+            if self.left_on_core[(weight_item, core)] == 0:
                 self._close(weights, end)
         output = self.resident[(core, ("out", tile.id))]
         if tile.is_final:
@@ -544,6 +613,12 @@ class _Scheduler:
         scheduled = ScheduledTile(tile, start, end, energy)
         self.done[tile.id] = scheduled
         return scheduled
+
+
+def weights_of(tile: Tile) -> tuple:
+    """The weights a tile uses: its layer's, for its output channels and input chunk (tiles
+    of a layer split by rows on several cores use the same weights)."""
+    return ("w", tile.node, tile.chunk, tile.channels)
 
 
 def schedule_tiles(graph: Graph, system: System, plan: Plan,

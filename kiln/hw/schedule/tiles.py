@@ -162,8 +162,12 @@ def make_tiles(graph: Graph, plan: Plan) -> list[Tile]:
     starts: dict[str, list[int]] = {}
     for node in graph.nodes:
         cores = plan.allocation[node.name]
-        row_list = row_ranges(node, plan.rows.get(node.name))
         by_rows = plan.split.get(node.name, "K") == "OY" and len(cores) > 1
+        rows_per_tile = plan.rows.get(node.name)
+        if by_rows:  # at least one row tile per core
+            rows_per_tile = min(rows_per_tile or node.out_rows,
+                                math.ceil(node.out_rows / len(cores)))
+        row_list = row_ranges(node, rows_per_tile)
         # K across cores: each core a share of the output channels of every row tile;
         # OY across cores: whole row tiles dealt to the cores in turn (each holds all weights).
         channel_list = [(0, node.out_channels)] if by_rows else split(node.out_channels,

@@ -170,7 +170,7 @@ def _check(schedule, fail) -> None:
                      f"{core} when it starts")
         if node.is_mac and tile.weight_bits:
             weights = [b for b in buffers_by_core_item.get(
-                (core, ("w", node.name, core, tile.chunk)), [])
+                (core, ("w", node.name, tile.chunk, tile.channels)), [])
                        if _alive(b, entry.start, entry.end) and b.ready <= entry.start + _EPS]
             if not weights:
                 fail(f"{where}: the weights of '{node.name}' are not on core {core}")
@@ -184,6 +184,24 @@ def _check(schedule, fail) -> None:
                        if t.target == dram and t.start + _EPS >= entry.end]
             if not written:
                 fail(f"tile {tile.label}: its final output never reaches DRAM")
+
+    # A transfer to several cores at once goes over a bus that reaches each of them.
+    bus_cores = {f"link {link.index}": set(link.cores) for link in system.links}
+    for transfer in schedule.transfers:
+        for extra in transfer.also_to:
+            if not any(extra in bus_cores.get(r, ()) for r in transfer.resources):
+                fail(f"transfer of {transfer.item} reaches core {extra} over "
+                     f"{list(transfer.resources)}, which do not connect it")
+
+    # Weights copied from another core: that core holds them all the while.
+    for transfer in schedule.transfers:
+        if transfer.item[0] == "w" and transfer.source != dram:
+            held = [b for b in buffers_by_core_item.get((transfer.source, transfer.item), [])
+                    if _alive(b, transfer.start, transfer.end)
+                    and b.ready <= transfer.start + _EPS]
+            if not held:
+                fail(f"weights {transfer.item[1]} leave core {transfer.source} at cycle "
+                     f"{transfer.start:g} without being there")
 
     # Pushed copies leave their core after the tile ended, while it still holds the output.
     by_id = {entry.tile.id: entry for entry in schedule.tiles}
