@@ -439,29 +439,55 @@ def spatial_candidates(
                         if fa * fb <= size:
                             options.append({a: fa, b: fb})
         per_oa.append(options)
-    scored = []
     names = list(hw.array_sizes)
-    for combo in itertools.product(*per_oa):
-        unrolled: dict[str, int] = {}
-        for per_dim in combo:
-            for dim, factor in per_dim.items():
-                unrolled[dim] = unrolled.get(dim, 1) * factor
-        if any(f > layer.sizes[d] for d, f in unrolled.items()):
-            continue
-        # Real utilization: a dim that does not divide runs ceil(size/unroll) steps.
-        steps = math.prod(math.ceil(layer.sizes[d] / f) for d, f in unrolled.items())
-        used = math.prod(unrolled.values())
-        if used == 1:
-            continue
-        ideal_units = math.prod(layer.sizes[d] for d in unrolled) / steps
-        utilization = ideal_units / hw.total_units
+    # Only the best `keep` are wanted: mappings (and their text, the tie-break) are built
+    # for those and whatever ties with the last of them, not for every combination.
+    scored = _score_spatial(layer, per_oa, hw.total_units, keep)
+    ranked = []
+    for utilization, combo in scored:
         mapping = SpatialMapping({oa: dict(given[oa]) if oa in given else dict(pd)
                                   for oa, pd in zip(names, combo, strict=False)
                                   if pd or oa in given})
-        scored.append((-utilization, str(mapping), mapping))
-    scored.sort(key=lambda item: (item[0], item[1]))
-    mappings = [m for _, _, m in scored]
+        ranked.append((utilization, str(mapping), mapping))
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    mappings = [m for _, _, m in ranked]
     return mappings[:keep] if keep else mappings
+
+
+def _score_spatial(layer: Layer, per_oa: list[list[dict[str, int]]], total_units: int,
+                   keep: int | None = None) -> list[tuple[float, tuple]]:
+    """(−utilization, combination) of every combination of per-array-dimension options that
+    fits the layer (with ``keep``: only those scoring at least as well as the keep-th best),
+    computed over all combinations at once with numpy. Utilization counts what a dim that
+    does not divide wastes: it runs ceil(size/unroll) steps."""
+    import numpy as np
+
+    dims = list(layer.sizes)
+    sizes = np.array([layer.sizes[d] for d in dims], dtype=np.int64)
+    # Each option as a row of per-dim factors (1 where the option does not unroll the dim).
+    tables = []
+    for options in per_oa:
+        table = np.ones((len(options), len(dims)), dtype=np.int64)
+        for row, option in enumerate(options):
+            for dim, factor in option.items():
+                table[row, dims.index(dim)] = factor
+        tables.append(table)
+    grids = np.meshgrid(*[np.arange(len(t)) for t in tables], indexing="ij")
+    indices = [g.reshape(-1) for g in grids]
+    factors = np.ones((indices[0].size, len(dims)), dtype=np.int64)
+    for table, index in zip(tables, indices, strict=True):
+        factors *= table[index]
+    unrolled = factors > 1
+    fits = (factors <= sizes).all(axis=1) & unrolled.any(axis=1)
+    steps = np.where(unrolled, -(-sizes // factors), 1).prod(axis=1).astype(np.float64)
+    ideal = np.where(unrolled, sizes, 1).prod(axis=1).astype(np.float64) / steps
+    scores = -ideal / total_units
+    kept = np.nonzero(fits)[0]
+    if keep and kept.size > keep:
+        cutoff = np.partition(scores[kept], keep - 1)[keep - 1]
+        kept = kept[scores[kept] <= cutoff]
+    return [(float(scores[i]), tuple(per_oa[k][int(indices[k][i])] for k in range(len(per_oa))))
+            for i in kept]
 
 
 def zigzag_completions(layer: Layer, hw: Accelerator, fixed: SpatialMapping,

@@ -86,17 +86,17 @@ def layer_options(graph: Graph, system: System,
     return result
 
 
-def default_plan(graph: Graph, system: System) -> Plan:
-    """MAC layers on every compute core: split by output rows where the feature maps
-    outweigh the weights (each core then reads only its rows), by output channels where the
-    weights do (each core loads only its share); other layers on the first core that runs
-    them."""
+def default_plan(graph: Graph, system: System, split: str = "K") -> Plan:
+    """MAC layers on every compute core, split by output channels (``split="K"``: each core
+    loads only its share of the weights, as Stream does), or (``"auto"``) by output rows
+    where the feature maps outweigh the weights (each core then reads only its rows); other
+    layers on the first core that runs them."""
     options = layer_options(graph, system)
     plan = Plan({})
     for node in graph.nodes:
         choices = options[node.name]
         maps = node.output_bits + node.in_channels * node.in_rows * node.in_cols * node.act_bits
-        by_rows = maps > node.weight_count * node.weight_bits
+        by_rows = split == "auto" and maps > node.weight_count * node.weight_bits
         wanted = "OY" if by_rows else "K"
         spread = [o for o in choices if len(o.cores) > 1 and o.split == wanted] or [
             o for o in choices if len(o.cores) > 1]
@@ -277,14 +277,18 @@ def nsga2(graph: Graph, system: System, base: Plan, coster: TileCoster,
 
 def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
                   objective: str = "latency",
-                  rows_options: tuple[int | None, ...] = (None, 16, 8, 4, 2)) -> SearchResult:
+                  rows_options: tuple[int | None, ...] = (None, 16, 8, 4),
+                  alternatives: tuple[Plan, ...] = ()) -> SearchResult:
     """Rows per tile and fusion: layer by layer, or every layer in one fused group at each
-    rows-per-tile setting; the best schedule by the objective."""
+    rows-per-tile setting, for the plan's allocation and each alternative one; the best
+    schedule by the objective."""
     best = None
     evaluated = 0
     names = [node.name for node in graph.nodes]
-    for rows in rows_options:
+    for allocation, rows in itertools.product((plan, *alternatives), rows_options):
         candidate = plan.copy()
+        candidate.allocation = dict(allocation.allocation)
+        candidate.split = dict(allocation.split)
         candidate.rows = {} if rows is None else {name: rows for name in names}
         candidate.groups = [] if rows is None else [names]
         try:

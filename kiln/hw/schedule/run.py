@@ -122,7 +122,12 @@ def schedule(workload: str | Graph, system: str | Path | System, *,
                       progress=report("allocation"), seed_plans=seeds)
         tiled, evaluated, front = found.plan, found.evaluated, found.front
     if rows == "auto":
-        found = search_tiling(graph, system, tiled, coster, objective)
+        # Also with the layers whose feature maps outweigh their weights split by rows,
+        # when the allocation was not given.
+        alternatives = () if mapping is not None or allocate != "fixed" else (
+            default_plan(graph, system, split="auto"),)
+        found = search_tiling(graph, system, tiled, coster, objective,
+                              alternatives=alternatives)
         tiled, evaluated = found.plan, evaluated + found.evaluated
         result_schedule = found.schedule
     else:

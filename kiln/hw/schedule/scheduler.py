@@ -49,8 +49,8 @@ class Transfer:
     """Data moved between two cores (the off-chip core is DRAM). ``item``: ``("out", tile)``
     a tile's output (spilled or final), ``("slice", producer, consumer)`` the part of a
     producer tile's output a consumer reads, ``("w", layer, chunk, channels)`` weights,
-    ``("in", tile)`` the network input a tile reads. A bus carries one transfer to several
-    cores at once: ``also_to`` lists the other cores that receive it."""
+    ``("in", layer, rows, ...)`` the network input rows a tile reads. A bus carries one
+    transfer to several cores at once: ``also_to`` lists the other cores that receive it."""
 
     item: tuple
     source: int
@@ -256,8 +256,9 @@ class _Scheduler:
                         tuple(resources), energy, reason, width)
 
     def _multicast(self, item: tuple, core: int, bits: int, ready: float) -> Transfer | None:
-        """Weights that other cores will need too (a layer split by rows) go from DRAM to all
-        of them in one transfer over a bus that reaches them, each with room for them."""
+        """Weights (a layer split by rows) or network input (split by channels) that other
+        cores will need too go from DRAM to all of them in one transfer over a bus that
+        reaches them, each with room for them."""
         others = [c for c in self.system.cores if c != core and
                   self.left_on_core.get((item, c), 0) > 0 and (c, item) not in self.resident]
         if not others:
@@ -278,6 +279,7 @@ class _Scheduler:
                 start = max(start, room)
         if not receivers:
             return None
+        reason = "weights" if item[0] == "w" else "input"
         width = min(bus.bandwidth, self.system.offchip.bandwidth)
         resources = [f"link {bus.index}", "dram"]
         pieces = self._pieces(resources, width, bits, start)
@@ -289,14 +291,14 @@ class _Scheduler:
                 self.timelines[resource].reserve(piece_start, piece_start + length, width)
             piece = Transfer(item, self.dram, core, int(moved_bits), piece_start,
                              piece_start + length, tuple(resources),
-                             energy * (moved_bits / bits if bits else 0.0), "weights", width,
+                             energy * (moved_bits / bits if bits else 0.0), reason, width,
                              tuple(receivers))
             self.transfers.append(piece)
             made.append(piece)
         for other in receivers:
             self._open(other, item, bits, made[0].start, made[-1].end)
         return Transfer(item, self.dram, core, bits, made[0].start, made[-1].end,
-                        tuple(resources), energy, "weights", width, tuple(receivers))
+                        tuple(resources), energy, reason, width, tuple(receivers))
 
     def _best_route(self, source: int, target: int, bits: int, ready: float) -> tuple:
         """(finish, resources, width, energy, pieces) of the best route, nothing reserved."""
@@ -446,6 +448,8 @@ class _Scheduler:
                 self.pending[dep].add(tile.id)
             if tile.weight_bits:
                 self.left_on_core[(weights_of(tile), tile.core)] += 1
+            if tile.reads_input_bits:
+                self.left_on_core[(input_of(tile), tile.core)] += 1
         # When each item is next needed (list position), for choosing what to spill.
         self.uses: dict[tuple, list[int]] = defaultdict(list)
         for tile in tiles:
@@ -490,8 +494,9 @@ class _Scheduler:
                 local.append((dep, bits, here))
             else:
                 needs.append((("slice", dep, tile.id), bits, dep))
-        if tile.reads_input_bits:
-            needs.append((("in", tile.id), tile.reads_input_bits, None))
+        input_item = input_of(tile)
+        if tile.reads_input_bits and (core, input_item) not in self.resident:
+            needs.append((input_item, tile.reads_input_bits, None))
         capacity = self.system.cores[core].memory_bits
         weights_here = self.resident[(core, weight_item)].bits if (
             core, weight_item) in self.resident else 0
@@ -518,7 +523,7 @@ class _Scheduler:
                 f"holds {capacity:,}",
                 hint="split the layer across more cores or use fewer rows per tile")
         keep = {("out", dep) for dep in tile.deps} | {("copy", dep) for dep in tile.deps} | {
-            weight_item}
+            weight_item, input_item}
         next_use = None
         while True:
             weights_need = sum(bits for item, bits, _ in needs if item[0] == "w")
@@ -557,7 +562,7 @@ class _Scheduler:
                     source, ready = self.dram, self.in_dram[("out", dep)]
             reason = {"w": "weights", "in": "input"}.get(item[0], "input")
             move = None
-            if item[0] == "w" and self.multicast:
+            if item[0] in ("w", "in") and self.multicast:
                 move = self._multicast(item, core, bits, ready)
             if move is None:
                 move = self._move(item, source, core, bits,
@@ -569,11 +574,13 @@ class _Scheduler:
                     else ("copy", dep))]
                 giver.last_use = max(giver.last_use, move.end)
             buffer = self._open(core, item, bits, move.start, move.end)
-            if item[0] != "w":
+            if item[0] == "slice":
                 brought.append(buffer)
             arrivals.append(move.end)
         if tile.weight_bits:
             arrivals.append(self.resident[(core, weight_item)].ready)
+        if tile.reads_input_bits:
+            arrivals.append(self.resident[(core, input_item)].ready)
         start = max([self.core_free[core], *arrivals])
         end = start + cycles
         self.core_free[core] = end
@@ -595,6 +602,12 @@ class _Scheduler:
                 others = [b for b in self._holders(dep) if b is not copy]
                 if copy is not None and (others or ("out", dep) in self.in_dram):
                     self._close(copy, copy.last_use)  # this core's readers are done with it
+        if tile.reads_input_bits:
+            read = self.resident[(core, input_item)]
+            read.last_use = max(read.last_use, end)
+            self.left_on_core[(input_item, core)] -= 1
+            if self.left_on_core[(input_item, core)] == 0:
+                self._close(read, end)
         if tile.weight_bits:
             weights = self.resident[(core, weight_item)]
             weights.last_use = max(weights.last_use, end)
@@ -619,6 +632,12 @@ def weights_of(tile: Tile) -> tuple:
     """The weights a tile uses: its layer's, for its output channels and input chunk (tiles
     of a layer split by rows on several cores use the same weights)."""
     return ("w", tile.node, tile.chunk, tile.channels)
+
+
+def input_of(tile: Tile) -> tuple:
+    """The network input a tile reads: its rows' window, its input channels (tiles of a
+    layer split by output channels read the same input)."""
+    return ("in", tile.node, tile.rows, tile.input_channels)
 
 
 def schedule_tiles(graph: Graph, system: System, plan: Plan,

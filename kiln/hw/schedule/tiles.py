@@ -70,6 +70,7 @@ class Tile:
     in_channels: tuple[int, int] | None = None  # the input channels it reads (None: all)
     chunk: int = 0  # which input-channel chunk; chunk > 0 adds to chunk − 1's partial sums
     chunks: int = 1
+    input_channels: tuple[int, int] | None = None  # of the network input it reads (None: all)
 
     @property
     def label(self) -> str:
@@ -189,6 +190,7 @@ def make_tiles(graph: Graph, plan: Plan) -> list[Tile]:
                     if in_channels is not None:
                         share *= (in_channels[1] - in_channels[0]) / max(1, node.in_channels)
                     reads_input = 0
+                    input_channels = channels if node.channelwise else in_channels
                     if not node.inputs:
                         first, last = node.input_rows(*rows)
                         wide = (channels[1] - channels[0]) if node.channelwise else (
@@ -204,7 +206,8 @@ def make_tiles(graph: Graph, plan: Plan) -> list[Tile]:
                         weight_bits=math.ceil(node.weight_count * share) * node.weight_bits,
                         reads_input_bits=reads_input, group=groups[node.name],
                         is_final=last_chunk and not consumers[node.name],
-                        in_channels=in_channels, chunk=chunk, chunks=len(chunk_list))
+                        in_channels=in_channels, chunk=chunk, chunks=len(chunk_list),
+                        input_channels=input_channels if reads_input else None)
                     tiles.append(tile)
                     previous = tile
                     if last_chunk:

@@ -23,6 +23,7 @@ import math
 from collections import defaultdict
 
 from kiln.errors import KilnError
+from kiln.hw.schedule.scheduler import input_of
 
 _EPS = 1e-6
 
@@ -175,7 +176,7 @@ def _check(schedule, fail) -> None:
             if not weights:
                 fail(f"{where}: the weights of '{node.name}' are not on core {core}")
         if tile.reads_input_bits:
-            read = [b for b in buffers_by_core_item.get((core, ("in", tile.id)), [])
+            read = [b for b in buffers_by_core_item.get((core, input_of(tile)), [])
                     if b.ready <= entry.start + _EPS and _alive(b, entry.start, entry.end)]
             if not read:
                 fail(f"{where}: its network input is not on core {core}")
