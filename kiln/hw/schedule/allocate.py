@@ -300,4 +300,13 @@ def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
             best = (candidate, schedule)
     if best is None:
         raise ConfigError("no tiling of this workload fits the system")
+    other = best[0].copy()  # the best tiling with core-to-core data routed the other way
+    other.routes = "links" if other.routes == "share" else "share"
+    try:
+        schedule = schedule_tiles(graph, system, other, coster)
+        evaluated += 1
+        if _key(schedule, objective) < _key(best[1], objective):
+            best = (other, schedule)
+    except KilnError:
+        pass
     return SearchResult(best[0], best[1], evaluated, "tiling")

@@ -36,9 +36,11 @@ def tile_layer(node: Node, tile: Tile) -> Layer:
     channels = tile.channels[1] - tile.channels[0]
     if "OY" in sizes:
         sizes["OY"] = rows
-        first, last = node.input_rows(*tile.rows)
-        if "IY" in pr_sizes:
-            pr_sizes["IY"] = max(1, last - first)
+        if "IY" in pr_sizes and rows != node.out_rows:
+            # A row tile reads its whole window, padding rows included (they stream in as
+            # zeros): every tile of the same height has the same shape and is priced once.
+            pr_sizes["IY"] = (rows - 1) * node.stride_rows + (
+                node.kernel_rows - 1) * node.dilation_rows + 1
         if sizes.get("G", 1) > 1 and sizes["K"] == 1:
             sizes["G"] = channels  # depthwise: the channels are groups
         else:

@@ -16,6 +16,11 @@ import math
 from collections import defaultdict
 
 
+def hardware(resources: tuple[str, ...]) -> list[str]:
+    """The links, buses and DRAM port of a transfer (not the scheduler's own budgets)."""
+    return [r for r in resources if not r.startswith("share ")]
+
+
 def memory_profile(schedule, core_id: int) -> list[tuple[float, int]]:
     """(cycle, bits held from then on) for one core, at every change."""
     events = []
@@ -91,7 +96,7 @@ def schedule_figures(schedule) -> dict:
     capacity = {name: link.bandwidth for name, link in link_by_name.items()}
     capacity["dram"] = system.offchip.bandwidth
     for transfer in schedule.transfers:
-        for resource in transfer.resources:  # bandwidth-cycles used over those it has
+        for resource in hardware(transfer.resources):  # bandwidth-cycles used over those it has
             busy[resource] += (transfer.end - transfer.start) * transfer.rate / capacity[
                 resource]
     labels = {f"link {link.index}": link.label for link in system.links}

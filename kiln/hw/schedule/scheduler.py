@@ -301,20 +301,32 @@ class _Scheduler:
                         tuple(resources), energy, reason, width, tuple(receivers))
 
     def _best_route(self, source: int, target: int, bits: int, ready: float) -> tuple:
-        """(finish, resources, width, energy, pieces) of the best route, nothing reserved."""
+        """(finish, resources, width, energy, pieces) of the route that delivers first,
+        nothing reserved."""
         dram = self.system.offchip
+        to_dram = self.dram in (source, target)
         best = None
         routes = self.system.routes(source, target)
-        if self.dram not in (source, target):
-            # Core-to-core data takes point-to-point links where there are: the shared bus
-            # is what DRAM traffic needs (taking it because it is wider starves the DRAM).
-            direct = [r for r in routes if all(link.kind == "link" for link in r)]
-            routes = direct or routes
+        if not to_dram and self.plan.routes == "links":
+            # Core-to-core data on point-to-point links where there are any, leaving the
+            # bus to DRAM traffic.
+            routes = [r for r in routes if all(link.kind == "link" for link in r)] or routes
         for route in routes:
-            width = min([link.bandwidth for link in route] or [math.inf])
+            width = math.inf
             resources = [f"link {link.index}" for link in route]
+            for link in route:
+                usable = link.bandwidth
+                if not to_dram and self.dram in link.cores and self.plan.routes == "share":
+                    # Core-to-core data on the bus to DRAM leaves the DRAM its share of it
+                    # (all such transfers together): DRAM is usually the bottleneck.
+                    usable = max(link.bandwidth - dram.bandwidth, link.bandwidth / 2)
+                    share = f"share {link.index}"
+                    if share not in self.timelines:
+                        self.timelines[share] = Timeline(usable)
+                    resources.append(share)
+                width = min(width, usable)
             energy = sum(link.pj_per_bit * bits for link in route)
-            if self.dram in (source, target):
+            if to_dram:
                 width = min(width, dram.bandwidth)
                 resources.append("dram")
                 energy += bits * (dram.read_pj_per_bit if source == self.dram
@@ -377,11 +389,12 @@ class _Scheduler:
         self.horizon[core] = max(self.horizon[core], before)
         self.active[core] = [b for b in self.active[core] if b.end is None or b.end > before]
 
-    def _evict_one(self, core: int, keep: set[tuple], next_use: dict[tuple, int]) -> bool:
+    def _evict_one(self, core: int, keep: set[tuple], now: int) -> bool:
+        """Spill what is needed furthest in the future (list order), the largest first."""
         candidates = [b for b in self.active[core] if b.end is None and b.item not in keep]
         if not candidates:
             return False
-        victim = max(candidates, key=lambda b: (next_use.get(b.item, math.inf), b.bits))
+        victim = max(candidates, key=lambda b: (self._next_use(b.item, now), b.bits))
         self._evict(victim)
         return True
 
@@ -461,12 +474,12 @@ class _Scheduler:
         return Schedule(self.system, self.graph, self.plan, scheduled, self.transfers,
                         self.buffers, self.spills, self.coster.priced)
 
-    def _next_use(self, after: int) -> dict[tuple, int]:
-        result = {}
-        for item, orders in self.uses.items():
-            index = bisect.bisect_right(orders, after)
-            result[item] = orders[index] if index < len(orders) else math.inf
-        return result
+    def _next_use(self, item: tuple, after: int) -> float:
+        """The list position of the next tile (after ``after``) that reads an item."""
+        key = ("out", item[1]) if item[0] == "copy" else item
+        orders = self.uses.get(key, [])
+        index = bisect.bisect_right(orders, after)
+        return orders[index] if index < len(orders) else math.inf
 
     def _one(self, tile: Tile) -> ScheduledTile:
         core = tile.core
@@ -524,7 +537,6 @@ class _Scheduler:
                 hint="split the layer across more cores or use fewer rows per tile")
         keep = {("out", dep) for dep in tile.deps} | {("copy", dep) for dep in tile.deps} | {
             weight_item, input_item}
-        next_use = None
         while True:
             weights_need = sum(bits for item, bits, _ in needs if item[0] == "w")
             weight_room = self._earliest_room(core, weight_window, weights_need) if \
@@ -534,9 +546,7 @@ class _Scheduler:
                 room = self._earliest_room(core, max(window, weight_room), need)
             if room is not None:
                 break
-            if next_use is None:
-                next_use = self._next_use(tile.order)
-            if not self._evict_one(core, keep, next_use):
+            if not self._evict_one(core, keep, tile.order):
                 raise DoesNotFitError(
                     f"tile {tile.label} does not fit on {self.system.cores[core].label} "
                     f"({need:,} bits needed, {capacity:,} available)")

@@ -36,16 +36,20 @@ class Plan:
     # Input-channel chunks of a MAC layer whose weights do not fit a core at once: each chunk
     # adds its partial sums to the previous one's on the same core (weights stream in).
     chunks: dict[str, int] = field(default_factory=dict)
+    # How core-to-core data uses a bus that DRAM is on: "share" (up to what DRAM leaves
+    # free), or "links" (point-to-point links where there are any).
+    routes: str = "share"
 
     def describe(self) -> dict:
         return {"allocation": {k: list(v) for k, v in self.allocation.items()},
                 "split": {k: self.split.get(k, "K") for k in self.allocation},
                 "rows_per_tile": dict(self.rows), "input_channel_chunks": dict(self.chunks),
-                "fused_groups": [list(g) for g in self.groups]}
+                "fused_groups": [list(g) for g in self.groups],
+                "core_to_core_routes": self.routes}
 
     def copy(self) -> Plan:
         return Plan(dict(self.allocation), dict(self.rows), [list(g) for g in self.groups],
-                    dict(self.split), dict(self.chunks))
+                    dict(self.split), dict(self.chunks), self.routes)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from kiln.hw.schedule.figures import layer_table, memory_profile, schedule_figures
+from kiln.hw.schedule.figures import hardware, layer_table, memory_profile, schedule_figures
 
 _REASON_COLOURS = {"weights": "#8c564b", "input": "#1f77b4", "push": "#17becf",
                    "spill": "#d62728", "output": "#2ca02c"}
@@ -36,7 +36,7 @@ def plot_timeline(schedule, path: Path) -> None:
 
     system = schedule.system
     rows = [f"core {c.id} ({c.name})" for c in system.compute_cores]
-    resources = sorted({r for t in schedule.transfers for r in t.resources},
+    resources = sorted({r for t in schedule.transfers for r in hardware(t.resources)},
                        key=lambda r: (r == "dram", r))
     labels = {f"link {link.index}": link.label for link in system.links}
     labels["dram"] = "DRAM port"
@@ -49,7 +49,7 @@ def plot_timeline(schedule, path: Path) -> None:
         axes.barh(index[f"core {core.id} ({core.name})"], entry.end - entry.start,
                   left=entry.start, height=0.8, color=colours[entry.tile.node], linewidth=0)
     for transfer in schedule.transfers:
-        for resource in transfer.resources:
+        for resource in hardware(transfer.resources):
             capacity = system.offchip.bandwidth if resource == "dram" else next(
                 link.bandwidth for link in system.links if f"link {link.index}" == resource)
             share = min(1.0, transfer.rate / capacity)  # bar height: share of the bandwidth
@@ -119,7 +119,7 @@ def chrome_trace(schedule) -> dict:
                        "ts": entry.start, "dur": entry.end - entry.start,
                        "args": {"tile": entry.tile.label, "energy_pj": entry.energy_pj}})
     for transfer in schedule.transfers:
-        for resource in transfer.resources:
+        for resource in hardware(transfer.resources):
             events.append({"ph": "X", "pid": 2, "tid": labels[resource][0],
                            "name": f"{transfer.reason} {transfer.source}->{transfer.target}",
                            "ts": transfer.start, "dur": transfer.end - transfer.start,
