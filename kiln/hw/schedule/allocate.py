@@ -279,25 +279,32 @@ def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
                   objective: str = "latency",
                   rows_options: tuple[int | None, ...] = (None, 16, 8, 4),
                   alternatives: tuple[Plan, ...] = ()) -> SearchResult:
-    """Rows per tile and fusion: layer by layer, or every layer in one fused group at each
-    rows-per-tile setting, for the plan's allocation and each alternative one; the best
-    schedule by the objective."""
+    """Rows per tile and fusion: layer by layer, then every layer in one fused group at
+    fewer and fewer rows per tile (stopping once finer tiles stop helping), for the plan's
+    allocation and each alternative one; then the best with core-to-core data routed the
+    other way. The best schedule by the objective."""
     best = None
     evaluated = 0
     names = [node.name for node in graph.nodes]
-    for allocation, rows in itertools.product((plan, *alternatives), rows_options):
-        candidate = plan.copy()
-        candidate.allocation = dict(allocation.allocation)
-        candidate.split = dict(allocation.split)
-        candidate.rows = {} if rows is None else {name: rows for name in names}
-        candidate.groups = [] if rows is None else [names]
-        try:
-            schedule = schedule_tiles(graph, system, candidate, coster)
-        except KilnError:
-            continue
-        evaluated += 1
-        if best is None or _key(schedule, objective) < _key(best[1], objective):
-            best = (candidate, schedule)
+    for allocation in (plan, *alternatives):
+        previous = None
+        for rows in rows_options:
+            candidate = plan.copy()
+            candidate.allocation = dict(allocation.allocation)
+            candidate.split = dict(allocation.split)
+            candidate.rows = {} if rows is None else {name: rows for name in names}
+            candidate.groups = [] if rows is None else [names]
+            try:
+                schedule = schedule_tiles(graph, system, candidate, coster)
+            except KilnError:
+                continue
+            evaluated += 1
+            if best is None or _key(schedule, objective) < _key(best[1], objective):
+                best = (candidate, schedule)
+            if rows is not None and previous is not None and \
+                    _key(schedule, objective) > previous:
+                break  # finer tiles stopped helping
+            previous = _key(schedule, objective)
     if best is None:
         raise ConfigError("no tiling of this workload fits the system")
     other = best[0].copy()  # the best tiling with core-to-core data routed the other way
