@@ -302,3 +302,41 @@ def test_schedule_api_and_cli(tmp_path):
     assert clash.read_text() == "keep"
     with pytest.raises(KilnError, match="granularity rows=0"):
         schedule(str(TWO_CONV), SYSTEMS / "dual_core_simd.yaml", granularity="rows=0")
+
+
+def test_stream_mapping_is_read_as_stream_writes_it(tmp_path, dual, coster):
+    """Stream's Conv dims: D2 = OY, D6 = K; a fused group's OY tile becomes rows per tile."""
+    graph = graph_from_onnx(TWO_CONV)
+    mapping = tmp_path / "stream.yaml"
+    mapping.write_text(
+        "layers:\n"
+        "  - name: Conv1\n    core_allocation: [[0, 1]]\n"
+        "    inter_core_tiling: [[{dim: D2, split: 2}]]\n"
+        "  - name: Conv2\n    core_allocation: [[0, 1]]\n"
+        "    inter_core_tiling: [[{dim: D6, split: 2}]]\n"
+        "fused_groups:\n  - name: g\n    layers: [Conv1, Conv2]\n"
+        "    intra_core_tiling: [{dim: Conv1.D2, tile: 8}, {dim: Conv2.D6, tile: 16}]\n")
+    plan, notes = plan_from_stream_mapping(mapping, graph, dual)
+    assert plan.split == {"Conv1": "OY"} and plan.allocation["Conv2"] == (0, 1)
+    assert plan.rows == {"Conv1": 8, "Conv2": 8} and plan.groups == [["Conv1", "Conv2"]]
+    assert any("Conv2.K by 16 is not applied" in note for note in notes)
+    result = schedule_tiles(graph, dual, plan, coster)
+    assert check_schedule(result) == []
+    conv1 = [e.tile for e in result.tiles if e.tile.node == "Conv1"]
+    # Row tiles dealt to the two cores in turn, each with every output channel.
+    assert {t.core for t in conv1} == {0, 1} and all(t.channels == (0, 16) for t in conv1)
+    # Both cores run Conv1 by rows with the same weights: loaded from DRAM once (a
+    # multicast over the bus) rather than once per core.
+    loads = [t for t in result.transfers if t.item[0] == "w" and t.item[1] == "Conv1"]
+    assert sum(t.bits for t in loads if t.source == dual.offchip_core_id) == 16 * 8 * 9 * 8
+    assert any(t.also_to for t in loads)
+
+
+def test_system_errors_reach_the_cli_as_exit_2(tmp_path):
+    system = _write_system(tmp_path, "  - {type: link, cores: [0, 9], bandwidth: 64}\n", 3)
+    done = subprocess.run([sys.executable, "-m", "kiln", "schedule", str(TWO_CONV), "--system",
+                           str(system), "--out", str(tmp_path / "o")], capture_output=True,
+                          text=True)
+    assert done.returncode == 2
+    assert "core_connectivity[0].cores[1]: core 9 does not exist" in done.stderr
+    assert not (tmp_path / "o").exists()
