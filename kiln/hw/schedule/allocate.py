@@ -275,14 +275,48 @@ def nsga2(graph: Graph, system: System, base: Plan, coster: TileCoster,
     return SearchResult(best[0], best[1], len(found), "nsga2", front)
 
 
+def cut_candidates(graph: Graph, limit: int = 4) -> list[int]:
+    """Where a fused group may be cut: before a layer whose feature map is smaller than its
+    producer's (a resolution change), at most ``limit`` of them, evenly spread."""
+    positions = [i for i, node in enumerate(graph.nodes) if i and node.inputs and
+                 node.out_rows < graph.node(node.inputs[0]).out_rows]
+    if len(positions) > limit:
+        step = len(positions) / limit
+        positions = [positions[int(k * step)] for k in range(limit)]
+    return positions
+
+
+def search_cuts(graph: Graph, system: System, plan: Plan, schedule: Schedule,
+                coster: TileCoster, objective: str = "latency") -> SearchResult:
+    """Fusion cut points, greedily: cut the fused group before a resolution change where that
+    makes the schedule better, keep the cut, try the next."""
+    names = [node.name for node in graph.nodes]
+    best = (plan, schedule)
+    evaluated = 0
+    cuts: list[int] = []
+    for position in cut_candidates(graph):
+        trial = sorted(cuts + [position])
+        candidate = best[0].copy()
+        bounds = [0, *trial, len(names)]
+        candidate.groups = [names[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        try:
+            result = schedule_tiles(graph, system, candidate, coster)
+        except KilnError:
+            continue
+        evaluated += 1
+        if _key(result, objective) < _key(best[1], objective):
+            best, cuts = (candidate, result), trial
+    return SearchResult(best[0], best[1], evaluated, "cuts")
+
+
 def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
                   objective: str = "latency",
                   rows_options: tuple[int | None, ...] = (None, 16, 8, 4),
                   alternatives: tuple[Plan, ...] = ()) -> SearchResult:
     """Rows per tile and fusion: layer by layer, then every layer in one fused group at
     fewer and fewer rows per tile (stopping once finer tiles stop helping), for the plan's
-    allocation and each alternative one; then the best with core-to-core data routed the
-    other way. The best schedule by the objective."""
+    allocation and each alternative one; then fusion cut points for the best; then the best
+    with core-to-core data routed the other way. The best schedule by the objective."""
     best = None
     evaluated = 0
     names = [node.name for node in graph.nodes]
@@ -307,6 +341,10 @@ def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
             previous = _key(schedule, objective)
     if best is None:
         raise ConfigError("no tiling of this workload fits the system")
+    if best[0].groups:
+        found = search_cuts(graph, system, best[0], best[1], coster, objective)
+        evaluated += found.evaluated
+        best = (found.plan, found.schedule)
     other = best[0].copy()  # the best tiling with core-to-core data routed the other way
     other.routes = "links" if other.routes == "share" else "share"
     try:
