@@ -314,15 +314,21 @@ def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
                   rows_options: tuple[int | None, ...] = (None, 16, 8, 4),
                   alternatives: tuple[Plan, ...] = ()) -> SearchResult:
     """Rows per tile and fusion: layer by layer, then every layer in one fused group at
-    fewer and fewer rows per tile (stopping once finer tiles stop helping), for the plan's
-    allocation and each alternative one; then fusion cut points for the best; then the best
-    with core-to-core data routed the other way. The best schedule by the objective."""
+    fewer and fewer rows per tile (stopping once finer tiles stop helping) for the plan's
+    allocation; each alternative allocation from the rows found best on; then fusion cut
+    points for the best; then the best with core-to-core data routed the other way. The best
+    schedule by the objective."""
     best = None
     evaluated = 0
     names = [node.name for node in graph.nodes]
-    for allocation in (plan, *alternatives):
+    for number, allocation in enumerate((plan, *alternatives)):
         previous = None
-        for rows in rows_options:
+        options = rows_options
+        if number and best is not None:
+            found = next(iter(best[0].rows.values()), None) if best[0].groups else None
+            options = rows_options[rows_options.index(found):] if found in rows_options \
+                else rows_options
+        for rows in options:
             candidate = plan.copy()
             candidate.allocation = dict(allocation.allocation)
             candidate.split = dict(allocation.split)

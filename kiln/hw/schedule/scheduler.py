@@ -139,7 +139,8 @@ class Timeline:
             if e < end:
                 events.append((e, -rate))
         peak = level
-        for _, delta in sorted(events, key=lambda x: (x[0], x[1])):
+        events.sort()
+        for _, delta in events:
             level += delta
             peak = max(peak, level)
         return peak, ends
@@ -167,7 +168,8 @@ class Timeline:
                 events.append((e, -r))
         if level + rate > self.capacity + 1e-9:
             return 0.0
-        for time, delta in sorted(events, key=lambda x: (x[0], x[1])):
+        events.sort()
+        for time, delta in events:
             level += delta
             if level + rate > self.capacity + 1e-9:
                 return time - start
