@@ -15,7 +15,7 @@ Rules the validator (``validate.py``) checks independently:
 - a core's buffers never exceed its memory.
 
 A tile's inputs move in no earlier than the start of the tile before it on the same core
-(double buffering); its weights up to 64 tiles ahead, as memory allows (DRAM is usually the
+(double buffering); its weights up to 16 tiles ahead, as memory allows (DRAM is usually the
 bottleneck, so keeping it busy matters most). Transfers may be cut into bursts that fill gaps
 in a link's use; a finished tile's output is pushed at once to the other cores that read it.
 
@@ -46,7 +46,7 @@ class DoesNotFitError(KilnError):
 
 class _Scheduler:
     def __init__(self, graph: Graph, system: System, plan: Plan, coster: TileCoster,
-                 prefetch: int | None = 64, push: bool = True) -> None:
+                 prefetch: int | None = 16, push: bool = True) -> None:
         self.graph, self.system, self.plan, self.coster = graph, system, plan, coster
         self.dram = system.offchip_core_id
         self.timelines: dict[str, Timeline] = defaultdict(Timeline)
@@ -513,7 +513,7 @@ def input_of(tile: Tile) -> tuple:
 
 
 def schedule_tiles(graph: Graph, system: System, plan: Plan,
-                   coster: TileCoster | None = None, prefetch: int | None = 64) -> Schedule:
+                   coster: TileCoster | None = None, prefetch: int | None = 16) -> Schedule:
     """Schedule a network on a system under a plan (allocation, rows per tile, groups)."""
     check_plan(graph, plan, system)
     fit_rows(graph, plan, system)
