@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -28,7 +29,26 @@ from kiln.hw.workload import _conv_layer, default_precision
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = ROOT / "examples" / "hardware" / "multicore"
-TWO_CONV = ROOT.parent / "shared" / "data" / "stream" / "2conv_1_8_32_32_16_32_3.onnx"
+
+
+def write_two_conv(path: Path) -> Path:
+    """Two 3x3 convolutions, 8 -> 16 -> 32 channels on 32 x 32 (the shapes of Stream's 2-conv
+    test model), built here so the tests need no outside file."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 32, 32])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 32, 32, 32])
+    weights = [helper.make_tensor("weights_1", TensorProto.FLOAT, [16, 8, 3, 3],
+                                  [0.0] * (16 * 8 * 9)),
+               helper.make_tensor("weights_2", TensorProto.FLOAT, [32, 16, 3, 3],
+                                  [0.0] * (32 * 16 * 9))]
+    nodes = [helper.make_node("Conv", ["input", "weights_1"], ["conv1_out"], name="Conv1",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["conv1_out", "weights_2"], ["output"], name="Conv2",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "two_conv", [x], [y], weights)), path)
+    return path
+
+
+TWO_CONV = write_two_conv(Path(tempfile.mkdtemp(prefix="kiln-2conv-")) / "two_conv.onnx")
 
 
 @pytest.fixture(scope="module")
