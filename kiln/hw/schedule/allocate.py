@@ -312,7 +312,8 @@ def search_cuts(graph: Graph, system: System, plan: Plan, schedule: Schedule,
 def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
                   objective: str = "latency",
                   rows_options: tuple[int | None, ...] = (None, 16, 8, 4),
-                  alternatives: tuple[Plan, ...] = ()) -> SearchResult:
+                  alternatives: tuple[Plan, ...] = (),
+                  progress: Callable[[int, int], None] | None = None) -> SearchResult:
     """Rows per tile and fusion: layer by layer, then every layer in one fused group at
     fewer and fewer rows per tile (stopping once finer tiles stop helping) for the plan's
     allocation; each alternative allocation from the rows found best on; then fusion cut
@@ -339,6 +340,8 @@ def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
             except KilnError:
                 continue
             evaluated += 1
+            if progress:
+                progress(evaluated, len(rows_options) * (1 + len(alternatives)))
             if best is None or _key(schedule, objective) < _key(best[1], objective):
                 best = (candidate, schedule)
             if rows is not None and previous is not None and \

@@ -127,7 +127,7 @@ def schedule(workload: str | Graph, system: str | Path | System, *,
         alternatives = () if mapping is not None or allocate != "fixed" else (
             default_plan(graph, system, split="auto"),)
         found = search_tiling(graph, system, tiled, coster, objective,
-                              alternatives=alternatives)
+                              alternatives=alternatives, progress=report("tiling"))
         tiled, evaluated = found.plan, evaluated + found.evaluated
         result_schedule = found.schedule
     else:
