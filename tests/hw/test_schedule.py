@@ -360,3 +360,22 @@ def test_system_errors_reach_the_cli_as_exit_2(tmp_path):
     assert done.returncode == 2
     assert "core_connectivity[0].cores[1]: core 9 does not exist" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.mark.parametrize("name", ["light_resnet50.onnx", "light_densenet121.onnx",
+                                  "light_inception_v1.onnx"])
+def test_outside_models_schedule_and_validate(name, dual, coster):
+    """Files kiln did not write: weights made by ConstantOfShape, BatchNormalization, Sum,
+    concatenations of four branches; fused on 3-row tiles, split by rows where maps
+    outweigh weights."""
+    graph = graph_from_onnx(LIGHT / name)
+    assert not any(node.op_type == "ConstantOfShape" for node in graph.nodes)
+    plan = default_plan(graph, dual, split="auto")
+    plan.rows = {node.name: 3 for node in graph.nodes}
+    plan.groups = [[node.name for node in graph.nodes]]
+    result = schedule_tiles(graph, dual, plan, coster)
+    assert check_schedule(result) == []
+    assert {e.tile.node for e in result.tiles} == {node.name for node in graph.nodes}

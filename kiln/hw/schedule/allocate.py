@@ -139,18 +139,16 @@ def greedy(graph: Graph, system: System, base: Plan, coster: TileCoster,
                 cycles, energy = _layer_cost(graph, system, node, option, coster)
             except KilnError:
                 continue  # does not map there
-            weights = node.weight_count * node.weight_bits / (parts or 1)
-            load = weights / dram.bandwidth * (len(option.cores) if option.split == "OY" else 1)
+            # Each core loads its share of the weights (a row split multicasts them once).
+            weights = node.weight_count * node.weight_bits / parts
+            load = weights / dram.bandwidth
             arrive = 0.0
-            moved = 0.0
             for producer in node.inputs:
                 done = finish[producer]
                 if set(where[producer]) != set(option.cores):
-                    bits = graph.node(producer).output_bits
-                    width = min(link.bandwidth for core in option.cores for link in
-                                system.route(where[producer][0], core) or [_Infinite()])
-                    done += bits / width
-                    moved += bits
+                    widths = [link.bandwidth for core in option.cores
+                              for link in system.route(where[producer][0], core)]
+                    done += graph.node(producer).output_bits / min(widths, default=math.inf)
                 arrive = max(arrive, done)
             if not node.inputs:
                 arrive = node.in_channels * node.in_rows * node.in_cols * node.act_bits / \
@@ -171,10 +169,6 @@ def greedy(graph: Graph, system: System, base: Plan, coster: TileCoster,
         finish[node.name] = end
         where[node.name] = option.cores
     return plan
-
-
-class _Infinite:
-    bandwidth = math.inf
 
 
 def _layer_cost(graph: Graph, system: System, node, option: Option,

@@ -46,7 +46,8 @@ def tile_layer(node: Node, tile: Tile) -> Layer:
         else:
             sizes["K"] = channels
     else:
-        sizes["D"] = rows if "D" in sizes else sizes.get("D", 1)
+        if "D" in sizes:
+            sizes["D"] = rows
         sizes["K"] = channels
     if tile.in_channels is not None:
         sizes["C"] = tile.in_channels[1] - tile.in_channels[0]

@@ -170,6 +170,12 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
             model.graph.output):
         shapes[value.name] = [d.dim_value for d in value.type.tensor_type.shape.dim]
     initializers = {init.name: list(init.dims) for init in model.graph.initializer}
+    # Constants: initializers and what is computed from them alone (weights made by a
+    # ConstantOfShape, a Constant node): not network data, and not work for a core.
+    for onnx_node in model.graph.node:
+        if all(t in initializers for t in onnx_node.input if t):
+            for output in onnx_node.output:
+                initializers[output] = shapes.get(output, [])
     producer: dict[str, str] = {}  # tensor → scheduled node that makes it
     flattened: set[str] = set()  # tensors that went through a flatten/reshape
     nodes: list[Node] = []
@@ -178,7 +184,9 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
         op = onnx_node.op_type
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in onnx_node.attribute}
         data_inputs = [t for t in onnx_node.input if t and t not in initializers]
-        if op in PASSTHROUGH or op == "Constant":
+        if not data_inputs:
+            continue  # computes a constant
+        if op in PASSTHROUGH:
             for output in onnx_node.output:
                 if data_inputs and data_inputs[0] in producer:
                     producer[output] = producer[data_inputs[0]]
@@ -204,8 +212,8 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
             node.layer = layer.with_precision(W=weight_bits, I=act_bits, O=2 * act_bits,
                                               O_final=act_bits)
             if "OY" in layer.sizes:
-                kernel = list(attrs.get("kernel_shape") or initializers.get(
-                    onnx_node.input[1], [0, 0, 1, 1])[2:])
+                kernel = list(attrs.get("kernel_shape") or (initializers.get(
+                    onnx_node.input[1]) or [0, 0, 1, 1])[2:])
                 node.kernel_rows = int(kernel[0])
                 node.stride_rows = int((attrs.get("strides") or [1, 1])[0])
                 node.dilation_rows = int((attrs.get("dilations") or [1, 1])[0])
@@ -238,8 +246,8 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
         elif op in GLOBAL_OPERATORS:
             node.channelwise, node.needs_all_rows = True, True
             node.ops_per_output = in_h * in_w
-        elif op == "Concat":
-            node.channelwise = False
+        elif op in ("Concat", "LRN", "Softmax"):
+            node.channelwise = False  # reads other channels than its own
         else:  # element-wise: one operation per output element and input
             node.channelwise = True
             node.ops_per_output = max(1, len(data_inputs) - 1)

@@ -302,6 +302,14 @@ class _Scheduler:
                 self.tile_core[c] == core for c in self.pending[tile.id]):
             self._close(own, own.last_use)  # every reader has its copy
 
+    def _used(self, core: int, item: tuple, end: float) -> None:
+        """A tile on ``core`` read ``item`` until ``end``; freed after its last reader there."""
+        buffer = self.resident[(core, item)]
+        buffer.last_use = max(buffer.last_use, end)
+        self.left_on_core[(item, core)] -= 1
+        if self.left_on_core[(item, core)] == 0:
+            self._close(buffer, end)
+
     def _holders(self, producer: int) -> list[Buffer]:
         """The open buffers holding a tile's whole output: its own and pushed copies."""
         found = []
@@ -440,10 +448,10 @@ class _Scheduler:
                 move = self._move(item, source, core, bits,
                                   ready if item[0] == "w" else max(room, ready), reason,
                                   alternatives)
-            if move.source != self.dram:
-                giver = self.resident[(move.source, ("out", dep) if dep is not None and (
-                    move.source, ("out", dep)) in self.resident else item if item[0] == "w"
-                    else ("copy", dep))]
+            if move.source != self.dram:  # the sender holds the data until it has left
+                held = [item] if dep is None else [("out", dep), ("copy", dep)]
+                giver = next(self.resident[(move.source, k)] for k in held
+                             if (move.source, k) in self.resident)
                 giver.last_use = max(giver.last_use, move.end)
             buffer = self._open(core, item, bits, move.start, move.end)
             if item[0] == "slice":
@@ -475,17 +483,9 @@ class _Scheduler:
                 if copy is not None and (others or ("out", dep) in self.in_dram):
                     self._close(copy, copy.last_use)  # this core's readers are done with it
         if tile.reads_input_bits:
-            read = self.resident[(core, input_item)]
-            read.last_use = max(read.last_use, end)
-            self.left_on_core[(input_item, core)] -= 1
-            if self.left_on_core[(input_item, core)] == 0:
-                self._close(read, end)
+            self._used(core, input_item, end)
         if tile.weight_bits:
-            weights = self.resident[(core, weight_item)]
-            weights.last_use = max(weights.last_use, end)
-            self.left_on_core[(weight_item, core)] -= 1
-            if self.left_on_core[(weight_item, core)] == 0:
-                self._close(weights, end)
+            self._used(core, weight_item, end)
         output = self.resident[(core, ("out", tile.id))]
         if tile.is_final:
             write = self._move(("out", tile.id), core, self.dram, tile.output_bits, end,
