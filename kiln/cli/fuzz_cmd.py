@@ -13,7 +13,7 @@ from kiln.cli.common import check_out_folder, console, print_json, progress, tab
 def fuzz(
     workers: Annotated[int, typer.Option(help="Worker processes (networks checked at once).")] = 1,
     stages: Annotated[str, typer.Option(
-        help="Comma-separated stages: lower, engine, onnx, rtl.")] = "lower,engine,onnx",
+        help="Comma-separated stages: lower, engine, onnx, rtl, schedule.")] = "lower,engine,onnx",
     count: Annotated[int, typer.Option(help="Networks to generate.")] = 100,
     seed: Annotated[int, typer.Option(help="First seed; network i uses seed + i.")] = 0,
     simulator: Annotated[str, typer.Option(help="verilator or icarus (the rtl stage).")
@@ -33,12 +33,15 @@ def fuzz(
     rounding mode) and check each stage against an independent reference: the engine
     against a plain reference interpreter and the fake-quant graph, ONNX Runtime against
     the engine on every output integer (with no layer left in float), the simulated RTL
-    against the engine on every beat. A failure is shrunk to the smallest network that
-    fails the same way and saved with the command that replays it.
+    against the engine on every beat, the multi-core schedule of PyTorch's ONNX export
+    against the module (every output computed once, MACs, kiln's validator). A failure is
+    shrunk to the smallest network that fails the same way and saved with the command that
+    replays it.
 
     Examples:
       kiln fuzz --count 200 --seed 0
       kiln fuzz --stages lower,engine,onnx,rtl --count 20 --icarus-every 5 --out out/fuzz
+      kiln fuzz --stages lower,schedule --count 100 --out out/fuzz-schedule
       kiln fuzz --replay out/fuzz/cases/seed-17.json
     """
     from rich.markup import escape

@@ -10,7 +10,10 @@ Each stage is compared with an independent reference on the same inputs:
   optimized graph, and every output integer equal to the engine (float32 rounding, the
   mode ONNX Runtime computes in; the program is lowered again in it when needed);
 * ``rtl``: the emitted SystemVerilog at a random parallelism, simulated, every beat of
-  every layer compared with the engine by the testbench.
+  every layer compared with the engine by the testbench;
+* ``schedule``: the float network exported by PyTorch, scheduled on an example multi-core
+  system (:mod:`kiln.fuzz.schedule_check`): kiln's validator, every output computed once,
+  MACs equal to the module's, latency not below the lower bound.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 from kiln.errors import KilnError
 from kiln.fuzz.networks import NetworkSpec, build_module, random_inputs
 
-STAGES = ("lower", "engine", "onnx", "rtl")
+STAGES = ("lower", "engine", "onnx", "rtl", "schedule")
 #: (max LSB, exact fraction) of the engine against the fake-quant graph with integer
 #: biases and the program's rounding: the two differ only where a float product lands
 #: within float32 rounding of a rounding tie, and such a 1-LSB difference can propagate.
@@ -178,10 +181,25 @@ def _run_stages(spec: NetworkSpec, stages: tuple[str, ...], result: CaseResult, 
         reason = rtl_supported(spec)
         if reason is not None:
             result.skipped["rtl"] = f"the emitter refuses {reason}"
+        else:
+            result.details["stage"] = "rtl"
+            _check_rtl(spec, program, x_int[:vectors], folder, simulator, result)
+            result.passed["rtl"] = True
+    if "schedule" in stages:
+        from kiln.fuzz.schedule_check import check_schedule
+
+        result.details["stage"] = "schedule"
+        try:
+            failure, skipped, details = check_schedule(spec, folder)
+        except KilnError as exc:  # the generator draws only what the scheduler claims
+            _fail(result, "schedule", str(exc))
+        result.details["schedule"] = details
+        if skipped is not None:
+            result.skipped["schedule"] = skipped
             return
-        result.details["stage"] = "rtl"
-        _check_rtl(spec, program, x_int[:vectors], folder, simulator, result)
-        result.passed["rtl"] = True
+        if failure is not None:
+            _fail(result, "schedule", failure)
+        result.passed["schedule"] = True
 
 
 def _check_engine(program, quantized, x: np.ndarray, x_int: np.ndarray,

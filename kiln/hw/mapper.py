@@ -479,6 +479,8 @@ def _score_spatial(layer: Layer, per_oa: list[list[dict[str, int]]], total_units
         factors *= table[index]
     unrolled = factors > 1
     fits = (factors <= sizes).all(axis=1) & unrolled.any(axis=1)
+    if not fits.any():  # every loop of size 1 (a 1x1 tile): it runs on one unit
+        fits = ~unrolled.any(axis=1)
     steps = np.where(unrolled, -(-sizes // factors), 1).prod(axis=1).astype(np.float64)
     ideal = np.where(unrolled, sizes, 1).prod(axis=1).astype(np.float64) / steps
     scores = -ideal / total_units

@@ -246,10 +246,12 @@ def workload_from_onnx(path: str | Path) -> Workload:
     """Conv, Gemm and MatMul nodes of an ONNX file, in graph order (ZigZag's conventions)."""
     import onnx
 
+    from kiln.graph.onnx_load import infer_shapes
+
     path = Path(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
-        model = onnx.shape_inference.infer_shapes(model)
+        model = infer_shapes(model)
     except Exception as error:  # onnx raises several unrelated types for a bad file
         raise ModelFormatError(f"{path}: cannot read ONNX model: {error}") from None
     shapes: dict[str, list[int]] = {}
@@ -281,8 +283,10 @@ def workload_from_onnx(path: str | Path) -> Workload:
                 c=math.ceil(in_shape[1] / groups),
                 oy=out_shape[2],
                 ox=out_shape[3],
-                fy=kernel[1],
-                fx=kernel[0],
+                # kernel_shape is [rows, columns]. ZigZag 3.9.1 reads kernel_shape[0] as
+                # FX: the same on square kernels (all its bundled networks), wrong on others.
+                fy=kernel[0],
+                fx=kernel[1],
                 stride=tuple(attrs.get("strides", [1, 1])),
                 dilation=tuple(attrs.get("dilations", [1, 1])),
                 in_hw=(in_shape[2], in_shape[3]),

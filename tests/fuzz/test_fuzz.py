@@ -139,3 +139,25 @@ def test_dilated_one_wide_kernel_on_a_one_wide_map_does_not_crash():
             {"weight": weight, "weight_zero": np.zeros(5, np.int64), "bias": bias,
              "m0": np.full(5, 1 << 30), "shift": np.full(5, -1)})
         assert np.array_equal(np.asarray(acc, dtype=np.int64), _conv(op, x, "floor"))
+
+
+def test_a_seeded_sample_schedules_on_the_example_systems():
+    # PyTorch's own ONNX exports (asymmetric padding as a Pad fed by a constant subgraph,
+    # ceil-mode pools, residual adds, global pools, 1x1 tiles) on kiln's example systems.
+    report = fuzz(count=30, seed=1_000, stages=("lower", "schedule"))
+    assert report.ok, report.failures
+    assert report.passed["schedule"] + report.skipped["schedule"] == 30
+    assert report.passed["schedule"] >= 25
+
+
+def test_the_schedule_stage_catches_a_tiler_that_drops_rows(monkeypatch):
+    import kiln.hw.schedule.tiles as tiles
+
+    real = tiles.row_ranges
+    monkeypatch.setattr(tiles, "row_ranges", lambda node, step: real(node, step)[:-1] or
+                        real(node, step))
+    failures = [check_network(random_network(seed), ("lower", "schedule")).failure
+                for seed in range(1_000, 1_010)]
+    caught = [f for f in failures if f is not None]
+    assert caught and all(f.stage == "schedule" for f in caught)
+    assert any("rows" in f.message for f in caught)

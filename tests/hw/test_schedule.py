@@ -379,3 +379,40 @@ def test_outside_models_schedule_and_validate(name, dual, coster):
     result = schedule_tiles(graph, dual, plan, coster)
     assert check_schedule(result) == []
     assert {e.tile.node for e in result.tiles} == {node.name for node in graph.nodes}
+
+
+def test_pytorch_pads_fold_into_the_convolution(tmp_path, dual, coster):
+    # F.pad exports as a Pad whose pads a constant subgraph computes: ONNX shape inference
+    # alone leaves every shape after it unknown.
+    import torch
+    from torch import nn
+
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, (5, 3), stride=2)  # not square: FY 5, FX 3
+
+        def forward(self, x):
+            return self.conv(nn.functional.pad(x, (0, 2, 3, 1)))  # left, right, top, bottom
+
+    path = tmp_path / "padded.onnx"
+    torch.onnx.export(Padded().eval(), (torch.zeros(1, 2, 9, 8),), str(path), dynamo=False)
+    graph = graph_from_onnx(path)
+    (conv,) = graph.nodes
+    assert (conv.in_rows, conv.in_cols, conv.pad_top) == (9, 8, 3)
+    assert (conv.out_rows, conv.out_cols) == (5, 4)  # (9+3+1-5)//2+1, (8+2-3)//2+1
+    assert (conv.layer.sizes["FY"], conv.layer.sizes["FX"]) == (5, 3)
+    assert conv.rows_read(0, 1) == [0, 1]  # rows -3..1 of which 0 and 1 exist
+    result = schedule_tiles(graph, dual, Plan({conv.name: [0]}, rows={conv.name: 1},
+                                              groups=[[conv.name]]), coster)
+    assert check_schedule(result) == []
+
+
+def test_a_tile_of_one_output_maps_on_one_unit(dual, coster):
+    layer = _conv_layer("one", batch=1, groups=1, k=1, c=1, oy=1, ox=1, fy=1, fx=1,
+                        stride=(1, 1), dilation=(1, 1), in_hw=(1, 1),
+                        precision=default_precision())
+    node = Node("one", "Conv", [], 1, 1, 1, 1, 1, 1, layer=layer, weight_count=1)
+    graph = Graph("one", [node])
+    result = schedule_tiles(graph, dual, Plan({"one": [0]}), coster)
+    assert check_schedule(result) == [] and result.latency >= 1

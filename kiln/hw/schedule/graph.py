@@ -2,7 +2,8 @@
 layers, pooling, element-wise), its feature-map geometry and the edges between them.
 
 Operators that only rename data (Flatten, Reshape, Identity, Dropout) are dropped and their
-consumers read the producer directly. A MAC layer keeps its loop nest (:class:`Layer`) so
+consumers read the producer directly; a constant spatial Pad in front of convolutions or
+pools becomes their padding (the rows they read are what matters here, not the fill value). A MAC layer keeps its loop nest (:class:`Layer`) so
 each tile is priced by kiln's mapper.
 
     >>> graph = graph_from_onnx("resnet18.onnx")        # doctest: +SKIP
@@ -148,6 +149,8 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
     ``act_bits``/``weight_bits`` as the cores compute them."""
     import onnx
 
+    from kiln.graph.onnx_load import infer_shapes
+
     path = Path(path)
     if precision not in ("fixed", "onnx"):
         raise ConfigError(f"precision '{precision}': choose fixed or onnx")
@@ -158,7 +161,7 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
     _check_acyclic(model.graph, path)
     workload = workload_from_onnx(path)
     layers = {layer.name: layer for layer in workload.layers}
-    model = onnx.shape_inference.infer_shapes(model)
+    model = infer_shapes(model)
     element_bits = {}
     for value in list(model.graph.value_info) + list(model.graph.input) + list(
             model.graph.output):
@@ -178,6 +181,7 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
                 initializers[output] = shapes.get(output, [])
     producer: dict[str, str] = {}  # tensor → scheduled node that makes it
     flattened: set[str] = set()  # tensors that went through a flatten/reshape
+    padded = _foldable_pads(model, initializers, shapes)  # Pad output → (its input, top rows)
     nodes: list[Node] = []
     for position, onnx_node in enumerate(model.graph.node):
         name = onnx_node.name or f"{onnx_node.op_type}_{position}"
@@ -186,6 +190,11 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
         data_inputs = [t for t in onnx_node.input if t and t not in initializers]
         if not data_inputs:
             continue  # computes a constant
+        folded_pad = 0
+        if op == "Pad" and onnx_node.output[0] in padded:
+            continue  # its consumers read its input with more padding
+        if data_inputs[0] in padded:
+            data_inputs[0], folded_pad = padded[data_inputs[0]]
         if op in PASSTHROUGH:
             for output in onnx_node.output:
                 if data_inputs and data_inputs[0] in producer:
@@ -217,12 +226,12 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
                 node.kernel_rows = int(kernel[0])
                 node.stride_rows = int((attrs.get("strides") or [1, 1])[0])
                 node.dilation_rows = int((attrs.get("dilations") or [1, 1])[0])
-                node.pad_top = int((attrs.get("pads") or [0, 0, 0, 0])[0])
+                node.pad_top = int((attrs.get("pads") or [0, 0, 0, 0])[0]) + folded_pad
                 if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID",
                                                              "VALID"):
                     total = max(0, (out_h - 1) * node.stride_rows + (
                         node.kernel_rows - 1) * node.dilation_rows + 1 - in_h)
-                    node.pad_top = total // 2
+                    node.pad_top = total // 2 + folded_pad
                 groups = int(attrs.get("group", 1))
                 node.channelwise = groups > 1 and groups == in_c == out_c
                 node.weight_count = out_c * (in_c // groups) * math.prod(kernel)
@@ -240,7 +249,7 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
             node.kernel_rows = int(kernel[0])
             node.stride_rows = int((attrs.get("strides") or [1, 1])[0])
             node.dilation_rows = int((attrs.get("dilations") or [1, 1])[0])
-            node.pad_top = int((attrs.get("pads") or [0, 0, 0, 0])[0])
+            node.pad_top = int((attrs.get("pads") or [0, 0, 0, 0])[0]) + folded_pad
             node.channelwise = True
             node.ops_per_output = math.prod(kernel)
         elif op in GLOBAL_OPERATORS:
@@ -257,6 +266,62 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
     if not nodes:
         raise ModelFormatError(f"{path}: no operator to schedule")
     return Graph(path.stem, _topological(nodes, str(path)), str(path))
+
+
+def _foldable_pads(model, initializers: dict, shapes: dict[str, list[int]]
+                   ) -> dict[str, tuple[str, int]]:
+    """Pads that only add rows and columns (constant mode, no batch or channel padding, no
+    cropping) and feed only convolutions and pools: output tensor → (input tensor, rows
+    added on top). Their pads may come from a constant subgraph (PyTorch's F.pad)."""
+    from kiln.graph.onnx_load import attributes, fold_constant_node, tensor_to_numpy
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    made_by = {out: node for node in model.graph.node for out in node.output}
+    known = {init.name: init for init in model.graph.initializer}
+    values: dict[str, object] = {}
+
+    def value(tensor: str):
+        if tensor in values:
+            return values[tensor]
+        result = None
+        if tensor in known:
+            result = tensor_to_numpy(known[tensor])
+        elif tensor in initializers and tensor in made_by:
+            node = made_by[tensor]
+            inputs = [value(t) if t else None for t in node.input]
+            if all(v is not None for t, v in zip(node.input, inputs, strict=True) if t):
+                try:
+                    outputs = fold_constant_node(node, inputs, opset)
+                    result = outputs[list(node.output).index(tensor)]
+                except Exception:  # a constant this reader cannot evaluate: keep the Pad
+                    result = None
+        values[tensor] = result
+        return result
+
+    consumers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for tensor in node.input:
+            consumers.setdefault(tensor, set()).add(node.op_type)
+    folded = {}
+    for node in model.graph.node:
+        if node.op_type != "Pad" or not node.input or node.input[0] in initializers:
+            continue
+        attrs = attributes(node)
+        mode = attrs.get("mode", b"constant")
+        if mode not in (b"constant", "constant"):
+            continue
+        pads = attrs.get("pads") if opset < 11 else (
+            value(node.input[1]) if len(node.input) > 1 and node.input[1] else None)
+        rank = len(shapes.get(node.input[0]) or [])
+        if pads is None or rank != 4 or len(list(pads)) != 8:
+            continue
+        pads = [int(p) for p in list(pads)]
+        if any(p < 0 for p in pads) or pads[0] or pads[1] or pads[4] or pads[5]:
+            continue
+        if consumers.get(node.output[0], set()) <= {"Conv", *POOL_OPERATORS} and \
+                consumers.get(node.output[0]):
+            folded[node.output[0]] = (node.input[0], pads[2])
+    return folded
 
 
 def _check_acyclic(graph, path: Path) -> None:
