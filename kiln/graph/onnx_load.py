@@ -133,9 +133,9 @@ def fold_constant_subgraphs(model: Any) -> Any:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     values: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
-        if not init.HasField("data_location") or init.data_location != onnx.TensorProto.EXTERNAL:
-            if int(np.prod(init.dims)) <= FOLD_LIMIT:
-                values[init.name] = tensor_to_numpy(init)
+        external = init.data_location == onnx.TensorProto.EXTERNAL
+        if not external and int(np.prod(init.dims)) <= FOLD_LIMIT:
+            values[init.name] = tensor_to_numpy(init)
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     kept = []

@@ -3,8 +3,9 @@ layers, pooling, element-wise), its feature-map geometry and the edges between t
 
 Operators that only rename data (Flatten, Reshape, Identity, Dropout) are dropped and their
 consumers read the producer directly; a constant spatial Pad in front of convolutions or
-pools becomes their padding (the rows they read are what matters here, not the fill value). A MAC layer keeps its loop nest (:class:`Layer`) so
-each tile is priced by kiln's mapper.
+pools becomes their padding (the rows they read are what matters here, not the fill
+value). A MAC layer keeps its loop nest (:class:`Layer`) so each tile is priced by kiln's
+mapper.
 
     >>> graph = graph_from_onnx("resnet18.onnx")        # doctest: +SKIP
     >>> graph.nodes[0].name, graph.nodes[0].out_rows    # doctest: +SKIP
