@@ -273,6 +273,16 @@ def merge_stationary_loops(
         current = merged
 
 
+def operand_key(levels: tuple[tuple[Loop, ...], ...], relevant: set[str],
+                irrelevant: set[str]) -> tuple:
+    """What one operand's analysis depends on: per level (after its stationary ir loops
+    move down) the multiset of loops and the products of the outermost r and ir runs, and
+    the stationarity at the MACs."""
+    merged, mac_stationary = merge_stationary_loops([list(lv) for lv in levels], irrelevant)
+    return (mac_stationary, tuple((tuple(sorted(lv)), top_loop_product(lv, relevant),
+                                   top_loop_product(lv, irrelevant)) for lv in merged))
+
+
 def top_loop_product(level: list[Loop], dims: set[str]) -> float:
     """Product of the outermost loops of a level that all belong to ``dims``."""
     product = 1
@@ -466,10 +476,21 @@ def analyse(
 ) -> Analysis:
     """Per operand and memory level: instances, data held, and the four-way data movement."""
     total_cycles = math.prod(s for level in temporal.loops[layer.output] for _, s in level)
-    parts = {
-        op: analyse_operand(layer, hw, spatial, op, temporal.loops[op], total_cycles, rel, cache)
-        for op in layer.operands
-    }
+    parts = {}
+    for op in layer.operands:
+        levels = temporal.loops[op]
+        if cache is None:
+            parts[op] = analyse_operand(layer, hw, spatial, op, levels, total_cycles, rel)
+            continue
+        # Orders that differ only inside a level's runs give one operand the same analysis
+        # (what canonical_key relies on for whole mappings): worked out once per search.
+        key = ("operand", id(spatial), op, total_cycles, operand_key(levels, rel.r[op],
+                                                                     rel.ir[op]))
+        part = cache.get(key)
+        if part is None:
+            part = cache[key] = analyse_operand(layer, hw, spatial, op, levels, total_cycles,
+                                                rel, cache)
+        parts[op] = part
     return Analysis(
         levels={op: len(temporal.loops[op]) for op in layer.operands},
         total_cycles=total_cycles,

@@ -17,6 +17,7 @@ quantized graph). Pooling and element-wise layers have no MACs; they are listed 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -54,16 +55,17 @@ class Layer:
     links: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LINKS))
     inputs_from: list[str] = field(default_factory=list)
 
-    @property
-    def operands(self) -> list[str]:
-        return list(self.operand_dims)
+    # Read in the mapper's innermost loops: worked out once (operand_dims never changes).
+    @functools.cached_property
+    def operands(self) -> tuple[str, ...]:
+        return tuple(self.operand_dims)
 
-    @property
+    @functools.cached_property
     def output(self) -> str:
         return self.operands[0]
 
-    @property
-    def inputs(self) -> list[str]:
+    @functools.cached_property
+    def inputs(self) -> tuple[str, ...]:
         return self.operands[1:]
 
     @property
@@ -246,7 +248,7 @@ def workload_from_onnx(path: str | Path) -> Workload:
     """Conv, Gemm and MatMul nodes of an ONNX file, in graph order (ZigZag's conventions)."""
     import onnx
 
-    from kiln.graph.onnx_load import infer_shapes
+    from kiln.onnx_constants import infer_shapes
 
     path = Path(path)
     try:

@@ -150,7 +150,7 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
     ``act_bits``/``weight_bits`` as the cores compute them."""
     import onnx
 
-    from kiln.graph.onnx_load import infer_shapes
+    from kiln.onnx_constants import infer_shapes
 
     path = Path(path)
     if precision not in ("fixed", "onnx"):
@@ -274,7 +274,7 @@ def _foldable_pads(model, initializers: dict, shapes: dict[str, list[int]]
     """Pads that only add rows and columns (constant mode, no batch or channel padding, no
     cropping) and feed only convolutions and pools: output tensor → (input tensor, rows
     added on top). Their pads may come from a constant subgraph (PyTorch's F.pad)."""
-    from kiln.graph.onnx_load import attributes, fold_constant_node, tensor_to_numpy
+    from kiln.onnx_constants import attributes, fold_constant_node, tensor_to_numpy
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     made_by = {out: node for node in model.graph.node for out in node.output}
