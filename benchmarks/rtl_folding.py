@@ -1,7 +1,7 @@
 """The int8 convnet folded to ECP5 devices, against the best uniform parallelism that fits.
 
     .venv/bin/python benchmarks/rtl_folding.py [--devices ecp5-85k,ecp5-25k] [--vectors 100]
-        [--clock 50] [--skip-pnr]
+        [--clock 50] [--seeds 1] [--skip-pnr]
 
 For each device: ``kiln.rtl.folding.fold`` chooses P_in x P_out per layer (the fastest
 folding whose estimate fits) and, to compare, the best single P for every stream
@@ -10,6 +10,10 @@ Fashion-MNIST test images (every layer bit-exact against the engine; the measure
 inference are what inferences/s use), then placed and routed with nextpnr. Prints the
 per-layer folding with predicted resources, predicted vs actual totals, Fmax, inferences/s
 and the speed-up over uniform, and writes benchmarks/results/rtl_folding.json.
+
+``--seeds N`` places and routes every design with nextpnr seeds 1..N and keeps the fastest
+(a seed sweep, as vendor tools offer): the same for the folded and the uniform design, every
+seed's Fmax recorded.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def main() -> None:
     parser.add_argument("--devices", default="ecp5-85k,ecp5-25k")
     parser.add_argument("--vectors", type=int, default=100)
     parser.add_argument("--clock", type=float, default=50.0)
+    parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--skip-pnr", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/rtl_folding.json")
     args = parser.parse_args()
@@ -73,11 +78,18 @@ def main() -> None:
                 if not args.skip_pnr:
                     started = time.perf_counter()
                     try:
-                        pnr = place_and_route(design, name, clock_mhz=args.clock)
+                        runs = []
+                        for seed in range(1, args.seeds + 1):
+                            pnr = place_and_route(design, name, clock_mhz=args.clock,
+                                                  seed=seed)
+                            runs.append(pnr)
+                            print(f"  {name} seed {seed}: used {pnr.used}, Fmax "
+                                  f"{pnr.fmax_mhz:.2f} MHz, {pnr.inferences_per_second:,.0f} "
+                                  f"inferences/s, P&R {pnr.pnr_seconds:.0f} s", flush=True)
+                        pnr = max(runs, key=lambda run: run.fmax_mhz)
                         entry["pnr"] = pnr.as_dict()
-                        print(f"  {name}: used {pnr.used}, Fmax {pnr.fmax_mhz:.2f} MHz, "
-                              f"{pnr.inferences_per_second:,.0f} inferences/s, P&R "
-                              f"{pnr.pnr_seconds:.0f} s", flush=True)
+                        entry["pnr"]["seeds"] = {str(seed): run.fmax_mhz
+                                                 for seed, run in enumerate(runs, start=1)}
                     except KilnError as exc:
                         entry["pnr_error"] = str(exc)
                         print(f"  {name}: {exc}", flush=True)

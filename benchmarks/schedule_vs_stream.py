@@ -20,7 +20,11 @@ the layer-by-layer case. Every kiln schedule passes kiln's validator.
 Fidelity: Stream's own choice for ResNet-18 on the quad core (its fused groups, allocation and
 inter-core splits, merged into one Stream mapping YAML) is evaluated by kiln too.
 
-    python benchmarks/schedule_vs_stream.py            # everything, ~6 minutes
+ResNet-18 on the quad core is also run with 16 times the SRAM per compute core (both tools):
+the gap to the DRAM-traffic bound on the real quad core is the cores' capacity (they cannot
+prefetch enough weights while the early layers compute), not the scheduler.
+
+    python benchmarks/schedule_vs_stream.py            # everything, ~7 minutes
     python benchmarks/schedule_vs_stream.py --cases resnet18-quad-fused
 
 Writes benchmarks/results/schedule_vs_stream.json and prints a table.
@@ -46,9 +50,11 @@ STREAM_ENV = Path.home() / ".cache" / "kiln" / f"stream-dse-{STREAM_VERSION}"
 TWO_CONV = ROOT.parent / "shared" / "data" / "stream" / "2conv_1_8_32_32_16_32_3.onnx"
 QUAD = "tpu_like_quad_core.yaml"
 DUAL = "meta_prototype_dual_core_simd_offchip.yaml"
+BIG_QUAD = "tpu_like_quad_core.yaml@16x-memory"  # each compute core's SRAM 16 times larger
 # name: (workload, Stream system, Stream per-layer?, kiln granularity)
 CASES = {
     "resnet18-quad-fused": ("resnet18", QUAD, False, "auto"),
+    "resnet18-quad16x-fused": ("resnet18", BIG_QUAD, False, "auto"),
     "resnet18-quad-layer": ("resnet18", QUAD, True, "layer"),
     "resnet18-dual-fused": ("resnet18", DUAL, False, "auto"),
     "2conv-quad-fused": ("2conv", QUAD, False, "auto"),
@@ -86,9 +92,22 @@ def stream_python() -> Path:
 
 
 def stream_hardware(python: Path, name: str) -> Path:
+    """Stream's example system file; ``NAME@16x-memory``: a copy whose compute cores have
+    16 times the on-chip SRAM (enough to hold every ResNet-18 weight on chip), to show how
+    much of the gap to the DRAM-traffic bound is the cores' capacity."""
     out = subprocess.run([str(python), "-c", "import stream, os; print(os.path.dirname("
                           "stream.__file__))"], capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip()) / "inputs" / "examples" / "hardware" / name
+    folder = Path(out.stdout.strip()) / "inputs" / "examples" / "hardware"
+    name, _, variant = name.partition("@")
+    if not variant:
+        return folder / name
+    copy = Path(tempfile.mkdtemp(prefix="stream-hw-")) / "hardware"
+    shutil.copytree(folder, copy)
+    core = copy / "cores" / "tpu_like.yaml"
+    text = core.read_text()
+    assert "size: 16777216" in text, "Stream's tpu_like core changed: update the benchmark"
+    core.write_text(text.replace("size: 16777216", f"size: {16 * 16777216}"))
+    return copy / name
 
 
 def run_stream(python: Path, hardware: Path, model: Path, per_layer: bool) -> dict:

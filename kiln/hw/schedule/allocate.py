@@ -310,8 +310,8 @@ def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
                   progress: Callable[[int, int], None] | None = None) -> SearchResult:
     """Rows per tile and fusion: layer by layer, then every layer in one fused group at
     fewer and fewer rows per tile (stopping once finer tiles stop helping) for the plan's
-    allocation; each alternative allocation from the rows found best on; then fusion cut
-    points for the best; then the best with core-to-core data routed the other way. The best
+    allocation; each alternative allocation from the rows found best on (refined only while
+    it is the best so far); then fusion cut points for the best; then the best with core-to-core data routed the other way. The best
     schedule by the objective."""
     best = None
     evaluated = 0
@@ -341,6 +341,8 @@ def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
             if rows is not None and previous is not None and \
                     _key(schedule, objective) > previous:
                 break  # finer tiles stopped helping
+            if number and best[1] is not schedule:
+                break  # an alternative that loses at the best rows is not refined further
             previous = _key(schedule, objective)
     if best is None:
         raise ConfigError("no tiling of this workload fits the system")
