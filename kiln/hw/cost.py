@@ -321,6 +321,7 @@ class Analysis:
     data_bits_unrolled: dict[str, list[float]]
     effective_bits: dict[str, list[float]]
     movement: dict[str, list[Movement]]
+    parts: dict[str, OperandAnalysis] = field(default_factory=dict)
 
 
 def spatial_info(
@@ -347,6 +348,7 @@ class OperandAnalysis:
     data_bits_unrolled: list[float]
     effective_bits: list[float]
     movement: list[Movement]
+    accesses: list[dict[str, int]] | None = None  # filled by memory_accesses, once
 
 
 def analyse_operand(
@@ -473,6 +475,7 @@ def analyse(
     temporal: TemporalMapping,
     rel: Relevancy,
     cache: dict | None = None,
+    operand_keys: dict[str, tuple] | None = None,
 ) -> Analysis:
     """Per operand and memory level: instances, data held, and the four-way data movement."""
     total_cycles = math.prod(s for level in temporal.loops[layer.output] for _, s in level)
@@ -484,8 +487,9 @@ def analyse(
             continue
         # Orders that differ only inside a level's runs give one operand the same analysis
         # (what canonical_key relies on for whole mappings): worked out once per search.
-        key = ("operand", id(spatial), op, total_cycles, operand_key(levels, rel.r[op],
-                                                                     rel.ir[op]))
+        known = operand_keys.get(op) if operand_keys is not None else None
+        key = ("operand", id(spatial), op, total_cycles,
+               known if known is not None else operand_key(levels, rel.r[op], rel.ir[op]))
         part = cache.get(key)
         if part is None:
             part = cache[key] = analyse_operand(layer, hw, spatial, op, levels, total_cycles,
@@ -498,6 +502,7 @@ def analyse(
         data_bits_unrolled={op: p.data_bits_unrolled for op, p in parts.items()},
         effective_bits={op: p.effective_bits for op, p in parts.items()},
         movement={op: p.movement for op, p in parts.items()},
+        parts=parts,
     )
 
 
@@ -532,6 +537,10 @@ def memory_accesses(
 ) -> dict[str, list[dict[str, int]]]:
     result = {}
     for op in layer.operands:
+        part = analysis.parts.get(op)
+        if part is not None and part.accesses is not None:
+            result[op] = part.accesses  # the same operand analysis: the same accesses
+            continue
         mem_op = layer.links[op]
         per_level = []
         for m, memory in enumerate(hw.levels(mem_op)[: analysis.levels[op]]):
@@ -546,6 +555,8 @@ def memory_accesses(
                 }
             )
         result[op] = per_level
+        if part is not None:
+            part.accesses = per_level
     return result
 
 
@@ -830,19 +841,22 @@ def evaluate(
     spatial_user: SpatialMapping | None = None,
     rel: Relevancy | None = None,
     cache: dict | None = None,
+    operand_keys: dict[str, tuple] | None = None,
 ) -> Cost:
     """Energy, latency and utilization of ``layer`` on ``hw`` under one mapping.
 
     ``spatial`` may hold fractional unrollings (energy uses it); ``spatial_int`` is its
     integer version (latency uses it), ``spatial_user`` the unrolling before the remainder
     split (the systolic drain uses it). Use :func:`kiln.hw.mapping.fit_spatial` to get them.
+    ``operand_keys``: each operand's :func:`operand_key`, when the caller has them.
     """
     rel = rel or relevancy(layer)
     spatial_int = spatial_int or spatial
     spatial_user = spatial_user or spatial_int
-    analysis = analyse(layer, hw, spatial, temporal, rel, cache)
+    analysis = analyse(layer, hw, spatial, temporal, rel, cache, operand_keys)
     same = spatial_int.key() == spatial.key()
-    analysis_int = analysis if same else analyse(layer, hw, spatial_int, temporal, rel, cache)
+    analysis_int = analysis if same else analyse(layer, hw, spatial_int, temporal, rel, cache,
+                                                 operand_keys)
 
     accesses = memory_accesses(layer, hw, analysis)
     breakdown = memory_energy(layer, hw, accesses)

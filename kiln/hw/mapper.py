@@ -31,11 +31,10 @@ from kiln.hw.cost import (
     MappingError,
     Relevancy,
     evaluate,
-    merge_stationary_loops,
+    operand_key,
     relevancy,
     tensor_elements,
     tile_counter,
-    top_loop_product,
 )
 from kiln.hw.mapping import (
     Loop,
@@ -530,34 +529,24 @@ def zigzag_completions(layer: Layer, hw: Accelerator, fixed: SpatialMapping,
 
 
 def canonical_key(
-    temporal: TemporalMapping, rel: Relevancy, roomy_top: frozenset[str] = frozenset()
+    temporal: TemporalMapping, rel: Relevancy, roomy_top: frozenset[str] = frozenset(),
+    operand_keys: dict[str, tuple] | None = None,
 ) -> tuple:
     """What the cost depends on: per operand and level (after stationary ir loops move down)
     the multiset of loops and the products of the outermost r and ir runs. Orders with the
     same key cost exactly the same, so only one of them is evaluated.
 
     In a top memory that can hold the whole layer twice over (``roomy_top``: it is always
-    double-buffered) the outermost runs matter neither, so only the multiset is kept."""
+    double-buffered) the outermost runs matter neither, so only the multiset is kept.
+    ``operand_keys``: each operand's :func:`kiln.hw.cost.operand_key`, when already known."""
     parts = []
     for op, levels in sorted(temporal.loops.items()):
-        merged, mac_stationary = merge_stationary_loops([list(lv) for lv in levels], rel.ir[op])
-        last = len(merged) - 1
-        parts.append(
-            (
-                op,
-                mac_stationary,
-                tuple(
-                    (tuple(sorted(lv)),)
-                    if (index == last and op in roomy_top)
-                    else (
-                        tuple(sorted(lv)),
-                        top_loop_product(lv, rel.r[op]),
-                        top_loop_product(lv, rel.ir[op]),
-                    )
-                    for index, lv in enumerate(merged)
-                ),
-            )
-        )
+        mac_stationary, per_level = (operand_keys[op] if operand_keys is not None else
+                                     operand_key(levels, rel.r[op], rel.ir[op]))
+        last = len(per_level) - 1
+        parts.append((op, mac_stationary, tuple(
+            level[:1] if (index == last and op in roomy_top) else level
+            for index, level in enumerate(per_level))))
     return tuple(parts)
 
 
@@ -655,11 +644,14 @@ def search_temporal(
                 rejected[str(error).split(" (")[0]] += 1
                 continue
         for temporal in temporals:
-            key = canonical_key(temporal, rel, roomy)
+            operand_keys = {op: operand_key(lv, rel.r[op], rel.ir[op])
+                            for op, lv in temporal.loops.items()}
+            key = canonical_key(temporal, rel, roomy, operand_keys)
             if key in seen:
                 continue
             seen.add(key)
-            cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel, cache)
+            cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel, cache,
+                            operand_keys)
             evaluated += 1
             rank = (_objective(cost, objective), str(temporal.as_dict()))
             if refine:

@@ -311,8 +311,8 @@ def search_tiling(graph: Graph, system: System, plan: Plan, coster: TileCoster,
     """Rows per tile and fusion: layer by layer, then every layer in one fused group at
     fewer and fewer rows per tile (stopping once finer tiles stop helping) for the plan's
     allocation; each alternative allocation from the rows found best on (refined only while
-    it is the best so far); then fusion cut points for the best; then the best with core-to-core data routed the other way. The best
-    schedule by the objective."""
+    it is the best so far); then fusion cut points for the best; then the best with
+    core-to-core data routed the other way. The best schedule by the objective."""
     best = None
     evaluated = 0
     names = [node.name for node in graph.nodes]
