@@ -151,7 +151,8 @@ def allocate(
         start = {op: len(ordering) - len(unallocated[op]) for op in ops}
         try:
             options = _all_prefix_sizes(
-                layer, ops, allocated, unallocated, spatial_levels, arch_level, memory, rel
+                layer, ops, allocated, unallocated, spatial_levels, arch_level, memory, rel,
+                tops,
             )
         except MemoryTooSmallError as error:
             if memo is not None:
@@ -208,7 +209,8 @@ def all_allocations(
         ops = [mem_to_op[m] for m in memory.operands if m in mem_to_op]
         try:
             options = _all_prefix_sizes(
-                layer, ops, allocated, unallocated, spatial_levels, arch_level, memory, rel
+                layer, ops, allocated, unallocated, spatial_levels, arch_level, memory, rel,
+                tops,
             )
         except MemoryTooSmallError:
             return
@@ -256,8 +258,10 @@ def _all_prefix_sizes(
     arch_level: dict,
     memory: Memory,
     rel: Relevancy,
+    tops: dict[str, Memory] | None = None,
 ) -> dict[str, list[float]]:
-    """For each operand a memory holds, the sizes of the loop prefixes that fit in it."""
+    """For each operand a memory holds, the sizes of the loop prefixes that fit in it (for
+    the operand's top memory, ``tops``, only the last entry is exact: it takes every loop)."""
     return {
         op: _prefix_sizes(
             layer,
@@ -268,6 +272,7 @@ def _all_prefix_sizes(
             arch_level[op],
             memory,
             rel,
+            tops is not None and tops.get(op) is memory,
         )
         for op in ops
     }
@@ -300,6 +305,7 @@ def _prefix_sizes(
     arch_level: int,
     memory: Memory,
     rel: Relevancy,
+    is_top: bool = False,
 ) -> list[float]:
     bits = _precision_for(layer, op, unallocated, spatial_levels, arch_level, rel)
     sizes: dict[str, float] = defaultdict(lambda: 1)
@@ -308,6 +314,16 @@ def _prefix_sizes(
     count = rel.counters.get(op)
     if count is None:
         count = rel.counters[op] = tile_counter(layer, op, rel)
+    if is_top:
+        # The top memory takes every loop left: tiles only grow with a longer prefix, so
+        # when the whole fits every prefix does, and only the whole is read (the same
+        # float: the same products in the same order).
+        whole = defaultdict(lambda: 1, sizes)
+        for dim, size in unallocated:
+            whole[dim] *= size
+        needed = count(whole) * bits
+        if needed <= memory.size_bits:
+            return [needed] * (len(unallocated) + 1)
     touching = rel.touching[op]
     fits = []
     needed = 0.0
