@@ -135,8 +135,12 @@ def pr_dim_size(layer: Layer, target: str, sizes: dict[str, float]) -> float:
 def tensor_elements(layer: Layer, op: str, sizes: dict[str, float], rel: Relevancy) -> float:
     """Elements of operand ``op`` touched by loops of the given sizes."""
     total = 1.0
-    for dim in rel.r[op]:
-        total *= sizes.get(dim, 1)
+    # In the operand's equation order, as ZigZag multiplies, not the set's: with fractional
+    # sizes the product's last bit (and so a tie between allocations) would otherwise
+    # depend on the hash seed.
+    for dim in layer.operand_dims[op]:
+        if dim in rel.r[op]:
+            total *= sizes.get(dim, 1)
     for target in rel.pr[op]:
         total *= pr_dim_size(layer, target, sizes)
     return total
@@ -146,7 +150,7 @@ def tile_counter(layer: Layer, op: str, rel: Relevancy) -> Callable[[dict[str, f
     """``tensor_elements`` for one operand as a fast function of ``sizes``, with the same
     float result (the same factors multiplied in the same order): the mapper calls it for
     every prefix of every loop order."""
-    relevant = tuple(rel.r[op])
+    relevant = tuple(dim for dim in layer.operand_dims[op] if dim in rel.r[op])
     windows = []
     for target in rel.pr[op]:
         dim_a, scale_a, dim_b, scale_b = layer.relations[target]
