@@ -194,6 +194,8 @@ def main() -> None:
     parser.add_argument("--accelerators", nargs="*", default=list(PAIRS))
     parser.add_argument("--no-objectives", action="store_true",
                         help="skip the energy and EDP runs")
+    parser.add_argument("--out", default=str(RESULTS / "hw_vs_zigzag.json"),
+                        help="where the JSON goes (a subset run should not replace the full)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS / "hw_runs"
@@ -215,7 +217,7 @@ def main() -> None:
               f"{same['layers_equal']:>3d}/{same['layers']:<3d} {len(same['layers_worse']):>5d} "
               f"{refined['cpu_s']:7.2f}s {refined['cpu_ratio']:6.1f}x "
               f"{len(refined['layers_worse']):>5d}", flush=True)
-    out = RESULTS / "hw_vs_zigzag.json"
+    out = Path(args.out)
     out.write_text(json.dumps(report, indent=1))
     share = report["profile"]["share"]
     print("profile (" + report["profile"]["run"] + "): " +

@@ -23,7 +23,7 @@ from kiln.fuzz.networks import NetworkSpec, build_module
 
 EXAMPLE_SYSTEMS = Path(__file__).resolve().parents[2] / "examples" / "hardware" / "multicore"
 SYSTEMS = ("quad_core_homogeneous", "quad_core_heterogeneous", "dual_core_simd")
-GRANULARITIES = ("layer", "rows=1", "rows=2", "rows=3", "rows=5", "rows=all")
+GRANULARITIES = ("layer", "rows=1", "rows=2", "rows=3", "rows=5", "rows=all", "auto")
 
 
 def schedule_choices(spec: NetworkSpec) -> dict[str, str]:

@@ -44,12 +44,19 @@ def lower_bound(schedule) -> dict:
     dram = system.offchip
     consumers = graph.consumers()
     essential = 0
+    # The network input: only the rows some layer reads (a strided 1x1 convolution skips
+    # rows, and no schedule needs to fetch them). Readers of inputs of one shape count as
+    # readers of one tensor: that can only undercount, and a bound may.
+    input_rows: dict[tuple[int, int, int, int], set[int]] = defaultdict(set)
     for node in graph.nodes:
         essential += node.weight_count * node.weight_bits
         if not node.inputs:
-            essential += node.in_channels * node.in_rows * node.in_cols * node.act_bits
+            shape = (node.in_channels, node.in_rows, node.in_cols, node.act_bits)
+            input_rows[shape].update(node.rows_read(0, node.out_rows))
         if not consumers[node.name]:
             essential += node.output_bits
+    for (channels, _, columns, bits), rows in input_rows.items():
+        essential += channels * len(rows) * columns * bits
     # The narrowest way into DRAM: its port or the widest route of any core to it.
     widest_route = max(min([link.bandwidth for link in system.route(c.id, dram.id)] or
                            [math.inf]) for c in system.compute_cores)
