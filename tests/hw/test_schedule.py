@@ -416,3 +416,27 @@ def test_a_tile_of_one_output_maps_on_one_unit(dual, coster):
     graph = Graph("one", [node])
     result = schedule_tiles(graph, dual, Plan({"one": [0]}), coster)
     assert check_schedule(result) == [] and result.latency >= 1
+
+
+def test_grouped_convolution_tiles_hold_the_layers_macs(tmp_path, dual, coster):
+    import torch
+    from torch import nn
+
+    from kiln.hw.schedule.costs import tile_layer
+
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, groups=4),   # ResNeXt-style
+                          nn.Conv2d(16, 16, 3, padding=1, groups=16))  # depthwise
+    path = tmp_path / "grouped.onnx"
+    torch.onnx.export(model.eval(), (torch.zeros(1, 8, 10, 10),), str(path), dynamo=False)
+    graph = graph_from_onnx(path)
+    expected = [16 * 10 * 10 * 2 * 9, 16 * 10 * 10 * 1 * 9]
+    for rows in (None, 3):
+        plan = default_plan(graph, dual)
+        if rows:
+            plan.rows = {node.name: rows for node in graph.nodes}
+            plan.groups = [[node.name for node in graph.nodes]]
+        result = schedule_tiles(graph, dual, plan, coster)
+        assert check_schedule(result) == []
+        macs = [sum(tile_layer(node, entry.tile).macs for entry in result.tiles
+                    if entry.tile.node == node.name) for node in graph.nodes]
+        assert macs == expected, rows

@@ -41,8 +41,13 @@ def tile_layer(node: Node, tile: Tile) -> Layer:
             # zeros): every tile of the same height has the same shape and is priced once.
             pr_sizes["IY"] = (rows - 1) * node.stride_rows + (
                 node.kernel_rows - 1) * node.dilation_rows + 1
-        if sizes.get("G", 1) > 1 and sizes["K"] == 1:
+        groups, per_group = sizes.get("G", 1), sizes["K"]
+        if groups > 1 and per_group == 1:
             sizes["G"] = channels  # depthwise: the channels are groups
+        elif groups > 1 and channels >= per_group:
+            sizes["G"] = math.ceil(channels / per_group)  # whole groups (K split by groups)
+        elif groups > 1:
+            sizes["G"], sizes["K"] = 1, channels  # part of one group
         else:
             sizes["K"] = channels
     else:
