@@ -244,6 +244,16 @@ def default_precision(weight_bits: int = 8, activation_bits: int = 8) -> dict[st
     }
 
 
+def _shape_hint(model) -> str:
+    from kiln.onnx_constants import _ceil_mode_pools
+
+    if _ceil_mode_pools(model):
+        return ("the graph has a pool in ceil mode: ONNX's shape inference keeps a last "
+                "window that starts past the input, ONNX Runtime and PyTorch drop it, and "
+                "this file's shapes fit neither (re-export with ceil_mode=False or padding)")
+    return "neither ONNX shape inference nor a run in ONNX Runtime could work out its shapes"
+
+
 def workload_from_onnx(path: str | Path) -> Workload:
     """Conv, Gemm and MatMul nodes of an ONNX file, in graph order (ZigZag's conventions)."""
     import onnx
@@ -273,8 +283,8 @@ def workload_from_onnx(path: str | Path) -> Workload:
             in_shape, out_shape = shapes.get(x_name), shapes.get(node.output[0])
             if not in_shape or not out_shape or len(in_shape) != 4:
                 raise ModelFormatError(
-                    f"{path}: node '{name}': Conv needs known 4-D input/output shapes"
-                )
+                    f"{path}: node '{name}': Conv needs known 4-D input/output shapes",
+                    hint=_shape_hint(model))
             groups = int(attrs.get("group", 1))
             kernel = list(attrs.get("kernel_shape") or shapes[node.input[1]][2:])
             layer = _conv_layer(
@@ -301,8 +311,8 @@ def workload_from_onnx(path: str | Path) -> Workload:
                 in_shape = list(reversed(in_shape or []))
             if not out_shape:
                 raise ModelFormatError(
-                    f"{path}: node '{name}': {node.op_type} needs a known output shape"
-                )
+                    f"{path}: node '{name}': {node.op_type} needs a known output shape",
+                    hint=_shape_hint(model))
             if not in_shape:
                 weight = shapes[node.input[1]]
                 in_shape = [out_shape[0], weight[1] if attrs.get("transB") else weight[0]]
