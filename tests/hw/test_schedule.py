@@ -440,3 +440,27 @@ def test_grouped_convolution_tiles_hold_the_layers_macs(tmp_path, dual, coster):
         macs = [sum(tile_layer(node, entry.tile).macs for entry in result.tiles
                     if entry.tile.node == node.name) for node in graph.nodes]
         assert macs == expected, rows
+
+
+def test_a_grouped_convolution_tile_waits_only_for_its_groups(tmp_path, dual, coster):
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=4))
+    path = tmp_path / "grouped.onnx"
+    torch.onnx.export(model.eval(), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False)
+    graph = graph_from_onnx(path)
+    first, second = graph.nodes
+    assert second.groups == 4 and second.input_channels_for((0, 4)) == (0, 4)
+    plan = default_plan(graph, dual)  # both layers split over the compute cores by channels
+    tiles = make_tiles(graph, plan)
+    by_id = {tile.id: tile for tile in tiles}
+    grouped = [tile for tile in tiles if tile.node == second.name]
+    assert len({tile.channels for tile in grouped}) > 1
+    for tile in grouped:
+        read = second.input_channels_for(tile.channels)
+        producers = [by_id[d] for d in tile.deps]
+        assert producers and all(p.channels[0] < read[1] and p.channels[1] > read[0]
+                                 for p in producers), (tile.label, read)
+    result = schedule_tiles(graph, dual, plan, coster)
+    assert check_schedule(result) == []

@@ -47,6 +47,7 @@ class Node:
     pad_top: int = 0
     dilation_rows: int = 1
     channelwise: bool = False  # output channel k reads only input channel k
+    groups: int = 1  # a grouped convolution: output group g reads input group g
     needs_all_rows: bool = False
     layer: Layer | None = None
     weight_count: int = 0
@@ -70,6 +71,19 @@ class Node:
         read = {row * self.stride_rows - self.pad_top + tap * self.dilation_rows
                 for row in range(first, last) for tap in range(self.kernel_rows)}
         return sorted(r for r in read if 0 <= r < self.in_rows)
+
+    def input_channels_for(self, channels: tuple[int, int]) -> tuple[int, int] | None:
+        """The input channels output channels ``[a, b)`` read: their own (channel-wise),
+        their groups' (a grouped convolution), or None: all of them."""
+        if self.channelwise:
+            return channels
+        if self.groups > 1 and self.out_channels % self.groups == 0 and \
+                self.in_channels % self.groups == 0:
+            out_per_group = self.out_channels // self.groups
+            in_per_group = self.in_channels // self.groups
+            first, last = channels[0] // out_per_group, (channels[1] - 1) // out_per_group + 1
+            return first * in_per_group, last * in_per_group
+        return None
 
     def input_rows(self, first: int, last: int) -> tuple[int, int]:
         """The input rows ``[a, b)`` that output rows ``[first, last)`` read."""
@@ -235,6 +249,7 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
                     node.pad_top = total // 2 + folded_pad
                 groups = int(attrs.get("group", 1))
                 node.channelwise = groups > 1 and groups == in_c == out_c
+                node.groups = groups
                 node.weight_count = out_c * (in_c // groups) * math.prod(kernel)
             else:  # a matrix product: its rows are the output's rows, no halo
                 out_c = layer.sizes["K"]
@@ -385,7 +400,8 @@ def graph_from_workload(workload: Workload) -> Graph:
                         sizes["OY"], sizes["OX"], sizes["C"] * sizes.get("G", 1), in_rows,
                         layer.pr_sizes.get("IX", sizes["OX"]), sizes["FY"], stride,
                         max(0, (span - in_rows) // 2), dilation,
-                        channelwise=sizes.get("G", 1) > 1 and sizes["C"] == 1, layer=layer,
+                        channelwise=sizes.get("G", 1) > 1 and sizes["C"] == 1 and
+                        sizes["K"] == 1, groups=sizes.get("G", 1), layer=layer,
                         weight_count=sizes["K"] * sizes["C"] * sizes["FY"] * sizes["FX"] *
                         sizes.get("G", 1))
         elif {"C", "K"} <= set(layer.sizes):

@@ -195,11 +195,12 @@ def make_tiles(graph: Graph, plan: Plan) -> list[Tile]:
                         share *= (in_channels[1] - in_channels[0]) / max(1, node.in_channels)
                     reads_input = 0
                     input_channels = channels if node.channelwise else in_channels
+                    if node.groups > 1 and in_channels is None:
+                        input_channels = node.input_channels_for(channels)  # its groups'
                     if not node.inputs:
                         first, last = node.input_rows(*rows)
-                        wide = (channels[1] - channels[0]) if node.channelwise else (
-                            node.in_channels if in_channels is None else
-                            in_channels[1] - in_channels[0])
+                        wide = node.in_channels if input_channels is None else (
+                            input_channels[1] - input_channels[0])
                         reads_input = (last - first) * node.in_cols * wide * node.act_bits
                     last_chunk = chunk == len(chunk_list) - 1
                     tile = Tile(
@@ -221,6 +222,20 @@ def make_tiles(graph: Graph, plan: Plan) -> list[Tile]:
     return _ordered(graph, tiles)
 
 
+def reads_of(node: Node, producer: Node, channels: tuple[int, int],
+             in_channels: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The producer channels a tile of output ``channels`` (and input-channel chunk
+    ``in_channels``) reads; None: all. Its own or its groups' channels where the producer
+    makes exactly this node's input channels."""
+    own = node.input_channels_for(channels)
+    if own is None or producer.out_channels != node.in_channels:
+        return in_channels
+    if in_channels is None:
+        return own
+    low, high = max(own[0], in_channels[0]), min(own[1], in_channels[1])
+    return (low, high) if high > low else in_channels
+
+
 def _dependencies(graph: Graph, node: Node, rows: tuple[int, int], channels: tuple[int, int],
                   in_channels: tuple[int, int] | None, by_node: dict[str, list[Tile]],
                   starts: dict[str, list[int]]) -> tuple[list[int], list[int]]:
@@ -234,8 +249,7 @@ def _dependencies(graph: Graph, node: Node, rows: tuple[int, int], channels: tup
         first, last = _producer_rows(node, producer, rows)
         exact = producer.out_rows == node.in_rows and not node.needs_all_rows
         read = node.rows_read(*rows) if exact else []
-        wanted = channels if (node.channelwise and
-                              producer.out_channels == node.out_channels) else in_channels
+        wanted = reads_of(node, producer, channels, in_channels)
         produced = by_node[producer_name]
         row_starts = starts[producer_name]
         # Producer tiles are stored by row range, then channel part: start at the first tile

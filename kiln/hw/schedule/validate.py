@@ -123,8 +123,15 @@ def _check(schedule, fail) -> None:
                         for r in range(*tile.rows) for t in range(node.kernel_rows)}
             else:
                 read = None
-            same_channels = node.channelwise and producer.out_channels == node.out_channels
-            wanted = tile.channels if same_channels else tile.in_channels
+            # Re-derived here, not taken from the tiler: its own channels (channel-wise), its
+            # groups' (grouped convolution) or its chunk's; a group outside the chunk reads
+            # the chunk.
+            wanted = tile.in_channels
+            own = node.input_channels_for(tile.channels)
+            if own is not None and producer.out_channels == node.in_channels:
+                chunk = tile.in_channels or own
+                low, high = max(own[0], chunk[0]), min(own[1], chunk[1])
+                wanted = (low, high) if high > low else tile.in_channels
             for source in by_node[producer_name]:
                 rows, channels = source.tile.rows, source.tile.channels
                 if source.tile.chunk != source.tile.chunks - 1:
