@@ -102,7 +102,7 @@ def test_qonnx_mnist_from_its_file_with_its_own_input_scale(tmp_path):
 def test_a_killed_flow_leaves_nothing_a_rerun_would_trust(tmp_path, signal_number):
     config = tmp_path / "flow.toml"
     config.write_text('stages = ["float", "compress", "integer", "rtl", "simulate"]\n'
-                      "[data]\ncalibration_batches = 2\n[simulate]\nvectors = 200\njobs = 1\n")
+                      "[data]\ncalibration_batches = 2\n[simulate]\nvectors = 100\njobs = 1\n")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "kiln", "flow", "jsc-three-linear", "--config",
                str(config), "--out", str(out)]
@@ -110,7 +110,7 @@ def test_a_killed_flow_leaves_nothing_a_rerun_would_trust(tmp_path, signal_numbe
     deadline = time.time() + 300
     while time.time() < deadline and not list(out.glob(".simulate.partial-*")):
         time.sleep(0.1)  # wait until the simulation stage is under way
-    # 200 vectors keep the stage busy for seconds (4 did not): a signal that lands after the
+    # 100 vectors keep the stage busy for seconds (4 did not): a signal that lands after the
     # flow has finished, while Python shuts down, would test nothing
     time.sleep(1.0)
     assert process.poll() is None

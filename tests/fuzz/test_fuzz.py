@@ -144,10 +144,10 @@ def test_dilated_one_wide_kernel_on_a_one_wide_map_does_not_crash():
 def test_a_seeded_sample_schedules_on_the_example_systems():
     # PyTorch's own ONNX exports (asymmetric padding as a Pad fed by a constant subgraph,
     # ceil-mode pools, residual adds, global pools, 1x1 tiles) on kiln's example systems.
-    report = fuzz(count=30, seed=1_000, stages=("lower", "schedule"))
+    report = fuzz(count=20, seed=1_000, stages=("lower", "schedule"))
     assert report.ok, report.failures
-    assert report.passed["schedule"] + report.skipped["schedule"] == 30
-    assert report.passed["schedule"] >= 25
+    assert report.passed["schedule"] + report.skipped["schedule"] == 20
+    assert report.passed["schedule"] >= 16
 
 
 def test_the_schedule_stage_catches_a_tiler_that_drops_rows(monkeypatch):

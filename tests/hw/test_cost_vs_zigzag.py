@@ -101,7 +101,7 @@ def test_fixed_mappings_agree_with_zigzag(tmp_path, resnet18_onnx, hw_name, inde
     assert ours.latency_cycles == pytest.approx(latency, rel=1e-2)
 
 
-@pytest.mark.parametrize("seed", range(48))
+@pytest.mark.parametrize("seed", range(32))
 def test_random_layers_agree_with_zigzag(tmp_path, seed):
     """Shapes nobody picked: odd sizes, non-square kernels, strides, dilation, padding, on a
     random bundled accelerator; kiln's best mapping costed by both tools."""
