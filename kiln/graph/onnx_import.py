@@ -28,7 +28,8 @@ from torch import nn
 from kiln.errors import KilnError, UnsupportedOperatorError
 from kiln.graph import onnx_ops
 from kiln.graph.core import Graph
-from kiln.graph.onnx_load import attributes, fold_constant_node, load_onnx_model, tensor_to_numpy
+from kiln.graph.onnx_load import load_onnx_model
+from kiln.onnx_constants import attributes, fold_constant_node, tensor_to_numpy
 
 Handler = Callable[["_Importer", Any, dict[str, Any]], list[torch.fx.Node]]
 _HANDLERS: dict[str, Handler] = {}

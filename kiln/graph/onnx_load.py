@@ -6,13 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import ModelFormatError
-from kiln.onnx_constants import (  # noqa: F401  (kiln.graph's ONNX reader uses these)
-    attributes,
-    fold_constant_node,
-    fold_constant_subgraphs,
-    infer_shapes,
-    tensor_to_numpy,
-)
 
 
 def load_onnx_model(path: str | Path) -> Any:

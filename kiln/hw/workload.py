@@ -254,18 +254,20 @@ def _shape_hint(model) -> str:
     return "neither ONNX shape inference nor a run in ONNX Runtime could work out its shapes"
 
 
-def workload_from_onnx(path: str | Path) -> Workload:
-    """Conv, Gemm and MatMul nodes of an ONNX file, in graph order (ZigZag's conventions)."""
+def workload_from_onnx(path: str | Path, model: Any = None) -> Workload:
+    """Conv, Gemm and MatMul nodes of an ONNX file, in graph order (ZigZag's conventions).
+    ``model``: the file already loaded with its shapes inferred (not read or inferred again)."""
     import onnx
 
     from kiln.onnx_constants import infer_shapes
 
     path = Path(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-        model = infer_shapes(model)
-    except Exception as error:  # onnx raises several unrelated types for a bad file
-        raise ModelFormatError(f"{path}: cannot read ONNX model: {error}") from None
+    if model is None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+            model = infer_shapes(model)
+        except Exception as error:  # onnx raises several unrelated types for a bad file
+            raise ModelFormatError(f"{path}: cannot read ONNX model: {error}") from None
     shapes: dict[str, list[int]] = {}
     for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim

@@ -174,9 +174,11 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
     except Exception as error:  # onnx raises several unrelated types for a bad file
         raise ModelFormatError(f"{path}: cannot read ONNX model: {error}") from None
     _check_acyclic(model.graph, path)
-    workload = workload_from_onnx(path)
-    layers = {layer.name: layer for layer in workload.layers}
-    model = infer_shapes(model)
+    try:
+        model = infer_shapes(model)
+    except Exception as error:  # onnx raises several unrelated types for a bad file
+        raise ModelFormatError(f"{path}: cannot read ONNX model: {error}") from None
+    layers = {layer.name: layer for layer in workload_from_onnx(path, model).layers}
     element_bits = {}
     for value in list(model.graph.value_info) + list(model.graph.input) + list(
             model.graph.output):
@@ -289,30 +291,24 @@ def _foldable_pads(model, initializers: dict, shapes: dict[str, list[int]]
     """Pads that only add rows and columns (constant mode, no batch or channel padding, no
     cropping) and feed only convolutions and pools: output tensor → (input tensor, rows
     added on top). Their pads may come from a constant subgraph (PyTorch's F.pad)."""
-    from kiln.onnx_constants import attributes, fold_constant_node, tensor_to_numpy
+    from kiln.onnx_constants import attributes, fold_constant_subgraphs, tensor_to_numpy
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    made_by = {out: node for node in model.graph.node for out in node.output}
-    known = {init.name: init for init in model.graph.initializer}
-    values: dict[str, object] = {}
+    folded_constants: dict | None = None
 
     def value(tensor: str):
-        if tensor in values:
-            return values[tensor]
-        result = None
-        if tensor in known:
-            result = tensor_to_numpy(known[tensor])
-        elif tensor in initializers and tensor in made_by:
-            node = made_by[tensor]
-            inputs = [value(t) if t else None for t in node.input]
-            if all(v is not None for t, v in zip(node.input, inputs, strict=True) if t):
-                try:
-                    outputs = fold_constant_node(node, inputs, opset)
-                    result = outputs[list(node.output).index(tensor)]
-                except Exception:  # a constant this reader cannot evaluate: keep the Pad
-                    result = None
-        values[tensor] = result
-        return result
+        """A constant tensor's value: an initializer, or folded from constants."""
+        nonlocal folded_constants
+        for init in model.graph.initializer:
+            if init.name == tensor:
+                return tensor_to_numpy(init)
+        if tensor not in initializers:
+            return None
+        if folded_constants is None:  # folded once, only for a Pad that needs it
+            folded_constants = {init.name: init for init in
+                                fold_constant_subgraphs(model).graph.initializer}
+        init = folded_constants.get(tensor)
+        return None if init is None else tensor_to_numpy(init)
 
     consumers: dict[str, set[str]] = {}
     for node in model.graph.node:
