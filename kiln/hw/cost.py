@@ -472,7 +472,7 @@ def analyse_operand(
     return OperandAnalysis(counts[op].unit_count, data_bits, eff_bits, moves)
 
 
-def analyse(
+def analysis_parts(
     layer: Layer,
     hw: Accelerator,
     spatial: SpatialMapping,
@@ -480,9 +480,11 @@ def analyse(
     rel: Relevancy,
     cache: dict | None = None,
     operand_keys: dict[str, tuple] | None = None,
-) -> Analysis:
-    """Per operand and memory level: instances, data held, and the four-way data movement."""
-    total_cycles = math.prod(s for level in temporal.loops[layer.output] for _, s in level)
+    total_cycles: float | None = None,
+) -> dict[str, OperandAnalysis]:
+    """Each operand's analysis under one mapping (memoized in ``cache`` per operand key)."""
+    if total_cycles is None:
+        total_cycles = math.prod(s for level in temporal.loops[layer.output] for _, s in level)
     parts = {}
     for op in layer.operands:
         levels = temporal.loops[op]
@@ -499,6 +501,21 @@ def analyse(
             part = cache[key] = analyse_operand(layer, hw, spatial, op, levels, total_cycles,
                                                 rel, cache)
         parts[op] = part
+    return parts
+
+
+def analyse(
+    layer: Layer,
+    hw: Accelerator,
+    spatial: SpatialMapping,
+    temporal: TemporalMapping,
+    rel: Relevancy,
+    cache: dict | None = None,
+    operand_keys: dict[str, tuple] | None = None,
+) -> Analysis:
+    """Per operand and memory level: instances, data held, and the four-way data movement."""
+    total_cycles = math.prod(s for level in temporal.loops[layer.output] for _, s in level)
+    parts = analysis_parts(layer, hw, spatial, temporal, rel, cache, operand_keys, total_cycles)
     return Analysis(
         levels={op: len(temporal.loops[op]) for op in layer.operands},
         total_cycles=total_cycles,
@@ -536,32 +553,34 @@ def word_accesses(
     return int(math.ceil(amount * bits / bw_min) * (bw_min / bw_max) * periods * instances)
 
 
+def memory_accesses_of(
+    layer: Layer, hw: Accelerator, op: str, part: OperandAnalysis
+) -> list[dict[str, int]]:
+    """Word accesses per memory level and direction of one operand's analysis (kept on
+    the analysis: the same analysis, the same accesses)."""
+    if part.accesses is not None:
+        return part.accesses
+    mem_op = layer.links[op]
+    per_level = []
+    for m, memory in enumerate(hw.levels(mem_op)[: len(part.movement)]):
+        move = part.movement[m]
+        instances = part.unit_count[m + 1]
+        per_level.append(
+            {
+                d: word_accesses(
+                    move, d, memory.bandwidth(mem_op, d), instances, f"{memory.name} ({mem_op})"
+                )
+                for d in DIRS
+            }
+        )
+    part.accesses = per_level
+    return per_level
+
+
 def memory_accesses(
     layer: Layer, hw: Accelerator, analysis: Analysis
 ) -> dict[str, list[dict[str, int]]]:
-    result = {}
-    for op in layer.operands:
-        part = analysis.parts.get(op)
-        if part is not None and part.accesses is not None:
-            result[op] = part.accesses  # the same operand analysis: the same accesses
-            continue
-        mem_op = layer.links[op]
-        per_level = []
-        for m, memory in enumerate(hw.levels(mem_op)[: analysis.levels[op]]):
-            move = analysis.movement[op][m]
-            instances = analysis.unit_count[op][m + 1]
-            per_level.append(
-                {
-                    d: word_accesses(
-                        move, d, memory.bandwidth(mem_op, d), instances, f"{memory.name} ({mem_op})"
-                    )
-                    for d in DIRS
-                }
-            )
-        result[op] = per_level
-        if part is not None:
-            part.accesses = per_level
-    return result
+    return {op: memory_accesses_of(layer, hw, op, analysis.parts[op]) for op in layer.operands}
 
 
 def memory_energy(

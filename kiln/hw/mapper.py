@@ -24,18 +24,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator, Memory
 from kiln.hw.cost import (
     Cost,
     MappingError,
     Relevancy,
+    analysis_parts,
     evaluate,
     operand_key,
     relevancy,
     tensor_elements,
     tile_counter,
 )
+from kiln.hw.cost_batch import BatchPlan
 from kiln.hw.mapping import (
     Loop,
     MappingConstraints,
@@ -628,7 +632,11 @@ def search_temporal(
 
     With ``exhaustive`` every memory allocation of every order is tried, not only the
     traffic-minimising one (affordable for small layers; use ``lpf_limit=None`` too).
-    With ``refine=N`` only the N best orders get every allocation tried, after the search."""
+    With ``refine=N`` only the N best orders get every allocation tried, after the search.
+
+    Each distinct mapping's energy and latency come from :class:`kiln.hw.cost_batch.BatchPlan`
+    (all mappings at once, equal to :func:`evaluate` to the last bit); only the winner is
+    evaluated in full."""
     from kiln.hw.cost import spatial_per_level
 
     if objective not in OBJECTIVES:
@@ -636,16 +644,15 @@ def search_temporal(
     rel = relevancy(layer)
     spatial, spatial_int, spatial_limited = fit_spatial(layer, hw, spatial_user)
     levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
-    space = order_space(temporal_loop_sizes(layer, spatial), ordering, lpf_limit)
-    best: tuple | None = None
+    loop_sizes = temporal_loop_sizes(layer, spatial)
+    space = order_space(loop_sizes, ordering, lpf_limit)
+    total_cycles = math.prod(loop_sizes.values())
+    batch = _Batch(layer, hw, rel, spatial, spatial_int, spatial_limited, total_cycles)
     seen: set = set()
-    ranked: list = []
-    pool: list[tuple[Cost, str, TemporalMapping]] = []  # with refine: every candidate
-    cache: dict = {}
     roomy = roomy_top_memories(layer, hw, rel)
     rejected: dict[str, int] = defaultdict(int)
     memo = AllocationMemo()
-    evaluated = 0
+    orders: list[list[Loop]] = []  # the order of each candidate (refine revisits the best)
     total = 0
     for index, order in enumerate(space.orders()):
         total += 1
@@ -666,41 +673,122 @@ def search_temporal(
             if key in seen:
                 continue
             seen.add(key)
-            cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel, cache,
-                            operand_keys)
-            evaluated += 1
-            rank = (_objective(cost, objective), str(temporal.as_dict()))
-            if refine:
-                ranked.append((rank, order))
-                pool.append((cost, rank[1], temporal))
-            if best is None or rank < best[0]:
-                best = (rank, cost, temporal)
+            batch.add(temporal, operand_keys)
+            orders.append(order)
+    if not batch.temporals:
+        reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
+        raise MappingError(f"spatial mapping {spatial_user}: {reasons}")
+    energy, latency = batch.score()
+    primary = _primary(objective, energy, latency)
+    ranking = np.lexsort((latency, energy, primary))
+    winner = batch.first_by_text(ranking, primary, energy, latency)
+    plain_best = float(primary[winner])
+    evaluated = len(batch.temporals)
     if refine and not exhaustive:
-        ranked.sort(key=lambda item: item[0])
-        for _, order in ranked[:refine]:
+        plain = evaluated
+        for position in batch.best_positions(ranking, primary, energy, latency, count=refine):
             # Deep hierarchies have very many allocations: the first REFINE_ALLOCATIONS
             # (largest lower-level tiles first, as LOMA prefers) of each order are tried.
             for temporal in itertools.islice(
-                all_allocations(layer, hw, levels, order, rel), REFINE_ALLOCATIONS
+                all_allocations(layer, hw, levels, orders[position], rel), REFINE_ALLOCATIONS
             ):
                 key = canonical_key(temporal, rel, roomy)
                 if key in seen:
                     continue
                 seen.add(key)
-                cost = evaluate(
-                    layer, hw, spatial, temporal, spatial_int, spatial_limited, rel, cache
-                )
-                evaluated += 1
-                pool.append((cost, str(temporal.as_dict()), temporal))
-    plain_best = best[0][0][0] if best is not None else math.inf
-    if pool:
-        cost, text, temporal = pick_best(pool, objective, NEAR_TIE, ceiling=plain_best)
-        best = ((_objective(cost, objective), text), cost, temporal)
-    if best is None:
-        reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
-        raise MappingError(f"spatial mapping {spatial_user}: {reasons}")
-    return MappingResult(layer.name, best[1], spatial_limited, best[2], evaluated, total,
+                batch.add(temporal)
+        evaluated = len(batch.temporals)
+        if evaluated > plain:
+            energy, latency = batch.score()
+            primary = _primary(objective, energy, latency)
+            # The plain winner and every refined mapping compete (no other plain mapping
+            # can win: pick_best's bound is at most the plain best).
+            pool = np.concatenate([[winner], np.arange(plain, evaluated)])
+            winner = batch.pick(pool, objective, primary, energy, latency, NEAR_TIE, plain_best)
+    temporal = batch.temporals[winner]
+    cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel,
+                    batch.cache)
+    return MappingResult(layer.name, cost, spatial_limited, temporal, evaluated, total,
                          dict(rejected), plain_best)
+
+
+def _primary(objective: str, energy: np.ndarray, latency: np.ndarray) -> np.ndarray:
+    return {"latency": latency, "energy": energy, "edp": energy * latency}[objective]
+
+
+class _Batch:
+    """The distinct mappings of one search and their operand analyses' rows."""
+
+    def __init__(self, layer: Layer, hw: Accelerator, rel: Relevancy, spatial: SpatialMapping,
+                 spatial_int: SpatialMapping, spatial_limited: SpatialMapping,
+                 total_cycles: float) -> None:
+        self.layer, self.hw, self.rel = layer, hw, rel
+        self.spatial, self.spatial_int = spatial, spatial_int
+        self.same = spatial_int.key() == spatial.key()
+        self.total_cycles = total_cycles
+        self.plan = BatchPlan(layer, hw, rel, spatial_limited)
+        self.cache: dict = {}
+        self.temporals: list[TemporalMapping] = []
+        self.energy_rows: dict[str, list[int]] = {op: [] for op in layer.operands}
+        self.latency_rows: dict[str, list[int]] = {op: [] for op in layer.operands}
+        self.texts: dict[int, str] = {}
+
+    def add(self, temporal: TemporalMapping, operand_keys: dict | None = None) -> None:
+        parts = analysis_parts(self.layer, self.hw, self.spatial, temporal, self.rel,
+                               self.cache, operand_keys, self.total_cycles)
+        parts_int = parts if self.same else analysis_parts(
+            self.layer, self.hw, self.spatial_int, temporal, self.rel, self.cache,
+            operand_keys, self.total_cycles)
+        for op in self.layer.operands:
+            self.energy_rows[op].append(self.plan.energy_tables[op].index(parts[op]))
+            self.latency_rows[op].append(self.plan.latency_tables[op].index(parts_int[op]))
+        self.temporals.append(temporal)
+
+    def score(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.plan.score(self.energy_rows, self.latency_rows, self.total_cycles)
+
+    def text(self, index: int) -> str:
+        found = self.texts.get(index)
+        if found is None:
+            found = self.texts[index] = str(self.temporals[index].as_dict())
+        return found
+
+    def first_by_text(self, ranking: np.ndarray, *figures: np.ndarray) -> int:
+        """The first of ``ranking`` (sorted by ``figures``) or one of its equals: the one
+        whose mapping text comes first (the tie-break that keeps results deterministic)."""
+        head = ranking[0]
+        same = np.logical_and.reduce([f[ranking] == f[head] for f in figures])
+        tied = ranking if same.all() else ranking[: int(np.argmin(same))]
+        return min((int(i) for i in tied), key=lambda i: (self.text(i), i))
+
+    def best_positions(self, ranking: np.ndarray, *figures: np.ndarray, count: int) -> list[int]:
+        """The ``count`` best mappings by (figures, text)."""
+        if len(ranking) > count:
+            last = ranking[count - 1]
+            boundary = all(f[ranking[count]] == f[last] for f in figures)
+            if boundary:
+                same = np.logical_and.reduce([f[ranking] == f[last] for f in figures])
+                ranking = ranking[: count + int(same[count:].sum())]
+            else:
+                ranking = ranking[:count]
+        keyed = sorted(ranking, key=lambda i: (tuple(float(f[i]) for f in figures),
+                                               self.text(int(i))))
+        return [int(i) for i in keyed[:count]]
+
+    def pick(self, pool: np.ndarray, objective: str, primary: np.ndarray, energy: np.ndarray,
+             latency: np.ndarray, near_tie: float, ceiling: float) -> int:
+        """:func:`pick_best` over the mappings in ``pool``."""
+        def first(indices: np.ndarray, *figures: np.ndarray) -> int:
+            order = np.lexsort(tuple(f[indices] for f in reversed(figures)))
+            return self.first_by_text(indices[order], *figures)
+
+        best = first(pool, primary, energy, latency)
+        if near_tie <= 0 or objective == "edp":
+            return best
+        bound = min(primary[best] * (1 + near_tie), ceiling)
+        close = pool[primary[pool] <= bound]
+        secondary = energy if objective == "latency" else latency
+        return first(close, secondary, primary, energy, latency)
 
 
 def map_layer(

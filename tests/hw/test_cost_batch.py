@@ -1,0 +1,195 @@
+"""The batched cost (every mapping of a search at once) against evaluate, to the last bit,
+and the mapper built on it against a plain search that evaluates every mapping in full."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from kiln.hw import evaluate, fit_spatial, load_accelerator
+from kiln.hw.cost import (
+    PortActivity,
+    analysis_parts,
+    relevancy,
+    spatial_per_level,
+    updating_window_union,
+)
+from kiln.hw.cost_batch import BatchPlan
+from kiln.hw.mapper import (
+    AllocationMemo,
+    MemoryTooSmallError,
+    allocate,
+    canonical_key,
+    roomy_top_memories,
+    search_temporal,
+    spatial_candidates,
+)
+from kiln.hw.mapping import temporal_loop_sizes
+from kiln.hw.orders import order_space
+from kiln.hw.workload import _conv_layer, default_precision
+from tests.hw.conftest import zigzag_inputs
+
+ACCELERATORS = ["tpu_like", "edge_tpu_like", "ascend_like", "meta_prototype", "tesla_npu_like"]
+
+
+def _random_layer(seed: int):
+    """A conv layer nobody picked (odd sizes, kernels, stride, dilation, padding) on a random
+    bundled accelerator."""
+    rng = random.Random(seed)
+    hw = load_accelerator(zigzag_inputs() / "hardware" / f"{rng.choice(ACCELERATORS)}.yaml",
+                          duplicate_keys="last")
+    fy, fx = rng.randint(1, 7), rng.randint(1, 7)
+    stride, dilation = rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2])
+    oy, ox = rng.randint(1, 23), rng.randint(1, 23)
+    pad_y, pad_x = rng.randint(0, fy // 2), rng.randint(0, fx // 2)
+    in_y = max(1, (oy - 1) * stride + dilation * (fy - 1) + 1 - 2 * pad_y)
+    in_x = max(1, (ox - 1) * stride + dilation * (fx - 1) + 1 - 2 * pad_x)
+    layer = _conv_layer(f"random{seed}", batch=1, groups=1, k=rng.randint(1, 70),
+                        c=rng.randint(1, 70), oy=oy, ox=ox, fy=fy, fx=fx,
+                        stride=(stride, stride), dilation=(dilation, dilation),
+                        in_hw=(in_y, in_x), precision=default_precision())
+    return layer, hw
+
+
+def _allocated(layer, hw, spatial):
+    """Every order's LOMA allocation (those that fit)."""
+    rel = relevancy(layer)
+    levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
+    memo = AllocationMemo()
+    for order in order_space(temporal_loop_sizes(layer, spatial), None, 6).orders():
+        try:
+            yield order, allocate(layer, hw, levels, order, rel, memo)
+        except MemoryTooSmallError:
+            continue
+
+
+def test_batched_cost_equals_evaluate_on_every_order_of_random_layers():
+    """Every allocated order of 24 random layers (two spatial mappings each, fractional
+    unrollings among them): energy and latency equal evaluate's, bit for bit."""
+    mappings, fractional = 0, 0
+    for seed in range(24):
+        layer, hw = _random_layer(seed)
+        rel = relevancy(layer)
+        for user in spatial_candidates(layer, hw, keep=2):
+            spatial, spatial_int, limited = fit_spatial(layer, hw, user)
+            plan = BatchPlan(layer, hw, rel, limited)
+            cache: dict = {}
+            energy_rows = {op: [] for op in layer.operands}
+            latency_rows = {op: [] for op in layer.operands}
+            expected = []
+            total_cycles = math.prod(temporal_loop_sizes(layer, spatial).values())
+            for _, temporal in _allocated(layer, hw, spatial):
+                cost = evaluate(layer, hw, spatial, temporal, spatial_int, limited, rel, cache)
+                expected.append((cost.energy_pj, cost.latency_cycles))
+                parts = analysis_parts(layer, hw, spatial, temporal, rel, cache)
+                parts_int = analysis_parts(layer, hw, spatial_int, temporal, rel, cache)
+                for op in layer.operands:
+                    energy_rows[op].append(plan.energy_tables[op].index(parts[op]))
+                    latency_rows[op].append(plan.latency_tables[op].index(parts_int[op]))
+            if not expected:
+                continue
+            energy, latency = plan.score(energy_rows, latency_rows, total_cycles)
+            assert energy.tolist() == [e for e, _ in expected], (seed, str(user))
+            assert latency.tolist() == [t for _, t in expected], (seed, str(user))
+            mappings += len(expected)
+            fractional += spatial_int.key() != spatial.key()
+    assert mappings > 5000
+    assert fractional > 0  # the energy and latency sides differ on some layers
+
+
+def test_the_window_union_of_many_mappings_equals_one_at_a_time():
+    """The per-port union of update windows, for movements that none may use whole
+    (the case the batch works out one mapping at a time) and for those that may."""
+    rng = random.Random(5)
+    activities, rows = [], 60
+    for _ in range(3):
+        periods = np.array([rng.choice([4, 8, 16]) for _ in range(rows)])
+        allowed = np.array([rng.randint(1, int(p)) for p in periods])
+        counts = np.array([rng.randint(0, 5) for _ in range(rows)])
+        activities.append((counts != 0, None, allowed, periods, counts))
+    active = np.array([a[0] for a in activities])
+    several = active.sum(axis=0) >= 2
+    union = BatchPlan._window_union(activities, active, several)
+    checked = 0
+    for i in np.nonzero(several)[0]:
+        listed = [PortActivity(0, int(a[2][i]), int(a[3][i]), int(a[4][i]), "")
+                  for k, a in enumerate(activities) if active[k, i]]
+        assert union[i] == updating_window_union(listed)
+        checked += not any(a.period == a.allowed for a in listed)
+    assert checked > 5
+
+
+def _plain_search(layer, hw, user, objective):
+    """The search as it was before batching: every distinct mapping evaluated in full,
+    the best by (objective, energy, latency, mapping text)."""
+    rel = relevancy(layer)
+    spatial, spatial_int, limited = fit_spatial(layer, hw, user)
+    roomy = roomy_top_memories(layer, hw, rel)
+    seen, best, cache = set(), None, {}
+    for _, temporal in _allocated(layer, hw, spatial):
+        key = canonical_key(temporal, rel, roomy)
+        if key in seen:
+            continue
+        seen.add(key)
+        cost = evaluate(layer, hw, spatial, temporal, spatial_int, limited, rel, cache)
+        primary = {"latency": cost.latency_cycles, "energy": cost.energy_pj,
+                   "edp": cost.edp}[objective]
+        rank = ((primary, cost.energy_pj, cost.latency_cycles), str(temporal.as_dict()))
+        if best is None or rank < best[0]:
+            best = (rank, cost, temporal)
+    return best, len(seen)
+
+
+@pytest.mark.parametrize("objective", ["latency", "energy", "edp"])
+def test_the_batched_search_picks_what_a_full_evaluation_of_every_mapping_picks(objective):
+    for seed in range(30, 38):
+        layer, hw = _random_layer(seed)
+        user = spatial_candidates(layer, hw, keep=1)[0]
+        found = search_temporal(layer, hw, user, objective)
+        (_, cost, temporal), distinct = _plain_search(layer, hw, user, objective)
+        assert found.temporal == temporal, (seed, objective)
+        assert (found.cost.energy_pj, found.cost.latency_cycles) == (
+            cost.energy_pj, cost.latency_cycles)
+        assert found.evaluated == distinct
+
+
+@pytest.mark.parametrize("hw_name", ACCELERATORS)
+def test_double_buffering_of_many_mappings_equals_one_at_a_time(hw_name):
+    """Shared memories filled at random (random layers rarely fill one past half while
+    another operand leaves room, the case where one operand's second buffer takes the
+    room): the batch's double-buffering flags equal double_buffered's, mapping by mapping."""
+    from kiln.hw.cost import Analysis, double_buffered, utilization
+
+    layer, _ = _random_layer(0)
+    hw = load_accelerator(zigzag_inputs() / "hardware" / f"{hw_name}.yaml",
+                          duplicate_keys="last")
+    plan = BatchPlan(layer, hw, relevancy(layer), spatial_candidates(layer, hw, keep=1)[0])
+    rng = random.Random(hw_name)
+    rows = 400
+    bits = {op: [[rng.randint(0, int(m.size_bits)) for m in plan.memories[op]]
+                 for _ in range(rows)] for op in plan.ops}
+    energy_of = {}
+    for op in plan.ops:
+        table = plan.energy_tables[op]
+        array = np.zeros((rows, len(table.columns)))
+        for m, memory in enumerate(plan.memories[op]):
+            array[:, table.columns[("effective", m)]] = [row[m] / memory.size_bits
+                                                         for row in bits[op]]
+        energy_of[op] = array
+    flags = plan._double_buffered(energy_of)
+    took_room = 0
+    for i in range(rows):
+        effective = {op: [0] + bits[op][i] for op in plan.ops}
+        analysis = Analysis(levels=plan.levels, total_cycles=1, unit_count={},
+                            data_bits_unrolled=effective, effective_bits=effective,
+                            movement={})
+        expected = double_buffered(layer, hw, analysis)
+        assert {op: [bool(f[i]) for f in flags[op]] for op in plan.ops} == expected
+        _, _, alone, shared = utilization(layer, hw, analysis)
+        took_room += any(shared[op][lv] > 0.5 and alone[op][lv] <= 1 - shared[op][lv]
+                         for op in plan.ops for lv in range(plan.levels[op]))
+    if plan.groups:
+        assert took_room > 0
