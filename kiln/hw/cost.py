@@ -146,10 +146,9 @@ def tensor_elements(layer: Layer, op: str, sizes: dict[str, float], rel: Relevan
     return total
 
 
-def tile_counter(layer: Layer, op: str, rel: Relevancy) -> Callable[[dict[str, float]], float]:
-    """``tensor_elements`` for one operand as a fast function of ``sizes``, with the same
-    float result (the same factors multiplied in the same order): the mapper calls it for
-    every prefix of every loop order."""
+def tile_counter_spec(layer: Layer, op: str, rel: Relevancy) -> tuple[tuple, list[tuple]]:
+    """What :func:`tensor_elements` multiplies for one operand: its relevant dims (in the
+    operand's equation order) and, per pr dim, (dim a, dim b, step a, step b, cap)."""
     relevant = tuple(dim for dim in layer.operand_dims[op] if dim in rel.r[op])
     windows = []
     for target in rel.pr[op]:
@@ -157,6 +156,14 @@ def tile_counter(layer: Layer, op: str, rel: Relevancy) -> Callable[[dict[str, f
         divisor = math.gcd(scale_a, scale_b)
         windows.append((dim_a, dim_b, scale_a // divisor, scale_b // divisor,
                         layer.pr_sizes.get(target)))
+    return relevant, windows
+
+
+def tile_counter(layer: Layer, op: str, rel: Relevancy) -> Callable[[dict[str, float]], float]:
+    """``tensor_elements`` for one operand as a fast function of ``sizes``, with the same
+    float result (the same factors multiplied in the same order): the mapper calls it for
+    every prefix of every loop order."""
+    relevant, windows = tile_counter_spec(layer, op, rel)
 
     def count(sizes: dict[str, float]) -> float:
         total = 1.0

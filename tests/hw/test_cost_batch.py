@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kiln.hw import evaluate, fit_spatial, load_accelerator
+from kiln.hw.allocation import MemoryTooSmallError, allocate
 from kiln.hw.cost import (
     PortActivity,
     analysis_parts,
@@ -19,9 +20,6 @@ from kiln.hw.cost import (
 )
 from kiln.hw.cost_batch import BatchPlan
 from kiln.hw.mapper import (
-    AllocationMemo,
-    MemoryTooSmallError,
-    allocate,
     canonical_key,
     roomy_top_memories,
     search_temporal,
@@ -58,10 +56,9 @@ def _allocated(layer, hw, spatial):
     """Every order's LOMA allocation (those that fit)."""
     rel = relevancy(layer)
     levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
-    memo = AllocationMemo()
     for order in order_space(temporal_loop_sizes(layer, spatial), None, 6).orders():
         try:
-            yield order, allocate(layer, hw, levels, order, rel, memo)
+            yield order, allocate(layer, hw, levels, order, rel)
         except MemoryTooSmallError:
             continue
 
@@ -193,3 +190,76 @@ def test_double_buffering_of_many_mappings_equals_one_at_a_time(hw_name):
                          for op in plan.ops for lv in range(plan.levels[op]))
     if plan.groups:
         assert took_room > 0
+
+
+def _split_top_accelerator(tmp_path, weight_top_bits: int, sram_bits: int):
+    """Weights with a top memory of their own (so that it alone can run out of room), and
+    inputs and outputs sharing an SRAM (so that tiles can fail to fit together)."""
+    import yaml
+
+    from tests.hw.test_mapper import TINY, _memory, _port
+
+    spec = {**TINY, "name": "split_top", "memories": dict(TINY["memories"])}
+    spec["memories"] = {
+        "w_reg": TINY["memories"]["w_reg"],
+        "o_reg": TINY["memories"]["o_reg"],
+        "sram": {**TINY["memories"]["sram"], "size": sram_bits},
+        "w_top": _memory(weight_top_bits, 9.0, 9.0, ["I2"], ["D1", "D2"],
+                         [_port("r", "read", 16, "I2, tl"), _port("w", "write", 16, "I2, fh")]),
+        "dram": _memory(1_000_000, 50.0, 60.0, ["I1", "O"], ["D1", "D2"], [
+            _port("rw", "read_write", 16, "I1, fh", "I1, tl", "O, fh", "O, tl", "O, fl",
+                  "O, th")]),
+    }
+    path = tmp_path / f"split_top_{weight_top_bits}_{sram_bits}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_accelerator(path)
+
+
+def _compare_allocations(layer, hw, lpf_limit, refused):
+    from kiln.hw.allocation import allocate_orders
+
+    rel = relevancy(layer)
+    compared = 0
+    for user in spatial_candidates(layer, hw, keep=2):
+        spatial, _, _ = fit_spatial(layer, hw, user)
+        levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
+        orders = list(order_space(temporal_loop_sizes(layer, spatial), None,
+                                  lpf_limit).orders())
+        for order, got in zip(orders, allocate_orders(layer, hw, levels, orders, rel),
+                              strict=True):
+            try:
+                expected = allocate(layer, hw, levels, order, rel)
+            except MemoryTooSmallError as error:
+                expected = str(error).split(" (")[0]
+                refused.add("together" if "together" in expected else
+                            "below" if "below" in expected else "top")
+            assert got == expected, (layer.name, str(user), order)
+            compared += 1
+    return compared
+
+
+def test_allocating_many_orders_at_once_equals_one_at_a_time(tmp_path):
+    """Every order of random layers, allocated together and one by one: the same levels,
+    or the same reason for not fitting. On the bundled accelerators (lpf limits 4–7), then
+    on small memories where every kind of refusal happens: the tile below, the tiles
+    together, the top memory's loops."""
+    compared, refused = 0, set()
+    for seed in range(40, 50):
+        layer, hw = _random_layer(seed)
+        compared += _compare_allocations(layer, hw, random.Random(seed).choice([4, 6, 7]),
+                                         refused)
+    assert compared > 2000 and not refused
+    for seed in range(8):
+        rng = random.Random(seed)
+        oy, ox, fy, fx = (rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 3),
+                          rng.randint(1, 3))
+        layer = _conv_layer(f"small{seed}", batch=1, groups=1, k=rng.randint(1, 12),
+                            c=rng.randint(1, 12), oy=oy, ox=ox, fy=fy, fx=fx, stride=(1, 1),
+                            dilation=(1, 1), in_hw=(oy + fy - 1, ox + fx - 1),
+                            precision=default_precision())
+        weights = layer.sizes["K"] * layer.sizes["C"] * layer.sizes["FY"] * layer.sizes["FX"]
+        for fraction, sram_bits in ((0.3, 2048), (1.0, 2048), (1.0, rng.choice([64, 128]))):
+            hw = _split_top_accelerator(tmp_path, max(16, int(weights * 8 * fraction)),
+                                        sram_bits)
+            compared += _compare_allocations(layer, hw, 6, refused)
+    assert refused == {"below", "together", "top"}, refused
