@@ -17,9 +17,13 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from kiln.hw.accelerator import Accelerator, Memory
-from kiln.hw.cost import MappingError, Relevancy, tile_counter
+from kiln.hw.cost import MappingError, Relevancy, tile_counter, tile_counter_spec
 from kiln.hw.mapping import Loop, TemporalMapping
 from kiln.hw.workload import Layer
 
@@ -310,6 +314,55 @@ def _best_prefixes(
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class OrderBatch:
+    """Loop orders of the same loops, as arrays (innermost first), and how each was cut
+    into memory levels: ``counts[op][i]`` holds how many loops each memory of ``op`` took
+    in order ``i``, ``reasons[i]`` why order ``i`` does not fit (None when it does)."""
+
+    orders: list[list[Loop]]
+    dims: Any  # [order, position] column of the loop's dim in ``columns``
+    sizes: Any  # [order, position] the loop's size
+    columns: dict[str, int]
+    counts: dict[str, Any] = field(default_factory=dict)
+    reasons: Any = None
+
+    @classmethod
+    def of(cls, layer: Layer, orders: list[list[Loop]]) -> OrderBatch:
+        count, length = len(orders), len(orders[0]) if orders else 0
+        dims = list(dict.fromkeys([*layer.sizes, *(d for d, _ in (orders or [[]])[0])]))
+        columns = {dim: index for index, dim in enumerate(dims)}
+        return cls(
+            orders,
+            np.array([[columns[d] for d, _ in order] for order in orders],
+                     dtype=np.int64).reshape(count, length),
+            np.array([[s for _, s in order] for order in orders],
+                     dtype=np.float64).reshape(count, length),
+            columns,
+        )
+
+    @classmethod
+    def from_temporals(cls, layer: Layer, temporals: list[TemporalMapping]) -> OrderBatch:
+        """The orders and cuts of mappings allocated elsewhere (:func:`all_allocations`)."""
+        batch = cls.of(layer, [temporal.ordering for temporal in temporals])
+        batch.counts = {op: np.array([[len(level) for level in temporal.loops[op]]
+                                      for temporal in temporals], dtype=np.int64)
+                        for op in layer.operands}
+        batch.reasons = np.full(len(temporals), None, dtype=object)
+        return batch
+
+    def temporal(self, index: int) -> TemporalMapping:
+        order = self.orders[index]
+        loops = {}
+        for op, counts in self.counts.items():
+            levels, at = [], 0
+            for count in counts[index]:
+                levels.append(tuple(order[at:at + int(count)]))
+                at += int(count)
+            loops[op] = tuple(levels)
+        return TemporalMapping(loops)
+
+
 def allocate_orders(
     layer: Layer,
     hw: Accelerator,
@@ -319,24 +372,30 @@ def allocate_orders(
 ) -> list[TemporalMapping | str]:
     """:func:`allocate` for many orders of the same loops at once: per order its
     :class:`TemporalMapping`, or why it does not fit (the text before `` (`` of the
-    :class:`MemoryTooSmallError` that :func:`allocate` raises).
+    :class:`MemoryTooSmallError` that :func:`allocate` raises)."""
+    batch = allocate_order_batch(layer, hw, spatial_levels, orders, rel)
+    return [batch.reasons[i] if batch.reasons[i] is not None else batch.temporal(i)
+            for i in range(len(orders))]
+
+
+def allocate_order_batch(
+    layer: Layer,
+    hw: Accelerator,
+    spatial_levels: dict[str, list[list[Loop]]],
+    orders: list[list[Loop]],
+    rel: Relevancy,
+) -> OrderBatch:
+    """The LOMA allocation of many orders of the same loops, as an :class:`OrderBatch`.
 
     Each memory's choice is worked out for every order together with numpy. Tile sizes grow
     by the same multiplications in the same order as in :func:`allocate`, and ties go the
     same way, so every order gets the same allocation (tests compare them order by order).
     """
-    import numpy as np
-
-    if not orders:
-        return []
-    count_orders, length = len(orders), len(orders[0])
+    batch = OrderBatch.of(layer, orders)
+    count_orders, length = batch.dims.shape
     rows = np.arange(count_orders)
-    dims = list(dict.fromkeys([*layer.sizes, *(d for d, _ in orders[0])]))
-    column = {dim: index for index, dim in enumerate(dims)}
-    order_dims = np.array([[column[d] for d, _ in order] for order in orders],
-                          dtype=np.int64).reshape(count_orders, length)
-    order_sizes = np.array([[s for _, s in order] for order in orders],
-                           dtype=np.float64).reshape(count_orders, length)
+    column, order_dims, order_sizes = batch.columns, batch.dims, batch.sizes
+    dims = list(column)
     # above[:, p]: the product of the loops from position p outwards, multiplied from the
     # outermost in (as _best_prefixes builds it), so every start shares the same floats.
     above = np.ones((count_orders, length + 1))
@@ -389,30 +448,16 @@ def allocate_orders(
                 fail(start[op] < length, memory.name)
             arch_level[op] += 1
 
-    results: list[TemporalMapping | str] = []
-    counts = {op: np.stack(taken[op], axis=1).tolist() for op in layer.operands}
-    for index, order in enumerate(orders):
-        if reason[index] is not None:
-            results.append(reason[index])
-            continue
-        loops = {}
-        for op in layer.operands:
-            levels, at = [], 0
-            for count in counts[op][index]:
-                levels.append(tuple(order[at:at + count]))
-                at += count
-            loops[op] = tuple(levels)
-        results.append(TemporalMapping(loops))
-    return results
+    batch.counts = {op: np.stack(taken[op], axis=1) if taken[op] else
+                    np.zeros((count_orders, 0), dtype=np.int64) for op in layer.operands}
+    batch.reasons = reason
+    return batch
 
 
 def _prefix_tiles(layer, op, rel, tile, start, order_dims, order_sizes, spatial_levels,
                   arch_level, column):
     """Per order, the operand's tile (per-dim sizes) and bits after taking 0, 1, … of its
     next loops: (stack of tiles [prefix, order, dim], bits [order, prefix])."""
-    import numpy as np
-
-    from kiln.hw.cost import tile_counter_spec
 
     count_orders, length = order_dims.shape
     rows = np.arange(count_orders)
@@ -460,8 +505,6 @@ def _prefix_tiles(layer, op, rel, tile, start, order_dims, order_sizes, spatial_
 
 def _best_prefixes_of_orders(ops, options, start, above, memory, tops, fail):
     """_best_prefixes for every order: how many loops each operand gives this memory."""
-    import numpy as np
-
     count_orders = above.shape[0]
     rows = np.arange(count_orders)
     choice_sizes, traffic, valid, offsets = {}, {}, {}, {}

@@ -27,7 +27,7 @@ import numpy as np
 
 from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator
-from kiln.hw.allocation import all_allocations, allocate_orders
+from kiln.hw.allocation import OrderBatch, all_allocations, allocate_order_batch
 from kiln.hw.cost import (
     Cost,
     MappingError,
@@ -48,6 +48,7 @@ from kiln.hw.mapping import (
     max_unrolling,
     temporal_loop_sizes,
 )
+from kiln.hw.mapping_keys import KeyCoder
 from kiln.hw.orders import order_space
 from kiln.hw.workload import Layer
 
@@ -297,33 +298,40 @@ def search_temporal(
     space = order_space(loop_sizes, ordering, lpf_limit)
     total_cycles = math.prod(loop_sizes.values())
     batch = _Batch(layer, hw, rel, spatial, spatial_int, spatial_limited, total_cycles)
-    seen: set = set()
+    seen: set[bytes] = set()
     roomy = roomy_top_memories(layer, hw, rel)
     rejected: dict[str, int] = defaultdict(int)
     orders: list[list[Loop]] = []  # the order of each candidate (refine revisits the best)
+    coder: KeyCoder | None = None
     total = 0
+
+    def add_new(allocated: OrderBatch) -> None:
+        """Cost the mappings whose key is new (the first of equal ones stands for all)."""
+        operand_keys, mapping_keys = coder.keys(allocated)
+        for index, key in enumerate(mapping_keys):
+            reason = allocated.reasons[index]
+            if reason is not None:  # why this order does not fit
+                rejected[reason] += 1
+                continue
+            if key in seen:
+                continue
+            seen.add(key)
+            batch.add(allocated.temporal(index),
+                      {op: keys[index] for op, keys in operand_keys.items()})
+            orders.append(allocated.orders[index])
+
     for chunk in _chunks(space.orders(), ORDERS_PER_CHUNK):
         if on_progress:
             on_progress(total)
         total += len(chunk)
+        coder = coder or KeyCoder(layer, rel, chunk[0], roomy)
         if exhaustive:
-            allocations = [(order, temporal) for order in chunk
-                           for temporal in all_allocations(layer, hw, levels, order, rel)]
+            temporals = [temporal for order in chunk
+                         for temporal in all_allocations(layer, hw, levels, order, rel)]
+            if temporals:
+                add_new(OrderBatch.from_temporals(layer, temporals))
         else:
-            allocations = list(zip(chunk, allocate_orders(layer, hw, levels, chunk, rel),
-                                   strict=True))
-        for order, temporal in allocations:
-            if isinstance(temporal, str):  # why this order does not fit
-                rejected[temporal] += 1
-                continue
-            operand_keys = {op: operand_key(lv, rel.r[op], rel.ir[op])
-                            for op, lv in temporal.loops.items()}
-            key = canonical_key(temporal, rel, roomy, operand_keys)
-            if key in seen:
-                continue
-            seen.add(key)
-            batch.add(temporal, operand_keys)
-            orders.append(order)
+            add_new(allocate_order_batch(layer, hw, levels, chunk, rel))
     if not batch.temporals:
         reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
         raise MappingError(f"spatial mapping {spatial_user}: {reasons}")
@@ -338,14 +346,10 @@ def search_temporal(
         for position in batch.best_positions(ranking, primary, energy, latency, count=refine):
             # Deep hierarchies have very many allocations: the first REFINE_ALLOCATIONS
             # (largest lower-level tiles first, as LOMA prefers) of each order are tried.
-            for temporal in itertools.islice(
-                all_allocations(layer, hw, levels, orders[position], rel), REFINE_ALLOCATIONS
-            ):
-                key = canonical_key(temporal, rel, roomy)
-                if key in seen:
-                    continue
-                seen.add(key)
-                batch.add(temporal)
+            temporals = list(itertools.islice(
+                all_allocations(layer, hw, levels, orders[position], rel), REFINE_ALLOCATIONS))
+            if temporals:
+                add_new(OrderBatch.from_temporals(layer, temporals))
         evaluated = len(batch.temporals)
         if evaluated > plain:
             energy, latency = batch.score()

@@ -263,3 +263,53 @@ def test_allocating_many_orders_at_once_equals_one_at_a_time(tmp_path):
                                         sram_bits)
             compared += _compare_allocations(layer, hw, 6, refused)
     assert refused == {"below", "together", "top"}, refused
+
+
+def test_keys_of_many_orders_group_them_as_the_keys_of_one_mapping_do():
+    """Operand and mapping keys worked out for every order at once put the orders in the
+    same groups as operand_key and canonical_key do, mapping by mapping: on LOMA's
+    allocations and on every allocation of some orders (where irrelevant loops sit at the
+    bottom of levels and move down), roomy top memories included."""
+    import itertools
+
+    from kiln.hw.allocation import OrderBatch, all_allocations, allocate_order_batch
+    from kiln.hw.cost import operand_key
+    from kiln.hw.mapping_keys import KeyCoder
+
+    def groups(keys: dict) -> list:
+        found: dict = {}
+        for index, key in keys.items():
+            found.setdefault(key, []).append(index)
+        return sorted(found.values())
+
+    compared, merged, roomy_seen = 0, 0, 0
+    for seed in range(60, 72):
+        layer, hw = _random_layer(seed)
+        rel = relevancy(layer)
+        roomy = roomy_top_memories(layer, hw, rel)
+        roomy_seen += bool(roomy)
+        for user in spatial_candidates(layer, hw, keep=2):
+            spatial, _, _ = fit_spatial(layer, hw, user)
+            levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
+            orders = list(order_space(temporal_loop_sizes(layer, spatial), None, 6).orders())
+            every = [t for order in orders[::29]
+                     for t in itertools.islice(all_allocations(layer, hw, levels, order, rel),
+                                               32)]
+            batches = [allocate_order_batch(layer, hw, levels, orders, rel)]
+            if every:
+                batches.append(OrderBatch.from_temporals(layer, every))
+            for batch in batches:
+                coder = KeyCoder(layer, rel, orders[0], roomy)
+                operand_keys, mapping_keys = coder.keys(batch)
+                fitting = [i for i in range(len(batch.orders)) if batch.reasons[i] is None]
+                temporals = {i: batch.temporal(i) for i in fitting}
+                for op in layer.operands:
+                    expected = groups({i: operand_key(t.loops[op], rel.r[op], rel.ir[op])
+                                       for i, t in temporals.items()})
+                    assert groups({i: operand_keys[op][i] for i in fitting}) == expected
+                expected = groups({i: canonical_key(t, rel, roomy)
+                                   for i, t in temporals.items()})
+                assert groups({i: mapping_keys[i] for i in fitting}) == expected
+                compared += len(fitting)
+                merged += len(fitting) - len(expected)
+    assert compared > 2000 and merged > 500 and roomy_seen
