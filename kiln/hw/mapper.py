@@ -32,7 +32,7 @@ from kiln.hw.cost import (
     Cost,
     MappingError,
     Relevancy,
-    analysis_parts,
+    analyse_operand,
     evaluate,
     operand_key,
     relevancy,
@@ -316,8 +316,7 @@ def search_temporal(
             if key in seen:
                 continue
             seen.add(key)
-            batch.add(allocated.temporal(index),
-                      {op: keys[index] for op, keys in operand_keys.items()})
+            batch.add(allocated, index, {op: keys[index] for op, keys in operand_keys.items()})
             orders.append(allocated.orders[index])
 
     for chunk in _chunks(space.orders(), ORDERS_PER_CHUNK):
@@ -332,7 +331,7 @@ def search_temporal(
                 add_new(OrderBatch.from_temporals(layer, temporals))
         else:
             add_new(allocate_order_batch(layer, hw, levels, chunk, rel))
-    if not batch.temporals:
+    if not len(batch):
         reasons = "; ".join(f"{k} ({v} orders)" for k, v in rejected.items()) or "no order fits"
         raise MappingError(f"spatial mapping {spatial_user}: {reasons}")
     energy, latency = batch.score()
@@ -340,7 +339,7 @@ def search_temporal(
     ranking = np.lexsort((latency, energy, primary))
     winner = batch.first_by_text(ranking, primary, energy, latency)
     plain_best = float(primary[winner])
-    evaluated = len(batch.temporals)
+    evaluated = len(batch)
     if refine and not exhaustive:
         plain = evaluated
         for position in batch.best_positions(ranking, primary, energy, latency, count=refine):
@@ -350,7 +349,7 @@ def search_temporal(
                 all_allocations(layer, hw, levels, orders[position], rel), REFINE_ALLOCATIONS))
             if temporals:
                 add_new(OrderBatch.from_temporals(layer, temporals))
-        evaluated = len(batch.temporals)
+        evaluated = len(batch)
         if evaluated > plain:
             energy, latency = batch.score()
             primary = _primary(objective, energy, latency)
@@ -358,7 +357,7 @@ def search_temporal(
             # can win: pick_best's bound is at most the plain best).
             pool = np.concatenate([[winner], np.arange(plain, evaluated)])
             winner = batch.pick(pool, objective, primary, energy, latency, NEAR_TIE, plain_best)
-    temporal = batch.temporals[winner]
+    temporal = batch.temporal(winner)
     cost = evaluate(layer, hw, spatial, temporal, spatial_int, spatial_limited, rel,
                     batch.cache)
     return MappingResult(layer.name, cost, spatial_limited, temporal, evaluated, total,
@@ -392,21 +391,43 @@ class _Batch:
         self.total_cycles = total_cycles
         self.plan = BatchPlan(layer, hw, rel, spatial_limited)
         self.cache: dict = {}
-        self.temporals: list[TemporalMapping] = []
+        self.sources: list[tuple[OrderBatch, int]] = []  # where each mapping comes from
+        self.built: dict[int, TemporalMapping] = {}
         self.energy_rows: dict[str, list[int]] = {op: [] for op in layer.operands}
         self.latency_rows: dict[str, list[int]] = {op: [] for op in layer.operands}
+        self.rows_of: dict[tuple[str, bytes], tuple[int, int]] = {}
         self.texts: dict[int, str] = {}
 
-    def add(self, temporal: TemporalMapping, operand_keys: dict | None = None) -> None:
-        parts = analysis_parts(self.layer, self.hw, self.spatial, temporal, self.rel,
-                               self.cache, operand_keys, self.total_cycles)
-        parts_int = parts if self.same else analysis_parts(
-            self.layer, self.hw, self.spatial_int, temporal, self.rel, self.cache,
-            operand_keys, self.total_cycles)
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def temporal(self, index: int) -> TemporalMapping:
+        """Mapping ``index`` (built when first asked for: most are only ever costed)."""
+        found = self.built.get(index)
+        if found is None:
+            source, position = self.sources[index]
+            found = self.built[index] = source.temporal(position)
+        return found
+
+    def add(self, source: OrderBatch, position: int, operand_keys: dict[str, bytes]) -> None:
+        """Mapping ``position`` of ``source``; an operand analysis is worked out only for an
+        operand key not met before in this search."""
+        index = len(self.sources)
+        self.sources.append((source, position))
         for op in self.layer.operands:
-            self.energy_rows[op].append(self.plan.energy_tables[op].index(parts[op]))
-            self.latency_rows[op].append(self.plan.latency_tables[op].index(parts_int[op]))
-        self.temporals.append(temporal)
+            rows = self.rows_of.get((op, operand_keys[op]))
+            if rows is None:
+                levels = self.temporal(index).loops[op]
+                part = analyse_operand(self.layer, self.hw, self.spatial, op, levels,
+                                       self.total_cycles, self.rel, self.cache)
+                part_int = part if self.same else analyse_operand(
+                    self.layer, self.hw, self.spatial_int, op, levels, self.total_cycles,
+                    self.rel, self.cache)
+                rows = self.rows_of[(op, operand_keys[op])] = (
+                    self.plan.energy_tables[op].index(part),
+                    self.plan.latency_tables[op].index(part_int))
+            self.energy_rows[op].append(rows[0])
+            self.latency_rows[op].append(rows[1])
 
     def score(self) -> tuple[np.ndarray, np.ndarray]:
         return self.plan.score(self.energy_rows, self.latency_rows, self.total_cycles)
@@ -414,7 +435,7 @@ class _Batch:
     def text(self, index: int) -> str:
         found = self.texts.get(index)
         if found is None:
-            found = self.texts[index] = str(self.temporals[index].as_dict())
+            found = self.texts[index] = str(self.temporal(index).as_dict())
         return found
 
     def first_by_text(self, ranking: np.ndarray, *figures: np.ndarray) -> int:
