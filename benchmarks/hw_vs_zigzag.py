@@ -88,24 +88,24 @@ def profile_kiln(network: str, hw_name: str) -> dict:
     map_workload(workload, hw, "latency", mapping, lpf_limit=6)
     profiler.disable()
     stats = pstats.Stats(profiler)
-    groups = {
-        "memory allocation (LOMA)": ("allocate", "_prefix_sizes", "_best_prefixes",
-                                     "_precision_for", "_all_prefix_sizes"),
-        "cost model terms": ("evaluate", "analyse_operand", "port_stalls", "loading_cycles",
-                             "port_loading", "split_pr_loops", "double_buffered",
-                             "spatial_per_level", "systolic_drain", "tensor_elements",
-                             "pr_dim_size", "merge_stationary_loops"),
-        "order enumeration": ("visit", "unique_orderings", "order_space",
-                              "loop_prime_factors"),
-        "deduplication (canonical keys)": ("canonical_key", "top_loop_product"),
+    # Grouped by the module the time is spent in (own time, not cumulative).
+    modules = {
+        "kiln/hw/allocation.py": "memory allocation (LOMA, numpy over orders)",
+        "kiln/hw/mapping_keys.py": "deduplication keys (numpy over orders)",
+        "kiln/hw/cost_batch.py": "coupled cost terms (numpy over mappings)",
+        "kiln/hw/cost.py": "operand analyses (cost model, once per operand key)",
+        "kiln/hw/orders.py": "order enumeration",
+        "kiln/hw/mapper.py": "search bookkeeping (kiln/hw/mapper.py)",
     }
+    other = "other (Python built-ins, other kiln modules)"
+    numpy_group = "numpy internals (array operations)"
     total = stats.total_tt
-    own: dict[str, float] = dict.fromkeys(groups, 0.0)
-    own["other (Python built-ins, ranking, bookkeeping)"] = 0.0
+    own: dict[str, float] = dict.fromkeys([*modules.values(), numpy_group, other], 0.0)
     top = []
     for (filename, _, name), (_, _, tottime, cumtime, _) in stats.stats.items():
-        group = next((g for g, names in groups.items() if name in names and "kiln" in filename),
-                     "other (Python built-ins, ranking, bookkeeping)")
+        group = next((g for path, g in modules.items() if filename.endswith(path)), None)
+        if group is None:
+            group = numpy_group if "numpy" in filename or "numpy" in name else other
         own[group] += tottime
         if "kiln" in filename:
             top.append((tottime, cumtime, name))

@@ -95,6 +95,9 @@ def unique_orderings(loops: list[Loop],
     keys = sorted(counts)
     order: list[Loop] = []
     wanted = positions or {}
+    if not wanted:
+        yield from _lexicographic_permutations(sorted(loops))
+        return
 
     def allowed(key: Loop, index: int) -> bool:
         if index not in wanted:
@@ -116,6 +119,26 @@ def unique_orderings(loops: list[Loop],
                 counts[key] += 1
 
     yield from visit()
+
+
+def _lexicographic_permutations(items: list[Loop]) -> Iterator[list[Loop]]:
+    """Every distinct order of a sorted multiset, in lexicographic order (what the
+    constrained walk yields without constraints), by the classic next-permutation step:
+    no generator chain as deep as the order is long."""
+    items = list(items)
+    last = len(items) - 1
+    while True:
+        yield list(items)
+        pivot = last - 1
+        while pivot >= 0 and items[pivot] >= items[pivot + 1]:
+            pivot -= 1
+        if pivot < 0:
+            return
+        swap = last
+        while items[swap] <= items[pivot]:
+            swap -= 1
+        items[pivot], items[swap] = items[swap], items[pivot]
+        items[pivot + 1:] = reversed(items[pivot + 1:])
 
 
 def count_orderings(loops: list[Loop]) -> int:

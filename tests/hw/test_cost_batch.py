@@ -313,3 +313,18 @@ def test_keys_of_many_orders_group_them_as_the_keys_of_one_mapping_do():
                 compared += len(fitting)
                 merged += len(fitting) - len(expected)
     assert compared > 2000 and merged > 500 and roomy_seen
+
+
+def test_unconstrained_orders_come_in_the_constrained_walks_order():
+    """The next-permutation walk (no constraints) yields every distinct order once, in the
+    lexicographic order the constrained walk yields (a constraint past the last position
+    forces that walk without ruling anything out)."""
+    from kiln.hw.orders import count_orderings, unique_orderings
+
+    for seed in range(200):
+        rng = random.Random(seed)
+        loops = [(rng.choice("KCXY"), rng.choice([2, 3, 5])) for _ in range(rng.randint(0, 7))]
+        fast = list(unique_orderings(loops))
+        walked = list(unique_orderings(loops, {len(loops): ("K", None)}))
+        assert fast == walked
+        assert len(fast) == count_orderings(loops) == len({tuple(o) for o in fast})
