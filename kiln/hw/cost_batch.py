@@ -26,6 +26,7 @@ from kiln.hw.cost import (
     RD_LOW,
     WR_HIGH,
     WR_LOW,
+    MappingError,
     OperandAnalysis,
     PortActivity,
     Relevancy,
@@ -35,6 +36,7 @@ from kiln.hw.cost import (
     updating_window_union,
 )
 from kiln.hw.mapping import SpatialMapping
+from kiln.hw.operand_batch import OrderMoves
 from kiln.hw.workload import Layer
 
 _HIGH = (RD_HIGH, WR_HIGH)
@@ -60,6 +62,13 @@ class PartTable:
             self.parts.append(part)
             self._array = None
         return row
+
+    def extend(self, rows: np.ndarray) -> range:
+        """Add rows worked out elsewhere (:meth:`BatchPlan.table_rows`); their indices."""
+        first = len(self.rows)
+        self.rows.extend(rows.tolist())
+        self._array = None
+        return range(first, len(self.rows))
 
     def array(self) -> np.ndarray:
         if self._array is None or len(self._array) != len(self.rows):
@@ -102,6 +111,7 @@ class BatchPlan:
                     if raw.get(layer.links[op]) == lv:
                         self.group_of[(op, lv)] = members
                         break
+        self._port_entries: dict[str, list[tuple[int, str, int]]] = {}
         self.energy_tables = {op: self._energy_table(op) for op in self.ops}
         self.latency_tables = {op: self._latency_table(op) for op in self.ops}
 
@@ -132,8 +142,9 @@ class BatchPlan:
             for d in DIRS:
                 columns += [("count", m, d), ("period", m, d), ("window", m, d),
                             ("bw_avg", m, d)]
-        port_entries = [(index, d, lv) for index, (_port, entries) in enumerate(self.ports)
-                        for entry_op, d, lv in entries if entry_op == op]
+        port_entries = self._port_entries[op] = [
+            (index, d, lv) for index, (_port, entries) in enumerate(self.ports)
+            for entry_op, d, lv in entries if entry_op == op]
         columns += [("real", index, lv, d) for index, d, lv in port_entries]
         ports = [port for port, _ in self.ports]
 
@@ -149,6 +160,46 @@ class BatchPlan:
             return row
 
         return PartTable(columns, figures)
+
+    def table_rows(self, op: str, moves: OrderMoves,
+                   moves_int: OrderMoves) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``energy_tables[op]`` and ``latency_tables[op]`` for many analyses at
+        once (:func:`kiln.hw.operand_batch.analyse_orders`; ``moves_int`` under the integer
+        spatial mapping), equal to what the tables' ``figures`` give one analysis at a time."""
+        memories = self.memories[op]
+        mem_op = self.layer.links[op]
+        energies, effective = [], []
+        for m, memory in enumerate(memories):
+            accesses = {}
+            for d in DIRS:
+                amount, bits = moves.amount[m][d], moves.precision[m][d]
+                moving = (amount != 0) & (bits != 0)
+                bandwidth = memory.bandwidth(mem_op, d)
+                if bandwidth is None:
+                    if moving.any():
+                        raise MappingError(f"{memory.name} ({mem_op}): no port serves {d}, "
+                                           "but the mapping moves data that way")
+                    accesses[d] = np.zeros(len(amount))
+                    continue
+                bw_min, bw_max = bandwidth
+                words = (np.ceil(amount * bits / bw_min) * (bw_min / bw_max)
+                         * moves.count[m][d] * moves.unit_count[m + 1])
+                accesses[d] = np.where(moving, np.trunc(words), 0.0)
+            reads = accesses[RD_LOW] + accesses[RD_HIGH]
+            writes = accesses[WR_LOW] + accesses[WR_HIGH]
+            energies.append(reads * memory.read_energy + writes * memory.write_energy)
+            effective.append(moves.effective_bits[m + 1] / memory.size_bits)
+        energy_rows = np.stack(energies + effective, axis=1)
+        columns = [moves_int.data_bits[1].astype(np.float64)]
+        for m in range(len(memories)):
+            for d in DIRS:
+                columns += [moves_int.count[m][d], moves_int.period[m][d],
+                            moves_int.window[m][d], moves_int.bw_avg[m][d]]
+        ports = [port for port, _ in self.ports]
+        for index, d, lv in self._port_entries[op]:
+            columns.append(np.ceil(moves_int.amount[lv][d] * moves_int.precision[lv][d]
+                                   / ports[index].bandwidth_max))
+        return energy_rows, np.stack(columns, axis=1)
 
     # --- the coupled terms, over all mappings at once -------------------------------
 

@@ -32,7 +32,6 @@ from kiln.hw.cost import (
     Cost,
     MappingError,
     Relevancy,
-    analyse_operand,
     evaluate,
     operand_key,
     relevancy,
@@ -48,7 +47,8 @@ from kiln.hw.mapping import (
     max_unrolling,
     temporal_loop_sizes,
 )
-from kiln.hw.mapping_keys import KeyCoder
+from kiln.hw.mapping_keys import KeyCoder, OperandShape
+from kiln.hw.operand_batch import analyse_orders
 from kiln.hw.orders import order_space
 from kiln.hw.workload import Layer
 
@@ -307,7 +307,8 @@ def search_temporal(
 
     def add_new(allocated: OrderBatch) -> None:
         """Cost the mappings whose key is new (the first of equal ones stands for all)."""
-        operand_keys, mapping_keys = coder.keys(allocated)
+        operand_keys, mapping_keys, shapes = coder.keys(allocated)
+        new = []
         for index, key in enumerate(mapping_keys):
             reason = allocated.reasons[index]
             if reason is not None:  # why this order does not fit
@@ -316,8 +317,9 @@ def search_temporal(
             if key in seen:
                 continue
             seen.add(key)
-            batch.add(allocated, index, {op: keys[index] for op, keys in operand_keys.items()})
+            new.append(index)
             orders.append(allocated.orders[index])
+        batch.add(allocated, new, operand_keys, shapes)
 
     for chunk in _chunks(space.orders(), ORDERS_PER_CHUNK):
         if on_progress:
@@ -409,25 +411,33 @@ class _Batch:
             found = self.built[index] = source.temporal(position)
         return found
 
-    def add(self, source: OrderBatch, position: int, operand_keys: dict[str, bytes]) -> None:
-        """Mapping ``position`` of ``source``; an operand analysis is worked out only for an
-        operand key not met before in this search."""
-        index = len(self.sources)
-        self.sources.append((source, position))
+    def add(self, source: OrderBatch, positions: list[int],
+            operand_keys: dict[str, list[bytes]], shapes: dict[str, OperandShape]) -> None:
+        """Mappings ``positions`` of ``source``. Operand analyses are worked out (for all
+        of them at once) only for operand keys not met before in this search."""
+        self.sources += [(source, position) for position in positions]
         for op in self.layer.operands:
-            rows = self.rows_of.get((op, operand_keys[op]))
-            if rows is None:
-                levels = self.temporal(index).loops[op]
-                part = analyse_operand(self.layer, self.hw, self.spatial, op, levels,
-                                       self.total_cycles, self.rel, self.cache)
-                part_int = part if self.same else analyse_operand(
-                    self.layer, self.hw, self.spatial_int, op, levels, self.total_cycles,
-                    self.rel, self.cache)
-                rows = self.rows_of[(op, operand_keys[op])] = (
-                    self.plan.energy_tables[op].index(part),
-                    self.plan.latency_tables[op].index(part_int))
-            self.energy_rows[op].append(rows[0])
-            self.latency_rows[op].append(rows[1])
+            keys = operand_keys[op]
+            fresh: dict[bytes, int] = {}
+            for position in positions:
+                key = keys[position]
+                if (op, key) not in self.rows_of and key not in fresh:
+                    fresh[key] = position
+            if fresh:
+                rows = np.array(list(fresh.values()), dtype=np.int64)
+                moves = analyse_orders(self.layer, self.hw, self.spatial, op, self.rel, source,
+                                       rows, shapes[op], self.total_cycles, self.cache)
+                moves_int = moves if self.same else analyse_orders(
+                    self.layer, self.hw, self.spatial_int, op, self.rel, source, rows,
+                    shapes[op], self.total_cycles, self.cache)
+                energy, latency = self.plan.table_rows(op, moves, moves_int)
+                for key, energy_row, latency_row in zip(
+                        fresh, self.plan.energy_tables[op].extend(energy),
+                        self.plan.latency_tables[op].extend(latency), strict=True):
+                    self.rows_of[(op, key)] = (energy_row, latency_row)
+            found = [self.rows_of[(op, keys[position])] for position in positions]
+            self.energy_rows[op] += [rows[0] for rows in found]
+            self.latency_rows[op] += [rows[1] for rows in found]
 
     def score(self) -> tuple[np.ndarray, np.ndarray]:
         return self.plan.score(self.energy_rows, self.latency_rows, self.total_cycles)

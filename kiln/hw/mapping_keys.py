@@ -19,12 +19,29 @@ it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from kiln.hw.allocation import OrderBatch
 from kiln.hw.cost import Relevancy
 from kiln.hw.mapping import Loop
 from kiln.hw.workload import Layer
+
+
+@dataclass
+class OperandShape:
+    """One operand's levels in each order after its stationary loops moved down: level
+    ``i`` holds the loops at positions ``bounds[:, i]`` to ``bounds[:, i + 1]``;
+    ``stationary`` is the product of the irrelevant loops at the very bottom (reuse at the
+    MACs), ``top_r``/``top_ir`` each level's outermost relevant / irrelevant run, and
+    ``cycles`` the product of every loop up to each level's top."""
+
+    bounds: np.ndarray
+    stationary: np.ndarray
+    top_r: np.ndarray
+    top_ir: np.ndarray
+    cycles: np.ndarray
 
 
 class KeyCoder:
@@ -35,8 +52,11 @@ class KeyCoder:
         self.layer, self.rel, self.roomy_top = layer, rel, roomy_top
         self.types = {loop: index for index, loop in enumerate(sorted(set(loops)))}
 
-    def keys(self, batch: OrderBatch) -> tuple[dict[str, list[bytes]], list[bytes]]:
-        """Per operand, each order's operand key; and each order's mapping key."""
+    def keys(self, batch: OrderBatch) -> tuple[dict[str, list[bytes]], list[bytes],
+                                               dict[str, OperandShape]]:
+        """Per operand, each order's operand key; each order's mapping key; and per operand
+        the shape of its levels once stationary loops moved down (what the operand's
+        analysis starts from)."""
         count, length = batch.dims.shape
         type_ids = np.array([[self.types[loop] for loop in order] for order in batch.orders],
                             dtype=np.int64).reshape(count, length)
@@ -49,9 +69,9 @@ class KeyCoder:
         product = np.ones((count, length + 1))
         for position in range(length):
             product[:, position + 1] = product[:, position] * batch.sizes[:, position]
-        operand_rows, mapping_parts = {}, []
+        operand_rows, mapping_parts, shapes = {}, [], {}
         for op in sorted(batch.counts):
-            rows = self._operand_rows(batch, op, seen, product)
+            rows, shapes[op] = self._operand_rows(batch, op, seen, product)
             operand_rows[op] = rows
             if op in self.roomy_top:
                 # A top memory that is always double-buffered: its runs do not matter.
@@ -60,10 +80,10 @@ class KeyCoder:
             mapping_parts.append(rows)
         operand_keys = {op: [row.tobytes() for row in rows] for op, rows in operand_rows.items()}
         mapping = np.concatenate(mapping_parts, axis=1) if mapping_parts else np.zeros((count, 0))
-        return operand_keys, [row.tobytes() for row in mapping]
+        return operand_keys, [row.tobytes() for row in mapping], shapes
 
     def _operand_rows(self, batch: OrderBatch, op: str, seen: np.ndarray,
-                      product: np.ndarray) -> np.ndarray:
+                      product: np.ndarray) -> tuple[np.ndarray, OperandShape]:
         count, length = batch.dims.shape
         rows = np.arange(count)
         columns = list(batch.columns)
@@ -87,11 +107,20 @@ class KeyCoder:
         for level in range(levels - 1):
             bounds.append(next_kept[rows, np.minimum(cuts[:, level], length)])
         bounds.append(np.full(count, length, dtype=np.int64))
-        parts = [product[rows, next_kept[:, 0]][:, None]]  # stationarity at the MACs
+        mac = product[rows, next_kept[:, 0]]  # stationarity at the MACs
+        parts = [mac[:, None]]
+        runs: dict[str, list[np.ndarray]] = {"r": [], "ir": []}
         for level in range(levels):
             low, high = bounds[level], bounds[level + 1]
             parts.append(seen[rows, high] - seen[rows, low])
             for name in ("r", "ir"):
                 run_start = np.maximum(low, last_not[name][rows, high] + 1)
-                parts.append((product[rows, high] / product[rows, run_start])[:, None])
-        return np.concatenate(parts, axis=1)
+                runs[name].append(product[rows, high] / product[rows, run_start])
+                parts.append(runs[name][-1][:, None])
+        shape = OperandShape(
+            np.stack(bounds, axis=1), mac,
+            np.stack(runs["r"], axis=1) if levels else np.ones((count, 0)),
+            np.stack(runs["ir"], axis=1) if levels else np.ones((count, 0)),
+            np.stack([product[rows, b] for b in bounds[1:]], axis=1) if levels
+            else np.ones((count, 0)))
+        return np.concatenate(parts, axis=1), shape

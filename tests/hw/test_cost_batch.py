@@ -300,7 +300,7 @@ def test_keys_of_many_orders_group_them_as_the_keys_of_one_mapping_do():
                 batches.append(OrderBatch.from_temporals(layer, every))
             for batch in batches:
                 coder = KeyCoder(layer, rel, orders[0], roomy)
-                operand_keys, mapping_keys = coder.keys(batch)
+                operand_keys, mapping_keys, _ = coder.keys(batch)
                 fitting = [i for i in range(len(batch.orders)) if batch.reasons[i] is None]
                 temporals = {i: batch.temporal(i) for i in fitting}
                 for op in layer.operands:
@@ -328,3 +328,48 @@ def test_unconstrained_orders_come_in_the_constrained_walks_order():
         walked = list(unique_orderings(loops, {len(loops): ("K", None)}))
         assert fast == walked
         assert len(fast) == count_orderings(loops) == len({tuple(o) for o in fast})
+
+
+def test_operand_analyses_of_many_orders_equal_one_at_a_time():
+    """Every operand of every allocated order of random layers (stride, dilation, padding:
+    the input's sliding windows; fractional unrollings: both spatial sides), analysed for
+    all orders at once: the batch tables' rows equal those of analyse_operand, bit for bit."""
+    from kiln.hw.allocation import allocate_order_batch
+    from kiln.hw.cost import analyse_operand
+    from kiln.hw.mapping_keys import KeyCoder
+    from kiln.hw.operand_batch import analyse_orders
+
+    compared, fractional = 0, 0
+    for seed in range(80, 92):
+        layer, hw = _random_layer(seed)
+        rel = relevancy(layer)
+        for user in spatial_candidates(layer, hw, keep=2):
+            spatial, spatial_int, limited = fit_spatial(layer, hw, user)
+            fractional += spatial_int.key() != spatial.key()
+            levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
+            sizes = temporal_loop_sizes(layer, spatial)
+            orders = list(order_space(sizes, None, 6).orders())
+            total_cycles = math.prod(sizes.values())
+            batch = allocate_order_batch(layer, hw, levels, orders, rel)
+            rows = np.array([i for i in range(len(orders)) if batch.reasons[i] is None])
+            if not len(rows):
+                continue
+            _, _, shapes = KeyCoder(layer, rel, orders[0]).keys(batch)
+            plan = BatchPlan(layer, hw, rel, limited)
+            cache: dict = {}
+            for op in layer.operands:
+                moves = analyse_orders(layer, hw, spatial, op, rel, batch, rows, shapes[op],
+                                       total_cycles, cache)
+                moves_int = analyse_orders(layer, hw, spatial_int, op, rel, batch, rows,
+                                           shapes[op], total_cycles, cache)
+                energy, latency = plan.table_rows(op, moves, moves_int)
+                for k, index in enumerate(rows):
+                    loops = batch.temporal(index).loops[op]
+                    part = analyse_operand(layer, hw, spatial, op, loops, total_cycles, rel,
+                                           cache)
+                    part_int = analyse_operand(layer, hw, spatial_int, op, loops,
+                                               total_cycles, rel, cache)
+                    assert energy[k].tolist() == plan.energy_tables[op].figures(part)
+                    assert latency[k].tolist() == plan.latency_tables[op].figures(part_int)
+                    compared += 1
+    assert compared > 10000 and fractional > 0
