@@ -326,20 +326,20 @@ class OrderBatch:
     columns: dict[str, int]
     counts: dict[str, Any] = field(default_factory=dict)
     reasons: Any = None
+    loop_ids: Any = None  # [order, position] index of the loop in the sorted distinct loops
 
     @classmethod
     def of(cls, layer: Layer, orders: list[list[Loop]]) -> OrderBatch:
         count, length = len(orders), len(orders[0]) if orders else 0
-        dims = list(dict.fromkeys([*layer.sizes, *(d for d, _ in (orders or [[]])[0])]))
+        loops = sorted(set(orders[0])) if orders else []
+        dims = list(dict.fromkeys([*layer.sizes, *(d for d, _ in loops)]))
         columns = {dim: index for index, dim in enumerate(dims)}
-        return cls(
-            orders,
-            np.array([[columns[d] for d, _ in order] for order in orders],
-                     dtype=np.int64).reshape(count, length),
-            np.array([[s for _, s in order] for order in orders],
-                     dtype=np.float64).reshape(count, length),
-            columns,
-        )
+        number = {loop: index for index, loop in enumerate(loops)}
+        loop_ids = np.array([[number[loop] for loop in order] for order in orders],
+                            dtype=np.int64).reshape(count, length)
+        dim_of = np.array([columns[d] for d, _ in loops], dtype=np.int64)
+        size_of = np.array([s for _, s in loops], dtype=np.float64)
+        return cls(orders, dim_of[loop_ids], size_of[loop_ids], columns, loop_ids=loop_ids)
 
     @classmethod
     def from_temporals(cls, layer: Layer, temporals: list[TemporalMapping]) -> OrderBatch:

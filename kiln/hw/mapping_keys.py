@@ -51,6 +51,7 @@ class KeyCoder:
                  roomy_top: frozenset[str] = frozenset()) -> None:
         self.layer, self.rel, self.roomy_top = layer, rel, roomy_top
         self.types = {loop: index for index, loop in enumerate(sorted(set(loops)))}
+        # (OrderBatch numbers its loops the same way: by the sorted distinct loops.)
 
     def keys(self, batch: OrderBatch) -> tuple[dict[str, list[bytes]], list[bytes],
                                                dict[str, OperandShape]]:
@@ -58,8 +59,7 @@ class KeyCoder:
         the shape of its levels once stationary loops moved down (what the operand's
         analysis starts from)."""
         count, length = batch.dims.shape
-        type_ids = np.array([[self.types[loop] for loop in order] for order in batch.orders],
-                            dtype=np.int64).reshape(count, length)
+        type_ids = batch.loop_ids  # the same numbering: the sorted distinct loops
         # Loops of each type up to each position, and the products of the sizes so far
         # (whole numbers well below 2**53: exact, so quotients of them are exact too).
         seen = np.zeros((count, length + 1, len(self.types)))
