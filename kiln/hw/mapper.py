@@ -128,9 +128,11 @@ def _score_spatial(layer: Layer, per_oa: list[list[dict[str, int]]], total_units
     """(−utilization, combination) of every combination of per-array-dimension options that
     fits the layer (with ``keep``: only those scoring at least as well as the keep-th best),
     computed over all combinations at once with numpy. Utilization counts what a dim that
-    does not divide wastes: it runs ceil(size/unroll) steps."""
-    import numpy as np
+    does not divide wastes: it runs ceil(size/unroll) steps.
 
+    The array dimension with the most options is not expanded into the grid of the others'
+    combinations: each of its options changes one dim's factor, so its effect on the
+    integer products is worked out per (combination of the others, option) directly."""
     dims = list(layer.sizes)
     sizes = np.array([layer.sizes[d] for d in dims], dtype=np.int64)
     # Each option as a row of per-dim factors (1 where the option does not unroll the dim).
@@ -141,9 +143,62 @@ def _score_spatial(layer: Layer, per_oa: list[list[dict[str, int]]], total_units
             for dim, factor in option.items():
                 table[row, dims.index(dim)] = factor
         tables.append(table)
+    single = [k for k, options in enumerate(per_oa)
+              if all(not o or (len(o) == 1 and next(iter(o.values())) > 1) for o in options)]
+    if not single:
+        return _score_spatial_grid(per_oa, tables, sizes, total_units, keep)
+    big = max(single, key=lambda k: (len(per_oa[k]), -k))
+    others = [k for k in range(len(per_oa)) if k != big]
+    grids = np.meshgrid(*[np.arange(len(tables[k])) for k in others], indexing="ij")
+    rest = [g.reshape(-1) for g in grids] if others else []
+    count = rest[0].size if rest else 1
+    factors = np.ones((count, len(dims)), dtype=np.int64)
+    for k, index in zip(others, rest, strict=True):
+        factors *= tables[k][index]
+    unrolled = factors > 1
+    fits_rest = (factors <= sizes).all(axis=1)
+    num_rest = np.where(unrolled, sizes, 1).prod(axis=1)
+    steps_rest = np.where(unrolled, -(-sizes // factors), 1).prod(axis=1)
+    # The big dimension's options: the dim each unrolls (-1: none) and its factor.
+    option_dim = np.array([dims.index(next(iter(o))) if o else -1 for o in per_oa[big]])
+    option_factor = np.array([next(iter(o.values())) if o else 1 for o in per_oa[big]])
+    column = np.maximum(option_dim, 0)
+    before = factors[:, column]  # [rest, option] the dim's factor before the option
+    after = before * option_factor
+    size = sizes[column]
+    has_dim = option_dim >= 0
+    num = num_rest[:, None] * np.where(has_dim & (before == 1), size, 1)
+    old_steps = np.where(before > 1, -(-size // before), 1)
+    steps = np.where(has_dim, steps_rest[:, None] // old_steps * -(-size // after),
+                     steps_rest[:, None])
+    fits = fits_rest[:, None] & np.where(has_dim, after <= size, unrolled.any(axis=1)[:, None])
+    if not fits.any():  # every loop of size 1 (a 1x1 tile): it runs on one unit
+        fits = (~unrolled.any(axis=1))[:, None] & ~has_dim[None, :]
+    scores = -(num.astype(np.float64) / steps.astype(np.float64)) / total_units
+    kept = np.nonzero(fits.reshape(-1))[0]
+    flat = scores.reshape(-1)
+    if keep and kept.size > keep:
+        cutoff = np.partition(flat[kept], keep - 1)[keep - 1]
+        kept = kept[flat[kept] <= cutoff]
+    result = []
+    for i in kept:
+        row, option = divmod(int(i), len(per_oa[big]))
+        combo = [None] * len(per_oa)
+        combo[big] = per_oa[big][option]
+        for k, index in zip(others, rest, strict=True):
+            combo[k] = per_oa[k][int(index[row])]
+        result.append((float(flat[i]), tuple(combo)))
+    return result
+
+
+def _score_spatial_grid(per_oa: list[list[dict[str, int]]], tables: list[np.ndarray],
+                        sizes: np.ndarray, total_units: int,
+                        keep: int | None) -> list[tuple[float, tuple]]:
+    """_score_spatial over the whole grid of combinations (when every array dimension has
+    options that unroll two dims at once)."""
     grids = np.meshgrid(*[np.arange(len(t)) for t in tables], indexing="ij")
     indices = [g.reshape(-1) for g in grids]
-    factors = np.ones((indices[0].size, len(dims)), dtype=np.int64)
+    factors = np.ones((indices[0].size, len(sizes)), dtype=np.int64)
     for table, index in zip(tables, indices, strict=True):
         factors *= table[index]
     unrolled = factors > 1

@@ -373,3 +373,47 @@ def test_operand_analyses_of_many_orders_equal_one_at_a_time():
                     assert latency[k].tolist() == plan.latency_tables[op].figures(part_int)
                     compared += 1
     assert compared > 10000 and fractional > 0
+
+
+@pytest.mark.parametrize("hw_name", ACCELERATORS)
+def test_spatial_scores_without_the_full_grid_equal_the_full_grid(hw_name):
+    """Spatial candidates scored with the largest array dimension kept out of the grid
+    equal those scored over the whole grid: the same kept combinations and scores, for
+    random layers, with and without a partial user mapping (meta_prototype's 4-D array
+    is the one that made the grid large)."""
+    from kiln.hw import mapper
+    from kiln.hw.mapping import SpatialMapping
+
+    hw = load_accelerator(zigzag_inputs() / "hardware" / f"{hw_name}.yaml",
+                          duplicate_keys="last")
+    full = []
+
+    def on_the_grid(layer, per_oa, total_units, keep=None):
+        dims = list(layer.sizes)
+        tables = []
+        for options in per_oa:
+            table = np.ones((len(options), len(dims)), dtype=np.int64)
+            for row, option in enumerate(options):
+                for dim, factor in option.items():
+                    table[row, dims.index(dim)] = factor
+            tables.append(table)
+        sizes = np.array([layer.sizes[d] for d in dims], dtype=np.int64)
+        return mapper._score_spatial_grid(per_oa, tables, sizes, total_units, keep)
+
+    compared = 0
+    for seed in range(8):
+        layer, _ = _random_layer(100 + seed)
+        first_oa = next(iter(hw.array_sizes))
+        partial = SpatialMapping({first_oa: {"K": 2}}) if seed % 3 == 0 else None
+        for keep in (1, 3, None):
+            for mixed in (False, True) if keep == 1 and seed == 0 else (False,):
+                fast = spatial_candidates(layer, hw, mixed=mixed, keep=keep, fixed=partial)
+                original = mapper._score_spatial
+                mapper._score_spatial = on_the_grid
+                try:
+                    full = spatial_candidates(layer, hw, mixed=mixed, keep=keep, fixed=partial)
+                finally:
+                    mapper._score_spatial = original
+                assert [str(m) for m in fast] == [str(m) for m in full], (seed, keep, mixed)
+                compared += len(fast)
+    assert compared > 50
