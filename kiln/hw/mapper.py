@@ -134,15 +134,7 @@ def _score_spatial(layer: Layer, per_oa: list[list[dict[str, int]]], total_units
     combinations: each of its options changes one dim's factor, so its effect on the
     integer products is worked out per (combination of the others, option) directly."""
     dims = list(layer.sizes)
-    sizes = np.array([layer.sizes[d] for d in dims], dtype=np.int64)
-    # Each option as a row of per-dim factors (1 where the option does not unroll the dim).
-    tables = []
-    for options in per_oa:
-        table = np.ones((len(options), len(dims)), dtype=np.int64)
-        for row, option in enumerate(options):
-            for dim, factor in option.items():
-                table[row, dims.index(dim)] = factor
-        tables.append(table)
+    sizes, tables = _option_tables(layer, per_oa)
     single = [k for k, options in enumerate(per_oa)
               if all(not o or (len(o) == 1 and next(iter(o.values())) > 1) for o in options)]
     if not single:
@@ -189,6 +181,21 @@ def _score_spatial(layer: Layer, per_oa: list[list[dict[str, int]]], total_units
             combo[k] = per_oa[k][int(index[row])]
         result.append((float(flat[i]), tuple(combo)))
     return result
+
+
+def _option_tables(layer: Layer, per_oa: list[list[dict[str, int]]]
+                   ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The layer's dim sizes, and per array dimension its options as rows of per-dim
+    factors (1 where an option does not unroll the dim)."""
+    dims = list(layer.sizes)
+    tables = []
+    for options in per_oa:
+        table = np.ones((len(options), len(dims)), dtype=np.int64)
+        for row, option in enumerate(options):
+            for dim, factor in option.items():
+                table[row, dims.index(dim)] = factor
+        tables.append(table)
+    return np.array([layer.sizes[d] for d in dims], dtype=np.int64), tables
 
 
 def _score_spatial_grid(per_oa: list[list[dict[str, int]]], tables: list[np.ndarray],

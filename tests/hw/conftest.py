@@ -18,6 +18,34 @@ def zigzag_inputs() -> Path:
     return Path(os.path.dirname(zigzag.__file__)) / "inputs"
 
 
+BUNDLED_ACCELERATORS = ["tpu_like", "edge_tpu_like", "ascend_like", "meta_prototype",
+                        "tesla_npu_like"]
+
+
+def random_conv_layer(seed: int):
+    """A conv layer nobody picked (odd sizes, non-square kernels, stride 1–3, dilation,
+    padding) and a random bundled accelerator: (layer, accelerator, its file)."""
+    import random
+
+    from kiln.hw import load_accelerator
+    from kiln.hw.workload import _conv_layer, default_precision
+
+    rng = random.Random(seed)
+    hw_path = zigzag_inputs() / "hardware" / f"{rng.choice(BUNDLED_ACCELERATORS)}.yaml"
+    hw = load_accelerator(hw_path, duplicate_keys="last")
+    fy, fx = rng.randint(1, 7), rng.randint(1, 7)
+    stride, dilation = rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2])
+    oy, ox = rng.randint(1, 23), rng.randint(1, 23)
+    pad_y, pad_x = rng.randint(0, fy // 2), rng.randint(0, fx // 2)
+    in_y = max(1, (oy - 1) * stride + dilation * (fy - 1) + 1 - 2 * pad_y)
+    in_x = max(1, (ox - 1) * stride + dilation * (fx - 1) + 1 - 2 * pad_x)
+    layer = _conv_layer(f"random{seed}", batch=1, groups=1, k=rng.randint(1, 70),
+                        c=rng.randint(1, 70), oy=oy, ox=ox, fy=fy, fx=fx,
+                        stride=(stride, stride), dilation=(dilation, dilation),
+                        in_hw=(in_y, in_x), precision=default_precision())
+    return layer, hw, hw_path
+
+
 def zigzag_fixed_mapping(
     tmp_path: Path,
     layer,

@@ -28,27 +28,13 @@ from kiln.hw.mapper import (
 from kiln.hw.mapping import temporal_loop_sizes
 from kiln.hw.orders import order_space
 from kiln.hw.workload import _conv_layer, default_precision
-from tests.hw.conftest import zigzag_inputs
+from tests.hw.conftest import BUNDLED_ACCELERATORS, random_conv_layer, zigzag_inputs
 
-ACCELERATORS = ["tpu_like", "edge_tpu_like", "ascend_like", "meta_prototype", "tesla_npu_like"]
+ACCELERATORS = BUNDLED_ACCELERATORS
 
 
 def _random_layer(seed: int):
-    """A conv layer nobody picked (odd sizes, kernels, stride, dilation, padding) on a random
-    bundled accelerator."""
-    rng = random.Random(seed)
-    hw = load_accelerator(zigzag_inputs() / "hardware" / f"{rng.choice(ACCELERATORS)}.yaml",
-                          duplicate_keys="last")
-    fy, fx = rng.randint(1, 7), rng.randint(1, 7)
-    stride, dilation = rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2])
-    oy, ox = rng.randint(1, 23), rng.randint(1, 23)
-    pad_y, pad_x = rng.randint(0, fy // 2), rng.randint(0, fx // 2)
-    in_y = max(1, (oy - 1) * stride + dilation * (fy - 1) + 1 - 2 * pad_y)
-    in_x = max(1, (ox - 1) * stride + dilation * (fx - 1) + 1 - 2 * pad_x)
-    layer = _conv_layer(f"random{seed}", batch=1, groups=1, k=rng.randint(1, 70),
-                        c=rng.randint(1, 70), oy=oy, ox=ox, fy=fy, fx=fx,
-                        stride=(stride, stride), dilation=(dilation, dilation),
-                        in_hw=(in_y, in_x), precision=default_precision())
+    layer, hw, _ = random_conv_layer(seed)
     return layer, hw
 
 
@@ -386,18 +372,8 @@ def test_spatial_scores_without_the_full_grid_equal_the_full_grid(hw_name):
 
     hw = load_accelerator(zigzag_inputs() / "hardware" / f"{hw_name}.yaml",
                           duplicate_keys="last")
-    full = []
-
     def on_the_grid(layer, per_oa, total_units, keep=None):
-        dims = list(layer.sizes)
-        tables = []
-        for options in per_oa:
-            table = np.ones((len(options), len(dims)), dtype=np.int64)
-            for row, option in enumerate(options):
-                for dim, factor in option.items():
-                    table[row, dims.index(dim)] = factor
-            tables.append(table)
-        sizes = np.array([layer.sizes[d] for d in dims], dtype=np.int64)
+        sizes, tables = mapper._option_tables(layer, per_oa)
         return mapper._score_spatial_grid(per_oa, tables, sizes, total_units, keep)
 
     compared = 0

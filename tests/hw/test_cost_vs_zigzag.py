@@ -16,7 +16,12 @@ from kiln.hw import (
     load_zigzag_mapping,
     map_layer,
 )
-from tests.hw.conftest import zigzag_fixed_mapping, zigzag_inputs, zigzag_search
+from tests.hw.conftest import (
+    random_conv_layer,
+    zigzag_fixed_mapping,
+    zigzag_inputs,
+    zigzag_search,
+)
 
 
 @pytest.mark.parametrize("name", ["gemm_l1", "gemm_l1_l3"])
@@ -105,29 +110,11 @@ def test_fixed_mappings_agree_with_zigzag(tmp_path, resnet18_onnx, hw_name, inde
 def test_random_layers_agree_with_zigzag(tmp_path, seed):
     """Shapes nobody picked: odd sizes, non-square kernels, strides, dilation, padding, on a
     random bundled accelerator; kiln's best mapping costed by both tools."""
-    import random
-
-    from kiln.hw.workload import _conv_layer, default_precision
-
-    rng = random.Random(seed)
-    hw_name = rng.choice(["tpu_like", "edge_tpu_like", "ascend_like", "meta_prototype",
-                          "tesla_npu_like"])
-    hw_path = zigzag_inputs() / "hardware" / f"{hw_name}.yaml"
-    hw = load_accelerator(hw_path, duplicate_keys="last")
-    fy, fx = rng.randint(1, 7), rng.randint(1, 7)
-    stride, dilation = rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2])
-    oy, ox = rng.randint(1, 23), rng.randint(1, 23)
-    pad_y, pad_x = rng.randint(0, fy // 2), rng.randint(0, fx // 2)
-    in_y = max(1, (oy - 1) * stride + dilation * (fy - 1) + 1 - 2 * pad_y)
-    in_x = max(1, (ox - 1) * stride + dilation * (fx - 1) + 1 - 2 * pad_x)
-    layer = _conv_layer(f"random{seed}", batch=1, groups=1, k=rng.randint(1, 70),
-                        c=rng.randint(1, 70), oy=oy, ox=ox, fy=fy, fx=fx,
-                        stride=(stride, stride), dilation=(dilation, dilation),
-                        in_hw=(in_y, in_x), precision=default_precision())
+    layer, hw, hw_path = random_conv_layer(seed)
     found = map_layer(layer, hw, "latency", lpf_limit=6, spatial_keep=1)
     spatial = {oa: {d: int(f) for d, f in m.items()}
                for oa, m in found.spatial.unrollings.items()}
     energy, latency = zigzag_fixed_mapping(tmp_path, layer, hw_path, spatial,
                                            found.temporal.ordering)
-    assert found.cost.energy_pj == pytest.approx(energy, rel=1e-9), (hw_name, layer.sizes)
-    assert found.cost.latency_cycles == pytest.approx(latency, rel=1e-9), (hw_name, layer.sizes)
+    assert found.cost.energy_pj == pytest.approx(energy, rel=1e-9), (hw.name, layer.sizes)
+    assert found.cost.latency_cycles == pytest.approx(latency, rel=1e-9), (hw.name, layer.sizes)
