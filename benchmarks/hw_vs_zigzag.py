@@ -90,12 +90,14 @@ def profile_kiln(network: str, hw_name: str) -> dict:
     stats = pstats.Stats(profiler)
     # Grouped by the module the time is spent in (own time, not cumulative).
     modules = {
-        "kiln/hw/allocation.py": "memory allocation (LOMA, numpy over orders)",
+        "kiln/hw/allocation_batch.py": "memory allocation (LOMA, numpy over orders)",
+        "kiln/hw/allocation.py": "every allocation of the refined orders",
         "kiln/hw/mapping_keys.py": "deduplication keys (numpy over orders)",
         "kiln/hw/cost_batch.py": "coupled cost terms (numpy over mappings)",
         "kiln/hw/cost.py": "operand analyses (cost model, once per operand key)",
         "kiln/hw/orders.py": "order enumeration",
         "kiln/hw/mapper.py": "search bookkeeping (kiln/hw/mapper.py)",
+        "kiln/hw/spatial.py": "spatial candidates",
     }
     other = "other (Python built-ins, other kiln modules)"
     numpy_group = "numpy internals (array operations)"

@@ -2,7 +2,7 @@
 
 from kiln.hw.accelerator import Accelerator, Memory, Port, load_accelerator, parse_accelerator
 from kiln.hw.cost import Cost, MappingError, evaluate
-from kiln.hw.mapper import MappingResult, map_layer, search_temporal, spatial_candidates
+from kiln.hw.mapper import MappingResult, map_layer, search_temporal
 from kiln.hw.mapping import (
     MappingConstraints,
     SpatialMapping,
@@ -11,6 +11,7 @@ from kiln.hw.mapping import (
     fit_spatial,
     load_zigzag_mapping,
 )
+from kiln.hw.spatial import spatial_candidates
 from kiln.hw.workload import Layer, Workload, load_workload, workload_from_onnx
 from kiln.hw.workload_mapper import WorkloadResult, map_workload
 

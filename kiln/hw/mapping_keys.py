@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kiln.hw.allocation import OrderBatch
+from kiln.hw.allocation_batch import OrderBatch
 from kiln.hw.cost import Relevancy
 from kiln.hw.mapping import Loop
 from kiln.hw.workload import Layer

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.hw.accelerator import Accelerator
-from kiln.hw.allocation import OrderBatch
+from kiln.hw.allocation_batch import OrderBatch
 from kiln.hw.cost import (
     DIRS,
     RD_HIGH,

@@ -23,10 +23,10 @@ from kiln.hw.mapper import (
     canonical_key,
     roomy_top_memories,
     search_temporal,
-    spatial_candidates,
 )
 from kiln.hw.mapping import temporal_loop_sizes
 from kiln.hw.orders import order_space
+from kiln.hw.spatial import spatial_candidates
 from kiln.hw.workload import _conv_layer, default_precision
 from tests.hw.conftest import BUNDLED_ACCELERATORS, random_conv_layer, zigzag_inputs
 
@@ -202,7 +202,7 @@ def _split_top_accelerator(tmp_path, weight_top_bits: int, sram_bits: int):
 
 
 def _compare_allocations(layer, hw, lpf_limit, refused):
-    from kiln.hw.allocation import allocate_orders
+    from kiln.hw.allocation_batch import allocate_orders
 
     rel = relevancy(layer)
     compared = 0
@@ -258,7 +258,8 @@ def test_keys_of_many_orders_group_them_as_the_keys_of_one_mapping_do():
     bottom of levels and move down), roomy top memories included."""
     import itertools
 
-    from kiln.hw.allocation import OrderBatch, all_allocations, allocate_order_batch
+    from kiln.hw.allocation import all_allocations
+    from kiln.hw.allocation_batch import OrderBatch, allocate_order_batch
     from kiln.hw.cost import operand_key
     from kiln.hw.mapping_keys import KeyCoder
 
@@ -320,7 +321,7 @@ def test_operand_analyses_of_many_orders_equal_one_at_a_time():
     """Every operand of every allocated order of random layers (stride, dilation, padding:
     the input's sliding windows; fractional unrollings: both spatial sides), analysed for
     all orders at once: the batch tables' rows equal those of analyse_operand, bit for bit."""
-    from kiln.hw.allocation import allocate_order_batch
+    from kiln.hw.allocation_batch import allocate_order_batch
     from kiln.hw.cost import analyse_operand
     from kiln.hw.mapping_keys import KeyCoder
     from kiln.hw.operand_batch import analyse_orders
@@ -367,7 +368,7 @@ def test_spatial_scores_without_the_full_grid_equal_the_full_grid(hw_name):
     equal those scored over the whole grid: the same kept combinations and scores, for
     random layers, with and without a partial user mapping (meta_prototype's 4-D array
     is the one that made the grid large)."""
-    from kiln.hw import mapper
+    from kiln.hw import spatial as mapper
     from kiln.hw.mapping import SpatialMapping
 
     hw = load_accelerator(zigzag_inputs() / "hardware" / f"{hw_name}.yaml",

@@ -16,10 +16,10 @@ from kiln.hw.mapper import (
     MappingError,
     canonical_key,
     map_layer,
-    spatial_candidates,
 )
 from kiln.hw.mapping import TemporalMapping, temporal_loop_sizes
 from kiln.hw.orders import prime_factors
+from kiln.hw.spatial import spatial_candidates
 from kiln.hw.workload import Workload, _conv_layer, _gemm_layer, default_precision, parse_equation
 from kiln.hw.workload_mapper import layer_signature, map_workload
 from tests.hw.conftest import EXAMPLES
