@@ -18,7 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from kiln.hw.accelerator import Accelerator, Memory
-from kiln.hw.cost import MappingError, Relevancy, tile_counter
+from kiln.hw.analysis import Relevancy, tile_counter
+from kiln.hw.cost import MappingError
 from kiln.hw.mapping import Loop, TemporalMapping
 from kiln.hw.workload import Layer
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from kiln.hw.accelerator import Accelerator
-from kiln.hw.cost import Relevancy, tile_counter_spec
+from kiln.hw.analysis import Relevancy, tile_counter_spec
 from kiln.hw.mapping import Loop, TemporalMapping
 from kiln.hw.workload import Layer
 

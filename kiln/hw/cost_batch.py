@@ -1,7 +1,7 @@
 """Energy and latency of many temporal mappings of one layer at once (numpy over mappings).
 
 The mapper costs hundreds of loop orders per spatial mapping. What one operand holds and
-moves per memory level depends only on its own loops (:func:`kiln.hw.cost.analyse_operand`,
+moves per memory level depends only on its own loops (:func:`kiln.hw.analysis.analyse_operand`,
 memoized per search); what couples the operands is cheap arithmetic on those figures
 (double buffering in shared memories, port stalls, loading and off-loading). This module
 tabulates each distinct operand analysis once and does the coupling for every mapping
@@ -20,16 +20,10 @@ import math
 import numpy as np
 
 from kiln.hw.accelerator import Accelerator
+from kiln.hw.analysis import DIRS, RD_HIGH, RD_LOW, WR_HIGH, WR_LOW, OperandAnalysis, Relevancy
 from kiln.hw.cost import (
-    DIRS,
-    RD_HIGH,
-    RD_LOW,
-    WR_HIGH,
-    WR_LOW,
     MappingError,
-    OperandAnalysis,
     PortActivity,
-    Relevancy,
     mac_energy,
     memory_accesses_of,
     systolic_drain,

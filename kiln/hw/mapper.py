@@ -30,15 +30,8 @@ from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator
 from kiln.hw.allocation import all_allocations
 from kiln.hw.allocation_batch import OrderBatch, allocate_order_batch
-from kiln.hw.cost import (
-    Cost,
-    MappingError,
-    Relevancy,
-    evaluate,
-    operand_key,
-    relevancy,
-    tensor_elements,
-)
+from kiln.hw.analysis import Relevancy, operand_key, relevancy, tensor_elements
+from kiln.hw.cost import Cost, MappingError, evaluate
 from kiln.hw.cost_batch import BatchPlan
 from kiln.hw.mapping import (
     Loop,
@@ -89,7 +82,7 @@ def canonical_key(
 
     In a top memory that can hold the whole layer twice over (``roomy_top``: it is always
     double-buffered) the outermost runs matter neither, so only the multiset is kept.
-    ``operand_keys``: each operand's :func:`kiln.hw.cost.operand_key`, when already known."""
+    ``operand_keys``: each operand's :func:`kiln.hw.analysis.operand_key`, when already known."""
     parts = []
     for op, levels in sorted(temporal.loops.items()):
         mac_stationary, per_level = (operand_keys[op] if operand_keys is not None else
@@ -168,7 +161,7 @@ def search_temporal(
     Each distinct mapping's energy and latency come from :class:`kiln.hw.cost_batch.BatchPlan`
     (all mappings at once, equal to :func:`evaluate` to the last bit); only the winner is
     evaluated in full."""
-    from kiln.hw.cost import spatial_per_level
+    from kiln.hw.analysis import spatial_per_level
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")

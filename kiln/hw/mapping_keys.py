@@ -1,6 +1,6 @@
 """What a mapping's cost depends on, for many allocated loop orders at once (numpy).
 
-:func:`kiln.hw.cost.operand_key` and :func:`kiln.hw.mapper.canonical_key` say it for one
+:func:`kiln.hw.analysis.operand_key` and :func:`kiln.hw.mapper.canonical_key` say it for one
 mapping: per operand and memory level, after the irrelevant loops at the bottom of each
 level move down (they re-read what the level below holds), the multiset of loops and the
 products of the outermost relevant and irrelevant runs, and the stationarity at the MACs.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.hw.allocation_batch import OrderBatch
-from kiln.hw.cost import Relevancy
+from kiln.hw.analysis import Relevancy
 from kiln.hw.mapping import Loop
 from kiln.hw.workload import Layer
 

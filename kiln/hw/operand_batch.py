@@ -1,6 +1,6 @@
 """One operand's analysis for many loop orders at once (numpy over orders).
 
-:func:`kiln.hw.cost.analyse_operand` works out, from one operand's own loops, the data each
+:func:`kiln.hw.analysis.analyse_operand` works out, from one operand's own loops, the data each
 of its memory levels holds and the four-way data movement between levels. The mapper meets
 thousands of distinct operand keys per layer; this module replays that function's
 arithmetic for many of them together, step for step (the same float operations in the
@@ -22,7 +22,7 @@ import numpy as np
 
 from kiln.hw.accelerator import Accelerator
 from kiln.hw.allocation_batch import OrderBatch
-from kiln.hw.cost import (
+from kiln.hw.analysis import (
     DIRS,
     RD_HIGH,
     RD_LOW,

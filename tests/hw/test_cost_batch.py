@@ -11,13 +11,8 @@ import pytest
 
 from kiln.hw import evaluate, fit_spatial, load_accelerator
 from kiln.hw.allocation import MemoryTooSmallError, allocate
-from kiln.hw.cost import (
-    PortActivity,
-    analysis_parts,
-    relevancy,
-    spatial_per_level,
-    updating_window_union,
-)
+from kiln.hw.analysis import analysis_parts, relevancy, spatial_per_level
+from kiln.hw.cost import PortActivity, updating_window_union
 from kiln.hw.cost_batch import BatchPlan
 from kiln.hw.mapper import (
     canonical_key,
@@ -144,7 +139,8 @@ def test_double_buffering_of_many_mappings_equals_one_at_a_time(hw_name):
     """Shared memories filled at random (random layers rarely fill one past half while
     another operand leaves room, the case where one operand's second buffer takes the
     room): the batch's double-buffering flags equal double_buffered's, mapping by mapping."""
-    from kiln.hw.cost import Analysis, double_buffered, utilization
+    from kiln.hw.analysis import Analysis
+    from kiln.hw.cost import double_buffered, utilization
 
     layer, _ = _random_layer(0)
     hw = load_accelerator(zigzag_inputs() / "hardware" / f"{hw_name}.yaml",
@@ -260,7 +256,7 @@ def test_keys_of_many_orders_group_them_as_the_keys_of_one_mapping_do():
 
     from kiln.hw.allocation import all_allocations
     from kiln.hw.allocation_batch import OrderBatch, allocate_order_batch
-    from kiln.hw.cost import operand_key
+    from kiln.hw.analysis import operand_key
     from kiln.hw.mapping_keys import KeyCoder
 
     def groups(keys: dict) -> list:
@@ -322,7 +318,7 @@ def test_operand_analyses_of_many_orders_equal_one_at_a_time():
     the input's sliding windows; fractional unrollings: both spatial sides), analysed for
     all orders at once: the batch tables' rows equal those of analyse_operand, bit for bit."""
     from kiln.hw.allocation_batch import allocate_order_batch
-    from kiln.hw.cost import analyse_operand
+    from kiln.hw.analysis import analyse_operand
     from kiln.hw.mapping_keys import KeyCoder
     from kiln.hw.operand_batch import analyse_orders
 

@@ -11,7 +11,7 @@ import yaml
 
 from kiln.errors import ConfigError
 from kiln.hw import MappingConstraints, SpatialMapping, evaluate, fit_spatial, load_accelerator
-from kiln.hw.cost import relevancy
+from kiln.hw.analysis import relevancy
 from kiln.hw.mapper import (
     MappingError,
     canonical_key,
@@ -118,7 +118,7 @@ def tiny(tmp_path):
 def tile_bits(layer, hw, spatial, loops, op, level, rel):
     """Bits one instance of ``op``'s memory ``level`` holds: its loops and everything below,
     at partial-sum width while an ir loop of the output is still to come above it."""
-    from kiln.hw.cost import spatial_per_level, tensor_elements
+    from kiln.hw.analysis import spatial_per_level, tensor_elements
 
     spatial_levels = spatial_per_level(layer, hw, spatial, op)
     sizes = {}
