@@ -46,7 +46,8 @@ def allocate(
     Each memory takes, for each operand it holds, a prefix of that operand's remaining
     loops; among the prefixes that fit together it picks the one with the fewest accesses
     to the level above (size × remaining iterations). Raises :class:`MemoryTooSmallError`.
-    This is the reference, one order at a time; the mapper uses :func:`allocate_orders`.
+    This is the reference, one order at a time; the mapper uses
+    :func:`kiln.hw.allocation_batch.allocate_order_batch`.
     """
     mem_to_op = {mem: op for op, mem in layer.links.items() if op in layer.operand_dims}
     tops = {op: hw.levels(layer.links[op])[-1] for op in layer.operands}

@@ -73,21 +73,6 @@ class OrderBatch:
         return TemporalMapping(loops)
 
 
-def allocate_orders(
-    layer: Layer,
-    hw: Accelerator,
-    spatial_levels: dict[str, list[list[Loop]]],
-    orders: list[list[Loop]],
-    rel: Relevancy,
-) -> list[TemporalMapping | str]:
-    """:func:`allocate` for many orders of the same loops at once: per order its
-    :class:`TemporalMapping`, or why it does not fit (the text before `` (`` of the
-    :class:`MemoryTooSmallError` that :func:`allocate` raises)."""
-    batch = allocate_order_batch(layer, hw, spatial_levels, orders, rel)
-    return [batch.reasons[i] if batch.reasons[i] is not None else batch.temporal(i)
-            for i in range(len(orders))]
-
-
 def allocate_order_batch(
     layer: Layer,
     hw: Accelerator,

@@ -423,38 +423,6 @@ def analyse_operand(
     return OperandAnalysis(counts[op].unit_count, data_bits, eff_bits, moves)
 
 
-def analysis_parts(
-    layer: Layer,
-    hw: Accelerator,
-    spatial: SpatialMapping,
-    temporal: TemporalMapping,
-    rel: Relevancy,
-    cache: dict | None = None,
-    operand_keys: dict[str, tuple] | None = None,
-    total_cycles: float | None = None,
-) -> dict[str, OperandAnalysis]:
-    """Each operand's analysis under one mapping (memoized in ``cache`` per operand key)."""
-    if total_cycles is None:
-        total_cycles = math.prod(s for level in temporal.loops[layer.output] for _, s in level)
-    parts = {}
-    for op in layer.operands:
-        levels = temporal.loops[op]
-        if cache is None:
-            parts[op] = analyse_operand(layer, hw, spatial, op, levels, total_cycles, rel)
-            continue
-        # Orders that differ only inside a level's runs give one operand the same analysis
-        # (what canonical_key relies on for whole mappings): worked out once per search.
-        known = operand_keys.get(op) if operand_keys is not None else None
-        key = ("operand", id(spatial), op, total_cycles,
-               known if known is not None else operand_key(levels, rel.r[op], rel.ir[op]))
-        part = cache.get(key)
-        if part is None:
-            part = cache[key] = analyse_operand(layer, hw, spatial, op, levels, total_cycles,
-                                                rel, cache)
-        parts[op] = part
-    return parts
-
-
 def analyse(
     layer: Layer,
     hw: Accelerator,
@@ -462,11 +430,24 @@ def analyse(
     temporal: TemporalMapping,
     rel: Relevancy,
     cache: dict | None = None,
-    operand_keys: dict[str, tuple] | None = None,
 ) -> Analysis:
-    """Per operand and memory level: instances, data held, and the four-way data movement."""
+    """Per operand and memory level: instances, data held, and the four-way data movement
+    (with a ``cache``, each operand's analysis is worked out once per operand key)."""
     total_cycles = math.prod(s for level in temporal.loops[layer.output] for _, s in level)
-    parts = analysis_parts(layer, hw, spatial, temporal, rel, cache, operand_keys, total_cycles)
+    parts = {}
+    for op in layer.operands:
+        levels = temporal.loops[op]
+        if cache is None:
+            parts[op] = analyse_operand(layer, hw, spatial, op, levels, total_cycles, rel)
+            continue
+        # Orders that differ only inside a level's runs give one operand the same analysis.
+        key = ("operand", id(spatial), op, total_cycles,
+               operand_key(levels, rel.r[op], rel.ir[op]))
+        part = cache.get(key)
+        if part is None:
+            part = cache[key] = analyse_operand(layer, hw, spatial, op, levels, total_cycles,
+                                                rel, cache)
+        parts[op] = part
     return Analysis(
         levels={op: len(temporal.loops[op]) for op in layer.operands},
         total_cycles=total_cycles,

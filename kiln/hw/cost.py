@@ -427,22 +427,19 @@ def evaluate(
     spatial_user: SpatialMapping | None = None,
     rel: Relevancy | None = None,
     cache: dict | None = None,
-    operand_keys: dict[str, tuple] | None = None,
 ) -> Cost:
     """Energy, latency and utilization of ``layer`` on ``hw`` under one mapping.
 
     ``spatial`` may hold fractional unrollings (energy uses it); ``spatial_int`` is its
     integer version (latency uses it), ``spatial_user`` the unrolling before the remainder
     split (the systolic drain uses it). Use :func:`kiln.hw.mapping.fit_spatial` to get them.
-    ``operand_keys``: each operand's :func:`operand_key`, when the caller has them.
     """
     rel = rel or relevancy(layer)
     spatial_int = spatial_int or spatial
     spatial_user = spatial_user or spatial_int
-    analysis = analyse(layer, hw, spatial, temporal, rel, cache, operand_keys)
+    analysis = analyse(layer, hw, spatial, temporal, rel, cache)
     same = spatial_int.key() == spatial.key()
-    analysis_int = analysis if same else analyse(layer, hw, spatial_int, temporal, rel, cache,
-                                                 operand_keys)
+    analysis_int = analysis if same else analyse(layer, hw, spatial_int, temporal, rel, cache)
 
     accesses = memory_accesses(layer, hw, analysis)
     breakdown = memory_energy(layer, hw, accesses)

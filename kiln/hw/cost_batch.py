@@ -9,23 +9,20 @@ together, with the same float operations in the same order as :func:`kiln.hw.cos
 so each mapping's energy and latency are equal to the last bit (tests check it). The
 mapper then evaluates only the winner in full, for its breakdowns.
 
-    >>> plan = BatchPlan(layer, hw, rel, spatial_user)              # doctest: +SKIP
-    >>> energy, latency = plan.score(energy_parts, latency_parts)   # doctest: +SKIP
+    >>> plan = BatchPlan(layer, hw, rel, spatial_user)                     # doctest: +SKIP
+    >>> energy, latency = plan.score(energy_rows, latency_rows, cycles)    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from kiln.hw.accelerator import Accelerator
-from kiln.hw.analysis import DIRS, RD_HIGH, RD_LOW, WR_HIGH, WR_LOW, OperandAnalysis, Relevancy
+from kiln.hw.analysis import DIRS, RD_HIGH, RD_LOW, WR_HIGH, WR_LOW, Relevancy
 from kiln.hw.cost import (
     MappingError,
     PortActivity,
     mac_energy,
-    memory_accesses_of,
     systolic_drain,
     updating_window_union,
 )
@@ -37,37 +34,27 @@ _HIGH = (RD_HIGH, WR_HIGH)
 
 
 class PartTable:
-    """The figures of each distinct analysis of one operand, one row each (rows are added
-    as the search meets new analyses; ``index`` gives a part's row)."""
+    """The figures of each distinct analysis of one operand, one row each, in ``columns``
+    order (rows are added as the search meets new operand keys)."""
 
-    def __init__(self, columns: list[tuple], figures) -> None:
+    def __init__(self, columns: list[tuple]) -> None:
         self.columns = {name: i for i, name in enumerate(columns)}
-        self.figures = figures  # part -> list of floats, in ``columns`` order
-        self.rows: list[list[float]] = []
-        self.row_of: dict[int, int] = {}
-        self.parts: list[OperandAnalysis] = []  # kept alive: ids stay unique
+        self.blocks: list[np.ndarray] = []
+        self.count = 0
         self._array: np.ndarray | None = None
 
-    def index(self, part: OperandAnalysis) -> int:
-        row = self.row_of.get(id(part))
-        if row is None:
-            row = self.row_of[id(part)] = len(self.rows)
-            self.rows.append(self.figures(part))
-            self.parts.append(part)
-            self._array = None
-        return row
-
     def extend(self, rows: np.ndarray) -> range:
-        """Add rows worked out elsewhere (:meth:`BatchPlan.table_rows`); their indices."""
-        first = len(self.rows)
-        self.rows.extend(rows.tolist())
+        """Add rows (:meth:`BatchPlan.table_rows`); their indices."""
+        self.blocks.append(rows)
+        self.count += len(rows)
         self._array = None
-        return range(first, len(self.rows))
+        return range(self.count - len(rows), self.count)
 
     def array(self) -> np.ndarray:
-        if self._array is None or len(self._array) != len(self.rows):
-            self._array = np.array(self.rows, dtype=np.float64).reshape(
-                len(self.rows), len(self.columns))
+        if self._array is None:
+            self._array = (np.concatenate(self.blocks) if self.blocks else
+                           np.zeros((0, len(self.columns))))
+            self.blocks = [self._array]
         return self._array
 
 
@@ -109,26 +96,12 @@ class BatchPlan:
         self.energy_tables = {op: self._energy_table(op) for op in self.ops}
         self.latency_tables = {op: self._latency_table(op) for op in self.ops}
 
-    # --- per-part figures ------------------------------------------------------------
+    # --- per-analysis figures --------------------------------------------------------
 
     def _energy_table(self, op: str) -> PartTable:
-        memories = self.memories[op]
-        columns = ([("energy", m) for m in range(len(memories))]
-                   + [("effective", m) for m in range(len(memories))])
-        layer, hw = self.layer, self.hw
-
-        def figures(part: OperandAnalysis) -> list[float]:
-            accesses = memory_accesses_of(layer, hw, op, part)
-            energies = []
-            for memory, counts in zip(memories, accesses, strict=False):
-                reads = counts[RD_LOW] + counts[RD_HIGH]
-                writes = counts[WR_LOW] + counts[WR_HIGH]
-                energies.append(reads * memory.read_energy + writes * memory.write_energy)
-            effective = [part.effective_bits[m + 1] / memories[m].size_bits
-                         for m in range(len(memories))]
-            return energies + effective
-
-        return PartTable(columns, figures)
+        levels = self.levels[op]
+        return PartTable([("energy", m) for m in range(levels)]
+                         + [("effective", m) for m in range(levels)])
 
     def _latency_table(self, op: str) -> PartTable:
         columns: list[tuple] = [("bits_mac",)]
@@ -140,26 +113,15 @@ class BatchPlan:
             (index, d, lv) for index, (_port, entries) in enumerate(self.ports)
             for entry_op, d, lv in entries if entry_op == op]
         columns += [("real", index, lv, d) for index, d, lv in port_entries]
-        ports = [port for port, _ in self.ports]
-
-        def figures(part: OperandAnalysis) -> list[float]:
-            row = [part.data_bits_unrolled[1]]
-            for move in part.movement:
-                for d in DIRS:
-                    row += [move.count[d], move.period[d], move.window[d], move.bw_avg[d]]
-            for index, d, lv in port_entries:
-                move = part.movement[lv]
-                row.append(math.ceil(move.amount[d] * move.precision[d]
-                                     / ports[index].bandwidth_max))
-            return row
-
-        return PartTable(columns, figures)
+        return PartTable(columns)
 
     def table_rows(self, op: str, moves: OrderMoves,
                    moves_int: OrderMoves) -> tuple[np.ndarray, np.ndarray]:
         """Rows of ``energy_tables[op]`` and ``latency_tables[op]`` for many analyses at
         once (:func:`kiln.hw.operand_batch.analyse_orders`; ``moves_int`` under the integer
-        spatial mapping), equal to what the tables' ``figures`` give one analysis at a time."""
+        spatial mapping): per memory level its energy (word accesses as
+        :func:`kiln.hw.cost.word_accesses` counts them) and effective fill; the movement
+        figures and per-port transfer cycles the latency terms read."""
         memories = self.memories[op]
         mem_op = self.layer.links[op]
         energies, effective = [], []

@@ -74,7 +74,6 @@ class MappingResult:
 
 def canonical_key(
     temporal: TemporalMapping, rel: Relevancy, roomy_top: frozenset[str] = frozenset(),
-    operand_keys: dict[str, tuple] | None = None,
 ) -> tuple:
     """What the cost depends on: per operand and level (after stationary ir loops move down)
     the multiset of loops and the products of the outermost r and ir runs. Orders with the
@@ -82,11 +81,11 @@ def canonical_key(
 
     In a top memory that can hold the whole layer twice over (``roomy_top``: it is always
     double-buffered) the outermost runs matter neither, so only the multiset is kept.
-    ``operand_keys``: each operand's :func:`kiln.hw.analysis.operand_key`, when already known."""
+    One mapping at a time: the search uses :class:`kiln.hw.mapping_keys.KeyCoder`, which
+    groups orders the same way (tests compare them)."""
     parts = []
     for op, levels in sorted(temporal.loops.items()):
-        mac_stationary, per_level = (operand_keys[op] if operand_keys is not None else
-                                     operand_key(levels, rel.r[op], rel.ir[op]))
+        mac_stationary, per_level = operand_key(levels, rel.r[op], rel.ir[op])
         last = len(per_level) - 1
         parts.append((op, mac_stationary, tuple(
             level[:1] if (index == last and op in roomy_top) else level

@@ -11,7 +11,8 @@ import pytest
 
 from kiln.hw import evaluate, fit_spatial, load_accelerator
 from kiln.hw.allocation import MemoryTooSmallError, allocate
-from kiln.hw.analysis import analysis_parts, relevancy, spatial_per_level
+from kiln.hw.allocation_batch import allocate_order_batch
+from kiln.hw.analysis import analyse_operand, relevancy, spatial_per_level
 from kiln.hw.cost import PortActivity, updating_window_union
 from kiln.hw.cost_batch import BatchPlan
 from kiln.hw.mapper import (
@@ -20,6 +21,8 @@ from kiln.hw.mapper import (
     search_temporal,
 )
 from kiln.hw.mapping import temporal_loop_sizes
+from kiln.hw.mapping_keys import KeyCoder
+from kiln.hw.operand_batch import analyse_orders
 from kiln.hw.orders import order_space
 from kiln.hw.spatial import spatial_candidates
 from kiln.hw.workload import _conv_layer, default_precision
@@ -44,35 +47,48 @@ def _allocated(layer, hw, spatial):
             continue
 
 
+def _every_order(layer, hw, spatial):
+    """Every order of the layer's loops, LOMA-allocated together, and the rows that fit."""
+    rel = relevancy(layer)
+    levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
+    orders = list(order_space(temporal_loop_sizes(layer, spatial), None, 6).orders())
+    batch = allocate_order_batch(layer, hw, levels, orders, rel)
+    fitting = np.array([i for i in range(len(orders)) if batch.reasons[i] is None],
+                       dtype=np.int64)
+    return batch, fitting, KeyCoder(layer, rel, orders[0]).keys(batch)[2]
+
+
 def test_batched_cost_equals_evaluate_on_every_order_of_random_layers():
     """Every allocated order of 24 random layers (two spatial mappings each, fractional
-    unrollings among them): energy and latency equal evaluate's, bit for bit."""
+    unrollings among them), analysed and costed together as the mapper does: energy and
+    latency equal evaluate's, bit for bit."""
     mappings, fractional = 0, 0
     for seed in range(24):
         layer, hw = _random_layer(seed)
         rel = relevancy(layer)
         for user in spatial_candidates(layer, hw, keep=2):
             spatial, spatial_int, limited = fit_spatial(layer, hw, user)
+            batch, fitting, shapes = _every_order(layer, hw, spatial)
+            if not len(fitting):
+                continue
+            total_cycles = math.prod(temporal_loop_sizes(layer, spatial).values())
             plan = BatchPlan(layer, hw, rel, limited)
             cache: dict = {}
-            energy_rows = {op: [] for op in layer.operands}
-            latency_rows = {op: [] for op in layer.operands}
-            expected = []
-            total_cycles = math.prod(temporal_loop_sizes(layer, spatial).values())
-            for _, temporal in _allocated(layer, hw, spatial):
-                cost = evaluate(layer, hw, spatial, temporal, spatial_int, limited, rel, cache)
-                expected.append((cost.energy_pj, cost.latency_cycles))
-                parts = analysis_parts(layer, hw, spatial, temporal, rel, cache)
-                parts_int = analysis_parts(layer, hw, spatial_int, temporal, rel, cache)
-                for op in layer.operands:
-                    energy_rows[op].append(plan.energy_tables[op].index(parts[op]))
-                    latency_rows[op].append(plan.latency_tables[op].index(parts_int[op]))
-            if not expected:
-                continue
+            energy_rows, latency_rows = {}, {}
+            for op in layer.operands:
+                moves, moves_int = (
+                    analyse_orders(layer, hw, side, op, rel, batch, fitting, shapes[op],
+                                   total_cycles, cache) for side in (spatial, spatial_int))
+                energy, latency = plan.table_rows(op, moves, moves_int)
+                energy_rows[op] = list(plan.energy_tables[op].extend(energy))
+                latency_rows[op] = list(plan.latency_tables[op].extend(latency))
             energy, latency = plan.score(energy_rows, latency_rows, total_cycles)
-            assert energy.tolist() == [e for e, _ in expected], (seed, str(user))
-            assert latency.tolist() == [t for _, t in expected], (seed, str(user))
-            mappings += len(expected)
+            for k, index in enumerate(fitting):
+                cost = evaluate(layer, hw, spatial, batch.temporal(index), spatial_int, limited,
+                                rel, cache)
+                assert (energy[k], latency[k]) == (cost.energy_pj, cost.latency_cycles), (
+                    seed, str(user), batch.orders[index])
+            mappings += len(fitting)
             fractional += spatial_int.key() != spatial.key()
     assert mappings > 5000
     assert fractional > 0  # the energy and latency sides differ on some layers
@@ -198,8 +214,6 @@ def _split_top_accelerator(tmp_path, weight_top_bits: int, sram_bits: int):
 
 
 def _compare_allocations(layer, hw, lpf_limit, refused):
-    from kiln.hw.allocation_batch import allocate_orders
-
     rel = relevancy(layer)
     compared = 0
     for user in spatial_candidates(layer, hw, keep=2):
@@ -207,8 +221,10 @@ def _compare_allocations(layer, hw, lpf_limit, refused):
         levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
         orders = list(order_space(temporal_loop_sizes(layer, spatial), None,
                                   lpf_limit).orders())
-        for order, got in zip(orders, allocate_orders(layer, hw, levels, orders, rel),
-                              strict=True):
+        batch = allocate_order_batch(layer, hw, levels, orders, rel)
+        for index, order in enumerate(orders):
+            reason = batch.reasons[index]
+            got = reason if reason is not None else batch.temporal(index)
             try:
                 expected = allocate(layer, hw, levels, order, rel)
             except MemoryTooSmallError as error:
@@ -255,9 +271,8 @@ def test_keys_of_many_orders_group_them_as_the_keys_of_one_mapping_do():
     import itertools
 
     from kiln.hw.allocation import all_allocations
-    from kiln.hw.allocation_batch import OrderBatch, allocate_order_batch
+    from kiln.hw.allocation_batch import OrderBatch
     from kiln.hw.analysis import operand_key
-    from kiln.hw.mapping_keys import KeyCoder
 
     def groups(keys: dict) -> list:
         found: dict = {}
@@ -316,45 +331,35 @@ def test_unconstrained_orders_come_in_the_constrained_walks_order():
 def test_operand_analyses_of_many_orders_equal_one_at_a_time():
     """Every operand of every allocated order of random layers (stride, dilation, padding:
     the input's sliding windows; fractional unrollings: both spatial sides), analysed for
-    all orders at once: the batch tables' rows equal those of analyse_operand, bit for bit."""
-    from kiln.hw.allocation_batch import allocate_order_batch
-    from kiln.hw.analysis import analyse_operand
-    from kiln.hw.mapping_keys import KeyCoder
-    from kiln.hw.operand_batch import analyse_orders
-
+    all orders at once: data held and every movement figure equal analyse_operand's."""
     compared, fractional = 0, 0
     for seed in range(80, 92):
         layer, hw = _random_layer(seed)
         rel = relevancy(layer)
         for user in spatial_candidates(layer, hw, keep=2):
-            spatial, spatial_int, limited = fit_spatial(layer, hw, user)
+            spatial, spatial_int, _ = fit_spatial(layer, hw, user)
             fractional += spatial_int.key() != spatial.key()
-            levels = {op: spatial_per_level(layer, hw, spatial, op) for op in layer.operands}
-            sizes = temporal_loop_sizes(layer, spatial)
-            orders = list(order_space(sizes, None, 6).orders())
-            total_cycles = math.prod(sizes.values())
-            batch = allocate_order_batch(layer, hw, levels, orders, rel)
-            rows = np.array([i for i in range(len(orders)) if batch.reasons[i] is None])
-            if not len(rows):
-                continue
-            _, _, shapes = KeyCoder(layer, rel, orders[0]).keys(batch)
-            plan = BatchPlan(layer, hw, rel, limited)
+            batch, fitting, shapes = _every_order(layer, hw, spatial)
+            total_cycles = math.prod(temporal_loop_sizes(layer, spatial).values())
             cache: dict = {}
             for op in layer.operands:
-                moves = analyse_orders(layer, hw, spatial, op, rel, batch, rows, shapes[op],
-                                       total_cycles, cache)
-                moves_int = analyse_orders(layer, hw, spatial_int, op, rel, batch, rows,
+                for side in (spatial, spatial_int):
+                    if not len(fitting):
+                        continue
+                    moves = analyse_orders(layer, hw, side, op, rel, batch, fitting,
                                            shapes[op], total_cycles, cache)
-                energy, latency = plan.table_rows(op, moves, moves_int)
-                for k, index in enumerate(rows):
-                    loops = batch.temporal(index).loops[op]
-                    part = analyse_operand(layer, hw, spatial, op, loops, total_cycles, rel,
-                                           cache)
-                    part_int = analyse_operand(layer, hw, spatial_int, op, loops,
-                                               total_cycles, rel, cache)
-                    assert energy[k].tolist() == plan.energy_tables[op].figures(part)
-                    assert latency[k].tolist() == plan.latency_tables[op].figures(part_int)
-                    compared += 1
+                    for k, index in enumerate(fitting):
+                        part = analyse_operand(layer, hw, side, op,
+                                               batch.temporal(index).loops[op], total_cycles,
+                                               rel, cache)
+                        assert [b[k] for b in moves.data_bits] == part.data_bits_unrolled
+                        assert [b[k] for b in moves.effective_bits] == part.effective_bits
+                        for m, move in enumerate(part.movement):
+                            for name in ("amount", "precision", "period", "count", "bw_avg",
+                                         "window"):
+                                got = {d: getattr(moves, name)[m][d][k] for d in move.amount}
+                                assert got == getattr(move, name), (seed, op, m, name)
+                        compared += 1
     assert compared > 10000 and fractional > 0
 
 
