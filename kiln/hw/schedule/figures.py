@@ -86,10 +86,11 @@ def schedule_figures(schedule) -> dict:
     dram_energy = link_energy = 0.0
     dram_bits = 0
     by_reason: dict[str, int] = defaultdict(int)
-    link_by_name = {f"link {link.index}": link for link in system.links}
+    link_by_name = system.channels()
     for transfer in schedule.transfers:
         links = sum(link_by_name[r].pj_per_bit * transfer.bits
-                    for r in transfer.resources if r in link_by_name)
+                    for r in transfer.resources if r in link_by_name) * (
+            1 + len(transfer.also_to))  # a bus transfer's energy counts each receiver
         link_energy += links
         dram_energy += transfer.energy_pj - links
         if dram_id in (transfer.source, transfer.target):
@@ -106,7 +107,7 @@ def schedule_figures(schedule) -> dict:
         for resource in hardware(transfer.resources):  # bandwidth-cycles used over those it has
             busy[resource] += (transfer.end - transfer.start) * transfer.rate / capacity[
                 resource]
-    labels = {f"link {link.index}": link.label for link in system.links}
+    labels = system.channel_labels()
     labels["dram"] = "DRAM port"
     core_busy: dict[int, float] = defaultdict(float)
     for entry in schedule.tiles:

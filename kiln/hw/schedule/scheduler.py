@@ -7,9 +7,9 @@ not fit is spilled: the buffer used furthest in the future is written back to DR
 still needed and not there yet) and read again when needed.
 
 Rules the validator (``validate.py``) checks independently:
-- transfers through a link, a bus or the DRAM port share its bandwidth (each takes the
-  narrowest bandwidth on its route, and together never more than any link has); a core runs
-  one tile at a time;
+- transfers through a bus, one direction of a link (links are full duplex, as in Stream) or
+  the DRAM port share its bandwidth (each takes the narrowest bandwidth on its route, and
+  together never more than any channel has); a core runs one tile at a time;
 - a transfer starts after its data exists at the source; a tile starts after its inputs and
   weights are on its core and ends before they are freed;
 - a core's buffers never exceed its memory.
@@ -50,8 +50,8 @@ class _Scheduler:
         self.graph, self.system, self.plan, self.coster = graph, system, plan, coster
         self.dram = system.offchip_core_id
         self.timelines: dict[str, Timeline] = defaultdict(Timeline)
-        for link in system.links:
-            self.timelines[f"link {link.index}"] = Timeline(link.bandwidth)
+        for name, link in system.channels().items():
+            self.timelines[name] = Timeline(link.bandwidth)
         self.timelines["dram"] = Timeline(system.offchip.bandwidth)
         self.core_free: dict[int, float] = defaultdict(float)
         self.recent_starts: dict[int, list[float]] = defaultdict(list)
@@ -105,15 +105,8 @@ class _Scheduler:
             if best is None or found[0] < best[0]:
                 best = (*found, origin)
         _, resources, width, energy, pieces, source = best
-        made = []
-        for start, length, moved_bits in pieces:
-            for resource in resources:
-                self.timelines[resource].reserve(start, start + length, width)
-            piece = Transfer(item, source, target, int(moved_bits), start, start + length,
-                             tuple(resources), energy * (moved_bits / bits if bits else 0.0),
-                             reason, width)
-            self.transfers.append(piece)
-            made.append(piece)
+        made = self._reserve(item, source, target, pieces, resources, width, energy, bits,
+                             reason)
         return Transfer(item, source, target, bits, made[0].start, made[-1].end,
                         tuple(resources), energy, reason, width)
 
@@ -143,20 +136,12 @@ class _Scheduler:
             return None
         reason = "weights" if item[0] == "w" else "input"
         width = min(bus.bandwidth, self.system.offchip.bandwidth)
-        resources = [f"link {bus.index}", "dram"]
+        resources = [bus.channel(self.dram), "dram"]
         pieces = self._pieces(resources, width, bits, start)
         energy = bits * (bus.pj_per_bit * (1 + len(receivers)) +
                          self.system.offchip.read_pj_per_bit)
-        made = []
-        for piece_start, length, moved_bits in pieces:
-            for resource in resources:
-                self.timelines[resource].reserve(piece_start, piece_start + length, width)
-            piece = Transfer(item, self.dram, core, int(moved_bits), piece_start,
-                             piece_start + length, tuple(resources),
-                             energy * (moved_bits / bits if bits else 0.0), reason, width,
-                             tuple(receivers))
-            self.transfers.append(piece)
-            made.append(piece)
+        made = self._reserve(item, self.dram, core, pieces, resources, width, energy, bits,
+                             reason, receivers)
         for other in receivers:
             self._open(other, item, bits, made[0].start, made[-1].end)
         return Transfer(item, self.dram, core, bits, made[0].start, made[-1].end,
@@ -165,7 +150,6 @@ class _Scheduler:
     def _best_route(self, source: int, target: int, bits: int, ready: float) -> tuple:
         """(finish, resources, width, energy, pieces) of the route that delivers first,
         nothing reserved."""
-        dram = self.system.offchip
         to_dram = self.dram in (source, target)
         best = None
         routes = self.system.routes(source, target)
@@ -174,30 +158,38 @@ class _Scheduler:
             # bus to DRAM traffic.
             routes = [r for r in routes if all(link.kind == "link" for link in r)] or routes
         for route in routes:
-            width = math.inf
-            resources = [f"link {link.index}" for link in route]
-            for link in route:
-                usable = link.bandwidth
-                if not to_dram and self.dram in link.cores and self.plan.routes == "share":
-                    # Core-to-core data on the bus to DRAM leaves the DRAM its share of it
-                    # (all such transfers together): DRAM is usually the bottleneck.
-                    usable = max(link.bandwidth - dram.bandwidth, link.bandwidth / 2)
-                    share = f"share {link.index}"
-                    if share not in self.timelines:
-                        self.timelines[share] = Timeline(usable)
-                    resources.append(share)
-                width = min(width, usable)
-            energy = sum(link.pj_per_bit * bits for link in route)
-            if to_dram:
-                width = min(width, dram.bandwidth)
-                resources.append("dram")
-                energy += bits * (dram.read_pj_per_bit if source == self.dram
-                                  else dram.write_pj_per_bit)
-            pieces = self._pieces(resources, width, bits, ready)
-            finish = pieces[-1][0] + pieces[-1][1]
-            if best is None or finish < best[0]:
-                best = (finish, resources, width, energy, pieces)
+            found = self._on_route(source, target, route, bits, ready)
+            if best is None or found[0] < best[0]:
+                best = found
         return best
+
+    def _on_route(self, source: int, target: int, route: tuple, bits: int,
+                  ready: float) -> tuple:
+        """(finish, resources, width, energy, pieces) of a transfer along one route."""
+        dram = self.system.offchip
+        to_dram = self.dram in (source, target)
+        width = math.inf
+        resources = self.system.route_channels(source, target, route)
+        for link in route:
+            usable = link.bandwidth
+            if not to_dram and self.dram in link.cores and self.plan.routes == "share":
+                # Core-to-core data on the bus to DRAM leaves the DRAM its share of it
+                # (all such transfers together): DRAM is usually the bottleneck.
+                usable = max(link.bandwidth - dram.bandwidth, link.bandwidth / 2)
+                share = f"share {link.index}"
+                if share not in self.timelines:
+                    self.timelines[share] = Timeline(usable)
+                resources.append(share)
+            width = min(width, usable)
+        energy = sum(link.pj_per_bit * bits for link in route)
+        if to_dram:
+            width = min(width, dram.bandwidth)
+            resources.append("dram")
+            energy += bits * (dram.read_pj_per_bit if source == self.dram
+                              else dram.write_pj_per_bit)
+        pieces = self._pieces(resources, width, bits, ready)
+        finish = pieces[-1][0] + pieces[-1][1]
+        return finish, resources, width, energy, pieces
 
     # -- memory ------------------------------------------------------------------------
     def _earliest_room(self, core: int, time: float, need: int) -> float | None:
@@ -279,28 +271,74 @@ class _Scheduler:
 
     def _push(self, tile: Tile, core: int, end: float) -> None:
         """Send a finished tile's output to the other cores that will read it, right away,
-        so a small core (a SIMD unit) does not hold it until its last reader runs."""
+        so a small core (a SIMD unit) does not hold it until its last reader runs. Several
+        readers on one bus get it in one transfer when that delivers sooner than one
+        transfer each."""
         own = self.resident[(core, ("out", tile.id))]
         targets = sorted({self.tile_core[c] for c in self.pending[tile.id]} - {core})
-        pushed = []
+        bits = tile.output_bits
+        rooms: dict[int, float] = {}
         for target in targets:
             receiver = self.system.cores[target]
-            if tile.output_bits > receiver.memory_bits * PUSH_SHARE or \
+            if bits > receiver.memory_bits * PUSH_SHARE or \
                     receiver.memory_bits < self.system.cores[core].memory_bits:
                 # Too big to park there, or a smaller memory than where it is: its readers
                 # pull the rows they need when they run.
                 continue
-            horizon = self.horizon[target]
-            room = self._earliest_room(target, max(end, horizon), tile.output_bits)
-            if room is None:
-                continue
-            move = self._move(("copy", tile.id), core, target, tile.output_bits, room, "push")
-            self._open(target, ("copy", tile.id), tile.output_bits, move.start, move.end)
-            own.last_use = max(own.last_use, move.end)
-            pushed.append(target)
+            room = self._earliest_room(target, max(end, self.horizon[target]), bits)
+            if room is not None:
+                rooms[target] = room
+        pushed = []
+        for receivers, found in self._push_plan(core, rooms, bits):
+            _, resources, width, energy, pieces = found
+            made = self._reserve(("copy", tile.id), core, receivers[0], pieces, resources,
+                                 width, energy * len(receivers), bits, "push", receivers[1:])
+            for target in receivers:
+                self._open(target, ("copy", tile.id), bits, made[0].start, made[-1].end)
+            own.last_use = max(own.last_use, made[-1].end)
+            pushed += receivers
         if len(pushed) == len(targets) and not any(
                 self.tile_core[c] == core for c in self.pending[tile.id]):
             self._close(own, own.last_use)  # every reader has its copy
+
+    def _push_plan(self, core: int, rooms: dict[int, float], bits: int) -> list[tuple]:
+        """How to push to the receivers in ``rooms`` (core → when it has room): a list of
+        (receivers, route found), one transfer each. One transfer over a bus to all its
+        receivers is taken when it finishes before the last of the separate transfers
+        would (each estimated alone, so the separate ones are, if anything, favoured)."""
+        apart = {target: self._best_route(core, target, bits, room)
+                 for target, room in rooms.items()}
+        best_bus = None
+        for link in self.system.links:
+            on_bus = [t for t in rooms if link.kind == "bus" and {core, t} <= set(link.cores)]
+            if len(on_bus) < 2:
+                continue
+            found = self._on_route(core, on_bus[0], (link,), bits,
+                                   max(rooms[t] for t in on_bus))
+            if found[0] <= max(apart[t][0] for t in on_bus) and (
+                    best_bus is None or len(on_bus) > len(best_bus[0])):
+                best_bus = (on_bus, found)
+        if best_bus is None:
+            return [([target], found) for target, found in apart.items()]
+        plan = [best_bus]
+        plan += [([t], self._best_route(core, t, bits, rooms[t])) for t in rooms
+                 if t not in best_bus[0]]
+        return plan
+
+    def _reserve(self, item: tuple, source: int, target: int, pieces: list, resources: list,
+                 width: float, energy: float, bits: int, reason: str,
+                 also_to: tuple[int, ...] | list[int] = ()) -> list[Transfer]:
+        """Reserve a transfer's pieces on its resources and record them."""
+        made = []
+        for start, length, moved_bits in pieces:
+            for resource in resources:
+                self.timelines[resource].reserve(start, start + length, width)
+            piece = Transfer(item, source, target, int(moved_bits), start, start + length,
+                             tuple(resources), energy * (moved_bits / bits if bits else 0.0),
+                             reason, width, tuple(also_to))
+            self.transfers.append(piece)
+            made.append(piece)
+        return made
 
     def _used(self, core: int, item: tuple, end: float) -> None:
         """A tile on ``core`` read ``item`` until ``end``; freed after its last reader there."""

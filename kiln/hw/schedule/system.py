@@ -71,7 +71,9 @@ class Core:
 
 @dataclass(frozen=True)
 class Link:
-    """A point-to-point link or a bus: one transfer at a time, ``bandwidth`` bits per cycle."""
+    """A point-to-point link or a bus, ``bandwidth`` bits per cycle. As in Stream, a link is
+    two channels, one per direction, each with the whole bandwidth (full duplex); a bus is
+    one channel that every transfer on it shares, whichever way it goes."""
 
     index: int
     kind: str
@@ -83,6 +85,20 @@ class Link:
     def label(self) -> str:
         joined = "-".join(str(c) for c in self.cores)
         return f"{self.kind} {joined}"
+
+    def channel(self, sender: int) -> str:
+        """The name of the channel a transfer sent from core ``sender`` occupies."""
+        if self.kind == "bus":
+            return f"link {self.index}"
+        receiver = self.cores[1] if sender == self.cores[0] else self.cores[0]
+        return f"link {self.index} {sender}>{receiver}"
+
+    def channels(self) -> dict[str, str]:
+        """Each channel's name and its label, e.g. ``link 3 0>1`` → ``link 0→1``."""
+        if self.kind == "bus":
+            return {f"link {self.index}": self.label}
+        a, b = self.cores
+        return {self.channel(a): f"link {a}→{b}", self.channel(b): f"link {b}→{a}"}
 
 
 @dataclass
@@ -108,6 +124,32 @@ class System:
     def cores_for(self, op_type: str) -> list[Core]:
         """The cores that can run an operator type (a SIMD core before a compute core)."""
         return [c for c in self.compute_cores if c.runs(op_type)]
+
+    def channels(self) -> dict[str, Link]:
+        """Every channel (a bus, or one direction of a link) by name, with its link."""
+        return {name: link for link in self.links for name in link.channels()}
+
+    def channel_labels(self) -> dict[str, str]:
+        return {name: label for link in self.links for name, label in link.channels().items()}
+
+    def route_channels(self, source: int, target: int, route: tuple[Link, ...]) -> list[str]:
+        """The channels a transfer from ``source`` to ``target`` along ``route`` occupies."""
+
+        def walk(here: int, hop: int) -> list[str] | None:
+            if hop == len(route):
+                return [] if here == target else None
+            link = route[hop]
+            for there in link.cores:
+                if there != here:
+                    rest = walk(there, hop + 1)
+                    if rest is not None:
+                        return [link.channel(here), *rest]
+            return None
+
+        found = walk(source, 0)
+        if found is None:
+            raise ValueError(f"no walk from core {source} to core {target} along {route}")
+        return found
 
     def routes(self, source: int, target: int) -> list[tuple[Link, ...]]:
         """Every route with the fewest hops (a transfer takes whichever finishes first)."""

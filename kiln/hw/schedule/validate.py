@@ -8,8 +8,9 @@ trust the tiles' dependency lists) and checks that:
   from where the data was at the time: the producer's core after the producer ended, or DRAM
   after it was written back);
 - weights are on the core for every MAC tile; the network input was read in;
-- a core runs one tile at a time; a link, bus or the DRAM port carries one transfer at a time,
-  and no transfer is faster than its narrowest link;
+- a core runs one tile at a time; the transfers on a bus, on one direction of a link (a link
+  is full duplex, as in Stream) or on the DRAM port never take more than its bandwidth
+  together, and no transfer is faster than its narrowest link;
 - no core holds more than its memory at any cycle; every final output reaches DRAM.
 
     >>> problems = check_schedule(schedule)      # doctest: +SKIP
@@ -194,7 +195,7 @@ def _check(schedule, fail) -> None:
                 fail(f"tile {tile.label}: its final output never reaches DRAM")
 
     # A transfer to several cores at once goes over a bus that reaches each of them.
-    bus_cores = {f"link {link.index}": set(link.cores) for link in system.links}
+    bus_cores = {name: set(link.cores) for name, link in system.channels().items()}
     for transfer in schedule.transfers:
         for extra in transfer.also_to:
             if not any(extra in bus_cores.get(r, ()) for r in transfer.resources):
@@ -235,15 +236,14 @@ def _check(schedule, fail) -> None:
         for (s1, e1, a), (s2, e2, b) in zip(intervals, intervals[1:], strict=False):
             if s2 + _EPS < e1 and e2 > s2 and e1 > s1:
                 fail(f"core {core_id} runs two tiles at cycle {s2:g}: {a} and {b}")
-    links = {f"link {link.index}": link for link in system.links}
-    capacity = {name: link.bandwidth for name, link in links.items()}
+    capacity = {name: link.bandwidth for name, link in system.channels().items()}
     capacity["dram"] = system.offchip.bandwidth
     load: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for transfer in schedule.transfers:
         label = f"transfer of {transfer.item} {transfer.source}->{transfer.target}"
         allowed = []
         for route in system.routes(transfer.source, transfer.target):
-            names = {f"link {link.index}" for link in route}
+            names = set(system.route_channels(transfer.source, transfer.target, route))
             if dram in (transfer.target, transfer.source):
                 names.add("dram")
             allowed.append(names)

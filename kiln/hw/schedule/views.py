@@ -38,7 +38,7 @@ def plot_timeline(schedule, path: Path) -> None:
     rows = [f"core {c.id} ({c.name})" for c in system.compute_cores]
     resources = sorted({r for t in schedule.transfers for r in hardware(t.resources)},
                        key=lambda r: (r == "dram", r))
-    labels = {f"link {link.index}": link.label for link in system.links}
+    labels = system.channel_labels()
     labels["dram"] = "DRAM port"
     rows += [labels.get(r, r) for r in resources]
     index = {name: i for i, name in enumerate(rows)}
@@ -50,8 +50,8 @@ def plot_timeline(schedule, path: Path) -> None:
                   left=entry.start, height=0.8, color=colours[entry.tile.node], linewidth=0)
     for transfer in schedule.transfers:
         for resource in hardware(transfer.resources):
-            capacity = system.offchip.bandwidth if resource == "dram" else next(
-                link.bandwidth for link in system.links if f"link {link.index}" == resource)
+            capacity = system.offchip.bandwidth if resource == "dram" else \
+                system.channels()[resource].bandwidth
             share = min(1.0, transfer.rate / capacity)  # bar height: share of the bandwidth
             axes.barh(index[labels.get(resource, resource)], transfer.end - transfer.start,
                       left=transfer.start, height=0.8 * share,
@@ -109,8 +109,9 @@ def chrome_trace(schedule) -> dict:
     for core in system.compute_cores:
         events.append({"ph": "M", "pid": 1, "tid": core.id, "name": "thread_name",
                        "args": {"name": f"core {core.id} ({core.name})"}})
-    labels = {f"link {link.index}": (link.index, link.label) for link in system.links}
-    labels["dram"] = (len(system.links), "DRAM port")
+    labels = {name: (number, label) for number, (name, label) in
+              enumerate(system.channel_labels().items())}
+    labels["dram"] = (len(labels), "DRAM port")
     for tid, label in labels.values():
         events.append({"ph": "M", "pid": 2, "tid": tid, "name": "thread_name",
                        "args": {"name": label}})

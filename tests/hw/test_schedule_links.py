@@ -1,0 +1,166 @@
+"""Links and buses in multi-core schedules: a link is full duplex (as in Stream), a bus is
+shared by every transfer on it, and a SIMD core's output read by several cores goes over a
+bus to all of them at once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from kiln.hw.schedule.allocate import default_plan
+from kiln.hw.schedule.costs import TileCoster
+from kiln.hw.schedule.figures import schedule_figures
+from kiln.hw.schedule.graph import graph_from_onnx
+from kiln.hw.schedule.records import Transfer
+from kiln.hw.schedule.scheduler import schedule_tiles
+from kiln.hw.schedule.system import load_system
+from kiln.hw.schedule.validate import check_schedule
+
+SYSTEMS = Path(__file__).resolve().parents[2] / "examples" / "hardware" / "multicore"
+
+
+def write_residual_block(path: Path, channels: int = 16, size: int = 24) -> Path:
+    """conv → relu → conv → add (the block's input) → relu: the SIMD core's outputs feed
+    convolutions split over every compute core."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, size, size])
+    weights = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [channels, channels, 3, 3],
+                                  [0.01] * (channels * channels * 9)) for i in (1, 2)]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "input"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["output"], name="relu2")]
+    graph = helper.make_graph(nodes, "block", [x], [y], weights)
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def quad():
+    return load_system(SYSTEMS / "quad_core_heterogeneous.yaml")
+
+
+@pytest.fixture(scope="module")
+def block_schedule(quad, tmp_path_factory):
+    graph = graph_from_onnx(write_residual_block(tmp_path_factory.mktemp("block") / "b.onnx"))
+    plan = default_plan(graph, quad)  # convolutions split over the four compute cores
+    plan.rows = {node.name: 2 for node in graph.nodes}
+    plan.groups = [[node.name for node in graph.nodes]]
+    plan.routes = "links"  # core-to-core data on the point-to-point links where there are any
+    return schedule_tiles(graph, quad, plan, TileCoster(quad))
+
+
+def _link(system, a: int, b: int):
+    return next(link for link in system.links if link.kind == "link" and
+                set(link.cores) == {a, b})
+
+
+def test_a_link_has_a_channel_per_direction_and_a_bus_has_one(quad):
+    link = _link(quad, 0, 4)
+    assert link.channel(0) != link.channel(4)
+    bus = next(link for link in quad.links if link.kind == "bus")
+    assert bus.channel(0) == bus.channel(4)
+    channels = quad.channels()
+    assert len(channels) == 2 * sum(1 for k in quad.links if k.kind == "link") + 1
+    # A two-hop route names the direction of each hop.
+    route = (_link(quad, 1, 2), _link(quad, 2, 3))
+    assert quad.route_channels(1, 3, route) == ["link 1 1>2", "link 2 2>3"]
+    assert quad.route_channels(3, 1, route[::-1]) == ["link 2 3>2", "link 1 2>1"]
+
+
+def test_the_validator_allows_both_directions_of_a_link_at_full_rate(block_schedule, quad):
+    schedule = block_schedule
+    assert check_schedule(schedule) == []
+    link = _link(quad, 0, 4)
+    after = schedule.latency + 10
+    bits = int(link.bandwidth * 100)
+
+    def transfer(source, target, resource, start=after):
+        return Transfer(("slice", -1, -1), source, target, bits, start, start + 100,
+                        (resource,), 0.0, "input", link.bandwidth)
+
+    there, back = transfer(0, 4, link.channel(0)), transfer(4, 0, link.channel(4))
+    schedule.transfers += [there, back]
+    try:
+        assert check_schedule(schedule) == []
+        schedule.transfers.append(transfer(0, 4, link.channel(0), after + 50))
+        assert any("carries" in p for p in check_schedule(schedule))
+        schedule.transfers.pop()
+        schedule.transfers.append(transfer(0, 4, link.channel(4), after + 500))
+        assert any("not a route" in p for p in check_schedule(schedule))
+        schedule.transfers.pop()
+        bus = next(k for k in quad.links if k.kind == "bus")
+        both = [Transfer(("slice", -1, -1), a, b, bits, after + 1000, after + 1100,
+                         (bus.channel(a),), 0.0, "input", bus.bandwidth)
+                for a, b in ((0, 1), (1, 0))]
+        schedule.transfers += both
+        assert any("carries" in p for p in check_schedule(schedule))
+    finally:
+        schedule.transfers[:] = [t for t in schedule.transfers if t.item != ("slice", -1, -1)]
+
+
+def test_the_scheduler_uses_both_directions_of_a_link_at_once(tmp_path):
+    """With the convolutions on core 0 and a narrow link to the SIMD core, rows go into the
+    SIMD core while earlier rows come back over the same link."""
+    shutil.copytree(SYSTEMS, tmp_path / "systems")
+    path = tmp_path / "systems" / "quad_core_heterogeneous.yaml"
+    text = path.read_text()
+    assert "{type: link, cores: [0, 4], bandwidth: 64}" in text
+    path.write_text(text.replace("{type: link, cores: [0, 4], bandwidth: 64}",
+                                 "{type: link, cores: [0, 4], bandwidth: 2}"))
+    quad = load_system(path)
+    graph = graph_from_onnx(write_residual_block(tmp_path / "b.onnx"))
+    plan = default_plan(graph, quad)
+    plan.allocation.update({"conv1": (0,), "conv2": (0,)})
+    plan.rows = {node.name: 2 for node in graph.nodes}
+    plan.groups = [[node.name for node in graph.nodes]]
+    plan.routes = "links"
+    schedule = schedule_tiles(graph, quad, plan, TileCoster(quad))
+    assert check_schedule(schedule) == []
+    link = _link(quad, 0, 4)
+    into = [t for t in schedule.transfers if link.channel(0) in t.resources and
+            (t.source, t.target) == (0, 4)]
+    out = [t for t in schedule.transfers if link.channel(4) in t.resources and
+           (t.source, t.target) == (4, 0)]
+    assert into and out
+    assert any(a.start < b.end and b.start < a.end for a in into for b in out)
+
+
+def test_a_simd_output_read_by_every_core_goes_over_the_bus_once(block_schedule, quad):
+    pushes = [t for t in block_schedule.transfers if t.reason == "push" and t.also_to]
+    assert pushes, "no SIMD output was sent to several cores at once"
+    bus = next(k for k in quad.links if k.kind == "bus")
+    for push in pushes:
+        assert push.source == 4 and bus.channel(4) in push.resources
+        receivers = {push.target, *push.also_to}
+        assert len(receivers) >= 2 and 4 not in receivers
+        for receiver in receivers:  # each one holds the copy from the moment it arrives
+            assert any(b.core == receiver and b.item == push.item and b.ready >= push.end
+                       for b in block_schedule.buffers)
+    pushes[0].also_to = (*pushes[0].also_to, 99)
+    try:
+        assert any("reaches core 99" in p for p in check_schedule(block_schedule))
+    finally:
+        pushes[0].also_to = pushes[0].also_to[:-1]
+
+
+def test_energy_by_kind_counts_dram_once_and_every_bus_receiver(block_schedule, quad):
+    figures = schedule_figures(block_schedule)
+    dram = quad.offchip
+    expected_dram = sum(
+        t.bits * (dram.read_pj_per_bit if t.source == quad.offchip_core_id
+                  else dram.write_pj_per_bit)
+        for t in block_schedule.transfers if quad.offchip_core_id in (t.source, t.target))
+    assert figures["energy_breakdown_pj"]["dram"] == pytest.approx(expected_dram, rel=1e-9)
+    channels = quad.channels()
+    expected_links = sum(
+        channels[r].pj_per_bit * t.bits * (1 + len(t.also_to))
+        for t in block_schedule.transfers for r in t.resources if r in channels)
+    assert figures["energy_breakdown_pj"]["links"] == pytest.approx(expected_links, rel=1e-9)
