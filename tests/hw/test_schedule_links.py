@@ -16,7 +16,7 @@ from kiln.hw.schedule.costs import TileCoster
 from kiln.hw.schedule.figures import schedule_figures
 from kiln.hw.schedule.graph import graph_from_onnx
 from kiln.hw.schedule.records import Transfer
-from kiln.hw.schedule.scheduler import schedule_tiles
+from kiln.hw.schedule.scheduler import _Scheduler, schedule_tiles
 from kiln.hw.schedule.system import load_system
 from kiln.hw.schedule.validate import check_schedule
 
@@ -164,3 +164,51 @@ def test_energy_by_kind_counts_dram_once_and_every_bus_receiver(block_schedule, 
         channels[r].pj_per_bit * t.bits * (1 + len(t.also_to))
         for t in block_schedule.transfers for r in t.resources if r in channels)
     assert figures["energy_breakdown_pj"]["links"] == pytest.approx(expected_links, rel=1e-9)
+
+
+def _bare_scheduler(system, graph, multipath=True):
+    plan = default_plan(graph, system)
+    return _Scheduler(graph, system, plan, TileCoster(system), multipath=multipath)
+
+
+def test_a_long_transfer_is_split_over_routes_without_a_common_link(quad, tmp_path):
+    """Core 0 to core 2 (no direct link): the bus (its 64 bits/cycle left beside DRAM) and
+    the two-hop routes through cores 1, 3 and the SIMD core 4 (64 each) carry a share each
+    and finish together, four times sooner than the best single route."""
+    graph = graph_from_onnx(write_residual_block(tmp_path / "b.onnx"))
+    scheduler = _bare_scheduler(quad, graph)
+    bits = 64 * 4 * 10_000
+    parts = scheduler._split_routes(0, 2, bits, ready=100.0)
+    single = scheduler._best_route(0, 2, bits, 100.0)
+    assert len(parts) == 4
+    assert sum(sum(piece[2] for piece in part[4]) for part in parts) == bits
+    channels = [set(part[1]) for part in parts]
+    for first in range(4):
+        for second in range(first + 1, 4):
+            assert not channels[first] & channels[second]
+    finish = max(part[0] for part in parts)
+    assert finish == pytest.approx(100 + bits / (4 * 64), abs=2)
+    assert single[0] == pytest.approx(100 + bits / 64, abs=2)
+    # Short transfers and DRAM transfers stay on one route; so does everything without
+    # multipath.
+    assert len(scheduler._split_routes(0, 2, 64 * 100, 0.0)) == 1
+    assert len(scheduler._split_routes(0, 5, bits, 0.0)) == 1
+    assert len(_bare_scheduler(quad, graph, multipath=False)._split_routes(0, 2, bits, 0.0)) == 1
+
+
+def test_the_validator_allows_one_hop_more_than_the_shortest_route_and_no_more(
+        block_schedule, quad):
+    schedule = block_schedule
+    after = schedule.latency + 10
+    two_hops = ("link 0 0>1", "link 1 1>2")  # 0 -> 2 over cores 1: the bus is one hop
+    three_hops = ("link 3 0>3", "link 2 3>2", "link 1 2>1")  # 0 -> 1 has a direct link
+    assert quad.route_channels(0, 2, (_link(quad, 0, 1), _link(quad, 1, 2))) == list(two_hops)
+    try:
+        schedule.transfers.append(Transfer(("slice", -1, -1), 0, 2, 6400, after, after + 100,
+                                           two_hops, 0.0, "input", 64))
+        assert check_schedule(schedule) == []
+        schedule.transfers.append(Transfer(("slice", -1, -1), 0, 1, 6400, after, after + 100,
+                                           three_hops, 0.0, "input", 64))
+        assert any("not a route" in p for p in check_schedule(schedule))
+    finally:
+        schedule.transfers[:] = [t for t in schedule.transfers if t.item != ("slice", -1, -1)]

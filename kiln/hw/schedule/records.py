@@ -80,73 +80,69 @@ class Schedule:
 
 
 class Timeline:
-    """Use of one resource over time: intervals each taking a share (``rate``) of its
-    ``capacity`` (bits per cycle of a link; 1 for a core), with earliest-fit search."""
+    """Use of one resource over time (bits per cycle of a link; 1 for a core) against its
+    ``capacity``, as a step function: ``levels[i]`` is in use from ``times[i]`` until
+    ``times[i + 1]``. Searches scan only the steps they look at, however long the
+    reservations are."""
 
     def __init__(self, capacity: float = 1.0) -> None:
         self.capacity = capacity
-        self.starts: list[float] = []
-        self.intervals: list[tuple[float, float, float]] = []
-        self.longest = 0.0
+        self.times: list[float] = [-math.inf]
+        self.levels: list[float] = [0.0]
+        self.last_end = -math.inf  # nothing is in use from here on
 
-    def _peak(self, start: float, end: float) -> tuple[float, list[float]]:
-        """Highest use inside [start, end) and the ends of what overlaps it."""
-        first = bisect.bisect_left(self.starts, start - self.longest)
-        events, ends = [], []
-        level = 0.0
-        for s, e, rate in self.intervals[first:]:
-            if s >= end:
-                break
-            if e <= start:
-                continue
-            ends.append(e)
-            if s <= start:
-                level += rate
-            else:
-                events.append((s, rate))
-            if e < end:
-                events.append((e, -rate))
-        peak = level
-        events.sort()
-        for _, delta in events:
-            level += delta
-            peak = max(peak, level)
-        return peak, ends
+    def _step_at(self, time: float) -> int:
+        """The index of the step that starts at ``time``, made if there is none."""
+        index = bisect.bisect_right(self.times, time) - 1
+        if self.times[index] != time:
+            index += 1
+            self.times.insert(index, time)
+            self.levels.insert(index, self.levels[index - 1])
+        return index
 
     def earliest(self, ready: float, duration: float, rate: float = 1.0) -> float:
+        """The first moment from ``ready`` on with ``rate`` to spare for ``duration``."""
+        limit = self.capacity + 1e-9 - rate
+        if limit < 0:
+            raise ValueError(f"a rate of {rate} exceeds the capacity {self.capacity}")
+        if ready >= self.last_end:
+            return ready
+        times, levels = self.times, self.levels
+        step = bisect.bisect_right(times, ready) - 1
         time = ready
         while True:
-            peak, ends = self._peak(time, time + max(duration, 1e-9))
-            if peak + rate <= self.capacity + 1e-9:
+            if levels[step] > limit:  # the last step (after every reservation) is 0
+                step += 1
+                time = times[step]
+                continue
+            following = step + 1
+            while following < len(times) and times[following] < time + max(duration, 1e-9):
+                if levels[following] > limit:
+                    break
+                following += 1
+            else:
                 return time
-            time = min(e for e in ends if e > time)
+            step = following + 1
+            time = times[step]
 
     def free_span(self, start: float, rate: float) -> float:
         """How long from ``start`` the resource has ``rate`` to spare (inf: for ever)."""
-        first = bisect.bisect_left(self.starts, start - self.longest)
-        level, events = 0.0, []
-        for s, e, r in self.intervals[first:]:
-            if e <= start:
-                continue
-            if s <= start:
-                level += r
-                events.append((e, -r))
-            else:
-                events.append((s, r))
-                events.append((e, -r))
-        if level + rate > self.capacity + 1e-9:
+        limit = self.capacity + 1e-9 - rate
+        if start >= self.last_end:
+            return math.inf if limit >= 0 else 0.0
+        step = bisect.bisect_right(self.times, start) - 1
+        if self.levels[step] > limit:
             return 0.0
-        events.sort()
-        for time, delta in events:
-            level += delta
-            if level + rate > self.capacity + 1e-9:
-                return time - start
+        for following in range(step + 1, len(self.times)):
+            if self.levels[following] > limit:
+                return self.times[following] - start
         return math.inf
 
     def reserve(self, start: float, end: float, rate: float = 1.0) -> None:
         if end <= start:
             return
-        index = bisect.bisect_right(self.starts, start)
-        self.starts.insert(index, start)
-        self.intervals.insert(index, (start, end, rate))
-        self.longest = max(self.longest, end - start)
+        first = self._step_at(start)
+        last = self._step_at(end)
+        for step in range(first, last):
+            self.levels[step] += rate
+        self.last_end = max(self.last_end, end)

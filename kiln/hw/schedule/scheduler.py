@@ -15,9 +15,14 @@ Rules the validator (``validate.py``) checks independently:
 - a core's buffers never exceed its memory.
 
 A tile's inputs move in no earlier than the start of the tile before it on the same core
-(double buffering); its weights up to 16 tiles ahead, as memory allows (DRAM is usually the
+(double buffering); its weights up to 64 tiles ahead, as memory allows (DRAM is usually the
 bottleneck, so keeping it busy matters most). Transfers may be cut into bursts that fill gaps
-in a link's use; a finished tile's output is pushed at once to the other cores that read it.
+in a link's use, and core-to-core data may be split over routes that share no link (one hop
+longer at most) when that delivers it sooner, as a DMA engine with several paths would. A
+finished tile's output is pushed at once to the other cores with larger memories that read
+it (over a bus to several at once when that is sooner), and then leaves a small core even if
+a later tile there reads it: that tile pulls it back, so a SIMD core's memory stays free for
+the rows streaming through it.
 
     >>> schedule = schedule_tiles(graph, system, plan)     # doctest: +SKIP
     >>> schedule.latency, schedule.energy_pj               # doctest: +SKIP
@@ -38,6 +43,8 @@ from kiln.hw.schedule.tiles import Plan, Tile, check_plan, fit_rows, make_tiles
 
 PUSH_SHARE = 0.25  # a pushed copy takes at most this share of the receiving core's memory
 MIN_BURST = 256  # cycles: the shortest piece a transfer is cut into
+MIN_SHARE_BITS = 4096  # a share of a transfer split over several routes: at least this
+MIN_SPLIT_CYCLES = 1024  # a transfer is split over several routes only if it takes longer
 
 
 class DoesNotFitError(KilnError):
@@ -46,7 +53,7 @@ class DoesNotFitError(KilnError):
 
 class _Scheduler:
     def __init__(self, graph: Graph, system: System, plan: Plan, coster: TileCoster,
-                 prefetch: int | None = 16, push: bool = True) -> None:
+                 prefetch: int | None = 64, push: bool = True, multipath: bool = True) -> None:
         self.graph, self.system, self.plan, self.coster = graph, system, plan, coster
         self.dram = system.offchip_core_id
         self.timelines: dict[str, Timeline] = defaultdict(Timeline)
@@ -59,6 +66,9 @@ class _Scheduler:
         self.prefetch = prefetch
         self.push = push
         self.multicast = True
+        self.multipath = multipath
+        self.route_resources: dict[tuple, tuple[tuple[str, ...], float]] = {}
+        self.candidates: dict[tuple, list] = {}
         self.buffers: list[Buffer] = []
         self.active: dict[int, list[Buffer]] = defaultdict(list)  # open or recent, per core
         self.resident: dict[tuple[int, tuple], Buffer] = {}  # (core, item) → open buffer
@@ -99,6 +109,17 @@ class _Scheduler:
               reason: str, alternatives: tuple[tuple[int, float], ...] = ()) -> Transfer:
         """Move data over whichever shortest route delivers it first; ``alternatives``:
         other (source, ready) places the same data can come from."""
+        if not alternatives:
+            parts = self._split_routes(source, target, bits, ready)
+            if len(parts) > 1:
+                made = []
+                for _, resources, width, energy, pieces in parts:
+                    share = sum(piece[2] for piece in pieces)
+                    made += self._reserve(item, source, target, pieces, resources, width,
+                                          energy, share, reason)
+                return Transfer(item, source, target, bits, min(m.start for m in made),
+                                max(m.end for m in made), tuple(made[0].resources),
+                                sum(m.energy_pj for m in made), reason, made[0].rate)
         best = None
         for origin, when in ((source, ready), *alternatives):
             found = self._best_route(origin, target, bits, when)
@@ -150,26 +171,98 @@ class _Scheduler:
     def _best_route(self, source: int, target: int, bits: int, ready: float) -> tuple:
         """(finish, resources, width, energy, pieces) of the route that delivers first,
         nothing reserved."""
-        to_dram = self.dram in (source, target)
-        best = None
-        routes = self.system.routes(source, target)
-        if not to_dram and self.plan.routes == "links":
-            # Core-to-core data on point-to-point links where there are any, leaving the
-            # bus to DRAM traffic.
-            routes = [r for r in routes if all(link.kind == "link" for link in r)] or routes
-        for route in routes:
+        return self._fastest(source, target, bits, ready)[0]
+
+    def _fastest(self, source: int, target: int, bits: int, ready: float) -> tuple:
+        """The best route's (finish, resources, width, energy, pieces), and the route."""
+        best, best_route = None, None
+        for route in self._candidate_routes(source, target):
             found = self._on_route(source, target, route, bits, ready)
             if best is None or found[0] < best[0]:
-                best = found
-        return best
+                best, best_route = found, route
+        return best, best_route
 
-    def _on_route(self, source: int, target: int, route: tuple, bits: int,
-                  ready: float) -> tuple:
-        """(finish, resources, width, energy, pieces) of a transfer along one route."""
+    def _candidate_routes(self, source: int, target: int, extra_hops: int = 0) -> list:
+        key = (source, target, extra_hops)
+        if key not in self.candidates:
+            routes = self.system.routes(source, target, extra_hops)
+            if self.dram not in (source, target) and self.plan.routes == "links":
+                # Core-to-core data on point-to-point links where there are any, leaving the
+                # bus to DRAM traffic.
+                routes = [r for r in routes if all(link.kind == "link" for link in r)] or \
+                    routes
+            self.candidates[key] = routes
+        return self.candidates[key]
+
+    def _split_routes(self, source: int, target: int, bits: int, ready: float) -> list[tuple]:
+        """How to move core-to-core data: the best single route, or shares of it over
+        several routes that have no link in common (one hop longer at most), when that
+        delivers it sooner. Each entry: (finish, resources, width, energy, pieces), nothing
+        reserved."""
+        best, best_route = self._fastest(source, target, bits, ready)
+        if not self.multipath or self.dram in (source, target) or \
+                best[0] - ready < MIN_SPLIT_CYCLES:
+            return [best]
+        chosen, routes = [best], [best_route]
+        taken = set(best[1])
+        for route in self._candidate_routes(source, target, extra_hops=1):
+            resources, width = self._route_resources(source, target, route)
+            if route == best_route or not taken.isdisjoint(resources):
+                continue
+            free = self._available(resources, width, ready)
+            if free < best[0] - MIN_SPLIT_CYCLES:  # it can carry a useful share
+                chosen.append((math.nan, resources, width, 0.0, [(free, 0, 0)]))
+                routes.append(route)
+                taken |= set(resources)
+        if len(chosen) == 1:
+            return [best]
+        # Shares so that every route would finish together: route i, free from a_i at
+        # width w_i, carries w_i * (F - a_i).
+        starts = [found[4][0][0] for found in chosen]
+        widths = [found[2] for found in chosen]
+        order = sorted(range(len(chosen)), key=lambda i: starts[i])
+        finish = math.inf
+        for count in range(1, len(order) + 1):
+            used = order[:count]
+            rate = sum(widths[i] for i in used)
+            finish = (bits + sum(widths[i] * starts[i] for i in used)) / rate
+            if count == len(order) or finish <= starts[order[count]]:
+                break
+        shares = [max(0, int(widths[i] * (finish - starts[i]))) for i in range(len(chosen))]
+        shares = [share if share >= MIN_SHARE_BITS else 0 for share in shares]
+        shares[0] += bits - sum(shares)
+        parts = [self._on_route(source, target, route, share, ready)
+                 for route, share in zip(routes, shares, strict=True) if share > 0]
+        if len(parts) > 1 and max(part[0] for part in parts) < best[0]:
+            return parts
+        return [best]
+
+    def _available(self, resources: list[str], width: float, ready: float) -> float:
+        """The first moment from ``ready`` on when every resource has ``width`` to spare for
+        a burst."""
+        time = ready
+        while True:
+            moved = time
+            for resource in resources:
+                moved = max(moved, self.timelines[resource].earliest(moved, MIN_BURST, width))
+            if moved == time:
+                return time
+            time = moved
+
+    def _route_resources(self, source: int, target: int,
+                         route: tuple) -> tuple[tuple[str, ...], float]:
+        """The resources a transfer along a route occupies, and its width."""
+        key = (source, target, id(route))  # routes are the system's own, cached tuples
+        if key not in self.route_resources:
+            self.route_resources[key] = self._find_route_resources(source, target, route)
+        return self.route_resources[key]
+
+    def _find_route_resources(self, source: int, target: int,
+                              route: tuple) -> tuple[tuple[str, ...], float]:
         dram = self.system.offchip
         to_dram = self.dram in (source, target)
         width = math.inf
-        resources = self.system.route_channels(source, target, route)
+        resources = list(self.system.route_channels(source, target, route))
         for link in route:
             usable = link.bandwidth
             if not to_dram and self.dram in link.cores and self.plan.routes == "share":
@@ -181,10 +274,18 @@ class _Scheduler:
                     self.timelines[share] = Timeline(usable)
                 resources.append(share)
             width = min(width, usable)
-        energy = sum(link.pj_per_bit * bits for link in route)
         if to_dram:
             width = min(width, dram.bandwidth)
             resources.append("dram")
+        return tuple(resources), width
+
+    def _on_route(self, source: int, target: int, route: tuple, bits: int,
+                  ready: float) -> tuple:
+        """(finish, resources, width, energy, pieces) of a transfer along one route."""
+        dram = self.system.offchip
+        resources, width = self._route_resources(source, target, route)
+        energy = sum(link.pj_per_bit * bits for link in route)
+        if self.dram in (source, target):
             energy += bits * (dram.read_pj_per_bit if source == self.dram
                               else dram.write_pj_per_bit)
         pieces = self._pieces(resources, width, bits, ready)
@@ -195,37 +296,31 @@ class _Scheduler:
     def _earliest_room(self, core: int, time: float, need: int) -> float | None:
         """The earliest moment from ``time`` on after which ``need`` more bits fit on the
         core for good (with what is already placed there), or None."""
-        capacity = self.system.cores[core].memory_bits
+        limit = self.system.cores[core].memory_bits - need
         events = []
         level = 0
         for buffer in self.active[core]:
-            if buffer.end is not None and buffer.end <= time:
+            end = buffer.end
+            if end is not None and end <= time:
                 continue
             if buffer.start <= time:
                 level += buffer.bits
             else:
                 events.append((buffer.start, buffer.bits))
-            if buffer.end is not None:
-                events.append((buffer.end, -buffer.bits))
+            if end is not None:
+                events.append((end, -buffer.bits))
         events.sort()
-        # Level just after each moment, then the highest level from each moment on.
-        moments, levels = [time], [level]
-        for moment, delta in events:
+        # The room holds from the moment after which the level never exceeds the limit.
+        room = time if level <= limit else None
+        for index, (moment, delta) in enumerate(events):
             level += delta
-            if moment == moments[-1]:
-                levels[-1] = level
-            else:
-                moments.append(moment)
-                levels.append(level)
-        highest = 0
-        suffix = [0] * len(levels)
-        for index in range(len(levels) - 1, -1, -1):
-            highest = max(highest, levels[index])
-            suffix[index] = highest
-        for moment, peak in zip(moments, suffix, strict=True):
-            if peak + need <= capacity:
-                return moment
-        return None
+            if index + 1 < len(events) and events[index + 1][0] == moment:
+                continue  # the level after every change at this moment counts
+            if level > limit:
+                room = None
+            elif room is None:
+                room = moment
+        return room
 
     def _close(self, buffer: Buffer, at: float) -> None:
         buffer.end = max(at, buffer.ready, buffer.last_use, buffer.start)
@@ -281,49 +376,57 @@ class _Scheduler:
         for target in targets:
             receiver = self.system.cores[target]
             if bits > receiver.memory_bits * PUSH_SHARE or \
-                    receiver.memory_bits < self.system.cores[core].memory_bits:
-                # Too big to park there, or a smaller memory than where it is: its readers
-                # pull the rows they need when they run.
+                    receiver.memory_bits <= self.system.cores[core].memory_bits:
+                # Too big to park there, or no larger a memory than where it is: its
+                # readers pull the rows they need when they run.
                 continue
             room = self._earliest_room(target, max(end, self.horizon[target]), bits)
             if room is not None:
                 rooms[target] = room
         pushed = []
-        for receivers, found in self._push_plan(core, rooms, bits):
-            _, resources, width, energy, pieces = found
-            made = self._reserve(("copy", tile.id), core, receivers[0], pieces, resources,
-                                 width, energy * len(receivers), bits, "push", receivers[1:])
+        for receivers, bus in self._push_plan(core, rooms, bits):
+            # Routes found now, after the transfers reserved before this one.
+            ready = max(rooms[t] for t in receivers)
+            parts = [self._on_route(core, receivers[0], (bus,), bits, ready)] if bus else \
+                self._split_routes(core, receivers[0], bits, ready)
+            made = []
+            for _, resources, width, energy, pieces in parts:
+                share = sum(piece[2] for piece in pieces)
+                made += self._reserve(("copy", tile.id), core, receivers[0], pieces,
+                                      resources, width, energy * len(receivers), share,
+                                      "push", receivers[1:])
+            start, arrived = min(m.start for m in made), max(m.end for m in made)
             for target in receivers:
-                self._open(target, ("copy", tile.id), bits, made[0].start, made[-1].end)
-            own.last_use = max(own.last_use, made[-1].end)
+                self._open(target, ("copy", tile.id), bits, start, arrived)
+            own.last_use = max(own.last_use, arrived)
             pushed += receivers
-        if len(pushed) == len(targets) and not any(
-                self.tile_core[c] == core for c in self.pending[tile.id]):
-            self._close(own, own.last_use)  # every reader has its copy
+        local_readers = any(self.tile_core[c] == core for c in self.pending[tile.id])
+        if len(pushed) == len(targets) and (pushed or not local_readers):
+            # Every reader elsewhere has its copy, in a larger memory than this one; readers
+            # here pull it back from there.
+            self._close(own, own.last_use)
 
     def _push_plan(self, core: int, rooms: dict[int, float], bits: int) -> list[tuple]:
         """How to push to the receivers in ``rooms`` (core → when it has room): a list of
-        (receivers, route found), one transfer each. One transfer over a bus to all its
-        receivers is taken when it finishes before the last of the separate transfers
-        would (each estimated alone, so the separate ones are, if anything, favoured)."""
-        apart = {target: self._best_route(core, target, bits, room)
-                 for target, room in rooms.items()}
-        best_bus = None
+        (receivers, bus), one transfer each, over that bus or (None) the best routes. One
+        transfer over a bus to all its receivers is taken when it finishes before the last
+        of the separate transfers would (each estimated alone, so the separate ones are, if
+        anything, favoured)."""
+        best_bus, apart = None, {}
         for link in self.system.links:
             on_bus = [t for t in rooms if link.kind == "bus" and {core, t} <= set(link.cores)]
             if len(on_bus) < 2:
                 continue
+            for target in on_bus:
+                if target not in apart:
+                    apart[target] = [self._best_route(core, target, bits, rooms[target])]
             found = self._on_route(core, on_bus[0], (link,), bits,
                                    max(rooms[t] for t in on_bus))
-            if found[0] <= max(apart[t][0] for t in on_bus) and (
+            if found[0] <= max(_finish(apart[t]) for t in on_bus) and (
                     best_bus is None or len(on_bus) > len(best_bus[0])):
-                best_bus = (on_bus, found)
-        if best_bus is None:
-            return [([target], found) for target, found in apart.items()]
-        plan = [best_bus]
-        plan += [([t], self._best_route(core, t, bits, rooms[t])) for t in rooms
-                 if t not in best_bus[0]]
-        return plan
+                best_bus = (on_bus, link)
+        plan = [best_bus] if best_bus else []
+        return plan + [([t], None) for t in rooms if not best_bus or t not in best_bus[0]]
 
     def _reserve(self, item: tuple, source: int, target: int, pieces: list, resources: list,
                  width: float, energy: float, bits: int, reason: str,
@@ -339,6 +442,38 @@ class _Scheduler:
             self.transfers.append(piece)
             made.append(piece)
         return made
+
+    def _bring(self, item: tuple, bits: int, dep: int | None, core: int, room: float,
+               weight_room: float) -> list[Transfer]:
+        """Move what a tile needs onto its core: weights (from DRAM, or from a core that
+        holds them), network input, or the rows it reads of a producer tile. Rows held by
+        several cores come from all of them at once, a share from each, so that no single
+        link is the bottleneck."""
+        alternatives: tuple[tuple[int, float], ...] = ()
+        if item[0] == "w":
+            source, ready = self.dram, min(room, weight_room)
+            # The same weights already on another core (a layer split by rows) can come
+            # from there over a link instead of from DRAM.
+            peers = [self.resident[(other, item)] for other in self.system.cores
+                     if other != core and (other, item) in self.resident]
+            alternatives = tuple((peer.core, max(peer.ready, ready)) for peer in peers)
+        elif dep is None:
+            source, ready = self.dram, room
+        else:
+            holders = self._holders(dep)
+            if not holders:
+                source, ready = self.dram, self.in_dram[("out", dep)]
+            else:
+                own = min(holders, key=lambda b: b.ready)
+                source, ready = own.core, own.ready
+        reason = {"w": "weights", "in": "input"}.get(item[0], "input")
+        if item[0] in ("w", "in") and self.multicast:
+            move = self._multicast(item, core, bits, ready)
+            if move is not None:
+                return [move]
+        return [self._move(item, source, core, bits,
+                           ready if item[0] == "w" else max(room, ready), reason,
+                           alternatives)]
 
     def _used(self, core: int, item: tuple, end: float) -> None:
         """A tile on ``core`` read ``item`` until ``end``; freed after its last reader there."""
@@ -461,40 +596,18 @@ class _Scheduler:
         arrivals = [room] + [buffer.ready for buffer in local_buffers]
         brought: list[Buffer] = []
         for item, bits, dep in needs:
-            alternatives: tuple[tuple[int, float], ...] = ()
-            if item[0] == "w":
-                source, ready = self.dram, min(room, weight_room)
-                # The same weights already on another core (a layer split by rows) can
-                # come from there over a link instead of from DRAM.
-                peers = [self.resident[(other, item)] for other in self.system.cores
-                         if other != core and (other, item) in self.resident]
-                alternatives = tuple((peer.core, max(peer.ready, ready)) for peer in peers)
-            elif dep is None:
-                source, ready = self.dram, room
-            else:
-                holders = self._holders(dep)
-                own = min(holders, key=lambda b: b.ready) if holders else None
-                if own is not None:
-                    source, ready = own.core, own.ready
-                else:
-                    source, ready = self.dram, self.in_dram[("out", dep)]
-            reason = {"w": "weights", "in": "input"}.get(item[0], "input")
-            move = None
-            if item[0] in ("w", "in") and self.multicast:
-                move = self._multicast(item, core, bits, ready)
-            if move is None:
-                move = self._move(item, source, core, bits,
-                                  ready if item[0] == "w" else max(room, ready), reason,
-                                  alternatives)
-            if move.source != self.dram:  # the sender holds the data until it has left
-                held = [item] if dep is None else [("out", dep), ("copy", dep)]
-                giver = next(self.resident[(move.source, k)] for k in held
-                             if (move.source, k) in self.resident)
-                giver.last_use = max(giver.last_use, move.end)
-            buffer = self._open(core, item, bits, move.start, move.end)
+            moves = self._bring(item, bits, dep, core, room, weight_room)
+            for move in moves:
+                if move.source != self.dram:  # the sender holds the data until it has left
+                    held = [item] if dep is None else [("out", dep), ("copy", dep)]
+                    giver = next(self.resident[(move.source, k)] for k in held
+                                 if (move.source, k) in self.resident)
+                    giver.last_use = max(giver.last_use, move.end)
+            arrived = max(move.end for move in moves)
+            buffer = self._open(core, item, bits, min(move.start for move in moves), arrived)
             if item[0] == "slice":
                 brought.append(buffer)
-            arrivals.append(move.end)
+            arrivals.append(arrived)
         if tile.weight_bits:
             arrivals.append(self.resident[(core, weight_item)].ready)
         if tile.reads_input_bits:
@@ -538,6 +651,11 @@ class _Scheduler:
         return scheduled
 
 
+def _finish(parts: list[tuple]) -> float:
+    """When a transfer made of parts over several routes has arrived."""
+    return max(part[0] for part in parts)
+
+
 def weights_of(tile: Tile) -> tuple:
     """The weights a tile uses: its layer's, for its output channels and input chunk (tiles
     of a layer split by rows on several cores use the same weights)."""
@@ -551,7 +669,7 @@ def input_of(tile: Tile) -> tuple:
 
 
 def schedule_tiles(graph: Graph, system: System, plan: Plan,
-                   coster: TileCoster | None = None, prefetch: int | None = 16) -> Schedule:
+                   coster: TileCoster | None = None, prefetch: int | None = 64) -> Schedule:
     """Schedule a network on a system under a plan (allocation, rows per tile, groups)."""
     check_plan(graph, plan, system)
     fit_rows(graph, plan, system)

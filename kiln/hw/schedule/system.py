@@ -134,11 +134,16 @@ class System:
 
     def route_channels(self, source: int, target: int, route: tuple[Link, ...]) -> list[str]:
         """The channels a transfer from ``source`` to ``target`` along ``route`` occupies."""
+        key = (source, target, "channels", route)
+        if key in self._routes:
+            return self._routes[key]  # type: ignore[return-value]
 
         def walk(here: int, hop: int) -> list[str] | None:
             if hop == len(route):
                 return [] if here == target else None
             link = route[hop]
+            if here not in link.cores:
+                return None
             for there in link.cores:
                 if there != here:
                     rest = walk(there, hop + 1)
@@ -149,32 +154,37 @@ class System:
         found = walk(source, 0)
         if found is None:
             raise ValueError(f"no walk from core {source} to core {target} along {route}")
+        self._routes[key] = found  # type: ignore[assignment]
         return found
 
-    def routes(self, source: int, target: int) -> list[tuple[Link, ...]]:
-        """Every route with the fewest hops (a transfer takes whichever finishes first)."""
-        key = (source, target, "all")
+    def routes(self, source: int, target: int, extra_hops: int = 0) -> list[tuple[Link, ...]]:
+        """Every route with the fewest hops (a transfer takes whichever finishes first);
+        ``extra_hops``: also routes up to that many hops longer, through other cores but
+        not the off-chip one, each link once (a transfer may be split over several)."""
+        key = (source, target, "all", extra_hops)
         if key not in self._routes:
             best = self.route(source, target)
-            hops = len(best)
+            hops = len(best) + extra_hops
+            limit = 8 if not extra_hops else 16
             found: list[tuple[Link, ...]] = []
 
             def walk(here: int, path: tuple[Link, ...], seen: frozenset[int]) -> None:
-                if len(found) >= 8:
+                if len(found) >= limit:
                     return
                 if here == target:
                     found.append(path)
                     return
-                if len(path) >= hops:
+                if len(path) >= hops or (extra_hops and path and here == self.offchip_core_id):
                     return
                 for link in self.links:
-                    if here in link.cores:
+                    if here in link.cores and not (extra_hops and link in path):
                         for there in link.cores:
                             if there != here and there not in seen:
                                 walk(there, path + (link,), seen | {there})
 
             walk(source, (), frozenset({source}))
-            found.sort(key=lambda p: -min([link.bandwidth for link in p] or [math.inf]))
+            found.sort(key=lambda p: (len(p), -min([link.bandwidth for link in p] or
+                                                   [math.inf])))
             self._routes[key] = found or [best]  # type: ignore[assignment]
         return self._routes[key]  # type: ignore[return-value]
 

@@ -242,7 +242,7 @@ def _check(schedule, fail) -> None:
     for transfer in schedule.transfers:
         label = f"transfer of {transfer.item} {transfer.source}->{transfer.target}"
         allowed = []
-        for route in system.routes(transfer.source, transfer.target):
+        for route in system.routes(transfer.source, transfer.target, extra_hops=1):
             names = set(system.route_channels(transfer.source, transfer.target, route))
             if dram in (transfer.target, transfer.source):
                 names.add("dram")
