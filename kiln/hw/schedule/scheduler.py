@@ -70,7 +70,10 @@ class _Scheduler:
         self.route_resources: dict[tuple, tuple[tuple[str, ...], float]] = {}
         self.candidates: dict[tuple, list] = {}
         self.buffers: list[Buffer] = []
-        self.active: dict[int, list[Buffer]] = defaultdict(list)  # open or recent, per core
+        self.active: dict[int, list[Buffer]] = defaultdict(list)  # open buffers, per core
+        # Closed buffers per core, by end: (end, number, buffer), dropped once before the
+        # core's horizon.
+        self.ended: dict[int, list[tuple[float, int, Buffer]]] = defaultdict(list)
         self.resident: dict[tuple[int, tuple], Buffer] = {}  # (core, item) → open buffer
         self.in_dram: dict[tuple, float] = {}  # item → when its DRAM copy is complete
         self.transfers: list[Transfer] = []
@@ -299,16 +302,19 @@ class _Scheduler:
         limit = self.system.cores[core].memory_bits - need
         events = []
         level = 0
-        for buffer in self.active[core]:
-            end = buffer.end
-            if end is not None and end <= time:
-                continue
+        for buffer in self.active[core]:  # open: held from their start on
             if buffer.start <= time:
                 level += buffer.bits
             else:
                 events.append((buffer.start, buffer.bits))
-            if end is not None:
-                events.append((end, -buffer.bits))
+        ended = self.ended[core]
+        for index in range(bisect.bisect_right(ended, (time, math.inf)), len(ended)):
+            end, _, buffer = ended[index]
+            if buffer.start <= time:
+                level += buffer.bits
+            else:
+                events.append((buffer.start, buffer.bits))
+            events.append((end, -buffer.bits))
         events.sort()
         # The room holds from the moment after which the level never exceeds the limit.
         room = time if level <= limit else None
@@ -323,8 +329,12 @@ class _Scheduler:
         return room
 
     def _close(self, buffer: Buffer, at: float) -> None:
+        if buffer.end is not None:
+            return
         buffer.end = max(at, buffer.ready, buffer.last_use, buffer.start)
         self.resident.pop((buffer.core, buffer.item), None)
+        self.active[buffer.core].remove(buffer)
+        bisect.insort(self.ended[buffer.core], (buffer.end, id(buffer), buffer))
 
     def _open(self, core: int, item: tuple, bits: int, start: float, ready: float) -> Buffer:
         buffer = Buffer(core, item, bits, start, ready, None, ready)
@@ -336,11 +346,12 @@ class _Scheduler:
     def _prune(self, core: int, before: float) -> None:
         # Nothing may be placed on this core before ``before`` any more.
         self.horizon[core] = max(self.horizon[core], before)
-        self.active[core] = [b for b in self.active[core] if b.end is None or b.end > before]
+        ended = self.ended[core]
+        del ended[:bisect.bisect_right(ended, (before, math.inf))]
 
     def _evict_one(self, core: int, keep: set[tuple], now: int) -> bool:
         """Spill what is needed furthest in the future (list order), the largest first."""
-        candidates = [b for b in self.active[core] if b.end is None and b.item not in keep]
+        candidates = [b for b in self.active[core] if b.item not in keep]
         if not candidates:
             return False
         victim = max(candidates, key=lambda b: (self._next_use(b.item, now), b.bits))
