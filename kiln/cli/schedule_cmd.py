@@ -46,6 +46,10 @@ def schedule(
         "its ONNX element type, as Stream does).")] = "fixed",
     cache: Annotated[Path | None, typer.Option(
         "--cache", help="Folder of priced tile shapes, reused across runs.")] = None,
+    single_route: Annotated[bool, typer.Option(
+        "--single-route", help="Move every transfer over one route, as Stream does (by "
+        "default a long core-to-core transfer is split over routes that share no link, one "
+        "hop longer at most, when that delivers it sooner).")] = False,
     trace: Annotated[bool, typer.Option("--trace", help="Also write trace.json (Perfetto, "
                                         "chrome://tracing).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
@@ -74,7 +78,7 @@ def schedule(
         result = run_schedule(str(workload), system, mapping=mapping, granularity=granularity,
                               allocate=allocate, objective=objective, trials=trials, seed=seed,
                               storage=storage, precision=precision, cache_dir=cache,
-                              progress=advance)
+                              single_route=single_route, progress=advance)
     extra = {"allocate": allocate, "granularity": granularity, "objective": objective,
              "evaluated_schedules": result.evaluated, "notes": result.notes,
              "pareto_front": result.front, "validated": True}

@@ -306,10 +306,11 @@ def test_schedule_api_and_cli(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "kiln", "schedule", str(TWO_CONV), "--system",
                str(SYSTEMS / "dual_core_simd.yaml"), "--granularity", "rows=4", "--allocate",
-               "greedy", "--out", str(out), "--json", "--trace"]
+               "greedy", "--out", str(out), "--json", "--trace", "--single-route"]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     data = json.loads(done.stdout)
     assert data["validated"] and data["figures"]["latency_cycles"] > 0
+    assert data["plan"]["split_transfers"] is False
     for name in ("schedule.json", "timeline.png", "memory.png", "trace.json"):
         assert (out / name).stat().st_size > 0
     trace = json.loads((out / "trace.json").read_text())

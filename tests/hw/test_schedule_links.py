@@ -16,6 +16,7 @@ from kiln.hw.schedule.costs import TileCoster
 from kiln.hw.schedule.figures import schedule_figures
 from kiln.hw.schedule.graph import graph_from_onnx
 from kiln.hw.schedule.records import Transfer
+from kiln.hw.schedule.run import schedule
 from kiln.hw.schedule.scheduler import _Scheduler, schedule_tiles
 from kiln.hw.schedule.system import load_system
 from kiln.hw.schedule.validate import check_schedule
@@ -212,3 +213,24 @@ def test_the_validator_allows_one_hop_more_than_the_shortest_route_and_no_more(
         assert any("not a route" in p for p in check_schedule(schedule))
     finally:
         schedule.transfers[:] = [t for t in schedule.transfers if t.item != ("slice", -1, -1)]
+
+
+def test_single_route_moves_each_transfer_over_one_route(quad, tmp_path):
+    """``single_route`` (``--single-route``), as Stream moves data: no item crosses between two
+    cores over two routes; by default some long ones do, and the schedule is no slower."""
+    path = write_residual_block(tmp_path / "b.onnx", channels=64, size=56)
+
+    def routes_per_move(result) -> int:
+        seen: dict[tuple, set] = {}
+        for transfer in result.schedule.transfers:
+            key = (transfer.item, transfer.source, transfer.target)
+            seen.setdefault(key, set()).add(transfer.resources)
+        return max(len(resources) for resources in seen.values())
+
+    options = {"granularity": "rows=8", "allocate": "fixed", "precision": "onnx"}
+    split = schedule(str(path), quad, **options)
+    single = schedule(str(path), quad, single_route=True, **options)
+    assert single.plan.describe()["split_transfers"] is False
+    assert routes_per_move(single) == 1
+    assert routes_per_move(split) > 1
+    assert split.schedule.latency <= single.schedule.latency

@@ -80,8 +80,11 @@ def schedule(workload: str | Graph, system: str | Path | System, *,
              allocate: str = "greedy", objective: str = "latency", trials: int = 60,
              seed: int = 0, storage: str | None = None, precision: str = "fixed",
              cache_dir: str | Path | None = None, effort: str = "fast",
+             single_route: bool = False,
              progress: Callable[[str, int, int], None] | None = None) -> ScheduleResult:
-    """Schedule a workload on a multi-core system (``kiln schedule``)."""
+    """Schedule a workload on a multi-core system (``kiln schedule``); ``single_route``:
+    every transfer on one route, as Stream moves data (by default a long core-to-core
+    transfer may be split over routes that share no link)."""
     if allocate not in ALLOCATORS:
         raise ConfigError(f"--allocate {allocate}: choose {', '.join(ALLOCATORS)}")
     if objective not in OBJECTIVES:
@@ -101,6 +104,8 @@ def schedule(workload: str | Graph, system: str | Path | System, *,
     elif allocate == "fixed":
         notes.append("no --mapping: fixed allocation = MAC layers split over every compute "
                      "core (output channels), other layers on the first core that runs them")
+
+    base.multipath = not single_route
 
     def report(stage: str) -> Callable[[int, int], None] | None:
         if progress is None:

@@ -66,7 +66,7 @@ class _Scheduler:
         self.prefetch = prefetch
         self.push = push
         self.multicast = True
-        self.multipath = multipath
+        self.multipath = multipath and plan.multipath
         self.route_resources: dict[tuple, tuple[tuple[str, ...], float]] = {}
         self.candidates: dict[tuple, list] = {}
         self.buffers: list[Buffer] = []

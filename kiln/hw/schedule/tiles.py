@@ -39,17 +39,20 @@ class Plan:
     # How core-to-core data uses a bus that DRAM is on: "share" (up to what DRAM leaves
     # free), or "links" (point-to-point links where there are any).
     routes: str = "share"
+    # Whether a long core-to-core transfer may be split over routes without a common link
+    # (False: one route per transfer, as Stream moves data).
+    multipath: bool = True
 
     def describe(self) -> dict:
         return {"allocation": {k: list(v) for k, v in self.allocation.items()},
                 "split": {k: self.split.get(k, "K") for k in self.allocation},
                 "rows_per_tile": dict(self.rows), "input_channel_chunks": dict(self.chunks),
                 "fused_groups": [list(g) for g in self.groups],
-                "core_to_core_routes": self.routes}
+                "core_to_core_routes": self.routes, "split_transfers": self.multipath}
 
     def copy(self) -> Plan:
         return Plan(dict(self.allocation), dict(self.rows), [list(g) for g in self.groups],
-                    dict(self.split), dict(self.chunks), self.routes)
+                    dict(self.split), dict(self.chunks), self.routes, self.multipath)
 
 
 @dataclass
