@@ -62,6 +62,7 @@ def main() -> None:
         results["cases"][name] = {
             "latency_cycles": figures["latency_cycles"], "energy_pj": figures["energy_pj"],
             "energy_breakdown_pj": figures["energy_breakdown_pj"],
+            "dram_traffic_by_reason_bits": figures["dram_traffic_by_reason_bits"],
             "peak_memory_bits": figures["peak_memory_bits"],
             "peak_memory_bits_max": figures["peak_memory_bits_max"],
             "core_utilization": figures["core_utilization"],

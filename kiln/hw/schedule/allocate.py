@@ -269,7 +269,7 @@ def nsga2(graph: Graph, system: System, base: Plan, coster: TileCoster,
     return SearchResult(best[0], best[1], len(found), "nsga2", front)
 
 
-def cut_candidates(graph: Graph, limit: int = 4) -> list[int]:
+def cut_candidates(graph: Graph, limit: int = 3) -> list[int]:
     """Where a fused group may be cut: before a layer whose feature map is smaller than its
     producer's (a resolution change), at most ``limit`` of them, evenly spread."""
     positions = [i for i, node in enumerate(graph.nodes) if i and node.inputs and

@@ -108,15 +108,17 @@ class Timeline:
         if ready >= self.last_end:
             return ready
         times, levels = self.times, self.levels
+        count = len(times)
         step = bisect.bisect_right(times, ready) - 1
         time = ready
+        duration = max(duration, 1e-9)
         while True:
             if levels[step] > limit:  # the last step (after every reservation) is 0
                 step += 1
                 time = times[step]
                 continue
             following = step + 1
-            while following < len(times) and times[following] < time + max(duration, 1e-9):
+            while following < count and times[following] < time + duration:
                 if levels[following] > limit:
                     break
                 following += 1

@@ -71,9 +71,9 @@ class _Scheduler:
         self.candidates: dict[tuple, list] = {}
         self.buffers: list[Buffer] = []
         self.active: dict[int, list[Buffer]] = defaultdict(list)  # open buffers, per core
-        # Closed buffers per core, by end: (end, number, buffer), dropped once before the
+        # Closed buffers per core, by end: (end, id, start, bits), dropped once before the
         # core's horizon.
-        self.ended: dict[int, list[tuple[float, int, Buffer]]] = defaultdict(list)
+        self.ended: dict[int, list[tuple[float, int, float, int]]] = defaultdict(list)
         self.resident: dict[tuple[int, tuple], Buffer] = {}  # (core, item) → open buffer
         self.in_dram: dict[tuple, float] = {}  # item → when its DRAM copy is complete
         self.transfers: list[Transfer] = []
@@ -87,18 +87,21 @@ class _Scheduler:
         transfer runs at its route's narrowest bandwidth and may be cut into bursts (like a
         DMA) that fill the gaps other transfers leave, none shorter than MIN_BURST cycles
         unless it is the last."""
+        timelines = [self.timelines[resource] for resource in resources]
+        if all(timeline.last_end <= ready for timeline in timelines):
+            return [(ready, math.ceil(bits / width) if bits else 0, bits)]  # all free from then
         remaining, time, pieces = bits, ready, []
         while remaining > 0 or not pieces:
             cycles_left = math.ceil(remaining / width) if remaining else 0
             shortest = min(cycles_left, MIN_BURST)
             while True:  # the earliest moment every resource on the way has room
                 moved = time
-                for resource in resources:
-                    moved = max(moved, self.timelines[resource].earliest(moved, shortest, width))
+                for timeline in timelines:
+                    moved = max(moved, timeline.earliest(moved, shortest, width))
                 if moved == time:
                     break
                 time = moved
-            span = min(self.timelines[r].free_span(time, width) for r in resources)
+            span = min(timeline.free_span(time, width) for timeline in timelines)
             length = cycles_left if span >= cycles_left else max(shortest, math.floor(span))
             moved_bits = min(remaining, length * width)
             pieces.append((time, length, moved_bits))
@@ -177,13 +180,26 @@ class _Scheduler:
         return self._fastest(source, target, bits, ready)[0]
 
     def _fastest(self, source: int, target: int, bits: int, ready: float) -> tuple:
-        """The best route's (finish, resources, width, energy, pieces), and the route."""
-        best, best_route = None, None
-        for route in self._candidate_routes(source, target):
-            found = self._on_route(source, target, route, bits, ready)
-            if best is None or found[0] < best[0]:
-                best, best_route = found, route
-        return best, best_route
+        """The best route's (finish, resources, width, energy, pieces), and the route (the
+        first of the candidates on a tie). Routes are tried from the one that could finish
+        first (free from its first moment on); one that cannot beat the best found is not
+        worked out."""
+        routes = self._candidate_routes(source, target)
+        if len(routes) == 1:
+            return self._on_route(source, target, routes[0], bits, ready), routes[0]
+        bounds = []
+        for index, route in enumerate(routes):
+            resources, width = self._route_resources(source, target, route)
+            bounds.append((self._available(resources, width, ready) + bits / width, index))
+        bounds.sort()
+        best, best_index = None, None
+        for bound, index in bounds:
+            if best is not None and bound > best[0]:
+                break
+            found = self._on_route(source, target, routes[index], bits, ready)
+            if best is None or (found[0], index) < (best[0], best_index):
+                best, best_index = found, index
+        return best, routes[best_index]
 
     def _candidate_routes(self, source: int, target: int, extra_hops: int = 0) -> list:
         key = (source, target, extra_hops)
@@ -308,19 +324,19 @@ class _Scheduler:
             else:
                 events.append((buffer.start, buffer.bits))
         ended = self.ended[core]
-        for index in range(bisect.bisect_right(ended, (time, math.inf)), len(ended)):
-            end, _, buffer = ended[index]
-            if buffer.start <= time:
-                level += buffer.bits
+        for end, _, start, bits in ended[bisect.bisect_right(ended, (time, math.inf)):]:
+            if start <= time:
+                level += bits
             else:
-                events.append((buffer.start, buffer.bits))
-            events.append((end, -buffer.bits))
+                events.append((start, bits))
+            events.append((end, -bits))
         events.sort()
         # The room holds from the moment after which the level never exceeds the limit.
         room = time if level <= limit else None
+        last = len(events) - 1
         for index, (moment, delta) in enumerate(events):
             level += delta
-            if index + 1 < len(events) and events[index + 1][0] == moment:
+            if index < last and events[index + 1][0] == moment:
                 continue  # the level after every change at this moment counts
             if level > limit:
                 room = None
@@ -334,7 +350,8 @@ class _Scheduler:
         buffer.end = max(at, buffer.ready, buffer.last_use, buffer.start)
         self.resident.pop((buffer.core, buffer.item), None)
         self.active[buffer.core].remove(buffer)
-        bisect.insort(self.ended[buffer.core], (buffer.end, id(buffer), buffer))
+        bisect.insort(self.ended[buffer.core],
+                      (buffer.end, id(buffer), buffer.start, buffer.bits))
 
     def _open(self, core: int, item: tuple, bits: int, start: float, ready: float) -> Buffer:
         buffer = Buffer(core, item, bits, start, ready, None, ready)
@@ -455,11 +472,10 @@ class _Scheduler:
         return made
 
     def _bring(self, item: tuple, bits: int, dep: int | None, core: int, room: float,
-               weight_room: float) -> list[Transfer]:
+               weight_room: float) -> Transfer:
         """Move what a tile needs onto its core: weights (from DRAM, or from a core that
-        holds them), network input, or the rows it reads of a producer tile. Rows held by
-        several cores come from all of them at once, a share from each, so that no single
-        link is the bottleneck."""
+        holds them), network input, or the rows it reads of a producer tile (from the
+        holder whose copy is ready first, or from DRAM)."""
         alternatives: tuple[tuple[int, float], ...] = ()
         if item[0] == "w":
             source, ready = self.dram, min(room, weight_room)
@@ -481,10 +497,9 @@ class _Scheduler:
         if item[0] in ("w", "in") and self.multicast:
             move = self._multicast(item, core, bits, ready)
             if move is not None:
-                return [move]
-        return [self._move(item, source, core, bits,
-                           ready if item[0] == "w" else max(room, ready), reason,
-                           alternatives)]
+                return move
+        return self._move(item, source, core, bits,
+                          ready if item[0] == "w" else max(room, ready), reason, alternatives)
 
     def _used(self, core: int, item: tuple, end: float) -> None:
         """A tile on ``core`` read ``item`` until ``end``; freed after its last reader there."""
@@ -607,18 +622,16 @@ class _Scheduler:
         arrivals = [room] + [buffer.ready for buffer in local_buffers]
         brought: list[Buffer] = []
         for item, bits, dep in needs:
-            moves = self._bring(item, bits, dep, core, room, weight_room)
-            for move in moves:
-                if move.source != self.dram:  # the sender holds the data until it has left
-                    held = [item] if dep is None else [("out", dep), ("copy", dep)]
-                    giver = next(self.resident[(move.source, k)] for k in held
-                                 if (move.source, k) in self.resident)
-                    giver.last_use = max(giver.last_use, move.end)
-            arrived = max(move.end for move in moves)
-            buffer = self._open(core, item, bits, min(move.start for move in moves), arrived)
+            move = self._bring(item, bits, dep, core, room, weight_room)
+            if move.source != self.dram:  # the sender holds the data until it has left
+                held = [item] if dep is None else [("out", dep), ("copy", dep)]
+                giver = next(self.resident[(move.source, k)] for k in held
+                             if (move.source, k) in self.resident)
+                giver.last_use = max(giver.last_use, move.end)
+            buffer = self._open(core, item, bits, move.start, move.end)
             if item[0] == "slice":
                 brought.append(buffer)
-            arrivals.append(arrived)
+            arrivals.append(move.end)
         if tile.weight_bits:
             arrivals.append(self.resident[(core, weight_item)].ready)
         if tile.reads_input_bits:
