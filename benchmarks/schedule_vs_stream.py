@@ -20,9 +20,12 @@ the layer-by-layer case. Every kiln schedule passes kiln's validator.
 Fidelity: Stream's own choice for ResNet-18 on the quad core (its fused groups, allocation and
 inter-core splits, merged into one Stream mapping YAML) is evaluated by kiln too.
 
+Fidelity also with ``--single-route`` (every transfer on one route, as Stream moves data), to
+show how much of the difference is kiln splitting core-to-core transfers over routes.
+
 ResNet-18 on the quad core is also run with 16 times the SRAM per compute core (both tools):
-the gap to the DRAM-traffic bound on the real quad core is the cores' capacity (they cannot
-prefetch enough weights while the early layers compute), not the scheduler.
+how close each scheduler gets to the DRAM-traffic bound when the cores' capacity does not
+limit weight prefetching.
 
     python benchmarks/schedule_vs_stream.py            # everything, ~7 minutes
     python benchmarks/schedule_vs_stream.py --cases resnet18-quad-fused
