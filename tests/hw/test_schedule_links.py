@@ -16,8 +16,9 @@ from kiln.hw.schedule.costs import TileCoster
 from kiln.hw.schedule.figures import schedule_figures
 from kiln.hw.schedule.graph import graph_from_onnx
 from kiln.hw.schedule.records import Transfer
+from kiln.hw.schedule.routing import Network
 from kiln.hw.schedule.run import schedule
-from kiln.hw.schedule.scheduler import _Scheduler, schedule_tiles
+from kiln.hw.schedule.scheduler import schedule_tiles
 from kiln.hw.schedule.system import load_system
 from kiln.hw.schedule.validate import check_schedule
 
@@ -167,9 +168,8 @@ def test_energy_by_kind_counts_dram_once_and_every_bus_receiver(block_schedule, 
     assert figures["energy_breakdown_pj"]["links"] == pytest.approx(expected_links, rel=1e-9)
 
 
-def _bare_scheduler(system, graph, multipath=True):
-    plan = default_plan(graph, system)
-    return _Scheduler(graph, system, plan, TileCoster(system), multipath=multipath)
+def _network(system, graph, multipath=True):
+    return Network(system, default_plan(graph, system), multipath=multipath)
 
 
 def test_a_long_transfer_is_split_over_routes_without_a_common_link(quad, tmp_path):
@@ -177,10 +177,10 @@ def test_a_long_transfer_is_split_over_routes_without_a_common_link(quad, tmp_pa
     the two-hop routes through cores 1, 3 and the SIMD core 4 (64 each) carry a share each
     and finish together, four times sooner than the best single route."""
     graph = graph_from_onnx(write_residual_block(tmp_path / "b.onnx"))
-    scheduler = _bare_scheduler(quad, graph)
+    network = _network(quad, graph)
     bits = 64 * 4 * 10_000
-    parts = scheduler._split_routes(0, 2, bits, ready=100.0)
-    single = scheduler._best_route(0, 2, bits, 100.0)
+    parts = network.split_routes(0, 2, bits, ready=100.0)
+    single = network.best_route(0, 2, bits, 100.0)
     assert len(parts) == 4
     assert sum(sum(piece[2] for piece in part[4]) for part in parts) == bits
     channels = [set(part[1]) for part in parts]
@@ -192,9 +192,9 @@ def test_a_long_transfer_is_split_over_routes_without_a_common_link(quad, tmp_pa
     assert single[0] == pytest.approx(100 + bits / 64, abs=2)
     # Short transfers and DRAM transfers stay on one route; so does everything without
     # multipath.
-    assert len(scheduler._split_routes(0, 2, 64 * 100, 0.0)) == 1
-    assert len(scheduler._split_routes(0, 5, bits, 0.0)) == 1
-    assert len(_bare_scheduler(quad, graph, multipath=False)._split_routes(0, 2, bits, 0.0)) == 1
+    assert len(network.split_routes(0, 2, 64 * 100, 0.0)) == 1
+    assert len(network.split_routes(0, 5, bits, 0.0)) == 1
+    assert len(_network(quad, graph, multipath=False).split_routes(0, 2, bits, 0.0)) == 1
 
 
 def test_the_validator_allows_one_hop_more_than_the_shortest_route_and_no_more(

@@ -16,13 +16,13 @@ Rules the validator (``validate.py``) checks independently:
 
 A tile's inputs move in no earlier than the start of the tile before it on the same core
 (double buffering); its weights up to 64 tiles ahead, as memory allows (DRAM is usually the
-bottleneck, so keeping it busy matters most). Transfers may be cut into bursts that fill gaps
-in a link's use, and core-to-core data may be split over routes that share no link (one hop
-longer at most) when that delivers it sooner, as a DMA engine with several paths would. A
-finished tile's output is pushed at once to the other cores with larger memories that read
-it (over a bus to several at once when that is sooner), and then leaves a small core even if
-a later tile there reads it: that tile pulls it back, so a SIMD core's memory stays free for
-the rows streaming through it.
+bottleneck, so keeping it busy matters most). Transfers go through ``routing.Network``: cut
+into bursts that fill gaps in a channel's use, and core-to-core data split over routes that
+share no link (one hop longer at most) when that delivers it sooner, as a DMA engine with
+several paths would. A finished tile's output is pushed at once to the other cores with
+larger memories that read it (over a bus to several at once when that is sooner), and then
+leaves a small core even if a later tile there reads it: that tile pulls it back, so a SIMD
+core's memory stays free for the rows streaming through it.
 
     >>> schedule = schedule_tiles(graph, system, plan)     # doctest: +SKIP
     >>> schedule.latency, schedule.energy_pj               # doctest: +SKIP
@@ -37,7 +37,8 @@ from collections import defaultdict
 from kiln.errors import KilnError
 from kiln.hw.schedule.costs import TileCoster
 from kiln.hw.schedule.graph import Graph
-from kiln.hw.schedule.records import Buffer, Schedule, ScheduledTile, Timeline, Transfer
+from kiln.hw.schedule.records import Buffer, Schedule, ScheduledTile, Transfer
+from kiln.hw.schedule.routing import Network
 from kiln.hw.schedule.system import System
 from kiln.hw.schedule.tiles import Plan, Tile, check_plan, fit_rows, make_tiles
 
@@ -56,19 +57,13 @@ class _Scheduler:
                  prefetch: int | None = 64, push: bool = True, multipath: bool = True) -> None:
         self.graph, self.system, self.plan, self.coster = graph, system, plan, coster
         self.dram = system.offchip_core_id
-        self.timelines: dict[str, Timeline] = defaultdict(Timeline)
-        for name, link in system.channels().items():
-            self.timelines[name] = Timeline(link.bandwidth)
-        self.timelines["dram"] = Timeline(system.offchip.bandwidth)
+        self.network = Network(system, plan, multipath)
         self.core_free: dict[int, float] = defaultdict(float)
         self.recent_starts: dict[int, list[float]] = defaultdict(list)
         self.horizon: dict[int, float] = defaultdict(float)
         self.prefetch = prefetch
         self.push = push
         self.multicast = True
-        self.multipath = multipath and plan.multipath
-        self.route_resources: dict[tuple, tuple[tuple[str, ...], float]] = {}
-        self.candidates: dict[tuple, list] = {}
         self.buffers: list[Buffer] = []
         self.active: dict[int, list[Buffer]] = defaultdict(list)  # open buffers, per core
         # Closed buffers per core, by end: (end, id, start, bits), dropped once before the
@@ -76,67 +71,10 @@ class _Scheduler:
         self.ended: dict[int, list[tuple[float, int, float, int]]] = defaultdict(list)
         self.resident: dict[tuple[int, tuple], Buffer] = {}  # (core, item) → open buffer
         self.in_dram: dict[tuple, float] = {}  # item → when its DRAM copy is complete
-        self.transfers: list[Transfer] = []
         self.done: dict[int, ScheduledTile] = {}
         self.spills = 0
 
     # -- transfers ---------------------------------------------------------------------
-    def _pieces(self, resources: list[str], width: float, bits: int,
-                ready: float) -> list[tuple[float, int, float]]:
-        """Where a transfer fits: (start, cycles, bits) pieces, without reserving them. A
-        transfer runs at its route's narrowest bandwidth and may be cut into bursts (like a
-        DMA) that fill the gaps other transfers leave, none shorter than MIN_BURST cycles
-        unless it is the last."""
-        timelines = [self.timelines[resource] for resource in resources]
-        if all(timeline.last_end <= ready for timeline in timelines):
-            return [(ready, math.ceil(bits / width) if bits else 0, bits)]  # all free from then
-        remaining, time, pieces = bits, ready, []
-        while remaining > 0 or not pieces:
-            cycles_left = math.ceil(remaining / width) if remaining else 0
-            shortest = min(cycles_left, MIN_BURST)
-            while True:  # the earliest moment every resource on the way has room
-                moved = time
-                for timeline in timelines:
-                    moved = max(moved, timeline.earliest(moved, shortest, width))
-                if moved == time:
-                    break
-                time = moved
-            span = min(timeline.free_span(time, width) for timeline in timelines)
-            length = cycles_left if span >= cycles_left else max(shortest, math.floor(span))
-            moved_bits = min(remaining, length * width)
-            pieces.append((time, length, moved_bits))
-            remaining -= moved_bits
-            time += length
-            if not bits:
-                break
-        return pieces
-
-    def _move(self, item: tuple, source: int, target: int, bits: int, ready: float,
-              reason: str, alternatives: tuple[tuple[int, float], ...] = ()) -> Transfer:
-        """Move data over whichever shortest route delivers it first; ``alternatives``:
-        other (source, ready) places the same data can come from."""
-        if not alternatives:
-            parts = self._split_routes(source, target, bits, ready)
-            if len(parts) > 1:
-                made = []
-                for _, resources, width, energy, pieces in parts:
-                    share = sum(piece[2] for piece in pieces)
-                    made += self._reserve(item, source, target, pieces, resources, width,
-                                          energy, share, reason)
-                return Transfer(item, source, target, bits, min(m.start for m in made),
-                                max(m.end for m in made), tuple(made[0].resources),
-                                sum(m.energy_pj for m in made), reason, made[0].rate)
-        best = None
-        for origin, when in ((source, ready), *alternatives):
-            found = self._best_route(origin, target, bits, when)
-            if best is None or found[0] < best[0]:
-                best = (*found, origin)
-        _, resources, width, energy, pieces, source = best
-        made = self._reserve(item, source, target, pieces, resources, width, energy, bits,
-                             reason)
-        return Transfer(item, source, target, bits, made[0].start, made[-1].end,
-                        tuple(resources), energy, reason, width)
-
     def _multicast(self, item: tuple, core: int, bits: int, ready: float) -> Transfer | None:
         """Weights (a layer split by rows) or network input (split by channels) that other
         cores will need too go from DRAM to all of them in one transfer over a bus that
@@ -164,152 +102,15 @@ class _Scheduler:
         reason = "weights" if item[0] == "w" else "input"
         width = min(bus.bandwidth, self.system.offchip.bandwidth)
         resources = [bus.channel(self.dram), "dram"]
-        pieces = self._pieces(resources, width, bits, start)
+        pieces = self.network.pieces(resources, width, bits, start)
         energy = bits * (bus.pj_per_bit * (1 + len(receivers)) +
                          self.system.offchip.read_pj_per_bit)
-        made = self._reserve(item, self.dram, core, pieces, resources, width, energy, bits,
-                             reason, receivers)
+        made = self.network.reserve(item, self.dram, core, pieces, resources, width, energy,
+                                    bits, reason, receivers)
         for other in receivers:
             self._open(other, item, bits, made[0].start, made[-1].end)
         return Transfer(item, self.dram, core, bits, made[0].start, made[-1].end,
                         tuple(resources), energy, reason, width, tuple(receivers))
-
-    def _best_route(self, source: int, target: int, bits: int, ready: float) -> tuple:
-        """(finish, resources, width, energy, pieces) of the route that delivers first,
-        nothing reserved."""
-        return self._fastest(source, target, bits, ready)[0]
-
-    def _fastest(self, source: int, target: int, bits: int, ready: float) -> tuple:
-        """The best route's (finish, resources, width, energy, pieces), and the route (the
-        first of the candidates on a tie). Routes are tried from the one that could finish
-        first (free from its first moment on); one that cannot beat the best found is not
-        worked out."""
-        routes = self._candidate_routes(source, target)
-        if len(routes) == 1:
-            return self._on_route(source, target, routes[0], bits, ready), routes[0]
-        bounds = []
-        for index, route in enumerate(routes):
-            resources, width = self._route_resources(source, target, route)
-            bounds.append((self._available(resources, width, ready) + bits / width, index))
-        bounds.sort()
-        best, best_index = None, None
-        for bound, index in bounds:
-            if best is not None and bound > best[0]:
-                break
-            found = self._on_route(source, target, routes[index], bits, ready)
-            if best is None or (found[0], index) < (best[0], best_index):
-                best, best_index = found, index
-        return best, routes[best_index]
-
-    def _candidate_routes(self, source: int, target: int, extra_hops: int = 0) -> list:
-        key = (source, target, extra_hops)
-        if key not in self.candidates:
-            routes = self.system.routes(source, target, extra_hops)
-            if self.dram not in (source, target) and self.plan.routes == "links":
-                # Core-to-core data on point-to-point links where there are any, leaving the
-                # bus to DRAM traffic.
-                routes = [r for r in routes if all(link.kind == "link" for link in r)] or \
-                    routes
-            self.candidates[key] = routes
-        return self.candidates[key]
-
-    def _split_routes(self, source: int, target: int, bits: int, ready: float) -> list[tuple]:
-        """How to move core-to-core data: the best single route, or shares of it over
-        several routes that have no link in common (one hop longer at most), when that
-        delivers it sooner. Each entry: (finish, resources, width, energy, pieces), nothing
-        reserved."""
-        best, best_route = self._fastest(source, target, bits, ready)
-        if not self.multipath or self.dram in (source, target) or \
-                best[0] - ready < MIN_SPLIT_CYCLES:
-            return [best]
-        chosen, routes = [best], [best_route]
-        taken = set(best[1])
-        for route in self._candidate_routes(source, target, extra_hops=1):
-            resources, width = self._route_resources(source, target, route)
-            if route == best_route or not taken.isdisjoint(resources):
-                continue
-            free = self._available(resources, width, ready)
-            if free < best[0] - MIN_SPLIT_CYCLES:  # it can carry a useful share
-                chosen.append((math.nan, resources, width, 0.0, [(free, 0, 0)]))
-                routes.append(route)
-                taken |= set(resources)
-        if len(chosen) == 1:
-            return [best]
-        # Shares so that every route would finish together: route i, free from a_i at
-        # width w_i, carries w_i * (F - a_i).
-        starts = [found[4][0][0] for found in chosen]
-        widths = [found[2] for found in chosen]
-        order = sorted(range(len(chosen)), key=lambda i: starts[i])
-        finish = math.inf
-        for count in range(1, len(order) + 1):
-            used = order[:count]
-            rate = sum(widths[i] for i in used)
-            finish = (bits + sum(widths[i] * starts[i] for i in used)) / rate
-            if count == len(order) or finish <= starts[order[count]]:
-                break
-        shares = [max(0, int(widths[i] * (finish - starts[i]))) for i in range(len(chosen))]
-        shares = [share if share >= MIN_SHARE_BITS else 0 for share in shares]
-        shares[0] += bits - sum(shares)
-        parts = [self._on_route(source, target, route, share, ready)
-                 for route, share in zip(routes, shares, strict=True) if share > 0]
-        if len(parts) > 1 and max(part[0] for part in parts) < best[0]:
-            return parts
-        return [best]
-
-    def _available(self, resources: list[str], width: float, ready: float) -> float:
-        """The first moment from ``ready`` on when every resource has ``width`` to spare for
-        a burst."""
-        time = ready
-        while True:
-            moved = time
-            for resource in resources:
-                moved = max(moved, self.timelines[resource].earliest(moved, MIN_BURST, width))
-            if moved == time:
-                return time
-            time = moved
-
-    def _route_resources(self, source: int, target: int,
-                         route: tuple) -> tuple[tuple[str, ...], float]:
-        """The resources a transfer along a route occupies, and its width."""
-        key = (source, target, id(route))  # routes are the system's own, cached tuples
-        if key not in self.route_resources:
-            self.route_resources[key] = self._find_route_resources(source, target, route)
-        return self.route_resources[key]
-
-    def _find_route_resources(self, source: int, target: int,
-                              route: tuple) -> tuple[tuple[str, ...], float]:
-        dram = self.system.offchip
-        to_dram = self.dram in (source, target)
-        width = math.inf
-        resources = list(self.system.route_channels(source, target, route))
-        for link in route:
-            usable = link.bandwidth
-            if not to_dram and self.dram in link.cores and self.plan.routes == "share":
-                # Core-to-core data on the bus to DRAM leaves the DRAM its share of it
-                # (all such transfers together): DRAM is usually the bottleneck.
-                usable = max(link.bandwidth - dram.bandwidth, link.bandwidth / 2)
-                share = f"share {link.index}"
-                if share not in self.timelines:
-                    self.timelines[share] = Timeline(usable)
-                resources.append(share)
-            width = min(width, usable)
-        if to_dram:
-            width = min(width, dram.bandwidth)
-            resources.append("dram")
-        return tuple(resources), width
-
-    def _on_route(self, source: int, target: int, route: tuple, bits: int,
-                  ready: float) -> tuple:
-        """(finish, resources, width, energy, pieces) of a transfer along one route."""
-        dram = self.system.offchip
-        resources, width = self._route_resources(source, target, route)
-        energy = sum(link.pj_per_bit * bits for link in route)
-        if self.dram in (source, target):
-            energy += bits * (dram.read_pj_per_bit if source == self.dram
-                              else dram.write_pj_per_bit)
-        pieces = self._pieces(resources, width, bits, ready)
-        finish = pieces[-1][0] + pieces[-1][1]
-        return finish, resources, width, energy, pieces
 
     # -- memory ------------------------------------------------------------------------
     def _earliest_room(self, core: int, time: float, need: int) -> float | None:
@@ -385,8 +186,8 @@ class _Scheduler:
             others = [b for b in self._holders(producer) if b is not victim]
             if self.pending[producer] and ("out", producer) not in self.in_dram and \
                     not others:
-                write = self._move(("out", producer), victim.core, self.dram, victim.bits,
-                                   victim.ready, "spill")
+                write = self.network.move(("out", producer), victim.core, self.dram,
+                                          victim.bits, victim.ready, "spill")
                 self.in_dram[("out", producer)] = write.end
                 victim.last_use = max(victim.last_use, write.end)
                 self.spills += 1
@@ -415,14 +216,16 @@ class _Scheduler:
         for receivers, bus in self._push_plan(core, rooms, bits):
             # Routes found now, after the transfers reserved before this one.
             ready = max(rooms[t] for t in receivers)
-            parts = [self._on_route(core, receivers[0], (bus,), bits, ready)] if bus else \
-                self._split_routes(core, receivers[0], bits, ready)
+            if bus is not None:
+                parts = [self.network.on_route(core, receivers[0], (bus,), bits, ready)]
+            else:
+                parts = self.network.split_routes(core, receivers[0], bits, ready)
             made = []
             for _, resources, width, energy, pieces in parts:
                 share = sum(piece[2] for piece in pieces)
-                made += self._reserve(("copy", tile.id), core, receivers[0], pieces,
-                                      resources, width, energy * len(receivers), share,
-                                      "push", receivers[1:])
+                made += self.network.reserve(("copy", tile.id), core, receivers[0], pieces,
+                                             resources, width, energy * len(receivers),
+                                             share, "push", receivers[1:])
             start, arrived = min(m.start for m in made), max(m.end for m in made)
             for target in receivers:
                 self._open(target, ("copy", tile.id), bits, start, arrived)
@@ -447,29 +250,15 @@ class _Scheduler:
                 continue
             for target in on_bus:
                 if target not in apart:
-                    apart[target] = [self._best_route(core, target, bits, rooms[target])]
-            found = self._on_route(core, on_bus[0], (link,), bits,
-                                   max(rooms[t] for t in on_bus))
+                    apart[target] = [self.network.best_route(core, target, bits,
+                                                             rooms[target])]
+            found = self.network.on_route(core, on_bus[0], (link,), bits,
+                                          max(rooms[t] for t in on_bus))
             if found[0] <= max(_finish(apart[t]) for t in on_bus) and (
                     best_bus is None or len(on_bus) > len(best_bus[0])):
                 best_bus = (on_bus, link)
         plan = [best_bus] if best_bus else []
         return plan + [([t], None) for t in rooms if not best_bus or t not in best_bus[0]]
-
-    def _reserve(self, item: tuple, source: int, target: int, pieces: list, resources: list,
-                 width: float, energy: float, bits: int, reason: str,
-                 also_to: tuple[int, ...] | list[int] = ()) -> list[Transfer]:
-        """Reserve a transfer's pieces on its resources and record them."""
-        made = []
-        for start, length, moved_bits in pieces:
-            for resource in resources:
-                self.timelines[resource].reserve(start, start + length, width)
-            piece = Transfer(item, source, target, int(moved_bits), start, start + length,
-                             tuple(resources), energy * (moved_bits / bits if bits else 0.0),
-                             reason, width, tuple(also_to))
-            self.transfers.append(piece)
-            made.append(piece)
-        return made
 
     def _bring(self, item: tuple, bits: int, dep: int | None, core: int, room: float,
                weight_room: float) -> Transfer:
@@ -498,8 +287,9 @@ class _Scheduler:
             move = self._multicast(item, core, bits, ready)
             if move is not None:
                 return move
-        return self._move(item, source, core, bits,
-                          ready if item[0] == "w" else max(room, ready), reason, alternatives)
+        return self.network.move(item, source, core, bits,
+                                 ready if item[0] == "w" else max(room, ready), reason,
+                                 alternatives)
 
     def _used(self, core: int, item: tuple, end: float) -> None:
         """A tile on ``core`` read ``item`` until ``end``; freed after its last reader there."""
@@ -540,7 +330,7 @@ class _Scheduler:
             if tile.weight_bits:
                 self.uses[weights_of(tile)].append(tile.order)
         scheduled = [self._one(tile) for tile in tiles]
-        return Schedule(self.system, self.graph, self.plan, scheduled, self.transfers,
+        return Schedule(self.system, self.graph, self.plan, scheduled, self.network.transfers,
                         self.buffers, self.spills, self.coster.priced)
 
     def _next_use(self, item: tuple, after: int) -> float:
@@ -640,7 +430,6 @@ class _Scheduler:
         end = start + cycles
         self.core_free[core] = end
         starts.append(start)
-        self.timelines[f"core {core}"].reserve(start, end)
         self._open(core, ("out", tile.id), tile.output_bits, start, end)
         for buffer in local_buffers:
             buffer.last_use = max(buffer.last_use, end)
@@ -663,8 +452,8 @@ class _Scheduler:
             self._used(core, weight_item, end)
         output = self.resident[(core, ("out", tile.id))]
         if tile.is_final:
-            write = self._move(("out", tile.id), core, self.dram, tile.output_bits, end,
-                               "output")
+            write = self.network.move(("out", tile.id), core, self.dram, tile.output_bits,
+                                      end, "output")
             self.in_dram[("out", tile.id)] = write.end
             output.last_use = write.end
             self._close(output, write.end)
