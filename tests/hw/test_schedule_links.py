@@ -234,3 +234,32 @@ def test_single_route_moves_each_transfer_over_one_route(quad, tmp_path):
     assert routes_per_move(single) == 1
     assert routes_per_move(split) > 1
     assert split.schedule.latency <= single.schedule.latency
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_fastest_route_is_the_best_of_all_routes(quad, tmp_path, seed):
+    """``Network.fastest`` skips routes that cannot win; on busy channels (random bursts
+    reserved) it must still pick what evaluating every candidate route picks."""
+    import random
+
+    rng = random.Random(seed)
+    graph = graph_from_onnx(write_residual_block(tmp_path / "b.onnx"))
+    for routes in ("share", "links"):
+        network = _network(quad, graph)
+        network.plan.routes = routes
+        for name in sorted(network.timelines):  # random traffic: fragmented on some
+            timeline = network.timelines[name]
+            for _ in range(rng.choice([0, 5, 60])):
+                rate = rng.choice([r for r in (8, 16, 32, 64) if r <= timeline.capacity])
+                start = rng.randrange(0, 8_000)
+                timeline.reserve(start, start + rng.randrange(10, 400), rate)
+        for _ in range(60):
+            source, target = rng.sample([0, 1, 2, 3, 4, 5], 2)
+            bits, ready = rng.choice([64, 4096, 100_000, 400_000]), rng.randrange(0, 8_000)
+            network.candidates.clear()
+            candidates = network.candidate_routes(source, target)
+            every = [network.on_route(source, target, r, bits, ready) for r in candidates]
+            expected = min(range(len(every)), key=lambda i: (every[i][0], i))
+            found, route = network.fastest(source, target, bits, ready)
+            assert found[0] == every[expected][0]
+            assert route == candidates[expected]

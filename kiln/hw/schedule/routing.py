@@ -112,7 +112,10 @@ class Network:
         bounds = []
         for index, route in enumerate(routes):
             resources, width = self.route_resources(source, target, route)
-            bounds.append((self.available(resources, width, ready) + bits / width, index))
+            # Its first burst cannot start before this, nor can it move faster than width.
+            first = min(math.ceil(bits / width), MIN_BURST)
+            bounds.append((self.available(resources, width, ready, first) + bits / width,
+                           index))
         bounds.sort()
         best, best_index = None, None
         for bound, index in bounds:
@@ -178,14 +181,15 @@ class Network:
             return parts
         return [best]
 
-    def available(self, resources: list[str], width: float, ready: float) -> float:
+    def available(self, resources: list[str], width: float, ready: float,
+                  cycles: int = MIN_BURST) -> float:
         """The first moment from ``ready`` on when every resource has ``width`` to spare for
-        a burst."""
+        ``cycles`` (a burst)."""
         time = ready
         while True:
             moved = time
             for resource in resources:
-                moved = max(moved, self.timelines[resource].earliest(moved, MIN_BURST, width))
+                moved = max(moved, self.timelines[resource].earliest(moved, cycles, width))
             if moved == time:
                 return time
             time = moved
