@@ -239,7 +239,8 @@ def test_single_route_moves_each_transfer_over_one_route(quad, tmp_path):
 @pytest.mark.parametrize("seed", range(4))
 def test_the_fastest_route_is_the_best_of_all_routes(quad, tmp_path, seed):
     """``Network.fastest`` skips routes that cannot win; on busy channels (random bursts
-    reserved) it must still pick what evaluating every candidate route picks."""
+    reserved) it must still pick what evaluating every candidate route picks. A split over
+    several routes moves every bit on channels no two parts share, and finishes sooner."""
     import random
 
     rng = random.Random(seed)
@@ -263,3 +264,11 @@ def test_the_fastest_route_is_the_best_of_all_routes(quad, tmp_path, seed):
             found, route = network.fastest(source, target, bits, ready)
             assert found[0] == every[expected][0]
             assert route == candidates[expected]
+            # A split moves every bit, over channels no two parts share, and is sooner.
+            parts = network.split_routes(source, target, bits, ready)
+            assert sum(piece[2] for part in parts for piece in part[4]) == bits
+            channels = [set(part[1]) for part in parts]
+            assert sum(len(c) for c in channels) == len(set().union(*channels))
+            assert max(part[0] for part in parts) <= found[0]
+            if len(parts) > 1:
+                assert max(part[0] for part in parts) < found[0]
