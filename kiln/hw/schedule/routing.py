@@ -38,6 +38,7 @@ class Network:
         self.multipath = multipath and plan.multipath
         self.route_resources_found: dict[tuple, tuple[tuple[str, ...], float]] = {}
         self.candidates: dict[tuple, list] = {}
+        self.route_energy: dict[tuple, float] = {}
         self.transfers: list[Transfer] = []
 
     def pieces(self, resources: list[str], width: float, bits: int,
@@ -47,8 +48,11 @@ class Network:
         DMA) that fill the gaps other transfers leave, none shorter than MIN_BURST cycles
         unless it is the last."""
         timelines = [self.timelines[resource] for resource in resources]
-        if all(timeline.last_end <= ready for timeline in timelines):
-            return [(ready, math.ceil(bits / width) if bits else 0, bits)]  # all free from then
+        for timeline in timelines:
+            if timeline.last_end > ready:
+                break
+        else:  # every resource is free from then on
+            return [(ready, math.ceil(bits / width) if bits else 0, bits)]
         remaining, time, pieces = bits, ready, []
         while remaining > 0 or not pieces:
             cycles_left = math.ceil(remaining / width) if remaining else 0
@@ -151,7 +155,7 @@ class Network:
         taken = set(best[1])
         for route in self.candidate_routes(source, target, extra_hops=1):
             resources, width = self.route_resources(source, target, route)
-            if route == best_route or not taken.isdisjoint(resources):
+            if route is best_route or not taken.isdisjoint(resources):
                 continue
             free = self.available(resources, width, ready)
             if free < best[0] - MIN_SPLIT_CYCLES:  # it can carry a useful share
@@ -197,7 +201,7 @@ class Network:
     def route_resources(self, source: int, target: int,
                         route: tuple) -> tuple[tuple[str, ...], float]:
         """The resources a transfer along a route occupies, and its width."""
-        key = (source, target, id(route))  # routes are the system's own, cached tuples
+        key = (source, target, route)
         if key not in self.route_resources_found:
             self.route_resources_found[key] = self._find_route_resources(source, target, route)
         return self.route_resources_found[key]
@@ -224,12 +228,18 @@ class Network:
             resources.append("dram")
         return tuple(resources), width
 
+    def pj_per_bit(self, route: tuple) -> float:
+        """The energy per bit of a route's links, summed."""
+        if route not in self.route_energy:
+            self.route_energy[route] = sum(link.pj_per_bit for link in route)
+        return self.route_energy[route]
+
     def on_route(self, source: int, target: int, route: tuple, bits: int,
                  ready: float) -> tuple:
         """(finish, resources, width, energy, pieces) of a transfer along one route."""
         dram = self.system.offchip
         resources, width = self.route_resources(source, target, route)
-        energy = sum(link.pj_per_bit * bits for link in route)
+        energy = self.pj_per_bit(route) * bits
         if self.dram in (source, target):
             energy += bits * (dram.read_pj_per_bit if source == self.dram
                               else dram.write_pj_per_bit)

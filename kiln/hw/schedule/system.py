@@ -81,6 +81,11 @@ class Link:
     bandwidth: float
     pj_per_bit: float
 
+    def __hash__(self) -> int:
+        # A system's links differ by index; routes (tuples of links) key the schedulers'
+        # caches, so hashing stays cheap.
+        return self.index
+
     @property
     def label(self) -> str:
         joined = "-".join(str(c) for c in self.cores)
