@@ -80,7 +80,7 @@ class Schedule:
 
 
 class Timeline:
-    """Use of one resource over time (bits per cycle of a link; 1 for a core) against its
+    """Use of one resource over time (bits per cycle of a channel or the DRAM port) against its
     ``capacity``, as a step function: ``levels[i]`` is in use from ``times[i]`` until
     ``times[i + 1]``. Searches scan only the steps they look at, however long the
     reservations are."""

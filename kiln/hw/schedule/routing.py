@@ -76,29 +76,33 @@ class Network:
 
     def move(self, item: tuple, source: int, target: int, bits: int, ready: float,
              reason: str, alternatives: tuple[tuple[int, float], ...] = ()) -> Transfer:
-        """Move data over whichever shortest route delivers it first; ``alternatives``:
-        other (source, ready) places the same data can come from."""
-        if not alternatives:
+        """Move data over whichever shortest route delivers it first (core-to-core data split
+        over several routes when that is sooner); ``alternatives``: other (source, ready)
+        places the same data can come from."""
+        if alternatives:
+            best = None
+            for origin, when in ((source, ready), *alternatives):
+                found = self.best_route(origin, target, bits, when)
+                if best is None or found[0] < best[0]:
+                    best, source = found, origin
+            parts = [best]
+        else:
             parts = self.split_routes(source, target, bits, ready)
-            if len(parts) > 1:
-                made = []
-                for _, resources, width, energy, pieces in parts:
-                    share = sum(piece[2] for piece in pieces)
-                    made += self.reserve(item, source, target, pieces, resources, width,
-                                         energy, share, reason)
-                return Transfer(item, source, target, bits, min(m.start for m in made),
-                                max(m.end for m in made), tuple(made[0].resources),
-                                sum(m.energy_pj for m in made), reason, made[0].rate)
-        best = None
-        for origin, when in ((source, ready), *alternatives):
-            found = self.best_route(origin, target, bits, when)
-            if best is None or found[0] < best[0]:
-                best = (*found, origin)
-        _, resources, width, energy, pieces, source = best
-        made = self.reserve(item, source, target, pieces, resources, width, energy, bits,
-                            reason)
-        return Transfer(item, source, target, bits, made[0].start, made[-1].end,
-                        tuple(resources), energy, reason, width)
+        made = self.reserve_parts(item, source, target, bits, parts, reason)
+        return Transfer(item, source, target, bits, min(m.start for m in made),
+                        max(m.end for m in made), made[0].resources,
+                        sum(m.energy_pj for m in made), reason, made[0].rate)
+
+    def reserve_parts(self, item: tuple, source: int, target: int, bits: int, parts: list,
+                      reason: str, also_to: tuple[int, ...] | list[int] = ()) -> list[Transfer]:
+        """Reserve a transfer found as parts (``split_routes``' or ``on_route``'s entries);
+        over a bus, ``also_to`` receive it too and each receiver counts in its energy."""
+        made = []
+        for _, resources, width, energy, pieces in parts:
+            share = bits if len(parts) == 1 else sum(piece[2] for piece in pieces)
+            made += self.reserve(item, source, target, pieces, resources, width,
+                                 energy * (1 + len(also_to)), share, reason, also_to)
+        return made
 
     def best_route(self, source: int, target: int, bits: int, ready: float) -> tuple:
         """(finish, resources, width, energy, pieces) of the route that delivers first,

@@ -43,9 +43,6 @@ from kiln.hw.schedule.system import System
 from kiln.hw.schedule.tiles import Plan, Tile, check_plan, fit_rows, make_tiles
 
 PUSH_SHARE = 0.25  # a pushed copy takes at most this share of the receiving core's memory
-MIN_BURST = 256  # cycles: the shortest piece a transfer is cut into
-MIN_SHARE_BITS = 4096  # a share of a transfer split over several routes: at least this
-MIN_SPLIT_CYCLES = 1024  # a transfer is split over several routes only if it takes longer
 
 
 class DoesNotFitError(KilnError):
@@ -100,8 +97,7 @@ class _Scheduler:
         if not receivers:
             return None
         reason = "weights" if item[0] == "w" else "input"
-        width = min(bus.bandwidth, self.system.offchip.bandwidth)
-        resources = [bus.channel(self.dram), "dram"]
+        resources, width = self.network.route_resources(self.dram, core, (bus,))
         pieces = self.network.pieces(resources, width, bits, start)
         energy = bits * (bus.pj_per_bit * (1 + len(receivers)) +
                          self.system.offchip.read_pj_per_bit)
@@ -220,12 +216,8 @@ class _Scheduler:
                 parts = [self.network.on_route(core, receivers[0], (bus,), bits, ready)]
             else:
                 parts = self.network.split_routes(core, receivers[0], bits, ready)
-            made = []
-            for _, resources, width, energy, pieces in parts:
-                share = sum(piece[2] for piece in pieces)
-                made += self.network.reserve(("copy", tile.id), core, receivers[0], pieces,
-                                             resources, width, energy * len(receivers),
-                                             share, "push", receivers[1:])
+            made = self.network.reserve_parts(("copy", tile.id), core, receivers[0], bits,
+                                              parts, "push", receivers[1:])
             start, arrived = min(m.start for m in made), max(m.end for m in made)
             for target in receivers:
                 self._open(target, ("copy", tile.id), bits, start, arrived)
@@ -243,18 +235,18 @@ class _Scheduler:
         transfer over a bus to all its receivers is taken when it finishes before the last
         of the separate transfers would (each estimated alone, so the separate ones are, if
         anything, favoured)."""
-        best_bus, apart = None, {}
+        best_bus, apart = None, {}  # apart: when each receiver would have it alone
         for link in self.system.links:
             on_bus = [t for t in rooms if link.kind == "bus" and {core, t} <= set(link.cores)]
             if len(on_bus) < 2:
                 continue
             for target in on_bus:
                 if target not in apart:
-                    apart[target] = [self.network.best_route(core, target, bits,
-                                                             rooms[target])]
+                    apart[target] = self.network.best_route(core, target, bits,
+                                                            rooms[target])[0]
             found = self.network.on_route(core, on_bus[0], (link,), bits,
                                           max(rooms[t] for t in on_bus))
-            if found[0] <= max(_finish(apart[t]) for t in on_bus) and (
+            if found[0] <= max(apart[t] for t in on_bus) and (
                     best_bus is None or len(on_bus) > len(best_bus[0])):
                 best_bus = (on_bus, link)
         plan = [best_bus] if best_bus else []
@@ -462,11 +454,6 @@ class _Scheduler:
         scheduled = ScheduledTile(tile, start, end, energy)
         self.done[tile.id] = scheduled
         return scheduled
-
-
-def _finish(parts: list[tuple]) -> float:
-    """When a transfer made of parts over several routes has arrived."""
-    return max(part[0] for part in parts)
 
 
 def weights_of(tile: Tile) -> tuple:

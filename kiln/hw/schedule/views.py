@@ -48,10 +48,11 @@ def plot_timeline(schedule, path: Path) -> None:
         core = system.cores[entry.tile.core]
         axes.barh(index[f"core {core.id} ({core.name})"], entry.end - entry.start,
                   left=entry.start, height=0.8, color=colours[entry.tile.node], linewidth=0)
+    capacities = {name: link.bandwidth for name, link in system.channels().items()}
+    capacities["dram"] = system.offchip.bandwidth
     for transfer in schedule.transfers:
         for resource in hardware(transfer.resources):
-            capacity = system.offchip.bandwidth if resource == "dram" else \
-                system.channels()[resource].bandwidth
+            capacity = capacities[resource]
             share = min(1.0, transfer.rate / capacity)  # bar height: share of the bandwidth
             axes.barh(index[labels.get(resource, resource)], transfer.end - transfer.start,
                       left=transfer.start, height=0.8 * share,
