@@ -465,3 +465,30 @@ def test_a_grouped_convolution_tile_waits_only_for_its_groups(tmp_path, dual, co
                                  for p in producers), (tile.label, read)
     result = schedule_tiles(graph, dual, plan, coster)
     assert check_schedule(result) == []
+
+
+@pytest.mark.parametrize("channels", [2048, 1499])
+def test_a_global_pool_whose_input_outgrows_the_simd_core_is_cut_by_channels(tmp_path, dual,
+                                                                            channels):
+    """A global average pool must read all 7 rows at once; in 32 bits its input (7 x 7 x
+    channels) is larger than the SIMD core's memory, so one tile cannot hold it. Its
+    channels are cut instead, each tile reading only its own, and the schedule validates."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64, 7, 7])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, 1, 1])
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [channels, 64, 1, 1],
+                                 [0.01] * (channels * 64))
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["output"], name="pool")]
+    path = tmp_path / "pool.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "pool", [x], [y], [weights])), path)
+    simd = next(core for core in dual.compute_cores if core.kind == "simd")
+    assert 7 * 7 * channels * 32 > simd.memory_bits
+    result = schedule(str(path), dual, granularity="layer", allocate="fixed", precision="onnx")
+    parts = result.plan.channel_parts["pool"]
+    pool = [e.tile for e in result.schedule.tiles if e.tile.node == "pool"]
+    assert len(pool) == parts > 1 and {t.core for t in pool} == {simd.id}
+    assert sorted(t.channels for t in pool)[0][0] == 0
+    assert sum(t.channels[1] - t.channels[0] for t in pool) == channels
+    for tile in pool:  # only its own channels of the convolution's output
+        assert sum(tile.dep_bits) == 7 * 7 * (tile.channels[1] - tile.channels[0]) * 32
+    assert check_schedule(result.schedule) == []

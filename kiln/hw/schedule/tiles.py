@@ -42,17 +42,22 @@ class Plan:
     # Whether a long core-to-core transfer may be split over routes without a common link
     # (False: one route per transfer, as Stream moves data).
     multipath: bool = True
+    # Channel-wise layers (pools, element-wise) whose one-row tile does not fit a core: their
+    # output channels cut into this many parts, dealt to the layer's cores in turn.
+    channel_parts: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> dict:
         return {"allocation": {k: list(v) for k, v in self.allocation.items()},
                 "split": {k: self.split.get(k, "K") for k in self.allocation},
                 "rows_per_tile": dict(self.rows), "input_channel_chunks": dict(self.chunks),
                 "fused_groups": [list(g) for g in self.groups],
-                "core_to_core_routes": self.routes, "split_transfers": self.multipath}
+                "core_to_core_routes": self.routes, "split_transfers": self.multipath,
+                "channel_parts": dict(self.channel_parts)}
 
     def copy(self) -> Plan:
         return Plan(dict(self.allocation), dict(self.rows), [list(g) for g in self.groups],
-                    dict(self.split), dict(self.chunks), self.routes, self.multipath)
+                    dict(self.split), dict(self.chunks), self.routes, self.multipath,
+                    dict(self.channel_parts))
 
 
 @dataclass
@@ -178,13 +183,14 @@ def make_tiles(graph: Graph, plan: Plan) -> list[Tile]:
         row_list = row_ranges(node, rows_per_tile)
         # K across cores: each core a share of the output channels of every row tile;
         # OY across cores: whole row tiles dealt to the cores in turn (each holds all weights).
-        channel_list = [(0, node.out_channels)] if by_rows else split(node.out_channels,
-                                                                      len(cores))
+        channel_list = [(0, node.out_channels)] if by_rows else split(
+            node.out_channels, plan.channel_parts.get(node.name, len(cores)))
         chunks = plan.chunks.get(node.name, 1) if node.is_mac and not node.channelwise else 1
         chunk_list = split(node.in_channels, chunks) if chunks > 1 else [None]
         own = []
         for row_index, rows in enumerate(row_list):
-            placed = [cores[row_index % len(cores)]] if by_rows else cores
+            placed = [cores[row_index % len(cores)]] if by_rows else [
+                cores[part % len(cores)] for part in range(len(channel_list))]
             for part, (channels, core) in enumerate(zip(channel_list, placed, strict=False)):
                 previous: Tile | None = None
                 for chunk, in_channels in enumerate(chunk_list):
@@ -333,7 +339,9 @@ def fit_rows(graph: Graph, plan: Plan, system, share: float = 0.5) -> dict[str, 
     """Rows per tile for each layer: the plan's, halved until a tile needs at most ``share``
     of its smallest core's memory (the rest holds what other tiles still need); where a
     layer's share of weights alone is more than that, its input channels are cut into
-    chunks first. Returns the layers whose rows were reduced, with the new value."""
+    chunks first; where one row of a channel-wise layer does not fit at all, its channels are
+    cut into parts (``plan.channel_parts``). Returns the layers whose rows were reduced, with
+    the new value."""
     reduced = {}
     for node in graph.nodes:
         if node.name not in plan.allocation:
@@ -361,4 +369,14 @@ def fit_rows(graph: Graph, plan: Plan, system, share: float = 0.5) -> dict[str, 
         if rows != start:
             plan.rows[node.name] = rows
             reduced[node.name] = rows
+        memory = min(system.cores[c].memory_bits for c in cores)
+        if node.channelwise and not node.is_mac and parts == len(cores) and \
+                tile_memory(graph, node, rows, parts) > memory:
+            # One row does not fit at all (a global pool reads its whole input): fewer
+            # channels per tile, each tile reading only its own, down to the share.
+            cut = parts
+            while cut < node.out_channels and tile_memory(graph, node, rows, cut) > capacity:
+                cut = min(node.out_channels, cut * 2)
+            if cut != parts:
+                plan.channel_parts[node.name] = cut
     return reduced
