@@ -27,6 +27,7 @@ from kiln.errors import KilnError
 from kiln.integer.arith import float32_fields
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.report.markdown import write_text
+from kiln.rtl.requant import accumulator_range, narrow_multiplier
 
 SOURCES = Path(__file__).parent / "sv"
 COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv", "kiln_rows.sv", "kiln_im2col.sv",
@@ -57,10 +58,18 @@ class Layer:
     vectors_per_input: int = 1  # output vectors (pixels) per inference
     cycles_per_input: int = 0
     requants: int = 0  # requantizers shared by the P_OUT lanes (enough to keep up)
+    wc_bits: int = 0  # a weight minus its zero point, signed (0: weight_bits + 1)
+    acc_bits: int = 32  # every partial sum of the layer fits (kiln.rtl.requant)
+    m_bits: int = 31  # the requantizers' multiplier, proven exact (kiln.rtl.requant)
+    passes: int = 1  # cycles per lane in a requantizer: > 1 time-shares one DSP tile
+
+    # (multipliers, shift fields) per output channel for the ROMs; not saved in design.json
+    requant_fields: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.stream_in_n = self.stream_in_n or self.in_n
         self.cycles_per_input = self.cycles_per_input or self.compute_cycles
+        self.wc_bits = self.wc_bits or self.weight_bits + 1
         if not self.requants:
             # The lanes of one output beat are requantized during the next beat's
             # IN_BEATS accumulation cycles.
@@ -105,7 +114,8 @@ class Design:
     def as_dict(self) -> dict[str, Any]:
         return {"program": self.program_name, "rounding": self.rounding,
                 "input_vectors_per_input": self.input_vectors_per_input,
-                "layers": [layer.__dict__ for layer in self.layers]}
+                "layers": [{k: v for k, v in layer.__dict__.items() if k != "requant_fields"}
+                           for layer in self.layers]}
 
     @classmethod
     def load(cls, directory: str | Path) -> Design:
@@ -120,11 +130,21 @@ class Design:
                    data.get("input_vectors_per_input", 1))
 
 
-def _as_dense(op: IntOp) -> tuple[np.ndarray, np.ndarray]:
-    """(weight [out, in], bias [out]) of a dense or affine op."""
+def _centred_weight(op: IntOp) -> np.ndarray:
+    """The op's weights minus their per-output-channel zero point (what the hardware
+    multiplies: the ROMs hold them centred, so no subtraction per weight)."""
+    weight = op.arrays["weight"].astype(np.int64)
+    zero = np.asarray(op.arrays.get("weight_zero", 0), dtype=np.int64)
+    if zero.ndim == 0 or zero.size == 1:
+        return weight - int(zero.reshape(-1)[0]) if zero.size else weight
+    return weight - zero.reshape((-1,) + (1,) * (weight.ndim - 1))
+
+
+def _as_dense(op: IntOp) -> np.ndarray:
+    """The centred weight [out, in] of a dense or affine op."""
     if op.kind == "dense":
-        return op.arrays["weight"], op.arrays["bias"]
-    return np.diag(op.arrays["weight"]), op.arrays["bias"]
+        return _centred_weight(op)
+    return np.diag(_centred_weight(op))
 
 
 def _hex_words(lanes: np.ndarray, bits: int) -> str:
@@ -202,8 +222,7 @@ def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], dir
     design.input_vectors_per_input = _input_vectors(program)
     for op, layer, weight in _walk(program, per_layer):
         if weight is not None:
-            _write_memories(directory / "mem", layer, weight, op.arrays["bias"], op,
-                            program.rounding)
+            _write_memories(directory / "mem", layer, weight, op.arrays["bias"])
         design.layers.append(layer)
     program.save(directory / "program")  # the golden model travels with the design
     write_text(directory / "kiln_top.sv", _top(design))
@@ -254,14 +273,74 @@ def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights:
         if op.kind == "conv":
             layer, weight, shape = _conv_layer(op, shape, p_in, p_out)
         else:
-            weight = _as_dense(op)[0]
+            weight = _as_dense(op)
             if flattened_from is not None and weights:
                 weight = _columns_in_stream_order(weight, flattened_from, p_in)
             layer = _dense_layer(op, weight, p_in, p_out)
             shape = (weight.shape[0],)
             flattened_from = None
+        _size_arithmetic(layer, op, weight, program.rounding)
         yield op, layer, weight
         lanes = p_out
+
+
+def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str) -> None:
+    """The layer's weight, accumulator and multiplier widths, and (for the ROMs) its
+    narrowed multipliers and shifts in ``layer.requant_fields``."""
+    in_q = TensorQuant(**op.attrs["in_quant"])
+    low, high, layer.acc_bits = accumulator_range(
+        weight, op.arrays["bias"].astype(np.int64), in_q.qmin - in_q.zero_point,
+        in_q.qmax - in_q.zero_point)
+    top = int(np.abs(weight).max(initial=0))
+    layer.wc_bits = max(2, top.bit_length() + 1)
+    out_q = op.out_quant
+    if rounding == "float32":
+        # The float32 multiplier as a 24-bit mantissa and a right shift (kiln_requant FLOAT32).
+        m, shift = float32_fields(op.arrays["multiplier_f32"])
+        m = np.broadcast_to(m, (layer.out_n,)).astype(np.int64)
+        shift = np.broadcast_to(shift, (layer.out_n,)).astype(np.int64)
+        if np.any(shift < 0) or np.any(shift > 63):
+            raise KilnError(f"layer '{layer.name}': a float32 multiplier outside 2^-39..2^24 "
+                            "cannot be requantized by the generated hardware")
+        layer.m_bits = 24
+        layer.requant_fields = (m, shift)
+        layer.requants, layer.passes = requantizers(layer.p_out, layer.in_beats, 1)
+        return
+    m0 = np.broadcast_to(op.arrays["m0"], (layer.out_n,))
+    n = np.broadcast_to(op.arrays["shift"], (layer.out_n,))
+    lo, hi = op.attrs["clamp"]
+    narrowed = [narrow_multiplier(int(m0[c]), int(n[c]), rounding, out_q.zero_point, lo, hi,
+                                  int(low[c]), int(high[c])) for c in range(layer.out_n)]
+    layer.m_bits = max(max(bits for _, _, bits in narrowed), 1)
+    # The shifter keeps one fraction bit for round half up (kiln_requant).
+    offset = 1 if rounding == "nearest" else 0
+    layer.requant_fields = (np.array([m for m, _, _ in narrowed], dtype=np.int64),
+                            np.array([s - offset for _, s, _ in narrowed], dtype=np.int64))
+    if np.any(layer.requant_fields[1] > 127):
+        raise KilnError(f"layer '{layer.name}': a requantization shift above 127 bits")
+    layer.requants, layer.passes = requantizers(layer.p_out, layer.in_beats,
+                                                requant_tiles(layer.acc_bits, layer.m_bits))
+
+
+def requant_tiles(acc_bits: int, m_bits: int) -> int:
+    """18x18 tiles of a requantizer's product, as kiln_requant cuts it for PASSES > 1."""
+    return (1 if acc_bits <= 18 else 2) * -(-m_bits // 17)
+
+
+def requantizers(p_out: int, in_beats: int, tiles: int) -> tuple[int, int]:
+    """(requantizers, passes) that keep up with a layer: the P_OUT lanes of an output beat
+    must be requantized while the next beat accumulates (IN_BEATS cycles). When a beat
+    leaves time for every tile of a lane to take a cycle of its own, each requantizer
+    time-shares one DSP tile (passes = tiles) and takes IN_BEATS // tiles lanes; otherwise
+    every tile has its own DSP (passes = 1).
+
+    >>> requantizers(1, 16, 4), requantizers(2, 16, 4), requantizers(16, 1, 4)
+    ((1, 4), (1, 4), (16, 1))
+    """
+    if tiles > 1 and in_beats >= tiles:
+        lanes = in_beats // tiles
+        return -(-p_out // lanes), tiles
+    return min(p_out, -(-p_out // in_beats)), 1
 
 
 def _dense_layer(op: IntOp, weight: np.ndarray, p_in: int, p_out: int, **extra: Any) -> Layer:
@@ -277,7 +356,7 @@ def _conv_layer(op: IntOp, shape: tuple[int, ...], p_in: int, p_out: int
                 ) -> tuple[Layer, np.ndarray, tuple[int, int, int]]:
     """A conv as im2col + matrix unit; weight columns in window order (ky, kx, cb, lane)."""
     channels, height, width = shape
-    weight = op.arrays["weight"]
+    weight = _centred_weight(op)
     k_out, c_group, fy, fx = weight.shape
     stride, padding, dilation = op.attrs["stride"], op.attrs["padding"], op.attrs["dilation"]
     if op.attrs["groups"] != 1 or len({*stride}) != 1 or len({*padding}) != 1 or \
@@ -330,8 +409,7 @@ def _columns_in_stream_order(weight: np.ndarray, shape: tuple[int, ...], lanes: 
     return out.reshape(weight.shape[0], -1)
 
 
-def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndarray,
-                    op: IntOp, rounding: str) -> None:
+def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndarray) -> None:
     rows, cols = layer.out_beats * layer.p_out, layer.in_beats * layer.p_in
     padded = np.zeros((rows, cols), dtype=np.int64)
     padded[: weight.shape[0], : weight.shape[1]] = weight
@@ -342,28 +420,14 @@ def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.nda
                            i * layer.p_in:(i + 1) * layer.p_in]
             blocks.append(block.reshape(-1))  # lane p * P_in + q
     write_text(folder / f"{layer.name}.weights.mem", _hex_words(np.array(blocks),
-                                                                layer.weight_bits))
+                                                                layer.wc_bits))
     def per_beat(values: np.ndarray) -> np.ndarray:
         return _padded(values, rows).reshape(layer.out_beats, layer.p_out)
 
-    write_text(folder / f"{layer.name}.bias.mem", _hex_words(per_beat(bias), 32))
-    if rounding == "float32":
-        # The float32 multiplier as a 24-bit mantissa and a right shift (kiln_requant FLOAT32).
-        m0, shift = float32_fields(op.arrays["multiplier_f32"])
-        m0 = np.broadcast_to(m0, (layer.out_n,))
-        shift = np.broadcast_to(shift, (layer.out_n,))
-        if np.any(shift < 0) or np.any(shift > 63):
-            raise KilnError(f"layer '{layer.name}': a float32 multiplier outside 2^-39..2^24 "
-                            "cannot be requantized by the generated hardware")
-    else:
-        m0, shift = op.arrays["m0"], op.arrays["shift"]
-    write_text(folder / f"{layer.name}.m0.mem", _hex_words(per_beat(m0), 32))
-    write_text(folder / f"{layer.name}.shift.mem", _hex_words(per_beat(shift), 8))
-    weight_zero = op.arrays.get("weight_zero", np.zeros(layer.out_n, dtype=np.int64))
-    if weight_zero.ndim == 0 or weight_zero.size != layer.out_n:
-        weight_zero = np.broadcast_to(weight_zero, (layer.out_n,))
-    write_text(folder / f"{layer.name}.wzero.mem",
-               _hex_words(per_beat(weight_zero), layer.weight_bits))
+    write_text(folder / f"{layer.name}.bias.mem", _hex_words(per_beat(bias), layer.acc_bits))
+    m, shift = layer.requant_fields
+    write_text(folder / f"{layer.name}.m0.mem", _hex_words(per_beat(m), layer.m_bits))
+    write_text(folder / f"{layer.name}.shift.mem", _hex_words(per_beat(shift), 7))
 
 
 def _instance(module: str, name: str, params: dict[str, int], files: str,
@@ -426,13 +490,13 @@ def _top(design: Design) -> str:
         params = {"IN_N": layer.in_n, "OUT_N": layer.out_n, "P_IN": layer.p_in,
                   "P_OUT": layer.p_out, "IN_BITS": layer.in_bits,
                   "IN_SIGNED": int(layer.in_signed), "IN_ZERO": layer.in_zero,
-                  "W_BITS": layer.weight_bits, "OUT_BITS": layer.out_bits,
+                  "WC_BITS": layer.wc_bits, "ACC_BITS": layer.acc_bits,
+                  "M_BITS": layer.m_bits, "OUT_BITS": layer.out_bits,
                   "OUT_ZERO": layer.out_zero, "LO": layer.lo, "HI": layer.hi,
                   "ROUND_NEAREST": nearest, "FLOAT32": int(design.rounding == "float32"),
-                  "REQUANTS": layer.requants}
+                  "REQUANTS": layer.requants, "PASSES": layer.passes}
         files = (f'.W_FILE("{mem}.weights.mem"), .B_FILE("{mem}.bias.mem"), '
-                 f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem"), '
-                 f'.Z_FILE("{mem}.wzero.mem")')
+                 f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem")')
         lines += _instance("kiln_dense", f"layer_{index}", params, files, source, sink,
                            f"{layer.name}: {layer.in_n} -> {layer.out_n}, "
                            f"{layer.p_in}x{layer.p_out}")

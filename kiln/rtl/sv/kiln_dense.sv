@@ -1,20 +1,28 @@
-// kiln_dense: a fully-connected layer y = requant(W (x - IN_ZERO) + b), streamed.
+// kiln_dense: a fully-connected layer y = requant(W (x - IN_ZERO) + b), streamed and pipelined.
 //
 // The input vector (IN_N elements) arrives in IN_BEATS = ceil(IN_N / P_IN) beats of P_IN
 // elements; the output (OUT_N elements) leaves in OUT_BEATS beats of P_OUT elements.
-// Zero points are subtracted from both operands before multiplying (x - IN_ZERO per
-// input lane, w - w_zero per output channel).
 // P_IN x P_OUT multipliers, P_OUT balanced adder trees of depth ceil(log2 P_IN) and
 // P_OUT accumulators compute one [P_OUT x P_IN] weight block per cycle, so a vector
 // takes IN_BEATS * OUT_BEATS compute cycles. Two input buffers let the next vector load
-// while this one computes; a 4-entry output FIFO lets compute run ahead of the consumer; a pipeline register
-// separates accumulation from requantization.
+// while this one computes.
+//
+// Every block goes down a pipeline that never stalls (only the issue of blocks does):
+//   issue: the block counters address the input buffer and the weight ROM (block RAM)
+//   read:  the memories' output registers (block RAM output registers)
+//   centre: x - IN_ZERO (the weights are stored centred on their zero point, WC_BITS wide)
+//   product: one registered product per multiplier (a DSP with its output register)
+//   tree:  the adder tree, a register after every second level
+//   acc:   the accumulator (the bias enters with the first block of an output beat)
+// then the accumulated beat is captured and REQUANTS pipelined requantizers
+// (kiln_requant) take its P_OUT lanes in SERIAL = ceil(P_OUT / REQUANTS) turns of PASSES
+// cycles into the output FIFO. Flow control is by credit: a beat's last block is issued only
+// when the FIFO will have room for it behind every beat already in flight, and at least
+// SERIAL * PASSES cycles after the previous beat's (the requantizers' turn), so nothing
+// downstream of the issue ever waits. With SERIAL * PASSES <= IN_BEATS they keep up.
 // Weights, biases and requantization parameters come from ROMs read with $readmemh
 // (one word per block: lane 0 in the least significant bits), read synchronously so that
-// they can live in block RAM. REQUANTS requantizers (32x32 multiply and 64-bit shift each,
-// the largest part of a lane) serve the P_OUT lanes in ceil(P_OUT / REQUANTS) cycles after
-// each output beat's accumulation: with REQUANTS >= P_OUT / IN_BEATS they keep up with the
-// engine. Valid/ready on both sides.
+// they can live in block RAM. Valid/ready on both sides.
 module kiln_dense #(
     parameter int IN_N = 16,
     parameter int OUT_N = 16,
@@ -23,7 +31,9 @@ module kiln_dense #(
     parameter int IN_BITS = 8,
     parameter bit IN_SIGNED = 0,
     parameter int IN_ZERO = 0,
-    parameter int W_BITS = 8,
+    parameter int WC_BITS = 9,     // a weight minus its zero point, signed
+    parameter int ACC_BITS = 32,   // holds every partial sum the layer can produce
+    parameter int M_BITS = 31,     // the requantization multiplier, unsigned
     parameter int OUT_BITS = 8,
     parameter int OUT_ZERO = 0,
     parameter int LO = 0,
@@ -31,11 +41,11 @@ module kiln_dense #(
     parameter bit ROUND_NEAREST = 1,
     parameter bit FLOAT32 = 0,
     parameter int REQUANTS = P_OUT,  // requantizers, shared by the P_OUT lanes in turn
+    parameter int PASSES = 1,        // cycles per lane in a requantizer (kiln_requant)
     parameter W_FILE = "weights.mem",
     parameter B_FILE = "bias.mem",
     parameter M_FILE = "m0.mem",
-    parameter S_FILE = "shift.mem",
-    parameter Z_FILE = "wzero.mem"
+    parameter S_FILE = "shift.mem"
 ) (
     input  logic clk,
     input  logic rst_n,
@@ -48,222 +58,222 @@ module kiln_dense #(
 );
     localparam int IN_BEATS = (IN_N + P_IN - 1) / P_IN;
     localparam int OUT_BEATS = (OUT_N + P_OUT - 1) / P_OUT;
-    localparam int LEVELS = $clog2(P_IN) > 0 ? $clog2(P_IN) : 1;
+    localparam int LEVELS = $clog2(P_IN);
     localparam int LEAVES = 1 << LEVELS;
+    localparam int TREE_STAGES = (LEVELS + 1) / 2;   // a register after every second level
     localparam int XB = IN_BITS + 2;               // x - zero point, signed
-    localparam int WB = W_BITS + 1;                // w - weight zero point, signed
-    localparam int PB = XB + WB;                   // one product
+    localparam int PB = XB + WC_BITS;              // one product
     localparam int IB = IN_BEATS > 1 ? $clog2(IN_BEATS) : 1;
     localparam int OB = OUT_BEATS > 1 ? $clog2(OUT_BEATS) : 1;
     localparam int WA = IN_BEATS * OUT_BEATS > 1 ? $clog2(IN_BEATS * OUT_BEATS) : 1;
+    localparam int SERIAL = (P_OUT + REQUANTS - 1) / REQUANTS;
+    localparam int SB = SERIAL > 1 ? $clog2(SERIAL) : 1;
+    localparam int LB = P_OUT > 1 ? $clog2(P_OUT) : 1;
+    localparam int REQUANT_LATENCY = PASSES > 1 ? PASSES + 5 : 5;  // kiln_requant's
+    localparam int TURN = SERIAL * PASSES;         // cycles the requantizers take per beat
+    localparam int PSB = PASSES > 1 ? $clog2(PASSES) : 1;
+    // Pipeline registers from the issue to the accumulator's output.
+    localparam int MAC_DEPTH = 4 + TREE_STAGES;
+    // Beats in flight between an issue and the FIFO: the credit loop must cover them all
+    // for a consumer ready every cycle never to stall a one-block beat.
+    localparam int IN_FLIGHT = MAC_DEPTH + TURN + REQUANT_LATENCY + 3;
+    localparam int FIFO_BITS = $clog2(IN_FLIGHT + 1);
+    localparam int FIFO_DEPTH = 1 << FIFO_BITS;
 
     // ROMs
-    logic [P_IN*P_OUT*W_BITS-1:0] weight_rom [IN_BEATS*OUT_BEATS];
-    logic [P_OUT*32-1:0] bias_rom [OUT_BEATS];
-    logic [P_OUT*32-1:0] m0_rom [OUT_BEATS];
-    logic [P_OUT*8-1:0] shift_rom [OUT_BEATS];
-    logic [P_OUT*W_BITS-1:0] wzero_rom [OUT_BEATS];
+    logic [P_IN*P_OUT*WC_BITS-1:0] weight_rom [IN_BEATS*OUT_BEATS];
+    logic [P_OUT*ACC_BITS-1:0] bias_rom [OUT_BEATS];
+    logic [P_OUT*M_BITS-1:0] m_rom [OUT_BEATS];
+    logic [P_OUT*7-1:0] shift_rom [OUT_BEATS];
     initial begin
-        $readmemh(Z_FILE, wzero_rom);
         $readmemh(W_FILE, weight_rom);
         $readmemh(B_FILE, bias_rom);
-        $readmemh(M_FILE, m0_rom);
+        $readmemh(M_FILE, m_rom);
         $readmemh(S_FILE, shift_rom);
     end
 
-    // Input side: two vector buffers, filled alternately: one memory of 2 x IN_BEATS
-    // words (the buffer number is the top address bit), written by the loader and read
-    // synchronously one cycle ahead like the ROMs, so that Yosys may put it in block RAM.
-    logic [P_IN*IN_BITS-1:0] buffer [2*IN_BEATS];
+    // Input side: two vector buffers, filled alternately: one memory of 2 x 2^IB words
+    // (the buffer number is the top address bit), written by the loader and read
+    // synchronously by the issue, so that Yosys may put it in block RAM.
+    logic [P_IN*IN_BITS-1:0] buffer [2 << IB];
     logic [1:0] full;
     logic load_sel;
     logic [IB-1:0] load_beat;
     assign in_ready = !full[load_sel];
+    always_ff @(posedge clk) begin
+        if (in_valid && in_ready) buffer[{load_sel, load_beat}] <= in_data;
+    end
 
-    // Compute engine state.
+    // Issue: one block per cycle while a loaded vector remains and the credit allows.
     logic comp_sel;
     logic running;
     logic [IB-1:0] i_beat;
     logic [OB-1:0] j_beat;
-    // Flat vectors, not arrays: Yosys's frontend mishandles one-element arrays.
-    logic [P_OUT*32-1:0] acc;
-    logic last_i;
-    logic fifo_full;
-    logic step;
+    logic [WA-1:0] w_addr;
+    logic last_i, last_j, issue;
+    logic [FIFO_BITS:0] credit_used;   // beats issued and not yet taken from the FIFO
+    logic [$clog2(TURN + 1):0] turn_wait;  // cycles until the requantizers are free
     assign last_i = (i_beat == IB'(IN_BEATS - 1));
-    logic serializer_held;  // total_q still needed by the requantizers after this cycle
-    assign step = running && !(last_i && (fifo_full || serializer_held));
+    assign last_j = (j_beat == OB'(OUT_BEATS - 1));
+    assign issue = running && !(last_i && (credit_used == (FIFO_BITS + 1)'(FIFO_DEPTH)
+                                           || turn_wait != '0));
 
-    // The block counters' values after the next clock edge. The ROMs are read with them
-    // one cycle ahead into registers (a synchronous read, which Yosys can put in block RAM:
-    // SB_RAM40_4K on iCE40, DP16KD on ECP5), so each registered word is the one the
-    // current block needs, exactly as an asynchronous read of the current counters.
-    // The weight ROM's address j * IN_BEATS + i is counted, not multiplied (a multiply
-    // would take a DSP block).
-    logic [IB-1:0] i_next;
-    logic [OB-1:0] j_next;
-    logic comp_sel_next;
-    logic [WA-1:0] w_addr, w_addr_next;
-    always_comb begin
-        i_next = i_beat;
-        j_next = j_beat;
-        comp_sel_next = comp_sel;
-        w_addr_next = w_addr;
-        if (!running && full[comp_sel]) begin
-            i_next = '0;
-            j_next = '0;
-            w_addr_next = '0;
-        end
-        if (step) begin
-            w_addr_next = w_addr + 1'b1;
-            if (last_i) begin
-                i_next = '0;
-                j_next = (j_beat == OB'(OUT_BEATS - 1)) ? '0 : j_beat + 1'b1;
-                if (j_beat == OB'(OUT_BEATS - 1)) begin
-                    comp_sel_next = !comp_sel;
-                    w_addr_next = '0;
-                end
-            end else begin
-                i_next = i_beat + 1'b1;
-            end
-        end
+    // Read stage: the memories' registered outputs, then their output registers.
+    logic [P_IN*IN_BITS-1:0] x_read, x_held;
+    logic [P_IN*P_OUT*WC_BITS-1:0] w_read, w_held;
+    always_ff @(posedge clk) begin
+        x_read <= buffer[{comp_sel, i_beat}];
+        w_read <= weight_rom[w_addr];
+        x_held <= x_read;
+        w_held <= w_read;
     end
+
+    // Control travels beside the data: valid, first and last block of a beat, the beat.
+    // Flat vectors, one process each (stage k at [k*CTRL +: CTRL]; stage 0 is the issue).
+    localparam int CTRL = 3 + OB;
+    logic [CTRL-1:0] ctrl_issue;
+    logic [MAC_DEPTH*CTRL-1:0] ctrl_regs;
+    logic [(MAC_DEPTH+1)*CTRL-1:0] ctrl;
+    assign ctrl_issue = {issue, i_beat == '0, last_i, j_beat};
+    assign ctrl = {ctrl_regs, ctrl_issue};
     always_ff @(posedge clk or negedge rst_n) begin
-        if (!rst_n) w_addr <= '0;
-        else w_addr <= w_addr_next;
-    end
-    logic [P_IN*P_OUT*W_BITS-1:0] weight_word;
-    logic [P_OUT*W_BITS-1:0] wzero_word;
-    logic [P_OUT*32-1:0] bias_word_q;
-    logic [P_OUT*32-1:0] m0_word;
-    logic [P_OUT*8-1:0] shift_word;
-    localparam int BA = $clog2(2 * IN_BEATS);
-    logic [P_IN*IN_BITS-1:0] x_word_q;
-    always_ff @(posedge clk) begin
-        x_word_q <= buffer[(comp_sel_next ? BA'(IN_BEATS) : BA'(0)) + BA'(i_next)];
-        weight_word <= weight_rom[w_addr_next];
-        wzero_word <= wzero_rom[j_next];
-        bias_word_q <= bias_rom[j_next];
-        m0_word <= m0_rom[j_next];
-        shift_word <= shift_rom[j_next];
+        if (!rst_n) ctrl_regs <= '0;
+        else ctrl_regs <= ctrl[MAC_DEPTH*CTRL-1:0];
     end
 
-    // The current block: P_IN inputs and P_OUT x P_IN weights, zero points subtracted;
-    // per output lane a balanced adder tree of depth ceil(log2 P_IN) over the P_IN
-    // products (padded with zeros to a power of two), then the accumulator after this beat
-    // with the bias on the last beat. One process for all lanes, reading the registers and
-    // ROMs itself: an event-driven simulator (Icarus) wakes it a couple of times per cycle
-    // instead of once per changed lane or product.
-    logic [P_OUT*32-1:0] lane_total;
-    always_comb begin : compute
-        logic [P_IN*IN_BITS-1:0] x_word;
-        logic [P_IN*P_OUT*W_BITS-1:0] w_word;
-        logic [P_OUT*W_BITS-1:0] w_zero_word;
-        logic [P_OUT*32-1:0] bias_word;
-        logic [P_IN*XB-1:0] x_centered;  // signed lanes (flat vectors: see acc)
-        logic [LEAVES*32-1:0] level;     // signed lanes, summed in place pairwise
-        logic [IN_BITS-1:0] raw;
-        logic signed [W_BITS-1:0] w;
-        logic signed [W_BITS-1:0] w_zero;
-        logic signed [WB-1:0] w_centered;
-        x_word = x_word_q;
-        w_word = weight_word;
-        w_zero_word = wzero_word;
-        bias_word = bias_word_q;
+    // Centre stage: x - IN_ZERO per lane (signed, XB bits).
+    logic [P_IN*XB-1:0] x_centred;
+    logic [P_IN*P_OUT*WC_BITS-1:0] w_centred;
+    always_ff @(posedge clk) begin
         for (int q = 0; q < P_IN; q++) begin
-            raw = x_word[q*IN_BITS +: IN_BITS];
-            if (IN_SIGNED) x_centered[q*XB +: XB] = XB'($signed(raw)) - XB'(IN_ZERO);
-            else x_centered[q*XB +: XB] = $signed(XB'({1'b0, raw})) - XB'(IN_ZERO);
+            if (IN_SIGNED)
+                x_centred[q*XB +: XB] <= XB'($signed(x_held[q*IN_BITS +: IN_BITS])) - XB'(IN_ZERO);
+            else
+                x_centred[q*XB +: XB] <= $signed(XB'({1'b0, x_held[q*IN_BITS +: IN_BITS]}))
+                                         - XB'(IN_ZERO);
         end
-        for (int p = 0; p < P_OUT; p++) begin
-            w_zero = w_zero_word[p*W_BITS +: W_BITS];
-            level = '0;
-            for (int q = 0; q < P_IN; q++) begin
-                w = w_word[(p*P_IN + q)*W_BITS +: W_BITS];
-                w_centered = WB'(w) - WB'(w_zero);
-                level[q*32 +: 32] = 32'(PB'($signed(x_centered[q*XB +: XB])) * PB'(w_centered));
-            end
-            for (int l = 0; l < LEVELS; l++)
-                for (int k = 0; k < LEAVES / 2; k++)
-                    if (k < (LEAVES >> (l + 1)))
-                        level[k*32 +: 32] = level[2*k*32 +: 32] + level[(2*k + 1)*32 +: 32];
-            lane_total[p*32 +: 32] = acc[p*32 +: 32] + 32'(level) +
-                ((i_beat == IB'(IN_BEATS - 1)) ? bias_word[p*32 +: 32] : 32'd0);
-        end
+        w_centred <= w_held;
     end
 
-    // A pipeline register between the accumulation and the requantization: the MAC path
-    // and the 32x32 requantization multiply each get a clock cycle of their own.
-    logic pending;  // result_q is complete: pushed into the FIFO this cycle
-    logic [P_OUT*32-1:0] total_q;
-    logic [P_OUT*32-1:0] m0_q;
-    logic [P_OUT*8-1:0] shift_q;
+    // Product stage: P_OUT x P_IN registered products (flat vectors: Yosys's frontend
+    // mishandles one-element arrays).
+    logic [P_OUT*LEAVES*ACC_BITS-1:0] products;
     always_ff @(posedge clk) begin
-        if (step && last_i) begin
-            total_q <= lane_total;
-            m0_q <= m0_word;
-            shift_q <= shift_word;
+        products <= '0;
+        for (int p = 0; p < P_OUT; p++)
+            for (int q = 0; q < P_IN; q++)
+                products[(p*LEAVES + q)*ACC_BITS +: ACC_BITS] <= ACC_BITS'(
+                    PB'($signed(x_centred[q*XB +: XB]))
+                    * PB'($signed(w_centred[(p*P_IN + q)*WC_BITS +: WC_BITS])));
+    end
+
+    // Tree stages: per lane, pairwise sums in place, a register after every second level
+    // (one process; stage t's input at [t*TW +: TW] of tree, the products at stage 0).
+    localparam int TW = P_OUT*LEAVES*ACC_BITS;
+    logic [(TREE_STAGES > 0 ? TREE_STAGES : 1)*TW-1:0] tree_regs;
+    logic [((TREE_STAGES > 0 ? TREE_STAGES : 1) + 1)*TW-1:0] tree;
+    assign tree = {tree_regs, products};
+    always_ff @(posedge clk) begin : tree_sums
+        logic [TW-1:0] level;
+        for (int t = 0; t < TREE_STAGES; t++) begin
+            level = tree[t*TW +: TW];
+            for (int l = 2 * t; l < 2 * t + 2 && l < LEVELS; l++)
+                for (int p = 0; p < P_OUT; p++)
+                    for (int k = 0; k < (LEAVES >> (l + 1)); k++)
+                        level[(p*LEAVES + k)*ACC_BITS +: ACC_BITS] =
+                            level[(p*LEAVES + 2*k)*ACC_BITS +: ACC_BITS]
+                            + level[(p*LEAVES + 2*k + 1)*ACC_BITS +: ACC_BITS];
+            tree_regs[t*TW +: TW] <= level;
         end
     end
 
+    // Accumulator stage: the bias ROM is read for the block entering it, so that the bias
+    // is there with the beat's first block.
+    localparam int ACC_STAGE = MAC_DEPTH;
+    logic [P_OUT*ACC_BITS-1:0] bias_word, acc;
+    always_ff @(posedge clk) bias_word <= bias_rom[ctrl[(ACC_STAGE - 1)*CTRL +: OB]];
+    logic in_acc, first_acc, last_acc;
+    assign {in_acc, first_acc, last_acc} = ctrl[ACC_STAGE*CTRL + OB +: 3];
+    logic [P_OUT*ACC_BITS-1:0] acc_next;
+    always_comb begin
+        for (int p = 0; p < P_OUT; p++)
+            acc_next[p*ACC_BITS +: ACC_BITS] =
+                (first_acc ? bias_word[p*ACC_BITS +: ACC_BITS] : acc[p*ACC_BITS +: ACC_BITS])
+                + tree[TREE_STAGES*TW + p*LEAVES*ACC_BITS +: ACC_BITS];
+    end
+    always_ff @(posedge clk) if (in_acc) acc <= acc_next;
+
+    // Capture: the finished beat, with its multipliers and shifts (read by the beat number
+    // the accumulator stage holds).
+    logic [P_OUT*ACC_BITS-1:0] total;
+    logic [P_OUT*M_BITS-1:0] m_word;
+    logic [P_OUT*7-1:0] shift_word;
     always_ff @(posedge clk) begin
-        if (in_valid && in_ready)
-            buffer[(load_sel ? BA'(IN_BEATS) : BA'(0)) + BA'(load_beat)] <= in_data;
+        if (in_acc && last_acc) begin
+            total <= acc_next;
+            m_word <= m_rom[ctrl[ACC_STAGE*CTRL +: OB]];
+            shift_word <= shift_rom[ctrl[ACC_STAGE*CTRL +: OB]];
+        end
     end
 
-    // Requantization: REQUANTS units take the lanes in turn, SERIAL steps per output beat,
-    // into result_q, which is pushed into the FIFO the cycle after the last step.
-    localparam int SERIAL = (P_OUT + REQUANTS - 1) / REQUANTS;
-    localparam int SB = SERIAL > 1 ? $clog2(SERIAL) : 1;
-    localparam int LB = P_OUT > 1 ? $clog2(P_OUT) : 1;
+    // Requantization: SERIAL turns, each feeding REQUANTS lanes into the pipelined
+    // requantizers; a turn's results come out REQUANT_LATENCY cycles later.
     logic busy;
     logic [SB-1:0] serial_step;
-    logic last_serial;
+    logic [PSB-1:0] pass;
+    logic last_serial, last_pass, start;
     assign last_serial = (serial_step == SB'(SERIAL - 1));
-    logic [P_OUT*OUT_BITS-1:0] result_q;
+    assign last_pass = (pass == PSB'(PASSES - 1));
+    assign start = busy && pass == '0;
     logic [REQUANTS*OUT_BITS-1:0] part;
     genvar r;
     generate
         for (r = 0; r < REQUANTS; r++) begin : g_requant
             logic [LB:0] lane;
             logic [LB:0] lane_read;
-            logic signed [7:0] lane_shift;
             assign lane = (LB + 1)'(serial_step) * (LB + 1)'(REQUANTS) + (LB + 1)'(r);
             assign lane_read = (lane < (LB + 1)'(P_OUT)) ? lane : '0;
-            assign lane_shift = shift_q[lane_read*8 +: 8];
-            kiln_requant #(.OUT_BITS(OUT_BITS), .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
-                           .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32)) u_requant (
-                .acc(total_q[lane_read*32 +: 32]), .m0(m0_q[lane_read*32 +: 32]),
-                .shift(lane_shift), .out(part[r*OUT_BITS +: OUT_BITS]));
+            kiln_requant #(.ACC_BITS(ACC_BITS), .M_BITS(M_BITS), .OUT_BITS(OUT_BITS),
+                           .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
+                           .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32),
+                           .PASSES(PASSES)) u_requant (
+                .clk(clk), .start(start), .acc(total[lane_read*ACC_BITS +: ACC_BITS]),
+                .m(m_word[lane_read*M_BITS +: M_BITS]), .shift(shift_word[lane_read*7 +: 7]),
+                .out(part[r*OUT_BITS +: OUT_BITS]));
         end
     endgenerate
-    // Lane p is written at serial step p / REQUANTS by requantizer p % REQUANTS: constant
+    // The turns in the requantizers: valid, turn number, last turn (stage k at [k*TB +: TB]).
+    localparam int TB = SB + 2;
+    logic [REQUANT_LATENCY*TB-1:0] turn_regs;
+    logic [(REQUANT_LATENCY+1)*TB-1:0] turns;
+    assign turns = {turn_regs, start, serial_step, start && last_serial};
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) turn_regs <= '0;
+        else turn_regs <= turns[REQUANT_LATENCY*TB-1:0];
+    end
+    logic out_turn_valid, out_turn_last;
+    logic [SB-1:0] out_turn;
+    assign {out_turn_valid, out_turn, out_turn_last} = turns[REQUANT_LATENCY*TB +: TB];
+    // Lane p comes out at turn p / REQUANTS from requantizer p % REQUANTS: constant
     // part-selects in one process (Yosys mis-merges variable-index writes from several).
+    logic [P_OUT*OUT_BITS-1:0] result;
+    logic push;
     always_ff @(posedge clk) begin
-        if (busy)
+        if (out_turn_valid)
             for (int p = 0; p < P_OUT; p++)
-                if (serial_step == SB'(p / REQUANTS))
-                    result_q[p*OUT_BITS +: OUT_BITS] <= part[(p % REQUANTS)*OUT_BITS +: OUT_BITS];
+                if (out_turn == SB'(p / REQUANTS))
+                    result[p*OUT_BITS +: OUT_BITS] <= part[(p % REQUANTS)*OUT_BITS +: OUT_BITS];
     end
 
-    // Output FIFO (4 entries): room for the results in flight and the one behind them, so that
-    // a consumer ready every cycle never stalls the engine.
-    logic [P_OUT*OUT_BITS-1:0] fifo [4];
-    logic [2:0] fifo_count;
-    logic [1:0] fifo_head;
-    logic push, pop;
-    // A new accumulator may start into the requantizers only if the FIFO has room for it
-    // behind everything in flight (the result being requantized, the one being pushed).
-    assign fifo_full = (fifo_count + {2'd0, pending} + {2'd0, busy} >= 3'd4);
-    assign serializer_held = busy && !last_serial;
-    assign push = pending;
-    // The slot after the last entry, wrapping at 4 (a 2-bit sum: an index expression
-    // would not wrap in every simulator).
-    logic [1:0] write_slot;
-    assign write_slot = fifo_head + fifo_count[1:0];
+    // Output FIFO (FIFO_DEPTH entries, distributed RAM): the credit counter guarantees room.
+    logic [P_OUT*OUT_BITS-1:0] fifo [FIFO_DEPTH];
+    logic [FIFO_BITS:0] fifo_count;
+    logic [FIFO_BITS-1:0] fifo_head, fifo_tail;
+    logic pop;
     assign pop = out_valid && out_ready;
-    assign out_valid = (fifo_count != 3'd0);
+    assign out_valid = (fifo_count != '0);
     assign out_data = fifo[fifo_head];
+    always_ff @(posedge clk) if (push) fifo[fifo_tail] <= result;
 
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
@@ -274,14 +284,18 @@ module kiln_dense #(
             running <= 1'b0;
             i_beat <= '0;
             j_beat <= '0;
-            fifo_count <= 3'd0;
-            fifo_head <= 2'd0;
-            pending <= 1'b0;
+            w_addr <= '0;
+            credit_used <= '0;
+            turn_wait <= '0;
             busy <= 1'b0;
             serial_step <= '0;
-            acc <= '0;
+            pass <= '0;
+            push <= 1'b0;
+            fifo_count <= '0;
+            fifo_head <= '0;
+            fifo_tail <= '0;
         end else begin
-            // Load (the buffer itself is written below, outside the reset process).
+            // Load (the buffer itself is written above, outside the reset process).
             if (in_valid && in_ready) begin
                 if (load_beat == IB'(IN_BEATS - 1)) begin
                     load_beat <= '0;
@@ -290,50 +304,60 @@ module kiln_dense #(
                     load_beat <= load_beat + 1'b1;
                 end
             end
-            // Start computing a loaded vector.
+            // Start issuing a loaded vector.
             if (!running && full[comp_sel]) begin
                 running <= 1'b1;
                 i_beat <= '0;
                 j_beat <= '0;
+                w_addr <= '0;
             end
-            // Compute one block per cycle.
-            if (step) begin
+            if (issue) begin
                 if (last_i) begin
-                    acc <= '0;
                     i_beat <= '0;
-                    if (j_beat == OB'(OUT_BEATS - 1)) begin
+                    if (last_j) begin
                         j_beat <= '0;
-                        // Roll straight into the other buffer when it is already loaded:
-                        // no idle cycle between vectors.
+                        w_addr <= '0;
+                        // Roll straight into the other buffer when it is already loaded.
                         running <= full[!comp_sel];
                         comp_sel <= !comp_sel;
                     end else begin
                         j_beat <= j_beat + 1'b1;
+                        w_addr <= w_addr + 1'b1;
                     end
                 end else begin
-                    acc <= lane_total;
                     i_beat <= i_beat + 1'b1;
+                    w_addr <= w_addr + 1'b1;
                 end
             end
-            // Buffer bookkeeping: filled by the loader, freed by the engine.
+            // Buffer bookkeeping: filled by the loader, freed by the issue of its last block.
             for (int b = 0; b < 2; b++) begin
                 if (in_valid && in_ready && load_beat == IB'(IN_BEATS - 1) && load_sel == b[0])
                     full[b] <= 1'b1;
-                else if (step && last_i && j_beat == OB'(OUT_BEATS - 1) && comp_sel == b[0])
+                else if (issue && last_i && last_j && comp_sel == b[0])
                     full[b] <= 1'b0;
             end
-            // Output FIFO.
-            // Requantization steps, then the push.
-            pending <= busy && last_serial;
-            if (busy) begin
-                serial_step <= last_serial ? '0 : serial_step + 1'b1;
-                busy <= !last_serial || (step && last_i);
-            end else begin
-                busy <= step && last_i;
+            // Credit and the requantizers' turns.
+            credit_used <= credit_used + (FIFO_BITS + 1)'(issue && last_i)
+                           - (FIFO_BITS + 1)'(pop);
+            if (issue && last_i) turn_wait <= ($clog2(TURN + 1) + 1)'(TURN - 1);
+            else if (turn_wait != '0) turn_wait <= turn_wait - 1'b1;
+            // A captured beat takes its turns from the next cycle on (captures are at
+            // least SERIAL cycles apart: the issue waits for the requantizers' turn).
+            if (in_acc && last_acc) begin
+                busy <= 1'b1;
+                serial_step <= '0;
+                pass <= '0;
+            end else if (busy) begin
+                pass <= last_pass ? '0 : pass + 1'b1;
+                if (last_pass) begin
+                    busy <= !last_serial;
+                    serial_step <= last_serial ? '0 : serial_step + 1'b1;
+                end
             end
-            if (push) fifo[write_slot] <= result_q;
-            if (pop) fifo_head <= fifo_head + 2'd1;
-            fifo_count <= fifo_count + {2'd0, push} - {2'd0, pop};
+            push <= out_turn_valid && out_turn_last;
+            if (push) fifo_tail <= fifo_tail + 1'b1;
+            if (pop) fifo_head <= fifo_head + 1'b1;
+            fifo_count <= fifo_count + (FIFO_BITS + 1)'(push) - (FIFO_BITS + 1)'(pop);
         end
     end
 endmodule

@@ -1,91 +1,197 @@
-// kiln_requant: int32 accumulator -> output integer, as kiln's engine does it.
-//   out = clamp(((acc * M0) + round) >>> (31 + n) + OUT_ZERO, LO, HI)
-// with round = 2^(30+n) when ROUND_NEAREST (round half up), 0 for floor.
-// Combinational; M0 in [2^30, 2^31), n signed (31 + n in [0, 62]).
-// FLOAT32 = 1 computes ONNX Runtime's rint(float32(acc) * float32(M)) in integers: m0 holds
-// M's 24-bit mantissa and shift its exponent (M = m0 * 2^-shift); |acc| is rounded to 24
+// kiln_requant: an accumulator -> output integer, as kiln's engine does it, pipelined.
+//   out = clamp(((acc * M) + round) >>> s + OUT_ZERO, LO, HI)
+// with round = 2^(s-1) when ROUND_NEAREST (round half up), 0 for floor.
+// The emitter narrows the engine's (M0, 31 + n) per channel to the fewest multiplier bits
+// that give the same output for every accumulator the layer can produce (kiln.rtl.requant):
+// acc is ACC_BITS wide, m is an unsigned M_BITS integer, s = 31 + n - (31 - M_BITS') >= 1
+// in nearest mode. The input `shift` holds s - 1 (nearest) or s (floor): the shifter then
+// keeps one fraction bit, and round half up is (t + 1) >>> 1.
+// LATENCY = 5 registers from the inputs to `out`, one stage each for: the inputs (after the
+// caller's lane multiplexer), the product (one MULT18X18D for 18x18), the variable shift,
+// the rounding add, and the clamp (compares against constants, in parallel with a narrow
+// add of the zero point). It takes a new input every cycle.
+// PASSES > 1 (= TILES, the 18x18 tiles of the product) time-shares one DSP tile: the inputs
+// are taken when `start` is high, the tiles are multiplied one per cycle and summed, and the
+// result comes out LATENCY = PASSES + 5 cycles after `start`; a new input every PASSES
+// cycles. The caller chooses it when the layer leaves the requantizers that much time.
+// FLOAT32 = 1 computes ONNX Runtime's rint(float32(acc) * float32(M)) in integers: m holds
+// M's 24-bit mantissa and shift its exponent (M = m * 2^-shift); |acc| is rounded to 24
 // significant bits, multiplied, the product rounded to 24 significant bits, then shifted
 // right rounding half to even; the sign is applied last (float rounding is symmetric).
+// That path is one long stage (its bit scans are not pipelined) and runs at a lower clock.
 module kiln_requant #(
+    parameter int ACC_BITS = 32,
+    parameter int M_BITS = 31,
     parameter int OUT_BITS = 8,
     parameter int OUT_ZERO = 0,
     parameter int LO = 0,
     parameter int HI = 255,
     parameter bit ROUND_NEAREST = 1,
-    parameter bit FLOAT32 = 0
+    parameter bit FLOAT32 = 0,
+    parameter int PASSES = 1
 ) (
-    input  logic signed [31:0] acc,
-    input  logic        [31:0] m0,
-    input  logic signed [7:0]  shift,
+    input  logic clk,
+    input  logic start,  // PASSES > 1: take the inputs (ignored with PASSES = 1)
+    input  logic signed [ACC_BITS-1:0] acc,
+    input  logic        [M_BITS-1:0]   m,
+    input  logic        [6:0]          shift,
     output logic [OUT_BITS-1:0] out
 );
-    logic signed [63:0] scaled;
-    logic signed [63:0] biased;
+    localparam int PW = ACC_BITS + M_BITS + 1;  // the signed product
+    // Bounds on the shifted value t (before the zero point): below LO - OUT_ZERO gives LO,
+    // above HI - OUT_ZERO gives HI.
+    localparam longint LOW = longint'(LO) - longint'(OUT_ZERO);
+    localparam longint HIGH = longint'(HI) - longint'(OUT_ZERO);
 
-    // round_half_even(value / 2^amount)
-    function automatic logic [63:0] shift_round_even(input logic [63:0] value, input logic [6:0] amount);
-        logic [63:0] kept;
-        logic [63:0] remainder;
-        logic [63:0] half;
-        kept = value >> amount;
-        remainder = value - (kept << amount);
-        half = (amount == 7'd0) ? 64'd0 : (64'd1 << (amount - 7'd1));
-        if (amount != 7'd0 && (remainder > half || (remainder == half && kept[0])))
-            kept = kept + 64'd1;
-        shift_round_even = kept;
-    endfunction
+    // Stage 1: the inputs.
+    logic signed [ACC_BITS-1:0] acc_1;
+    logic [M_BITS-1:0] m_1;
+    logic [6:0] shift_1;
+    always_ff @(posedge clk) begin
+        if (PASSES == 1 || start) begin
+            acc_1 <= acc;
+            m_1 <= m;
+            shift_1 <= shift;
+        end
+    end
 
-    // value rounded half to even to 24 significant bits (a float32 significand)
-    function automatic logic [63:0] round_to_24_bits(input logic [63:0] value);
-        logic [6:0] top;
-        logic [6:0] amount;
-        top = 7'd0;
-        for (int i = 0; i < 64; i++)
-            if (value[i]) top = 7'(i);
-        amount = (top > 7'd23) ? top - 7'd23 : 7'd0;
-        round_to_24_bits = shift_round_even(value, amount) << amount;
-    endfunction
-
-    // Only the selected rounding is built: in an event-driven simulator (Icarus) the
-    // float32 path's bit scans would otherwise run on every accumulator change.
     generate
         if (FLOAT32) begin : g_float32
-            logic signed [63:0] wide_acc;
-            logic [63:0] magnitude;
-            logic [63:0] magnitude24;
-            logic [63:0] product24;
-            logic [63:0] float_result;
-            always_comb begin
-                wide_acc = 64'(acc);
-                magnitude = acc[31] ? 64'(64'sd0 - wide_acc) : 64'(wide_acc);
+            // round_half_even(value / 2^amount)
+            function automatic logic [63:0] shift_round_even(input logic [63:0] value,
+                                                             input logic [6:0] amount);
+                logic [63:0] kept;
+                logic [63:0] remainder;
+                logic [63:0] half;
+                kept = value >> amount;
+                remainder = value - (kept << amount);
+                half = (amount == 7'd0) ? 64'd0 : (64'd1 << (amount - 7'd1));
+                if (amount != 7'd0 && (remainder > half || (remainder == half && kept[0])))
+                    kept = kept + 64'd1;
+                shift_round_even = kept;
+            endfunction
+            // value rounded half to even to 24 significant bits (a float32 significand)
+            function automatic logic [63:0] round_to_24_bits(input logic [63:0] value);
+                logic [6:0] top;
+                logic [6:0] amount;
+                top = 7'd0;
+                for (int i = 0; i < 64; i++)
+                    if (value[i]) top = 7'(i);
+                amount = (top > 7'd23) ? top - 7'd23 : 7'd0;
+                round_to_24_bits = shift_round_even(value, amount) << amount;
+            endfunction
+            logic signed [63:0] scaled;
+            logic signed [63:0] biased;
+            logic [OUT_BITS-1:0] result;
+            always_comb begin : float_path
+                logic signed [63:0] wide_acc;
+                logic [63:0] magnitude;
+                logic [63:0] magnitude24;
+                logic [63:0] product24;
+                logic [63:0] float_result;
+                wide_acc = 64'(acc_1);
+                magnitude = acc_1[ACC_BITS-1] ? 64'(64'sd0 - wide_acc) : 64'(wide_acc);
                 magnitude24 = round_to_24_bits(magnitude);
-                product24 = round_to_24_bits(magnitude24 * {40'd0, m0[23:0]});
-                float_result = shift_round_even(product24, 7'(shift));
-                scaled = acc[31] ? -$signed(float_result) : $signed(float_result);
+                product24 = round_to_24_bits(magnitude24 * 64'(m_1));
+                float_result = shift_round_even(product24, shift_1);
+                scaled = acc_1[ACC_BITS-1] ? -$signed(float_result) : $signed(float_result);
+                biased = scaled + 64'(OUT_ZERO);
+                if (biased < 64'(LO)) result = OUT_BITS'(LO);
+                else if (biased > 64'(HI)) result = OUT_BITS'(HI);
+                else result = OUT_BITS'(biased);
             end
+            // The result goes through the remaining stages' registers unchanged, so that
+            // both modes have the same latency.
+            logic [OUT_BITS-1:0] delay [4];
+            always_ff @(posedge clk) begin
+                delay[0] <= result;
+                for (int k = 1; k < 4; k++) delay[k] <= delay[k - 1];
+            end
+            assign out = delay[3];
         end else begin : g_fixed
-            logic signed [63:0] product;
-            logic signed [63:0] rounded;
-            logic [6:0] total_shift;
-            always_comb begin
-                total_shift = 7'(8'sd31 + shift);
-                product = 64'(acc) * $signed({32'd0, m0});
-                if (ROUND_NEAREST && total_shift != 0)
-                    rounded = product + (64'sd1 <<< (total_shift - 7'd1));
-                else
-                    rounded = product;
-                scaled = rounded >>> total_shift;
+            // Stage 2: the product.
+            logic signed [PW-1:0] product_2;
+            logic [6:0] shift_2;
+            if (PASSES == 1) begin : g_parallel
+                always_ff @(posedge clk) begin
+                    product_2 <= PW'(acc_1) * $signed({1'b0, m_1});
+                    shift_2 <= shift_1;
+                end
+            end else begin : g_passes
+                // Chunks: acc as a low unsigned 17-bit part and a signed high part (or one
+                // signed part up to 18 bits); m as unsigned 17-bit parts. Each tile is an
+                // 18x18 signed product; tile (i, j) weighs 2^(17(i + j)).
+                localparam int A_CHUNKS = ACC_BITS > 18 ? 2 : 1;
+                localparam int M_CHUNKS = (M_BITS + 16) / 17;
+                localparam int PB = PASSES > 1 ? $clog2(PASSES) : 1;
+                logic [PB-1:0] pass;
+                logic running = 1'b0;
+                logic signed [17:0] a_part, m_part;
+                logic [2:0] weight;   // i + j
+                always_comb begin
+                    int i, j;
+                    i = int'(pass) / M_CHUNKS;
+                    j = int'(pass) % M_CHUNKS;
+                    if (A_CHUNKS == 1) a_part = 18'(acc_1);
+                    else if (i == 0) a_part = $signed({1'b0, acc_1[16:0]});
+                    else a_part = 18'(acc_1 >>> 17);
+                    m_part = $signed({1'b0, 17'(m_1 >> (17 * j))});
+                    weight = 3'(i + j);
+                end
+                always_ff @(posedge clk) begin
+                    if (start) begin
+                        pass <= '0;
+                        running <= 1'b1;
+                    end else if (running) begin
+                        pass <= pass + 1'b1;
+                        running <= pass != PB'(PASSES - 1);
+                    end
+                end
+                // The tile's product (the DSP's output register), then its sum.
+                logic signed [35:0] tile;
+                logic [2:0] tile_weight;
+                logic tile_valid, tile_first, tile_last;
+                logic [6:0] tile_shift;
+                always_ff @(posedge clk) begin
+                    tile <= a_part * m_part;
+                    tile_weight <= weight;
+                    tile_valid <= running;
+                    tile_first <= pass == '0;
+                    tile_last <= pass == PB'(PASSES - 1);
+                    tile_shift <= shift_1;
+                end
+                // The tile at its weight: a multiplexer of constant shifts (written as a
+                // variable shift, Yosys turns 2^(17 w) into another multiplier).
+                logic signed [PW-1:0] placed, sum, sum_next;
+                always_comb begin
+                    placed = PW'(tile);
+                    for (int w = 1; w < A_CHUNKS + M_CHUNKS - 1; w++)
+                        if (tile_weight == 3'(w)) placed = PW'(tile) <<< (17 * w);
+                end
+                assign sum_next = (tile_first ? PW'(0) : sum) + placed;
+                always_ff @(posedge clk) begin
+                    if (tile_valid) sum <= sum_next;
+                    if (tile_valid && tile_last) begin
+                        product_2 <= sum_next;
+                        shift_2 <= tile_shift;
+                    end
+                end
+            end
+            // Stage 3: the variable arithmetic shift.
+            logic signed [PW-1:0] shifted_3;
+            always_ff @(posedge clk) shifted_3 <= product_2 >>> shift_2;
+            // Stage 4: round half up (the shifter kept one fraction bit), or floor.
+            logic signed [PW-1:0] value_4;
+            always_ff @(posedge clk) begin
+                if (ROUND_NEAREST) value_4 <= (shifted_3 + PW'(1)) >>> 1;
+                else value_4 <= shifted_3;
+            end
+            // Stage 5: saturate to [LO, HI] or add the zero point (only the output's bits).
+            always_ff @(posedge clk) begin
+                if (64'(value_4) < LOW) out <= OUT_BITS'(LO);
+                else if (64'(value_4) > HIGH) out <= OUT_BITS'(HI);
+                else out <= OUT_BITS'(value_4) + OUT_BITS'(OUT_ZERO);
             end
         end
     endgenerate
-
-    always_comb begin
-        biased = scaled + 64'(OUT_ZERO);
-        if (biased < 64'(LO))
-            out = OUT_BITS'(LO);
-        else if (biased > 64'(HI))
-            out = OUT_BITS'(HI);
-        else
-            out = OUT_BITS'(biased);
-    end
 endmodule

@@ -1,0 +1,101 @@
+"""Requantizer widths for the generated hardware: as narrow as the layer allows, bit-exact.
+
+The engine requantizes with a 31-bit M0 and a 32-bit accumulator. A layer's accumulators
+never reach most of that range, and an 8-bit output has only 255 steps, so a narrower
+multiplier often gives the same output for every accumulator the layer can produce. This
+module proves that per channel and chooses the narrowest widths, so that the requantizer's
+product fits one 18x18 DSP tile where it can (four tiles for 32x32):
+
+* :func:`accumulator_range`: the exact range of a layer's accumulator (and of every partial
+  sum on the way) from its centred weights, bias and input range;
+* :func:`narrow_multiplier`: the fewest bits of M0 (rounded) whose output equals the
+  engine's for every accumulator in that range.
+
+Why the check is exact: for a positive multiplier M and shift S the output is
+clamp(floor((acc·M + R) / 2^S) + Z, LO, HI), a step function of acc. It is LO plus the
+number of levels v in (LO, HI] with acc >= T_v, where T_v = ceil(((v - Z)·2^S - R) / M). Two
+multipliers give the same output on [a, b] exactly when their thresholds, clipped to
+[a, b + 1], are equal.
+
+>>> m, shift, bits = narrow_multiplier(1 << 30, 2, "nearest", 0, 0, 255, -1000, 1000)
+>>> bits   # M = 2^30 is one bit, shifted
+1
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: levels beyond which the per-level check is skipped (the full multiplier is kept)
+MAX_CHECKED_LEVELS = 1 << 13
+
+
+def accumulator_range(weight: np.ndarray, bias: np.ndarray, input_low: int, input_high: int
+                      ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(lowest, highest) accumulator per output channel, and the bits of a signed register
+    that holds every partial sum of every channel.
+
+    ``weight`` is [out, in], already centred on the weight zero point; inputs (already centred
+    on their zero point) lie in [input_low, input_high].
+
+    >>> low, high, bits = accumulator_range(np.array([[1, -2]]), np.array([3]), 0, 255)
+    >>> int(low[0]), int(high[0]), bits
+    (-507, 258, 11)
+    """
+    weight = weight.astype(np.int64)
+    at_low, at_high = weight * input_low, weight * input_high
+    low = bias + np.minimum(at_low, at_high).sum(axis=1)
+    high = bias + np.maximum(at_low, at_high).sum(axis=1)
+    # Every partial sum (any subset of the products, with or without the bias) is bounded
+    # by the sum of magnitudes.
+    magnitude = np.abs(bias) + np.maximum(np.abs(at_low), np.abs(at_high)).sum(axis=1)
+    bound = int(magnitude.max(initial=0))
+    return low, high, min(32, bound.bit_length() + 1)
+
+
+def _thresholds(multiplier: int, shift: int, nearest: bool, levels: range, low: int,
+                high: int) -> list[int]:
+    rounding = (1 << (shift - 1)) if nearest and shift > 0 else 0
+    out = []
+    for level in levels:
+        threshold = -((rounding - (level << shift)) // multiplier)  # ceil division
+        out.append(min(max(threshold, low), high + 1))
+    return out
+
+
+def narrow_multiplier(m0: int, n: int, rounding: str, zero_point: int, qmin: int, qmax: int,
+                      acc_low: int, acc_high: int) -> tuple[int, int, int]:
+    """(m, s, bits): the narrowest m = round(M0 / 2^(31-b)) with (acc·m + R) >> s equal to
+    the engine's (acc·M0 + R) >> (31 + n) after the clamp for every acc in
+    [acc_low, acc_high]; s >= 1 in nearest mode (m and s scaled by 2 if needed: exact)."""
+    total_shift = 31 + n
+    nearest = rounding == "nearest"
+    m0 = int(m0)
+    if m0 <= 0:
+        return m0, max(total_shift, 1 if nearest else 0), max(m0.bit_length(), 1)
+
+    def output(acc: int) -> int:  # the engine's level, unclamped, before the zero point
+        rounding_term = (1 << (total_shift - 1)) if nearest and total_shift > 0 else 0
+        return (acc * m0 + rounding_term) >> total_shift
+
+    # Only the levels the accumulator range reaches can differ.
+    first = max(qmin - zero_point + 1, output(acc_low))
+    last = min(qmax - zero_point, output(acc_high) + 1)
+    levels = range(first, last + 1)
+    chosen = (m0, total_shift)
+    if len(levels) <= MAX_CHECKED_LEVELS:
+        reference = _thresholds(m0, total_shift, nearest, levels, acc_low, acc_high)
+        for bits in range(1, 32):
+            drop = 31 - bits
+            m = (m0 + ((1 << drop) >> 1)) >> drop  # M0 rounded to `bits` bits
+            if m == 0:
+                continue
+            if _thresholds(m << drop, total_shift, nearest, levels, acc_low,
+                           acc_high) == reference:
+                chosen = (m, total_shift - drop)
+                break
+    m, shift = chosen
+    floor_shift = 1 if nearest else 0
+    if shift < floor_shift:  # (acc·m·2^k + 2^(s+k-1)) >> (s+k) is the same value
+        m, shift = m << (floor_shift - shift), floor_shift
+    return m, shift, m.bit_length()
