@@ -84,6 +84,16 @@ class Layer:
         return -(-self.out_n // self.p_out)
 
     @property
+    def requant_dsps(self) -> int:
+        """ECP5 DSP tiles (18x18) in the layer's requantizers: one each when a requantizer
+        time-shares its tile, else every tile of an ACC_BITS x (M_BITS + 1) signed product."""
+        if self.kind == "maxpool":
+            return 0
+        if self.passes > 1:
+            return self.requants
+        return self.requants * -(-self.acc_bits // 18) * -(-(self.m_bits + 1) // 18)
+
+    @property
     def compute_cycles(self) -> int:
         """Ideal cycles per inference: one [P_out x P_in] block per cycle."""
         if self.kind == "maxpool":
@@ -284,6 +294,10 @@ def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights:
         lanes = p_out
 
 
+# op -> its narrowed multipliers: (id, rounding) -> (op, [(m, s, bits) per channel])
+_NARROWED: dict[tuple[int, str], tuple[IntOp, list[tuple[int, int, int]]]] = {}
+
+
 def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str) -> None:
     """The layer's weight, accumulator and multiplier widths, and (for the ROMs) its
     narrowed multipliers and shifts in ``layer.requant_fields``."""
@@ -309,8 +323,16 @@ def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str)
     m0 = np.broadcast_to(op.arrays["m0"], (layer.out_n,))
     n = np.broadcast_to(op.arrays["shift"], (layer.out_n,))
     lo, hi = op.attrs["clamp"]
-    narrowed = [narrow_multiplier(int(m0[c]), int(n[c]), rounding, out_q.zero_point, lo, hi,
-                                  int(low[c]), int(high[c])) for c in range(layer.out_n)]
+    key = (id(op), rounding)
+    cached = _NARROWED.get(key)
+    if cached is None or cached[0] is not op:
+        if len(_NARROWED) > 256:
+            _NARROWED.clear()
+        cached = (op, [narrow_multiplier(int(m0[c]), int(n[c]), rounding, out_q.zero_point,
+                                         lo, hi, int(low[c]), int(high[c]))
+                       for c in range(layer.out_n)])
+        _NARROWED[key] = cached  # folding plans every layer at many widths
+    narrowed = cached[1]
     layer.m_bits = max(max(bits for _, _, bits in narrowed), 1)
     # The shifter keeps one fraction bit for round half up (kiln_requant).
     offset = 1 if rounding == "nearest" else 0
@@ -394,7 +416,8 @@ def _maxpool_layer(op: IntOp, shape: tuple[int, ...], lanes: int
     layer = Layer(op.name, channels, channels, lanes, lanes, quant.bits, quant.signed,
                   quant.zero_point, quant.bits, quant.zero_point, quant.qmin, quant.qmax, 8, 0,
                   kind="maxpool", geometry=geometry, vectors_per_input=out_h * out_w,
-                  cycles_per_input=(height * width + out_h * out_w) * beats)
+                  # one read per window word, while the next rows load
+                  cycles_per_input=max(height * width, out_h * out_w * kernel[0] ** 2) * beats)
     return layer, (channels, out_h, out_w)
 
 

@@ -94,7 +94,8 @@ def memories(layer: dict[str, Any]) -> list[tuple[int, int]]:
         return []
     in_beats = -(-layer["in_n"] // layer["p_in"])
     out_beats = -(-layer["out_n"] // layer["p_out"])
-    return [(layer["p_in"] * layer["p_out"] * layer["weight_bits"], in_beats * out_beats),
+    weight_bits = layer.get("wc_bits") or layer["weight_bits"] + 1  # stored centred
+    return [(layer["p_in"] * layer["p_out"] * weight_bits, in_beats * out_beats),
             (layer["p_in"] * layer["in_bits"], 2 * in_beats)]
 
 
@@ -109,6 +110,7 @@ def features(layer: dict[str, Any]) -> dict[str, float]:
     out = {"unit": 1.0, "products": float(products),
            "product_bits": float(products * layer["weight_bits"] * layer["in_bits"]),
            "lanes": float(layer["p_out"]), "requants": float(layer["requants"]),
+           "requant_dsps": float(_requant_dsps(layer)),
            "inputs": float(layer["p_in"] * layer["in_bits"]), "small_memory_bits": float(small)}
     if layer["kind"] == "conv":
         geometry = layer["geometry"]
@@ -121,7 +123,13 @@ def features(layer: dict[str, Any]) -> dict[str, float]:
 LUT_FEATURES = ("unit", "products", "lanes", "requants", "small_memory_bits", "im2col",
                 "line_bits", "pool", "pool_buffer_bits")
 FF_FEATURES = ("unit", "products", "lanes", "requants", "inputs", "im2col", "pool")
-DSP_FEATURES = ("products", "requants", "im2col")  # no intercept: DSPs are multipliers
+DSP_FEATURES = ("products", "requant_dsps", "im2col")  # no intercept: DSPs are multipliers
+
+
+def _requant_dsps(layer: dict[str, Any]) -> int:
+    """The requantizers' DSP tiles (:attr:`kiln.rtl.emit.Layer.requant_dsps`)."""
+    fields = {k: v for k, v in layer.items() if k != "requant_fields"}
+    return Layer(**fields).requant_dsps
 
 
 def fit_resource_model(samples: list[dict[str, Any]], family: str) -> dict[str, Any]:

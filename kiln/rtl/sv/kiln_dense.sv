@@ -68,7 +68,6 @@ module kiln_dense #(
     localparam int WA = IN_BEATS * OUT_BEATS > 1 ? $clog2(IN_BEATS * OUT_BEATS) : 1;
     localparam int SERIAL = (P_OUT + REQUANTS - 1) / REQUANTS;
     localparam int SB = SERIAL > 1 ? $clog2(SERIAL) : 1;
-    localparam int LB = P_OUT > 1 ? $clog2(P_OUT) : 1;
     localparam int REQUANT_LATENCY = PASSES > 1 ? PASSES + 5 : 5;  // kiln_requant's
     localparam int TURN = SERIAL * PASSES;         // cycles the requantizers take per beat
     localparam int PSB = PASSES > 1 ? $clog2(PASSES) : 1;
@@ -229,17 +228,28 @@ module kiln_dense #(
     genvar r;
     generate
         for (r = 0; r < REQUANTS; r++) begin : g_requant
-            logic [LB:0] lane;
-            logic [LB:0] lane_read;
-            assign lane = (LB + 1)'(serial_step) * (LB + 1)'(REQUANTS) + (LB + 1)'(r);
-            assign lane_read = (lane < (LB + 1)'(P_OUT)) ? lane : '0;
+            // The lane of this turn, selected with constant part-selects (a variable index
+            // times a width that is not a power of two would be a multiplier).
+            logic [ACC_BITS-1:0] lane_acc;
+            logic [M_BITS-1:0] lane_m;
+            logic [6:0] lane_shift;
+            always_comb begin
+                lane_acc = total[r*ACC_BITS +: ACC_BITS];
+                lane_m = m_word[r*M_BITS +: M_BITS];
+                lane_shift = shift_word[r*7 +: 7];
+                for (int k = 1; k < SERIAL; k++)
+                    if (serial_step == SB'(k) && k * REQUANTS + r < P_OUT) begin
+                        lane_acc = total[(k*REQUANTS + r)*ACC_BITS +: ACC_BITS];
+                        lane_m = m_word[(k*REQUANTS + r)*M_BITS +: M_BITS];
+                        lane_shift = shift_word[(k*REQUANTS + r)*7 +: 7];
+                    end
+            end
             kiln_requant #(.ACC_BITS(ACC_BITS), .M_BITS(M_BITS), .OUT_BITS(OUT_BITS),
                            .OUT_ZERO(OUT_ZERO), .LO(LO), .HI(HI),
                            .ROUND_NEAREST(ROUND_NEAREST), .FLOAT32(FLOAT32),
                            .PASSES(PASSES)) u_requant (
-                .clk(clk), .start(start), .acc(total[lane_read*ACC_BITS +: ACC_BITS]),
-                .m(m_word[lane_read*M_BITS +: M_BITS]), .shift(shift_word[lane_read*7 +: 7]),
-                .out(part[r*OUT_BITS +: OUT_BITS]));
+                .clk(clk), .rst_n(rst_n), .start(start), .acc(lane_acc), .m(lane_m),
+                .shift(lane_shift), .out(part[r*OUT_BITS +: OUT_BITS]));
         end
     endgenerate
     // The turns in the requantizers: valid, turn number, last turn (stage k at [k*TB +: TB]).

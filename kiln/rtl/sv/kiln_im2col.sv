@@ -9,6 +9,14 @@
 // last windows of this one go out). Every output position (raster order) is one window of
 // FY * FX * CB beats, ordered (ky, kx, channel beat); positions in the padding read as the
 // input zero point in every lane. Rows below the last window are loaded and never read.
+//
+// Pipelined for FPGA clocks: the window generator keeps the current beat's buffer address
+// and "inside the image" flag in registers, updated by adding constants as its counters
+// step (no multiplier, no wide address arithmetic between a register and the memory); the
+// line buffer is read synchronously at that address (block RAM or registered distributed
+// RAM; a row occupies a power-of-two stride of words so that the address is a
+// concatenation), the padding is substituted in the next cycle, and a 4-entry output FIFO
+// holds what is in flight: a beat is issued only when the FIFO will have room (credit).
 module kiln_im2col #(
     parameter int H = 28,
     parameter int W = 28,
@@ -37,69 +45,186 @@ module kiln_im2col #(
     localparam int ROW_BITS = (SPAN > 1) ? $clog2(SPAN) : 0;
     localparam int R = 1 << ROW_BITS;
     localparam int ROW_WORDS = W * CB;
-    localparam int WORDS = R * ROW_WORDS;
+    localparam int COL_BITS = ROW_WORDS > 1 ? $clog2(ROW_WORDS) : 1;
+    localparam int ROW_STRIDE = 1 << COL_BITS;
+    localparam int WORDS = R * ROW_STRIDE;
+    localparam int AB = $clog2(WORDS);
+    localparam int SB = ROW_BITS > 0 ? ROW_BITS : 1;   // a row slot
+    localparam int CW = 20;                             // signed positions and columns
 
     logic [P*BITS-1:0] rows [WORDS];
     logic write_enable, rows_ready, frame_done;
     logic [31:0] write_address, frame_base;
+    logic signed [31:0] first_row, need_rows;
 
-    // Window generator counters.
+    // Window generator: counters and, for the current beat, the input row iy and column ix
+    // it reads, its column word (ix * CB + cb) and its row slot, kept in registers.
     logic [15:0] oy, ox, ky, kx, cb;
-    logic signed [31:0] iy, ix, first_row, need_rows;
-    logic in_frame;
-    logic [P*BITS-1:0] pad_word;
+    logic signed [CW-1:0] iy_base;      // oy * STRIDE - PAD: the window's top row
+    logic signed [CW-1:0] ix_base;      // ox * STRIDE - PAD: the window's left column
+    logic signed [CW-1:0] iy, ix;       // the beat's input row and column
+    logic signed [CW-1:0] col_base;     // ix_base * CB
+    logic signed [CW-1:0] col_kx;       // ix * CB
+    logic last_cb, last_kx, last_ky, last_ox, last_oy;
+    assign last_cb = cb == 16'(CB - 1);
+    assign last_kx = kx == 16'(FX - 1);
+    assign last_ky = ky == 16'(FY - 1);
+    assign last_ox = ox == 16'(OW - 1);
+    assign last_oy = oy == 16'(OH - 1);
+
+    // Output row oy reads the frame's rows [first_row, need_rows). A window that lies
+    // wholly in the top padding reads no row, but it belongs to a frame that must have
+    // begun: without the floor of 1, a 1x1 conv with padding emitted the next frame's first
+    // row before that frame's input existed.
     always_comb begin
-        for (int lane = 0; lane < P; lane++) pad_word[lane*BITS +: BITS] = BITS'(ZERO);
-        iy = $signed(32'(oy)) * STRIDE - PAD + $signed(32'(ky)) * DILATION;
-        ix = $signed(32'(ox)) * STRIDE - PAD + $signed(32'(kx)) * DILATION;
-        in_frame = iy >= 0 && iy < H && ix >= 0 && ix < W;
-        // Output row oy reads the frame's rows [first_row, need_rows).
-        first_row = $signed(32'(oy)) * STRIDE - PAD;
-        if (first_row < 0) first_row = 0;
-        need_rows = $signed(32'(oy)) * STRIDE - PAD + SPAN;
+        first_row = iy_base < 0 ? 0 : 32'(iy_base);
+        need_rows = 32'(iy_base) + SPAN;
         if (need_rows > H) need_rows = H;
-        // A window that lies wholly in the top padding reads no row, but it belongs to a
-        // frame that must have begun: without this, a 1x1 conv with padding emitted the
-        // next frame's first row before that frame's input existed.
         if (need_rows < 1) need_rows = 1;
     end
-    kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R)) u_rows (
+    kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE)) u_rows (
         .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
         .first_row(first_row), .need_rows(need_rows), .frame_done(frame_done),
         .rows_ready(rows_ready), .write_enable(write_enable), .write_address(write_address),
         .frame_base(frame_base));
-    assign out_valid = rows_ready;
-    assign out_data = in_frame
-        ? rows[((frame_base + 32'(iy)) & 32'(R - 1)) * ROW_WORDS + 32'(ix * CB) + 32'(cb)]
-        : pad_word;
-    assign frame_done = out_valid && out_ready && cb == 16'(CB - 1) && kx == 16'(FX - 1)
-                        && ky == 16'(FY - 1) && ox == 16'(OW - 1) && oy == 16'(OH - 1);
-
     always_ff @(posedge clk) begin
-        if (write_enable) rows[write_address] <= in_data;
+        if (write_enable) rows[write_address[AB-1:0]] <= in_data;
     end
+
+    // Issue: a beat leaves the generator when its rows are there and the FIFO has room.
+    logic [2:0] credit_used;
+    logic issue;
+    assign issue = rows_ready && credit_used != 3'd4;
+    assign frame_done = issue && last_cb && last_kx && last_ky && last_ox && last_oy;
+
+    // The next beat's position, from the current one by constant steps.
+    logic signed [CW-1:0] iy_next, ix_next, col_next, iy_base_next, ix_base_next,
+                          col_base_next, col_kx_next;
+    always_comb begin
+        iy_base_next = iy_base;
+        ix_base_next = ix_base;
+        col_base_next = col_base;
+        iy_next = iy;
+        ix_next = ix;
+        col_kx_next = col_kx;
+        if (!last_cb) begin
+            col_next = col_kx + CW'(cb) + 1'b1;
+        end else if (!last_kx) begin
+            ix_next = ix + CW'(DILATION);
+            col_kx_next = col_kx + CW'(DILATION * CB);
+            col_next = col_kx_next;
+        end else begin
+            if (!last_ky) begin
+                iy_next = iy + CW'(DILATION);
+            end else begin
+                if (!last_ox) begin
+                    ix_base_next = ix_base + CW'(STRIDE);
+                    col_base_next = col_base + CW'(STRIDE * CB);
+                end else begin
+                    ix_base_next = -CW'(PAD);
+                    col_base_next = -CW'(PAD * CB);
+                    iy_base_next = last_oy ? -CW'(PAD) : iy_base + CW'(STRIDE);
+                end
+                iy_next = iy_base_next;
+            end
+            ix_next = ix_base_next;
+            col_kx_next = col_base_next;
+            col_next = col_base_next;
+        end
+    end
+
+    // The buffer address of a beat: its row slot and column word (garbage in the padding,
+    // where the word is not used).
+    logic [AB-1:0] address;
+    logic in_image;
+    logic [SB-1:0] base_slot_next;   // frame_base mod R, of the frame of the next beat
+    assign base_slot_next = frame_done ? SB'(frame_base) + SB'(H % R) : SB'(frame_base);
+    function automatic logic [AB-1:0] address_of(input logic [SB-1:0] slot_base,
+                                                 input logic signed [CW-1:0] row,
+                                                 input logic signed [CW-1:0] column);
+        logic [SB-1:0] slot;
+        slot = slot_base + SB'(row);
+        if (ROW_BITS == 0) address_of = AB'(column[COL_BITS-1:0]);
+        else address_of = AB'({slot, column[COL_BITS-1:0]});
+    endfunction
 
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
             {oy, ox, ky, kx, cb} <= '0;
-        end else if (out_valid && out_ready) begin
-            if (cb != 16'(CB - 1)) cb <= cb + 1'b1;
+            iy_base <= -CW'(PAD);
+            ix_base <= -CW'(PAD);
+            col_base <= -CW'(PAD * CB);
+            iy <= -CW'(PAD);
+            ix <= -CW'(PAD);
+            col_kx <= -CW'(PAD * CB);
+            address <= address_of('0, -CW'(PAD), -CW'(PAD * CB));
+            in_image <= PAD == 0;
+        end else if (issue) begin
+            if (!last_cb) cb <= cb + 1'b1;
             else begin
                 cb <= '0;
-                if (kx != 16'(FX - 1)) kx <= kx + 1'b1;
+                if (!last_kx) kx <= kx + 1'b1;
                 else begin
                     kx <= '0;
-                    if (ky != 16'(FY - 1)) ky <= ky + 1'b1;
+                    if (!last_ky) ky <= ky + 1'b1;
                     else begin
                         ky <= '0;
-                        if (ox != 16'(OW - 1)) ox <= ox + 1'b1;
+                        if (!last_ox) ox <= ox + 1'b1;
                         else begin
                             ox <= '0;
-                            oy <= (oy != 16'(OH - 1)) ? oy + 1'b1 : '0;
+                            oy <= last_oy ? '0 : oy + 1'b1;
                         end
                     end
                 end
             end
+            iy_base <= iy_base_next;
+            ix_base <= ix_base_next;
+            col_base <= col_base_next;
+            iy <= iy_next;
+            ix <= ix_next;
+            col_kx <= col_kx_next;
+            address <= address_of(base_slot_next, iy_next, col_next);
+            in_image <= iy_next >= 0 && iy_next < CW'(H) && ix_next >= 0 && ix_next < CW'(W);
+        end
+    end
+
+    // Read: the word at the registered address, then the padding substituted.
+    logic [P*BITS-1:0] word;
+    logic read_valid, read_in_image;
+    always_ff @(posedge clk) word <= rows[address];
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) begin
+            read_valid <= 1'b0;
+            read_in_image <= 1'b0;
+        end else begin
+            read_valid <= issue;
+            read_in_image <= in_image;
+        end
+    end
+    logic [P*BITS-1:0] pad_word;
+    always_comb
+        for (int lane = 0; lane < P; lane++) pad_word[lane*BITS +: BITS] = BITS'(ZERO);
+
+    // Output FIFO: 4 entries, room guaranteed by the credit.
+    logic [P*BITS-1:0] fifo [4];
+    logic [1:0] head, tail;
+    logic [2:0] count;
+    logic pop;
+    assign pop = out_valid && out_ready;
+    assign out_valid = count != 3'd0;
+    assign out_data = fifo[head];
+    always_ff @(posedge clk) if (read_valid) fifo[tail] <= read_in_image ? word : pad_word;
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) begin
+            head <= '0;
+            tail <= '0;
+            count <= '0;
+            credit_used <= '0;
+        end else begin
+            if (read_valid) tail <= tail + 1'b1;
+            if (pop) head <= head + 1'b1;
+            count <= count + 3'(read_valid) - 3'(pop);
+            credit_used <= credit_used + 3'(issue) - 3'(pop);
         end
     end
 endmodule

@@ -2,6 +2,13 @@
 // lanes per pixel) through a line buffer of R rows (K rounded up to a power of two, see
 // kiln_rows): each pooled pixel is emitted as CB beats, each lane the maximum over its
 // K x K window (signed or unsigned compare), as soon as the window's rows have arrived.
+//
+// Pipelined for FPGA clocks: the K x K words of a beat are read one per cycle through one
+// synchronous read port (block RAM or registered distributed RAM, addresses kept in
+// registers and stepped by constants; a row occupies a power-of-two stride of words), a
+// running maximum takes them in the next cycle, and a 4-entry output FIFO holds the results
+// in flight (a beat's last read is issued only when the FIFO will have room). Reading takes
+// OH * OW * CB * K * K cycles per frame, while the next rows load through the write port.
 module kiln_maxpool #(
     parameter int H = 28,
     parameter int W = 28,
@@ -26,66 +33,151 @@ module kiln_maxpool #(
     localparam int ROW_BITS = (K > 1) ? $clog2(K) : 0;
     localparam int R = 1 << ROW_BITS;
     localparam int ROW_WORDS = W * CB;
-    localparam int WORDS = R * ROW_WORDS;
+    localparam int COL_BITS = ROW_WORDS > 1 ? $clog2(ROW_WORDS) : 1;
+    localparam int ROW_STRIDE = 1 << COL_BITS;
+    localparam int WORDS = R * ROW_STRIDE;
+    localparam int AB = $clog2(WORDS);
+    localparam int SB = ROW_BITS > 0 ? ROW_BITS : 1;
 
     logic [P*BITS-1:0] rows [WORDS];
     logic write_enable, rows_ready, frame_done;
     logic [31:0] write_address, frame_base;
-    logic [15:0] oy, ox, cb;
     logic signed [31:0] first_row, need_rows;
 
-    // The K x K window's words are read once, then compared lane by lane (one process:
-    // an event-driven simulator evaluates it once per change of the line buffer).
-    always_comb begin : pool
-        logic [31:0] row_base;
-        logic [31:0] column_base;
-        logic [P*BITS-1:0] word;
-        logic [BITS-1:0] value;
-        logic [BITS-1:0] best;
-        first_row = $signed(32'(oy)) * STRIDE;
-        need_rows = first_row + K;
-        row_base = frame_base + 32'(oy) * STRIDE;
-        column_base = 32'(ox) * STRIDE * CB + 32'(cb);
-        out_data = rows[(row_base & 32'(R - 1)) * ROW_WORDS + column_base];
-        for (int dy = 0; dy < K; dy++) begin
-            for (int dx = 0; dx < K; dx++) begin
-                word = rows[((row_base + 32'(dy)) & 32'(R - 1)) * ROW_WORDS + column_base
-                            + 32'(dx * CB)];
-                for (int lane = 0; lane < P; lane++) begin
-                    value = word[lane*BITS +: BITS];
-                    best = out_data[lane*BITS +: BITS];
-                    if (SIGNED ? ($signed(value) > $signed(best)) : (value > best))
-                        out_data[lane*BITS +: BITS] = value;
-                end
-            end
-        end
-    end
-    kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R)) u_rows (
+    // Generator: the output beat (oy, ox, cb) and the window word (dy, dx) it reads now;
+    // row_base = oy * STRIDE, row = row_base + dy, col_base = ox * STRIDE * CB + cb and
+    // col = col_base + dx * CB, all in registers.
+    logic [15:0] oy, ox, cb, dy, dx;
+    logic [15:0] row_base, row, col_base, col;
+    logic last_dx, last_dy, last_cb, last_ox, last_oy, last_read;
+    assign last_dx = dx == 16'(K - 1);
+    assign last_dy = dy == 16'(K - 1);
+    assign last_cb = cb == 16'(CB - 1);
+    assign last_ox = ox == 16'(OW - 1);
+    assign last_oy = oy == 16'(OH - 1);
+    assign last_read = last_dx && last_dy;
+    assign first_row = 32'(row_base);
+    assign need_rows = 32'(row_base) + K;
+    kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE)) u_rows (
         .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
         .first_row(first_row), .need_rows(need_rows), .frame_done(frame_done),
         .rows_ready(rows_ready), .write_enable(write_enable), .write_address(write_address),
         .frame_base(frame_base));
-    assign out_valid = rows_ready;
-    assign frame_done = out_valid && out_ready && cb == 16'(CB - 1) && ox == 16'(OW - 1)
-                        && oy == 16'(OH - 1);
-
     always_ff @(posedge clk) begin
-        if (write_enable) rows[write_address] <= in_data;
+        if (write_enable) rows[write_address[AB-1:0]] <= in_data;
     end
+
+    logic [2:0] credit_used;
+    logic issue;
+    assign issue = rows_ready && !(last_read && credit_used == 3'd4);
+    assign frame_done = issue && last_read && last_cb && last_ox && last_oy;
+
+    // The next read's row and column, from the current ones by constant steps.
+    logic [15:0] row_base_next, row_next, col_base_next, col_next;
+    always_comb begin
+        row_base_next = row_base;
+        col_base_next = col_base;
+        row_next = row;
+        col_next = col + 16'(CB);
+        if (last_dx) begin
+            col_next = col_base;
+            row_next = row + 1'b1;
+            if (last_dy) begin
+                if (!last_cb) col_base_next = col_base + 1'b1;
+                else if (!last_ox) col_base_next = col_base + 16'(STRIDE * CB) - 16'(CB - 1);
+                else begin
+                    col_base_next = '0;
+                    row_base_next = last_oy ? '0 : row_base + 16'(STRIDE);
+                end
+                col_next = col_base_next;
+                row_next = row_base_next;
+            end
+        end
+    end
+    logic [SB-1:0] base_slot_next;   // frame_base mod R, of the frame of the next read
+    assign base_slot_next = frame_done ? SB'(frame_base) + SB'(H % R) : SB'(frame_base);
+    logic [AB-1:0] address;
+    function automatic logic [AB-1:0] address_of(input logic [SB-1:0] slot_base,
+                                                 input logic [15:0] row_index,
+                                                 input logic [15:0] column);
+        logic [SB-1:0] slot;
+        slot = slot_base + SB'(row_index);
+        if (ROW_BITS == 0) address_of = AB'(column[COL_BITS-1:0]);
+        else address_of = AB'({slot, column[COL_BITS-1:0]});
+    endfunction
 
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
-            {oy, ox, cb} <= '0;
-        end else if (out_valid && out_ready) begin
-            if (cb != 16'(CB - 1)) cb <= cb + 1'b1;
+            {oy, ox, cb, dy, dx} <= '0;
+            {row_base, row, col_base, col} <= '0;
+            address <= '0;
+        end else if (issue) begin
+            if (!last_dx) dx <= dx + 1'b1;
             else begin
-                cb <= '0;
-                if (ox != 16'(OW - 1)) ox <= ox + 1'b1;
+                dx <= '0;
+                if (!last_dy) dy <= dy + 1'b1;
                 else begin
-                    ox <= '0;
-                    oy <= (oy != 16'(OH - 1)) ? oy + 1'b1 : '0;
+                    dy <= '0;
+                    if (!last_cb) cb <= cb + 1'b1;
+                    else begin
+                        cb <= '0;
+                        if (!last_ox) ox <= ox + 1'b1;
+                        else begin
+                            ox <= '0;
+                            oy <= last_oy ? '0 : oy + 1'b1;
+                        end
+                    end
                 end
             end
+            row_base <= row_base_next;
+            col_base <= col_base_next;
+            row <= row_next;
+            col <= col_next;
+            address <= address_of(base_slot_next, row_next, col_next);
+        end
+    end
+
+    // Read, then the running maximum; the beat's maximum goes into the FIFO.
+    logic [P*BITS-1:0] word, best, larger;
+    logic read_valid, read_first, read_last;
+    always_ff @(posedge clk) word <= rows[address];
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) {read_valid, read_first, read_last} <= '0;
+        else {read_valid, read_first, read_last} <= {issue, dx == '0 && dy == '0, last_read};
+    end
+    always_comb begin
+        for (int lane = 0; lane < P; lane++) begin
+            logic [BITS-1:0] value, held;
+            value = word[lane*BITS +: BITS];
+            held = best[lane*BITS +: BITS];
+            if (read_first || (SIGNED ? ($signed(value) > $signed(held)) : (value > held)))
+                larger[lane*BITS +: BITS] = value;
+            else
+                larger[lane*BITS +: BITS] = held;
+        end
+    end
+    always_ff @(posedge clk) if (read_valid) best <= larger;
+
+    logic [P*BITS-1:0] fifo [4];
+    logic [1:0] head, tail;
+    logic [2:0] count;
+    logic push, pop;
+    assign push = read_valid && read_last;
+    assign pop = out_valid && out_ready;
+    assign out_valid = count != 3'd0;
+    assign out_data = fifo[head];
+    always_ff @(posedge clk) if (push) fifo[tail] <= larger;
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) begin
+            head <= '0;
+            tail <= '0;
+            count <= '0;
+            credit_used <= '0;
+        end else begin
+            if (push) tail <= tail + 1'b1;
+            if (pop) head <= head + 1'b1;
+            count <= count + 3'(push) - 3'(pop);
+            credit_used <= credit_used + 3'(issue && last_read) - 3'(pop);
         end
     end
 endmodule

@@ -31,6 +31,7 @@ module kiln_requant #(
     parameter int PASSES = 1
 ) (
     input  logic clk,
+    input  logic rst_n,
     input  logic start,  // PASSES > 1: take the inputs (ignored with PASSES = 1)
     input  logic signed [ACC_BITS-1:0] acc,
     input  logic        [M_BITS-1:0]   m,
@@ -42,6 +43,30 @@ module kiln_requant #(
     // above HI - OUT_ZERO gives HI.
     localparam longint LOW = longint'(LO) - longint'(OUT_ZERO);
     localparam longint HIGH = longint'(HI) - longint'(OUT_ZERO);
+
+    // round_half_even(value / 2^amount)
+    function automatic logic [63:0] shift_round_even(input logic [63:0] value,
+                                                     input logic [6:0] amount);
+        logic [63:0] kept;
+        logic [63:0] remainder;
+        logic [63:0] half;
+        kept = value >> amount;
+        remainder = value - (kept << amount);
+        half = (amount == 7'd0) ? 64'd0 : (64'd1 << (amount - 7'd1));
+        if (amount != 7'd0 && (remainder > half || (remainder == half && kept[0])))
+            kept = kept + 64'd1;
+        shift_round_even = kept;
+    endfunction
+    // value rounded half to even to 24 significant bits (a float32 significand)
+    function automatic logic [63:0] round_to_24_bits(input logic [63:0] value);
+        logic [6:0] top;
+        logic [6:0] amount;
+        top = 7'd0;
+        for (int i = 0; i < 64; i++)
+            if (value[i]) top = 7'(i);
+        amount = (top > 7'd23) ? top - 7'd23 : 7'd0;
+        round_to_24_bits = shift_round_even(value, amount) << amount;
+    endfunction
 
     // Stage 1: the inputs.
     logic signed [ACC_BITS-1:0] acc_1;
@@ -57,38 +82,15 @@ module kiln_requant #(
 
     generate
         if (FLOAT32) begin : g_float32
-            // round_half_even(value / 2^amount)
-            function automatic logic [63:0] shift_round_even(input logic [63:0] value,
-                                                             input logic [6:0] amount);
-                logic [63:0] kept;
-                logic [63:0] remainder;
-                logic [63:0] half;
-                kept = value >> amount;
-                remainder = value - (kept << amount);
-                half = (amount == 7'd0) ? 64'd0 : (64'd1 << (amount - 7'd1));
-                if (amount != 7'd0 && (remainder > half || (remainder == half && kept[0])))
-                    kept = kept + 64'd1;
-                shift_round_even = kept;
-            endfunction
-            // value rounded half to even to 24 significant bits (a float32 significand)
-            function automatic logic [63:0] round_to_24_bits(input logic [63:0] value);
-                logic [6:0] top;
-                logic [6:0] amount;
-                top = 7'd0;
-                for (int i = 0; i < 64; i++)
-                    if (value[i]) top = 7'(i);
-                amount = (top > 7'd23) ? top - 7'd23 : 7'd0;
-                round_to_24_bits = shift_round_even(value, amount) << amount;
-            endfunction
             logic signed [63:0] scaled;
             logic signed [63:0] biased;
             logic [OUT_BITS-1:0] result;
-            always_comb begin : float_path
-                logic signed [63:0] wide_acc;
-                logic [63:0] magnitude;
-                logic [63:0] magnitude24;
-                logic [63:0] product24;
-                logic [63:0] float_result;
+            logic signed [63:0] wide_acc;
+            logic [63:0] magnitude;
+            logic [63:0] magnitude24;
+            logic [63:0] product24;
+            logic [63:0] float_result;
+            always_comb begin
                 wide_acc = 64'(acc_1);
                 magnitude = acc_1[ACC_BITS-1] ? 64'(64'sd0 - wide_acc) : 64'(wide_acc);
                 magnitude24 = round_to_24_bits(magnitude);
@@ -102,12 +104,13 @@ module kiln_requant #(
             end
             // The result goes through the remaining stages' registers unchanged, so that
             // both modes have the same latency.
-            logic [OUT_BITS-1:0] delay [4];
+            // (`out` is written by a process in both modes: Icarus drops a continuous
+            // assignment to it from one generate branch.)
+            logic [3*OUT_BITS-1:0] delay;
             always_ff @(posedge clk) begin
-                delay[0] <= result;
-                for (int k = 1; k < 4; k++) delay[k] <= delay[k - 1];
+                delay <= {delay[2*OUT_BITS-1:0], result};
+                out <= delay[3*OUT_BITS-1 -: OUT_BITS];
             end
-            assign out = delay[3];
         end else begin : g_fixed
             // Stage 2: the product.
             logic signed [PW-1:0] product_2;
@@ -125,21 +128,34 @@ module kiln_requant #(
                 localparam int M_CHUNKS = (M_BITS + 16) / 17;
                 localparam int PB = PASSES > 1 ? $clog2(PASSES) : 1;
                 logic [PB-1:0] pass;
-                logic running = 1'b0;
+                logic running;
                 logic signed [17:0] a_part, m_part;
                 logic [2:0] weight;   // i + j
+                logic [34:0] acc_wide;
+                logic [17*M_CHUNKS-1:0] m_wide;
+                assign acc_wide = 35'(acc_1);
+                assign m_wide = (17*M_CHUNKS)'(m_1);
+                // Pass k multiplies chunk k / M_CHUNKS of acc by chunk k % M_CHUNKS of m
+                // (constant selects: no arithmetic on the pass number).
                 always_comb begin
-                    int i, j;
-                    i = int'(pass) / M_CHUNKS;
-                    j = int'(pass) % M_CHUNKS;
-                    if (A_CHUNKS == 1) a_part = 18'(acc_1);
-                    else if (i == 0) a_part = $signed({1'b0, acc_1[16:0]});
-                    else a_part = 18'(acc_1 >>> 17);
-                    m_part = $signed({1'b0, 17'(m_1 >> (17 * j))});
-                    weight = 3'(i + j);
+                    a_part = '0;
+                    m_part = '0;
+                    weight = '0;
+                    for (int k = 0; k < PASSES; k++) begin
+                        if (pass == PB'(k)) begin
+                            if (A_CHUNKS == 1) a_part = acc_wide[17:0];
+                            else if (k / M_CHUNKS == 0) a_part = {1'b0, acc_wide[16:0]};
+                            else a_part = acc_wide[34:17];
+                            m_part = {1'b0, m_wide[17*(k % M_CHUNKS) +: 17]};
+                            weight = 3'(k / M_CHUNKS + k % M_CHUNKS);
+                        end
+                    end
                 end
-                always_ff @(posedge clk) begin
-                    if (start) begin
+                always_ff @(posedge clk or negedge rst_n) begin
+                    if (!rst_n) begin
+                        pass <= '0;
+                        running <= 1'b0;
+                    end else if (start) begin
                         pass <= '0;
                         running <= 1'b1;
                     end else if (running) begin
@@ -153,7 +169,7 @@ module kiln_requant #(
                 logic tile_valid, tile_first, tile_last;
                 logic [6:0] tile_shift;
                 always_ff @(posedge clk) begin
-                    tile <= a_part * m_part;
+                    tile <= 36'(a_part * m_part);
                     tile_weight <= weight;
                     tile_valid <= running;
                     tile_first <= pass == '0;

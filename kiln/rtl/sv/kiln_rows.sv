@@ -4,10 +4,12 @@
 // current frame it still reads ([first_row, ...)) and how many it needs now (need_rows);
 // a row is accepted while the one it replaces is no longer read, and the consumer may go
 // on once the rows it needs have arrived. frame_done moves to the next frame (H rows on).
+// A row slot starts every ROW_STRIDE words (a power of two: the address is a concatenation).
 module kiln_rows #(
     parameter int H = 28,
     parameter int ROW_WORDS = 28,
-    parameter int R = 4
+    parameter int R = 4,
+    parameter int ROW_STRIDE = ROW_WORDS
 ) (
     input  logic clk,
     input  logic rst_n,
@@ -28,7 +30,7 @@ module kiln_rows #(
     assign in_ready = held - first_row < R;
     assign rows_ready = need_rows <= held;
     assign write_enable = in_valid && in_ready;
-    assign write_address = (loaded & 32'(R - 1)) * ROW_WORDS + load_col;
+    assign write_address = (loaded & 32'(R - 1)) * ROW_STRIDE + load_col;
 
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
