@@ -54,8 +54,9 @@ module kiln_im2col #(
 
     logic [P*BITS-1:0] rows [WORDS];
     logic write_enable, rows_ready, frame_done;
-    logic [31:0] write_address, frame_base;
-    logic signed [31:0] first_row, need_rows;
+    logic [AB-1:0] write_address;
+    logic [SB-1:0] base_slot;
+    logic signed [15:0] read_limit, need_rows;   // registers, for kiln_rows
 
     // Window generator: counters and, for the current beat, the input row iy and column ix
     // it reads, its column word (ix * CB + cb) and its row slot, kept in registers.
@@ -72,23 +73,29 @@ module kiln_im2col #(
     assign last_ox = ox == 16'(OW - 1);
     assign last_oy = oy == 16'(OH - 1);
 
-    // Output row oy reads the frame's rows [first_row, need_rows). A window that lies
-    // wholly in the top padding reads no row, but it belongs to a frame that must have
+    // Output row oy reads the frame's rows [max(top, 0), need): the buffer may hold rows up
+    // to max(top, 0) + R, and the row goes out once `need` rows are there. A window that
+    // lies wholly in the top padding reads no row, but it belongs to a frame that must have
     // begun: without the floor of 1, a 1x1 conv with padding emitted the next frame's first
     // row before that frame's input existed.
-    always_comb begin
-        first_row = iy_base < 0 ? 0 : 32'(iy_base);
-        need_rows = 32'(iy_base) + SPAN;
-        if (need_rows > H) need_rows = H;
-        if (need_rows < 1) need_rows = 1;
-    end
-    kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE)) u_rows (
+    function automatic logic signed [15:0] limit_of(input logic signed [CW-1:0] top);
+        limit_of = (top < 0 ? 16'sd0 : 16'(top)) + 16'(R);
+    endfunction
+    function automatic logic signed [15:0] need_of(input logic signed [CW-1:0] top);
+        logic signed [CW-1:0] need;
+        need = top + CW'(SPAN);
+        if (need > CW'(H)) need = CW'(H);
+        if (need < 1) need = 1;
+        need_of = 16'(need);
+    endfunction
+    kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE), .SB(SB),
+                .AB(AB)) u_rows (
         .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
-        .first_row(first_row), .need_rows(need_rows), .frame_done(frame_done),
+        .read_limit(read_limit), .need_rows(need_rows), .frame_done(frame_done),
         .rows_ready(rows_ready), .write_enable(write_enable), .write_address(write_address),
-        .frame_base(frame_base));
+        .base_slot(base_slot));
     always_ff @(posedge clk) begin
-        if (write_enable) rows[write_address[AB-1:0]] <= in_data;
+        if (write_enable) rows[write_address] <= in_data;
     end
 
     // Issue: a beat leaves the generator when its rows are there and the FIFO has room.
@@ -137,8 +144,8 @@ module kiln_im2col #(
     // where the word is not used).
     logic [AB-1:0] address;
     logic in_image;
-    logic [SB-1:0] base_slot_next;   // frame_base mod R, of the frame of the next beat
-    assign base_slot_next = frame_done ? SB'(frame_base) + SB'(H % R) : SB'(frame_base);
+    logic [SB-1:0] base_slot_next;   // slot of the first row of the next beat's frame
+    assign base_slot_next = frame_done ? base_slot + SB'(H % R) : base_slot;
     function automatic logic [AB-1:0] address_of(input logic [SB-1:0] slot_base,
                                                  input logic signed [CW-1:0] row,
                                                  input logic signed [CW-1:0] column);
@@ -159,6 +166,8 @@ module kiln_im2col #(
             col_kx <= -CW'(PAD * CB);
             address <= address_of('0, -CW'(PAD), -CW'(PAD * CB));
             in_image <= PAD == 0;
+            read_limit <= limit_of(-CW'(PAD));
+            need_rows <= need_of(-CW'(PAD));
         end else if (issue) begin
             if (!last_cb) cb <= cb + 1'b1;
             else begin
@@ -185,6 +194,8 @@ module kiln_im2col #(
             col_kx <= col_kx_next;
             address <= address_of(base_slot_next, iy_next, col_next);
             in_image <= iy_next >= 0 && iy_next < CW'(H) && ix_next >= 0 && ix_next < CW'(W);
+            read_limit <= limit_of(iy_base_next);
+            need_rows <= need_of(iy_base_next);
         end
     end
 

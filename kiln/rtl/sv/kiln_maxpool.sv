@@ -41,8 +41,9 @@ module kiln_maxpool #(
 
     logic [P*BITS-1:0] rows [WORDS];
     logic write_enable, rows_ready, frame_done;
-    logic [31:0] write_address, frame_base;
-    logic signed [31:0] first_row, need_rows;
+    logic [AB-1:0] write_address;
+    logic [SB-1:0] base_slot;
+    logic signed [15:0] read_limit, need_rows;   // registers, for kiln_rows
 
     // Generator: the output beat (oy, ox, cb) and the window word (dy, dx) it reads now;
     // row_base = oy * STRIDE, row = row_base + dy, col_base = ox * STRIDE * CB + cb and
@@ -56,15 +57,14 @@ module kiln_maxpool #(
     assign last_ox = ox == 16'(OW - 1);
     assign last_oy = oy == 16'(OH - 1);
     assign last_read = last_dx && last_dy;
-    assign first_row = 32'(row_base);
-    assign need_rows = 32'(row_base) + K;
-    kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE)) u_rows (
+    kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE), .SB(SB),
+                .AB(AB)) u_rows (
         .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
-        .first_row(first_row), .need_rows(need_rows), .frame_done(frame_done),
+        .read_limit(read_limit), .need_rows(need_rows), .frame_done(frame_done),
         .rows_ready(rows_ready), .write_enable(write_enable), .write_address(write_address),
-        .frame_base(frame_base));
+        .base_slot(base_slot));
     always_ff @(posedge clk) begin
-        if (write_enable) rows[write_address[AB-1:0]] <= in_data;
+        if (write_enable) rows[write_address] <= in_data;
     end
 
     logic [2:0] credit_used;
@@ -94,8 +94,8 @@ module kiln_maxpool #(
             end
         end
     end
-    logic [SB-1:0] base_slot_next;   // frame_base mod R, of the frame of the next read
-    assign base_slot_next = frame_done ? SB'(frame_base) + SB'(H % R) : SB'(frame_base);
+    logic [SB-1:0] base_slot_next;   // slot of the first row of the next read's frame
+    assign base_slot_next = frame_done ? base_slot + SB'(H % R) : base_slot;
     logic [AB-1:0] address;
     function automatic logic [AB-1:0] address_of(input logic [SB-1:0] slot_base,
                                                  input logic [15:0] row_index,
@@ -111,6 +111,8 @@ module kiln_maxpool #(
             {oy, ox, cb, dy, dx} <= '0;
             {row_base, row, col_base, col} <= '0;
             address <= '0;
+            read_limit <= 16'(R);
+            need_rows <= 16'(K);
         end else if (issue) begin
             if (!last_dx) dx <= dx + 1'b1;
             else begin
@@ -134,6 +136,8 @@ module kiln_maxpool #(
             row <= row_next;
             col <= col_next;
             address <= address_of(base_slot_next, row_next, col_next);
+            read_limit <= 16'(row_base_next) + 16'(R);
+            need_rows <= 16'(row_base_next) + 16'(K);
         end
     end
 

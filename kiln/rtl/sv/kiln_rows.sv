@@ -1,52 +1,60 @@
 // kiln_rows: flow control of a line buffer of R rows (R a power of two) for a streamed
-// feature map (raster order, ROW_WORDS words per row). Rows are counted since reset
-// across frames; a row goes into slot (count mod R). The consumer says which rows of the
-// current frame it still reads ([first_row, ...)) and how many it needs now (need_rows);
-// a row is accepted while the one it replaces is no longer read, and the consumer may go
-// on once the rows it needs have arrived. frame_done moves to the next frame (H rows on).
-// A row slot starts every ROW_STRIDE words (a power of two: the address is a concatenation).
+// feature map (raster order, ROW_WORDS words per row). Rows of the current frame held so
+// far are counted (`held`, relative to the frame's first row); a row goes into slot
+// (rows since reset mod R), each slot ROW_STRIDE words (a power of two: the address is a
+// concatenation). The consumer says, from registers of its own, up to which row the buffer
+// may hold (read_limit = the first row it still reads + R) and how many rows it needs now
+// (need_rows): a row is accepted while held < read_limit, and the consumer may go on once
+// held >= need_rows. frame_done moves to the next frame (H rows on). Both handshakes are
+// one compare of registers, for FPGA clocks.
 module kiln_rows #(
     parameter int H = 28,
     parameter int ROW_WORDS = 28,
     parameter int R = 4,
-    parameter int ROW_STRIDE = ROW_WORDS
+    parameter int ROW_STRIDE = 32,
+    parameter int SB = 2,    // bits of a slot (>= 1)
+    parameter int AB = 7     // address bits
 ) (
     input  logic clk,
     input  logic rst_n,
     input  logic in_valid,
     output logic in_ready,
-    input  logic signed [31:0] first_row,
-    input  logic signed [31:0] need_rows,
+    input  logic signed [15:0] read_limit,
+    input  logic signed [15:0] need_rows,
     input  logic frame_done,
     output logic rows_ready,
     output logic write_enable,
-    output logic [31:0] write_address,
-    output logic [31:0] frame_base
+    output logic [AB-1:0] write_address,
+    output logic [SB-1:0] base_slot    // slot of the current frame's first row
 );
-    logic [31:0] loaded;
-    logic [31:0] load_col;
-    logic signed [31:0] held;
-    assign held = $signed(loaded - frame_base);
-    assign in_ready = held - first_row < R;
+    localparam int COL_BITS = $clog2(ROW_STRIDE) > 0 ? $clog2(ROW_STRIDE) : 1;
+    logic signed [15:0] held;
+    logic [SB-1:0] load_slot;
+    logic [COL_BITS-1:0] load_col;
+    logic row_done;
+    assign in_ready = held < read_limit;
     assign rows_ready = need_rows <= held;
     assign write_enable = in_valid && in_ready;
-    assign write_address = (loaded & 32'(R - 1)) * ROW_STRIDE + load_col;
+    assign row_done = write_enable && load_col == COL_BITS'(ROW_WORDS - 1);
+    generate
+        if (R > 1) begin : g_slots
+            assign write_address = AB'({load_slot, load_col});
+        end else begin : g_one_row
+            assign write_address = AB'(load_col);
+        end
+    endgenerate
 
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
-            loaded <= '0;
+            held <= '0;
+            load_slot <= '0;
             load_col <= '0;
-            frame_base <= '0;
+            base_slot <= '0;
         end else begin
-            if (write_enable) begin
-                if (load_col == 32'(ROW_WORDS - 1)) begin
-                    load_col <= '0;
-                    loaded <= loaded + 1'b1;
-                end else begin
-                    load_col <= load_col + 1'b1;
-                end
-            end
-            if (frame_done) frame_base <= frame_base + 32'(H);
+            if (write_enable) load_col <= row_done ? '0 : load_col + 1'b1;
+            if (row_done) load_slot <= load_slot + 1'b1;
+            held <= held + 16'(row_done) - (frame_done ? 16'(H) : 16'd0);
+            if (frame_done) base_slot <= base_slot + SB'(H % R);
         end
     end
 endmodule

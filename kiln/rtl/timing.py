@@ -1,0 +1,60 @@
+"""What clock kiln's generated units close at, per FPGA family and speed grade.
+
+Measured with Yosys + nextpnr 0.11.1 (PyPI yowasp builds), best of placement seeds 1-3, on
+the shipped designs (``python benchmarks/rtl_timing.py``): each entry is the clock the
+slowest path inside that kind of unit reached, rounded down. A design's predicted Fmax is
+that of its slowest unit; place and route (``kiln synth --pnr``) measures the real one.
+
+>>> predicted_fmax_mhz([], "ecp5", 6)
+100.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: MHz per (family, speed grade) and unit kind: the dense unit (MAC pipeline and
+#: time-shared or narrow requantizers), a requantizer whose full product takes several DSP
+#: tiles in one stage, the float32 requantizer (one long stage), im2col and max pool.
+UNIT_FMAX_MHZ: dict[tuple[str, int], dict[str, float]] = {
+    ("ecp5", 6): {"dense": 100.0, "wide_requant": 80.0, "float32_requant": 30.0,
+                  "im2col": 100.0, "maxpool": 100.0},
+    ("ecp5", 7): {"dense": 110.0, "wide_requant": 88.0, "float32_requant": 33.0,
+                  "im2col": 110.0, "maxpool": 110.0},
+    ("ecp5", 8): {"dense": 125.0, "wide_requant": 100.0, "float32_requant": 38.0,
+                  "im2col": 125.0, "maxpool": 125.0},
+    ("ice40", 0): {"dense": 40.0, "wide_requant": 30.0, "float32_requant": 12.0,
+                   "im2col": 40.0, "maxpool": 40.0},
+}
+SPEED_GRADES = {"ecp5": (6, 7, 8), "ice40": (0,)}
+DEFAULT_SPEED = {"ecp5": 6, "ice40": 0}
+
+
+def unit_kind(layer: Any) -> str:
+    """The timing class of one emitted layer (:class:`kiln.rtl.emit.Layer` or its dict)."""
+    get = layer.get if isinstance(layer, dict) else lambda key, default=None: getattr(
+        layer, key, default)
+    if get("kind") == "maxpool":
+        return "maxpool"
+    if get("rounding") == "float32":
+        return "float32_requant"
+    if get("passes", 1) == 1 and (get("acc_bits", 32) > 18 or get("m_bits", 31) > 17):
+        return "wide_requant"
+    return "dense"
+
+
+def predicted_fmax_mhz(layers: list[Any], family: str, speed: int | None = None, *,
+                       rounding: str = "nearest") -> float:
+    """The clock the slowest of ``layers`` closes at on ``family`` (an empty design: the
+    fastest unit's)."""
+    speed = DEFAULT_SPEED[family] if speed is None else speed
+    table = UNIT_FMAX_MHZ[(family, speed)]
+    kinds = {"dense"}
+    for layer in layers:
+        kind = unit_kind(layer)
+        if rounding == "float32" and kind != "maxpool":
+            kind = "float32_requant"
+        kinds.add(kind)
+        if (layer.get("kind") if isinstance(layer, dict) else layer.kind) == "conv":
+            kinds.add("im2col")
+    return min(table[kind] for kind in kinds)
