@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import check_out_folder, console, print_json, table
+from kiln.cli.common import check_out_folder, console, error_console, print_json, table
 
 
 def emit_rtl(
@@ -66,10 +66,19 @@ def emit_rtl(
             raise ConfigError(f"{config}: no such parallelism config")
         choice = {k: tuple(v) for k, v in (load_yaml_file(config) or {}).items()}
     design = emit(program, choice, out)
+    timing: dict[str, float] = {}
     if folding is not None:
-        (out / "folding.json").write_text(json.dumps(folding.as_dict(), indent=2) + "\n")
+        from kiln.rtl.folding import family_of
+        from kiln.rtl.timing import predicted_fmax_mhz
+
+        fmax = predicted_fmax_mhz(design.layers, family_of(folding.budget),
+                                  rounding=design.rounding)
+        timing = {"predicted_fmax_mhz": fmax,
+                  "predicted_inferences_per_second": fmax * 1e6 / max(folding.cycles, 1)}
+        (out / "folding.json").write_text(json.dumps({**folding.as_dict(), **timing},
+                                                     indent=2) + "\n")
     if as_json:
-        extra = {"folding": folding.as_dict()} if folding is not None else {}
+        extra = {"folding": {**folding.as_dict(), **timing}} if folding is not None else {}
         print_json({"design": str(out), **design.as_dict(), **extra})
         return
     if folding is not None:
@@ -85,6 +94,10 @@ def emit_rtl(
                              "LUT (est.)", "FF (est.)", "DSP (est.)", "BRAM (est.)"], rows,
                             right_align={"cycles/inference", "LUT (est.)", "FF (est.)",
                                          "DSP (est.)", "BRAM (est.)"}))
+        console.print(f"predicted clock {timing['predicted_fmax_mhz']:g} MHz (kiln's timing "
+                      f"model, speed grade 6 on ECP5): "
+                      f"{timing['predicted_inferences_per_second']:,.0f} inferences/s; "
+                      f"'kiln synth {out} --target {folding.budget.name} --pnr' measures it")
         return
     rows = [[layer.name, f"{layer.in_n}->{layer.out_n}", f"{layer.p_in}x{layer.p_out}",
              layer.compute_cycles] for layer in design.layers]
@@ -139,9 +152,17 @@ def synth(
     pnr: Annotated[bool, typer.Option(
         "--pnr", help="Also place and route on the FPGA (nextpnr): Fmax and inferences/s.")
     ] = False,
-    clock_mhz: Annotated[float, typer.Option(
-        help="Clock constraint for place and route, MHz.")] = 50.0,
-    seed: Annotated[int, typer.Option(help="nextpnr's placement seed.")] = 1,
+    clock_mhz: Annotated[float | None, typer.Option(
+        help="Clock constraint for place and route, MHz. Given, a clock the design misses "
+             "exits 2. Left out, kiln targets the clock its timing model predicts for the "
+             "design and a miss is only a warning (the achieved Fmax is reported either "
+             "way).")] = None,
+    seed: Annotated[int, typer.Option(help="nextpnr's (first) placement seed.")] = 1,
+    seeds: Annotated[int, typer.Option(
+        help="Place and route with this many seeds (seed, seed+1, ...; two at a time) and "
+             "keep the fastest; every seed's Fmax is reported.")] = 1,
+    speed: Annotated[int | None, typer.Option(
+        help="ECP5 speed grade: 6 (nextpnr's default, the slowest), 7 or 8.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Yosys resource figures of a design (LUTs, flip-flops, DSPs / multipliers), or its
@@ -149,12 +170,13 @@ def synth(
     the achieved Fmax and inferences per second.
 
     Example:  kiln synth out/jsc-rtl --target ice40
-    Example:  kiln synth out/jsc-rtl --target ecp5-25k --pnr --clock-mhz 50
+    Example:  kiln synth out/jsc-rtl --target ecp5-25k --pnr --seeds 3
+    Example:  kiln synth out/jsc-rtl --target ecp5-25k --pnr --clock-mhz 100 --speed 8
     """
     from kiln.rtl.fpga import DEVICES
 
     if target in DEVICES:
-        _fit(design_dir, target, pnr, clock_mhz, seed, as_json)
+        _fit(design_dir, target, pnr, clock_mhz, seed, seeds, speed, as_json)
         return
     if pnr:
         from kiln.errors import ConfigError
@@ -172,8 +194,8 @@ def synth(
                           result.multipliers, f"{result.seconds:.0f}"]]))
 
 
-def _fit(design_dir: Path, target: str, pnr: bool, clock_mhz: float, seed: int,
-         as_json: bool) -> None:
+def _fit(design_dir: Path, target: str, pnr: bool, clock_mhz: float | None, seed: int,
+         seeds: int, speed: int | None, as_json: bool) -> None:
     from kiln.rtl import Design
     from kiln.rtl.fpga import (
         RESOURCE_NAMES,
@@ -199,7 +221,8 @@ def _fit(design_dir: Path, target: str, pnr: bool, clock_mhz: float, seed: int,
                             right_align={"used", "available"}))
         return
     with console.status(f"synthesizing, placing and routing on {dev.name} ..."):
-        result = place_and_route(design_dir, target, clock_mhz=clock_mhz, seed=seed)
+        result = place_and_route(design_dir, target, clock_mhz=clock_mhz, seed=seed,
+                                 seeds=seeds, speed=speed)
     if as_json:
         print_json(result.as_dict())
     else:
@@ -209,8 +232,14 @@ def _fit(design_dir: Path, target: str, pnr: bool, clock_mhz: float, seed: int,
                             ["resource", "used", "available", "utilization"], rows,
                             right_align={"used", "available", "utilization"}))
         console.print(table("timing and throughput", ["measure", "value"], [
-            ["clock constraint (MHz)", f"{result.clock_mhz:g}"],
-            ["achieved Fmax (MHz)", f"{result.fmax_mhz:.2f}"],
+            ["clock constraint (MHz)", f"{result.clock_mhz:g}"
+             + ("" if clock_mhz is not None else " (predicted by kiln's timing model)")],
+            ["achieved Fmax (MHz)", f"{result.fmax_mhz:.2f} (seed {result.extra['seed']}, "
+             f"speed grade {result.extra['speed']})"],
+            *([["Fmax per seed (MHz)", ", ".join(f"{s}: {f:.2f}" for s, f in
+                                                 result.extra["seeds"].items())]]
+              if len(result.extra["seeds"]) > 1 else []),
+            ["critical path", _path_text(result.extra["critical_path"])],
             ["cycles per inference", f"{result.cycles_per_inference:g}"],
             ["inferences per second at Fmax", f"{result.inferences_per_second:,.0f}"],
             ["multipliers in DSPs", "yes" if result.dsp_mapping else "no (too many)"],
@@ -218,9 +247,20 @@ def _fit(design_dir: Path, target: str, pnr: bool, clock_mhz: float, seed: int,
              f"{result.synth_seconds:.0f} / {result.pnr_seconds:.0f}"]],
             right_align={"value"}))
     if not result.timing_met:
-        raise TimingNotMetError(
-            f"{design_dir} on {dev.name}: the {clock_mhz:g} MHz clock is not met, the design "
-            f"reaches {result.fmax_mhz:.2f} MHz", hint=f"report kept: {result.report_path}")
+        message = (f"{design_dir} on {dev.name}: the {result.clock_mhz:g} MHz clock is not "
+                   f"met, the design reaches {result.fmax_mhz:.2f} MHz")
+        if clock_mhz is not None:  # the user asked for that clock
+            raise TimingNotMetError(message, hint=f"report kept: {result.report_path}")
+        error_console.print(f"[yellow]warning:[/yellow] {message} (kiln's predicted clock; the "
+                      f"figures above are at the achieved Fmax; report: {result.report_path})",
+                      highlight=False)
+
+
+def _path_text(path: dict) -> str:
+    if not path:
+        return "not reported"
+    units = " -> ".join(path["through"])
+    return f"{units} ({path['logic_ns']:.1f} ns logic, {path['routing_ns']:.1f} ns routing)"
 
 
 def register(app: typer.Typer) -> None:

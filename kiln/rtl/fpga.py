@@ -8,8 +8,9 @@ the device's, the achieved Fmax of the clock, and inferences per second at that 
 The design's streaming ports are hundreds of bits wide, more than any package has pins, so
 the design is placed inside ``kiln_pnr_top``: the input word is shifted in from one pin and
 the output word is XOR-reduced into one registered pin. Every output bit reaches a pin, so
-nothing is optimized away; the wrapper adds one input and one output register per bit,
-which the report counts with the design.
+nothing is optimized away; the wrapper adds one input and one output register per bit and
+registers the handshake pins (a path to or from a pad would measure the package, not the
+design), which the report counts with the design.
 
 A design that does not fit is reported by resource and by how much, from Yosys's cell counts
 before nextpnr runs (and from nextpnr's own refusal when the estimate was too kind). When
@@ -122,7 +123,8 @@ class PlaceAndRouteResult:
 
 def wrapper(design: Design) -> str:
     """``kiln_pnr_top``: the design behind a one-pin input shift register and a one-pin
-    XOR of its output word."""
+    XOR of its output word, every pin registered (a path to or from a pad measures the
+    package, not the design)."""
     first, last = design.layers[0], design.layers[-1]
     in_width, out_width = first.p_in * first.in_bits, last.p_out * last.out_bits
     return "\n".join([
@@ -134,11 +136,18 @@ def wrapper(design: Design) -> str:
         ");",
         f"    logic [{in_width - 1}:0] in_word;",
         f"    logic [{out_width - 1}:0] out_word;",
+        "    logic in_valid_q, in_ready_d, out_ready_q, out_valid_d;",
         f"    always_ff @(posedge clk) in_word <= {{in_word[{in_width - 2}:0], in_bit}};"
         if in_width > 1 else "    always_ff @(posedge clk) in_word <= in_bit;",
-        "    kiln_top u_top (.clk(clk), .rst_n(rst_n), .in_valid(in_valid),",
-        "                    .in_ready(in_ready), .in_data(in_word), .out_valid(out_valid),",
-        "                    .out_ready(out_ready), .out_data(out_word));",
+        "    always_ff @(posedge clk) begin",
+        "        in_valid_q <= in_valid;",
+        "        out_ready_q <= out_ready;",
+        "        in_ready <= in_ready_d;",
+        "        out_valid <= out_valid_d;",
+        "    end",
+        "    kiln_top u_top (.clk(clk), .rst_n(rst_n), .in_valid(in_valid_q),",
+        "                    .in_ready(in_ready_d), .in_data(in_word), .out_valid(out_valid_d),",
+        "                    .out_ready(out_ready_q), .out_data(out_word));",
         "    always_ff @(posedge clk) out_bit <= ^out_word;",
         "endmodule", ""])
 
@@ -269,7 +278,7 @@ def critical_path(log_text: str) -> dict[str, Any]:
             else:
                 logic += delay
         match = re.search(r"(?:Source|Sink) (\S+)", line)
-        if match:
+        if match and not match.group(1).startswith("$"):
             name = match.group(1)
             unit = re.match(r"u_top\.((?:layer|im2col)_\d+)", name)
             label = unit.group(1) if unit else name.split(".")[0].split("_")[0]

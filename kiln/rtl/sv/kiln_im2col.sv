@@ -10,13 +10,16 @@
 // FY * FX * CB beats, ordered (ky, kx, channel beat); positions in the padding read as the
 // input zero point in every lane. Rows below the last window are loaded and never read.
 //
-// Pipelined for FPGA clocks: the window generator keeps the current beat's buffer address
-// and "inside the image" flag in registers, updated by adding constants as its counters
-// step (no multiplier, no wide address arithmetic between a register and the memory); the
-// line buffer is read synchronously at that address (block RAM or registered distributed
-// RAM; a row occupies a power-of-two stride of words so that the address is a
-// concatenation), the padding is substituted in the next cycle, and a 4-entry output FIFO
-// holds what is in flight: a beat is issued only when the FIFO will have room (credit).
+// Pipelined for FPGA clocks. The window generator keeps the current beat's input row,
+// column and column word in registers, each stepped by one constant add as its counters
+// advance (no multiplier). An issued beat's buffer address (row slot and column word, a
+// row occupying a power-of-two stride of words) and "inside the image" flag are registered
+// in the next cycle, the line buffer is read synchronously at that address the cycle after
+// (block RAM or registered distributed RAM), and the padding is substituted as the word
+// enters an 8-entry output FIFO; a beat is issued only when the FIFO will have room
+// (credit). The rows an output row needs and may release are registered from the window's
+// top row: the cycle after the generator moves to another output row, nothing is issued or
+// loaded while they catch up.
 module kiln_im2col #(
     parameter int H = 28,
     parameter int W = 28,
@@ -53,58 +56,63 @@ module kiln_im2col #(
     localparam int CW = 20;                             // signed positions and columns
 
     logic [P*BITS-1:0] rows [WORDS];
-    logic write_enable, rows_ready, frame_done;
+    logic write_enable, rows_ready, frame_done, settle;
     logic [AB-1:0] write_address;
-    logic [SB-1:0] base_slot;
     logic signed [15:0] read_limit, need_rows;   // registers, for kiln_rows
 
     // Window generator: counters and, for the current beat, the input row iy and column ix
-    // it reads, its column word (ix * CB + cb) and its row slot, kept in registers.
+    // it reads, its column word (ix * CB + cb) and its frame's first row slot.
     logic [15:0] oy, ox, ky, kx, cb;
     logic signed [CW-1:0] iy_base;      // oy * STRIDE - PAD: the window's top row
     logic signed [CW-1:0] ix_base;      // ox * STRIDE - PAD: the window's left column
     logic signed [CW-1:0] iy, ix;       // the beat's input row and column
     logic signed [CW-1:0] col_base;     // ix_base * CB
     logic signed [CW-1:0] col_kx;       // ix * CB
-    logic last_cb, last_kx, last_ky, last_ox, last_oy;
+    logic signed [CW-1:0] col;          // ix * CB + cb
+    logic [SB-1:0] slot_base;           // the beat's frame's first row slot
+    logic last_cb, last_kx, last_ky, last_ox, last_oy, last_of_row;
     assign last_cb = cb == 16'(CB - 1);
     assign last_kx = kx == 16'(FX - 1);
     assign last_ky = ky == 16'(FY - 1);
     assign last_ox = ox == 16'(OW - 1);
     assign last_oy = oy == 16'(OH - 1);
+    assign last_of_row = last_cb && last_kx && last_ky && last_ox;
 
     // Output row oy reads the frame's rows [max(top, 0), need): the buffer may hold rows up
     // to max(top, 0) + R, and the row goes out once `need` rows are there. A window that
     // lies wholly in the top padding reads no row, but it belongs to a frame that must have
     // begun: without the floor of 1, a 1x1 conv with padding emitted the next frame's first
-    // row before that frame's input existed.
-    function automatic logic signed [15:0] limit_of(input logic signed [CW-1:0] top);
-        limit_of = (top < 0 ? 16'sd0 : 16'(top)) + 16'(R);
-    endfunction
-    function automatic logic signed [15:0] need_of(input logic signed [CW-1:0] top);
+    // row before that frame's input existed. Registered from iy_base every cycle.
+    always_ff @(posedge clk or negedge rst_n) begin : row_limits
         logic signed [CW-1:0] need;
-        need = top + CW'(SPAN);
-        if (need > CW'(H)) need = CW'(H);
-        if (need < 1) need = 1;
-        need_of = 16'(need);
-    endfunction
+        if (!rst_n) begin
+            read_limit <= 16'(R);
+            need_rows <= 16'sh7fff;
+        end else begin
+            read_limit <= (iy_base < 0 ? 16'sd0 : 16'(iy_base)) + 16'(R);
+            need = iy_base + CW'(SPAN);
+            if (need > CW'(H)) need = CW'(H);
+            if (need < 1) need = 1;
+            need_rows <= 16'(need);
+        end
+    end
     kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE), .SB(SB),
                 .AB(AB)) u_rows (
         .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
         .read_limit(read_limit), .need_rows(need_rows), .frame_done(frame_done),
-        .rows_ready(rows_ready), .write_enable(write_enable), .write_address(write_address),
-        .base_slot(base_slot));
+        .settle(settle), .rows_ready(rows_ready), .write_enable(write_enable),
+        .write_address(write_address));
     always_ff @(posedge clk) begin
         if (write_enable) rows[write_address] <= in_data;
     end
 
     // Issue: a beat leaves the generator when its rows are there and the FIFO has room.
-    logic [2:0] credit_used;
+    logic [3:0] credit_used;
     logic issue;
-    assign issue = rows_ready && credit_used != 3'd4;
-    assign frame_done = issue && last_cb && last_kx && last_ky && last_ox && last_oy;
+    assign issue = rows_ready && !settle && credit_used != 4'd8;
+    assign frame_done = issue && last_of_row && last_oy;
 
-    // The next beat's position, from the current one by constant steps.
+    // The next beat's position, from the current one by one constant add each.
     logic signed [CW-1:0] iy_next, ix_next, col_next, iy_base_next, ix_base_next,
                           col_base_next, col_kx_next;
     always_comb begin
@@ -114,46 +122,32 @@ module kiln_im2col #(
         iy_next = iy;
         ix_next = ix;
         col_kx_next = col_kx;
-        if (!last_cb) begin
-            col_next = col_kx + CW'(cb) + 1'b1;
-        end else if (!last_kx) begin
-            ix_next = ix + CW'(DILATION);
-            col_kx_next = col_kx + CW'(DILATION * CB);
-            col_next = col_kx_next;
-        end else begin
-            if (!last_ky) begin
-                iy_next = iy + CW'(DILATION);
+        col_next = col + 1'b1;
+        if (last_cb) begin
+            if (!last_kx) begin
+                ix_next = ix + CW'(DILATION);
+                col_kx_next = col_kx + CW'(DILATION * CB);
+                col_next = col_kx_next;
             end else begin
-                if (!last_ox) begin
-                    ix_base_next = ix_base + CW'(STRIDE);
-                    col_base_next = col_base + CW'(STRIDE * CB);
+                if (!last_ky) begin
+                    iy_next = iy + CW'(DILATION);
                 end else begin
-                    ix_base_next = -CW'(PAD);
-                    col_base_next = -CW'(PAD * CB);
-                    iy_base_next = last_oy ? -CW'(PAD) : iy_base + CW'(STRIDE);
+                    if (!last_ox) begin
+                        ix_base_next = ix_base + CW'(STRIDE);
+                        col_base_next = col_base + CW'(STRIDE * CB);
+                    end else begin
+                        ix_base_next = -CW'(PAD);
+                        col_base_next = -CW'(PAD * CB);
+                        iy_base_next = last_oy ? -CW'(PAD) : iy_base + CW'(STRIDE);
+                    end
+                    iy_next = iy_base_next;
                 end
-                iy_next = iy_base_next;
+                ix_next = ix_base_next;
+                col_kx_next = col_base_next;
+                col_next = col_base_next;
             end
-            ix_next = ix_base_next;
-            col_kx_next = col_base_next;
-            col_next = col_base_next;
         end
     end
-
-    // The buffer address of a beat: its row slot and column word (garbage in the padding,
-    // where the word is not used).
-    logic [AB-1:0] address;
-    logic in_image;
-    logic [SB-1:0] base_slot_next;   // slot of the first row of the next beat's frame
-    assign base_slot_next = frame_done ? base_slot + SB'(H % R) : base_slot;
-    function automatic logic [AB-1:0] address_of(input logic [SB-1:0] slot_base,
-                                                 input logic signed [CW-1:0] row,
-                                                 input logic signed [CW-1:0] column);
-        logic [SB-1:0] slot;
-        slot = slot_base + SB'(row);
-        if (ROW_BITS == 0) address_of = AB'(column[COL_BITS-1:0]);
-        else address_of = AB'({slot, column[COL_BITS-1:0]});
-    endfunction
 
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
@@ -164,65 +158,79 @@ module kiln_im2col #(
             iy <= -CW'(PAD);
             ix <= -CW'(PAD);
             col_kx <= -CW'(PAD * CB);
-            address <= address_of('0, -CW'(PAD), -CW'(PAD * CB));
-            in_image <= PAD == 0;
-            read_limit <= limit_of(-CW'(PAD));
-            need_rows <= need_of(-CW'(PAD));
-        end else if (issue) begin
-            if (!last_cb) cb <= cb + 1'b1;
-            else begin
-                cb <= '0;
-                if (!last_kx) kx <= kx + 1'b1;
+            col <= -CW'(PAD * CB);
+            slot_base <= '0;
+            settle <= 1'b1;
+        end else begin
+            settle <= issue && last_of_row;
+            if (issue) begin
+                if (!last_cb) cb <= cb + 1'b1;
                 else begin
-                    kx <= '0;
-                    if (!last_ky) ky <= ky + 1'b1;
+                    cb <= '0;
+                    if (!last_kx) kx <= kx + 1'b1;
                     else begin
-                        ky <= '0;
-                        if (!last_ox) ox <= ox + 1'b1;
+                        kx <= '0;
+                        if (!last_ky) ky <= ky + 1'b1;
                         else begin
-                            ox <= '0;
-                            oy <= last_oy ? '0 : oy + 1'b1;
+                            ky <= '0;
+                            if (!last_ox) ox <= ox + 1'b1;
+                            else begin
+                                ox <= '0;
+                                oy <= last_oy ? '0 : oy + 1'b1;
+                            end
                         end
                     end
                 end
+                iy_base <= iy_base_next;
+                ix_base <= ix_base_next;
+                col_base <= col_base_next;
+                iy <= iy_next;
+                ix <= ix_next;
+                col_kx <= col_kx_next;
+                col <= col_next;
+                if (frame_done) slot_base <= slot_base + SB'(H % R);
             end
-            iy_base <= iy_base_next;
-            ix_base <= ix_base_next;
-            col_base <= col_base_next;
-            iy <= iy_next;
-            ix <= ix_next;
-            col_kx <= col_kx_next;
-            address <= address_of(base_slot_next, iy_next, col_next);
-            in_image <= iy_next >= 0 && iy_next < CW'(H) && ix_next >= 0 && ix_next < CW'(W);
-            read_limit <= limit_of(iy_base_next);
-            need_rows <= need_of(iy_base_next);
         end
     end
 
-    // Read: the word at the registered address, then the padding substituted.
+    // Address stage: the issued beat's buffer address and whether it lies in the image.
+    logic [AB-1:0] address;
+    logic address_valid, address_in_image;
+    always_ff @(posedge clk) begin
+        if (issue) begin
+            if (ROW_BITS == 0) address <= AB'(col[COL_BITS-1:0]);
+            else address <= AB'({SB'(slot_base + SB'(iy)), col[COL_BITS-1:0]});
+            address_in_image <= iy >= 0 && iy < CW'(H) && ix >= 0 && ix < CW'(W);
+        end
+    end
+
+    // Read stage: the word at the registered address, then the padding substituted.
     logic [P*BITS-1:0] word;
     logic read_valid, read_in_image;
-    always_ff @(posedge clk) word <= rows[address];
+    always_ff @(posedge clk) begin
+        word <= rows[address];
+        read_in_image <= address_in_image;
+    end
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
+            address_valid <= 1'b0;
             read_valid <= 1'b0;
-            read_in_image <= 1'b0;
         end else begin
-            read_valid <= issue;
-            read_in_image <= in_image;
+            address_valid <= issue;
+            read_valid <= address_valid;
         end
     end
     logic [P*BITS-1:0] pad_word;
     always_comb
         for (int lane = 0; lane < P; lane++) pad_word[lane*BITS +: BITS] = BITS'(ZERO);
 
-    // Output FIFO: 4 entries, room guaranteed by the credit.
-    logic [P*BITS-1:0] fifo [4];
-    logic [1:0] head, tail;
-    logic [2:0] count;
+    // Output FIFO: 8 entries, room guaranteed by the credit.
+    logic [P*BITS-1:0] fifo [8];
+    logic [2:0] head, tail;
+    logic [3:0] count;
     logic pop;
     assign pop = out_valid && out_ready;
-    assign out_valid = count != 3'd0;
+    assign out_valid = count != 4'd0;
     assign out_data = fifo[head];
     always_ff @(posedge clk) if (read_valid) fifo[tail] <= read_in_image ? word : pad_word;
     always_ff @(posedge clk or negedge rst_n) begin
@@ -234,8 +242,8 @@ module kiln_im2col #(
         end else begin
             if (read_valid) tail <= tail + 1'b1;
             if (pop) head <= head + 1'b1;
-            count <= count + 3'(read_valid) - 3'(pop);
-            credit_used <= credit_used + 3'(issue) - 3'(pop);
+            count <= count + 4'(read_valid) - 4'(pop);
+            credit_used <= credit_used + 4'(issue) - 4'(pop);
         end
     end
 endmodule

@@ -4,11 +4,14 @@
 // K x K window (signed or unsigned compare), as soon as the window's rows have arrived.
 //
 // Pipelined for FPGA clocks: the K x K words of a beat are read one per cycle through one
-// synchronous read port (block RAM or registered distributed RAM, addresses kept in
-// registers and stepped by constants; a row occupies a power-of-two stride of words), a
-// running maximum takes them in the next cycle, and a 4-entry output FIFO holds the results
-// in flight (a beat's last read is issued only when the FIFO will have room). Reading takes
-// OH * OW * CB * K * K cycles per frame, while the next rows load through the write port.
+// synchronous read port (block RAM or registered distributed RAM; rows and columns kept in
+// registers and stepped by constants, the address registered the cycle after a read is
+// issued; a row occupies a power-of-two stride of words), a running maximum takes them in
+// the cycle after, and a 4-entry output FIFO holds the results in flight (a beat's last
+// read is issued only when the FIFO will have room). Reading takes OH * OW * CB * K * K
+// cycles per frame, while the next rows load through the write port. The rows an output row
+// needs and may release are registered from its top row: the cycle after the generator moves
+// to another output row, nothing is issued or loaded while they catch up.
 module kiln_maxpool #(
     parameter int H = 28,
     parameter int W = 28,
@@ -40,39 +43,49 @@ module kiln_maxpool #(
     localparam int SB = ROW_BITS > 0 ? ROW_BITS : 1;
 
     logic [P*BITS-1:0] rows [WORDS];
-    logic write_enable, rows_ready, frame_done;
+    logic write_enable, rows_ready, frame_done, settle;
     logic [AB-1:0] write_address;
-    logic [SB-1:0] base_slot;
     logic signed [15:0] read_limit, need_rows;   // registers, for kiln_rows
 
     // Generator: the output beat (oy, ox, cb) and the window word (dy, dx) it reads now;
     // row_base = oy * STRIDE, row = row_base + dy, col_base = ox * STRIDE * CB + cb and
-    // col = col_base + dx * CB, all in registers.
+    // col = col_base + dx * CB, all in registers, and the frame's first row slot.
     logic [15:0] oy, ox, cb, dy, dx;
     logic [15:0] row_base, row, col_base, col;
-    logic last_dx, last_dy, last_cb, last_ox, last_oy, last_read;
+    logic [SB-1:0] slot_base;
+    logic last_dx, last_dy, last_cb, last_ox, last_oy, last_read, last_of_row;
     assign last_dx = dx == 16'(K - 1);
     assign last_dy = dy == 16'(K - 1);
     assign last_cb = cb == 16'(CB - 1);
     assign last_ox = ox == 16'(OW - 1);
     assign last_oy = oy == 16'(OH - 1);
     assign last_read = last_dx && last_dy;
+    assign last_of_row = last_read && last_cb && last_ox;
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) begin
+            read_limit <= 16'(R);
+            need_rows <= 16'sh7fff;
+        end else begin
+            read_limit <= 16'(row_base) + 16'(R);
+            need_rows <= 16'(row_base) + 16'(K);
+        end
+    end
     kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE), .SB(SB),
                 .AB(AB)) u_rows (
         .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
         .read_limit(read_limit), .need_rows(need_rows), .frame_done(frame_done),
-        .rows_ready(rows_ready), .write_enable(write_enable), .write_address(write_address),
-        .base_slot(base_slot));
+        .settle(settle), .rows_ready(rows_ready), .write_enable(write_enable),
+        .write_address(write_address));
     always_ff @(posedge clk) begin
         if (write_enable) rows[write_address] <= in_data;
     end
 
     logic [2:0] credit_used;
     logic issue;
-    assign issue = rows_ready && !(last_read && credit_used == 3'd4);
-    assign frame_done = issue && last_read && last_cb && last_ox && last_oy;
+    assign issue = rows_ready && !settle && !(last_read && credit_used == 3'd4);
+    assign frame_done = issue && last_of_row && last_oy;
 
-    // The next read's row and column, from the current ones by constant steps.
+    // The next read's row and column, from the current ones by one constant add each.
     logic [15:0] row_base_next, row_next, col_base_next, col_next;
     always_comb begin
         row_base_next = row_base;
@@ -94,51 +107,56 @@ module kiln_maxpool #(
             end
         end
     end
-    logic [SB-1:0] base_slot_next;   // slot of the first row of the next read's frame
-    assign base_slot_next = frame_done ? base_slot + SB'(H % R) : base_slot;
-    logic [AB-1:0] address;
-    function automatic logic [AB-1:0] address_of(input logic [SB-1:0] slot_base,
-                                                 input logic [15:0] row_index,
-                                                 input logic [15:0] column);
-        logic [SB-1:0] slot;
-        slot = slot_base + SB'(row_index);
-        if (ROW_BITS == 0) address_of = AB'(column[COL_BITS-1:0]);
-        else address_of = AB'({slot, column[COL_BITS-1:0]});
-    endfunction
 
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
             {oy, ox, cb, dy, dx} <= '0;
             {row_base, row, col_base, col} <= '0;
-            address <= '0;
-            read_limit <= 16'(R);
-            need_rows <= 16'(K);
-        end else if (issue) begin
-            if (!last_dx) dx <= dx + 1'b1;
-            else begin
-                dx <= '0;
-                if (!last_dy) dy <= dy + 1'b1;
+            slot_base <= '0;
+            settle <= 1'b1;
+        end else begin
+            settle <= issue && last_of_row;
+            if (issue) begin
+                if (!last_dx) dx <= dx + 1'b1;
                 else begin
-                    dy <= '0;
-                    if (!last_cb) cb <= cb + 1'b1;
+                    dx <= '0;
+                    if (!last_dy) dy <= dy + 1'b1;
                     else begin
-                        cb <= '0;
-                        if (!last_ox) ox <= ox + 1'b1;
+                        dy <= '0;
+                        if (!last_cb) cb <= cb + 1'b1;
                         else begin
-                            ox <= '0;
-                            oy <= last_oy ? '0 : oy + 1'b1;
+                            cb <= '0;
+                            if (!last_ox) ox <= ox + 1'b1;
+                            else begin
+                                ox <= '0;
+                                oy <= last_oy ? '0 : oy + 1'b1;
+                            end
                         end
                     end
                 end
+                row_base <= row_base_next;
+                col_base <= col_base_next;
+                row <= row_next;
+                col <= col_next;
+                if (frame_done) slot_base <= slot_base + SB'(H % R);
             end
-            row_base <= row_base_next;
-            col_base <= col_base_next;
-            row <= row_next;
-            col <= col_next;
-            address <= address_of(base_slot_next, row_next, col_next);
-            read_limit <= 16'(row_base_next) + 16'(R);
-            need_rows <= 16'(row_base_next) + 16'(K);
         end
+    end
+
+    // Address stage: the issued read's buffer address, its first and last word flags.
+    logic [AB-1:0] address;
+    logic address_valid, address_first, address_last;
+    always_ff @(posedge clk) begin
+        if (issue) begin
+            if (ROW_BITS == 0) address <= AB'(col[COL_BITS-1:0]);
+            else address <= AB'({SB'(slot_base + SB'(row)), col[COL_BITS-1:0]});
+            address_first <= dx == '0 && dy == '0;
+            address_last <= last_read;
+        end
+    end
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) address_valid <= 1'b0;
+        else address_valid <= issue;
     end
 
     // Read, then the running maximum; the beat's maximum goes into the FIFO.
@@ -147,7 +165,8 @@ module kiln_maxpool #(
     always_ff @(posedge clk) word <= rows[address];
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) {read_valid, read_first, read_last} <= '0;
-        else {read_valid, read_first, read_last} <= {issue, dx == '0 && dy == '0, last_read};
+        else {read_valid, read_first, read_last} <= {address_valid, address_first,
+                                                     address_last};
     end
     always_comb begin
         for (int lane = 0; lane < P; lane++) begin

@@ -6,7 +6,8 @@
 // may hold (read_limit = the first row it still reads + R) and how many rows it needs now
 // (need_rows): a row is accepted while held < read_limit, and the consumer may go on once
 // held >= need_rows. frame_done moves to the next frame (H rows on). Both handshakes are
-// one compare of registers, for FPGA clocks.
+// one compare of registers, for FPGA clocks. `settle` (the cycle after the consumer moved to
+// another row, while its registered limit catches up) holds the loader back.
 module kiln_rows #(
     parameter int H = 28,
     parameter int ROW_WORDS = 28,
@@ -22,17 +23,17 @@ module kiln_rows #(
     input  logic signed [15:0] read_limit,
     input  logic signed [15:0] need_rows,
     input  logic frame_done,
+    input  logic settle,
     output logic rows_ready,
     output logic write_enable,
-    output logic [AB-1:0] write_address,
-    output logic [SB-1:0] base_slot    // slot of the current frame's first row
+    output logic [AB-1:0] write_address
 );
     localparam int COL_BITS = $clog2(ROW_STRIDE) > 0 ? $clog2(ROW_STRIDE) : 1;
     logic signed [15:0] held;
     logic [SB-1:0] load_slot;
     logic [COL_BITS-1:0] load_col;
     logic row_done;
-    assign in_ready = held < read_limit;
+    assign in_ready = held < read_limit && !settle;
     assign rows_ready = need_rows <= held;
     assign write_enable = in_valid && in_ready;
     assign row_done = write_enable && load_col == COL_BITS'(ROW_WORDS - 1);
@@ -49,12 +50,10 @@ module kiln_rows #(
             held <= '0;
             load_slot <= '0;
             load_col <= '0;
-            base_slot <= '0;
         end else begin
             if (write_enable) load_col <= row_done ? '0 : load_col + 1'b1;
             if (row_done) load_slot <= load_slot + 1'b1;
             held <= held + 16'(row_done) - (frame_done ? 16'(H) : 16'd0);
-            if (frame_done) base_slot <= base_slot + SB'(H % R);
         end
     end
 endmodule
