@@ -260,7 +260,9 @@ def _path_text(path: dict) -> str:
     if not path:
         return "not reported"
     units = " -> ".join(path["through"])
-    return f"{units} ({path['logic_ns']:.1f} ns logic, {path['routing_ns']:.1f} ns routing)"
+    lines = ", ".join(path.get("source_lines", [])[:6])
+    return (f"{units} ({path['logic_ns']:.1f} ns logic, {path['routing_ns']:.1f} ns routing)"
+            + (f"; {lines}" if lines else ""))
 
 
 def register(app: typer.Typer) -> None:

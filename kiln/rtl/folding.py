@@ -29,10 +29,11 @@ from kiln.rtl.emit import Layer, plan_layers
 
 RESOURCES = ("lut", "ff", "dsp", "bram")
 MODEL_PATH = Path(__file__).with_name("resource_model.json")
-# Which memories Yosys puts in DP16KD, as observed on the calibration designs: the deep
-# ones, and the wide ones of many bits; the rest stay in logic.
+# Which memories Yosys puts in DP16KD, as observed on the generated designs (every memory
+# is read synchronously): the deep ones, and those of 8 Kbit or more; the rest stay in
+# distributed RAM.
 BRAM_MIN_DEPTH = 512
-BRAM_MIN_BITS = 32 * 1024
+BRAM_MIN_BITS = 4 * 1024
 
 
 def in_bram(width: int, depth: int) -> bool:
@@ -85,18 +86,35 @@ def family_of(budget: Budget) -> str:
 def _brams(width: int, depth: int) -> int:
     """DP16KD blocks for a width x depth memory (the best of its 18K aspect ratios)."""
     options = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
-    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in options)
+    by_shape = min(math.ceil(width / w) * math.ceil(depth / d) for w, d in options)
+    # Yosys packs a large memory into the blocks' full 18 Kbit (parity bits included).
+    return min(by_shape, max(1, math.ceil(width * depth / 18432))) if depth >= 16384 \
+        else by_shape
+
+
+def _line_buffer(layer: dict[str, Any], rows: int) -> tuple[int, int]:
+    """(width, depth) of a line buffer of ``rows`` rows rounded up to a power of two, each
+    row a power-of-two stride of words (kiln_im2col, kiln_maxpool)."""
+    geometry = layer["geometry"]
+    slots = 1 << max(rows - 1, 0).bit_length()
+    stride = 1 << max(geometry["W"] * geometry["CB"] - 1, 1).bit_length()
+    return layer["p_in"] * layer["in_bits"], slots * stride
 
 
 def memories(layer: dict[str, Any]) -> list[tuple[int, int]]:
-    """(width, depth) of the unit's memories: weight ROM and the two input buffers."""
+    """(width, depth) of the unit's memories: weight ROM, the two input buffers (a
+    power-of-two depth each) and the line buffer of an im2col or max pool."""
     if layer["kind"] == "maxpool":
-        return []
+        return [_line_buffer(layer, layer["geometry"]["K"])]
     in_beats = -(-layer["in_n"] // layer["p_in"])
     out_beats = -(-layer["out_n"] // layer["p_out"])
     weight_bits = layer.get("wc_bits") or layer["weight_bits"] + 1  # stored centred
-    return [(layer["p_in"] * layer["p_out"] * weight_bits, in_beats * out_beats),
-            (layer["p_in"] * layer["in_bits"], 2 * in_beats)]
+    out = [(layer["p_in"] * layer["p_out"] * weight_bits, in_beats * out_beats),
+           (layer["p_in"] * layer["in_bits"], 2 << max(in_beats - 1, 1).bit_length())]
+    if layer["kind"] == "conv":
+        geometry = layer["geometry"]
+        out.append(_line_buffer(layer, geometry["DILATION"] * (geometry["FY"] - 1) + 1))
+    return out
 
 
 def features(layer: dict[str, Any]) -> dict[str, float]:

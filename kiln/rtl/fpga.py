@@ -9,8 +9,9 @@ The design's streaming ports are hundreds of bits wide, more than any package ha
 the design is placed inside ``kiln_pnr_top``: the input word is shifted in from one pin and
 the output word is XOR-reduced into one registered pin. Every output bit reaches a pin, so
 nothing is optimized away; the wrapper adds one input and one output register per bit and
-registers the handshake pins (a path to or from a pad would measure the package, not the
-design), which the report counts with the design.
+two registers on each handshake pin (one may be packed into the pad, the other sits beside
+the design: a path to or from a pad would measure the package, not the design), which the
+report counts with the design.
 
 A design that does not fit is reported by resource and by how much, from Yosys's cell counts
 before nextpnr runs (and from nextpnr's own refusal when the estimate was too kind). When
@@ -136,14 +137,20 @@ def wrapper(design: Design) -> str:
         ");",
         f"    logic [{in_width - 1}:0] in_word;",
         f"    logic [{out_width - 1}:0] out_word;",
-        "    logic in_valid_q, in_ready_d, out_ready_q, out_valid_d;",
+        "    logic in_valid_q, in_ready_d, in_ready_q, out_ready_q, out_valid_d, out_valid_q;",
+        "    logic in_valid_p, out_ready_p;",
         f"    always_ff @(posedge clk) in_word <= {{in_word[{in_width - 2}:0], in_bit}};"
         if in_width > 1 else "    always_ff @(posedge clk) in_word <= in_bit;",
+        "    // Two registers each way: one may sit in the pad, the other beside the design.",
         "    always_ff @(posedge clk) begin",
-        "        in_valid_q <= in_valid;",
-        "        out_ready_q <= out_ready;",
-        "        in_ready <= in_ready_d;",
-        "        out_valid <= out_valid_d;",
+        "        in_valid_p <= in_valid;",
+        "        in_valid_q <= in_valid_p;",
+        "        out_ready_p <= out_ready;",
+        "        out_ready_q <= out_ready_p;",
+        "        in_ready_q <= in_ready_d;",
+        "        in_ready <= in_ready_q;",
+        "        out_valid_q <= out_valid_d;",
+        "        out_valid <= out_valid_q;",
         "    end",
         "    kiln_top u_top (.clk(clk), .rst_n(rst_n), .in_valid(in_valid_q),",
         "                    .in_ready(in_ready_d), .in_data(in_word), .out_valid(out_valid_d),",
@@ -258,8 +265,9 @@ def _achieved_fmax(report: Path, design: Design, dev: Device, log: Path) -> floa
 
 def critical_path(log_text: str) -> dict[str, Any]:
     """The worst path of nextpnr's first critical-path report: the design units it starts
-    and ends in (``u_top.layer_2.g_requant[0]...`` -> ``layer_2``), its delay, and the
-    share spent in logic and in routing."""
+    and ends in (``u_top.layer_2.g_requant[0]...`` -> ``layer_2``), the SystemVerilog lines
+    it runs through (``kiln_im2col.sv:93``, Yosys's source attributes) and the time spent in
+    logic and in routing."""
     lines = log_text.splitlines()
     start = next((i for i, line in enumerate(lines) if "Critical path report for clock" in line),
                  None)
@@ -267,6 +275,7 @@ def critical_path(log_text: str) -> dict[str, Any]:
         return {}
     logic = routing = 0.0
     units: list[str] = []
+    sources: list[str] = []
     for line in lines[start + 1:]:
         if "Critical path report" in line or "Max frequency" in line:
             break
@@ -277,6 +286,9 @@ def critical_path(log_text: str) -> dict[str, Any]:
                 routing += delay
             else:
                 logic += delay
+        for where in re.findall(r"(kiln_\w+\.sv:\d+)", line):
+            if where not in sources:
+                sources.append(where)
         match = re.search(r"(?:Source|Sink) (\S+)", line)
         if match and not match.group(1).startswith("$"):
             name = match.group(1)
@@ -288,7 +300,8 @@ def critical_path(log_text: str) -> dict[str, Any]:
             if not units or units[-1] != label:
                 units.append(label)
     return {"from": units[0] if units else "", "to": units[-1] if units else "",
-            "through": units, "logic_ns": round(logic, 2), "routing_ns": round(routing, 2)}
+            "through": units, "source_lines": sources, "logic_ns": round(logic, 2),
+            "routing_ns": round(routing, 2)}
 
 
 def place_and_route(design: Design | str | Path, device_name: str | Device, *,

@@ -83,17 +83,16 @@ module kiln_im2col #(
     // lies wholly in the top padding reads no row, but it belongs to a frame that must have
     // begun: without the floor of 1, a 1x1 conv with padding emitted the next frame's first
     // row before that frame's input existed. Registered from iy_base every cycle.
-    always_ff @(posedge clk or negedge rst_n) begin : row_limits
-        logic signed [CW-1:0] need;
+    // (The clamps compare iy_base itself, beside the adds: one carry chain per register.)
+    always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
             read_limit <= 16'(R);
             need_rows <= 16'sh7fff;
         end else begin
-            read_limit <= (iy_base < 0 ? 16'sd0 : 16'(iy_base)) + 16'(R);
-            need = iy_base + CW'(SPAN);
-            if (need > CW'(H)) need = CW'(H);
-            if (need < 1) need = 1;
-            need_rows <= 16'(need);
+            read_limit <= iy_base < 0 ? 16'(R) : 16'(iy_base + CW'(R));
+            if (iy_base > CW'(H - SPAN)) need_rows <= 16'(H);
+            else if (iy_base < CW'(1 - SPAN)) need_rows <= 16'sd1;
+            else need_rows <= 16'(iy_base + CW'(SPAN));
         end
     end
     kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE), .SB(SB),
