@@ -65,7 +65,7 @@ def emit_rtl(
         if not config.is_file():
             raise ConfigError(f"{config}: no such parallelism config")
         choice = {k: tuple(v) for k, v in (load_yaml_file(config) or {}).items()}
-    design = emit(program, choice, out)
+    design = emit(program, choice, out, bank_roms=folding.banked if folding else True)
     timing: dict[str, float] = {}
     if folding is not None:
         from kiln.rtl.folding import family_of
@@ -94,6 +94,8 @@ def emit_rtl(
                              "LUT (est.)", "FF (est.)", "DSP (est.)", "BRAM (est.)"], rows,
                             right_align={"cycles/inference", "LUT (est.)", "FF (est.)",
                                          "DSP (est.)", "BRAM (est.)"}))
+        for note in folding.notes:
+            console.print(f"note: {note}")
         console.print(f"predicted clock {timing['predicted_fmax_mhz']:g} MHz (kiln's timing "
                       f"model, speed grade 6 on ECP5): "
                       f"{timing['predicted_inferences_per_second']:,.0f} inferences/s; "

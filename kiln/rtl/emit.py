@@ -27,6 +27,7 @@ from kiln.errors import KilnError
 from kiln.integer.arith import float32_fields
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.report.markdown import write_text
+from kiln.rtl.memories import banks, block_ram_depth
 from kiln.rtl.requant import accumulator_range, narrow_multiplier
 
 SOURCES = Path(__file__).parent / "sv"
@@ -62,6 +63,7 @@ class Layer:
     acc_bits: int = 32  # every partial sum of the layer fits (kiln.rtl.requant)
     m_bits: int = 31  # the requantizers' multiplier, proven exact (kiln.rtl.requant)
     passes: int = 1  # cycles per lane in a requantizer: > 1 time-shares one DSP tile
+    w_banks: int = 1  # the weight ROM in banks one block RAM deep (kiln.rtl.memories)
 
     # (multipliers, shift fields) per output channel for the ROMs; not saved in design.json
     requant_fields: Any = field(default=None, repr=False, compare=False)
@@ -192,13 +194,16 @@ def _parse_parallelism(parallelism: Any, count: int, names: list[str]) -> list[t
     return per_layer
 
 
-def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Design:
+def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path, *,
+         bank_roms: bool = True) -> Design:
     """Write the SystemVerilog design of ``program`` into ``out_dir``.
 
     ``parallelism`` is ``(P_in, P_out)``, ``"4x4"``, a list per layer, or a dict of
     layer name -> (P_in, P_out) with a ``default``. Consecutive layers must agree on the
     stream width (P_out of one = P_in of the next). Parallelism that does not divide a
     dimension, or exceeds it, is handled by padding lanes with zero weights.
+    ``bank_roms`` cuts deep weight ROMs into banks one block RAM deep (faster clock, more
+    block RAMs: :mod:`kiln.rtl.memories`).
     """
     if program.rounding not in ("floor", "nearest", "float32"):
         raise KilnError(f"program '{program.name}' uses {program.rounding} rounding; the "
@@ -218,19 +223,19 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path) -> Desi
                             f"layer's P_out {before[1]} (the stream width between them)")
     final = Path(out_dir)
     with atomic_folder(final, marker="design.json") as directory:  # whole or not at all
-        design = _write_design(program, per_layer, directory)
+        design = _write_design(program, per_layer, directory, bank_roms)
     design.directory = final
     return design
 
 
-def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], directory: Path
-                  ) -> Design:
+def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], directory: Path,
+                  bank_roms: bool) -> Design:
     (directory / "mem").mkdir(parents=True, exist_ok=True)
     for name in COMPONENTS:
         shutil.copyfile(SOURCES / name, directory / name)
     design = Design(directory, program.name, program.rounding)
     design.input_vectors_per_input = _input_vectors(program)
-    for op, layer, weight in _walk(program, per_layer):
+    for op, layer, weight in _walk(program, per_layer, bank_roms=bank_roms):
         if weight is not None:
             _write_memories(directory / "mem", layer, weight, op.arrays["bias"])
         design.layers.append(layer)
@@ -244,12 +249,14 @@ def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], dir
     return design
 
 
-def plan_layers(program: IntegerProgram, parallelism: Any) -> list[Layer]:
+def plan_layers(program: IntegerProgram, parallelism: Any, *, bank_roms: bool = True
+                ) -> list[Layer]:
     """The layers :func:`emit` would make (shapes, parallelism, cycles), writing nothing:
     what folding searches over."""
     weighted = [op for op in program.ops if op.kind in ("dense", "affine", "conv")]
     per_layer = _parse_parallelism(parallelism, len(weighted), [op.name for op in weighted])
-    return [layer for _, layer, _ in _walk(program, per_layer, weights=False)]
+    return [layer for _, layer, _ in _walk(program, per_layer, weights=False,
+                                           bank_roms=bank_roms)]
 
 
 def _input_vectors(program: IntegerProgram) -> int:
@@ -259,7 +266,8 @@ def _input_vectors(program: IntegerProgram) -> int:
     return 1
 
 
-def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: bool = True):
+def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: bool = True,
+          bank_roms: bool = True):
     """(op, layer, dense weight or None) for every emitted layer, in stream order."""
     shape = tuple(program.input_shape)  # (C, H, W) of a feature map, or (N,) of a vector
     ops = list(program.ops)
@@ -289,7 +297,7 @@ def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights:
             layer = _dense_layer(op, weight, p_in, p_out)
             shape = (weight.shape[0],)
             flattened_from = None
-        _size_arithmetic(layer, op, weight, program.rounding)
+        _size_arithmetic(layer, op, weight, program.rounding, bank_roms)
         yield op, layer, weight
         lanes = p_out
 
@@ -298,7 +306,8 @@ def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights:
 _NARROWED: dict[tuple[int, str], tuple[IntOp, list[tuple[int, int, int]]]] = {}
 
 
-def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str) -> None:
+def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str,
+                     bank_roms: bool = True) -> None:
     """The layer's weight, accumulator and multiplier widths, and (for the ROMs) its
     narrowed multipliers and shifts in ``layer.requant_fields``."""
     in_q = TensorQuant(**op.attrs["in_quant"])
@@ -307,6 +316,8 @@ def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str)
         in_q.qmax - in_q.zero_point)
     top = int(np.abs(weight).max(initial=0))
     layer.wc_bits = max(2, top.bit_length() + 1)
+    layer.w_banks = banks(layer.p_in * layer.p_out * layer.wc_bits,
+                          layer.in_beats * layer.out_beats) if bank_roms else 1
     out_q = op.out_quant
     if rounding == "float32":
         # The float32 multiplier as a 24-bit mantissa and a right shift (kiln_requant FLOAT32).
@@ -442,8 +453,14 @@ def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.nda
             block = padded[j * layer.p_out:(j + 1) * layer.p_out,
                            i * layer.p_in:(i + 1) * layer.p_in]
             blocks.append(block.reshape(-1))  # lane p * P_in + q
-    write_text(folder / f"{layer.name}.weights.mem", _hex_words(np.array(blocks),
-                                                                layer.wc_bits))
+    words = np.array(blocks)
+    if layer.w_banks == 1:
+        write_text(folder / f"{layer.name}.weights.mem", _hex_words(words, layer.wc_bits))
+    else:  # one file per bank (kiln_dense W_BANKS): weights.mem.000, .001, ...
+        depth = block_ram_depth(words.shape[1] * layer.wc_bits)
+        for bank in range(layer.w_banks):
+            write_text(folder / f"{layer.name}.weights.mem.{bank:03d}",
+                       _hex_words(words[bank * depth:(bank + 1) * depth], layer.wc_bits))
     def per_beat(values: np.ndarray) -> np.ndarray:
         return _padded(values, rows).reshape(layer.out_beats, layer.p_out)
 
@@ -517,7 +534,10 @@ def _top(design: Design) -> str:
                   "M_BITS": layer.m_bits, "OUT_BITS": layer.out_bits,
                   "OUT_ZERO": layer.out_zero, "LO": layer.lo, "HI": layer.hi,
                   "ROUND_NEAREST": nearest, "FLOAT32": int(design.rounding == "float32"),
-                  "REQUANTS": layer.requants, "PASSES": layer.passes}
+                  "REQUANTS": layer.requants, "PASSES": layer.passes,
+                  "W_BANKS": layer.w_banks,
+                  "W_BANK_BITS": block_ram_depth(layer.p_in * layer.p_out
+                                                 * layer.wc_bits).bit_length() - 1}
         files = (f'.W_FILE("{mem}.weights.mem"), .B_FILE("{mem}.bias.mem"), '
                  f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem")')
         lines += _instance("kiln_dense", f"layer_{index}", params, files, source, sink,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,20 +25,10 @@ import numpy as np
 from kiln.errors import ConfigError, KilnError
 from kiln.integer.program import IntegerProgram
 from kiln.rtl.emit import Layer, plan_layers
+from kiln.rtl.memories import block_rams, in_block_ram
 
 RESOURCES = ("lut", "ff", "dsp", "bram")
 MODEL_PATH = Path(__file__).with_name("resource_model.json")
-# Which memories Yosys puts in DP16KD, as observed on the generated designs (every memory
-# is read synchronously): the deep ones, and those of 8 Kbit or more; the rest stay in
-# distributed RAM.
-BRAM_MIN_DEPTH = 512
-BRAM_MIN_BITS = 4 * 1024
-
-
-def in_bram(width: int, depth: int) -> bool:
-    return depth >= BRAM_MIN_DEPTH or width * depth >= BRAM_MIN_BITS
-
-
 @dataclass(frozen=True)
 class Budget:
     """Resources a design may use."""
@@ -83,15 +72,6 @@ def family_of(budget: Budget) -> str:
 
 
 # --- the resource model ---------------------------------------------------------------------
-def _brams(width: int, depth: int) -> int:
-    """DP16KD blocks for a width x depth memory (the best of its 18K aspect ratios)."""
-    options = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
-    by_shape = min(math.ceil(width / w) * math.ceil(depth / d) for w, d in options)
-    # Yosys packs a large memory into the blocks' full 18 Kbit (parity bits included).
-    return min(by_shape, max(1, math.ceil(width * depth / 18432))) if depth >= 16384 \
-        else by_shape
-
-
 def _line_buffer(layer: dict[str, Any], rows: int) -> tuple[int, int]:
     """(width, depth) of a line buffer of ``rows`` rows rounded up to a power of two, each
     row a power-of-two stride of words (kiln_im2col, kiln_maxpool)."""
@@ -123,7 +103,7 @@ def features(layer: dict[str, Any]) -> dict[str, float]:
         geometry = layer["geometry"]
         return {"pool": 1.0, "pool_buffer_bits": float(geometry["W"] * geometry["CB"]
                                                        * layer["p_in"] * layer["in_bits"])}
-    small = sum(w * d for w, d in memories(layer) if not in_bram(w, d))
+    small = sum(w * d for w, d in memories(layer) if not in_block_ram(w, d))
     products = layer["p_in"] * layer["p_out"]
     out = {"unit": 1.0, "products": float(products),
            "product_bits": float(products * layer["weight_bits"] * layer["in_bits"]),
@@ -201,7 +181,11 @@ def predict_layer(layer: dict[str, Any] | Layer, model: dict[str, Any]) -> dict[
     dense, window = lut_parts(row, model)
     out["lut"] = (dense * model.get("flatten_lut_dense", 1.0)
                   + window * model.get("flatten_lut_window", 1.0))
-    out["bram"] = float(sum(_brams(w, d) for w, d in memories(layer) if in_bram(w, d)))
+    # memories() lists the weight ROM first
+    weight_rom = 0 if layer["kind"] != "maxpool" and layer.get("w_banks", 1) > 1 else None
+    out["bram"] = float(sum(block_rams(w, d, banked=index == weight_rom)
+                            for index, (w, d) in enumerate(memories(layer))
+                            if in_block_ram(w, d)))
     return out
 
 
@@ -224,6 +208,7 @@ class Folding:
     budget: Budget
     uniform: bool = False
     notes: list[str] = field(default_factory=list)
+    banked: bool = True  # deep weight ROMs in banks (kiln.rtl.emit's bank_roms)
 
     @property
     def cycles(self) -> int:
@@ -294,13 +279,27 @@ def fold(program: IntegerProgram, *, budget: Budget, target_cycles: int | None =
     """The fastest folding that fits ``budget`` (with ``target_cycles``: the cheapest in
     LUTs whose slowest layer takes at most that many cycles); ``uniform`` restricts to one
     P for every stream. Raises a KilnError with the smallest design's needs if none fits."""
-    base = plan_layers(program, (1, 1))
+    try:
+        return _fold(program, budget, target_cycles, uniform, max_width, bank_roms=True)
+    except KilnError:
+        # Banked weight ROMs take more block RAMs (kiln.rtl.memories): without them the
+        # design may still fit, at a lower clock. (If not, that error names the needs.)
+        folding = _fold(program, budget, target_cycles, uniform, max_width, bank_roms=False)
+        folding.notes.append("the deep weight ROMs are not cut into banks (their block RAMs "
+                             "would not fit): the design closes at a lower clock")
+        return folding
+
+
+def _fold(program: IntegerProgram, budget: Budget, target_cycles: int | None, uniform: bool,
+          max_width: int, *, bank_roms: bool) -> Folding:
+    base = plan_layers(program, (1, 1), bank_roms=bank_roms)
     model = load_model(family_of(budget))
     weighted = [layer for layer in base if layer.kind != "maxpool"]
     streams = [weighted[0].stream_in_n] + [layer.out_n for layer in weighted]
     options = [_candidates(n, max_width) for n in streams]
     widths = sorted({w for o in options for w in o})
-    plans = {(a, b): plan_layers(program, (a, b)) for a in widths for b in widths}
+    plans = {(a, b): plan_layers(program, (a, b), bank_roms=bank_roms)
+             for a in widths for b in widths}
     if uniform:
         widest = max(len(o) for o in options)
         chains = [tuple(min(2 ** k, o[-1]) for o in options) for k in range(widest)]
@@ -334,4 +333,4 @@ def fold(program: IntegerProgram, *, budget: Budget, target_cycles: int | None =
         raise KilnError(f"{what}: the smallest design (stream widths {smallest_chain}...) "
                         f"needs {needs or 'more cycles than the target'}",
                         hint="raise the budget or the target cycles, or narrow the widths")
-    return Folding(best[1], budget, uniform)
+    return Folding(best[1], budget, uniform, banked=bank_roms)

@@ -34,11 +34,19 @@ def test_unknown_device_and_pnr_without_an_fpga_are_refused(tiny_design):
 def test_placed_and_routed_on_ecp5_with_a_clock_it_cannot_meet(tiny_design):
     # One nextpnr run: a 2 GHz constraint no ECP5 design meets. The figures are reported
     # (resources, Fmax, inferences/s), the report is kept, and kiln exits 2 naming the clock.
+    # Two placement seeds (run side by side), the fastest kept, both recorded; speed grade 8.
     result = kiln("synth", str(tiny_design.directory), "--target", "ecp5-25k", "--pnr",
-                  "--clock-mhz", "2000", "--json")
+                  "--clock-mhz", "2000", "--seeds", "2", "--speed", "8", "--json")
     assert result.returncode == 2, result.stderr
     assert "the 2000 MHz clock is not met" in result.stderr
     figures = json.loads(result.stdout)
+    seeds = figures["extra"]["seeds"]
+    assert set(seeds) == {"1", "2"} and figures["extra"]["speed"] == 8
+    assert figures["fmax_mhz"] == pytest.approx(max(seeds.values()), abs=0.01)
+    assert figures["extra"]["seed"] == int(max(seeds, key=seeds.get))
+    path = figures["extra"]["critical_path"]
+    assert path["through"] and path["logic_ns"] > 0 and path["routing_ns"] >= 0
+    assert any(line.startswith("kiln_") for line in path["source_lines"])
     # nextpnr's own capacities for the device are the ones kiln checks fits against.
     assert figures["available"] == DEVICES["ecp5-25k"].capacity()
     used = figures["used"]
@@ -54,6 +62,22 @@ def test_placed_and_routed_on_ecp5_with_a_clock_it_cannot_meet(tiny_design):
     report = json.loads((tiny_design.directory / "pnr_ecp5-25k.json").read_text())
     assert min(c["achieved"] for c in report["fmax"].values()) == pytest.approx(
         figures["fmax_mhz"])
+
+
+def test_without_a_clock_the_predicted_one_is_the_target_and_a_miss_only_warns(tiny_design):
+    from kiln.rtl.timing import predicted_fmax_mhz
+
+    # The tiny dense unit is predicted at 100 MHz on ECP5 speed grade 6 and closes there.
+    predicted = predicted_fmax_mhz(tiny_design.layers, "ecp5")
+    result = kiln("synth", str(tiny_design.directory), "--target", "ecp5-25k", "--pnr",
+                  "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["clock_mhz"] == predicted == 100.0
+    assert figures["extra"]["predicted_fmax_mhz"] == predicted
+    assert figures["fmax_mhz"] >= predicted and figures["timing_met"]
+    with pytest.raises(KilnError, match="speed grade 9 does not exist for ecp5: use 6, 7, 8"):
+        place_and_route(tiny_design, "ecp5-25k", speed=9)
 
 
 def test_a_design_that_does_not_fit_names_the_resource(tiny_design):

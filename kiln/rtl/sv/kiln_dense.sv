@@ -9,7 +9,7 @@
 //
 // Every block goes down a pipeline that never stalls (only the issue of blocks does):
 //   issue: the block counters address the input buffer and the weight ROM (block RAM)
-//   read:  the memories' output registers (block RAM output registers)
+//   read:  the memories' outputs, their own registers, the weight banks' multiplexer
 //   centre: x - IN_ZERO (the weights are stored centred on their zero point, WC_BITS wide)
 //   product: one registered product per multiplier (a DSP with its output register)
 //   tree:  the adder tree, a register after every second level
@@ -42,6 +42,8 @@ module kiln_dense #(
     parameter bit FLOAT32 = 0,
     parameter int REQUANTS = P_OUT,  // requantizers, shared by the P_OUT lanes in turn
     parameter int PASSES = 1,        // cycles per lane in a requantizer (kiln_requant)
+    parameter int W_BANKS = 1,      // the weight ROM in banks of 2^W_BANK_BITS words, each
+    parameter int W_BANK_BITS = 1,  // one block RAM deep: files W_FILE.000, W_FILE.001, ...
     parameter W_FILE = "weights.mem",
     parameter B_FILE = "bias.mem",
     parameter M_FILE = "m0.mem",
@@ -72,20 +74,18 @@ module kiln_dense #(
     localparam int TURN = SERIAL * PASSES;         // cycles the requantizers take per beat
     localparam int PSB = PASSES > 1 ? $clog2(PASSES) : 1;
     // Pipeline registers from the issue to the accumulator's output.
-    localparam int MAC_DEPTH = 4 + TREE_STAGES;
+    localparam int MAC_DEPTH = 5 + TREE_STAGES;
     // Beats in flight between an issue and the FIFO: the credit loop must cover them all
     // for a consumer ready every cycle never to stall a one-block beat.
     localparam int IN_FLIGHT = MAC_DEPTH + TURN + REQUANT_LATENCY + 3;
     localparam int FIFO_BITS = $clog2(IN_FLIGHT + 1);
     localparam int FIFO_DEPTH = 1 << FIFO_BITS;
 
-    // ROMs
-    logic [P_IN*P_OUT*WC_BITS-1:0] weight_rom [IN_BEATS*OUT_BEATS];
+    // ROMs (the weights below, in banks)
     logic [P_OUT*ACC_BITS-1:0] bias_rom [OUT_BEATS];
     logic [P_OUT*M_BITS-1:0] m_rom [OUT_BEATS];
     logic [P_OUT*7-1:0] shift_rom [OUT_BEATS];
     initial begin
-        $readmemh(W_FILE, weight_rom);
         $readmemh(B_FILE, bias_rom);
         $readmemh(M_FILE, m_rom);
         $readmemh(S_FILE, shift_rom);
@@ -117,14 +117,44 @@ module kiln_dense #(
     assign issue = running && !(last_i && (credit_used == (FIFO_BITS + 1)'(FIFO_DEPTH)
                                            || turn_wait != '0));
 
-    // Read stage: the memories' registered outputs, then their output registers.
-    logic [P_IN*IN_BITS-1:0] x_read, x_held;
-    logic [P_IN*P_OUT*WC_BITS-1:0] w_read, w_held;
+    // Read stages: the memories' registered outputs, then registers of their own (a block
+    // RAM's output is slow), then the bank multiplexer. A deep weight ROM is cut into banks
+    // one block RAM deep, each with its output register beside it, so that no path runs
+    // from a block RAM through a multiplexer of many.
+    localparam int WW = P_IN*P_OUT*WC_BITS;
+    localparam int BB = W_BANKS > 1 ? $clog2(W_BANKS) : 1;
+    logic [P_IN*IN_BITS-1:0] x_read, x_bank, x_held;
+    logic [W_BANKS*WW-1:0] bank_read, bank_held;
+    logic [WW-1:0] w_held;
+    logic [BB-1:0] bank_select, bank_select_read, bank_select_held;
+    genvar bank;
+    generate
+        if (W_BANKS == 1) begin : g_one_bank
+            logic [WW-1:0] weight_rom [IN_BEATS*OUT_BEATS];
+            initial $readmemh(W_FILE, weight_rom);
+            always_ff @(posedge clk) bank_read <= weight_rom[w_addr];
+            assign bank_select = '0;
+        end else begin : g_banks
+            for (bank = 0; bank < W_BANKS; bank++) begin : g_bank
+                logic [WW-1:0] rom [1 << W_BANK_BITS];
+                initial $readmemh({W_FILE, ".", 8'(8'd48 + bank / 100),
+                                   8'(8'd48 + bank / 10 % 10), 8'(8'd48 + bank % 10)}, rom);
+                always_ff @(posedge clk)
+                    bank_read[bank*WW +: WW] <= rom[w_addr[W_BANK_BITS-1:0]];
+            end
+            assign bank_select = BB'(w_addr >> W_BANK_BITS);
+        end
+    endgenerate
     always_ff @(posedge clk) begin
         x_read <= buffer[{comp_sel, i_beat}];
-        w_read <= weight_rom[w_addr];
-        x_held <= x_read;
-        w_held <= w_read;
+        x_bank <= x_read;
+        x_held <= x_bank;
+        bank_held <= bank_read;
+        bank_select_read <= bank_select;
+        bank_select_held <= bank_select_read;
+        w_held <= bank_held[WW-1:0];
+        for (int k = 1; k < W_BANKS; k++)
+            if (bank_select_held == BB'(k)) w_held <= bank_held[k*WW +: WW];
     end
 
     // Control travels beside the data: valid, first and last block of a beat, the beat.
@@ -132,7 +162,9 @@ module kiln_dense #(
     localparam int CTRL = 3 + OB;
     logic [CTRL-1:0] ctrl_issue;
     logic [MAC_DEPTH*CTRL-1:0] ctrl_regs;
+    /* verilator lint_off UNUSEDSIGNAL */  // not every stage's flags are read
     logic [(MAC_DEPTH+1)*CTRL-1:0] ctrl;
+    /* verilator lint_on UNUSEDSIGNAL */
     assign ctrl_issue = {issue, i_beat == '0, last_i, j_beat};
     assign ctrl = {ctrl_regs, ctrl_issue};
     always_ff @(posedge clk or negedge rst_n) begin
@@ -189,8 +221,12 @@ module kiln_dense #(
     // Accumulator stage: the bias ROM is read for the block entering it, so that the bias
     // is there with the beat's first block.
     localparam int ACC_STAGE = MAC_DEPTH;
-    logic [P_OUT*ACC_BITS-1:0] bias_word, acc;
-    always_ff @(posedge clk) bias_word <= bias_rom[ctrl[(ACC_STAGE - 1)*CTRL +: OB]];
+    // (Read two stages ahead: the block RAM's output gets a register of its own.)
+    logic [P_OUT*ACC_BITS-1:0] bias_read, bias_word, acc;
+    always_ff @(posedge clk) begin
+        bias_read <= bias_rom[ctrl[(ACC_STAGE - 2)*CTRL +: OB]];
+        bias_word <= bias_read;
+    end
     logic in_acc, first_acc, last_acc;
     assign {in_acc, first_acc, last_acc} = ctrl[ACC_STAGE*CTRL + OB +: 3];
     logic [P_OUT*ACC_BITS-1:0] acc_next;
@@ -202,16 +238,18 @@ module kiln_dense #(
     end
     always_ff @(posedge clk) if (in_acc) acc <= acc_next;
 
-    // Capture: the finished beat, with its multipliers and shifts (read by the beat number
-    // the accumulator stage holds).
+    // Capture: the finished beat, with its multipliers and shifts (read a stage ahead, by
+    // the beat number of the block entering the accumulator, into registers of their own).
     logic [P_OUT*ACC_BITS-1:0] total;
-    logic [P_OUT*M_BITS-1:0] m_word;
-    logic [P_OUT*7-1:0] shift_word;
+    logic [P_OUT*M_BITS-1:0] m_read, m_word;
+    logic [P_OUT*7-1:0] shift_read, shift_word;
     always_ff @(posedge clk) begin
+        m_read <= m_rom[ctrl[(ACC_STAGE - 1)*CTRL +: OB]];
+        shift_read <= shift_rom[ctrl[(ACC_STAGE - 1)*CTRL +: OB]];
         if (in_acc && last_acc) begin
             total <= acc_next;
-            m_word <= m_rom[ctrl[ACC_STAGE*CTRL +: OB]];
-            shift_word <= shift_rom[ctrl[ACC_STAGE*CTRL +: OB]];
+            m_word <= m_read;
+            shift_word <= shift_read;
         end
     end
 

@@ -204,19 +204,24 @@ module kiln_im2col #(
     end
 
     // Read stage: the word at the registered address, then the padding substituted.
-    logic [P*BITS-1:0] word;
-    logic read_valid, read_in_image;
+    // (The block RAM's output gets a register of its own before the padding multiplexer.)
+    logic [P*BITS-1:0] word_read, word;
+    logic data_valid, data_in_image, read_valid, read_in_image;
     always_ff @(posedge clk) begin
-        word <= rows[address];
-        read_in_image <= address_in_image;
+        word_read <= rows[address];
+        word <= word_read;
+        data_in_image <= address_in_image;
+        read_in_image <= data_in_image;
     end
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
             address_valid <= 1'b0;
+            data_valid <= 1'b0;
             read_valid <= 1'b0;
         end else begin
             address_valid <= issue;
-            read_valid <= address_valid;
+            data_valid <= address_valid;
+            read_valid <= data_valid;
         end
     end
     logic [P*BITS-1:0] pad_word;

@@ -160,13 +160,19 @@ module kiln_maxpool #(
     end
 
     // Read, then the running maximum; the beat's maximum goes into the FIFO.
-    logic [P*BITS-1:0] word, best, larger;
-    logic read_valid, read_first, read_last;
-    always_ff @(posedge clk) word <= rows[address];
+    // (The block RAM's output gets a register of its own before the compare.)
+    logic [P*BITS-1:0] word_read, word, best, larger;
+    logic data_valid, data_first, data_last, read_valid, read_first, read_last;
+    always_ff @(posedge clk) begin
+        word_read <= rows[address];
+        word <= word_read;
+    end
     always_ff @(posedge clk or negedge rst_n) begin
-        if (!rst_n) {read_valid, read_first, read_last} <= '0;
-        else {read_valid, read_first, read_last} <= {address_valid, address_first,
-                                                     address_last};
+        if (!rst_n) {data_valid, data_first, data_last, read_valid, read_first, read_last} <= '0;
+        else begin
+            {data_valid, data_first, data_last} <= {address_valid, address_first, address_last};
+            {read_valid, read_first, read_last} <= {data_valid, data_first, data_last};
+        end
     end
     always_comb begin
         for (int lane = 0; lane < P; lane++) begin

@@ -1,0 +1,89 @@
+"""Requantizer widths: narrowed multipliers equal the engine on every reachable accumulator,
+and the generated hardware with narrow, time-shared and wide requantizers is bit-exact."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from kiln.integer.arith import requantize
+from kiln.rtl import emit, simulate
+from kiln.rtl.emit import requantizers
+from kiln.rtl.requant import accumulator_range, narrow_multiplier
+from tests.rtl.test_rtl import single_dense
+
+
+def _hardware(acc: np.ndarray, m: int, shift: int, rounding: str, zero: int, lo: int,
+              hi: int) -> np.ndarray:
+    """kiln_requant's arithmetic: (acc·m + 2^(s-1)) >> s (nearest) or acc·m >> s."""
+    product = acc.astype(object) * m
+    if rounding == "nearest":
+        product = product + (1 << (shift - 1))
+    return np.clip(np.array([int(p) >> shift for p in product], dtype=np.int64) + zero, lo, hi)
+
+
+def test_narrowed_multipliers_equal_the_engine_on_every_reachable_accumulator():
+    rng = random.Random(3)
+    narrower = 0
+    for _ in range(150):
+        m0 = rng.randrange(1 << 30, 1 << 31)
+        n = rng.randrange(-12, 14)
+        rounding = rng.choice(["floor", "nearest"])
+        zero = rng.randrange(-20, 20)
+        lo, hi = rng.choice([(0, 255), (-128, 127), (0, 15), (-8, 7), (0, 6)])
+        span = rng.randrange(1, 1 << rng.randrange(3, 18))
+        low, high = -span, rng.randrange(-span, span + 1)
+        m, shift, bits = narrow_multiplier(m0, n, rounding, zero, lo, hi, low, high)
+        assert m.bit_length() == bits and shift >= (1 if rounding == "nearest" else 0)
+        acc = np.arange(low, high + 1, dtype=np.int64)
+        expected = requantize(acc, m0, n, zero, rounding, lo, hi)
+        np.testing.assert_array_equal(_hardware(acc, m, shift, rounding, zero, lo, hi), expected)
+        narrower += bits < 31
+    assert narrower > 100  # most layers need far fewer than 31 bits
+
+
+def test_a_narrowed_multiplier_is_wrong_outside_the_range_it_was_proven_on():
+    # The proof is per range: the 1-bit multiplier chosen for small accumulators would not
+    # do for large ones, so the range must come from the layer, not be assumed.
+    m0, n = 1_234_567_890, 4
+    m, shift, bits = narrow_multiplier(m0, n, "nearest", 0, -128, 127, -40, 40)
+    wide = np.arange(-(1 << 16), 1 << 16, dtype=np.int64)
+    engine = requantize(wide, m0, n, 0, "nearest", -128, 127)
+    assert bits < 31
+    assert (_hardware(wide, m, shift, "nearest", 0, -128, 127) != engine).any()
+
+
+def test_accumulator_range_bounds_every_partial_sum():
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-9, 10, (6, 12))
+    bias = rng.integers(-50, 50, 6)
+    low, high, bits = accumulator_range(weight, bias, -3, 250)
+    inputs = rng.integers(-3, 251, (2000, 12))
+    partial = np.cumsum(inputs[:, None, :] * weight[None], axis=2) + bias[None, :, None]
+    assert (partial[..., -1] >= low).all() and (partial[..., -1] <= high).all()
+    assert np.abs(partial).max() < 1 << (bits - 1)
+    # the bounds are reached by the extreme inputs
+    extreme = np.where(weight > 0, 250, -3)
+    np.testing.assert_array_equal((extreme * weight).sum(axis=1) + bias, high)
+
+
+def test_requantizers_share_one_dsp_tile_when_a_beat_leaves_the_time():
+    assert requantizers(p_out=8, in_beats=16, tiles=4) == (2, 4)   # 4 lanes each, 4 passes
+    assert requantizers(p_out=8, in_beats=2, tiles=4) == (4, 1)    # too little time
+    assert requantizers(p_out=3, in_beats=9, tiles=1) == (1, 1)    # one tile: no passes
+
+
+@pytest.mark.parametrize("parallelism,passes", [((32, 4), 1), ((4, 4), 4)])
+def test_wide_and_time_shared_requantizers_are_bit_exact(tmp_path, parallelism, passes):
+    # 32 inputs at P_in 32: one input beat, no time to share a tile (every tile its own
+    # DSP); at P_in 4, 8 beats: each requantizer takes its lanes in passes of one tile.
+    program = single_dense("nearest", seed=11, in_n=32, out_n=16)
+    design = emit(program, parallelism, tmp_path / "design")
+    (layer,) = design.layers
+    assert layer.acc_bits > 18 and layer.passes == passes
+    assert layer.requant_dsps == (layer.requants * 2 * 2 if passes == 1 else layer.requants)
+    inputs = np.random.default_rng(5).integers(0, 256, (50, 32))
+    result = simulate(design, simulator="verilator", inputs=inputs)
+    assert result.passed and result.vectors == 50
