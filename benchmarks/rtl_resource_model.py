@@ -90,7 +90,8 @@ def synthesize_layers(design, family: str) -> tuple[list[dict], dict[str, int], 
                 continue
             for key, value in totals.get(cell["type"], {}).items():
                 counts[key] = counts.get(key, 0) + value
-        per_layer.append({"layer": layer.__dict__, "used": resources(counts)})
+        fields = {k: v for k, v in layer.__dict__.items() if k != "requant_fields"}
+        per_layer.append({"layer": fields, "used": resources(counts)})
     whole = resources(totals["kiln_pnr_top"])
     # The flattened netlist (what place and route gets): optimizations across units.
     flat = flattened_synthesis(design, family, dsp=True)

@@ -88,12 +88,12 @@ class Layer:
     @property
     def requant_dsps(self) -> int:
         """ECP5 DSP tiles (18x18) in the layer's requantizers: one each when a requantizer
-        time-shares its tile, else every tile of an ACC_BITS x (M_BITS + 1) signed product."""
+        time-shares its tile, else every tile of its product (kiln_requant's chunks)."""
         if self.kind == "maxpool":
             return 0
         if self.passes > 1:
             return self.requants
-        return self.requants * -(-self.acc_bits // 18) * -(-(self.m_bits + 1) // 18)
+        return self.requants * requant_tiles(self.acc_bits, self.m_bits)
 
     @property
     def compute_cycles(self) -> int:
@@ -365,15 +365,20 @@ def requantizers(p_out: int, in_beats: int, tiles: int) -> tuple[int, int]:
     must be requantized while the next beat accumulates (IN_BEATS cycles). When a beat
     leaves time for every tile of a lane to take a cycle of its own, each requantizer
     time-shares one DSP tile (passes = tiles) and takes IN_BEATS // tiles lanes; otherwise
-    every tile has its own DSP (passes = 1).
+    every tile has its own DSP (passes = 1): that also when sharing would save no DSP (it
+    needs more requantizers, whose shifters cost LUTs).
 
     >>> requantizers(1, 16, 4), requantizers(2, 16, 4), requantizers(16, 1, 4)
     ((1, 4), (1, 4), (16, 1))
+    >>> requantizers(4, 4, 4)   # 4 shared tiles or one requantizer of 4 tiles: the latter
+    (1, 1)
     """
+    parallel = min(p_out, -(-p_out // in_beats))
     if tiles > 1 and in_beats >= tiles:
-        lanes = in_beats // tiles
-        return -(-p_out // lanes), tiles
-    return min(p_out, -(-p_out // in_beats)), 1
+        shared = -(-p_out // (in_beats // tiles))
+        if shared < parallel * tiles:  # fewer DSPs; else fewer requantizers (LUTs)
+            return shared, tiles
+    return parallel, 1
 
 
 def _dense_layer(op: IntOp, weight: np.ndarray, p_in: int, p_out: int, **extra: Any) -> Layer:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 
 BRAM_MIN_DEPTH = 512
+#: a ROM deeper than this many block RAMs is banked (a multiplexer of up to 4 is fast enough)
+MAX_UNBANKED_DEPTH = 4
 BRAM_MIN_BITS = 4 * 1024
 #: DP16KD aspect ratios: (data bits, words)
 SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
@@ -39,7 +41,7 @@ def block_ram_depth(width: int) -> int:
 def banks(width: int, depth: int) -> int:
     """Banks of a weight ROM (1: not banked)."""
     bank = block_ram_depth(width)
-    if depth <= bank or not in_block_ram(width, depth):
+    if depth <= bank * MAX_UNBANKED_DEPTH or not in_block_ram(width, depth):
         return 1
     return math.ceil(depth / bank)
 

@@ -13,25 +13,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.rtl.memories import block_rams
+from kiln.rtl.memories import banks
 
-#: MHz per (family, speed grade) and unit kind: the dense unit (MAC pipeline and
-#: time-shared or narrow requantizers), a requantizer whose full product takes several DSP
-#: tiles in one stage, the float32 requantizer (one long stage), a weight ROM of many block
-#: RAMs left unbanked (its output multiplexer after the block RAMs), im2col and max pool.
+#: MHz per (family, speed grade) and unit kind: the dense unit (MAC pipeline and pipelined
+#: requantizers), the float32 requantizer (one long stage), a weight ROM of many block RAMs
+#: left unbanked (its output multiplexer after the block RAMs), im2col and max pool.
 UNIT_FMAX_MHZ: dict[tuple[str, int], dict[str, float]] = {
-    ("ecp5", 6): {"dense": 100.0, "wide_requant": 80.0, "float32_requant": 30.0,
+    ("ecp5", 6): {"dense": 100.0, "float32_requant": 30.0,
                   "deep_rom": 70.0, "im2col": 100.0, "maxpool": 100.0},
-    ("ecp5", 7): {"dense": 110.0, "wide_requant": 88.0, "float32_requant": 33.0,
+    ("ecp5", 7): {"dense": 110.0, "float32_requant": 33.0,
                   "deep_rom": 77.0, "im2col": 110.0, "maxpool": 110.0},
-    ("ecp5", 8): {"dense": 125.0, "wide_requant": 100.0, "float32_requant": 38.0,
+    ("ecp5", 8): {"dense": 125.0, "float32_requant": 38.0,
                   "deep_rom": 87.0, "im2col": 125.0, "maxpool": 125.0},
-    ("ice40", 0): {"dense": 40.0, "wide_requant": 30.0, "float32_requant": 12.0,
+    ("ice40", 0): {"dense": 40.0, "float32_requant": 12.0,
                    "deep_rom": 30.0, "im2col": 40.0, "maxpool": 40.0},
 }
 SPEED_GRADES = {"ecp5": (6, 7, 8), "ice40": (0,)}
-#: an unbanked weight ROM of more block RAMs than this misses the dense unit's clock
-DEEP_ROM_BLOCKS = 8
 DEFAULT_SPEED = {"ecp5": 6, "ice40": 0}
 
 
@@ -43,12 +40,10 @@ def unit_kind(layer: Any) -> str:
         return "maxpool"
     width = get("p_in") * get("p_out") * (get("wc_bits") or get("weight_bits") + 1)
     depth = -(-get("in_n") // get("p_in")) * -(-get("out_n") // get("p_out"))
-    if get("w_banks", 1) == 1 and block_rams(width, depth, banked=False) > DEEP_ROM_BLOCKS:
+    if get("w_banks", 1) == 1 and banks(width, depth) > 1:  # deeper than one block RAM
         return "deep_rom"
     if get("rounding") == "float32":
         return "float32_requant"
-    if get("passes", 1) == 1 and (get("acc_bits", 32) > 18 or get("m_bits", 31) > 17):
-        return "wide_requant"
     return "dense"
 
 

@@ -72,6 +72,7 @@ def test_accumulator_range_bounds_every_partial_sum():
 def test_requantizers_share_one_dsp_tile_when_a_beat_leaves_the_time():
     assert requantizers(p_out=8, in_beats=16, tiles=4) == (2, 4)   # 4 lanes each, 4 passes
     assert requantizers(p_out=8, in_beats=2, tiles=4) == (4, 1)    # too little time
+    assert requantizers(p_out=4, in_beats=4, tiles=4) == (1, 1)    # no DSP saved
     assert requantizers(p_out=3, in_beats=9, tiles=1) == (1, 1)    # one tile: no passes
 
 
@@ -84,6 +85,7 @@ def test_wide_and_time_shared_requantizers_are_bit_exact(tmp_path, parallelism, 
     (layer,) = design.layers
     assert layer.acc_bits > 18 and layer.passes == passes
     assert layer.requant_dsps == (layer.requants * 2 * 2 if passes == 1 else layer.requants)
+    assert layer.m_bits > 17  # two chunks of m: 2 x 2 tiles
     inputs = np.random.default_rng(5).integers(0, 256, (50, 32))
     result = simulate(design, simulator="verilator", inputs=inputs)
     assert result.passed and result.vectors == 50

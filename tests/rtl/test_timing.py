@@ -45,9 +45,13 @@ def test_the_slowest_unit_sets_the_predicted_clock():
     narrow = _layer(acc_bits=18, m_bits=17, passes=1)
     shared = _layer(acc_bits=22, m_bits=26, passes=4)
     wide = _layer(acc_bits=22, m_bits=26, passes=1)
-    assert [unit_kind(x) for x in (narrow, shared, wide)] == ["dense", "dense", "wide_requant"]
-    assert predicted_fmax_mhz([narrow, shared], "ecp5") == table["dense"]
-    assert predicted_fmax_mhz([narrow, wide], "ecp5") == table["wide_requant"]
+    assert [unit_kind(x) for x in (narrow, shared, wide)] == ["dense"] * 3
+    assert predicted_fmax_mhz([narrow, shared, wide], "ecp5") == table["dense"]
+    # a weight ROM deeper than 4 block RAMs, left in one piece
+    deep = _layer(in_n=4096, out_n=64, p_in=1, p_out=1, wc_bits=8, w_banks=1)
+    assert unit_kind(deep) == "deep_rom" and unit_kind(_layer(**{**deep.__dict__,
+                                                                 "w_banks": 64})) == "dense"
+    assert predicted_fmax_mhz([narrow, deep], "ecp5") == table["deep_rom"]
     assert predicted_fmax_mhz([narrow], "ecp5", rounding="float32") == table["float32_requant"]
     conv = _layer(kind="conv", acc_bits=18, m_bits=17)
     assert predicted_fmax_mhz([conv], "ecp5") == min(table["dense"], table["im2col"])

@@ -12,7 +12,7 @@
 //   read:  the memories' outputs, their own registers, the weight banks' multiplexer
 //   centre: x - IN_ZERO (the weights are stored centred on their zero point, WC_BITS wide)
 //   product: one registered product per multiplier (a DSP with its output register)
-//   tree:  the adder tree, a register after every second level
+//   tree:  the adder tree, a register after every level
 //   acc:   the accumulator (the bias enters with the first block of an output beat)
 // then the accumulated beat is captured and REQUANTS pipelined requantizers
 // (kiln_requant) take its P_OUT lanes in SERIAL = ceil(P_OUT / REQUANTS) turns of PASSES
@@ -62,7 +62,7 @@ module kiln_dense #(
     localparam int OUT_BEATS = (OUT_N + P_OUT - 1) / P_OUT;
     localparam int LEVELS = $clog2(P_IN);
     localparam int LEAVES = 1 << LEVELS;
-    localparam int TREE_STAGES = (LEVELS + 1) / 2;   // a register after every second level
+    localparam int TREE_STAGES = LEVELS;   // a register after every level
     localparam int XB = IN_BITS + 2;               // x - zero point, signed
     localparam int PB = XB + WC_BITS;              // one product
     localparam int IB = IN_BEATS > 1 ? $clog2(IN_BEATS) : 1;
@@ -70,7 +70,7 @@ module kiln_dense #(
     localparam int WA = IN_BEATS * OUT_BEATS > 1 ? $clog2(IN_BEATS * OUT_BEATS) : 1;
     localparam int SERIAL = (P_OUT + REQUANTS - 1) / REQUANTS;
     localparam int SB = SERIAL > 1 ? $clog2(SERIAL) : 1;
-    localparam int REQUANT_LATENCY = PASSES > 1 ? PASSES + 5 : 5;  // kiln_requant's
+    localparam int REQUANT_LATENCY = PASSES > 1 ? PASSES + 5 : 6;  // kiln_requant's
     localparam int TURN = SERIAL * PASSES;         // cycles the requantizers take per beat
     localparam int PSB = PASSES > 1 ? $clog2(PASSES) : 1;
     // Pipeline registers from the issue to the accumulator's output.
@@ -198,7 +198,8 @@ module kiln_dense #(
                     * PB'($signed(w_centred[(p*P_IN + q)*WC_BITS +: WC_BITS])));
     end
 
-    // Tree stages: per lane, pairwise sums in place, a register after every second level
+    // Tree stages: per lane, pairwise sums in place, a register after every level (the
+    // products come from DSPs spread over the device: routing, not adders, sets the pace)
     // (one process; stage t's input at [t*TW +: TW] of tree, the products at stage 0).
     localparam int TW = P_OUT*LEAVES*ACC_BITS;
     logic [(TREE_STAGES > 0 ? TREE_STAGES : 1)*TW-1:0] tree_regs;
@@ -208,7 +209,7 @@ module kiln_dense #(
         logic [TW-1:0] level;
         for (int t = 0; t < TREE_STAGES; t++) begin
             level = tree[t*TW +: TW];
-            for (int l = 2 * t; l < 2 * t + 2 && l < LEVELS; l++)
+            for (int l = t; l < t + 1 && l < LEVELS; l++)
                 for (int p = 0; p < P_OUT; p++)
                     for (int k = 0; k < (LEAVES >> (l + 1)); k++)
                         level[(p*LEAVES + k)*ACC_BITS +: ACC_BITS] =

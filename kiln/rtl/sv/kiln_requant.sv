@@ -6,14 +6,14 @@
 // acc is ACC_BITS wide, m is an unsigned M_BITS integer, s = 31 + n - (31 - M_BITS') >= 1
 // in nearest mode. The input `shift` holds s - 1 (nearest) or s (floor): the shifter then
 // keeps one fraction bit, and round half up is (t + 1) >>> 1.
-// LATENCY = 5 registers from the inputs to `out`, one stage each for: the inputs (after the
-// caller's lane multiplexer), the product (one MULT18X18D for 18x18), the variable shift,
-// the rounding add, and the clamp (compares against constants, in parallel with a narrow
-// add of the zero point). It takes a new input every cycle.
-// PASSES > 1 (= TILES, the 18x18 tiles of the product) time-shares one DSP tile: the inputs
-// are taken when `start` is high, the tiles are multiplied one per cycle and summed, and the
-// result comes out LATENCY = PASSES + 5 cycles after `start`; a new input every PASSES
-// cycles. The caller chooses it when the layer leaves the requantizers that much time.
+// LATENCY = 6 registers from the inputs to `out`, one stage each for: the inputs (after the
+// caller's lane multiplexer), the product's 18x18 tiles (one MULT18X18D each, registered),
+// their sum, the variable shift, the rounding add, and the clamp (compares against
+// constants, in parallel with a narrow add of the zero point). It takes a new input every
+// cycle. PASSES > 1 (= TILES) time-shares one DSP tile instead: the inputs are taken when
+// `start` is high, the tiles are multiplied one per cycle and summed, and the result comes
+// out LATENCY = PASSES + 5 cycles after `start`; a new input every PASSES cycles. The caller
+// chooses it when the layer leaves the requantizers that much time and it saves DSPs.
 // FLOAT32 = 1 computes ONNX Runtime's rint(float32(acc) * float32(M)) in integers: m holds
 // M's 24-bit mantissa and shift its exponent (M = m * 2^-shift); |acc| is rounded to 24
 // significant bits, multiplied, the product rounded to 24 significant bits, then shifted
@@ -31,7 +31,9 @@ module kiln_requant #(
     parameter int PASSES = 1
 ) (
     input  logic clk,
+    /* verilator lint_off UNUSEDSIGNAL */  // used with PASSES > 1
     input  logic rst_n,
+    /* verilator lint_on UNUSEDSIGNAL */
     input  logic start,  // PASSES > 1: take the inputs (ignored with PASSES = 1)
     input  logic signed [ACC_BITS-1:0] acc,
     input  logic        [M_BITS-1:0]   m,
@@ -106,35 +108,56 @@ module kiln_requant #(
             // both modes have the same latency.
             // (`out` is written by a process in both modes: Icarus drops a continuous
             // assignment to it from one generate branch.)
-            logic [3*OUT_BITS-1:0] delay;
+            logic [4*OUT_BITS-1:0] delay;
             always_ff @(posedge clk) begin
-                delay <= {delay[2*OUT_BITS-1:0], result};
-                out <= delay[3*OUT_BITS-1 -: OUT_BITS];
+                delay <= {delay[3*OUT_BITS-1:0], result};
+                out <= delay[4*OUT_BITS-1 -: OUT_BITS];
             end
         end else begin : g_fixed
             // Stage 2: the product.
             logic signed [PW-1:0] product_2;
             logic [6:0] shift_2;
+            // Chunks: acc as a low unsigned 17-bit part and a signed high part (or one
+            // signed part up to 18 bits); m as unsigned 17-bit parts. Each tile is an
+            // 18x18 signed product (one DSP); tile (i, j) weighs 2^(17(i + j)).
+            localparam int A_CHUNKS = ACC_BITS > 18 ? 2 : 1;
+            localparam int M_CHUNKS = (M_BITS + 16) / 17;
+            localparam int TILES = A_CHUNKS * M_CHUNKS;
+            logic [34:0] acc_wide;
+            logic [17*M_CHUNKS-1:0] m_wide;
+            assign acc_wide = 35'(acc_1);
+            assign m_wide = (17*M_CHUNKS)'(m_1);
             if (PASSES == 1) begin : g_parallel
+                // Every tile at once, registered (the DSPs' output registers), then summed:
+                // no path runs through a DSP and an adder of its partial products.
+                logic [TILES*36-1:0] tiles;
+                logic [6:0] shift_t;
                 always_ff @(posedge clk) begin
-                    product_2 <= PW'(acc_1) * $signed({1'b0, m_1});
-                    shift_2 <= shift_1;
+                    for (int k = 0; k < TILES; k++) begin
+                        logic signed [17:0] a_part, m_part;
+                        if (A_CHUNKS == 1) a_part = acc_wide[17:0];
+                        else if (k / M_CHUNKS == 0) a_part = {1'b0, acc_wide[16:0]};
+                        else a_part = acc_wide[34:17];
+                        m_part = {1'b0, m_wide[17*(k % M_CHUNKS) +: 17]};
+                        tiles[k*36 +: 36] <= 36'(a_part * m_part);
+                    end
+                    shift_t <= shift_1;
+                end
+                always_ff @(posedge clk) begin
+                    logic signed [PW-1:0] sum;
+                    sum = '0;
+                    for (int k = 0; k < TILES; k++)
+                        sum = sum + (PW'($signed(tiles[k*36 +: 36]))
+                                     <<< (17 * (k / M_CHUNKS + k % M_CHUNKS)));
+                    product_2 <= sum;
+                    shift_2 <= shift_t;
                 end
             end else begin : g_passes
-                // Chunks: acc as a low unsigned 17-bit part and a signed high part (or one
-                // signed part up to 18 bits); m as unsigned 17-bit parts. Each tile is an
-                // 18x18 signed product; tile (i, j) weighs 2^(17(i + j)).
-                localparam int A_CHUNKS = ACC_BITS > 18 ? 2 : 1;
-                localparam int M_CHUNKS = (M_BITS + 16) / 17;
                 localparam int PB = PASSES > 1 ? $clog2(PASSES) : 1;
                 logic [PB-1:0] pass;
                 logic running;
                 logic signed [17:0] a_part, m_part;
                 logic [2:0] weight;   // i + j
-                logic [34:0] acc_wide;
-                logic [17*M_CHUNKS-1:0] m_wide;
-                assign acc_wide = 35'(acc_1);
-                assign m_wide = (17*M_CHUNKS)'(m_1);
                 // Pass k multiplies chunk k / M_CHUNKS of acc by chunk k % M_CHUNKS of m
                 // (constant selects: no arithmetic on the pass number).
                 always_comb begin
