@@ -1,7 +1,8 @@
 """How the generated designs' memories land in ECP5 block RAM (DP16KD, 18 Kbit).
 
 Every memory kiln emits is read synchronously. Yosys puts the deep ones and those of 4 Kbit
-or more in block RAM, the rest in distributed RAM (observed on the generated designs). A deep
+or more (unless shallower than 32 words) in block RAM, the rest in distributed RAM
+(observed on the generated designs). A deep
 weight ROM is emitted in banks one block RAM deep (``kiln_dense``'s W_BANKS), each with an
 output register beside it, because a block RAM's output (about 5.6 ns on speed grade 6)
 followed by the multiplexer of a many-block memory does not close at 100 MHz.
@@ -20,13 +21,15 @@ BRAM_MIN_DEPTH = 512
 #: a ROM deeper than this many block RAMs is banked (a multiplexer of up to 4 is fast enough)
 MAX_UNBANKED_DEPTH = 4
 BRAM_MIN_BITS = 4 * 1024
+BRAM_MIN_WORDS = 32  # shallower memories stay in distributed RAM however wide
 #: DP16KD aspect ratios: (data bits, words)
 SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
 
 
 def in_block_ram(width: int, depth: int) -> bool:
     """Whether Yosys puts a width x depth memory in block RAM."""
-    return depth >= BRAM_MIN_DEPTH or width * depth >= BRAM_MIN_BITS
+    return depth >= BRAM_MIN_DEPTH or (width * depth >= BRAM_MIN_BITS
+                                       and depth >= BRAM_MIN_WORDS)
 
 
 def block_ram_depth(width: int) -> int:

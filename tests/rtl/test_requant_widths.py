@@ -89,3 +89,21 @@ def test_wide_and_time_shared_requantizers_are_bit_exact(tmp_path, parallelism, 
     inputs = np.random.default_rng(5).integers(0, 256, (50, 32))
     result = simulate(design, simulator="verilator", inputs=inputs)
     assert result.passed and result.vectors == 50
+
+
+def test_a_deep_weight_rom_is_banked_and_bit_exact(tmp_path):
+    # 512 x 64 at 1x1: 32,768 weight words of 9 bits, 16 block RAMs deep -> 16 banks of
+    # 2,048 words, each its own file and its own output register.
+    from kiln.rtl.memories import banks
+
+    program = single_dense("nearest", seed=13, in_n=512, out_n=64)
+    design = emit(program, (1, 1), tmp_path / "deep")
+    (layer,) = design.layers
+    assert layer.w_banks == banks(layer.wc_bits, 512 * 64) == 16
+    files = sorted(p.name for p in (design.directory / "mem").glob("matrix.weights.mem.*"))
+    assert files == [f"matrix.weights.mem.{b:03d}" for b in range(16)]
+    inputs = np.random.default_rng(2).integers(0, 256, (3, 512))
+    assert simulate(design, simulator="verilator", inputs=inputs).passed
+    unbanked = emit(program, (1, 1), tmp_path / "whole", bank_roms=False)
+    assert unbanked.layers[0].w_banks == 1
+    assert (unbanked.directory / "mem" / "matrix.weights.mem").is_file()
