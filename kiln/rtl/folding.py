@@ -267,8 +267,10 @@ def _score(plans: dict[tuple[int, int], list[Layer]], chain: tuple[int, ...],
         folded.append(FoldedLayer(layer.name, layer.kind, planned.p_in, planned.p_out,
                                   planned.cycles_per_input, predict_layer(planned, model)))
     total = {r: sum(f.estimate[r] for f in folded) for r in RESOURCES}
-    if total["dsp"] > budget.dsp:
-        # Yosys then puts every multiplier in logic (kiln.rtl.fpga does the same).
+    if total["dsp"] > budget.dsp and budget.dsp == 0:
+        # A device without DSPs: every multiplier in logic (kiln.rtl.fpga does the same).
+        # Where there are DSPs, a folding that needs more does not fit: multipliers in logic
+        # would not close at the units' clock.
         per_dsp = model.get("lut_per_dsp_in_logic", 80.0)
         total = {**total, "dsp": 0.0, "lut": total["lut"] + total["dsp"] * per_dsp}
     return folded, total
