@@ -150,17 +150,18 @@ def main() -> None:
             for spec in args.designs.split(","):
                 model = spec.split(":")[0]
                 row = {"design": spec}
+                work = scratch / spec.replace(":", "_")  # make refuses ':' in paths
                 print(f"[{spec}] earlier RTL ({args.before})", flush=True)
-                row["before"] = run_side(before_tree, programs[model], scratch / spec / "before",
+                row["before"] = run_side(before_tree, programs[model], work / "before",
                                          spec, int(before_seeds.get(spec, args.seeds)),
                                          args.vectors, today=False)
                 print(f"[{spec}] today's RTL", flush=True)
-                row["after"] = run_side(ROOT, programs[model], scratch / spec / "after", spec,
+                row["after"] = run_side(ROOT, programs[model], work / "after", spec,
                                         args.seeds, args.vectors, today=True)
                 same = {name: [int(v) for v in p.split("x")]
                         for name, p in row["before"]["parallelism"].items()}
                 row["after_at_before_folding"] = run_side(
-                    ROOT, programs[model], scratch / spec / "same", spec, 1, args.vectors,
+                    ROOT, programs[model], work / "same", spec, 1, args.vectors,
                     today=True, parallelism=same)
                 b, a = row["before"], row["after"]
                 row["speedup_inferences_per_second"] = (a["inferences_per_second"]
