@@ -72,6 +72,7 @@ def run_side(tree: Path, program: Path, folder: Path, spec: str, seeds: int, vec
     from kiln.rtl.fpga import critical_path
 
     model, fold, device = spec.split(":")
+    folder.mkdir(parents=True, exist_ok=True)
     design = folder / "design"
     emit_args = ["emit-rtl", str(program), "--out", str(design), "--json"]
     if parallelism is not None:
@@ -168,6 +169,7 @@ def main() -> None:
                                                         / b["inferences_per_second"])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                save(rows, args)  # every finished design, in case a later one fails
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before_tree)],
                            cwd=ROOT, capture_output=True)
@@ -191,11 +193,15 @@ def main() -> None:
         earlier = row["before"]["yosys_estimate"]["lut"]
         print(f"|  | speed-up {row['speedup_inferences_per_second']:.2f}x; LUT (Yosys) at the "
               f"earlier folding: {earlier:,} -> {same:,} ({same / earlier - 1:+.0%}) |")
+    print(f"wrote {save(rows, args)}")
+
+
+def save(rows: list[dict], args: argparse.Namespace) -> Path:
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"before": args.before, "seeds": args.seeds, "rows": rows},
                               indent=2) + "\n")
-    print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":
