@@ -13,22 +13,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln.rtl.emit import Layer
 from kiln.rtl.memories import banks
 
 #: MHz per (family, speed grade) and unit kind: the dense unit (MAC pipeline and pipelined
 #: requantizers), the float32 requantizer (one long stage), a weight ROM of many block RAMs
-#: left unbanked (its output multiplexer after the block RAMs), im2col and max pool.
+#: left unbanked (its output multiplexer after the block RAMs), im2col and max pool, and a
+#: design of more than MANY_DSPS DSP tiles (they spread over the device's DSP rows and the
+#: routing between them and the logic sets the pace: 66-75 MHz, 102 DSPs on ECP5-85K).
 UNIT_FMAX_MHZ: dict[tuple[str, int], dict[str, float]] = {
     ("ecp5", 6): {"dense": 100.0, "float32_requant": 30.0,
-                  "deep_rom": 70.0, "im2col": 100.0, "maxpool": 100.0},
+                  "deep_rom": 70.0, "im2col": 100.0, "maxpool": 100.0, "many_dsps": 70.0},
     ("ecp5", 7): {"dense": 110.0, "float32_requant": 33.0,
-                  "deep_rom": 77.0, "im2col": 110.0, "maxpool": 110.0},
+                  "deep_rom": 77.0, "im2col": 110.0, "maxpool": 110.0, "many_dsps": 77.0},
     ("ecp5", 8): {"dense": 125.0, "float32_requant": 38.0,
-                  "deep_rom": 87.0, "im2col": 125.0, "maxpool": 125.0},
+                  "deep_rom": 87.0, "im2col": 125.0, "maxpool": 125.0, "many_dsps": 87.0},
     ("ice40", 0): {"dense": 40.0, "float32_requant": 12.0,
-                   "deep_rom": 30.0, "im2col": 40.0, "maxpool": 40.0},
+                   "deep_rom": 30.0, "im2col": 40.0, "maxpool": 40.0, "many_dsps": 30.0},
 }
 SPEED_GRADES = {"ecp5": (6, 7, 8), "ice40": (0,)}
+MANY_DSPS = 64
 DEFAULT_SPEED = {"ecp5": 6, "ice40": 0}
 
 
@@ -61,4 +65,14 @@ def predicted_fmax_mhz(layers: list[Any], family: str, speed: int | None = None,
         kinds.add(kind)
         if (layer.get("kind") if isinstance(layer, dict) else layer.kind) == "conv":
             kinds.add("im2col")
+    if sum(_dsps(layer) for layer in layers) > MANY_DSPS:
+        kinds.add("many_dsps")
     return min(table[kind] for kind in kinds)
+
+
+def _dsps(layer: Any) -> int:
+    if isinstance(layer, dict):
+        layer = Layer(**{k: v for k, v in layer.items() if k != "requant_fields"})
+    if layer.kind == "maxpool":
+        return 0
+    return layer.p_in * layer.p_out + layer.requant_dsps

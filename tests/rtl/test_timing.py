@@ -56,3 +56,6 @@ def test_the_slowest_unit_sets_the_predicted_clock():
     conv = _layer(kind="conv", acc_bits=18, m_bits=17)
     assert predicted_fmax_mhz([conv], "ecp5") == min(table["dense"], table["im2col"])
     assert predicted_fmax_mhz([narrow], "ecp5", 8) > predicted_fmax_mhz([narrow], "ecp5", 6)
+    # more than 64 DSP tiles spread over the device: routing-bound
+    big = _layer(p_in=8, p_out=8, in_n=64, out_n=64, acc_bits=18, m_bits=17)
+    assert predicted_fmax_mhz([big], "ecp5") == table["many_dsps"] < table["dense"]
