@@ -28,7 +28,8 @@ from kiln.integer.arith import float32_fields
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.report.markdown import write_text
 from kiln.rtl.memories import banks, block_ram_depth
-from kiln.rtl.requant import accumulator_range, narrow_multiplier
+from kiln.rtl.requant import accumulator_range, narrow_multiplier, requant_tiles, requantizers
+from kiln.rtl.roms import write_memories
 
 SOURCES = Path(__file__).parent / "sv"
 COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv", "kiln_rows.sv", "kiln_im2col.sv",
@@ -159,25 +160,6 @@ def _as_dense(op: IntOp) -> np.ndarray:
     return np.diag(_centred_weight(op))
 
 
-def _hex_words(lanes: np.ndarray, bits: int) -> str:
-    """Rows of lane values as hex words, lane 0 in the least significant bits."""
-    mask = (1 << bits) - 1
-    width = (lanes.shape[1] * bits + 3) // 4
-    lines = []
-    for row in lanes:
-        word = 0
-        for index, value in enumerate(row.tolist()):
-            word |= (int(value) & mask) << (index * bits)
-        lines.append(f"{word:0{width}x}")
-    return "\n".join(lines) + "\n"
-
-
-def _padded(values: np.ndarray, length: int) -> np.ndarray:
-    out = np.zeros(length, dtype=np.int64)
-    out[: len(values)] = values
-    return out
-
-
 def _parse_parallelism(parallelism: Any, count: int, names: list[str]) -> list[tuple[int, int]]:
     if isinstance(parallelism, str):
         parallelism = tuple(int(p) for p in parallelism.lower().split("x"))
@@ -237,7 +219,7 @@ def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], dir
     design.input_vectors_per_input = _input_vectors(program)
     for op, layer, weight in _walk(program, per_layer, bank_roms=bank_roms):
         if weight is not None:
-            _write_memories(directory / "mem", layer, weight, op.arrays["bias"])
+            write_memories(directory / "mem", layer, weight, op.arrays["bias"])
         design.layers.append(layer)
     program.save(directory / "program")  # the golden model travels with the design
     write_text(directory / "kiln_top.sv", _top(design))
@@ -355,32 +337,6 @@ def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str,
                                                 requant_tiles(layer.acc_bits, layer.m_bits))
 
 
-def requant_tiles(acc_bits: int, m_bits: int) -> int:
-    """18x18 tiles of a requantizer's product, as kiln_requant cuts it for PASSES > 1."""
-    return (1 if acc_bits <= 18 else 2) * -(-m_bits // 17)
-
-
-def requantizers(p_out: int, in_beats: int, tiles: int) -> tuple[int, int]:
-    """(requantizers, passes) that keep up with a layer: the P_OUT lanes of an output beat
-    must be requantized while the next beat accumulates (IN_BEATS cycles). When a beat
-    leaves time for every tile of a lane to take a cycle of its own, each requantizer
-    time-shares one DSP tile (passes = tiles) and takes IN_BEATS // tiles lanes; otherwise
-    every tile has its own DSP (passes = 1): that also when sharing would save no DSP (it
-    needs more requantizers, whose shifters cost LUTs).
-
-    >>> requantizers(1, 16, 4), requantizers(2, 16, 4), requantizers(16, 1, 4)
-    ((1, 4), (1, 4), (16, 1))
-    >>> requantizers(4, 4, 4)   # 4 shared tiles or one requantizer of 4 tiles: the latter
-    (1, 1)
-    """
-    parallel = min(p_out, -(-p_out // in_beats))
-    if tiles > 1 and in_beats >= tiles:
-        shared = -(-p_out // (in_beats // tiles))
-        if shared < parallel * tiles:  # fewer DSPs; else fewer requantizers (LUTs)
-            return shared, tiles
-    return parallel, 1
-
-
 def _dense_layer(op: IntOp, weight: np.ndarray, p_in: int, p_out: int, **extra: Any) -> Layer:
     in_q, out_q = TensorQuant(**op.attrs["in_quant"]), op.out_quant
     lo, hi = op.attrs["clamp"]
@@ -446,33 +402,6 @@ def _columns_in_stream_order(weight: np.ndarray, shape: tuple[int, ...], lanes: 
     out = np.zeros((weight.shape[0], height, width, beats * lanes), dtype=np.int64)
     out[:, :, :, :channels] = weight.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
     return out.reshape(weight.shape[0], -1)
-
-
-def _write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndarray) -> None:
-    rows, cols = layer.out_beats * layer.p_out, layer.in_beats * layer.p_in
-    padded = np.zeros((rows, cols), dtype=np.int64)
-    padded[: weight.shape[0], : weight.shape[1]] = weight
-    blocks = []
-    for j in range(layer.out_beats):
-        for i in range(layer.in_beats):
-            block = padded[j * layer.p_out:(j + 1) * layer.p_out,
-                           i * layer.p_in:(i + 1) * layer.p_in]
-            blocks.append(block.reshape(-1))  # lane p * P_in + q
-    words = np.array(blocks)
-    if layer.w_banks == 1:
-        write_text(folder / f"{layer.name}.weights.mem", _hex_words(words, layer.wc_bits))
-    else:  # one file per bank (kiln_dense W_BANKS): weights.mem.000, .001, ...
-        depth = block_ram_depth(words.shape[1] * layer.wc_bits)
-        for bank in range(layer.w_banks):
-            write_text(folder / f"{layer.name}.weights.mem.{bank:03d}",
-                       _hex_words(words[bank * depth:(bank + 1) * depth], layer.wc_bits))
-    def per_beat(values: np.ndarray) -> np.ndarray:
-        return _padded(values, rows).reshape(layer.out_beats, layer.p_out)
-
-    write_text(folder / f"{layer.name}.bias.mem", _hex_words(per_beat(bias), layer.acc_bits))
-    m, shift = layer.requant_fields
-    write_text(folder / f"{layer.name}.m0.mem", _hex_words(per_beat(m), layer.m_bits))
-    write_text(folder / f"{layer.name}.shift.mem", _hex_words(per_beat(shift), 7))
 
 
 def _instance(module: str, name: str, params: dict[str, int], files: str,

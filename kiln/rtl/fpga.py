@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 from kiln.errors import KilnError
 from kiln.rtl.emit import Design
 from kiln.rtl.synth import yosys_env
+from kiln.rtl.timing import DEFAULT_SPEED, SPEED_GRADES, predicted_fmax_mhz
 
 
 @dataclass(frozen=True)
@@ -320,10 +322,6 @@ def place_and_route(design: Design | str | Path, device_name: str | Device, *,
         result = place_and_route("out/jsc-rtl", "ecp5-25k", seeds=3)
         print(result.fmax_mhz, result.used["lut"], result.inferences_per_second)
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from kiln.rtl.timing import DEFAULT_SPEED, SPEED_GRADES, predicted_fmax_mhz
-
     dev = device_name if isinstance(device_name, Device) else device(device_name)
     if speed is not None and speed not in SPEED_GRADES[dev.family]:
         raise KilnError(f"speed grade {speed} does not exist for {dev.family}: use "

@@ -99,3 +99,29 @@ def narrow_multiplier(m0: int, n: int, rounding: str, zero_point: int, qmin: int
     if shift < floor_shift:  # (acc·m·2^k + 2^(s+k-1)) >> (s+k) is the same value
         m, shift = m << (floor_shift - shift), floor_shift
     return m, shift, m.bit_length()
+
+
+def requant_tiles(acc_bits: int, m_bits: int) -> int:
+    """18x18 tiles of a requantizer's product, as kiln_requant cuts it for PASSES > 1."""
+    return (1 if acc_bits <= 18 else 2) * -(-m_bits // 17)
+
+
+def requantizers(p_out: int, in_beats: int, tiles: int) -> tuple[int, int]:
+    """(requantizers, passes) that keep up with a layer: the P_OUT lanes of an output beat
+    must be requantized while the next beat accumulates (IN_BEATS cycles). When a beat
+    leaves time for every tile of a lane to take a cycle of its own, each requantizer
+    time-shares one DSP tile (passes = tiles) and takes IN_BEATS // tiles lanes; otherwise
+    every tile has its own DSP (passes = 1): that also when sharing would save no DSP (it
+    needs more requantizers, whose shifters cost LUTs).
+
+    >>> requantizers(1, 16, 4), requantizers(2, 16, 4), requantizers(16, 1, 4)
+    ((1, 4), (1, 4), (16, 1))
+    >>> requantizers(4, 4, 4)   # 4 shared tiles or one requantizer of 4 tiles: the latter
+    (1, 1)
+    """
+    parallel = min(p_out, -(-p_out // in_beats))
+    if tiles > 1 and in_beats >= tiles:
+        shared = -(-p_out // (in_beats // tiles))
+        if shared < parallel * tiles:  # fewer DSPs; else fewer requantizers (LUTs)
+            return shared, tiles
+    return parallel, 1

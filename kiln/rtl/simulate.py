@@ -15,7 +15,8 @@ import numpy as np
 
 from kiln.errors import KilnError
 from kiln.report.markdown import write_text
-from kiln.rtl.emit import Design, _hex_words
+from kiln.rtl.emit import Design
+from kiln.rtl.roms import hex_words
 
 SIMULATORS = ("verilator", "icarus")
 
@@ -75,7 +76,7 @@ def _input_beats(design: Design, rows: np.ndarray) -> str:
     beats = -(-first.stream_in_n // first.p_in)
     padded = np.full((len(rows), beats * first.p_in), first.in_zero, dtype=np.int64)
     padded[:, : rows.shape[1]] = rows
-    return _hex_words(padded.reshape(-1, first.p_in), first.in_bits)
+    return hex_words(padded.reshape(-1, first.p_in), first.in_bits)
 
 
 def _stream_order(tensor: np.ndarray) -> np.ndarray:

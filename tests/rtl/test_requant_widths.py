@@ -10,8 +10,7 @@ import pytest
 
 from kiln.integer.arith import requantize
 from kiln.rtl import emit, simulate
-from kiln.rtl.emit import requantizers
-from kiln.rtl.requant import accumulator_range, narrow_multiplier
+from kiln.rtl.requant import accumulator_range, narrow_multiplier, requantizers
 from tests.rtl.test_rtl import single_dense
 
 

@@ -1,0 +1,69 @@
+"""The ROM files of an emitted layer: weights (centred; in banks for a deep ROM), biases,
+requantization multipliers and shifts, one ``$readmemh`` word per block (lane 0 in the
+least significant bits).
+
+>>> hex_words(np.array([[1, 2], [3, -1]]), 4).split()
+['21', 'f3']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kiln.report.markdown import write_text
+from kiln.rtl.memories import block_ram_depth
+
+if TYPE_CHECKING:
+    from kiln.rtl.emit import Layer
+
+
+def hex_words(lanes: np.ndarray, bits: int) -> str:
+    """Rows of lane values as hex words, lane 0 in the least significant bits."""
+    mask = (1 << bits) - 1
+    width = (lanes.shape[1] * bits + 3) // 4
+    lines = []
+    for row in lanes:
+        word = 0
+        for index, value in enumerate(row.tolist()):
+            word |= (int(value) & mask) << (index * bits)
+        lines.append(f"{word:0{width}x}")
+    return "\n".join(lines) + "\n"
+
+
+def zero_padded(values: np.ndarray, length: int) -> np.ndarray:
+    """``values`` followed by zeros up to ``length``."""
+    out = np.zeros(length, dtype=np.int64)
+    out[: len(values)] = values
+    return out
+
+
+def write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Write ``layer``'s ROM files into ``folder`` (``weight`` [out, in], centred)."""
+    rows, cols = layer.out_beats * layer.p_out, layer.in_beats * layer.p_in
+    padded = np.zeros((rows, cols), dtype=np.int64)
+    padded[: weight.shape[0], : weight.shape[1]] = weight
+    blocks = []
+    for j in range(layer.out_beats):
+        for i in range(layer.in_beats):
+            block = padded[j * layer.p_out:(j + 1) * layer.p_out,
+                           i * layer.p_in:(i + 1) * layer.p_in]
+            blocks.append(block.reshape(-1))  # lane p * P_in + q
+    words = np.array(blocks)
+    if layer.w_banks == 1:
+        write_text(folder / f"{layer.name}.weights.mem", hex_words(words, layer.wc_bits))
+    else:  # one file per bank (kiln_dense W_BANKS): weights.mem.000, .001, ...
+        depth = block_ram_depth(words.shape[1] * layer.wc_bits)
+        for bank in range(layer.w_banks):
+            write_text(folder / f"{layer.name}.weights.mem.{bank:03d}",
+                       hex_words(words[bank * depth:(bank + 1) * depth], layer.wc_bits))
+
+    def per_beat(values: np.ndarray) -> np.ndarray:
+        return zero_padded(values, rows).reshape(layer.out_beats, layer.p_out)
+
+    write_text(folder / f"{layer.name}.bias.mem", hex_words(per_beat(bias), layer.acc_bits))
+    m, shift = layer.requant_fields
+    write_text(folder / f"{layer.name}.m0.mem", hex_words(per_beat(m), layer.m_bits))
+    write_text(folder / f"{layer.name}.shift.mem", hex_words(per_beat(shift), 7))
