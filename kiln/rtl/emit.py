@@ -28,7 +28,13 @@ from kiln.integer.arith import float32_fields
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.report.markdown import write_text
 from kiln.rtl.memories import banks, block_ram_depth
-from kiln.rtl.requant import accumulator_range, narrow_multiplier, requant_tiles, requantizers
+from kiln.rtl.requant import (
+    accumulator_range,
+    narrow_multiplier,
+    requant_dsps,
+    requant_tiles,
+    requantizers,
+)
 from kiln.rtl.roms import write_memories
 
 SOURCES = Path(__file__).parent / "sv"
@@ -88,13 +94,8 @@ class Layer:
 
     @property
     def requant_dsps(self) -> int:
-        """ECP5 DSP tiles (18x18) in the layer's requantizers: one each when a requantizer
-        time-shares its tile, else every tile of its product (kiln_requant's chunks)."""
-        if self.kind == "maxpool":
-            return 0
-        if self.passes > 1:
-            return self.requants
-        return self.requants * requant_tiles(self.acc_bits, self.m_bits)
+        """ECP5 DSP tiles in the layer's requantizers (:func:`kiln.rtl.requant.requant_dsps`)."""
+        return requant_dsps(self.kind, self.requants, self.passes, self.acc_bits, self.m_bits)
 
     @property
     def compute_cycles(self) -> int:

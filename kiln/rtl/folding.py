@@ -26,6 +26,7 @@ from kiln.errors import ConfigError, KilnError
 from kiln.integer.program import IntegerProgram
 from kiln.rtl.emit import Layer, plan_layers
 from kiln.rtl.memories import block_rams, in_block_ram
+from kiln.rtl.requant import requant_dsps
 
 RESOURCES = ("lut", "ff", "dsp", "bram")
 MODEL_PATH = Path(__file__).with_name("resource_model.json")
@@ -125,9 +126,10 @@ DSP_FEATURES = ("products", "requant_dsps", "im2col")  # no intercept: DSPs are 
 
 
 def _requant_dsps(layer: dict[str, Any]) -> int:
-    """The requantizers' DSP tiles (:attr:`kiln.rtl.emit.Layer.requant_dsps`)."""
-    fields = {k: v for k, v in layer.items() if k != "requant_fields"}
-    return Layer(**fields).requant_dsps
+    """The requantizers' DSP tiles of a layer's fields (a plain lookup: the folding scores
+    every layer of every chain)."""
+    return requant_dsps(layer["kind"], layer["requants"], layer.get("passes", 1),
+                        layer.get("acc_bits", 32), layer.get("m_bits", 31))
 
 
 def fit_resource_model(samples: list[dict[str, Any]], family: str) -> dict[str, Any]:

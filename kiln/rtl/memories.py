@@ -2,10 +2,10 @@
 
 Every memory kiln emits is read synchronously. Yosys puts the deep ones and those of 4 Kbit
 or more (unless shallower than 32 words) in block RAM, the rest in distributed RAM
-(observed on the generated designs). A deep
-weight ROM is emitted in banks one block RAM deep (``kiln_dense``'s W_BANKS), each with an
-output register beside it, because a block RAM's output (about 5.6 ns on speed grade 6)
-followed by the multiplexer of a many-block memory does not close at 100 MHz.
+(observed on the generated designs). A deep weight ROM is emitted in banks one block RAM
+deep (``kiln_dense``'s W_BANKS), each with an output register beside it, because a block
+RAM's output (about 5.6 ns on speed grade 6) followed by the multiplexer of a many-block
+memory does not close at 100 MHz.
 
 >>> block_ram_depth(8), banks(8, 100352), block_rams(8, 100352)
 (2048, 49, 49)

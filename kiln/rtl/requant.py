@@ -106,6 +106,20 @@ def requant_tiles(acc_bits: int, m_bits: int) -> int:
     return (1 if acc_bits <= 18 else 2) * -(-m_bits // 17)
 
 
+def requant_dsps(kind: str, requants: int, passes: int, acc_bits: int, m_bits: int) -> int:
+    """ECP5 DSP tiles (18x18) in a layer's requantizers: one each when a requantizer
+    time-shares its tile (passes > 1), else every tile of its product (kiln_requant's chunks).
+
+    >>> requant_dsps("dense", requants=2, passes=4, acc_bits=22, m_bits=26)
+    2
+    >>> requant_dsps("dense", requants=2, passes=1, acc_bits=22, m_bits=26)
+    8
+    """
+    if kind == "maxpool":
+        return 0
+    return requants if passes > 1 else requants * requant_tiles(acc_bits, m_bits)
+
+
 def requantizers(p_out: int, in_beats: int, tiles: int) -> tuple[int, int]:
     """(requantizers, passes) that keep up with a layer: the P_OUT lanes of an output beat
     must be requantized while the next beat accumulates (IN_BEATS cycles). When a beat

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.rtl.emit import Layer
 from kiln.rtl.memories import banks
+from kiln.rtl.requant import requant_dsps
 
 #: MHz per (family, speed grade) and unit kind: the dense unit (MAC pipeline and pipelined
 #: requantizers), the float32 requantizer (one long stage), a weight ROM of many block RAMs
@@ -71,8 +71,10 @@ def predicted_fmax_mhz(layers: list[Any], family: str, speed: int | None = None,
 
 
 def _dsps(layer: Any) -> int:
-    if isinstance(layer, dict):
-        layer = Layer(**{k: v for k, v in layer.items() if k != "requant_fields"})
-    if layer.kind == "maxpool":
+    """DSP tiles of one layer (a Layer or its fields): its products and requantizers."""
+    fields = layer if isinstance(layer, dict) else layer.__dict__
+    if fields["kind"] == "maxpool":
         return 0
-    return layer.p_in * layer.p_out + layer.requant_dsps
+    return fields["p_in"] * fields["p_out"] + requant_dsps(
+        fields["kind"], fields["requants"], fields.get("passes", 1),
+        fields.get("acc_bits", 32), fields.get("m_bits", 31))
