@@ -38,8 +38,8 @@ from kiln.rtl.requant import (
 from kiln.rtl.roms import write_memories
 
 SOURCES = Path(__file__).parent / "sv"
-COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv", "kiln_rows.sv", "kiln_im2col.sv",
-              "kiln_maxpool.sv")
+COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv", "kiln_fifo.sv", "kiln_rows.sv",
+              "kiln_im2col.sv", "kiln_maxpool.sv")
 
 
 @dataclass

@@ -229,25 +229,14 @@ module kiln_im2col #(
         for (int lane = 0; lane < P; lane++) pad_word[lane*BITS +: BITS] = BITS'(ZERO);
 
     // Output FIFO: 8 entries, room guaranteed by the credit.
-    logic [P*BITS-1:0] fifo [8];
-    logic [2:0] head, tail;
-    logic [3:0] count;
     logic pop;
     assign pop = out_valid && out_ready;
-    assign out_valid = count != 4'd0;
-    assign out_data = fifo[head];
-    always_ff @(posedge clk) if (read_valid) fifo[tail] <= read_in_image ? word : pad_word;
+    kiln_fifo #(.WIDTH(P*BITS), .DEPTH(8)) u_fifo (
+        .clk(clk), .rst_n(rst_n), .push(read_valid),
+        .push_data(read_in_image ? word : pad_word), .out_valid(out_valid),
+        .out_ready(out_ready), .out_data(out_data));
     always_ff @(posedge clk or negedge rst_n) begin
-        if (!rst_n) begin
-            head <= '0;
-            tail <= '0;
-            count <= '0;
-            credit_used <= '0;
-        end else begin
-            if (read_valid) tail <= tail + 1'b1;
-            if (pop) head <= head + 1'b1;
-            count <= count + 4'(read_valid) - 4'(pop);
-            credit_used <= credit_used + 4'(issue) - 4'(pop);
-        end
+        if (!rst_n) credit_used <= '0;
+        else credit_used <= credit_used + 4'(issue) - 4'(pop);
     end
 endmodule

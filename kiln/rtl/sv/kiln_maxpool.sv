@@ -187,26 +187,14 @@ module kiln_maxpool #(
     end
     always_ff @(posedge clk) if (read_valid) best <= larger;
 
-    logic [P*BITS-1:0] fifo [4];
-    logic [1:0] head, tail;
-    logic [2:0] count;
     logic push, pop;
     assign push = read_valid && read_last;
     assign pop = out_valid && out_ready;
-    assign out_valid = count != 3'd0;
-    assign out_data = fifo[head];
-    always_ff @(posedge clk) if (push) fifo[tail] <= larger;
+    kiln_fifo #(.WIDTH(P*BITS), .DEPTH(4)) u_fifo (
+        .clk(clk), .rst_n(rst_n), .push(push), .push_data(larger), .out_valid(out_valid),
+        .out_ready(out_ready), .out_data(out_data));
     always_ff @(posedge clk or negedge rst_n) begin
-        if (!rst_n) begin
-            head <= '0;
-            tail <= '0;
-            count <= '0;
-            credit_used <= '0;
-        end else begin
-            if (push) tail <= tail + 1'b1;
-            if (pop) head <= head + 1'b1;
-            count <= count + 3'(push) - 3'(pop);
-            credit_used <= credit_used + 3'(issue && last_read) - 3'(pop);
-        end
+        if (!rst_n) credit_used <= '0;
+        else credit_used <= credit_used + 3'(issue && last_read) - 3'(pop);
     end
 endmodule
