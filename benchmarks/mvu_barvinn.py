@@ -86,6 +86,7 @@ def resnet_section(inputs: int) -> dict:
 
 
 def sweep_section(inputs: int) -> list[dict]:
+    from kiln.mvu.job import OUTPUT_DRAIN
     from kiln.mvu.lower import lower_for_mvu
     from kiln.mvu.plan import plan_mvu
     from kiln.mvu.run import prove
@@ -105,7 +106,7 @@ def sweep_section(inputs: int) -> list[dict]:
                 plan = plan_mvu(lower_for_mvu(program))
                 report = prove(plan, random_inputs(program, inputs, seed=bits))
                 equal = report.cycles == plan.countdown and all(
-                    p.unfinished_cycles == 0 and p.outputs == p.expected_outputs
+                    p.drain_cycles == OUTPUT_DRAIN * p.jobs and p.outputs == p.expected_outputs
                     for p in report.layers)
                 results.append({"network": name, "wprec": bits, "aprec": aprec,
                                 "isigned": isigned, "wsigned": wsigned,

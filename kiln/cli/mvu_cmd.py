@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -79,6 +79,10 @@ def mvu(
     prove_inputs: Annotated[int, typer.Option(
         "--prove", help="Test inputs the MVU model runs and compares with the engine.")] = 100,
     samples: Annotated[int, typer.Option(help="Test vectors written to DIR/data.")] = 1,
+    rtl: Annotated[int, typer.Option(
+        "--rtl", help="Also run every job on BARVINN's own MVU RTL (Verilator; built once, "
+                      "~20 s) for the first N proof inputs, and compare each layer's data-RAM "
+                      "words with the model and its tensor with the engine.")] = 0,
     barvinn_compat: Annotated[bool, typer.Option(
         "--barvinn-compat", help="Print what BARVINN's own generator prints (its formulas, "
                                  "known to be wrong for most layers) and stop.")] = False,
@@ -98,6 +102,8 @@ def mvu(
     Example:  kiln mvu out/convnet-int8 --out out/convnet-mvu
 
     Example:  kiln mvu convnet --aprec 4 --wprec 4 --oprec 4 --out out/convnet-mvu4
+
+    Example:  kiln mvu convnet --aprec 4 --wprec 4 --oprec 4 --out out/mvu4 --rtl 5
 
     Example:  kiln mvu resnet18-cifar-plain --barvinn-compat --aprec 2 --wprec 2 --oprec 2
     """
@@ -163,13 +169,22 @@ def mvu(
     dataset = program_dataset(mvu_program)
     if dataset is not None:
         measured["MVU lowering"] = accuracy(mvu_program, dataset)
-    with console.status("proving the configurations on the MVU model"):
-        result = generate(mvu_program, out, prove_count=prove_inputs, samples=samples)
+    if rtl < 0:
+        raise ConfigError(f"--rtl {rtl}: give a number of inputs (0 to skip the RTL)")
+    with console.status("proving the configurations on the MVU model"
+                        + (" and on BARVINN's RTL" if rtl else "")) as status:
+        def rtl_progress(layer: Any) -> None:
+            status.update(f"BARVINN's RTL: layer '{layer.name}' done, {layer.mismatches} "
+                          "mismatching words")
+
+        result = generate(mvu_program, out, prove_count=prove_inputs, samples=samples,
+                          rtl_count=rtl, rtl_progress=rtl_progress)
     proof = result.proof
     if as_json:
         print_json({"out": str(out), "proof": proof.as_dict(), "inputs": result.inputs_from,
                     "accuracy": measured, "countdown": result.plan.countdown,
-                    "layers": result.description["layers"]})
+                    "layers": result.description["layers"],
+                    "rtl": result.rtl.as_dict() if result.rtl is not None else None})
     else:
         console.print(table(f"{program.name} on BARVINN's MVU → {out}", LAYER_HEADER,
                             layer_rows(result.plan)))
@@ -186,6 +201,19 @@ def mvu(
                             ["layer", "jobs", "countdown", "model cycles", "outputs",
                              "mismatches"], rows, right_align={"jobs", "countdown",
                                                                "model cycles", "mismatches"}))
+        if result.rtl is not None:
+            rows = [[layer.name, layer.jobs, layer.words, layer.mismatches,
+                     layer.element_mismatches, layer.model_cycles, layer.rtl_run_cycles,
+                     layer.rtl_cycles_to_irq, f"{layer.writes}/{layer.expected_writes}",
+                     f"{layer.seconds:.1f}"] for layer in result.rtl.layers]
+            console.print(table(
+                f"on BARVINN's RTL (Verilator): {result.rtl.samples} inputs, built in "
+                f"{result.rtl.build_seconds:.0f} s", ["layer", "jobs", "words", "mismatches",
+                                                       "tensor mismatches", "model cycles",
+                                                       "RTL run cycles", "RTL to irq",
+                                                       "writes", "s"], rows,
+                right_align={"jobs", "words", "mismatches", "tensor mismatches",
+                             "model cycles", "RTL run cycles", "RTL to irq", "s"}))
         if measured:
             console.print(table("accuracy (kiln's engine, test set)", ["program", "top-1"],
                                 [[k, f"{v:.2%}"] for k, v in measured.items()],
@@ -196,6 +224,10 @@ def mvu(
         from kiln.mvu.run import check_proof
 
         check_proof(proof)
+    if result.rtl is not None:
+        from kiln.mvu.rtl_run import check_rtl_proof
+
+        check_rtl_proof(result.rtl)
 
 
 def register(app: typer.Typer) -> None:

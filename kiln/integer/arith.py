@@ -197,19 +197,21 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, z
 def requantize_mvu(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int,
                    zero_point: int, qmin: int, qmax: int) -> np.ndarray:
     """The ``mvu`` mode: floor((acc · M0 + 2^(30+n)) / 2^(31+n)) + zero point (round half
-    up), max 0 for unsigned outputs (qmin = 0, the MVU's ReLU), then wrapped into
-    [qmin, qmax] (the unit keeps the low bits, it cannot saturate).
+    up), wrapped into [qmin, qmax] (the unit keeps the low bits, it cannot saturate). An
+    unsigned output (qmin = 0) passes the host's ReLU: the unit writes the value wrapped to
+    one more bit, signed, and the host keeps max(that, 0).
 
-    >>> requantize_mvu(np.array([1, -1, 6]), 1 << 13, -17, 0, 0, 3).tolist()  # 3 wraps
-    [1, 0, 3]
+    >>> requantize_mvu(np.array([1, -1, 6, 9]), 1 << 13, -17, 0, 0, 3).tolist()
+    [1, 0, 3, 0]
     """
     total_shift = 31 + np.asarray(shift, dtype=np.int64)
     half = np.where(total_shift > 0, np.int64(1) << np.maximum(total_shift - 1, 0), 0)
     value = ((np.asarray(acc).astype(np.int64) * np.asarray(m0, dtype=np.int64) + half)
              >> total_shift) + zero_point
-    if qmin == 0:
-        value = np.maximum(value, 0)
     width = qmax - qmin + 1
+    if qmin == 0:
+        # 2·width values, signed: the unit's oprec + 1 planes, then the ReLU.
+        return np.maximum((value + width) % (2 * width) - width, 0)
     return (value - qmin) % width + qmin
 
 

@@ -21,6 +21,7 @@ from kiln.mvu.compat import ConvShape
 from kiln.mvu.emit import write_plan
 from kiln.mvu.lower import lower_for_mvu
 from kiln.mvu.plan import MvuPlan, plan_mvu
+from kiln.mvu.rtl_run import RtlProofReport, prove_on_rtl
 from kiln.mvu.run import ProofReport, prove
 from kiln.mvu.synthetic import random_inputs
 
@@ -32,6 +33,7 @@ class MvuResult:
     description: dict[str, Any]
     inputs_from: str
     accuracy: dict[str, float] = field(default_factory=dict)
+    rtl: RtlProofReport | None = None
 
 
 def program_dataset(program: IntegerProgram) -> Any | None:
@@ -73,18 +75,28 @@ def accuracy(program: IntegerProgram, dataset: Any) -> float:
 
 
 def generate(program: IntegerProgram, out: str | Path, *, prove_count: int = 100,
-             samples: int = 1, seed: int = 0) -> MvuResult:
+             samples: int = 1, seed: int = 0, rtl_count: int = 0,
+             rtl_progress: Any = None) -> MvuResult:
     """Lower ``program`` for the MVU, plan it, prove the plan on ``prove_count`` test inputs
-    on the MVU model, and write the files (:mod:`kiln.mvu.emit`) with ``samples`` test
-    vectors into ``out``, whole or not at all."""
+    on the MVU model (and on the first ``rtl_count`` of them on BARVINN's own RTL, see
+    :mod:`kiln.mvu.rtl_run`), and write the files (:mod:`kiln.mvu.emit`) with ``samples``
+    test vectors into ``out``, whole or not at all."""
     mvu_program = (program if program.rounding == "mvu" else
                    lower_for_mvu(program, calibration=calibration_inputs(program)))
     plan = plan_mvu(mvu_program)
-    inputs, source = test_inputs(mvu_program, max(prove_count, samples), seed)
+    inputs, source = test_inputs(mvu_program, max(prove_count, samples, rtl_count), seed)
     report = prove(plan, inputs[:prove_count]) if prove_count else ProofReport(0)
+    rtl = (prove_on_rtl(plan, inputs[:rtl_count], progress=rtl_progress) if rtl_count
+           else None)
     with atomic_folder(Path(out), marker="mvu.json") as partial:
         description = write_plan(plan, partial, inputs[:samples])
-    return MvuResult(plan, report, description, source)
+        if rtl is not None:
+            import json
+
+            from kiln.report.markdown import write_text
+
+            write_text(partial / "rtl_proof.json", json.dumps(rtl.as_dict(), indent=1) + "\n")
+    return MvuResult(plan, report, description, source, rtl=rtl)
 
 
 def graph_conv_shapes(graph: Any) -> list[ConvShape]:

@@ -13,7 +13,13 @@ The semantics follow BARVINN's MVU RTL (``agu.sv``, ``zigzagu.v``, ``inagu.sv``,
   diagonal doubles the accumulator (``sh``);
 * the accumulator is emitted (and the next product loads it afresh) when the weight
   generator takes a jump selected by ``shacc_load_sel``;
-* the job runs ``countdown`` cycles, one data word × weight word product per cycle.
+* the job runs ``countdown`` cycles, one data word × weight word product per cycle; kiln's
+  countdowns add :data:`OUTPUT_DRAIN` cycles after the last product, because the scaler and
+  bias RAMs are read only while the job runs (``mvutop.sv``: ``rds_en = run & …``);
+* an emitted accumulator is scaled (``fixedpointscaler.v``: ``acc·scale + bias`` kept to
+  :data:`SCALER_OUT_BITS` bits), and ``oprec`` bits from ``msbidx`` down are written, MSB
+  plane first, at consecutive addresses from ``obase`` (``outagu.v`` steps +1 per bit; the
+  ``mvuojump``/``mvuolength`` CSRs are not wired to it). There is no ReLU in the data path.
 
 >>> job = MvuJob(iprec=2, wprec=2, oprec=2, ilength=[0, 0, 0, 0, 0], ijump=[0] * 5,
 ...              wlength=[0, 0, 3, 0, 0], wjump=[0, 0, 0, 0, 0], countdown=4)
@@ -39,7 +45,12 @@ WEIGHT_WORDS = 512
 ACC_BITS = 27
 BIAS_BITS = 27
 SCALE_BITS = 16
-SCALER_OUT_BITS = 48
+SCALER_OUT_BITS = 27  # fixedpointscaler p_q: BSCALERP = 27
+MSBIDX_BITS = 5  # mvuquant[4:0] (BQMSBIDX = clog2(27))
+# Cycles a job must keep running after its last product: the scaler AGU steps
+# VVPSTAGES + MEMRDLATENCY = 5 cycles after an emit, and the scaler and bias RAMs are read
+# only while the job runs. Measured on the RTL: 4 leaves the last vector unscaled, 5 is exact.
+OUTPUT_DRAIN = 5
 COUNTDOWN_BITS = 29
 JUMP_BITS = 15
 LENGTH_BITS = 15
@@ -50,9 +61,8 @@ MAX_PRECISION = 16
 class MvuJob:
     """The CSR values of one job. Lists of five hold index 0..4 (``length[0]`` unused, as in
     BARVINN's ``mvuilength_1..4``). Output: ``oprec`` planes of each emitted vector are
-    written MSB first at ``obase + output generator``; the output generator steps once per
-    emitted vector. Scaler and bias addresses step like a one-loop generator
-    (``slength``/``sjump``) once per emitted vector."""
+    written MSB first, vector after vector, from ``obase``. Scaler and bias addresses step
+    like a one-loop generator (``slength``/``sjump``) once per emitted vector."""
 
     iprec: int
     wprec: int
@@ -65,15 +75,12 @@ class MvuJob:
     isigned: bool = False
     wsigned: bool = True
     osigned: bool = False
-    relu: bool = False
     msbidx: int = 0
     ibase: int = 0
     wbase: int = 0
     obase: int = 0
     sbase: int = 0
     bbase: int = 0
-    olength: list[int] = field(default_factory=lambda: [0] * 5)
-    ojump: list[int] = field(default_factory=lambda: [0] * 5)
     slength: int = 0
     sjump: list[int] = field(default_factory=lambda: [0, 0])
     # jumps of the weight generator (bit k = jk) that step the zig-zag / emit an output
@@ -90,12 +97,12 @@ class MvuJob:
             if not 1 <= value <= MAX_PRECISION:
                 raise KilnError(f"{where}: {name} {value} is outside 1..{MAX_PRECISION} "
                                 "(the MVU's precision fields)")
-        for name in ("ilength", "wlength", "olength"):
+        for name in ("ilength", "wlength"):
             for index, value in enumerate(getattr(self, name)[1:], start=1):
                 if not 0 <= value < 1 << LENGTH_BITS:
                     raise KilnError(f"{where}: {name}[{index}] = {value} does not fit the "
                                     f"{LENGTH_BITS}-bit length register")
-        for name in ("ijump", "wjump", "ojump"):
+        for name in ("ijump", "wjump"):
             for index, value in enumerate(getattr(self, name)):
                 if not -(1 << (JUMP_BITS - 1)) <= value < 1 << (JUMP_BITS - 1):
                     raise KilnError(f"{where}: {name}[{index}] = {value} does not fit the "
@@ -105,7 +112,8 @@ class MvuJob:
                             f"{COUNTDOWN_BITS} bits")
         if not self.oprec - 1 <= self.msbidx < SCALER_OUT_BITS:
             raise KilnError(f"{where}: msbidx {self.msbidx} must be in {self.oprec - 1}.."
-                            f"{SCALER_OUT_BITS - 1}")
+                            f"{SCALER_OUT_BITS - 1} (the scaler's output has "
+                            f"{SCALER_OUT_BITS} bits)")
 
 
 def agu_sequence(lengths: list[int], jumps: list[int], steps: int

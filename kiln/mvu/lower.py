@@ -9,7 +9,10 @@ optional ReLU, and keeps ``oprec`` bits from ``msbidx`` down. So for every conv 
 * the multiplier M becomes scale / 2^shift, the scale with as many bits (≤ 15 plus sign) as
   keep the bias within 27 bits; the output zero point and the rounding offset 2^(shift−1)
   move into the bias too (so the unit's truncation rounds half up);
-* an unsigned output passes the ReLU; the output wraps instead of saturating.
+* an unsigned output passes a ReLU, which the host applies (the unit has none): the unit
+  writes one more plane, the value wrapped to ``oprec + 1`` signed bits, and the host keeps
+  its non-negative part; outputs wrap instead of saturating; every bit the unit writes
+  lies within the scaler's 27-bit output.
 
 The result is again an IntegerProgram, with rounding mode ``mvu`` (see
 :func:`kiln.integer.arith.requantize_mvu`), so kiln's engine runs exactly what the unit
@@ -182,7 +185,9 @@ def lower_for_mvu(program: IntegerProgram, *, calibration: np.ndarray | None = N
         multiplier = np.broadcast_to(multiplier, (channels,))
         weight_sums = weight.reshape(channels, -1).sum(axis=1)
         bias_acc = op.arrays["bias"].astype(np.int64) - in_quant.zero_point * weight_sums
-        scale = mvu_scale(op, multiplier, bias_acc, out_quant.zero_point, out_quant.bits)
+        # A ReLU output needs one more plane from the unit: the sign the host's ReLU reads.
+        planes = out_quant.bits + int(not out_quant.signed)
+        scale = mvu_scale(op, multiplier, bias_acc, out_quant.zero_point, planes)
         op.arrays["m0"] = scale.scale
         op.arrays["shift"] = np.full(channels, scale.shift - 31, dtype=np.int64)
         op.arrays["mvu_bias"] = scale.bias

@@ -37,6 +37,7 @@ from kiln.mvu.job import (
     DATA_WORDS,
     LANES,
     SCALE_BITS,
+    SCALER_OUT_BITS,
     WEIGHT_WORDS,
     MvuJob,
     agu_sequence,
@@ -79,12 +80,13 @@ def unpack_planes(words: np.ndarray, precision: int, *, signed: bool) -> np.ndar
 
 @dataclass
 class JobResult:
-    """What a job did: cycles run, vectors emitted, products left in the accumulator when
-    the countdown ran out (a job that stops mid-output), and the accumulators emitted."""
+    """What a job did: cycles run, vectors emitted, cycles run after the last emit (the
+    drain kiln's countdowns add, :data:`kiln.mvu.job.OUTPUT_DRAIN`), and the accumulators
+    emitted."""
 
     cycles: int
     outputs: int
-    unfinished_cycles: int
+    drain_cycles: int
     accumulators: np.ndarray  # [batch, outputs, 64] after the 27-bit wrap
 
 
@@ -149,9 +151,9 @@ class Mvu:
             raise KilnError(f"job reads weight RAM outside 0..{WEIGHT_WORDS - 1}")
         ends = np.flatnonzero(control.emit)
         outputs = len(ends)
-        unfinished = cycles - (int(ends[-1]) + 1 if outputs else 0)
+        drain = cycles - (int(ends[-1]) + 1 if outputs else 0)
         if outputs == 0:
-            return JobResult(cycles, 0, unfinished, np.zeros((self.batch, 0, LANES), np.int64))
+            return JobResult(cycles, 0, drain, np.zeros((self.batch, 0, LANES), np.int64))
         used = int(ends[-1]) + 1
         # Coefficient of each cycle's product in its output: ±2^(diagonals entered after it).
         segment = np.cumsum(control.first[:used]) - 1
@@ -178,7 +180,7 @@ class Mvu:
             acc[begin:begin + chunk] = np.add.reduceat(terms, starts, axis=1)
         acc = wrap_signed(acc, ACC_BITS)
         self._write_outputs(job, acc)
-        return JobResult(cycles, outputs, unfinished, acc)
+        return JobResult(cycles, outputs, drain, acc)
 
     def _write_outputs(self, job: MvuJob, acc: np.ndarray) -> None:
         outputs = acc.shape[1]
@@ -189,13 +191,11 @@ class Mvu:
             raise KilnError(f"job reads scaler/bias RAM outside 0..{SCALER_DEPTH - 1}")
         scale = self.scaler[:, s_address].T  # [outputs, 64]
         bias = self.bias[:, b_address].T
-        value = acc * scale[None] + bias[None]
-        if job.relu:
-            value = np.maximum(value, 0)
+        value = wrap_signed(acc * scale[None] + bias[None], SCALER_OUT_BITS)
         low = job.msbidx - job.oprec + 1
         bits = (value >> low) & ((np.int64(1) << job.oprec) - 1)
-        o_offset, _ = agu_sequence(job.olength, job.ojump, outputs)
-        address = job.obase + o_offset
+        # outagu.v: one address per serialized bit, from obase, whatever ojump/olength say.
+        address = job.obase + job.oprec * np.arange(outputs, dtype=np.int64)
         if address.min() < 0 or address.max() + job.oprec > DATA_WORDS:
             raise KilnError(f"job writes data RAM outside 0..{DATA_WORDS - 1}")
         words = pack_planes(bits, job.oprec)  # [batch, outputs, oprec]

@@ -12,6 +12,13 @@ exactly the NCHW flatten order), so every layer runs as a convolution job.
 Layers whose weights exceed the 512-word weight RAM are split into *passes* of as many
 64-channel output blocks as fit; each pass reloads the weight RAM.
 
+The unit writes each job's outputs at consecutive addresses and has no ReLU (BARVINN's
+RTL: ``outagu.v``, ``mvu.v``). So a layer whose outputs pass a ReLU, or that needs more
+than one pass (its pixels' channel blocks would interleave), writes into a *raw* buffer,
+job after job, with one more (sign) plane per vector when there is a ReLU; the host then
+applies the ReLU and lays the result out in the target (:func:`kiln.mvu.run.finish_layer`),
+as it does max pooling. Other layers write their target directly.
+
 >>> plan = plan_mvu(lower_for_mvu(program))       # doctest: +SKIP
 >>> [len(layer.jobs) for layer in plan.layers]    # doctest: +SKIP
 """
@@ -26,7 +33,15 @@ import numpy as np
 
 from kiln.errors import KilnError
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
-from kiln.mvu.job import DATA_WORDS, LANES, WEIGHT_WORDS, MvuJob
+from kiln.mvu.job import (
+    DATA_WORDS,
+    LANES,
+    MAX_PRECISION,
+    OUTPUT_DRAIN,
+    SCALER_OUT_BITS,
+    WEIGHT_WORDS,
+    MvuJob,
+)
 
 
 @dataclass
@@ -96,6 +111,20 @@ class MvuLayer:
     passes: list[Pass]
     notes: list[str] = field(default_factory=list)
     in_blocks: int = 0  # input blocks the jobs walk: the source's, or more (zero weights)
+    relu: bool = False  # the host applies the ReLU (the unit has none)
+    wprec: int = 0  # weight planes the jobs walk: the op's bits, or more (sign-extended)
+    raw: Buffer | None = None  # where the jobs write, when the host finishes the layer
+
+    @property
+    def written(self) -> Buffer:
+        """The buffer the jobs write: the raw buffer, or the target itself."""
+        return self.raw or self.target
+
+    @property
+    def written_planes(self) -> int:
+        """Planes the unit writes per output vector (one more than the target's with a
+        ReLU: the sign the host needs)."""
+        return self.target.quant.bits + int(self.relu)
 
     @property
     def jobs(self) -> list[MvuJob]:
@@ -173,10 +202,13 @@ def _layer_geometry(op: IntOp, source: Buffer) -> tuple[np.ndarray, tuple, tuple
     return weight, (source.height, source.width), (1, 1), (0, 0)
 
 
-def _conv_jobs(layer: MvuLayer, one: Pass, scale_shift: int, relu: bool) -> list[MvuJob]:
+def _conv_jobs(layer: MvuLayer, one: Pass, scale_shift: int, raw_offset: int
+               ) -> list[MvuJob]:
+    """One job per output row of pass ``one``; in a raw buffer, the pass's outputs start
+    ``raw_offset`` words in (after the earlier passes'), row after row."""
     source, target, op = layer.source, layer.target, layer.op
-    aprec, oprec = source.quant.bits, target.quant.bits
-    wprec = int(op.attrs.get("weight_bits", 8))
+    aprec, oprec = source.quant.bits, layer.written_planes
+    wprec = layer.wprec
     in_blocks, out_blocks = layer.in_blocks, one.blocks
     fh, fw = layer.kernel
     sy, sx = layer.stride
@@ -190,25 +222,24 @@ def _conv_jobs(layer: MvuLayer, one: Pass, scale_shift: int, relu: bool) -> list
              aprec * (in_blocks * (width - fw) + 1), aprec, 0]
     wlength = [0, out_blocks - 1, combos - 1, window - 1, 0]
     wjump = [-wprec * (window * out_blocks - 1), wprec, -wprec * (window - 1), wprec, 0]
-    # Output: this pass's blocks of each pixel are consecutive, then skip the other passes'.
-    olength = [0, 0, 0, 0, out_blocks - 1]
-    ojump = [oprec * (target.blocks - out_blocks + 1), 0, 0, 0, oprec]
     top, left = target.padding
+    row_words = out_w * out_blocks * oprec
     jobs = []
     for row in range(out_h):
+        obase = (layer.raw.base + raw_offset + row * row_words if layer.raw is not None
+                 else target.address(row + top, left, one.first_block))
         jobs.append(MvuJob(
             iprec=aprec, wprec=wprec, oprec=oprec, ilength=ilength, ijump=ijump,
-            wlength=wlength, wjump=wjump, countdown=out_w * out_blocks * combos * window,
+            wlength=wlength, wjump=wjump,
+            countdown=out_w * out_blocks * combos * window + OUTPUT_DRAIN,
             isigned=source.quant.signed, wsigned=bool(op.attrs.get("weight_signed", True)),
-            osigned=target.quant.signed, relu=relu, msbidx=scale_shift + oprec - 1,
-            ibase=source.address(row * sy, 0), wbase=0,
-            obase=target.address(row + top, left, one.first_block), sbase=0, bbase=0,
-            olength=olength, ojump=ojump, slength=out_blocks - 1,
-            sjump=[-(out_blocks - 1), 1]))
+            osigned=target.quant.signed or layer.relu, msbidx=scale_shift + oprec - 1,
+            ibase=source.address(row * sy, 0), wbase=0, obase=obase, sbase=0, bbase=0,
+            slength=out_blocks - 1, sjump=[-(out_blocks - 1), 1]))
     return jobs
 
 
-def _make_layer(op: IntOp, source: Buffer, target: Buffer) -> MvuLayer:
+def _make_layer(op: IntOp, source: Buffer, target: Buffer, scratch_base: int) -> MvuLayer:
     weight, kernel, stride, padding = _layer_geometry(op, source)
     if tuple(source.padding) != tuple(padding):
         raise _reject(op, f"its source is stored with padding {source.padding}, the layer "
@@ -223,44 +254,78 @@ def _make_layer(op: IntOp, source: Buffer, target: Buffer) -> MvuLayer:
     combos = source.quant.bits * wprec
     in_blocks = source.blocks
     between = combos * in_blocks * kernel[0] * kernel[1]
+    relu = bool(op.attrs["mvu"]["relu"])
+    planes = target.quant.bits + int(relu)
+    # Each output must take at least as many cycles as the serializer writes planes, and
+    # more than the drain after the last product (else the drain emits one more output).
+    needed = max(planes, OUTPUT_DRAIN + 1)
     notes = []
-    if between < target.quant.bits and source.padded == (1, 1):
+    if between < needed and source.padded == (1, 1):
         # A vector input (a dense layer): walk extra channel blocks with zero weights, so
-        # each output takes at least oprec cycles. What the extra words hold does not
-        # matter; they only need to be inside the data RAM.
-        in_blocks = -(-target.quant.bits // (combos * kernel[0] * kernel[1]))
+        # each output takes long enough. What the extra words hold does not matter; they
+        # only need to be inside the data RAM.
+        in_blocks = -(-needed // (combos * kernel[0] * kernel[1]))
         between = combos * in_blocks * kernel[0] * kernel[1]
         if source.base + in_blocks * source.quant.bits <= DATA_WORDS:
             notes.append(f"walks {in_blocks - source.blocks} extra zero-weight input "
-                         f"block(s) so that each output takes {between} >= "
-                         f"{target.quant.bits} cycles (the output serializer)")
+                         f"block(s) so that each output takes {between} >= {needed} cycles "
+                         "(the output serializer and the drain)")
         else:
             in_blocks, between = source.blocks, combos * source.blocks
-    if between < target.quant.bits:
-        raise _reject(op, f"an output every {between} cycles is faster than the "
-                      f"{target.quant.bits}-bit output serializer can write it "
-                      f"({target.quant.bits} cycles)",
+    if between < needed:
+        # Widen the weights (sign- or zero-extended: the same values in more planes), so
+        # the zig-zag takes long enough per output.
+        per_plane = source.quant.bits * in_blocks * kernel[0] * kernel[1]
+        wider = -(-needed // per_plane)
+        if wider <= MAX_PRECISION:
+            notes.append(f"walks its {wprec}-bit weights as {wider}-bit (extended) so that "
+                         f"each output takes {per_plane * wider} >= {needed} cycles (the "
+                         "output serializer and the drain)")
+            wprec, between = wider, per_plane * wider
+    if between < needed:
+        raise _reject(op, f"an output every {between} cycles is faster than the unit can "
+                      f"write it ({planes} planes through the serializer, and more than the "
+                      f"{OUTPUT_DRAIN}-cycle drain: {needed} cycles), even with "
+                      f"{MAX_PRECISION}-bit weights",
                       hint="use a lower output precision or a larger layer")
+    shift = int(op.attrs["mvu"]["shift"])
+    if shift + planes - 1 >= SCALER_OUT_BITS:
+        raise _reject(op, f"its output bits {shift + planes - 1}..{shift} do not fit the "
+                      f"scaler's {SCALER_OUT_BITS}-bit output",
+                      hint="lower it again with kiln.mvu.lower_for_mvu")
     per_block = in_blocks * kernel[0] * kernel[1] * wprec
     if per_block > WEIGHT_WORDS:
         raise _reject(op, f"one 64-channel output block needs {per_block} weight words "
                       f"({in_blocks} input blocks × {kernel[0]}×{kernel[1]} × {wprec} "
                       f"bits); the weight RAM holds {WEIGHT_WORDS}",
                       hint="use fewer input channels, a smaller kernel or narrower weights")
-    mvu = op.attrs["mvu"]
     scale = np.zeros(target.blocks * LANES, dtype=np.int64)
     bias = np.zeros(target.blocks * LANES, dtype=np.int64)
     scale[:len(weight)] = np.broadcast_to(op.arrays["m0"], (len(weight),))
     bias[:len(weight)] = op.arrays["mvu_bias"]
     per_pass = WEIGHT_WORDS // per_block
-    layer = MvuLayer(op, source, target, kernel, stride, (out_h, out_w), [], notes, in_blocks)
+    layer = MvuLayer(op, source, target, kernel, stride, (out_h, out_w), [], notes, in_blocks,
+                     relu, wprec)
+    if relu or per_pass < target.blocks:
+        raw = Buffer(f"{target.name}.raw", target.blocks * LANES, out_h, out_w, (0, 0),
+                     TensorQuant(1.0, 0, planes, target.quant.signed or relu), scratch_base)
+        if raw.base + raw.words > DATA_WORDS:
+            raise _reject(op, f"its raw output ({raw.words} words, written before the host "
+                          f"applies the ReLU or interleaves passes) does not fit the data RAM "
+                          f"after the activations ({raw.base} words)",
+                          hint="use narrower activations or a smaller input")
+        layer.raw = raw
+        layer.notes.append("writes a raw buffer; the host "
+                           + ("applies the ReLU" if relu else "interleaves the passes"))
+    raw_offset = 0
     for first in range(0, target.blocks, per_pass):
         blocks = min(per_pass, target.blocks - first)
         lanes = slice(first * LANES, (first + blocks) * LANES)
         one = Pass(first, blocks, weight_words(weight, wprec, first, blocks, in_blocks),
                    scale[lanes].reshape(blocks, LANES).T.copy(),
                    bias[lanes].reshape(blocks, LANES).T.copy())
-        one.jobs = _conv_jobs(layer, one, int(mvu["shift"]), bool(mvu["relu"]))
+        one.jobs = _conv_jobs(layer, one, shift, raw_offset)
+        raw_offset += out_h * out_w * blocks * planes
         layer.passes.append(one)
     if len(layer.passes) > 1:
         layer.notes.append(f"weights need {per_block * target.blocks} words: "
@@ -317,7 +382,7 @@ def plan_mvu(program: IntegerProgram) -> MvuPlan:
     work = [op for op in program.ops if op.kind != "flatten"]
     # Addresses first: the jobs' base addresses depend on them.
     ordered = [buffer(program.input_name)] + [buffer(op.output) for op in work]
-    _allocate(ordered)
+    scratch_base = _allocate(ordered)
     steps: list[MvuLayer | HostPool] = []
     for op in work:
         source, target = buffer(op.inputs[0]), buffer(op.output)
@@ -325,19 +390,32 @@ def plan_mvu(program: IntegerProgram) -> MvuPlan:
             steps.append(HostPool(op, source, target, tuple(op.attrs["kernel"]),
                                   tuple(op.attrs["stride"]), tuple(op.attrs["padding"])))
         else:
-            steps.append(_make_layer(op, source, target))
+            steps.append(_make_layer(op, source, target, scratch_base))
     return MvuPlan(program, ordered[0], ordered, steps)
 
 
-def _allocate(chain: list[Buffer]) -> None:
-    """Ping-pong: even tensors of the chain at 0, odd ones after the largest even one."""
+# Data word 0 stays zero and is never allocated. In BARVINN's RTL a data bank answers a read
+# whenever an address "hits" it, enabled or not, and the banks' words are OR-ed (mvu.v:
+# ``rd_bankhit``, ``rdd_word <= |rdd_words_t``): bank 0 always hits (the interconnect read
+# address is tied to 0) and is then read at the controller's read address. So while a job
+# reads another bank, the word at the controller's (parked) read address in bank 0 is OR-ed
+# into every data word the MVU reads. With the controller parked at address 0, a zero there
+# makes that harmless.
+ZERO_WORD = 0
+
+
+def _allocate(chain: list[Buffer]) -> int:
+    """Ping-pong after the zero word: even tensors of the chain first, odd ones after the
+    largest even one; returns where the raw buffers start (after both)."""
+    start = ZERO_WORD + 1
     even = max((b.words for b in chain[0::2]), default=0)
     odd = max((b.words for b in chain[1::2]), default=0)
-    if even + odd > DATA_WORDS:
+    if start + even + odd > DATA_WORDS:
         largest = max(chain, key=lambda b: b.words)
         raise KilnError(f"the activations need {even + odd} data RAM words in two buffers "
                         f"(largest: '{largest.name}', {largest.words} words); the MVU's data "
-                        f"RAM holds {DATA_WORDS}",
+                        f"RAM holds {DATA_WORDS - start} (word {ZERO_WORD} is kept zero)",
                         hint="use narrower activations or a smaller input")
     for index, one in enumerate(chain):
-        one.base = 0 if index % 2 == 0 else even
+        one.base = start if index % 2 == 0 else start + even
+    return start + even + odd

@@ -1,9 +1,9 @@
 """Run an :class:`MvuPlan` on the MVU model and compare every layer with kiln's engine.
 
 The proof that the generated configurations and images are right: the model executes the
-jobs exactly as configured, the host steps (padding fills, max pooling) run between them
-as the controller would, and each layer's output read back from the data RAM must equal
-the engine's tensor for it, element for element.
+jobs exactly as configured, the host steps (padding fills, max pooling, the ReLU and the
+layout of a raw buffer) run between them as the controller would, and each layer's output
+read back from the data RAM must equal the engine's tensor for it, element for element.
 
 >>> report = prove(plan, inputs)                 # doctest: +SKIP
 >>> report.mismatches
@@ -62,7 +62,7 @@ class LayerProof:
     cycles: int
     outputs: int
     expected_outputs: int
-    unfinished_cycles: int
+    drain_cycles: int
     mismatches: int
     first_mismatch: str | None = None
 
@@ -90,10 +90,40 @@ class ProofReport:
                 "layers": [layer.as_dict() for layer in self.layers]}
 
 
-def _host_step(unit: Mvu, step: HostPool) -> None:
+def host_pool(unit: Mvu, step: HostPool) -> None:
+    """The controller's max pooling, from one data-RAM buffer to another."""
     source = load_tensor(unit, step.source)
     result = _UNARY[step.op.kind](step.op, source, "mvu")
     store_tensor(unit, step.target, result)
+
+
+def start_layer(unit: Mvu, layer: MvuLayer) -> None:
+    """What the controller does before a layer's jobs: fill the target's padding."""
+    store_tensor(unit, layer.target, None)
+
+
+def finish_layer(unit: Mvu, layer: MvuLayer) -> None:
+    """What the controller does after a layer's jobs when they wrote a raw buffer: the
+    ReLU (on the sign plane the unit wrote) and the target's layout (passes interleaved,
+    padding kept)."""
+    raw = layer.raw
+    if raw is None:
+        return
+    out_h, out_w = layer.out_size
+    planes = layer.written_planes
+    values = np.zeros((unit.batch, out_h, out_w, layer.target.blocks, LANES), dtype=np.int64)
+    offset = raw.base
+    for one in layer.passes:
+        count = out_h * out_w * one.blocks * planes
+        words = unit.data[:, offset:offset + count].reshape(
+            unit.batch, out_h, out_w, one.blocks, planes)
+        values[:, :, :, one.first_block:one.first_block + one.blocks] = unpack_planes(
+            words, planes, signed=raw.quant.signed)
+        offset += count
+    if layer.relu:
+        values = np.maximum(values, 0)
+    tensor = values.reshape(unit.batch, out_h, out_w, -1)[..., :layer.target.channels]
+    store_tensor(unit, layer.target, tensor.transpose(0, 3, 1, 2))
 
 
 def _first_mismatch(layer: MvuLayer, got: np.ndarray, expected: np.ndarray) -> str:
@@ -119,10 +149,10 @@ def prove(plan: MvuPlan, inputs: np.ndarray, *, stop_at_first: bool = False) -> 
     report = ProofReport(len(inputs))
     for step in plan.steps:
         if isinstance(step, HostPool):
-            _host_step(unit, step)
+            host_pool(unit, step)
             continue
-        store_tensor(unit, step.target, None)
-        cycles = outputs = unfinished = 0
+        start_layer(unit, step)
+        cycles = outputs = drain = 0
         for one in step.passes:
             unit.load_weights(one.weight_words)
             unit.load_scaler_bias(one.scaler, one.bias)
@@ -130,13 +160,14 @@ def prove(plan: MvuPlan, inputs: np.ndarray, *, stop_at_first: bool = False) -> 
                 result = unit.run(job)
                 cycles += result.cycles
                 outputs += result.outputs
-                unfinished += result.unfinished_cycles
+                drain += result.drain_cycles
+        finish_layer(unit, step)
         got = load_tensor(unit, step.target)
         expected = golden[step.op.output].reshape(got.shape)
         wrong = int(np.count_nonzero(got != expected))
         proof = LayerProof(step.op.name, len(step.jobs), step.countdown, cycles, outputs,
                            step.out_size[0] * step.out_size[1] * step.target.blocks,
-                           unfinished, wrong)
+                           drain, wrong)
         if wrong:
             proof.first_mismatch = _first_mismatch(step, got, expected)
         report.layers.append(proof)

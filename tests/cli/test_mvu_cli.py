@@ -29,7 +29,8 @@ def test_mvu_writes_configurations_images_and_a_proof(tmp_path):
     jobs = sum(len(p["jobs"]) for layer in plan["layers"] for p in layer.get("passes", []))
     header = (out / "mvu_jobs.h").read_text()
     assert f"#define KILN_MVU_JOB_COUNT {jobs}" in header and "csrw" in header
-    assert "CSR_WRITE(mvuijump_0, job->ijump[0]);" in header
+    assert "CSR_WRITE(mvuijump_0, job->ijump_0);" in header
+    assert "CSR_WRITE(mvuomvusel, job->omvusel);" in header
     # The weight image read back is the plan's weight RAM content.
     expected = plan_mvu(lower_for_mvu(program)).layers[0].passes[0].weight_words
     lines = (out / "weights/layer0.pass0.mem").read_text().split()

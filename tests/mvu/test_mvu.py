@@ -12,7 +12,7 @@ from kiln.errors import KilnError
 from kiln.integer.engine import run as run_engine
 from kiln.integer.program import IntOp
 from kiln.mvu.compat import barvinn_rows, barvinn_text, plan_shapes
-from kiln.mvu.job import MvuJob, agu_sequence, zigzag_walk
+from kiln.mvu.job import OUTPUT_DRAIN, MvuJob, agu_sequence, zigzag_walk
 from kiln.mvu.lower import lower_for_mvu
 from kiln.mvu.model import Mvu, pack_planes, unpack_planes
 from kiln.mvu.plan import plan_mvu
@@ -76,7 +76,7 @@ def test_bit_serial_accumulation_equals_the_dot_product(rng):
                      wlength=[0, 0, combos - 1, 0, 0], wjump=[0] * 5, countdown=combos,
                      wsigned=wsigned, isigned=isigned, msbidx=25, obase=100)
         result = unit.run(job)
-        assert result.outputs == 1 and result.unfinished_cycles == 0
+        assert result.outputs == 1 and result.drain_cycles == 0  # countdown = products here
         np.testing.assert_array_equal(result.accumulators[:, 0], x[:, 0] @ w.T)
 
 
@@ -105,7 +105,8 @@ def test_generated_jobs_match_the_engine_on_random_cnns(bits, isigned, wsigned):
     report = prove(plan, random_inputs(program, 6, seed=bits))
     assert report.mismatches == 0, [layer.first_mismatch for layer in report.layers]
     for layer, proof in zip(plan.layers, report.layers, strict=True):
-        assert proof.outputs == proof.expected_outputs and proof.unfinished_cycles == 0
+        assert proof.outputs == proof.expected_outputs
+        assert proof.drain_cycles == OUTPUT_DRAIN * proof.jobs
         assert proof.cycles == layer.countdown
     assert report.samples == 6
 
@@ -143,23 +144,26 @@ def test_resnet18_plain_barvinn_table_and_kiln_jobs():
     assert "Total countdown: 532872" in barvinn_text(plan_shapes(plan), (2, 2, 2))
     # kiln's jobs: every output pixel of the padded input, one job per row (and pass).
     first = plan.layers[0]
-    assert first.jobs[0].countdown == 32 * 1 * 4 * 9 and len(first.jobs) == 32
+    assert first.jobs[0].countdown == 32 * 1 * 4 * 9 + OUTPUT_DRAIN and len(first.jobs) == 32
     assert first.jobs[0].ijump[0] == -2 * (1 * 2 * 34 + 1 * (3 - 1) - 1)
     assert plan.countdown == sum(layer.out_size[0] * layer.out_size[1] * layer.target.blocks
-                                 * 4 * layer.source.blocks * 9 for layer in plan.layers)
+                                 * 4 * layer.source.blocks * 9
+                                 + OUTPUT_DRAIN * len(layer.jobs) for layer in plan.layers)
     assert [len(layer.passes) for layer in plan.layers[-3:]] == [3, 3, 3]
     report = prove(plan, random_inputs(program, 2))
     assert report.mismatches == 0
 
 
 def test_mvu_rounding_in_the_engine_is_what_the_unit_computes(rng):
-    """requantize_mvu == floor((acc·S + B) / 2^sh) bits, B holding zero point and rounding."""
+    """requantize_mvu == floor((acc·S + B) / 2^sh) bits, B holding zero point and rounding;
+    an unsigned output is the host's ReLU of the unit's oprec + 1 signed bits."""
     from kiln.integer.arith import requantize_mvu
 
     acc = rng.integers(-5000, 5000, size=1000)
     scale, shift, zero = 12345, 20, 1
     expected = (acc * scale + (zero << shift) + (1 << (shift - 1))) >> shift
-    expected = (np.maximum(expected, 0)) & 15
+    five_bits = expected & 31
+    expected = np.where(five_bits >= 16, 0, five_bits)  # sign plane set: the ReLU gives 0
     got = requantize_mvu(acc, scale, shift - 31, zero, 0, 15)
     assert (got == expected).all()
 
@@ -199,10 +203,23 @@ def test_precisions_outside_1_to_16_are_refused(bits):
 
 
 def test_outputs_faster_than_the_serializer_are_refused():
+    """1-bit data through a 1x1 conv: at most 16 cycles per output even with 16-bit
+    weights, and a 16-bit ReLU output needs 17 planes."""
+    program = synthetic_program((3, 4, 4), [{"conv": 4, "kernel": 1}, {"flatten": True},
+                                            {"dense": 2}], aprec=1, wprec=1, oprec=16)
+    with pytest.raises(KilnError, match="output every 1 cycles.*17 planes.*16-bit weights"):
+        plan_mvu(lower_for_mvu(program))
+
+
+def test_short_outputs_walk_widened_weights():
+    """A 1x1 conv of 1-bit data and weights takes 1 cycle per output; the unit needs 6 (the
+    drain) and 5 planes (4 bits + the ReLU's sign): the weights are walked as 6 planes."""
     program = synthetic_program((3, 4, 4), [{"conv": 4, "kernel": 1}, {"flatten": True},
                                             {"dense": 2}], aprec=1, wprec=1, oprec=4)
-    with pytest.raises(KilnError, match="output every 1 cycles"):
-        plan_mvu(lower_for_mvu(program))
+    plan = plan_mvu(lower_for_mvu(program))
+    first = plan.layers[0]
+    assert first.wprec == 6 and first.jobs[0].wprec == 6 and "6-bit" in first.notes[0]
+    assert prove(plan, random_inputs(program, 5)).mismatches == 0
 
 
 def test_vector_layers_walk_zero_weight_blocks_to_feed_the_serializer():
@@ -211,7 +228,8 @@ def test_vector_layers_walk_zero_weight_blocks_to_feed_the_serializer():
                                 last_oprec=8, seed=2)
     plan = plan_mvu(lower_for_mvu(program))
     last = plan.layers[-1]
-    assert last.in_blocks == 2 and last.source.blocks == 1 and last.jobs[0].countdown == 8
+    assert last.in_blocks == 2 and last.source.blocks == 1
+    assert last.jobs[0].countdown == 8 + OUTPUT_DRAIN
     assert prove(plan, random_inputs(program, 10)).mismatches == 0
 
 
