@@ -1,6 +1,7 @@
-"""BARVINN's MVU: kiln's configurations against BARVINN's generator, proven on the MVU model.
+"""BARVINN's MVU: kiln's configurations against BARVINN's generator, proven on the MVU model
+and on BARVINN's own MVU RTL (Verilator).
 
-    .venv/bin/python benchmarks/mvu_barvinn.py [--inputs 100] [--skip-accuracy]
+    .venv/bin/python benchmarks/mvu_barvinn.py [--inputs 100] [--rtl-inputs 5] [--skip-accuracy]
 
 1. BARVINN's published table (``../shared/data/barvinn/published-mvu-configs.txt``: its
    shortcut-free CIFAR ResNet-18, precisions 2/2/2) against ``kiln mvu --barvinn-compat``,
@@ -10,11 +11,15 @@
    and the model's proof on random inputs.
 3. The proof sweep: random plain CNNs (padded, strided, C < 64, C and K > 64, 1x1 and 3x3,
    max pooling, flatten + dense) and MLPs (several blocks in and out) at 1, 2, 4 and 8 bits,
-   signed and unsigned: layers, inputs, mismatches, model cycles against countdowns.
+   signed and unsigned: layers, inputs, mismatches, model cycles against countdowns; then
+   every job of every network on BARVINN's RTL (``--rtl-inputs`` inputs each): data-RAM
+   words compared with the model, tensor elements with the engine, RTL cycles against the
+   model's, simulation time.
 4. The zoo's convnet on Fashion-MNIST: float, int8 program, the program at 2, 4 and 8 bits
    (2 bits after QAT with examples/quant/mvu-w2a2.yaml, 4 and 8 by calibration) and its MVU
    lowering (16-bit scales, truncation with the rounding offset in the bias, wrap instead
-   of saturation), and what the wrap alone costs (the MVU lowering with saturation).
+   of saturation), and what the wrap alone costs (the MVU lowering with saturation); each
+   on 20 test images (``--rtl-images``) on BARVINN's RTL.
 
 Prints tables and writes benchmarks/results/mvu_barvinn.json.
 """
@@ -50,7 +55,7 @@ def compat_section() -> dict:
     return result
 
 
-def resnet_section(inputs: int) -> dict:
+def resnet_section(inputs: int, rtl_inputs: int) -> dict:
     from kiln.mvu.compat import barvinn_rows, plan_shapes
     from kiln.mvu.lower import lower_for_mvu
     from kiln.mvu.plan import plan_mvu
@@ -80,12 +85,39 @@ def resnet_section(inputs: int) -> dict:
     print(f"total countdown: kiln {plan.countdown:,}, BARVINN {total_barvinn:,}; model ran "
           f"{report.cycles:,} cycles per input on {inputs} inputs in {seconds:.1f} s, "
           f"{report.mismatches} mismatches")
-    return {"layers": layers, "countdown": plan.countdown, "barvinn_countdown": total_barvinn,
-            "inputs": inputs, "model_cycles": report.cycles, "mismatches": report.mismatches,
-            "seconds": round(seconds, 2)}
+    result = {"layers": layers, "countdown": plan.countdown,
+              "barvinn_countdown": total_barvinn, "inputs": inputs,
+              "model_cycles": report.cycles, "mismatches": report.mismatches,
+              "seconds": round(seconds, 2)}
+    if rtl_inputs:
+        result.update(rtl_row(plan, random_inputs(program, rtl_inputs, seed=1)))
+        print(f"on BARVINN's RTL: {rtl_inputs} inputs, {result['jobs']} jobs, "
+              f"{result['rtl_words']} words, {result['rtl_mismatches']} mismatches, "
+              f"{result['rtl_run_cycles']:,} cycles per input (model "
+              f"{result['model_cycles']:,}), {result['rtl_seconds']} s")
+    return result
 
 
-def sweep_section(inputs: int) -> list[dict]:
+def rtl_row(plan, inputs) -> dict:
+    """Every job of ``plan`` on BARVINN's RTL for ``inputs``: the closing note's columns."""
+    from kiln.mvu.rtl_run import prove_on_rtl
+
+    start = time.perf_counter()
+    report = prove_on_rtl(plan, inputs)
+    seconds = time.perf_counter() - start
+    layers = report.layers
+    return {"rtl_inputs": len(inputs), "jobs": sum(layer.jobs for layer in layers),
+            "rtl_words": report.words, "rtl_mismatches": report.mismatches,
+            "rtl_elements": sum(layer.elements for layer in layers),
+            "rtl_run_cycles": sum(layer.rtl_run_cycles for layer in layers),
+            "model_cycles": sum(layer.model_cycles for layer in layers),
+            "rtl_cycles_to_irq": sum(layer.rtl_cycles_to_irq for layer in layers),
+            "rtl_writes_equal": all(layer.writes == layer.expected_writes for layer in layers),
+            "rtl_build_seconds": round(report.build_seconds, 1),
+            "rtl_seconds": round(seconds - report.build_seconds, 2)}
+
+
+def sweep_section(inputs: int, rtl_inputs: int) -> list[dict]:
     from kiln.mvu.job import OUTPUT_DRAIN
     from kiln.mvu.lower import lower_for_mvu
     from kiln.mvu.plan import plan_mvu
@@ -108,18 +140,25 @@ def sweep_section(inputs: int) -> list[dict]:
                 equal = report.cycles == plan.countdown and all(
                     p.drain_cycles == OUTPUT_DRAIN * p.jobs and p.outputs == p.expected_outputs
                     for p in report.layers)
-                results.append({"network": name, "wprec": bits, "aprec": aprec,
-                                "isigned": isigned, "wsigned": wsigned,
-                                "layers": len(plan.layers), "inputs": inputs,
-                                "cycles": report.cycles, "cycles_equal_countdown": equal,
-                                "mismatches": report.mismatches})
+                row = {"network": name, "wprec": bits, "aprec": aprec,
+                       "isigned": isigned, "wsigned": wsigned,
+                       "layers": len(plan.layers), "inputs": inputs,
+                       "cycles": report.cycles, "cycles_equal_countdown": equal,
+                       "mismatches": report.mismatches}
+                if rtl_inputs:
+                    row.update(rtl_row(plan, random_inputs(program, rtl_inputs, seed=bits)))
+                results.append(row)
                 print(f"{name:8} {bits:2} {aprec:2} {str(isigned)[0] + '/' + str(wsigned)[0]:>11} "
                       f"{len(plan.layers):6} {inputs:6} {report.cycles:8} {str(equal):>11} "
-                      f"{report.mismatches:10}")
+                      f"{report.mismatches:10}" + (
+                          f" | RTL: {row['jobs']} jobs, {row['rtl_words']} words, "
+                          f"{row['rtl_mismatches']} mismatches, cycles {row['rtl_run_cycles']}"
+                          f" (model {row['model_cycles']}), {row['rtl_seconds']} s"
+                          if rtl_inputs else ""))
     return results
 
 
-def accuracy_section(inputs: int) -> list[dict]:
+def accuracy_section(inputs: int, rtl_images: int) -> list[dict]:
     from kiln.cli.integer_cmd import _fake_quant_graph
     from kiln.integer import arith
     from kiln.integer import lower as lower_graph
@@ -159,6 +198,12 @@ def accuracy_section(inputs: int) -> list[dict]:
         report = prove(plan, mvu_program.input_quant.quantize(x[:inputs]))
         row.update(mismatches=report.mismatches, proof_inputs=inputs,
                    countdown=plan.countdown)
+        if rtl_images:
+            row.update(rtl_row(plan, mvu_program.input_quant.quantize(x[:rtl_images])))
+            print(f"convnet {bits}-bit on BARVINN's RTL: {row['rtl_inputs']} test images, "
+                  f"{row['jobs']} jobs, {row['rtl_words']} words, {row['rtl_mismatches']} "
+                  f"mismatches, {row['rtl_run_cycles']:,} RTL cycles per image (model "
+                  f"{row['model_cycles']:,}), {row['rtl_seconds']} s")
         rows.append(row)
         print(f"convnet {bits}-bit ({how}): float {row['float']:.2%}, program "
               f"{row['program']:.2%}, MVU {row['mvu']:.2%} (saturating instead of wrapping: "
@@ -181,13 +226,17 @@ def _saturating(acc, m0, shift, zero_point, qmin, qmax):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--inputs", type=int, default=100, help="inputs per proof")
+    parser.add_argument("--rtl-inputs", type=int, default=5,
+                        help="inputs per sweep network on BARVINN's RTL (0: skip the RTL)")
+    parser.add_argument("--rtl-images", type=int, default=20,
+                        help="convnet test images on BARVINN's RTL")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/mvu_barvinn.json")
     args = parser.parse_args()
-    results = {"compat": compat_section(), "resnet18_plain": resnet_section(args.inputs),
-               "sweep": sweep_section(args.inputs)}
+    results = {"compat": compat_section(), "resnet18_plain": resnet_section(args.inputs, args.rtl_inputs),
+               "sweep": sweep_section(args.inputs, args.rtl_inputs)}
     if not args.skip_accuracy:
-        results["convnet_accuracy"] = accuracy_section(args.inputs)
+        results["convnet_accuracy"] = accuracy_section(args.inputs, args.rtl_images)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwrote {args.out}")
 

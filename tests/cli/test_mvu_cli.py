@@ -65,3 +65,20 @@ def test_mvu_refusals_exit_2(tmp_path):
     overflow = kiln("mvu", str(tmp_path / "wide"), "--out", str(tmp_path / "c"))
     assert overflow.returncode == 2 and "27-bit accumulators" in overflow.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_mvu_runs_the_jobs_on_barvinns_rtl(tmp_path):
+    program = synthetic_program((3, 6, 6), LAYERS, aprec=2, wprec=2, seed=4)
+    program.save(tmp_path / "program")
+    out = tmp_path / "mvu"
+    result = kiln("mvu", str(tmp_path / "program"), "--out", str(out), "--prove", "3",
+                  "--rtl", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    rtl = json.loads(result.stdout)["rtl"]
+    assert rtl["samples"] == 2 and rtl["mismatches"] == 0 and rtl["words"] > 0
+    assert [layer["name"] for layer in rtl["layers"]] == ["layer0", "layer3"]
+    assert all(layer["rtl_run_cycles"] == layer["model_cycles"] for layer in rtl["layers"])
+    assert json.loads((out / "rtl_proof.json").read_text())["mismatches"] == 0
+    negative = kiln("mvu", str(tmp_path / "program"), "--out", str(tmp_path / "n"),
+                    "--rtl", "-1")
+    assert negative.returncode == 2 and "--rtl -1" in negative.stderr
