@@ -233,7 +233,8 @@ def main() -> None:
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/mvu_barvinn.json")
     args = parser.parse_args()
-    results = {"compat": compat_section(), "resnet18_plain": resnet_section(args.inputs, args.rtl_inputs),
+    results = {"compat": compat_section(),
+               "resnet18_plain": resnet_section(args.inputs, args.rtl_inputs),
                "sweep": sweep_section(args.inputs, args.rtl_inputs)}
     if not args.skip_accuracy:
         results["convnet_accuracy"] = accuracy_section(args.inputs, args.rtl_images)

@@ -27,6 +27,7 @@ Rounding = Literal["floor", "nearest", "float32", "mvu"]
 ROUNDING_MODES: tuple[str, ...] = ("floor", "nearest", "float32")
 # Made only by kiln.mvu's lowering, never chosen by `kiln lower`: what the MVU computes.
 MVU_ROUNDING = "mvu"
+MVU_SCALER_BITS = 27  # BARVINN's MVU scaler output (fixedpointscaler.v, BSCALERP)
 
 
 def quantize_multiplier(multiplier: float) -> tuple[int, int]:
@@ -196,22 +197,29 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, z
 
 def requantize_mvu(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int,
                    zero_point: int, qmin: int, qmax: int) -> np.ndarray:
-    """The ``mvu`` mode: floor((acc · M0 + 2^(30+n)) / 2^(31+n)) + zero point (round half
-    up), wrapped into [qmin, qmax] (the unit keeps the low bits, it cannot saturate). An
-    unsigned output (qmin = 0) passes the host's ReLU: the unit writes the value wrapped to
-    one more bit, signed, and the host keeps max(that, 0).
+    """The ``mvu`` mode, what BARVINN's MVU and its controller compute: the unit's scaler
+    value v = acc · M0 + 2^(30+n) + zero point · 2^(31+n) kept to its 27 bits.
 
-    >>> requantize_mvu(np.array([1, -1, 6, 9]), 1 << 13, -17, 0, 0, 3).tolist()
-    [1, 0, 3, 0]
+    A signed output is v's bits from 31+n up (floor((acc · M0 + 2^(30+n)) / 2^(31+n)) +
+    zero point, round half up), wrapped into [qmin, qmax]: the unit cannot saturate. An
+    unsigned output (qmin = 0) passes the controller's ReLU, which reads every bit of v
+    from 31+n up and saturates: clip(v / 2^(31+n), 0, qmax).
+
+    >>> requantize_mvu(np.array([1, -1, 6, 9]), 1 << 13, -17, 0, -2, 1).tolist()  # wraps
+    [1, 0, -1, 1]
+    >>> requantize_mvu(np.array([1, -1, 6, 9]), 1 << 13, -17, 0, 0, 3).tolist()   # saturates
+    [1, 0, 3, 3]
     """
     total_shift = 31 + np.asarray(shift, dtype=np.int64)
     half = np.where(total_shift > 0, np.int64(1) << np.maximum(total_shift - 1, 0), 0)
-    value = ((np.asarray(acc).astype(np.int64) * np.asarray(m0, dtype=np.int64) + half)
-             >> total_shift) + zero_point
-    width = qmax - qmin + 1
+    product = np.asarray(acc).astype(np.int64) * np.asarray(m0, dtype=np.int64) + half
     if qmin == 0:
-        # 2·width values, signed: the unit's oprec + 1 planes, then the ReLU.
-        return np.maximum((value + width) % (2 * width) - width, 0)
+        value = product + (np.int64(zero_point) << total_shift)
+        top = np.int64(1) << (MVU_SCALER_BITS - 1)
+        value = ((value + top) & ((top << 1) - 1)) - top  # the scaler's 27 bits
+        return np.clip(value >> total_shift, 0, qmax)
+    value = (product >> total_shift) + zero_point
+    width = qmax - qmin + 1
     return (value - qmin) % width + qmin
 
 

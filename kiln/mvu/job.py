@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import KilnError
+from kiln.integer.arith import MVU_SCALER_BITS
 
 LANES = 64
 DATA_WORDS = 32 * 1024
@@ -45,7 +46,7 @@ WEIGHT_WORDS = 512
 ACC_BITS = 27
 BIAS_BITS = 27
 SCALE_BITS = 16
-SCALER_OUT_BITS = 27  # fixedpointscaler p_q: BSCALERP = 27
+SCALER_OUT_BITS = MVU_SCALER_BITS  # fixedpointscaler p_q: BSCALERP = 27
 MSBIDX_BITS = 5  # mvuquant[4:0] (BQMSBIDX = clog2(27))
 # Cycles a job must keep running after its last product: the scaler AGU steps
 # VVPSTAGES + MEMRDLATENCY = 5 cycles after an emit, and the scaler and bias RAMs are read

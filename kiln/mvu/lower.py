@@ -10,9 +10,9 @@ optional ReLU, and keeps ``oprec`` bits from ``msbidx`` down. So for every conv 
   keep the bias within 27 bits; the output zero point and the rounding offset 2^(shift−1)
   move into the bias too (so the unit's truncation rounds half up);
 * an unsigned output passes a ReLU, which the host applies (the unit has none): the unit
-  writes one more plane, the value wrapped to ``oprec + 1`` signed bits, and the host keeps
-  its non-negative part; outputs wrap instead of saturating; every bit the unit writes
-  lies within the scaler's 27-bit output.
+  writes every plane the value can reach (``relu_planes``, signed, within the scaler's 27
+  bits) and the host clips it to [0, qmax], so it saturates; a signed output wraps (the
+  unit keeps its low bits).
 
 The result is again an IntegerProgram, with rounding mode ``mvu`` (see
 :func:`kiln.integer.arith.requantize_mvu`), so kiln's engine runs exactly what the unit
@@ -64,6 +64,20 @@ def accumulator_bound(weight: np.ndarray, in_quant: TensorQuant) -> int:
     largest_x = max(abs(in_quant.qmin), abs(in_quant.qmax))
     per_output = np.abs(weight.reshape(len(weight), -1)).sum(axis=1) * largest_x
     return int(per_output.max(initial=0))
+
+
+def relu_planes(op: IntOp, weight: np.ndarray, in_quant: TensorQuant, scale: MvuScale,
+                oprec: int) -> int:
+    """Planes the unit writes for the host's ReLU: every bit of acc·scale + bias from the
+    shift up that the layer can reach (signed), at most the scaler's 27 bits, at least one
+    more than the output's.
+
+    The host then sees the value whole whenever it fits, and saturates exactly."""
+    largest_x = max(abs(in_quant.qmin), abs(in_quant.qmax))
+    per_output = np.abs(weight.reshape(len(weight), -1)).sum(axis=1) * largest_x
+    reach = int((per_output * np.abs(scale.scale) + np.abs(scale.bias)).max(initial=0))
+    planes = ((reach >> scale.shift) + 1).bit_length() + 1
+    return max(oprec + 1, min(planes, SCALER_OUT_BITS - scale.shift))
 
 
 def mvu_scale(op: IntOp, multiplier: np.ndarray, bias_acc: np.ndarray, out_zero: int,
@@ -195,6 +209,9 @@ def lower_for_mvu(program: IntegerProgram, *, calibration: np.ndarray | None = N
         op.attrs["clamp"] = [out_quant.qmin, out_quant.qmax]
         op.attrs["mvu"] = {"shift": scale.shift, "scale_bits": scale.scale_bits,
                            "relu": not out_quant.signed, "accumulator_bound": bound}
+        if not out_quant.signed:
+            op.attrs["mvu"]["relu_planes"] = relu_planes(op, weight, in_quant, scale,
+                                                         out_quant.bits)
     lowered.rounding = MVU_ROUNDING
     lowered.metadata = {**lowered.metadata, "lowered_for": "barvinn-mvu"}
     return lowered

@@ -15,9 +15,10 @@ Layers whose weights exceed the 512-word weight RAM are split into *passes* of a
 The unit writes each job's outputs at consecutive addresses and has no ReLU (BARVINN's
 RTL: ``outagu.v``, ``mvu.v``). So a layer whose outputs pass a ReLU, or that needs more
 than one pass (its pixels' channel blocks would interleave), writes into a *raw* buffer,
-job after job, with one more (sign) plane per vector when there is a ReLU; the host then
-applies the ReLU and lays the result out in the target (:func:`kiln.mvu.run.finish_layer`),
-as it does max pooling. Other layers write their target directly.
+job after job, with every plane the value can reach when there is a ReLU; the host then
+applies the ReLU (saturating) and lays the result out in the target
+(:func:`kiln.mvu.run.finish_layer`), as it does max pooling. Other layers write their
+target directly.
 
 >>> plan = plan_mvu(lower_for_mvu(program))       # doctest: +SKIP
 >>> [len(layer.jobs) for layer in plan.layers]    # doctest: +SKIP
@@ -122,9 +123,9 @@ class MvuLayer:
 
     @property
     def written_planes(self) -> int:
-        """Planes the unit writes per output vector (one more than the target's with a
-        ReLU: the sign the host needs)."""
-        return self.target.quant.bits + int(self.relu)
+        """Planes the unit writes per output vector: the target's, or with a ReLU every
+        plane the value can reach (the host saturates it)."""
+        return self.raw.quant.bits if self.raw is not None else self.target.quant.bits
 
     @property
     def jobs(self) -> list[MvuJob]:
@@ -255,7 +256,8 @@ def _make_layer(op: IntOp, source: Buffer, target: Buffer, scratch_base: int) ->
     in_blocks = source.blocks
     between = combos * in_blocks * kernel[0] * kernel[1]
     relu = bool(op.attrs["mvu"]["relu"])
-    planes = target.quant.bits + int(relu)
+    planes = (int(op.attrs["mvu"].get("relu_planes", target.quant.bits + 1)) if relu
+              else target.quant.bits)
     # Each output must take at least as many cycles as the serializer writes planes, and
     # more than the drain after the last product (else the drain emits one more output).
     needed = max(planes, OUTPUT_DRAIN + 1)

@@ -104,8 +104,8 @@ def start_layer(unit: Mvu, layer: MvuLayer) -> None:
 
 def finish_layer(unit: Mvu, layer: MvuLayer) -> None:
     """What the controller does after a layer's jobs when they wrote a raw buffer: the
-    ReLU (on the sign plane the unit wrote) and the target's layout (passes interleaved,
-    padding kept)."""
+    ReLU, saturating (on every plane the unit wrote), and the target's layout (passes
+    interleaved, padding kept)."""
     raw = layer.raw
     if raw is None:
         return
@@ -121,7 +121,7 @@ def finish_layer(unit: Mvu, layer: MvuLayer) -> None:
             words, planes, signed=raw.quant.signed)
         offset += count
     if layer.relu:
-        values = np.maximum(values, 0)
+        values = np.clip(values, 0, layer.target.quant.qmax)
     tensor = values.reshape(unit.batch, out_h, out_w, -1)[..., :layer.target.channels]
     store_tensor(unit, layer.target, tensor.transpose(0, 3, 1, 2))
 
