@@ -24,9 +24,14 @@ def search(
             "postgresql://user:pass@host/db to share a study between machines."
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes on this machine.")] = 1,
+    workers: Annotated[int, typer.Option(
+        help="Worker processes on this machine. Other machines (or later commands) join "
+             "the same study with the same config and --storage.")] = 1,
     resume: Annotated[
-        bool, typer.Option(help="Continue a stopped or killed study: finished trials are kept.")
+        bool, typer.Option(help="Continue a stopped or killed study with this config (its "
+                                "[study].trials may be larger): finished trials are kept, "
+                                "a dead run's trials are taken over at once. Not needed "
+                                "to join a running study: the same command joins it.")
     ] = False,
     trials: Annotated[int | None, typer.Option(help="Override [study].trials.")] = None,
     strategy: Annotated[

@@ -21,6 +21,7 @@ from kiln.hw.accelerator import Accelerator
 from kiln.hw.mapping import MappingConstraints
 from kiln.hw.workload import Workload
 from kiln.hw.workload_mapper import WorkloadResult, map_workload
+from kiln.report.plots import save_figure
 
 
 def sweep_accelerators(hw: Accelerator, spec: str) -> list[Accelerator]:
@@ -204,7 +205,4 @@ def _energy_breakdown(results: list[WorkloadResult], path: Path) -> Path:
 
 
 def _save(figure, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
-    tmp.replace(path)
-    return path
+    return save_figure(figure, path)

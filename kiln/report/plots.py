@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Write a matplotlib figure to ``path`` whole or not at all: through a temporary file
+    of this process's own, so that processes writing one report folder (search workers on
+    one machine) never collide."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.png")
+    try:
+        figure.savefig(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def line_plot(path: Path, series: dict[str, tuple[list[float], list[float]]], *, title: str,
@@ -27,9 +43,6 @@ def line_plot(path: Path, series: dict[str, tuple[list[float], list[float]]], *,
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
+    save_figure(figure, path)
     plt.close(figure)
-    tmp.replace(path)
     return path

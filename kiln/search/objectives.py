@@ -18,6 +18,7 @@ from typing import Any
 
 from kiln.data.datasets import Dataset
 from kiln.graph.core import Graph
+from kiln.report.markdown import write_text
 from kiln.search.config import SearchConfig
 from kiln.search.spaces import ChannelSpace, MixedPrecisionSpace, PruneQuantSpace, make_space
 
@@ -244,7 +245,7 @@ class Evaluator:
         space = self.space
         if isinstance(space, (MixedPrecisionSpace, PruneQuantSpace)):
             path = out / "best_quantization.yaml"
-            path.write_text(yaml.safe_dump(space.config(params), sort_keys=False))
+            write_text(path, yaml.safe_dump(space.config(params), sort_keys=False))
             written.append(path)
         if isinstance(space, MixedPrecisionSpace) and self.info.recipe is not None:
             # The best model itself, calibrated: lower, map and emit-rtl read it.
@@ -257,13 +258,12 @@ class Evaluator:
                                       metrics={"params": params}))
         if isinstance(space, PruneQuantSpace):
             path = out / "best_pruning.yaml"
-            path.write_text(
-                yaml.safe_dump({"fractions": space.fractions_of(params)}, sort_keys=False)
-            )
+            write_text(path, yaml.safe_dump({"fractions": space.fractions_of(params)},
+                                            sort_keys=False))
             written.append(path)
         if isinstance(space, ChannelSpace):
             path = out / "best_channels.yaml"
             factors = {k.removesuffix(".mult"): float(v) for k, v in params.items()}
-            path.write_text(yaml.safe_dump({"multipliers": factors}, sort_keys=False))
+            write_text(path, yaml.safe_dump({"multipliers": factors}, sort_keys=False))
             written.append(path)
         return written

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
+from kiln.report.markdown import write_text
+from kiln.report.plots import save_figure
 from kiln.search.results import SearchResult
 
 LABELS = {
@@ -52,25 +55,22 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     trials_json = out / "trials.json"
-    trials_json.write_text(json.dumps(result.as_dict(), indent=1))
+    write_text(trials_json, json.dumps(result.as_dict(), indent=1))
     paths.append(trials_json)
     complete = [t for t in result.trials if t["state"] == "COMPLETE" and t["metrics"]]
     if complete:
         param_names = sorted({k for t in complete for k in t["params"]})
         metric_names = sorted({k for t in complete for k in t["metrics"]})
         trials_csv = out / "trials.csv"
-        with trials_csv.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["number", "feasible", *param_names, *metric_names])
-            for t in complete:
-                writer.writerow(
-                    [
-                        t["number"],
-                        t["feasible"],
-                        *(t["params"].get(p) for p in param_names),
-                        *(t["metrics"].get(m) for m in metric_names),
-                    ]
-                )
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["number", "feasible", *param_names, *metric_names])
+        for t in complete:
+            writer.writerow([t["number"], t["feasible"],
+                             *(t["params"].get(p) for p in param_names),
+                             *(t["metrics"].get(m) for m in metric_names)])
+        # Atomic: processes of one search on one machine write the same report folder.
+        write_text(trials_csv, table.getvalue())
         paths.append(trials_csv)
         pairs = [("size", "accuracy")]
         if "latency" in complete[0]["metrics"]:
@@ -81,7 +81,7 @@ def write_report(
         for x, y in pairs:
             paths.append(_scatter(result, complete, x, y, out / f"{y}_vs_{x}.png", extra_points))
     summary = out / "summary.md"
-    summary.write_text(markdown_summary(result))
+    write_text(summary, markdown_summary(result))
     paths.append(summary)
     return paths
 
@@ -133,10 +133,8 @@ def _scatter(
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
+    save_figure(figure, path)
     plt.close(figure)
-    tmp.replace(path)
     return path
 
 

@@ -72,6 +72,17 @@ def trial_params(trial) -> dict[str, Any]:
     return dict(fixed) if fixed else dict(trial.params)
 
 
+def trial_cost(trial) -> float:
+    """Evaluations a trial paid for: its recorded cost; without one (an older study, or a
+    trial whose process died), one if it finished or had stored its result, else none."""
+    cost = trial.user_attrs.get("cost")
+    if cost is not None:
+        return float(cost)
+    evaluated = trial.state.name == "COMPLETE" or (
+        trial.state.name == "FAIL" and trial.user_attrs.get("metrics") is not None)
+    return 1.0 if evaluated else 0.0
+
+
 def trial_row(trial) -> dict[str, Any]:
     constraints = trial.user_attrs.get("constraints")
     return {
@@ -83,8 +94,7 @@ def trial_row(trial) -> dict[str, Any]:
         "low_fidelity": trial.user_attrs.get("low_fidelity"),
         "constraints": constraints,
         "feasible": constraints is not None and all(v <= 0 for v in constraints),
-        "cost": float(trial.user_attrs.get("cost", 1.0 if trial.state.name == "COMPLETE"
-                                           else 0.0)),
+        "cost": trial_cost(trial),
         "reused": bool(trial.user_attrs.get("reused", False)),
     }
 
@@ -136,7 +146,9 @@ def collect(config: SearchConfig, storage_url: str, evaluator=None) -> SearchRes
     study = optuna.load_study(
         study_name=config.study.name, storage=open_storage(storage_url, heartbeat=False)
     )
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    # Trials declined because the budget was spent evaluated nothing: not part of the result.
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)
+            if not t.user_attrs.get("declined")]
     best, infeasible = select_best(rows, config.objectives, config.directions)
     baseline = float(study.user_attrs.get("baseline_accuracy", math.nan))
     result = SearchResult(

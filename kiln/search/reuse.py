@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -86,25 +85,6 @@ class EvaluationCache:
         self.known[key] = outcome
         self.study.add_trial(optuna.trial.create_trial(
             value=0.0, user_attrs={"key": key, "outcome": asdict(outcome)}))
-
-
-def wait_for_duplicate(study: Any, trial: Any, key: str, timeout: float = 3600.0) -> None:
-    """Another worker is evaluating the same configuration right now: let it finish, so
-    that this trial reuses its result rather than evaluating it a second time.
-
-    The caller claims its key (``evaluating``) *before* calling: two workers that draw the
-    same configuration at the same moment then both see the other's claim, and only the
-    later trial (by number) waits, so exactly one evaluates and neither waits forever."""
-    from optuna.trial import TrialState
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.number < trial.number and
-                   t.user_attrs.get("key") == key and t.user_attrs.get("evaluating")]
-        if not running:
-            return
-        time.sleep(0.5)
 
 
 def unevaluated_point(choices: dict[str, list[Any]], known: set[str], seed: int

@@ -13,9 +13,13 @@ class StorageError(KilnError):
 
 
 _MEMORY: dict[str, Any] = {}
+#: A running trial's process writes a heartbeat this often; one silent for GRACE_SECONDS
+#: belongs to a dead process: it is failed and queued again (Optuna's heartbeat).
+HEARTBEAT_SECONDS = 2
+GRACE_SECONDS = 10
 
 
-def open_storage(url: str, heartbeat: bool = True):
+def open_storage(url: str, heartbeat: bool = True, grace_seconds: int = GRACE_SECONDS):
     """An Optuna RDB storage; stale running trials (a dead worker) are failed and retried.
 
     ``memory://NAME`` is an in-process storage (one per name, for tests and benchmarks
@@ -44,8 +48,8 @@ def open_storage(url: str, heartbeat: bool = True):
     options: dict[str, Any] = {"engine_kwargs": engine_kwargs}
     if heartbeat:
         options.update(
-            heartbeat_interval=5,
-            grace_period=20,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=grace_seconds,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
         )
     try:

@@ -14,10 +14,16 @@
   constraint (its MedianPruner, the clearly worse ones for an accuracy objective), and only
   survivors are scored on the rest.
 * Every finished trial is committed to the storage. A search killed at any moment is
-  continued with ``resume=True``: finished trials are kept, the trial that was running is
-  run again (its result is reused if it was stored before the kill).
-* ``workers > 1`` runs that many processes on the same study (use PostgreSQL for several
-  machines: each runs ``kiln search CONFIG --storage postgresql://...``).
+  continued by running it again (``resume=True`` also takes over a dead run's trial at
+  once, instead of after the heartbeat's grace period): finished trials are kept, the
+  trial that was running is run again (its result is reused if it was stored).
+* Any number of processes share one study: ``workers > 1`` on this machine, and on other
+  machines the same command with ``--storage postgresql://...``. The first creates the
+  study, later ones join it (the same config; a different one is refused, naming what
+  differs). Each trial decides under the study's lock whether it may evaluate
+  (:mod:`kiln.search.claims`), so the budget is exact and no configuration is evaluated
+  twice, whatever the number of processes, and a process that dies leaves nothing that
+  blocks the others.
 
     >>> result = run_search(load_config("examples/search/convnet_mixed.toml"))   # doctest: +SKIP
     >>> result.best[0]["params"], result.evaluations                             # doctest: +SKIP
@@ -34,6 +40,13 @@ from collections.abc import Callable
 from typing import Any
 
 from kiln.errors import ConfigError, KilnError
+from kiln.search.claims import (
+    decide,
+    retried_numbers,
+    spent,
+    study_lock,
+    wait_until_settled,
+)
 from kiln.search.config import SearchConfig, parse_config
 from kiln.search.results import SearchResult, collect, select_best, trial_params, trial_row
 from kiln.search.reuse import (
@@ -43,9 +56,8 @@ from kiln.search.reuse import (
     params_key,
     unevaluated_point,
     uniform_points,
-    wait_for_duplicate,
 )
-from kiln.search.storage import open_storage, redact
+from kiln.search.storage import HEARTBEAT_SECONDS, open_storage, redact
 
 __all__ = ["SearchResult", "collect", "make_sampler", "run_search"]
 
@@ -86,13 +98,28 @@ def make_pruner(config: SearchConfig, evaluator):
 # ---------------------------------------------------------------------------------------
 
 
-def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache | None
-                        ) -> Callable:
+def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache | None,
+                        storage) -> Callable:
     import optuna
 
     choices = evaluator.space.choices()
     low_fidelity = evaluator.low_samples is not None
     prune_on_drop = low_fidelity and evaluator.prune_limit() is not None
+    dedupe = cache is not None
+
+    def stored(key: str, study) -> Outcome:
+        """What is stored of a configuration: in the cache, or on a trial whose process
+        died after evaluating it (the result goes on the trial first)."""
+        if not dedupe:
+            return Outcome()
+        outcome = cache.lookup(key)
+        if outcome.metrics is None:
+            for other in study.get_trials(deepcopy=False):
+                if (other.user_attrs.get("key") == key
+                        and other.user_attrs.get("metrics") is not None):
+                    return Outcome(other.user_attrs["metrics"],
+                                   other.user_attrs.get("low_fidelity") or outcome.low)
+        return outcome
 
     def objective(trial) -> list[float] | float:
         try:
@@ -105,21 +132,28 @@ def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache 
         params = {
             name: trial.suggest_categorical(name, options) for name, options in choices.items()
         }
+        if "key" in trial.user_attrs:  # a retry of a dead trial: start from a clean slate
+            for name in ("key", "metrics", "cost", "reused", "low_fidelity", "constraints"):
+                trial.set_user_attr(name, None)
         key = params_key(params)
+        # Without deduplication every trial is its own configuration (a unique key).
+        claim_key = key if dedupe else f"{key}#{trial.number}"
+        kind = decide(storage, trial.study, trial, claim_key, config.study.trials,
+                      lambda k: stored(k, trial.study).metrics is not None)
+        if kind == "decline":  # the budget is spent: end without evaluating
+            trial.set_user_attr("declined", True)
+            _account(trial, 0.0)
+            trial.study.stop()
+            raise optuna.TrialPruned("the budget is spent")
         trial.set_user_attr("key", key)
-        known = Outcome()
-        if cache is not None:
-            trial.set_user_attr("evaluating", True)  # the claim wait_for_duplicate reads
-            wait_for_duplicate(trial.study, trial, key)
-            known = cache.lookup(key)
+        known_outcome = stored(key, trial.study)
         cost = 0.0
-        low = known.low
-        if low_fidelity and known.metrics is None:
+        low = known_outcome.low
+        if low_fidelity and known_outcome.metrics is None:
             if low is None:
-                trial.set_user_attr("evaluating", True)
                 low = evaluator.measure_low(params)
                 cost = evaluator.low_fraction
-                if cache is not None:
+                if dedupe:
                     cache.store(key, Outcome(None, low))
             trial.set_user_attr("low_fidelity", low)
             trial.report(low["accuracy_drop"] if prune_on_drop else low[config.objectives[0]],
@@ -127,12 +161,15 @@ def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache 
             if trial.should_prune():
                 _account(trial, cost)
                 raise optuna.TrialPruned(f"low-fidelity {low}")
-        metrics = known.metrics
+        metrics = known_outcome.metrics
         if metrics is None:
-            trial.set_user_attr("evaluating", True)
             metrics = evaluator.measure(params)
             cost = 1.0  # a low-fidelity pass of this trial is part of it
-            if cache is not None:
+            # The result first, on the trial: a retry after a kill reuses it, and the
+            # budget counts it (kiln.search.claims.spent), then the cost, then the cache.
+            trial.set_user_attr("metrics", metrics)
+            _account(trial, cost)
+            if dedupe:
                 cache.store(key, Outcome(metrics, low))
         _account(trial, cost)
         trial.set_user_attr("metrics", metrics)
@@ -149,8 +186,7 @@ def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache 
 
 def _account(trial, cost: float) -> None:
     trial.set_user_attr("cost", cost)
-    trial.set_user_attr("reused", cost == 0)
-    trial.set_user_attr("evaluating", False)
+    trial.set_user_attr("reused", cost == 0 and not trial.user_attrs.get("declined"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,15 +200,14 @@ MAX_CONSECUTIVE_FAILURES = 5
 
 
 def _spent(trials) -> float:
-    """Evaluations paid for: each finished trial's cost; a failed trial counts as one."""
-    return sum(float(t.user_attrs.get("cost", 0.0)) if t.state.name in ("COMPLETE", "PRUNED")
-               else 1.0 for t in trials if t.state.name in ("COMPLETE", "PRUNED") or (
-                   t.state.name == "FAIL" and not t.user_attrs.get("killed")))
+    """Evaluations paid for (:func:`kiln.search.claims.spent`)."""
+    return spent(trials)
 
 
 def _failing(trials) -> bool:
+    dead = retried_numbers(trials)
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")
-                and not t.user_attrs.get("killed")]
+                and t.number not in dead and not t.user_attrs.get("declined")]
     tail = finished[-MAX_CONSECUTIVE_FAILURES:]
     return len(tail) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in tail)
 
@@ -245,13 +280,41 @@ def _grid_points(choices: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def _optimize(study, evaluator, config: SearchConfig, cache: EvaluationCache | None,
               on_progress: Callable | None) -> None:
+    import optuna
+
     choices = evaluator.space.choices()
-    study.optimize(
-        _objective_function(evaluator, config, cache),
-        n_trials=None,  # the controller stops the study
-        catch=(KilnError,),
-        callbacks=[_controller(config, choices, cache, on_progress)],
-    )
+    objective = _objective_function(evaluator, config, cache, study._storage)
+    controller = _controller(config, choices, cache, on_progress)
+    while True:
+        try:
+            study.optimize(objective, n_trials=None,  # the controller stops the study
+                           catch=(KilnError,), callbacks=[controller])
+            return
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another process failed this trial as stale (a heartbeat that came too late)
+            # and queued it again; its result is stored, the retry reuses it. Go on.
+            continue
+        except ValueError as error:
+            if "Cannot tell" not in str(error):
+                raise
+            continue
+
+
+def _watch_parent() -> None:
+    """End this worker when the process that started it is gone (SIGKILL of ``kiln
+    search`` leaves no orphan evaluating on its own); its running trial is then retried."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="kiln-parent-watch").start()
 
 
 def _worker(config_data: dict[str, Any], storage_url: str, worker: int) -> None:
@@ -260,6 +323,7 @@ def _worker(config_data: dict[str, Any], storage_url: str, worker: int) -> None:
 
     from kiln.search.objectives import Evaluator
 
+    _watch_parent()
     torch.set_num_threads(1)
     config = parse_config(config_data, config_data.get("source", "<config>"))
     try:
@@ -283,11 +347,36 @@ def _work(config: SearchConfig, storage_url: str, worker: int, evaluator_type) -
     _optimize(study, evaluator, config, cache, None)
 
 
+#: Fields a process joining a study may set differently from the one that created it.
+JOIN_MAY_DIFFER = ("study.out", "study.storage", "source")
+
+
+def config_differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = ""
+                       ) -> list[str]:
+    """Dotted names whose values differ between two configs (as JSON dicts), with both."""
+    differences = []
+    for name in sorted(set(stored) | set(current)):
+        dotted = f"{prefix}{name}"
+        if dotted in JOIN_MAY_DIFFER:
+            continue
+        old, new = stored.get(name), current.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += config_differences(old, new, dotted + ".")
+        elif old != new:
+            differences.append(f"{dotted}: the study has {json.dumps(old)}, this config "
+                               f"{json.dumps(new)}")
+    return differences
+
+
 def prepare_study(config: SearchConfig, storage_url: str, resume: bool, evaluator):
-    """Create (or reopen) the study; seed it; requeue a killed run's trial.
-    Returns (study, storage)."""
+    """Create the study, or join it (any number of processes, on any machines, run the same
+    config on one study); seed a new one. Returns (study, storage).
+
+    A config that differs from the study's stored one is refused, naming each difference;
+    with ``resume`` the budget (``study.trials``) may differ (a stopped study continued
+    with more). ``resume`` also fails at once the running trials of a dead run (their
+    heartbeat stopped), instead of after the grace period, and queues them again."""
     import optuna
-    from optuna.trial import TrialState
 
     choices = evaluator.space.choices()
     storage = open_storage(storage_url)
@@ -299,45 +388,61 @@ def prepare_study(config: SearchConfig, storage_url: str, resume: bool, evaluato
         sampler=make_sampler(config),
         pruner=make_pruner(config, evaluator),
     )
-    trials = study.get_trials(deepcopy=False)
-    if trials and not resume:
-        raise KilnError(
-            f"study '{config.study.name}' already has {len(trials)} trials in "
-            f"{redact(storage_url)}",
-            hint="add --resume to continue it, or change [study].name",
-        )
-    stored = study.user_attrs.get("config")
-    if stored is not None and stored.get("objectives") != config.objectives:
-        raise ConfigError(
-            f"study '{config.study.name}' was created with objectives {stored['objectives']}, "
-            f"not {config.objectives}"
-        )
-    if stored is None:
-        study.set_user_attr("config", json.loads(config.model_dump_json()))
+    current = json.loads(config.model_dump_json())
+    with study_lock(storage, config.study.name):  # one creator, however many start at once
+        stored = study.user_attrs.get("config")
+        if stored is not None:
+            differences = config_differences(stored, current)
+            if resume:
+                differences = [d for d in differences if not d.startswith("study.trials:")]
+            if differences:
+                raise ConfigError(
+                    f"study '{config.study.name}' in {redact(storage_url)} was created with "
+                    f"another config: {'; '.join(differences)}",
+                    hint="use the study's config to join it, or change [study].name")
+            if resume:
+                _take_over_dead_trials(study, storage, storage_url, len(choices))
+            return study, storage
+        study.set_user_attr("config", current)
         study.set_user_attr("baseline_accuracy", evaluator.baseline)
         study.set_user_attr("space_size", math.prod(len(o) for o in choices.values()))
-    if resume:
-        # The run was killed: its running trial never finished. Fail it and run it again.
-        for trial in trials:
-            if trial.state == TrialState.RUNNING:
-                params = trial_params(trial)
-                # killed, not broken: it costs no evaluation (it is run again)
-                storage.set_trial_user_attr(trial._trial_id, "killed", True)
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-                if len(params) == len(choices):
-                    study.enqueue_trial(params, skip_if_exists=False)
-    if not trials:
-        first: list[dict[str, Any]] = []
-        if config.study.seed_uniform:
-            first += uniform_points(choices)
-        if config.study.strategy == "grid":
-            first += _grid_points(choices)[:max(1, config.study.trials)]
-        seen: set[str] = set()
-        for point in first:
-            if params_key(point) not in seen:
-                seen.add(params_key(point))
-                study.enqueue_trial(point, skip_if_exists=False)
+        if not study.get_trials(deepcopy=False):
+            first: list[dict[str, Any]] = []
+            if config.study.seed_uniform:
+                first += uniform_points(choices)
+            if config.study.strategy == "grid":
+                first += _grid_points(choices)[:max(1, config.study.trials)]
+            seen: set[str] = set()
+            for point in first:
+                if params_key(point) not in seen:
+                    seen.add(params_key(point))
+                    study.enqueue_trial(point, skip_if_exists=False)
     return study, storage
+
+
+#: A running trial whose heartbeat is older than this belongs to a dead process (a live
+#: one beats every HEARTBEAT_SECONDS): ``--resume`` takes it over at once.
+DEAD_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+
+
+def _take_over_dead_trials(study, storage, storage_url: str, dimensions: int) -> None:
+    """Fail the running trials of dead processes and queue their configurations again
+    (a live process's trials are left alone)."""
+    from optuna.trial import TrialState
+
+    quick = open_storage(storage_url, grace_seconds=DEAD_AFTER_SECONDS)
+    stale = set(quick._get_stale_trial_ids(study._study_id))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial._trial_id not in stale:
+            continue
+        params = trial_params(trial)
+        storage.set_trial_user_attr(trial._trial_id, "killed", True)
+        try:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except Exception:  # another process failed it first (its heartbeat went stale)
+            continue
+        if len(params) == dimensions:
+            study.enqueue_trial(params, skip_if_exists=False)
 
 
 def run_search(
@@ -367,6 +472,7 @@ def run_search(
             _optimize(study, evaluator, config, cache, on_progress)
         else:
             _run_workers(config, storage_url, workers, study, on_progress)
+    wait_until_settled(study)  # other processes' last evaluations belong to the result
     _refuse_if_every_trial_failed(study)
     return collect(config, storage_url, evaluator)
 

@@ -222,7 +222,8 @@ def test_search_killed_mid_trial_resumes_without_losing_or_repeating(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     complete = [t for t in result["trials"] if t["state"] == "COMPLETE"]
-    assert len(complete) == 27  # every grid point finished once
+    evaluated = [t["key"] for t in complete if not t["reused"]]
+    assert len(evaluated) == len(set(evaluated)) == 27  # every grid point evaluated once
     assert len({json.dumps(t["params"], sort_keys=True) for t in complete}) == 27
     # nothing evaluated twice across the restart: 27 evaluations for 27 points (the killed
     # trial's point counts once, whether its result was stored before the kill or not)
@@ -392,3 +393,108 @@ def test_a_search_whose_every_trial_fails_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(KilnError, match="every trial of study 'jsc' failed.*cannot quantize"):
         run_search(parse_config(jsc_config(tmp_path, study={"trials": 3,
                                                             "storage": "memory://fails"})))
+
+
+def _study_trials(storage: str, name: str) -> list:
+    import optuna
+
+    from kiln.search.storage import open_storage
+
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage, heartbeat=False))
+    except KeyError:
+        return []
+    return study.get_trials(deepcopy=False)
+
+
+def test_processes_started_at_different_times_share_one_study_and_survive_a_kill(
+        tmp_path, postgres_database):
+    """Three `kiln search` processes join one PostgreSQL study 2 s apart; one is killed
+    with SIGKILL in the middle of an evaluation and started again. Every surviving process
+    exits 0, the budget is spent exactly, nothing is evaluated twice, and the best equals
+    a one-process run's."""
+    space = {"kind": "mixed-precision", "weight_bits": [2, 3, 4, 8]}  # 64 points
+    evaluation = {"samples": 2000, "calibration_batches": 1}
+    config = jsc_config(tmp_path, study={"name": "jsc-many", "strategy": "random",
+                                         "trials": 64, "storage": postgres_database},
+                        space=space, evaluation=evaluation)
+    toml = write_toml(tmp_path / "many.toml", config)
+    command = [sys.executable, "-m", "kiln", "search", str(toml), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+
+    processes = []
+    for _ in range(3):
+        processes.append(start())
+        time.sleep(2)
+    # Kill the first process in the middle of an evaluation of its own, after a fifth of
+    # the budget: freeze it (SIGSTOP), look, and kill it (SIGKILL) if it is evaluating.
+    import optuna
+
+    from kiln.search.storage import open_storage
+
+    victim = f":{processes[0].pid}"
+
+    def its_trials(study) -> list:
+        return [t for t in study.get_trials(deepcopy=False)
+                if (t.user_attrs.get("decision") or {}).get("process", "").endswith(victim)
+                and t.user_attrs["decision"]["trial"] == t.number]
+
+    evaluating: list = []
+    deadline = time.time() + 300
+    study = None
+    while time.time() < deadline and not evaluating and processes[0].poll() is None:
+        time.sleep(0.01)
+        if study is None:
+            try:
+                study = optuna.load_study(study_name="jsc-many", storage=open_storage(
+                    postgres_database, heartbeat=False))
+            except KeyError:
+                continue
+        if sum(t.state.name == "COMPLETE" and not t.user_attrs.get("reused")
+               for t in its_trials(study)) < 5:
+            continue
+        processes[0].send_signal(signal.SIGSTOP)
+        evaluating = [t for t in its_trials(study) if t.state.name == "RUNNING"
+                      and t.user_attrs["decision"]["kind"] == "evaluate"]
+        if not evaluating:
+            processes[0].send_signal(signal.SIGCONT)
+    processes[0].send_signal(signal.SIGKILL)
+    processes[0].wait()
+    assert evaluating, "the first process was never caught evaluating"
+    processes[0] = start()  # the same command again: it joins
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-2000:]
+    result = json.loads(outputs[-1][0])
+    evaluated = [t["key"] for t in result["trials"]
+                 if t["state"] == "COMPLETE" and not t["reused"]]
+    assert len(evaluated) == len(set(evaluated)) == 64 == result["evaluations"]
+    killed = [t for t in result["trials"] if t["number"] == evaluating[0].number]
+    assert killed[0]["state"] == "FAIL"  # failed by its heartbeat, and its point run again
+    single = jsc_config(tmp_path, study={"name": "jsc-one", "strategy": "grid", "trials": 64},
+                        space=space, evaluation=evaluation)
+    alone = run_search(parse_config(single))
+    assert result["best"][0]["params"] == alone.best[0]["params"]
+
+
+def test_a_second_process_with_another_config_is_refused_naming_the_difference(tmp_path):
+    config = jsc_config(tmp_path, study={"trials": 2})
+    toml = write_toml(tmp_path / "a.toml", config)
+    first = subprocess.run([sys.executable, "-m", "kiln", "search", str(toml), "--json"],
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([sys.executable, "-m", "kiln", "search", str(toml), "--json"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr  # the same config joins (nothing left to do)
+    assert json.loads(again.stdout)["evaluations"] == 2
+    other = jsc_config(tmp_path, study={"trials": 2}, space={"kind": "mixed-precision",
+                                                              "weight_bits": [4, 8]})
+    refused = subprocess.run([sys.executable, "-m", "kiln", "search",
+                              str(write_toml(tmp_path / "b.toml", other))],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "space.weight_bits: the study has [2, 4, 8], this config [4, 8]" in refused.stderr
