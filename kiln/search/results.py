@@ -75,6 +75,8 @@ def trial_params(trial) -> dict[str, Any]:
 def trial_cost(trial) -> float:
     """Evaluations a trial paid for: its recorded cost; without one (an older study, or a
     trial whose process died), one if it finished or had stored its result, else none."""
+    if trial.state.name not in ("COMPLETE", "PRUNED", "FAIL"):
+        return 0.0  # not run yet (a queued retry carries its original's attributes)
     cost = trial.user_attrs.get("cost")
     if cost is not None:
         return float(cost)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,22 @@ def open_storage(url: str, heartbeat: bool = True, grace_seconds: int = GRACE_SE
             grace_period=grace_seconds,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
         )
-    try:
-        return RDBStorage(url, **options)
-    except Exception as error:  # sqlalchemy raises many kinds; all mean "cannot use this URL"
-        reason = str(error).strip().splitlines()[0][:200]
-        raise StorageError(
-            f"cannot open study storage '{redact(url)}': {reason}",
-            hint="is the database server running and the URL right?",
-        ) from None
+    for attempt in range(5):
+        try:
+            return RDBStorage(url, **options)
+        except Exception as error:  # sqlalchemy raises many kinds; most mean a bad URL
+            # Processes that open a new database at the same moment all create Optuna's
+            # tables; the losers of that race see a unique-key violation: open it again.
+            if "duplicate key" in str(error) or "already exists" in str(error):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            reason = str(error).strip().splitlines()[0][:200]
+            raise StorageError(
+                f"cannot open study storage '{redact(url)}': {reason}",
+                hint="is the database server running and the URL right?",
+            ) from None
+    raise StorageError(f"cannot create Optuna's tables in '{redact(url)}' (other processes "
+                       "kept creating them)", hint="start the search again")
 
 
 def redact(url: str) -> str:

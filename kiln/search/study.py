@@ -317,7 +317,7 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="kiln-parent-watch").start()
 
 
-def _worker(config_data: dict[str, Any], storage_url: str, worker: int) -> None:
+def _worker(config_data: dict[str, Any], storage_url: str) -> None:
     """One worker process: its own model, data and sampler on the shared study."""
     import torch
 
@@ -327,12 +327,12 @@ def _worker(config_data: dict[str, Any], storage_url: str, worker: int) -> None:
     torch.set_num_threads(1)
     config = parse_config(config_data, config_data.get("source", "<config>"))
     try:
-        _work(config, storage_url, worker, Evaluator)
+        _work(config, storage_url, Evaluator)
     except KeyboardInterrupt:  # Ctrl-C reaches every worker: the parent reports it
         raise SystemExit(130) from None
 
 
-def _work(config: SearchConfig, storage_url: str, worker: int, evaluator_type) -> None:
+def _work(config: SearchConfig, storage_url: str, evaluator_type) -> None:
     import optuna
 
     evaluator = evaluator_type(config)
@@ -340,11 +340,21 @@ def _work(config: SearchConfig, storage_url: str, worker: int, evaluator_type) -
     study = optuna.load_study(
         study_name=config.study.name,
         storage=storage,
-        sampler=make_sampler(config, worker),
         pruner=make_pruner(config, evaluator),
     )
+    with study_lock(storage, config.study.name):
+        study.sampler = make_sampler(config, _join_index(study))
     cache = EvaluationCache(storage, config) if config.study.deduplicate else None
     _optimize(study, evaluator, config, cache, None)
+
+
+def _join_index(study) -> int:
+    """This process's number among all that have worked on the study (call under the
+    study's lock): its sampler's seed is offset by it, so that processes joining one study
+    propose different configurations rather than the same sequence."""
+    index = int(study.user_attrs.get("processes", 0))
+    study.set_user_attr("processes", index + 1)
+    return index
 
 
 #: Fields a process joining a study may set differently from the one that created it.
@@ -402,7 +412,9 @@ def prepare_study(config: SearchConfig, storage_url: str, resume: bool, evaluato
                     hint="use the study's config to join it, or change [study].name")
             if resume:
                 _take_over_dead_trials(study, storage, storage_url, len(choices))
+            study.sampler = make_sampler(config, _join_index(study))
             return study, storage
+        _join_index(study)  # the creator is process 0
         study.set_user_attr("config", current)
         study.set_user_attr("baseline_accuracy", evaluator.baseline)
         study.set_user_attr("space_size", math.prod(len(o) for o in choices.values()))
@@ -493,8 +505,8 @@ def _run_workers(config: SearchConfig, storage_url: str, workers: int, study,
                  on_progress: Callable | None) -> None:
     context = multiprocessing.get_context("spawn")
     data = json.loads(config.model_dump_json())
-    processes = [context.Process(target=_worker, args=(data, storage_url, index))
-                 for index in range(workers)]
+    processes = [context.Process(target=_worker, args=(data, storage_url))
+                 for _ in range(workers)]
     for process in processes:
         process.start()
     while any(p.is_alive() for p in processes):

@@ -498,3 +498,28 @@ def test_a_second_process_with_another_config_is_refused_naming_the_difference(t
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2
     assert "space.weight_bits: the study has [2, 4, 8], this config [4, 8]" in refused.stderr
+
+
+def test_resume_beside_a_running_process_takes_over_nothing_alive(tmp_path, postgres_database):
+    """The issue's crash: a second process started with --resume while the first runs. The
+    first process's running trials have live heartbeats: nothing of theirs is failed, both
+    exit 0, and the budget is spent once."""
+    config = jsc_config(tmp_path, study={"name": "jsc-resume", "storage": postgres_database})
+    toml = write_toml(tmp_path / "resume.toml", config)
+    first = subprocess.Popen([sys.executable, "-m", "kiln", "search", str(toml), "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+            t.state.name == "COMPLETE" for t in _study_trials(postgres_database, "jsc-resume")):
+        time.sleep(0.1)
+    second = subprocess.run([sys.executable, "-m", "kiln", "search", str(toml), "--resume",
+                             "--json"], capture_output=True, text=True, timeout=600)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 0, second.stderr[-2000:]
+    trials = _study_trials(postgres_database, "jsc-resume")
+    assert not any(t.user_attrs.get("killed") for t in trials)
+    result = json.loads(second.stdout)
+    evaluated = [t["key"] for t in result["trials"]
+                 if t["state"] == "COMPLETE" and not t["reused"]]
+    assert len(evaluated) == len(set(evaluated)) == 27 == result["evaluations"]
