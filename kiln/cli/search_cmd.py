@@ -20,7 +20,7 @@ def search(
     storage: Annotated[
         str | None,
         typer.Option(
-            help="Study storage URL (default: [study].storage, else sqlite in [study].out); "
+            help="Study storage URL (default: \\[study].storage, else sqlite in \\[study].out); "
             "postgresql://user:pass@host/db to share a study between machines."
         ),
     ] = None,
@@ -29,13 +29,14 @@ def search(
              "the same study with the same config and --storage.")] = 1,
     resume: Annotated[
         bool, typer.Option(help="Continue a stopped or killed study with this config (its "
-                                "[study].trials may be larger): finished trials are kept, "
+                                "\\[study].trials may be larger): finished trials are kept, "
                                 "a dead run's trials are taken over at once. Not needed "
                                 "to join a running study: the same command joins it.")
     ] = False,
-    trials: Annotated[int | None, typer.Option(help="Override [study].trials.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Override \\[study].trials.")] = None,
     strategy: Annotated[
-        str | None, typer.Option(help="Override [study].strategy: grid, random, tpe or nsga2.")
+        str | None, typer.Option(
+            help="Override \\[study].strategy: grid, random, tpe or nsga2.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
@@ -45,7 +46,7 @@ def search(
     The config names the model, data, space, objectives, constraints, strategy, trials
     and storage (see examples/search/). Results: the best configuration as a quantization
     config that 'kiln quantize --config' and 'kiln lower --config' read, a trials table,
-    plots and summary.md in [study].out.
+    plots and summary.md in \\[study].out.
 
     Example:  kiln search examples/search/convnet_mixed.toml
 

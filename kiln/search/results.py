@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kiln.errors import KilnError
@@ -172,8 +173,15 @@ def collect(config: SearchConfig, storage_url: str, evaluator=None) -> SearchRes
 
 
 def load_study_config(study_name: str, storage_url: str) -> SearchConfig:
-    """The config a stored study was created with (for ``kiln search show``)."""
+    """The config a stored study was created with (for ``kiln search show``). Reads only:
+    a SQLite file that does not exist is an error, not a new empty database."""
     import optuna
+
+    if storage_url.startswith("sqlite:///"):
+        path = Path(storage_url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise KilnError(f"no study storage at {path}",
+                            hint="give the --storage URL the search wrote to")
 
     try:
         study = optuna.load_study(

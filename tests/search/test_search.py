@@ -523,3 +523,50 @@ def test_resume_beside_a_running_process_takes_over_nothing_alive(tmp_path, post
     evaluated = [t["key"] for t in result["trials"]
                  if t["state"] == "COMPLETE" and not t["reused"]]
     assert len(evaluated) == len(set(evaluated)) == 27 == result["evaluations"]
+
+
+def test_show_does_not_create_a_missing_database(tmp_path):
+    missing = tmp_path / "nowhere" / "x.db"
+    shown = subprocess.run([sys.executable, "-m", "kiln", "search", "show", "jsc", "--storage",
+                            f"sqlite:///{missing}"], capture_output=True, text=True)
+    assert shown.returncode == 2 and "no study storage at" in shown.stderr
+    assert not missing.parent.exists()
+
+
+def test_workers_end_with_their_killed_search(tmp_path):
+    """SIGKILL of `kiln search --workers 2` in the middle of a long study: its workers
+    exit within seconds instead of finishing the study on their own."""
+    config = jsc_config(tmp_path, study={"name": "jsc-orphans", "strategy": "random",
+                                         "trials": 216},
+                        space={"kind": "mixed-precision", "weight_bits": [2, 3, 4, 5, 6, 8]},
+                        evaluation={"samples": 2000, "calibration_batches": 1})
+    toml = write_toml(tmp_path / "orphans.toml", config)
+    search = subprocess.Popen([sys.executable, "-m", "kiln", "search", str(toml),
+                               "--workers", "2"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    db = tmp_path / "out" / "jsc-orphans.db"
+    workers: list[int] = []
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = subprocess.run(["pgrep", "-P", str(search.pid)], capture_output=True,
+                               text=True).stdout.split()
+        workers = [int(pid) for pid in found]
+        done = _study_trials(f"sqlite:///{db}", "jsc-orphans") if db.exists() else []
+        if sum(t.state.name == "COMPLETE" for t in done) >= 4:
+            break
+        time.sleep(0.2)
+    assert len(workers) >= 2
+    search.send_signal(signal.SIGKILL)
+    search.wait()
+    time.sleep(5)  # the workers look for their parent every second
+
+    def alive(pid: int) -> bool:
+        status = Path(f"/proc/{pid}/status")
+        return status.exists() and "zombie" not in status.read_text().lower()
+
+    survivors = [pid for pid in workers if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived their search"
+    left = _study_trials(f"sqlite:///{db}", "jsc-orphans")
+    assert sum(t.state.name == "COMPLETE" for t in left) < 100  # stopped, not finished
