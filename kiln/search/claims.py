@@ -91,10 +91,14 @@ def decision_of(trial: Any) -> dict[str, Any] | None:
 
 
 def retried_numbers(trials: list[Any]) -> set[int]:
-    """Trials whose process died: failed by their heartbeat and queued again (Optuna's
-    ``retry_history``), or failed by kiln's ``--resume`` (``killed``)."""
+    """Trials whose process died: failed without an error of their own (kiln records every
+    exception a trial raises, ``error``), i.e. by their heartbeat or by kiln's
+    ``--resume`` (``killed``). Optuna queues a heartbeat-failed trial again
+    (``retry_history``), but not in the same transaction: the missing error says it at once."""
     numbers = {int(n) for t in trials for n in t.system_attrs.get("retry_history", [])}
     numbers |= {t.number for t in trials if t.user_attrs.get("killed")}
+    numbers |= {t.number for t in trials
+                if t.state.name == "FAIL" and t.user_attrs.get("error") is None}
     return numbers
 
 

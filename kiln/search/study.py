@@ -127,6 +127,11 @@ def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache 
         except KilnError as error:  # Optuna fails the trial; the study keeps the reason
             trial.set_user_attr("error", error.message)
             raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:  # a failure of its own, not a dead process (claims.py)
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:300])
+            raise
 
     def evaluate_trial(trial) -> list[float] | float:
         params = {
