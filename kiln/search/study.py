@@ -176,8 +176,9 @@ def _objective_function(evaluator, config: SearchConfig, cache: EvaluationCache 
             _account(trial, cost)
             if dedupe:
                 cache.store(key, Outcome(metrics, low))
-        _account(trial, cost)
-        trial.set_user_attr("metrics", metrics)
+        else:  # reused: each storage write is a round trip, so write each attribute once
+            trial.set_user_attr("metrics", metrics)
+            _account(trial, cost)
         violations = evaluator.violations(metrics)
         trial.set_user_attr("constraints", violations)
         # TPE and NSGA-II read these: an infeasible trial never guides them as a good one.
