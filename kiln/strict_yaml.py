@@ -78,3 +78,25 @@ def load_yaml(text: str, source: str | Path, *, duplicate_keys: str = "error") -
 def load_yaml_file(path: str | Path, *, duplicate_keys: str = "error") -> Any:
     path = Path(path)
     return load_yaml(path.read_text(), path, duplicate_keys=duplicate_keys)
+
+
+def load_layer_numbers(path: str | Path, key: str) -> dict[str, float]:
+    """A per-layer table ``{key: {layer: number}}`` from a YAML file, as ``kiln search``
+    writes them (``best_pruning.yaml``: fractions, ``best_channels.yaml``: multipliers).
+
+    >>> load_layer_numbers("out/search/x/best_pruning.yaml", "fractions")  # doctest: +SKIP
+    {'features_0': 0.25, 'features_4': 0.5, 'classifier_1': 0.0}
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    data = load_yaml_file(path)
+    table = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"{path}: expected a mapping '{key}: {{layer: number, ...}}'")
+    result = {}
+    for layer, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: {key}.{layer}: expected a number, got {value!r}")
+        result[str(layer)] = float(value)
+    return result

@@ -23,6 +23,7 @@ from kiln.cli.common import (
     progress,
     table,
 )
+from kiln.report.markdown import format_size
 
 experiment_app = typer.Typer(help="Compression experiments that write Markdown tables and PNG "
                                   "plots into --out.", no_args_is_help=True)
@@ -149,7 +150,7 @@ def quantize(
     console.print(table(f"{info.name} quantized", ["layer", "op", "weights", "input", "bytes"],
                         result["layers"], right_align={"bytes"}))
     console.print(f"accuracy {before:.2%} → [bold]{after:.2%}[/] ({result['drop_points']:+.2f} "
-                  f"points drop); size {size_before / 1024:.1f} KB → {size_after / 1024:.1f} KB")
+                  f"points drop); size {format_size(size_before)} → {format_size(size_after)}")
     if out is not None:
         console.print(f"wrote {out}")
 
@@ -221,6 +222,9 @@ def prune(
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     out: Annotated[Path | None, typer.Option(
         help="Model file (.pt) to write: quantize, qat, lower and map read it.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="YAML of per-layer fractions, 'fractions: {layer: 0.5, ...}' (what "
+        "kiln search writes as best_pruning.yaml), instead of --fraction.")] = None,
     input_scale: Annotated[float | None, typer.Option(help=INPUT_SCALE_HELP)] = None,
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
@@ -228,8 +232,11 @@ def prune(
 ) -> None:
     """Prune MODEL, fine-tune with masks, shrink (structured), report size and accuracy.
 
-    Example:  kiln prune convnet --method filters --fraction 0.5 --finetune-epochs 2 \
-                --out convnet-half.pt
+    Examples:
+
+      kiln prune convnet --method filters --fraction 0.5 --finetune-epochs 2 --out half.pt
+
+      kiln prune convnet --config out/search/convnet-prune-quant/best_pruning.yaml
     """
     from kiln.errors import ConfigError
     from kiln.models import evaluate, fit
@@ -242,10 +249,14 @@ def prune(
         raise ConfigError(f"unknown pruning method '{method}': use {', '.join(functions)}")
     _check_model_out(out)
     graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
-    options = {"fraction": fraction, "threshold": threshold, "scope": scope}
+    options: dict = {"threshold": threshold, "scope": scope}
     if method != "magnitude":
         options["norm"] = norm
-    pruned = functions[method](graph, **options)
+    if config is not None:
+        pruned = _prune_per_layer(graph, functions[method], config, fraction, threshold,
+                                  options)
+    else:
+        pruned = functions[method](graph, fraction=fraction, **options)
     if finetune_epochs:
         batches = -(-len(dataset.x_train) // 128)
         with progress(quiet=as_json) as bar:
@@ -270,11 +281,37 @@ def prune(
         print_json(summary)
         return
     console.print(f"{info.name}: {summary['params_before']:,} → {summary['params_after']:,} "
-                  f"params, {summary['bytes_before'] / 1024:.1f} → "
-                  f"{summary['bytes_after'] / 1024:.1f} KB; accuracy "
+                  f"params, {format_size(summary['bytes_before'])} → "
+                  f"{format_size(summary['bytes_after'])}; accuracy "
                   f"{summary['float_accuracy']:.2%} → [bold]{summary['pruned_accuracy']:.2%}[/]")
     if out is not None:
         console.print(f"wrote {out}")
+
+
+def _prune_per_layer(graph, prune_function, config: Path, fraction: float | None,
+                     threshold: float | None, options: dict):
+    """Each layer of a fractions file pruned by its own fraction."""
+    from kiln.errors import ConfigError, UnknownNameError
+    from kiln.strict_yaml import load_layer_numbers
+
+    if fraction is not None or threshold is not None:
+        raise ConfigError("--config gives per-layer fractions: leave out --fraction and "
+                          "--threshold")
+    fractions = load_layer_numbers(config, "fractions")
+    from kiln.graph.metadata import OpKind
+
+    known = {info.name for info in graph.layers()
+             if info.op in (OpKind.CONV, OpKind.CONV1D, OpKind.LINEAR)}
+    unknown = sorted(set(fractions) - known)
+    if unknown:
+        raise UnknownNameError(f"{config}: no layers {unknown} in '{graph.name}'",
+                               hint=f"its layers: {', '.join(sorted(known))}")
+    pruned = graph
+    for layer, layer_fraction in fractions.items():
+        if layer_fraction > 0:
+            pruned = prune_function(pruned, fraction=layer_fraction, layers=[layer],
+                                    **{**options, "scope": "layer"})
+    return pruned
 
 
 def _run_experiment(kind: str, model: str, data: str | None, out: Path, quick: bool,

@@ -32,15 +32,21 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for weights and shuffling.")] = 0,
     out: Annotated[Path | None, typer.Option(
         help="Checkpoint to write (.pt, with a .json of its metrics beside it).")] = None,
+    channels: Annotated[Path | None, typer.Option(
+        help="YAML of per-layer width multipliers, 'multipliers: {layer: 2.0, ...}' (what "
+             "kiln search writes as best_channels.yaml): scale those layers, then train "
+             "from fresh weights.")] = None,
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Train MODEL on a dataset, report test accuracy, and save a checkpoint.
 
-    Example:
+    Examples:
 
       kiln train convnet --data fashion-mnist --epochs 3 --out convnet.pt
+
+      kiln train jsc-three-linear --data letter --channels best_channels.yaml --out wide.pt
     """
     from kiln.data import load_dataset
     from kiln.errors import ConfigError
@@ -62,6 +68,15 @@ def train(
     dataset_name = default or info.dataset
     if dataset_name is None:
         raise ConfigError(f"model '{model}' has no default dataset: pass --data")
+    if channels is not None:
+        from kiln.models.artifacts import channels_step
+        from kiln.passes.scale import scale_channels
+        from kiln.strict_yaml import load_layer_numbers
+
+        factors = load_layer_numbers(channels, "multipliers")
+        graph = scale_channels(graph, factors, seed=seed)
+        info.recipe = {**(info.recipe or {}),
+                       "steps": [*(info.recipe or {}).get("steps", []), channels_step(factors)]}
     dataset = load_dataset(dataset_name)
     batches = -(-len(dataset.x_train) // batch_size)
     with progress(quiet=as_json) as bar:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.flow.runner import StageRecord
-from kiln.report.markdown import markdown_table, write_text
+from kiln.report.markdown import format_size, markdown_table, write_text
 
 Block = tuple  # ("h1"|"h2"|"p", text) | ("table", columns, rows) | ("img", path, caption)
 
@@ -120,8 +120,8 @@ def _blocks(model: str, records: list[StageRecord], out: Path) -> list[Block]:
              f"{_pct(facts['float_accuracy'])} → {_pct(facts['quantized_accuracy'])} → "
              f"{_pct(facts['integer_accuracy'])}"],
             ["size (float → quantized)",
-             f"{_num((facts['float_bytes'] or 0) / 1000)} kB → "
-             f"{_num((facts['quantized_bytes'] or 0) / 1000)} kB"
+             f"{format_size(facts['float_bytes'] or 0)} → "
+             f"{format_size(facts['quantized_bytes'] or 0)}"
              if facts["float_bytes"] else "—"],
             ["bit-exact", "; ".join(exact) or "—"],
             [f"accelerator ({facts['accelerator'] or '—'})",

@@ -2,7 +2,8 @@
 
 A model file records how to rebuild its graph: the *base* (a zoo model, an ONNX file
 stored inside, or a user's Python module with its source) and the *steps* applied to it
-in order (pruning masks and whether they were shrunk away, a quantization config), then
+in order (pruning masks and whether they were shrunk away, channel multipliers, a quantization
+config), then
 the final state: weights, quantizer scales and zero points, masks. It also names the
 dataset and input scale the model was made with. Loading replays the steps on the base and
 loads the state, with ``torch.load(weights_only=True)``: no pickled code. Every command
@@ -88,6 +89,11 @@ def quantize_step(config: Any) -> dict[str, Any]:
             "config": QuantConfig.parse(config).model_dump(mode="json", exclude_unset=True)}
 
 
+def channels_step(factors: dict[str, float]) -> dict[str, Any]:
+    """A channel-scaling step (NAS): each listed layer's width multiplied by its factor."""
+    return {"kind": "channels", "factors": {name: float(f) for name, f in factors.items()}}
+
+
 def replay(recipe: dict[str, Any]) -> Graph:
     """Build the base and apply every step (structure only; weights come from the state)."""
     graph = build_base(recipe["base"])
@@ -107,6 +113,10 @@ def replay(recipe: dict[str, Any]) -> Graph:
             from kiln.quant import quantize
 
             graph = quantize(graph, step["config"])
+        elif step["kind"] == "channels":
+            from kiln.passes.scale import scale_channels
+
+            graph = scale_channels(graph, step["factors"])  # fresh weights: the state follows
         else:
             raise ModelFormatError(f"unknown recipe step '{step['kind']}'")
     return graph

@@ -157,7 +157,7 @@ def _write_quantization_report(results: dict[str, Any], out: Path) -> None:
     int8 = results["int8"]
     lines += ["## int8 weights (per-channel) and activations, calibrated", "",
               f"Accuracy {percent(int8['accuracy'])}: a drop of {int8['drop_points']:.2f} "
-              f"points from float; {int8['size_bytes'] / 1024:.1f} KB of parameters.", "",
+              f"points from float; {int8['size_bytes'] / 1024:.1f} KiB of parameters.", "",
               "## 4-bit weights, 8-bit activations, quantization-aware training", "",
               markdown_table(["method", "accuracy", "drop (points)"],
                              [[r["method"], percent(r["accuracy"]), f"{r['drop_points']:.2f}"]
@@ -254,13 +254,13 @@ def _write_pruning_report(results: dict[str, Any], out: Path) -> None:
     baseline, float_bytes = results["float_accuracy"], results["float_bytes"]
     keep = results["keep_accuracy"]
     lines = [f"# Pruning of `{results['model']}` on {results['dataset']}", "",
-             f"Float baseline: {percent(baseline)}, {float_bytes / 1024:.1f} KB (float32).", "",
+             f"Float baseline: {percent(baseline)}, {float_bytes / 1024:.1f} KiB (float32).", "",
              "Targets: L1-norm structured pruning per layer at a fixed grid of fractions "
              f"{results['fractions']} of each layer's filters (or input channels); each "
              "pruned model is fine-tuned with its masks, then shrunk (pruned filters and "
              "channels physically removed).", "",
              "## Structured pruning (float32 weights)", "",
-             markdown_table(["method", "fraction", "params", "KB", "accuracy (masked)",
+             markdown_table(["method", "fraction", "params", "KiB", "accuracy (masked)",
                              "accuracy (shrunk)"],
                             [[r["method"], r["fraction"], f"{r['params']:,}",
                               f"{r['bytes'] / 1024:.1f}", percent(r["accuracy"]),
@@ -272,7 +272,7 @@ def _write_pruning_report(results: dict[str, Any], out: Path) -> None:
         if passing:
             best = min(passing, key=lambda r: r["bytes"])
             lines.append(f"- Smallest {method}-pruned model above {percent(keep)}: "
-                         f"{best['bytes'] / 1024:.1f} KB ({best['params']:,} params, fraction "
+                         f"{best['bytes'] / 1024:.1f} KiB ({best['params']:,} params, fraction "
                          f"{best['fraction']}), {percent(best['shrunk_accuracy'])}.")
         else:
             lines.append(f"- No {method}-pruned model stays above {percent(keep)}.")
@@ -287,7 +287,7 @@ def _write_pruning_report(results: dict[str, Any], out: Path) -> None:
     lines += ["", "## Pruning and quantization together", "",
               "Each shrunk model (and the unpruned one) with per-channel MSE-clipped weights at "
               f"{results['joint_bits']} bits (one epoch of QAT at 4 bits and below).", "",
-              markdown_table(["accuracy target", "reached", "smallest KB", "accuracy",
+              markdown_table(["accuracy target", "reached", "smallest KiB", "accuracy",
                               "pruning", "bits"],
                              [[percent(t["target"]), "yes" if t["reached"] else
                                "no (closest shown)", f"{t['bytes'] / 1024:.2f}",
@@ -308,7 +308,7 @@ def _write_pruning_report(results: dict[str, Any], out: Path) -> None:
         [r["bytes"] / 1024 for r in results["structured"]],
         [100 * r["shrunk_accuracy"] for r in results["structured"]])
     line_plot(out / "size_vs_accuracy.png", series, title=f"{results['model']}: size vs accuracy",
-              xlabel="model size (KB, log)", ylabel="test accuracy (%)",
+              xlabel="model size (KiB, log)", ylabel="test accuracy (%)",
               baseline=100 * baseline, logx=True)
     write_text(out / "pruning.md", "\n".join(lines))
     write_text(out / "pruning.json", json.dumps(results, indent=2) + "\n")

@@ -38,3 +38,16 @@ def write_text(path: Path, text: str) -> Path:
 
 def percent(value: float) -> str:
     return f"{100 * value:.2f}%"
+
+
+def format_size(num_bytes: float) -> str:
+    """A size in bytes as kiln prints sizes everywhere: binary units, named as such.
+
+    >>> format_size(106_848), format_size(300)
+    ('104.3 KiB', '300 B')
+    """
+    if num_bytes >= 1024 * 1024:
+        return f"{num_bytes / (1024 * 1024):,.2f} MiB"
+    if num_bytes >= 1024:
+        return f"{num_bytes / 1024:,.1f} KiB"
+    return f"{num_bytes:,.0f} B"

@@ -51,7 +51,8 @@ class Evaluator:
         self.dataset = load_dataset(config.model.dataset or info.dataset)
         self.validation, self.holdout = split_test(self.dataset, config.evaluation.samples)
         self.space = make_space(self.graph, config.space)
-        self.baseline = evaluate(self.graph, self.validation)
+        self._built: tuple[str, Graph] | None = None  # the last build, for holdout + files
+        self.baseline = evaluate(self._baseline_graph(), self.validation)
         self._hardware = None
         self._hw_cache: dict[tuple, tuple[float, float]] = {}
         low = config.evaluation.low_fidelity_samples
@@ -78,6 +79,32 @@ class Evaluator:
             return None
         p = min(max(self.baseline, 0.01), 0.99)
         return min(limits) + 2 * 100 * math.sqrt(p * (1 - p) / self.low_samples)
+
+    def _baseline_graph(self) -> Graph:
+        """The network the accuracy drop is measured from. A channel search trains every
+        candidate from scratch with a short schedule, so its reference is the unscaled
+        network trained with that same schedule (not the given weights, which may be
+        untrained or trained far longer)."""
+        from kiln.models import fit
+
+        if not isinstance(self.space, ChannelSpace):
+            return self.graph
+        evaluation = self.config.evaluation
+        unscaled = {f"{name}.mult": 1.0 for name in self.space.factors_names()}
+        graph = self.space.build(unscaled, seed=evaluation.seed)
+        fit(graph, self.dataset, epochs=evaluation.train_epochs, lr=evaluation.lr,
+            batch_size=evaluation.batch_size, seed=evaluation.seed)
+        return graph
+
+    def built(self, params: dict[str, Any]) -> Graph:
+        """:meth:`build`, kept for the last configuration (the winner is scored on the
+        held-out half and then written: one build, not two)."""
+        import json
+
+        key = json.dumps(params, sort_keys=True)
+        if self._built is None or self._built[0] != key:
+            self._built = (key, self.build(params))
+        return self._built[1]
 
     # -- building ------------------------------------------------------------------
 
@@ -234,10 +261,11 @@ class Evaluator:
         """Accuracy of a configuration on the held-out half never used by the search."""
         from kiln.models import evaluate
 
-        return evaluate(self.build(params), self.holdout)
+        return evaluate(self.built(params), self.holdout)
 
     def write_config(self, params: dict[str, Any], out: Path) -> list[Path]:
-        """The configuration as files the other commands read (quantization config YAML, ...)."""
+        """The winner as files the other commands read: ``best_model.pt`` (the model itself,
+        with every step it went through) and the readable records ``best_*.yaml``."""
         import yaml
 
         out.mkdir(parents=True, exist_ok=True)
@@ -247,15 +275,6 @@ class Evaluator:
             path = out / "best_quantization.yaml"
             write_text(path, yaml.safe_dump(space.config(params), sort_keys=False))
             written.append(path)
-        if isinstance(space, MixedPrecisionSpace) and self.info.recipe is not None:
-            # The best model itself, calibrated: lower, map and emit-rtl read it.
-            from kiln.models.artifacts import quantize_step, save_model
-
-            recipe = {**self.info.recipe,
-                      "steps": [*self.info.recipe["steps"], quantize_step(space.config(params))]}
-            written.append(save_model(self.build(params), out / "best_model.pt", recipe,
-                                      dataset=self.dataset.name,
-                                      metrics={"params": params}))
         if isinstance(space, PruneQuantSpace):
             path = out / "best_pruning.yaml"
             write_text(path, yaml.safe_dump({"fractions": space.fractions_of(params)},
@@ -263,7 +282,28 @@ class Evaluator:
             written.append(path)
         if isinstance(space, ChannelSpace):
             path = out / "best_channels.yaml"
-            factors = {k.removesuffix(".mult"): float(v) for k, v in params.items()}
-            write_text(path, yaml.safe_dump({"multipliers": factors}, sort_keys=False))
+            write_text(path, yaml.safe_dump({"multipliers": space.factors(params)},
+                                            sort_keys=False))
             written.append(path)
+        if self.info.recipe is not None:
+            written.append(self.write_model(params, out / "best_model.pt"))
         return written
+
+    def write_model(self, params: dict[str, Any], path: Path) -> Path:
+        """The configuration's network as a kiln model file: the base model's recipe plus
+        this space's steps, and the state the trial ended with (calibrated, fine-tuned)."""
+        from kiln.models.artifacts import channels_step, prune_step, quantize_step, save_model
+
+        assert self.info.recipe is not None
+        space = self.space
+        steps = list(self.info.recipe.get("steps", []))
+        if isinstance(space, ChannelSpace):
+            steps.append(channels_step(space.factors(params)))
+        if isinstance(space, PruneQuantSpace):
+            steps.append(prune_step(space.masked(params), shrunk=True))
+        if isinstance(space, (MixedPrecisionSpace, PruneQuantSpace)):
+            steps.append(quantize_step(space.config(params)))
+        recipe = {**self.info.recipe, "steps": steps}
+        return save_model(self.built(params), path, recipe,
+                          dataset=self.dataset.name, input_scale=self.info.input_scale,
+                          metrics={"params": params, "search": self.config.study.name})

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from kiln.report.markdown import write_text
+from kiln.report.markdown import format_size, write_text
 from kiln.report.plots import save_figure
 from kiln.search.results import SearchResult
 
@@ -22,9 +22,9 @@ LABELS = {
 
 
 def format_metric(name: str, value: float) -> str:
-    """A metric with its unit, as a person reads it: 104,340 bytes is '104.3 kB'."""
+    """A metric with its unit, as a person reads it: 106,848 bytes is '104.3 KiB'."""
     if name == "size":
-        return f"{value / 1000:,.1f} kB" if value >= 1000 else f"{value:,.0f} B"
+        return format_size(value)
     if name == "accuracy":
         return f"{value:.2%}"
     if name == "accuracy_drop":

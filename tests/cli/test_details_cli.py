@@ -53,7 +53,7 @@ def test_search_tables_have_units_and_one_accuracy_column():
                               ["minimize"] * len(objectives), 0.92, [], [row])
         columns, rows = best_table(result)
         assert columns.count("accuracy") == 1
-        assert "104.3 kB" in rows[0] and "91.16%" in rows[0]
+        assert "101.9 KiB" in rows[0] and "91.16%" in rows[0]
     assert format_metric("energy", 8_480_000) == "8.480 µJ"
 
 
