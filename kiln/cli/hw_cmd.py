@@ -18,6 +18,7 @@ from kiln.cli.common import (
     progress,
     table,
 )
+from kiln.hw.workload_mapper import DEFAULT_LPF_LIMIT, DEFAULT_REFINE
 
 WORKLOAD_HELP = (
     "A zoo name (kiln models), a .pt checkpoint or model file (quantized: its widths), an "
@@ -163,11 +164,11 @@ def map_command(
         typer.Option(
             help="Split temporal loops into at most this many prime factors (0: no limit)."
         ),
-    ] = 6,
+    ] = DEFAULT_LPF_LIMIT,
     refine: Annotated[
         int,
         typer.Option(help="Try every memory allocation for the N best loop orders of each layer."),
-    ] = 4,
+    ] = DEFAULT_REFINE,
     exhaustive: Annotated[
         bool,
         typer.Option(help="Every loop order with every memory allocation (small layers only)."),
@@ -252,7 +253,7 @@ def compare_command(
     objective: Annotated[str, typer.Option(help=OBJECTIVE_HELP)] = "latency",
     mapping: Annotated[Path | None, typer.Option(help="Constraints: " + MAPPING_HELP)] = None,
     refine: Annotated[int, typer.Option(
-        help="As 'kiln map --refine' (the same default, 4).")] = 4,
+        help="As 'kiln map --refine' (the same default).")] = DEFAULT_REFINE,
     dataset: Annotated[str | None, typer.Option(
         "--data", "--dataset", "-d", help="Dataset a zoo model is shaped for.")] = None,
     quant_config: Annotated[Path | None, typer.Option(help=QUANT_HELP)] = None,

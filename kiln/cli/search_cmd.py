@@ -109,7 +109,7 @@ def _print(result, as_json: bool) -> None:
         f"study [bold]{result.study}[/] in {result.storage}: {result.evaluations:g} "
         f"evaluations over {len(result.trials)} trials ({summary['reused_trials']} reused "
         f"results, {summary['pruned_trials']} pruned at low fidelity), "
-        f"{sum(t['feasible'] for t in complete)} feasible; float baseline "
+        f"{sum(t['feasible'] for t in complete)} feasible; baseline ({result.baseline}) "
         f"{result.baseline_accuracy:.2%}"
         + (f"; every one of the {result.space_size} configurations is known (space "
            "exhausted)" if result.exhausted else "")

@@ -141,6 +141,12 @@ def stage_compress(ctx: FlowContext, folder: Path) -> dict[str, Any]:
             raise KilnError("the search found no configuration that meets its constraints")
         quantized, _ = resolve_model(str(folder / "search" / "best_model.pt"))
         recipe = _load_recipe(folder / "search" / "best_model.pt")
+        if not any(isinstance(m, FakeQuantize) for m in quantized.module.modules()):
+            # a channel search's winner is a float network: quantize it as PTQ would
+            config = uniform_config(options.weight_bits, options.activation_bits)
+            quantized = calibrate(quantize(quantized, config), dataset,
+                                  batches=ctx.config.data.calibration_batches)
+            recipe = {**recipe, "steps": [*recipe.get("steps", []), quantize_step(config)]}
     else:
         config = (QuantConfig.load(options.config) if options.config else
                   uniform_config(options.weight_bits, options.activation_bits))

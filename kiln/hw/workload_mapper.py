@@ -130,6 +130,12 @@ def _cache_write(folder: Path, key: str, result: MappingResult) -> None:
     os.replace(temporary, target)  # whole or not at all, even with parallel runs
 
 
+# What ``kiln map`` searches by default; the search's hardware objective uses the same, so
+# a trial's latency and energy are what ``kiln map`` reports for the winner.
+DEFAULT_LPF_LIMIT = 6
+DEFAULT_REFINE = 4
+
+
 def map_workload(
     workload: Workload,
     hw: Accelerator,

@@ -71,8 +71,10 @@ def study_lock(storage: Any, study_name: str) -> Iterator[None]:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                 connection.commit()
         return
-    database = engine.url.database or ""
-    path = Path(f"{database}.{hashlib.sha256(study_name.encode()).hexdigest()[:12]}.lock")
+    # beside the database, hidden: a lock file is no result a user should have to read past
+    database = Path(engine.url.database or "study.db")
+    digest = hashlib.sha256(study_name.encode()).hexdigest()[:12]
+    path = database.with_name(f".{database.name}.{digest}.lock")
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

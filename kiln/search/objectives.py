@@ -96,6 +96,15 @@ class Evaluator:
             batch_size=evaluation.batch_size, seed=evaluation.seed)
         return graph
 
+    @property
+    def baseline_description(self) -> str:
+        """What the baseline accuracy is the accuracy of, in words for the report."""
+        if isinstance(self.space, ChannelSpace):
+            epochs = self.config.evaluation.train_epochs
+            return (f"unscaled network trained {epochs} epoch{'s' * (epochs != 1)} "
+                    "like every candidate")
+        return "float model"
+
     def built(self, params: dict[str, Any]) -> Graph:
         """:meth:`build`, kept for the last configuration (the winner is scored on the
         held-out half and then written: one build, not two)."""
@@ -222,7 +231,7 @@ class Evaluator:
         """(latency cycles, energy pJ) of the trial's network on the configured accelerator."""
         from kiln.hw import load_accelerator, load_zigzag_mapping
         from kiln.hw.workload import workload_from_graph
-        from kiln.hw.workload_mapper import map_workload
+        from kiln.hw.workload_mapper import DEFAULT_LPF_LIMIT, DEFAULT_REFINE, map_workload
 
         hardware = self.config.hardware
         assert hardware is not None
@@ -237,7 +246,9 @@ class Evaluator:
             for layer in workload.layers
         )
         if key not in self._hw_cache:
-            result = map_workload(workload, accelerator, hardware.objective_search, mapping)
+            # exactly what `kiln map MODEL -a ACCEL --objective O` runs on the winner
+            result = map_workload(workload, accelerator, hardware.objective_search, mapping,
+                                  DEFAULT_LPF_LIMIT, refine=DEFAULT_REFINE)
             self._hw_cache[key] = (result.latency_cycles, result.energy_pj)
         return self._hw_cache[key]
 

@@ -155,7 +155,8 @@ def markdown_summary(result: SearchResult) -> str:
         f"({sum(t['feasible'] for t in complete)} feasible)"
         + (f"; every one of the {result.space_size} configurations is known"
            if result.exhausted else "")
-        + f". Float baseline accuracy on the validation half: {result.baseline_accuracy:.2%}.",
+        + f". Baseline ({result.baseline}) accuracy on the validation half: "
+          f"{result.baseline_accuracy:.2%}.",
         "",
     ]
     if result.best:

@@ -32,6 +32,7 @@ class SearchResult:
     files: list[str] = field(default_factory=list)
     space_size: int | None = None
     exhausted: bool = False  # every point of the space is known (evaluated here or cached)
+    baseline: str = "float model"  # what baseline_accuracy is the accuracy of
 
     @property
     def feasible(self) -> bool:
@@ -53,6 +54,7 @@ class SearchResult:
             "objectives": self.objectives,
             "directions": self.directions,
             "baseline_accuracy": self.baseline_accuracy,
+            "baseline": self.baseline,
             "finished_trials": sum(t["state"] == "COMPLETE" for t in self.trials),
             "pruned_trials": sum(t["state"] == "PRUNED" for t in self.trials),
             "reused_trials": sum(bool(t["reused"]) for t in self.trials),
@@ -165,6 +167,7 @@ def collect(config: SearchConfig, storage_url: str, evaluator=None) -> SearchRes
         infeasible,
         space_size=study.user_attrs.get("space_size"),
         exhausted=bool(study.user_attrs.get("exhausted", False)),
+        baseline=study.user_attrs.get("baseline", "float model"),
     )
     if evaluator is not None and best:
         result.holdout_accuracy = evaluator.holdout_accuracy(best[0]["params"])

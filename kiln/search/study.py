@@ -423,6 +423,7 @@ def prepare_study(config: SearchConfig, storage_url: str, resume: bool, evaluato
         _join_index(study)  # the creator is process 0
         study.set_user_attr("config", current)
         study.set_user_attr("baseline_accuracy", evaluator.baseline)
+        study.set_user_attr("baseline", evaluator.baseline_description)
         study.set_user_attr("space_size", math.prod(len(o) for o in choices.values()))
         if not study.get_trials(deepcopy=False):
             first: list[dict[str, Any]] = []
