@@ -516,17 +516,38 @@ def _run_workers(config: SearchConfig, storage_url: str, workers: int, study,
                  for _ in range(workers)]
     for process in processes:
         process.start()
-    while any(p.is_alive() for p in processes):
-        time.sleep(1.0)
-        if on_progress:
-            on_progress(_spent(study.get_trials(deepcopy=False)), config.study.trials,
-                        _best_text(study, config))
+    try:
+        while any(p.is_alive() for p in processes):
+            time.sleep(1.0)
+            if on_progress:
+                on_progress(_spent(study.get_trials(deepcopy=False)), config.study.trials,
+                            _best_text(study, config))
+    except BaseException:  # Ctrl-C or SIGTERM of this process alone: stop the workers too
+        _stop_workers(processes)
+        raise
     failed = [p.exitcode for p in processes if p.exitcode != 0]
     if failed:
         raise KilnError(
             f"{len(failed)} of {len(processes)} search workers failed (exit codes {failed})",
             hint="run again with --resume to finish the study",
         )
+
+
+def _stop_workers(processes: list, grace_seconds: float = 10.0) -> None:
+    """Interrupt every live worker (its running trial fails and is retried on --resume),
+    and kill those that do not exit within the grace period."""
+    import os
+    import signal
+
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _best_text(study, config: SearchConfig) -> str:

@@ -533,9 +533,11 @@ def test_show_does_not_create_a_missing_database(tmp_path):
     assert not missing.parent.exists()
 
 
-def test_workers_end_with_their_killed_search(tmp_path):
-    """SIGKILL of `kiln search --workers 2` in the middle of a long study: its workers
-    exit within seconds instead of finishing the study on their own."""
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT])
+def test_workers_end_with_their_killed_search(tmp_path, signal_number):
+    """SIGKILL or SIGINT (to the search alone, not its process group) of `kiln search
+    --workers 2` in the middle of a long study: the search and its workers exit within
+    seconds instead of finishing the study."""
     config = jsc_config(tmp_path, study={"name": "jsc-orphans", "strategy": "random",
                                          "trials": 216},
                         space={"kind": "mixed-precision", "weight_bits": [2, 3, 4, 5, 6, 8]},
@@ -556,8 +558,8 @@ def test_workers_end_with_their_killed_search(tmp_path):
             break
         time.sleep(0.2)
     assert len(workers) >= 2
-    search.send_signal(signal.SIGKILL)
-    search.wait()
+    search.send_signal(signal_number)
+    search.wait(timeout=30)
     time.sleep(5)  # the workers look for their parent every second
 
     def alive(pid: int) -> bool:
