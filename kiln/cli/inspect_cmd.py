@@ -17,6 +17,7 @@ from kiln.cli.common import (
     shape,
     table,
 )
+from kiln.report.markdown import format_size
 
 
 def inspect(
@@ -66,7 +67,7 @@ def inspect(
     console.print(
         f"[bold]total[/]: {totals.layers} layers ({totals.compute_layers} conv/linear/matmul), "
         f"{totals.params:,} params, {totals.macs:,} MACs ({human(totals.macs)}), "
-        f"weights {human(totals.weight_bytes)}B at {weight_bits} bits, "
+        f"weights {format_size(totals.weight_bytes)} at {weight_bits} bits, "
         f"peak activation {totals.peak_activation_elements:,} elements"
     )
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from kiln.cli.common import check_out_folder, console, human, print_json, progress, table
+from kiln.report.markdown import format_size
 
 
 def schedule(
@@ -101,8 +102,8 @@ def schedule(
     console.print(
         f"latency {figures['latency_cycles']:,.0f} cycles · energy "
         f"{human(figures['energy_pj'])}pJ (DRAM {human(figures['energy_breakdown_pj']['dram'])}"
-        f"pJ) · DRAM traffic {human(figures['dram_traffic_bits'] / 8)}B · peak memory "
-        + ", ".join(f"core {k} {human(v / 8)}B" for k, v in peak.items()))
+        f"pJ) · DRAM traffic {format_size(figures['dram_traffic_bits'] / 8)} · peak memory "
+        + ", ".join(f"core {k} {format_size(v / 8)}" for k, v in peak.items()))
     console.print(
         f"lower bound {bound['cycles']:,.0f} cycles ({bound['bound_by'].replace('_', ' ')}); "
         f"gap {figures['gap_to_lower_bound']:.1%} · {result.evaluated} schedule(s) evaluated "
