@@ -226,6 +226,15 @@ def _known_keys(trials, cache: EvaluationCache | None) -> set[str]:
     return keys
 
 
+def _free_retries(trials, cache: EvaluationCache | None) -> list:
+    """Queued trials (a dead process's, run again) whose configuration's result is stored:
+    running them costs no evaluation, and each is the only finished record of its point."""
+    if cache is None:
+        return []
+    return [t for t in trials if t.state.name == "WAITING"
+            and cache.lookup(params_key(trial_params(t))).metrics is not None]
+
+
 def _controller(config: SearchConfig, choices: dict[str, list[Any]],
                 cache: EvaluationCache | None,
                 on_progress: Callable[[float, int, str], None] | None) -> Callable:
@@ -245,8 +254,12 @@ def _controller(config: SearchConfig, choices: dict[str, list[Any]],
         known = _known_keys(trials, cache) if dedupe else set()
         if dedupe and len(known) >= size:
             study.set_user_attr("exhausted", True)  # every point known (here or cached)
-        if spent >= budget - 1e-9 or (dedupe and len(known) >= size) or _failing(trials):
+        if _failing(trials):
             study.stop()
+            return
+        if spent >= budget - 1e-9 or (dedupe and len(known) >= size):
+            if not _free_retries(trials, cache):  # those cost nothing: run them first
+                study.stop()
             return
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         if waiting:
@@ -492,6 +505,9 @@ def run_search(
         else:
             _run_workers(config, storage_url, workers, study, on_progress)
     wait_until_settled(study)  # other processes' last evaluations belong to the result
+    if _free_retries(study.get_trials(deepcopy=False), cache):
+        # a dead process's trial failed while this one settled: its retry only reuses
+        _optimize(study, evaluator, config, cache, on_progress)
     _refuse_if_every_trial_failed(study)
     return collect(config, storage_url, evaluator)
 
