@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from kiln.cli.common import MODEL_HELP, check_out_folder, console, print_json, table
+from kiln.cli.common import (
+    INPUT_SCALE_HELP,
+    INPUT_SHAPE_HELP,
+    MODEL_HELP,
+    WEIGHTS_HELP,
+    check_out_folder,
+    console,
+    print_json,
+    table,
+)
+
+#: Exit status when every stage ran but some were refused (or skipped after a refusal).
+EXIT_REFUSED = 3
 
 
 def flow(
@@ -22,6 +34,14 @@ def flow(
     stages: Annotated[str | None, typer.Option(
         help="Comma-separated stages to run (default: the config's, else all): float, "
              "compress, integer, onnx, cost, rtl, simulate, synth.")] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", "-d", help="Dataset (default: the model's own; [data] dataset).")] = None,
+    input_shape: Annotated[str | None, typer.Option(
+        help=INPUT_SHAPE_HELP + " ([model] input_shape)")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        help=WEIGHTS_HELP + " ([model] weights)")] = None,
+    input_scale: Annotated[float | None, typer.Option(
+        help=INPUT_SCALE_HELP + " ([data] input_scale)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Carry MODEL through every stage: float evaluation → compression → integer program →
@@ -31,6 +51,15 @@ def flow(
     Each stage writes DIR/<stage>/ whole or not at all and is skipped when its inputs have
     not changed, so a re-run after a kill or a config change redoes only what changed. A
     stage that cannot take the model says why; the stages that do not need it still run.
+    The flow does not train: give it trained weights (a zoo name's shipped checkpoint, a
+    model file from kiln train/quantize/qat, an ONNX file, or --weights for your module);
+    a model at chance accuracy is flagged as untrained. A file.py:Name module needs
+    --input-shape, and an ONNX file or a module --data (or [model] / [data] in --config).
+
+    Exit status: 0 every selected stage done (or cached); 3 some stage refused the model
+    (or was skipped after a refusal), report written; 2 the model cannot be loaded, does
+    not fit the dataset (input shape, classes) or a config is wrong (nothing written), or
+    a stage broke (the stages before it are kept).
 
     Examples:
 
@@ -43,16 +72,30 @@ def flow(
     from rich.live import Live
     from rich.table import Table
 
-    from kiln.flow import STAGES, load_flow_config, run_flow, summary, write_report
+    from kiln.flow import (
+        STAGES,
+        load_flow_config,
+        parse_flow_config,
+        run_flow,
+        summary,
+        write_report,
+    )
 
     check_out_folder(out)
     flow_config = load_flow_config(config)
+    settings = flow_config.model_dump(mode="json")
     if stages is not None:
-        from kiln.flow import parse_flow_config
+        settings["stages"] = [s.strip() for s in stages.split(",") if s.strip()]
+    for section, key, value in (("model", "input_shape", input_shape),
+                                ("model", "weights", str(weights) if weights else None),
+                                ("data", "dataset", data), ("data", "input_scale", input_scale)):
+        if value is not None:
+            settings[section][key] = value
+    if weights is not None and not weights.is_file():
+        from kiln.errors import ConfigError
 
-        chosen = [s.strip() for s in stages.split(",") if s.strip()]
-        flow_config = parse_flow_config({**flow_config.model_dump(mode="json"),
-                                         "stages": chosen}, "--stages")
+        raise ConfigError(f"--weights {weights}: no such file")
+    flow_config = parse_flow_config(settings, "command-line options")
     state: dict[str, tuple[str, str, float]] = {s: ("waiting", "", 0.0) for s in STAGES
                                                 if s in flow_config.stages}
     started: dict[str, float] = {}
@@ -85,8 +128,11 @@ def flow(
             live.stop()
         records = run_flow(model, flow_config, out, on_stage=on_stage)
     paths = write_report(model, records, out)
+    refused = [r for r in records if r.status in ("refused", "skipped")]
     if as_json:
         print_json({**summary(model, records), "files": [str(p) for p in paths]})
+        if refused:
+            raise typer.Exit(EXIT_REFUSED)
         return
     console.print(table(f"kiln flow {model} → {out}", ["stage", "state", "seconds", "note"],
                         [[r.stage, r.status, f"{r.seconds:.1f}" if r.seconds else "",
@@ -119,7 +165,13 @@ def flow(
         lines.append("Yosys: " + resources_text(next(r for r in records if r.stage == "synth")))
     for line in lines:
         console.print(line, highlight=False)
+    if facts.get("untrained_warning"):
+        console.print(f"[bold red]warning:[/] {facts['untrained_warning']}", highlight=False)
     console.print(f"report: {paths[0]} and {paths[1]}; figures for scripts: {paths[2]}")
+    if refused:
+        console.print(f"{len(refused)} stage(s) refused or skipped: exit status "
+                      f"{EXIT_REFUSED}", highlight=False)
+        raise typer.Exit(EXIT_REFUSED)
 
 
 def register(app: typer.Typer) -> None:

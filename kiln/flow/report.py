@@ -13,7 +13,7 @@ from typing import Any
 from kiln.flow.runner import StageRecord
 from kiln.report.markdown import format_size, markdown_table, write_text
 
-Block = tuple  # ("h1"|"h2"|"p", text) | ("table", columns, rows) | ("img", path, caption)
+Block = tuple  # ("h1"|"h2"|"p"|"warn", text) | ("table", columns, rows) | ("img", path, caption)
 
 
 def _pct(value: float | None) -> str:
@@ -36,8 +36,15 @@ def summary(model: str, records: list[StageRecord]) -> dict[str, Any]:
             else None
 
     onnx = by.get("onnx")
+    untrained = None
+    if figure("float", "untrained"):
+        untrained = (f"the float model scores {_pct(figure('float', 'accuracy'))} on "
+                     f"{figure('float', 'dataset')}, chance is {_pct(figure('float', 'chance'))}"
+                     ": its weights look untrained (the flow does not train; give trained "
+                     "weights: kiln train, --weights, or a model file)")
     return {
         "model": model,
+        "untrained_warning": untrained,
         "float_accuracy": figure("float", "accuracy"),
         "quantized_accuracy": figure("compress", "accuracy"),
         "integer_accuracy": figure("integer", "accuracy"),
@@ -131,7 +138,10 @@ def _blocks(model: str, records: list[StageRecord], out: Path) -> list[Block]:
             ["RTL", f"{_num(facts['rtl_cycles_per_inference'])} cycles per inference"
              if facts["rtl_cycles_per_inference"] else "—"],
             ["resources (Yosys)", resources_text(by.get("synth"))]]
-    blocks += [("h2", "Summary"), ("table", ["figure", "value"], rows)]
+    blocks += [("h2", "Summary")]
+    if facts["untrained_warning"]:
+        blocks.append(("warn", f"Warning: {facts['untrained_warning']}."))
+    blocks.append(("table", ["figure", "value"], rows))
     blocks += [("h2", "Stages"), ("table", ["stage", "status", "seconds (when it ran)", "note"],
                                   [[r.stage, r.status, f"{r.seconds:.1f}" if r.seconds else "",
                                     r.message] for r in records])]
@@ -241,6 +251,8 @@ def _markdown(blocks: list[Block], out: Path) -> str:
             lines += [f"## {block[1]}", ""]
         elif kind == "p":
             lines += [block[1], ""]
+        elif kind == "warn":
+            lines += [f"**{block[1]}**", ""]
         elif kind == "table":
             lines += [markdown_table(block[1], block[2]), ""]
         elif kind == "img":
@@ -251,7 +263,8 @@ def _markdown(blocks: list[Block], out: Path) -> str:
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;
 padding:.25em .6em;font-size:.9em;text-align:left}th{background:#f3f3f3}img{max-width:100%;
-display:block;margin:.5em 0}figcaption{color:#666;font-size:.85em;margin-bottom:1.5em}
+display:block;margin:.5em 0}.warn{color:#a40000;background:#fff0f0;padding:.5em}
+figcaption{color:#666;font-size:.85em;margin-bottom:1.5em}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em}"""
 
 
@@ -264,6 +277,8 @@ def _html(blocks: list[Block]) -> str:
             parts.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
         elif kind == "p":
             parts.append(f"<p>{html.escape(block[1])}</p>")
+        elif kind == "warn":
+            parts.append(f'<p class="warn"><strong>{html.escape(block[1])}</strong></p>')
         elif kind == "table":
             head = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
             body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row)

@@ -115,8 +115,9 @@ def run_flow(model: str, config: FlowConfig, out: str | Path, *,
     from kiln.atomic import atomic_folder
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ctx = FlowContext(model, config, out)
+    ctx.check_inputs()  # a model that cannot be loaded or does not fit: nothing is written
+    out.mkdir(parents=True, exist_ok=True)
     keys: dict[str, str] = {}
     records: dict[str, StageRecord] = {}
     for stage in STAGES:

@@ -53,6 +53,30 @@ class FlowContext:
         limit = self.config.data.test_samples
         return dataset.x_test[:limit], dataset.y_test[:limit]
 
+    def check_inputs(self) -> None:
+        """Refuse, before anything is written, a model that cannot be loaded or does not fit
+        its dataset: its input shape against the dataset's, its outputs against the
+        dataset's classes (a mismatch would otherwise "evaluate" at chance)."""
+        import math
+
+        graph, info = self.float_model()
+        dataset, _ = self.dataset()
+        takes = tuple(int(d) for d in graph.input_shape[1:])
+        if takes != tuple(dataset.input_shape):
+            raise KilnError(
+                f"model '{info.name}' takes inputs of {_shape(takes)}, dataset "
+                f"'{dataset.name}' has {_shape(dataset.input_shape)}",
+                hint="give the dataset its inputs come from (--data), or your module's "
+                     "input shape (--input-shape)")
+        outputs = _output_shape(graph)
+        if outputs is not None and math.prod(outputs) != dataset.num_classes:
+            raise KilnError(
+                f"model '{info.name}' has {math.prod(outputs)} outputs"
+                + (f" ({_shape(outputs)} per input)" if len(outputs) > 1 else "")
+                + f", dataset '{dataset.name}' has {dataset.num_classes} classes",
+                hint="a classifier over the dataset's classes is what the flow evaluates; "
+                     "give the dataset it was trained on (--data)")
+
     # --- artifacts of earlier stages (from disk when they were cached) ----------------
     def quantized(self):
         if "quantized" not in self.cache:
@@ -74,6 +98,19 @@ class FlowContext:
         return Design.load(self.out / "rtl" / "design")
 
 
+def _shape(shape) -> str:
+    return "x".join(str(int(d)) for d in shape) or "a scalar"
+
+
+def _output_shape(graph) -> tuple[int, ...] | None:
+    """The shape of one input's output (without the batch), where shapes are known."""
+    output = graph.fx_nodes()[-1]
+    shapes = output.meta["kiln"].input_shapes
+    if not shapes or shapes[0] is None:
+        return None
+    return tuple(int(d) for d in shapes[0][1:])
+
+
 def _accuracy(graph, x, y) -> float:
     from kiln.models.training import predict
 
@@ -88,8 +125,12 @@ def stage_float(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     dataset, scale = ctx.dataset()
     x, y = ctx.test_inputs()
     totals = count(graph)
+    accuracy = _accuracy(graph, x, y)
+    chance = 1.0 / dataset.num_classes
     return {"model": info.name, "dataset": dataset.name, "input_scale": scale,
-            "test_samples": len(y), "accuracy": _accuracy(graph, x, y),
+            "test_samples": len(y), "accuracy": accuracy, "chance": chance,
+            # at most 1.5x chance: random weights, or a model trained for other data
+            "untrained": bool(accuracy <= 1.5 * chance),
             "params": totals.params, "macs": totals.macs,
             "bytes": model_size(graph).total_bytes, "layers": totals.compute_layers}
 

@@ -109,9 +109,20 @@ def read_torch_file(path: str | Path, what: str) -> Any:
         raise ModelFormatError(f"{path}: no such {what} file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError,
-            AttributeError, TypeError) as exc:  # what torch raises depends on the damage
-        raise ModelFormatError(f"{path}: not a readable PyTorch {what}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 (what torch raises depends on the damage: a
+        # text file gives KeyError, a cut one EOFError or BadZipFile, pickled code a long
+        # UnpicklingError about weights_only)
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            reason = "it holds pickled Python objects, which kiln does not execute"
+        elif not isinstance(exc, (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile,
+                                  EOFError)):
+            reason = f"not a PyTorch file ({type(exc).__name__}: {reason})"
+        raise ModelFormatError(f"{path}: not a readable PyTorch {what}: {reason}",
+                               hint="kiln reads checkpoints and model files written by "
+                                    "kiln (train, quantize, qat, prune), or a state dict "
+                                    "with --weights") from exc
 
 
 def load_checkpoint(path: str | Path) -> tuple[Graph, ModelInfo]:

@@ -83,8 +83,11 @@ def test_a_module_with_a_residual_add_runs_what_it_can(tmp_path):
     assert {r.stage: r.message for r in records}["simulate"] == "needs rtl (refused)"
 
 
+ONNX_MNIST = Path(__import__("qonnx").__file__).parent / "data/onnx/mnist-conv/model.onnx"
+
+
 def test_qonnx_mnist_from_its_file_with_its_own_input_scale(tmp_path):
-    path = Path(__import__("qonnx").__file__).parent / "data/onnx/mnist-conv/model.onnx"
+    path = ONNX_MNIST
     config = load_flow_config(Path(__file__).parents[2] / "examples/flow/mnist.toml")
     config = parse_flow_config({**config.model_dump(mode="json"), **FAST,
                                 "data": {**config.data.model_dump(), "calibration_batches": 2},
@@ -141,3 +144,44 @@ def test_flow_config_mistakes_are_named(tmp_path):
     bad.write_text('[data]\nsamples = 3\n')
     _assert_one_line_error(kiln("flow", "jsc-tiny", "--config", str(bad), "--out",
                                 str(tmp_path / "o")), "data.samples")
+
+
+def test_a_model_that_cannot_load_or_fit_its_data_exits_2_and_writes_nothing(tmp_path):
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    (tmp_path / "broken.py").write_text("def oops(:\n")
+    (tmp_path / "five.py").write_text("from torch import nn\n\n\nclass Five(nn.Sequential):\n"
+                                      "    def __init__(self):\n"
+                                      "        super().__init__(nn.Linear(16, 5))\n")
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(ONNX_MNIST.read_bytes()[:300])
+    out = tmp_path / "out"
+    for args, message in (
+            (["convnett"], "did you mean 'convnet'"),
+            ([str(tmp_path / "nosuch.onnx")], "no such ONNX file"),
+            ([str(truncated), "--data", "mnist-5k"], "not a readable ONNX model"),
+            ([str(tmp_path / "notes.pt")], "not a readable PyTorch checkpoint"),
+            ([f"{tmp_path / 'broken.py'}:Net", "--input-shape", "16", "--data", "letter"],
+             "SyntaxError"),
+            # the model's input is not the dataset's / its outputs are not the classes
+            ([str(ONNX_MNIST), "--data", "letter"], "takes inputs of 1x28x28"),
+            ([f"{tmp_path / 'five.py'}:Five", "--input-shape", "16", "--data", "letter"],
+             "has 5 outputs, dataset 'letter' has 26 classes")):
+        result = kiln("flow", *args, "--out", str(out))
+        _assert_one_line_error(result, message)
+        assert not out.exists(), args  # nothing written
+
+
+def test_flow_takes_the_model_options_and_exits_3_when_a_stage_refuses(tmp_path):
+    module = tmp_path / "residual.py"
+    module.write_text(RESIDUAL)
+    out = tmp_path / "out"
+    result = kiln("flow", f"{module}:ResidualMLP", "--input-shape", "16", "--data", "letter",
+                  "--stages", "float,compress,integer,rtl", "--out", str(out), "--json")
+    assert result.returncode == 3, result.stderr  # rtl refused the residual add
+    facts = json.loads(result.stdout)
+    statuses = {s["stage"]: s["status"] for s in facts["stages"]}
+    assert statuses["integer"] == "done" and statuses["rtl"] == "refused"
+    assert (out / "report.md").is_file()  # the report is written all the same
+    # random weights: flagged in the summary and at the top of the report
+    assert "untrained" in facts["untrained_warning"]
+    assert "Warning: the float model scores" in (out / "report.md").read_text()
