@@ -32,8 +32,9 @@ def flow(
              "simulator, synthesis target, stages; every field has a default (see "
              "examples/flow/flow.toml).")] = None,
     stages: Annotated[str | None, typer.Option(
-        help="Comma-separated stages to run (default: the config's, else all): float, "
-             "compress, integer, onnx, cost, rtl, simulate, synth.")] = None,
+        help="Comma-separated stages to run (default: the config's, else all but train): "
+             "train, float, compress, integer, onnx, cost, schedule, mvu, rtl, simulate, "
+             "synth, fpga.")] = None,
     data: Annotated[str | None, typer.Option(
         "--data", "-d", help="Dataset (default: the model's own; [data] dataset).")] = None,
     input_shape: Annotated[str | None, typer.Option(
@@ -44,16 +45,18 @@ def flow(
         help=INPUT_SCALE_HELP + " ([data] input_scale)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Carry MODEL through every stage: float evaluation → compression → integer program →
-    ONNX Runtime check → cost on the accelerator → RTL → simulation → synthesis, and
-    write DIR/report.md, DIR/report.html and DIR/summary.json.
+    """Carry MODEL through every stage: (training →) float evaluation → compression →
+    integer program → ONNX Runtime check → cost on the accelerator → multi-core schedule →
+    BARVINN MVU jobs (proven on its RTL) → RTL → simulation → synthesis → FPGA place and
+    route (Fmax), and write DIR/report.md, DIR/report.html and DIR/summary.json.
 
     Each stage writes DIR/<stage>/ whole or not at all and is skipped when its inputs have
     not changed, so a re-run after a kill or a config change redoes only what changed. A
     stage that cannot take the model says why; the stages that do not need it still run.
-    The flow does not train: give it trained weights (a zoo name's shipped checkpoint, a
-    model file from kiln train/quantize/qat, an ONNX file, or --weights for your module);
-    a model at chance accuracy is flagged as untrained. A file.py:Name module needs
+    The flow trains only when asked (--stages train,... with [train] in --config): else
+    give it trained weights (a zoo name's shipped checkpoint, a model file from kiln
+    train/quantize/qat, an ONNX file, or --weights for your module); a model at chance
+    accuracy is flagged as untrained. A file.py:Name module needs
     --input-shape, and an ONNX file or a module --data (or [model] / [data] in --config).
 
     Exit status: 0 every selected stage done (or cached); 3 some stage refused the model
@@ -163,6 +166,17 @@ def flow(
         from kiln.flow.report import resources_text
 
         lines.append("Yosys: " + resources_text(next(r for r in records if r.stage == "synth")))
+    if facts["schedule_latency_cycles"] is not None:
+        lines.append(f"multi-core schedule: {facts['schedule_latency_cycles']:,.0f} cycles, "
+                     f"{facts['schedule_gap_to_lower_bound']:.1%} above its lower bound")
+    if facts["mvu_cycles"] is not None:
+        lines.append(f"BARVINN MVU: {facts['mvu_cycles']:,} cycles per inference"
+                     + ("" if facts["mvu_rtl_mismatches"] is None else
+                        f", {facts['mvu_rtl_mismatches']} mismatches on its RTL"))
+    if facts["fmax_mhz"] is not None:
+        from kiln.flow.report import fpga_text
+
+        lines.append("FPGA: " + fpga_text(next(r for r in records if r.stage == "fpga")))
     for line in lines:
         console.print(line, highlight=False)
     if facts.get("untrained_warning"):

@@ -2,12 +2,19 @@
 
 .. code-block:: toml
 
-    stages = ["float", "compress", "integer", "onnx", "cost", "rtl", "simulate", "synth"]
+    stages = ["float", "compress", "integer", "onnx", "cost", "schedule", "mvu", "rtl",
+              "simulate", "synth", "fpga"]  # the default; "train" first to train too
 
     [model]                      # the MODEL argument's options
     input_shape = "1x28x28"      # for a file.py:Name model (default: none)
     weights = "state.pt"         # a state dict for a file.py:Name model (default: none)
     pretrained = true            # a zoo name: kiln's shipped checkpoint where there is one
+
+    [train]                      # stage "train" (not run by default): fresh training
+    epochs = 3
+    lr = 0.002                   # Adam, cosine-annealed
+    batch_size = 128
+    seed = 0
 
     [data]
     dataset = "fashion-mnist"    # default: the model's own
@@ -35,6 +42,15 @@
     objective = "latency"        # latency | energy | edp
     refine = 4
 
+    [schedule]                   # the multi-core, layer-fused scheduler
+    system = "examples/hardware/multicore/quad_core_heterogeneous.yaml"
+    granularity = "layer"        # layer | rows=N | rows=all | auto
+    allocate = "greedy"          # fixed | greedy | exhaustive | nsga2
+
+    [mvu]                        # BARVINN's matrix-vector unit
+    prove = 20                   # test inputs run on kiln's model of the unit
+    rtl = 1                      # of those, run on BARVINN's own RTL (0: model only)
+
     [rtl]
     parallelism = "4x4"          # P_in x P_out of every layer
     layers = {}                  # per layer: name = [P_in, P_out]
@@ -47,8 +63,16 @@
     [synth]
     target = "generic"           # generic | ice40 | xilinx (Yosys)
 
-Paths are relative to the config file. The multi-core schedule and the MVU code generation
-become stages of their own when kiln has them.
+    [fpga]                       # fold to a device, place and route (nextpnr): Fmax
+    device = "ecp5-25k"          # ice40-up5k | ice40-hx8k | ecp5-25k | ecp5-45k | ecp5-85k
+    fold = true                  # the fastest folding that fits (false: [rtl] parallelism)
+    rounding = "nearest"         # requantization of the placed design (float32 costs LUTs)
+    vectors = 4                  # test inputs the placed design is simulated on first
+    seeds = 1                    # placement seeds tried (the fastest is kept)
+    speed = 6                    # ECP5 speed grade 6 | 7 | 8 (default: nextpnr's, 6)
+    clock_mhz = 100              # the constraint (default: kiln's predicted clock)
+
+Paths are relative to the config file.
 """
 
 from __future__ import annotations
@@ -61,11 +85,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kiln.errors import config_error_from_validation
 from kiln.toml_config import read_toml, resolve_input_file
 
-STAGES = ("float", "compress", "integer", "onnx", "cost", "rtl", "simulate", "synth")
-#: What each stage needs before it can run.
-NEEDS = {"float": (), "compress": ("float",), "integer": ("compress",), "onnx": ("integer",),
-         "cost": ("integer",), "rtl": ("integer",), "simulate": ("rtl",), "synth": ("rtl",)}
-DEFAULT_ACCELERATOR = Path(__file__).resolve().parents[2] / "examples/hardware/edge_npu.yaml"
+STAGES = ("train", "float", "compress", "integer", "onnx", "cost", "schedule", "mvu", "rtl",
+          "simulate", "synth", "fpga")
+#: The stages run when a config names none ("train" only when asked for).
+DEFAULT_STAGES = tuple(stage for stage in STAGES if stage != "train")
+#: What each stage needs before it can run ("float" also needs "train" when that runs).
+NEEDS = {"train": (), "float": (), "compress": ("float",), "integer": ("compress",),
+         "onnx": ("integer",), "cost": ("integer",), "schedule": ("compress",),
+         "mvu": ("integer",), "rtl": ("integer",), "simulate": ("rtl",), "synth": ("rtl",),
+         "fpga": ("integer",)}
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DEFAULT_ACCELERATOR = EXAMPLES / "hardware/edge_npu.yaml"
+DEFAULT_SYSTEM = EXAMPLES / "hardware/multicore/quad_core_heterogeneous.yaml"
+
+
+def needs(stage: str, stages: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The stages ``stage`` reads, given the selected ``stages``."""
+    if stage == "float" and "train" in stages:
+        return ("train",)
+    return NEEDS[stage]
 
 
 class _Strict(BaseModel):
@@ -76,6 +114,13 @@ class ModelOptions(_Strict):
     input_shape: str | None = None
     weights: str | None = None
     pretrained: bool = True
+
+
+class TrainOptions(_Strict):
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    seed: int = 0
 
 
 class DataOptions(_Strict):
@@ -109,6 +154,17 @@ class AcceleratorOptions(_Strict):
     refine: int = Field(4, ge=0)
 
 
+class ScheduleOptions(_Strict):
+    system: str = str(DEFAULT_SYSTEM)
+    granularity: str = "layer"
+    allocate: Literal["fixed", "greedy", "exhaustive", "nsga2"] = "greedy"
+
+
+class MvuOptions(_Strict):
+    prove: int = Field(20, ge=1)
+    rtl: int = Field(1, ge=0)
+
+
 class RtlOptions(_Strict):
     parallelism: str = "4x4"
     layers: dict[str, list[int]] = {}
@@ -132,11 +188,23 @@ class SynthOptions(_Strict):
     target: Literal["generic", "ice40", "xilinx"] = "generic"
 
 
+class FpgaOptions(_Strict):
+    device: Literal["ice40-up5k", "ice40-hx8k", "ecp5-25k", "ecp5-45k", "ecp5-85k"] = \
+        "ecp5-25k"
+    fold: bool = True
+    rounding: Literal["floor", "nearest", "float32"] = "nearest"
+    vectors: int = Field(4, ge=1)
+    seeds: int = Field(1, ge=1)
+    speed: int | None = None
+    clock_mhz: float | None = Field(None, gt=0)
+
+
 class FlowConfig(_Strict):
     """A validated flow config; every section and field has a default."""
 
-    stages: list[str] = list(STAGES)
+    stages: list[str] = list(DEFAULT_STAGES)
     model: ModelOptions = ModelOptions()
+    train: TrainOptions = TrainOptions()
     data: DataOptions = DataOptions()
     compression: CompressionOptions = CompressionOptions()
     integer: IntegerOptions = IntegerOptions()
@@ -145,6 +213,9 @@ class FlowConfig(_Strict):
     rtl: RtlOptions = RtlOptions()
     simulate: SimulateOptions = SimulateOptions()
     synth: SynthOptions = SynthOptions()
+    schedule: ScheduleOptions = ScheduleOptions()
+    mvu: MvuOptions = MvuOptions()
+    fpga: FpgaOptions = FpgaOptions()
 
     @field_validator("stages")
     @classmethod
@@ -172,6 +243,7 @@ def load_flow_config(path: str | Path | None) -> FlowConfig:
         return FlowConfig()
     data = read_toml(path, "flow config")
     for section, key in (("model", "weights"), ("compression", "config"),
-                         ("compression", "search"), ("accelerator", "path")):
+                         ("compression", "search"), ("accelerator", "path"),
+                         ("schedule", "system")):
         resolve_input_file(data, section, key, path)
     return parse_flow_config(data, str(path))

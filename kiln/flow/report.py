@@ -61,8 +61,30 @@ def summary(model: str, records: list[StageRecord]) -> dict[str, Any]:
         "rtl_cycles_per_inference": figure("simulate", "cycles_per_inference"),
         "luts": figure("synth", "luts"), "flip_flops": figure("synth", "flip_flops"),
         "dsps": figure("synth", "dsps"), "cells": figure("synth", "cells"),
+        "trained_accuracy": (figure("train", "test_accuracy") or [None])[-1],
+        "schedule_latency_cycles": figure("schedule", "latency_cycles"),
+        "schedule_gap_to_lower_bound": figure("schedule", "gap_to_lower_bound"),
+        "mvu_cycles": figure("mvu", "countdown_cycles"),
+        "mvu_rtl_mismatches": (figure("mvu", "rtl") or {}).get("mismatches"),
+        "fpga_device": figure("fpga", "device"),
+        "fmax_mhz": figure("fpga", "fmax_mhz"),
+        "fpga_used": figure("fpga", "used"),
+        "fpga_inferences_per_second": figure("fpga", "inferences_per_second"),
         "stages": [r.as_dict() for r in records],
     }
+
+
+def fpga_text(record: StageRecord | None) -> str:
+    """One line: where the design was placed, its Fmax and its resources."""
+    if record is None or record.status not in ("done", "cached"):
+        return "—"
+    f = record.figures
+    used, available = f["used"], f["available"]
+    return (f"{f['fmax_mhz']:.1f} MHz on {f['device']} (constraint {f['clock_mhz']:.0f} MHz, "
+            f"{'met' if f['clock_met'] else 'NOT met'}); "
+            + ", ".join(f"{used[k]:,}/{available[k]:,} {label}" for k, label in (
+                ("lut", "LUT"), ("ff", "FF"), ("dsp", "DSP"), ("bram", "BRAM")))
+            + f"; {f['inferences_per_second']:,.0f} inferences/s")
 
 
 def _bar_plot(path: Path, labels: list[str], series: dict[str, list[float]], *, title: str,
@@ -137,7 +159,17 @@ def _blocks(model: str, records: list[StageRecord], out: Path) -> list[Block]:
              if facts["latency_cycles"] else "—"],
             ["RTL", f"{_num(facts['rtl_cycles_per_inference'])} cycles per inference"
              if facts["rtl_cycles_per_inference"] else "—"],
-            ["resources (Yosys)", resources_text(by.get("synth"))]]
+            ["resources (Yosys)", resources_text(by.get("synth"))],
+            ["FPGA (placed and routed, nextpnr)", fpga_text(by.get("fpga"))],
+            ["multi-core schedule",
+             f"{_num(facts['schedule_latency_cycles'])} cycles, "
+             f"{facts['schedule_gap_to_lower_bound']:.1%} above its lower bound"
+             if facts["schedule_latency_cycles"] else "—"],
+            ["BARVINN MVU",
+             f"{_num(facts['mvu_cycles'])} cycles; on BARVINN's RTL: "
+             + ("not run" if facts["mvu_rtl_mismatches"] is None
+                else f"{facts['mvu_rtl_mismatches']} mismatching words")
+             if facts["mvu_cycles"] else "—"]]
     blocks += [("h2", "Summary")]
     if facts["untrained_warning"]:
         blocks.append(("warn", f"Warning: {facts['untrained_warning']}."))
@@ -238,6 +270,63 @@ def _blocks(model: str, records: list[StageRecord], out: Path) -> list[Block]:
                       f"{f['seconds']:.0f}"]
         blocks += [("h2", f"Synthesis ({f['target']}, Yosys)"),
                    ("table", columns, [values])]
+    blocks += _hardware_blocks(by, out)
+    return blocks
+
+
+def _hardware_blocks(by: dict[str, StageRecord], out: Path) -> list[Block]:
+    """The sections of the train, schedule, mvu and fpga stages."""
+    blocks: list[Block] = []
+    train = by.get("train")
+    if train and train.figures:
+        f = train.figures
+        blocks += [("h2", "Training"),
+                   ("p", f"{f['epochs']} epochs (Adam, lr {f['lr']}, batch {f['batch_size']}, "
+                         f"seed {f['seed']}) in {f['seconds']:.0f} s: test accuracy "
+                         + " → ".join(_pct(a) for a in f["test_accuracy"]) + ".")]
+    schedule = by.get("schedule")
+    if schedule and schedule.figures:
+        f = schedule.figures
+        bound = f["lower_bound"]
+        blocks += [("h2", f"Multi-core schedule ({f['system']})"),
+                   ("p", f"{_num(f['latency_cycles'])} cycles, {_num(f['energy_pj'] / 1e6)} µJ,"
+                         f" DRAM traffic {format_size(f['dram_traffic_bits'] / 8)}; lower "
+                         f"bound {_num(bound['cycles'])} cycles "
+                         f"({bound['bound_by'].replace('_', ' ')}), gap "
+                         f"{f['gap_to_lower_bound']:.1%}; allocation {f['allocate']}, "
+                         f"granularity {f['granularity']}; validated.")]
+        for name, caption in (("timeline.png", "which core runs what, when"),
+                              ("memory.png", "memory per core over time")):
+            if (out / "schedule" / name).is_file():
+                blocks.append(("img", out / "schedule" / name, caption))
+    mvu = by.get("mvu")
+    if mvu and mvu.figures:
+        f = mvu.figures
+        rtl = f.get("rtl")
+        blocks += [("h2", "BARVINN matrix-vector unit"),
+                   ("p", f"{f['layers']} layers as {f['jobs']} jobs, {_num(f['countdown_cycles'])}"
+                         f" cycles per inference; proven on kiln's model of the unit on "
+                         f"{f['proof_inputs']} inputs ({f['proof_mismatches']} mismatches)"
+                         + (f", accuracy {_pct(f['accuracy'])}" if f.get("accuracy") else "")
+                         + (f"; on BARVINN's own RTL (Verilator) for {rtl['inputs']} input(s): "
+                            f"{rtl['mismatches']} of {rtl['words']:,} data-RAM words differ, "
+                            f"{_num(rtl['run_cycles'])} cycles" if rtl else "") + ".")]
+    fpga = by.get("fpga")
+    if fpga and fpga.figures:
+        f = fpga.figures
+        critical = f.get("extra", {}).get("critical_path", {})
+        blocks += [("h2", f"FPGA: {f['device']}"),
+                   ("p", ("Folded to fit the device" if f["folded"] else "At the RTL stage's "
+                          "parallelism") + f", {f['rounding']} requantization; simulated on "
+                         f"{f['simulated_vectors']} test inputs first "
+                         f"({'bit-exact' if f['bit_exact'] else 'MISMATCH'}), then "
+                         f"synthesized (Yosys, {f['synth_seconds']:.0f} s) and placed and "
+                         f"routed (nextpnr, {f['pnr_seconds']:.0f} s). "
+                         + fpga_text(fpga) + "."
+                         + (f" Critical path: {' → '.join(critical.get('through', []))}."
+                            if critical.get("through") else "")),
+                   ("table", ["layer", "P_in × P_out"],
+                    [[name, f"{p[0]} × {p[1]}"] for name, p in f["parallelism"].items()])]
     return blocks
 
 

@@ -20,18 +20,25 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import KilnError
-from kiln.flow.config import NEEDS, STAGES, FlowConfig
-from kiln.flow.stages import STAGE_FUNCTIONS, FlowContext
+from kiln.flow.config import STAGES, FlowConfig, needs
+from kiln.flow.hw_stages import stage_fpga, stage_mvu, stage_schedule
+from kiln.flow.stages import STAGE_FUNCTIONS as _SOFTWARE_STAGES
+from kiln.flow.stages import FlowContext
+
+STAGE_FUNCTIONS = {**_SOFTWARE_STAGES, "schedule": stage_schedule, "mvu": stage_mvu,
+                   "fpga": stage_fpga}
 
 #: Bump when a stage's artifact changes meaning (invalidates every cached stage).
 FLOW_VERSION = 1
 #: The config sections each stage's result depends on.
-SECTIONS = {"float": ("model", "data"), "compress": ("compression", "data"),
-            "integer": ("integer",), "onnx": ("onnx", "data"), "cost": ("accelerator",),
-            "rtl": ("rtl",), "simulate": ("simulate", "data"), "synth": ("synth",)}
+SECTIONS = {"train": ("model", "data", "train"), "float": ("model", "data"),
+            "compress": ("compression", "data"), "integer": ("integer",),
+            "onnx": ("onnx", "data"), "cost": ("accelerator",), "schedule": ("schedule",),
+            "mvu": ("mvu", "data"), "rtl": ("rtl",), "simulate": ("simulate", "data"),
+            "synth": ("synth",), "fpga": ("fpga", "rtl")}
 #: Config fields that name files: their contents are part of the key.
 FILE_FIELDS = {"model": ("weights",), "compression": ("config", "search"),
-               "accelerator": ("path",)}
+               "accelerator": ("path",), "schedule": ("system",)}
 
 
 class FlowError(KilnError):
@@ -88,7 +95,7 @@ def stage_key(stage: str, config: FlowConfig, model: str, upstream: list[str]) -
         sections[name] = section
     payload = {"stage": stage, "version": FLOW_VERSION, "sections": sections,
                "upstream": upstream}
-    if stage == "float":
+    if stage in ("train", "float"):
         payload["model"] = model_fingerprint(model)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -124,7 +131,7 @@ def run_flow(model: str, config: FlowConfig, out: str | Path, *,
         if stage not in config.stages:
             records[stage] = StageRecord(stage, "not selected")
             continue
-        missing = [need for need in NEEDS[stage]
+        missing = [need for need in needs(stage, config.stages)
                    if records.get(need) is None or records[need].status not in ("done",
                                                                                  "cached")]
         if missing:
@@ -133,7 +140,8 @@ def run_flow(model: str, config: FlowConfig, out: str | Path, *,
                                          message=f"needs {missing[0]} ({reason})")
             _report(on_stage, records[stage])
             continue
-        key = stage_key(stage, config, model, [keys[need] for need in NEEDS[stage]])
+        key = stage_key(stage, config, model,
+                        [keys[need] for need in needs(stage, config.stages)])
         keys[stage] = key
         folder = out / stage
         cached = _cached(folder, key)

@@ -29,21 +29,33 @@ class FlowContext:
     cache: dict[str, Any] = field(default_factory=dict)
 
     # --- shared inputs -------------------------------------------------------------
-    def float_model(self):
-        if "float" not in self.cache:
+    def base_model(self):
+        """The MODEL argument as given (before the train stage, when that runs)."""
+        if "base" not in self.cache:
             from kiln.cli.common import load_model_argument
 
             options = self.config.model
-            self.cache["float"] = load_model_argument(
+            self.cache["base"] = load_model_argument(
                 self.model, data=self.config.data.dataset, input_shape=options.input_shape,
                 weights=options.weights, pretrained=options.pretrained)
+        return self.cache["base"]
+
+    def float_model(self):
+        """The float model the flow carries: the train stage's when it runs, else MODEL."""
+        if "float" not in self.cache:
+            if "train" in self.config.stages:
+                from kiln.models import resolve_model
+
+                self.cache["float"] = resolve_model(str(self.out / "train" / "model.pt"))
+            else:
+                self.cache["float"] = self.base_model()
         return self.cache["float"]
 
     def dataset(self):
         if "dataset" not in self.cache:
             from kiln.cli.common import model_dataset
 
-            _, info = self.float_model()
+            _, info = self.base_model()
             self.cache["dataset"] = model_dataset(info, self.config.data.dataset,
                                                   self.config.data.input_scale)
         return self.cache["dataset"]
@@ -59,7 +71,7 @@ class FlowContext:
         dataset's classes (a mismatch would otherwise "evaluate" at chance)."""
         import math
 
-        graph, info = self.float_model()
+        graph, info = self.base_model()
         dataset, _ = self.dataset()
         takes = tuple(int(d) for d in graph.input_shape[1:])
         if takes != tuple(dataset.input_shape):
@@ -115,6 +127,29 @@ def _accuracy(graph, x, y) -> float:
     from kiln.models.training import predict
 
     return float((predict(graph, x).argmax(axis=1) == y).mean())
+
+
+def stage_train(ctx: FlowContext, folder: Path) -> dict[str, Any]:
+    """Train the model from its given weights (fresh ones for a zoo name without
+    pretrained): the float stage and everything after carry the trained model."""
+    from kiln.models import fit
+    from kiln.models.artifacts import save_model
+
+    graph, info = ctx.base_model()
+    graph = graph.copy()
+    dataset, scale = ctx.dataset()
+    options = ctx.config.train
+    result = fit(graph, dataset, epochs=options.epochs, lr=options.lr,
+                 batch_size=options.batch_size, seed=options.seed)
+    save_model(graph, folder / "model.pt", info.recipe or {"base": {}, "steps": []},
+               dataset=dataset.name, input_scale=scale,
+               metrics={"test_accuracy": result.final_accuracy})
+    from kiln.models import resolve_model
+
+    ctx.cache["float"] = resolve_model(str(folder / "model.pt"))
+    return {"epochs": options.epochs, "lr": options.lr, "batch_size": options.batch_size,
+            "seed": options.seed, "train_loss": result.train_loss,
+            "test_accuracy": result.test_accuracy, "seconds": result.seconds}
 
 
 def stage_float(ctx: FlowContext, folder: Path) -> dict[str, Any]:
@@ -338,7 +373,7 @@ def stage_synth(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[FlowContext, Path], dict[str, Any]]] = {
-    "float": stage_float, "compress": stage_compress, "integer": stage_integer,
-    "onnx": stage_onnx, "cost": stage_cost, "rtl": stage_rtl, "simulate": stage_simulate,
-    "synth": stage_synth,
+    "train": stage_train, "float": stage_float, "compress": stage_compress,
+    "integer": stage_integer, "onnx": stage_onnx, "cost": stage_cost, "rtl": stage_rtl,
+    "simulate": stage_simulate, "synth": stage_synth,
 }
