@@ -77,6 +77,7 @@ def stage_fpga(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     from kiln.flow.stages import _parallelism
     from kiln.integer import lower
     from kiln.rtl import emit
+    from kiln.rtl.emit import check_emittable
     from kiln.rtl.folding import Budget, fold
     from kiln.rtl.fpga import place_and_route
     from kiln.rtl.simulate import simulate
@@ -87,6 +88,7 @@ def stage_fpga(ctx: FlowContext, folder: Path) -> dict[str, Any]:
         # ONNX Runtime's float32 requantization is a float multiplier per output in LUTs
         # (convnet on ECP5-25K: 22k LUT, 11 MHz); the FPGA takes the fixed-point one
         program = lower(ctx.quantized(), rounding=options.rounding)
+    check_emittable(program)  # before folding: name what the hardware cannot take
     folding = None
     if options.fold:
         folding = fold(program, budget=Budget.of_device(options.device))

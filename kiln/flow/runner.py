@@ -87,7 +87,10 @@ def model_fingerprint(model: str) -> str:
 
 def stage_key(stage: str, config: FlowConfig, model: str, upstream: list[str]) -> str:
     sections = {}
-    for name in SECTIONS[stage]:
+    names = SECTIONS[stage]
+    if stage == "fpga" and config.fpga.fold:
+        names = tuple(n for n in names if n != "rtl")  # folded: [rtl] parallelism unused
+    for name in names:
         section = config.section(name)
         for key in FILE_FIELDS.get(name, ()):
             if section.get(key):

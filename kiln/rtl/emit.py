@@ -177,6 +177,19 @@ def _parse_parallelism(parallelism: Any, count: int, names: list[str]) -> list[t
     return per_layer
 
 
+def check_emittable(program: IntegerProgram) -> None:
+    """Refuse, naming every op it cannot take, a program the RTL emitter cannot build."""
+    if program.rounding not in ("floor", "nearest", "float32"):
+        raise KilnError(f"program '{program.name}' uses {program.rounding} rounding; the "
+                        "generated hardware implements floor, nearest and float32",
+                        hint="lower with --rounding nearest")
+    unsupported = [f"{op.name} ({op.kind})" for op in program.ops
+                   if op.kind not in ("dense", "affine", "flatten", "conv", "maxpool")]
+    if unsupported:
+        raise KilnError("the RTL emitter supports conv, max pool, flatten, dense and affine "
+                        f"ops; program '{program.name}' also has: {', '.join(unsupported)}")
+
+
 def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path, *,
          bank_roms: bool = True) -> Design:
     """Write the SystemVerilog design of ``program`` into ``out_dir``.
@@ -188,15 +201,7 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path, *,
     ``bank_roms`` cuts deep weight ROMs into banks one block RAM deep (faster clock, more
     block RAMs: :mod:`kiln.rtl.memories`).
     """
-    if program.rounding not in ("floor", "nearest", "float32"):
-        raise KilnError(f"program '{program.name}' uses {program.rounding} rounding; the "
-                        "generated hardware implements floor, nearest and float32",
-                        hint="lower with --rounding nearest")
-    unsupported = [f"{op.name} ({op.kind})" for op in program.ops
-                   if op.kind not in ("dense", "affine", "flatten", "conv", "maxpool")]
-    if unsupported:
-        raise KilnError("the RTL emitter supports conv, max pool, flatten, dense and affine "
-                        f"ops; program '{program.name}' also has: {', '.join(unsupported)}")
+    check_emittable(program)
     weighted = [op for op in program.ops if op.kind in ("dense", "affine", "conv")]
     per_layer = _parse_parallelism(parallelism, len(weighted), [op.name for op in weighted])
     for index in range(1, len(weighted)):

@@ -48,11 +48,19 @@ def _statuses(records) -> dict[str, str]:
 def test_jsc_through_every_stage_then_only_the_rtl_stages_again(tmp_path):
     config = parse_flow_config(FAST)
     records = run_flow("jsc-three-linear", config, tmp_path)
-    assert set(_statuses(records).values()) == {"done"}
+    statuses = _statuses(records)
+    # the MVU runs conv, dense and pooling only: jsc's input BatchNorm is refused by name
+    assert statuses.pop("mvu") == "refused" and statuses.pop("train") == "not selected"
+    assert set(statuses.values()) == {"done"}
+    assert "affine" in {r.stage: r.message for r in records}["mvu"]
     by = {r.stage: r.figures for r in records}
     assert by["onnx"]["bit_exact"] and by["simulate"]["bit_exact"]
     assert by["integer"]["top1_agreement"] > 0.99 and by["cost"]["latency_cycles"] > 0
     assert by["synth"]["cells"] > 0
+    # placed and routed after a simulation of what is placed; the schedule is validated
+    assert by["fpga"]["bit_exact"] and by["fpga"]["fmax_mhz"] > 20
+    assert 0 < by["fpga"]["used"]["lut"] <= by["fpga"]["available"]["lut"]
+    assert by["schedule"]["validated"] and by["schedule"]["latency_cycles"] > 0
     paths = write_report("jsc-three-linear", records, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rtl_bit_exact"] and summary["onnx_bit_exact"]
@@ -62,9 +70,11 @@ def test_jsc_through_every_stage_then_only_the_rtl_stages_again(tmp_path):
     # only the RTL parallelism changes: the stages before it are taken from the cache
     again = run_flow("jsc-three-linear", parse_flow_config({**FAST, "rtl": {
         "parallelism": "2x2"}}), tmp_path)
-    assert _statuses(again) == {"float": "cached", "compress": "cached", "integer": "cached",
-                                "onnx": "cached", "cost": "cached", "rtl": "done",
-                                "simulate": "done", "synth": "done"}
+    assert _statuses(again) == {"train": "not selected", "float": "cached",
+                                "compress": "cached", "integer": "cached", "onnx": "cached",
+                                "cost": "cached", "schedule": "cached", "mvu": "refused",
+                                "rtl": "done", "simulate": "done", "synth": "done",
+                                "fpga": "cached"}  # folded to the device: no [rtl] in it
     assert {r.stage: r.figures for r in again}["rtl"]["parallelism"] == "2x2"
 
 
@@ -75,9 +85,10 @@ def test_a_module_with_a_residual_add_runs_what_it_can(tmp_path):
                                 "data": {**FAST["data"], "dataset": "letter"}})
     records = run_flow(f"{module}:ResidualMLP", config, tmp_path / "out")
     statuses = _statuses(records)
-    assert statuses == {"float": "done", "compress": "done", "integer": "done", "onnx": "done",
-                        "cost": "done", "rtl": "refused", "simulate": "skipped",
-                        "synth": "skipped"}
+    assert statuses == {"train": "not selected", "float": "done", "compress": "done",
+                        "integer": "done", "onnx": "done", "cost": "done", "schedule": "done",
+                        "mvu": "refused", "rtl": "refused", "simulate": "skipped",
+                        "synth": "skipped", "fpga": "refused"}
     rtl = next(r for r in records if r.stage == "rtl")
     assert "add" in rtl.message and "the RTL emitter supports" in rtl.message
     assert {r.stage: r.message for r in records}["simulate"] == "needs rtl (refused)"
@@ -185,3 +196,20 @@ def test_flow_takes_the_model_options_and_exits_3_when_a_stage_refuses(tmp_path)
     # random weights: flagged in the summary and at the top of the report
     assert "untrained" in facts["untrained_warning"]
     assert "Warning: the float model scores" in (out / "report.md").read_text()
+
+
+def test_the_train_stage_trains_what_the_flow_carries(tmp_path):
+    module = tmp_path / "residual.py"
+    module.write_text(RESIDUAL)
+    config = parse_flow_config({**FAST, "model": {"input_shape": "16"},
+                                "data": {**FAST["data"], "dataset": "letter"},
+                                "train": {"epochs": 2},
+                                "stages": ["train", "float", "compress", "integer"]})
+    records = run_flow(f"{module}:ResidualMLP", config, tmp_path / "out")
+    by = {r.stage: r for r in records}
+    assert by["train"].status == "done" and len(by["train"].figures["test_accuracy"]) == 2
+    # random weights score ~4% on 26 classes: the float stage measures the trained model
+    assert by["float"].figures["accuracy"] > 0.3 and not by["float"].figures["untrained"]
+    assert by["integer"].figures["top1_agreement"] > 0.95
+    paths = write_report(f"{module}:ResidualMLP", records, tmp_path / "out")
+    assert "## Training" in paths[0].read_text()
