@@ -30,9 +30,12 @@ app = typer.Typer(
     name="kiln",
     help=(
         "kiln carries a trained neural network to an accelerator: import (PyTorch, ONNX), "
-        "inspect, train, compress, lower to integers, cost and generate hardware.\n\n"
-        "Start with:  kiln demo   (the main job on the default model and dataset)\n\n"
-        "MODEL arguments take a zoo name (kiln models), a .pt checkpoint or an .onnx file."
+        "inspect, train, compress, lower to integers, cost, schedule and generate hardware."
+        "\n\n"
+        "Start with:  kiln flow convnet --out out/flow   (the main job: the default model "
+        "and dataset, from float to a placed FPGA design, one report)\n\n"
+        "MODEL arguments take a zoo name (kiln models), a .pt checkpoint or model file, an "
+        ".onnx file, or your own module as file.py:Name (with --input-shape)."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

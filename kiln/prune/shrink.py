@@ -102,7 +102,7 @@ def _analyse(graph: Graph) -> _Spaces:
             if groups == 1:
                 group = 1
                 if kind is OpKind.LINEAR and source is not None and \
-                        infos[source.name].op is OpKind.FLATTEN:
+                        infos[_behind_quantizers(source, module).name].op is OpKind.FLATTEN:
                     group = channels_in // max(spaces.get(in_space).size or channels_in, 1)
                 spaces.get(in_space).consumers.append((sub, group))
                 out = spaces.new()
@@ -131,14 +131,39 @@ def _analyse(graph: Graph) -> _Spaces:
             first, second = (space_of[a.name] for a in node.all_input_nodes)
             space_of[node.name] = spaces.union(first, second)
         elif kind is OpKind.FLATTEN and in_space is not None and _flattens_channels(node, info):
-            # Only linear layers may read the flattened map; anything else pins it.
-            if all(infos[u.name].op is OpKind.LINEAR for u in node.users):
+            # Only linear layers may read the flattened map (through a per-tensor input
+            # quantizer after QAT); anything else pins it.
+            if all(_read_by_linear(user, infos, module) for user in node.users):
                 space_of[node.name] = in_space
             else:
                 spaces.get(in_space).pinned = True
+                space_of[node.name] = spaces.new()
+                spaces.get(space_of[node.name]).pinned = True
         else:
             pin_inputs(node)
     return spaces
+
+
+def _is_tensor_quantizer(node: torch.fx.Node, module: torch.nn.Module) -> bool:
+    if node.op != "call_module":
+        return False
+    sub = module.get_submodule(node.target)
+    return isinstance(sub, FakeQuantize) and sub.spec.granularity != "channel"
+
+
+def _behind_quantizers(node: torch.fx.Node, module: torch.nn.Module) -> torch.fx.Node:
+    """The node whose value ``node`` is, looking back through per-tensor quantizers."""
+    while _is_tensor_quantizer(node, module) and isinstance(node.args[0], torch.fx.Node):
+        node = node.args[0]
+    return node
+
+
+def _read_by_linear(node: torch.fx.Node, infos: dict, module: torch.nn.Module) -> bool:
+    """Whether a linear layer reads ``node``, directly or through per-tensor quantizers."""
+    if infos[node.name].op is OpKind.LINEAR:
+        return True
+    return _is_tensor_quantizer(node, module) and bool(node.users) and all(
+        _read_by_linear(user, infos, module) for user in node.users)
 
 
 def _flattens_channels(node: torch.fx.Node, info) -> bool:

@@ -18,7 +18,7 @@ def kiln(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 def test_help_teaches_with_examples():
     result = kiln("--help")
-    assert result.returncode == 0 and "kiln demo" in result.stdout
+    assert result.returncode == 0 and "kiln flow convnet" in result.stdout
     inspect_help = kiln("inspect", "--help")
     assert "kiln inspect resnet18" in inspect_help.stdout
 

@@ -89,3 +89,28 @@ def test_size_accounting():
     bitmap = model_size(sparse, sparse_format="bitmap").layers[2]
     assert bitmap.index_bits_total == 64 * 1568
     assert model_size(sparse, sparse_format="auto").total_bytes < model_size(sparse).total_bytes
+
+
+def test_a_quantized_mlp_that_starts_with_a_flatten_shrinks():
+    """After QAT an input quantizer sits between the flatten and the first linear layer;
+    pruning must see through it (it used to pin every channel: nothing shrank)."""
+    from torch import nn
+
+    from kiln.graph import from_torch
+    from kiln.quant import calibrate
+
+    module = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32),
+                           nn.ReLU(), nn.Linear(32, 10))
+    graph = from_torch(module, torch.randn(1, 1, 28, 28))
+    quantized = calibrate(quantize(graph, uniform_config(4, 8)), load_dataset("fashion-mnist"),
+                          batches=1)
+    pruned = prune_filters(quantized, fraction=0.25)
+    small = shrink(pruned)
+    widths = [layer.loops.K for layer in small.layers() if layer.loops is not None]
+    assert widths == [48, 24, 10]  # 25% of each hidden layer's filters gone
+    # the consumers' per-channel weight scales now span only the kept columns: the
+    # outputs move by a few steps of the output quantizer, the decisions hardly at all
+    x = torch.as_tensor(load_dataset("fashion-mnist").x_test[:512])
+    with torch.no_grad():
+        agreement = (pruned(x).argmax(1) == small(x).argmax(1)).float().mean()
+    assert agreement >= 0.97
