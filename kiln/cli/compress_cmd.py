@@ -149,8 +149,9 @@ def quantize(
         return
     console.print(table(f"{info.name} quantized", ["layer", "op", "weights", "input", "bytes"],
                         result["layers"], right_align={"bytes"}))
-    console.print(f"accuracy {before:.2%} → [bold]{after:.2%}[/] ({result['drop_points']:+.2f} "
-                  f"points drop); size {format_size(size_before)} → {format_size(size_after)}")
+    console.print(f"accuracy {before:.2%} → [bold]{after:.2%}[/] "
+                  f"({_versus_float(result['drop_points'])}); size "
+                  f"{format_size(size_before)} → {format_size(size_after)}")
     if out is not None:
         console.print(f"wrote {out}")
 
@@ -205,7 +206,7 @@ def qat(
         return
     console.print(f"float {before:.2%}, PTQ {ptq:.2%}, after {epochs} epochs of QAT "
                   f"({method}) [bold]{result.final_accuracy:.2%}[/] "
-                  f"({summary['drop_points']:.2f} points below float)")
+                  f"({_versus_float(summary['drop_points'])})")
     if out is not None:
         console.print(f"wrote {out}")
 
@@ -286,6 +287,13 @@ def prune(
                   f"{summary['float_accuracy']:.2%} → [bold]{summary['pruned_accuracy']:.2%}[/]")
     if out is not None:
         console.print(f"wrote {out}")
+
+
+def _versus_float(drop_points: float) -> str:
+    """A change of accuracy against the float model, in words with the right sign."""
+    if abs(drop_points) < 0.005:
+        return "equal to float"
+    return f"{abs(drop_points):.2f} points {'below' if drop_points > 0 else 'above'} float"
 
 
 def _prune_per_layer(graph, prune_function, config: Path, fraction: float | None,
