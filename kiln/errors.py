@@ -45,11 +45,30 @@ class ConfigError(KilnError):
     """An invalid option, configuration file or hardware description field."""
 
 
-def config_error_from_validation(error: Any, source: str) -> ConfigError:
+def _fields_at(model: Any, path: tuple) -> list[str]:
+    """The field names of the (nested) pydantic model at ``path`` of ``model``."""
+    for part in path:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return []
+        model = fields[part].annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def config_error_from_validation(error: Any, source: str, model: Any = None) -> ConfigError:
     """A :class:`ConfigError` listing every problem of a pydantic ``ValidationError``, each
-    with its path in the file: ``source: stages.rtl.parallelism: Input should be ...``."""
+    with its path in the file: ``source: stages.rtl.parallelism: Input should be ...``; an
+    unknown field is named as one, with the closest known field of ``model`` there."""
+    import difflib
+
     problems = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])
-        problems.append(f"{where}: {item['msg']}" if where else item["msg"])
+        message = item["msg"]
+        if item.get("type") == "extra_forbidden" and item["loc"]:
+            known = _fields_at(model, tuple(item["loc"][:-1])) if model is not None else []
+            close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
+            message = "unknown field" + (f" (did you mean '{close[0]}'?)" if close else
+                                         f" (known: {', '.join(known)})" if known else "")
+        problems.append(f"{where}: {message}" if where else message)
     return ConfigError(f"{source}: " + "; ".join(problems))

@@ -233,7 +233,7 @@ def parse_flow_config(data: dict[str, Any], source: str = "flow config") -> Flow
     try:
         return FlowConfig.model_validate(data)
     except ValidationError as error:
-        raise config_error_from_validation(error, source) from None
+        raise config_error_from_validation(error, source, FlowConfig) from None
 
 
 def load_flow_config(path: str | Path | None) -> FlowConfig:

@@ -195,7 +195,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> SearchConfig
     try:
         return SearchConfig.model_validate({**data, "source": source})
     except ValidationError as error:
-        raise config_error_from_validation(error, source) from None
+        raise config_error_from_validation(error, source, SearchConfig) from None
 
 
 def load_config(path: str | Path) -> SearchConfig:

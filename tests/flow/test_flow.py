@@ -148,6 +148,12 @@ def test_flow_config_mistakes_are_named(tmp_path):
         parse_flow_config({"rtl": {"parallelism": "four"}})
     with pytest.raises(ConfigError, match="compression.weight_bits"):
         parse_flow_config({"compression": {"weight_bits": 0}})
+    with pytest.raises(ConfigError, match=r"compresion: unknown field \(did you mean "
+                                          r"'compression'\?\)"):
+        parse_flow_config({"compresion": {"method": "qat"}})
+    with pytest.raises(ConfigError, match=r"fpga.devise: unknown field \(did you mean "
+                                          r"'device'\?\)"):
+        parse_flow_config({"fpga": {"devise": "ecp5-25k"}})
     bad = tmp_path / "bad.toml"
     bad.write_text('[accelerator]\npath = "nope.yaml"\n')
     _assert_one_line_error(kiln("flow", "jsc-tiny", "--config", str(bad), "--out",
