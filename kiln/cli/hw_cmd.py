@@ -35,13 +35,18 @@ MAPPING_HELP = (
 OBJECTIVE_HELP = "What the mapper minimises: latency, energy or edp."
 
 
+ZIGZAG_YAML_HELP = ("Read accelerator YAML as ZigZag does: a key repeated in one mapping "
+                    "keeps its last value, with a warning naming it (ZigZag's bundled "
+                    "tpu_like.yaml repeats 'ports'); by default a repeat is an error.")
+
+
 def _load(workload: str, accelerator: Path, mapping: Path | None, dataset: str | None,
           quant_config: Path | None = None, input_shape: str | None = None,
-          weights: Path | None = None):
+          weights: Path | None = None, zigzag_yaml: bool = False):
     from kiln.hw import load_accelerator, load_workload, load_zigzag_mapping
     from kiln.models.user import parse_shape
 
-    hw = load_accelerator(accelerator)
+    hw = load_accelerator(accelerator, duplicate_keys="last" if zigzag_yaml else "error")
     work = load_workload(workload, dataset=dataset, input_shape=parse_shape(input_shape),
                          weights=weights, quant_config=quant_config)
     entries = load_zigzag_mapping(mapping) if mapping is not None else None
@@ -134,6 +139,7 @@ def cost(
     quant_config: Annotated[Path | None, typer.Option(help=QUANT_HELP)] = None,
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    zigzag_yaml: Annotated[bool, typer.Option("--zigzag-yaml", help=ZIGZAG_YAML_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNG plots.")] = None,
 ) -> None:
@@ -149,7 +155,7 @@ def cost(
     if out is not None:
         check_out_folder(out)
     work, hw, entries = _load(workload, accelerator, mapping, dataset, quant_config,
-                              input_shape, weights)
+                              input_shape, weights, zigzag_yaml)
     result = _run_mapping(work, hw, entries, "latency", 6, 0, False, as_json)
     _report(result, as_json, out, f"{work.name} on {hw.name}")
 
@@ -184,6 +190,7 @@ def map_command(
     quant_config: Annotated[Path | None, typer.Option(help=QUANT_HELP)] = None,
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    zigzag_yaml: Annotated[bool, typer.Option("--zigzag-yaml", help=ZIGZAG_YAML_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNG plots.")] = None,
 ) -> None:
@@ -204,7 +211,7 @@ def map_command(
     if out is not None:
         check_out_folder(out)
     work, hw, entries = _load(workload, accelerator, mapping, dataset, quant_config,
-                              input_shape, weights)
+                              input_shape, weights, zigzag_yaml)
     if cache is not None and cache.exists() and not cache.is_dir():
         raise ConfigError(f"--cache {cache}: is a file, not a folder")
     result = _run_mapping(
@@ -259,6 +266,7 @@ def compare_command(
     quant_config: Annotated[Path | None, typer.Option(help=QUANT_HELP)] = None,
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    zigzag_yaml: Annotated[bool, typer.Option("--zigzag-yaml", help=ZIGZAG_YAML_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNG plots.")] = None,
 ) -> None:
@@ -279,7 +287,8 @@ def compare_command(
     files = list(accelerators or []) + [Path(a) for a in ctx.args]
     if not files:
         raise ConfigError("give at least one accelerator: --accelerators A.yaml [B.yaml ...]")
-    hws = [load_accelerator(f) for f in files]
+    hws = [load_accelerator(f, duplicate_keys="last" if zigzag_yaml else "error")
+           for f in files]
     if sweep:
         hws = sweep_accelerators(hws[0], sweep)
     from kiln.models.user import parse_shape

@@ -91,10 +91,29 @@ def _print_interrupt() -> None:
                         "whole or not at all)", highlight=False, soft_wrap=True)
 
 
+_python_warning = None  # Python's own warnings.showwarning, for others' warnings
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """kiln's own warnings as one line a user reads (not Python's file and source line)."""
+    if category.__module__.startswith("kiln"):
+        from kiln.cli.common import error_console
+
+        error_console.print(f"warning: {message}", highlight=False, soft_wrap=True)
+    else:
+        _python_warning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
     """Entry point: user errors print one or two lines and exit with status 2; Ctrl-C
     prints one line and exits with status 130."""
+    import warnings
+
     from kiln.errors import InterruptError, KilnError
+
+    global _python_warning
+    _python_warning = _python_warning or warnings.showwarning
+    warnings.showwarning = _one_line_warning
 
     try:
         app()

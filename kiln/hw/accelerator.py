@@ -396,5 +396,12 @@ def load_accelerator(path: str | Path, *, duplicate_keys: str = "error") -> Acce
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"accelerator file not found: {path}")
-    data = load_yaml_file(path, duplicate_keys=duplicate_keys)
+    try:
+        data = load_yaml_file(path, duplicate_keys=duplicate_keys)
+    except ConfigError as error:
+        if "appears twice" not in error.message:
+            raise
+        raise ConfigError(error.message, hint="remove one of them; or, for a file written "
+                          "for ZigZag, read it as ZigZag does (the last value wins): "
+                          "--zigzag-yaml on the command line") from None
     return parse_accelerator(data, str(path))

@@ -111,3 +111,18 @@ def test_map_with_workers_and_a_cache(tmp_path):
     not_a_folder.write_text("x")
     refused = kiln(*command, "--cache", str(not_a_folder))
     assert refused.returncode == 2 and "is a file, not a folder" in refused.stderr
+
+
+def test_zigzag_own_bundled_accelerator_from_the_command_line():
+    """ZigZag's tpu_like.yaml repeats 'ports': an error in kiln's strict reading that names
+    the flag; read as ZigZag reads it with --zigzag-yaml, with a one-line warning."""
+    import zigzag
+
+    bundled = Path(zigzag.__file__).parent / "inputs" / "hardware" / "tpu_like.yaml"
+    strict = kiln("map", "jsc-three-linear", "-a", str(bundled))
+    assert strict.returncode == 2 and "--zigzag-yaml" in strict.stderr
+    loose = kiln("map", "jsc-three-linear", "-a", str(bundled), "--zigzag-yaml", "--json")
+    assert loose.returncode == 0, loose.stderr
+    assert json.loads(loose.stdout)["latency_cycles"] > 0
+    assert "warning: " in loose.stderr and "'ports' appears twice" in loose.stderr
+    assert "construct_mapping" not in loose.stderr  # one line, not Python's source line
