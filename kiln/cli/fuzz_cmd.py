@@ -90,6 +90,16 @@ def fuzz(
                                report.icarus_checked else "") + ")",
                             ["stage", "passed", "failed", "skipped"], rows,
                             right_align={"passed", "failed", "skipped"}))
+        if report.skips:
+            seeds: dict[str, list[int]] = {}
+            for skip in report.skips:
+                seeds.setdefault(f"{skip['stage']}: {skip['reason']}", []).append(skip["seed"])
+            console.print(table("why stages were skipped", ["stage: reason", "networks",
+                                                            "seeds"],
+                                [[escape(reason), len(found), ", ".join(map(str, found[:8]))
+                                  + (" …" if len(found) > 8 else "")]
+                                 for reason, found in seeds.items()],
+                                right_align={"networks"}))
         for failure in report.failures:
             console.print(f"[red]seed {failure['seed']}[/] {failure['stage']}: "
                           f"{escape(failure['message'])}\n  shrunk to "

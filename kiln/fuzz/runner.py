@@ -34,6 +34,7 @@ class FuzzReport:
     skipped: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    skips: list[dict[str, Any]] = field(default_factory=list)  # seed, stage, reason each
     icarus_checked: int = 0
     seconds: float = 0.0
 
@@ -47,9 +48,18 @@ class FuzzReport:
             counts[failure["signature"]] = counts.get(failure["signature"], 0) + 1
         return counts
 
+    def skip_reasons(self) -> dict[str, int]:
+        """How many networks each stage skipped, per reason."""
+        counts: dict[str, int] = {}
+        for skip in self.skips:
+            key = f"{skip['stage']}: {skip['reason']}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def as_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "count": self.count, "stages": list(self.stages),
                 "passed": self.passed, "skipped": self.skipped, "failed": self.failed,
+                "skips": self.skips, "skip_reasons": self.skip_reasons(),
                 "failures": self.failures, "distinct_bugs": self.signatures(),
                 "icarus_checked": self.icarus_checked, "seconds": round(self.seconds, 1)}
 
@@ -177,6 +187,9 @@ def _count(report: FuzzReport, result: CaseResult, stages: tuple[str, ...]) -> N
             report.passed[stage] += 1
         elif stage in result.skipped:
             report.skipped[stage] += 1
+            report.skips.append({"seed": result.spec.seed, "stage": stage,
+                                 "reason": result.skipped[stage],
+                                 "network": result.spec.describe()})
     if result.failure is not None:
         report.failed[result.failure.stage] = report.failed.get(result.failure.stage, 0) + 1
 

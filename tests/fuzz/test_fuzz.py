@@ -148,6 +148,23 @@ def test_a_seeded_sample_schedules_on_the_example_systems():
     assert report.ok, report.failures
     assert report.passed["schedule"] + report.skipped["schedule"] == 20
     assert report.passed["schedule"] >= 16
+    assert len(report.skips) == sum(report.skipped.values())
+
+
+def test_every_skip_is_recorded_with_its_seed_and_reason():
+    from kiln.fuzz.runner import FuzzReport, _count
+
+    stages = ("lower", "schedule")
+    report = FuzzReport(seed=40, count=2, stages=stages, passed=dict.fromkeys(stages, 0),
+                        skipped=dict.fromkeys(stages, 0))
+    _count(report, CaseResult(random_network(40), passed={"lower": True, "schedule": True}),
+           stages)
+    _count(report, CaseResult(random_network(41), passed={"lower": True},
+                              skipped={"schedule": "no core runs LRN"}), stages)
+    assert report.skipped == {"lower": 0, "schedule": 1}
+    assert report.skips == [{"seed": 41, "stage": "schedule", "reason": "no core runs LRN",
+                             "network": random_network(41).describe()}]
+    assert report.as_dict()["skip_reasons"] == {"schedule: no core runs LRN": 1}
 
 
 def test_the_schedule_stage_catches_a_tiler_that_drops_rows(monkeypatch):
