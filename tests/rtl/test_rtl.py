@@ -155,3 +155,75 @@ def test_line_buffer_im2col_with_stride_dilation_and_no_padding(tmp_path):
     design = emit(program, (2, 2), tmp_path / "strided")
     assert [layer.kind for layer in design.layers] == ["conv", "conv", "dense"]
     assert simulate(design, simulator="verilator", vectors=20).passed
+
+
+def _descendants(pid: int) -> list[int]:
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _command(pid: int) -> str:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/comm").read_text()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigint_to_kiln_alone_stops_its_simulators_at_once(jsc_program, tmp_path, jobs):
+    """SIGINT to kiln's own PID (not its process group, as `kill -INT` does) during a long
+    simulation: kiln exits within seconds and no simulator runs on (it took 104 s)."""
+    import signal
+    import sys
+    import time
+
+    from tests.conftest import start_interruptible
+
+    program_dir = tmp_path / "program"
+    jsc_program.save(program_dir)
+    design = emit(jsc_program, (1, 1), tmp_path / "design")
+    process = start_interruptible(
+        [sys.executable, "-m", "kiln", "simulate", str(design.directory), "--simulator",
+         "icarus", "--vectors", "4000", "--jobs", str(jobs)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    simulators: list[int] = []
+    while time.time() < deadline and len(simulators) < jobs:
+        simulators = [pid for pid in _descendants(process.pid)
+                      if "vvp" in _command(pid)] if process.poll() is None else []
+        time.sleep(0.2)
+    assert len(simulators) == jobs, "the simulators never started"
+    time.sleep(1.0)
+    started = time.time()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert time.time() - started < 10
+    time.sleep(0.5)
+    assert not [pid for pid in simulators if _alive(pid)]
