@@ -10,6 +10,7 @@ integers (quantization is monotone, so they commute with it exactly).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,7 @@ class _Lowering:
         self.state: dict[str, Any] = {}
         self.input_quant: TensorQuant | None = None
         self.output: _Quantized | None = None
+        self.finished: dict[str, int] = {}  # layer name -> times its accumulator was finished
 
     def emit(self, op: IntOp) -> None:
         self.ops.append(op)
@@ -171,6 +173,14 @@ class _Lowering:
 
     def finish(self, pending: _Pending, quant: TensorQuant) -> _Quantized:
         op = pending.op
+        times = self.finished.get(op.name, 0)
+        self.finished[op.name] = times + 1
+        if times:
+            # the same accumulator requantized again (a layer's output read raw and through
+            # a ReLU, say): an op of its own, not the first one changed after it was emitted
+            op = IntOp(op.kind, f"{op.name}_{times + 1}", list(op.inputs),
+                       f"{op.output}_{times + 1}", dict(op.attrs), dict(op.arrays),
+                       dict(op.array_bits))
         multiplier = pending.acc_scale / quant.scale
         try:
             m0, shift = quantize_multipliers(multiplier)
@@ -267,9 +277,10 @@ class _Lowering:
         else:
             raise KilnError(f"cannot lower clip '{node.name}' without constant bounds")
         value = self.state[node.all_input_nodes[0].name]
-        if isinstance(value, _Pending):
-            value.low, value.high = max(value.low, low), min(value.high, high)
-            return value
+        if isinstance(value, _Pending):  # a copy: other readers of the layer see no clamp
+            return dataclasses.replace(value, low=max(value.low, low),
+                                       high=min(value.high, high),
+                                       deferred=list(value.deferred))
         source = self.quantized_input(node)
         lo, hi = _clamp_bounds(source.quant, low, high)
         self.emit(IntOp("clamp", node.name, [source.name], node.name,
@@ -294,8 +305,8 @@ class _Lowering:
             attrs = {"shape": list(info.output_shape[1:])}
             op_kind = "flatten"
         if isinstance(value, _Pending):
-            value.deferred.append((op_kind, attrs, node.name))
-            return value
+            return dataclasses.replace(value, deferred=[*value.deferred,
+                                                        (op_kind, attrs, node.name)])
         source = self.quantized_input(node)
         self.emit(IntOp(op_kind, node.name, [source.name], node.name,
                         {**attrs, "in_quant": source.quant.as_dict(),
@@ -321,8 +332,8 @@ class _Lowering:
         if isinstance(value_state, _Pending):
             # Quantizing commutes with the pad (0 -> the zero point, -inf -> qmin):
             # pad the requantized integers.
-            value_state.deferred.append(("pad", attrs, node.name))
-            return value_state
+            return dataclasses.replace(value_state, deferred=[*value_state.deferred,
+                                                              ("pad", attrs, node.name)])
         source = self.quantized_input(node)
         self.emit(IntOp("pad", node.name, [source.name], node.name,
                         {**_pad_attrs(attrs, source.quant), "in_quant": source.quant.as_dict(),

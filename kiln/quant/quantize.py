@@ -52,16 +52,21 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
         warnings.warn("quantization rules that match no layer: " + ", ".join(unmatched),
                       UnmatchedRuleWarning, stacklevel=2)
     first_input_spec = None
+    last_output_spec = None
     for index, node in enumerate(compute):
         layer_config = config.layer(node.name, infos[node.name].op,
                                     is_last=index == len(compute) - 1)
         if first_input_spec is None and layer_config.input is not None:
             first_input_spec = layer_config.input
+        if index == len(compute) - 1:
+            last_output_spec = layer_config.output
         if not layer_config.is_empty:
             _quantize_node(module, node, infos, layer_config)
     if first_input_spec is not None:
         _quantize_network_input(module, first_input_spec)
         _quantize_add_inputs(module, infos, first_input_spec)
+    if last_output_spec is not None:
+        _quantize_network_output(module, infos, last_output_spec)
     module.graph.lint()
     module.recompile()
     return propagate(result)
@@ -88,6 +93,12 @@ def _quantize_node(module: torch.fx.GraphModule, node: torch.fx.Node,
         for position, source in enumerate(inputs):
             if _is_activation_quantizer(module, source):
                 continue  # already quantized (a pre-quantized model's quantizer)
+            shared = [user for user in source.users if user is not node
+                      and _is_activation_quantizer(module, user)
+                      and module.get_submodule(user.target).spec == layer.input]
+            if shared:  # another layer reads the same tensor at the same width: one integer
+                node.replace_input_with(source, shared[0])
+                continue
             name = f"{node.name}_input{position if len(inputs) > 1 else ''}_quant"
             module.add_submodule(name, FakeQuantize(layer.input, "activation"))
             with module.graph.inserting_before(node):
@@ -118,6 +129,33 @@ def _quantize_network_input(module: torch.fx.GraphModule, spec: Any) -> None:
             quant_node = module.graph.call_module("input_quant", (placeholder,))
         placeholder.replace_all_uses_with(
             quant_node, delete_user_cb=lambda user, new=quant_node: user is not new)
+
+
+#: Ops whose output is their input's integers rearranged or selected: a quantized input
+#: makes a quantized output.
+_VALUE_PRESERVING = {OpKind.MAXPOOL, OpKind.FLATTEN, OpKind.RESHAPE}
+
+
+def _quantize_network_output(module: torch.fx.GraphModule, infos: dict[str, Any],
+                             spec: Any) -> None:
+    """The network's output quantized as the last layer's output rule says, also when the
+    last layer is not what the network ends with (a residual add, then a max pool):
+    looking back from the output through pools and reshapes, the first other node gets
+    the quantizer."""
+    output = next(n for n in module.graph.nodes if n.op == "output")
+    for source in list(output.all_input_nodes):
+        node = source
+        while node.name in infos and infos[node.name].op in _VALUE_PRESERVING and \
+                node.all_input_nodes:
+            node = node.all_input_nodes[0]
+        if _is_activation_quantizer(module, node) or node.op == "placeholder":
+            continue
+        name = f"{node.name}_output_quant"
+        module.add_submodule(name, FakeQuantize(spec, "activation"))
+        with module.graph.inserting_after(node):
+            quant_node = module.graph.call_module(name, (node,))
+        node.replace_all_uses_with(quant_node, delete_user_cb=lambda user, new=quant_node:
+                                   user is not new)
 
 
 def _is_activation_quantizer(module: torch.fx.GraphModule, node: torch.fx.Node) -> bool:

@@ -1,0 +1,59 @@
+"""Networks whose tensors branch: a layer's output read raw and through a ReLU, two layers
+reading one input, a residual add that ends the network before a pool. Each lowers, the
+engine agrees with the fake-quant model, and ONNX Runtime with the engine to the bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kiln.data import load_dataset
+from kiln.graph import from_torch
+from kiln.integer import export_onnx, lower, run
+from kiln.integer.onnx_check import check_onnx
+from kiln.models.training import predict
+from kiln.quant import calibrate, quantize, uniform_config
+
+
+class RawAndRelu(nn.Module):
+    """The stem's output goes raw into the add and through a ReLU into the body; the add,
+    max-pooled, is the network's output (no layer after it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 10, 3, padding=1)
+        self.body = nn.Conv2d(10, 10, 3, padding=1)
+        self.pool = nn.MaxPool2d(28)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.pool(h + self.body(torch.relu(h))).flatten(1)
+
+
+class TwoReadersOfTheInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(784, 10)
+        self.b = nn.Linear(784, 10)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.a(x) + self.b(x)
+
+
+@pytest.mark.parametrize("network", [RawAndRelu, TwoReadersOfTheInput])
+def test_branching_networks_lower_and_agree(network, tmp_path):
+    torch.manual_seed(0)
+    dataset = load_dataset("fashion-mnist")
+    graph = from_torch(network(), torch.randn(1, 1, 28, 28))
+    quantized = calibrate(quantize(graph, uniform_config(8, 8)), dataset, batches=2)
+    program = lower(quantized, rounding="float32")
+    x = dataset.x_test[:256]
+    ours = run(program, program.input_quant.quantize(x))
+    reference = program.output_quant.quantize(predict(quantized, x))
+    assert np.abs(ours - reference).max() <= 1  # one rounding step at most
+    assert len({op.output for op in program.ops}) == len(program.ops)  # one name each
+    path = export_onnx(program, tmp_path / "model.onnx", export_format="qdq")
+    assert check_onnx(program, path, x).bit_exact
