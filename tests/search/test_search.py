@@ -402,7 +402,7 @@ def _study_trials(storage: str, name: str) -> list:
 
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(storage, heartbeat=False))
-    except KeyError:
+    except (KeyError, StorageError):  # not created yet, or its tables are being created
         return []
     return study.get_trials(deepcopy=False)
 
