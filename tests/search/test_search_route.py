@@ -50,12 +50,15 @@ def _layer_shapes(inspected: dict) -> dict[str, list[int]]:
             if row["op"] in ("conv", "linear")}
 
 
+# The convnet's mixed-precision search is walked by tests/cli/test_readme_commands.py (the
+# README's own commands); here the small models keep the RTL simulations short.
 KINDS = {
-    "mixed": ("convnet", "fashion-mnist",
-              {"kind": "mixed-precision", "weight_bits": [4, 8], "activation_bits": [8]}, {}),
-    "prune-quant": ("convnet", "fashion-mnist",
-                    {"kind": "prune-quant", "fractions": [0.0, 0.5], "weight_bits": [4, 8]},
-                    {"finetune_epochs": 0}),
+    "mixed": ("jsc-three-linear", "letter",
+              {"kind": "mixed-precision", "weight_bits": [4, 8], "activation_bits": [6, 8]},
+              {}),
+    "prune-quant": ("jsc-three-linear", "letter",
+                    {"kind": "prune-quant", "fractions": [0.0, 0.25], "weight_bits": [4, 8]},
+                    {"finetune_epochs": 1}),
     "channels": ("jsc-three-linear", "letter",
                  {"kind": "channels", "multipliers": [0.5, 1, 2]},
                  {"train_epochs": 2, "lr": 0.003}),
@@ -128,7 +131,8 @@ def test_flow_with_a_search_runs_through_integer_and_rtl(tmp_path):
         "data": {"calibration_batches": 1, "test_samples": 1000},
         "compression": {"method": "search", "search": str(search)},
         "simulate": {"simulator": "verilator", "vectors": 4, "jobs": 1},
-        "accelerator": {"refine": 0}})
+        "accelerator": {"refine": 0},
+        "stages": ["float", "compress", "integer", "rtl", "simulate"]})
     records = run_flow("jsc-three-linear", config, tmp_path / "flow")
     statuses = {r.stage: r.status for r in records}
     assert statuses["compress"] == "done" and statuses["integer"] == "done", records
