@@ -193,6 +193,12 @@ class _Importer:
                 self.weight_quant[node.output[0]] = params
                 known.add(node.output[0])
                 continue
+            if node.domain not in ("", "ai.onnx") and not (
+                    node.op_type == "Quant" and node.domain in onnx_quant.QONNX_DOMAINS):
+                # a custom-domain op (Brevitas' FloatQuant, say): nothing can run or fold it
+                unsupported.append(f"{node.op_type} of domain '{node.domain}' "
+                                   f"(node '{node.name or node.output[0]}')")
+                continue
             if inputs_constant and node.op_type not in ("RandomNormal", "RandomUniform"):
                 inputs = [self.constants.get(i) if i else None for i in node.input]
                 try:

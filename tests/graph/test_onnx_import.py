@@ -198,3 +198,20 @@ def test_zoo_models_round_trip_through_torch_onnx_export(tmp_path, name):
                       dynamic_axes={"x": {0: "batch"}})
     graph = assert_matches_onnxruntime(path)
     assert graph.total_macs == build_graph(name).total_macs
+
+
+def test_a_custom_domain_operator_is_named_as_unsupported_not_folded():
+    """qonnx's FP8 model: Brevitas' FloatQuant (domain onnx.brevitas) on the weights (all
+    inputs constant) and on the activations; both named, as operators kiln does not take."""
+    from pathlib import Path
+
+    import qonnx
+
+    path = (Path(qonnx.__file__).parent / "data" / "onnx" / "floatquant_exec" /
+            "qonnx_act_weight_fp8.onnx")
+    with pytest.raises(UnsupportedOperatorError) as raised:
+        from_onnx(path)
+    message = raised.value.message
+    assert "2 unsupported operator node(s)" in message
+    assert message.count("FloatQuant of domain 'onnx.brevitas'") == 2
+    assert "fold" not in message
