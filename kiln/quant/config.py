@@ -32,7 +32,8 @@ from kiln.quant.spec import QuantSpec, format_validation_error
 
 POINTS = ("weight", "bias", "input", "output")
 QUANTIZABLE_OPS = {OpKind.CONV, OpKind.CONV1D, OpKind.LINEAR, OpKind.MATMUL}
-_OP_NAMES = {kind.value for kind in QUANTIZABLE_OPS} | {"conv"}
+#: Ops a rule's ``op`` may name: the layers, and residual adds (their input and output).
+_OP_NAMES = {kind.value for kind in QUANTIZABLE_OPS} | {"conv", OpKind.ADD.value}
 
 
 class Match(BaseModel):
@@ -188,12 +189,15 @@ class QuantConfig(BaseModel):
         return LayerQuant(**{p: QuantSpec.parse(v) if v is not None else None
                              for p, v in merged.items()})
 
-    def unmatched_rules(self, layers: list[tuple[str, OpKind]]) -> list[str]:
-        """Rules that match none of ``layers`` (usually a typo in a name or regex)."""
+    def unmatched_rules(self, layers: list[tuple[str, OpKind]],
+                        others: list[tuple[str, OpKind]] = ()) -> list[str]:
+        """Rules that match none of ``layers`` nor ``others`` (the adds; never "@last"):
+        usually a typo in a name or regex."""
         last = len(layers) - 1
         return [f"rules[{i}] ({rule.match.describe()})" for i, rule in enumerate(self.rules)
                 if not any(rule.match.matches(name, op, is_last=j == last)
-                           for j, (name, op) in enumerate(layers))]
+                           for j, (name, op) in enumerate(layers))
+                and not any(rule.match.matches(name, op) for name, op in others)]
 
 
 def uniform_config(weight_bits: int | None = 8, activation_bits: int | None = None, *,

@@ -47,7 +47,9 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
     infos = {info.name: info for info in result.nodes()}
     compute = [n for n in module.graph.nodes if infos[n.name].op in QUANTIZABLE_OPS]
     layers = [(n.name, infos[n.name].op) for n in compute]
-    unmatched = config.unmatched_rules(layers)
+    adds = {n.name: config.layer(n.name, OpKind.ADD) for n in module.graph.nodes
+            if infos[n.name].op is OpKind.ADD and len(n.all_input_nodes) == 2}
+    unmatched = config.unmatched_rules(layers, [(name, OpKind.ADD) for name in adds])
     if unmatched:
         warnings.warn("quantization rules that match no layer: " + ", ".join(unmatched),
                       UnmatchedRuleWarning, stacklevel=2)
@@ -64,7 +66,8 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
             _quantize_node(module, node, infos, layer_config)
     if first_input_spec is not None:
         _quantize_network_input(module, first_input_spec)
-        _quantize_add_inputs(module, infos, first_input_spec)
+        _quantize_add_inputs(module, infos, first_input_spec, adds)
+    _quantize_add_outputs(module, adds)
     if last_output_spec is not None:
         _quantize_network_output(module, infos, last_output_spec)
     module.graph.lint()
@@ -167,11 +170,12 @@ def _is_activation_quantizer(module: torch.fx.GraphModule, node: torch.fx.Node) 
 _INTEGER_INPUT_KINDS = {OpKind.ADD, OpKind.AVGPOOL, OpKind.GLOBAL_AVGPOOL}
 
 
-def _quantize_add_inputs(module: torch.fx.GraphModule, infos: dict[str, Any], spec: Any) -> None:
+def _quantize_add_inputs(module: torch.fx.GraphModule, infos: dict[str, Any], spec: Any,
+                         add_rules: dict[str, LayerQuant]) -> None:
     """Residual adds and average pools read quantized tensors: a tensor that a layer's
     input quantizer already quantizes is read through that quantizer (so every consumer
     sees the same integers, as integer hardware does); any other input gets a quantizer
-    of its own."""
+    of its own, at the add's ``input`` rule where the config has one for it."""
     adds = [n for n in module.graph.nodes
             if n.name in infos and infos[n.name].op in _INTEGER_INPUT_KINDS
             and (infos[n.name].op is not OpKind.ADD or len(n.all_input_nodes) == 2)]
@@ -185,10 +189,29 @@ def _quantize_add_inputs(module: torch.fx.GraphModule, infos: dict[str, Any], sp
                 add.replace_input_with(source, existing[0])
                 continue
             name = f"{add.name}_input{index}_quant"
-            module.add_submodule(name, FakeQuantize(spec, "activation"))
+            own = add_rules.get(add.name)
+            module.add_submodule(name, FakeQuantize(own.input if own is not None and
+                                                    own.input is not None else spec,
+                                                    "activation"))
             with module.graph.inserting_before(add):
                 quant_node = module.graph.call_module(name, (source,))
             add.replace_input_with(source, quant_node)
+
+
+def _quantize_add_outputs(module: torch.fx.GraphModule, adds: dict[str, LayerQuant]) -> None:
+    """An add whose rule gives an ``output`` gets its output quantized so (otherwise its
+    readers' input quantizers decide)."""
+    nodes = {n.name: n for n in module.graph.nodes}
+    for name, layer in adds.items():
+        if layer.output is None:
+            continue
+        add = nodes[name]
+        quantizer = f"{name}_output_quant"
+        module.add_submodule(quantizer, FakeQuantize(layer.output, "activation"))
+        with module.graph.inserting_after(add):
+            quant_node = module.graph.call_module(quantizer, (add,))
+        add.replace_all_uses_with(quant_node, delete_user_cb=lambda user, new=quant_node:
+                                  user is not new)
 
 
 def output_tail(node: torch.fx.Node, infos: dict[str, Any]) -> torch.fx.Node:

@@ -57,3 +57,39 @@ def test_branching_networks_lower_and_agree(network, tmp_path):
     assert len({op.output for op in program.ops}) == len(program.ops)  # one name each
     path = export_onnx(program, tmp_path / "model.onnx", export_format="qdq")
     assert check_onnx(program, path, x).bit_exact
+
+
+class ResidualThenLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(28)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        return self.fc(self.pool(h + self.body(h)).flatten(1))
+
+
+def test_a_config_rule_sets_the_width_of_residual_adds(tmp_path):
+    from kiln.errors import ConfigError
+    from kiln.quant import QuantConfig
+
+    torch.manual_seed(0)
+    dataset = load_dataset("fashion-mnist")
+    graph = from_torch(ResidualThenLinear(), torch.randn(1, 1, 28, 28))
+    activation = {"bits": 8, "signed": False, "symmetric": False}
+    config = {"default": {"weight": {"bits": 8}, "input": activation},
+              "rules": [{"match": {"op": ["add"]},
+                         "output": {**activation, "bits": 6}},
+                        {"match": {"name": ["@last"]}, "output": {"bits": 8}}]}
+    quantized = calibrate(quantize(graph, config), dataset, batches=2)
+    program = lower(quantized, rounding="float32")
+    add = next(op for op in program.ops if op.kind == "add")
+    assert add.out_quant.bits == 6  # the rule's width, requantized to 8 for the next layer
+    x = dataset.x_test[:256]
+    path = export_onnx(program, tmp_path / "model.onnx", export_format="qdq")
+    assert check_onnx(program, path, x).bit_exact
+    with pytest.raises(ConfigError, match="unknown op 'mul'"):
+        QuantConfig.parse({"rules": [{"match": {"op": ["mul"]}, "output": activation}]})
