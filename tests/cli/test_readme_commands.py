@@ -1,5 +1,6 @@
-"""Every command in the README's "Compression" and "Search" blocks runs as written (from a
-folder where `examples/` is the project's), in order, and exits 0.
+"""Every command in the README's "Compression", "Search", "Integer-only inference" and
+"Accelerator cost model and mapper" blocks runs as written (from a folder where
+`examples/` is the project's), in order, and exits 0.
 
 Not run from here: `CONFIG.toml … --storage postgresql://user:pass@host/db` is a template
 (many processes on a real PostgreSQL server are tested in tests/search/test_search.py),
@@ -27,6 +28,7 @@ def readme_commands(section: str) -> list[str]:
     body = text[start:end if end > 0 else None]
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
+        block = re.sub(r"\\\n\s*", " ", block)  # a line continued with a backslash
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
             if line.startswith("kiln ") and not any(part in line for part in NOT_HERE):
@@ -59,6 +61,15 @@ def test_the_blocks_are_found():
 @pytest.mark.parametrize("command", COMPRESSION)
 def test_compression_commands_run_as_written(user_folder, command):
     _run(command, user_folder)
+
+
+@pytest.mark.parametrize("section", ["Integer-only inference",
+                                     "Accelerator cost model and mapper"])
+def test_integer_and_mapper_commands_run_as_written_in_order(user_folder, section):
+    commands = readme_commands(section)
+    assert len(commands) >= 3
+    for command in commands:
+        _run(command, user_folder)
 
 
 def test_search_commands_run_as_written_in_order(user_folder):
