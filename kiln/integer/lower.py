@@ -380,6 +380,15 @@ def lower(graph: Graph, *, rounding: Rounding = "nearest") -> IntegerProgram:
     if not any(isinstance(m, FakeQuantize) for m in graph.module.modules()):
         raise KilnError(f"graph '{graph.name}' is not quantized: run kiln.quant.quantize "
                         "(with weight and activation widths) and calibrate first")
+    other_formats = sorted({f"'{(name.rpartition('.')[0] or name).replace('.', '_')}' "
+                            f"({module.spec.format})"
+                            for name, module in graph.module.named_modules()
+                            if isinstance(module, FakeQuantize) and module.spec.format != "int"})
+    if other_formats:
+        raise KilnError(f"graph '{graph.name}' quantizes with formats that are not integers: "
+                        + ", ".join(other_formats),
+                        hint="minifloat and block floating point are simulated (accuracy, "
+                             "size); the integer program takes integer formats only")
     lowering = _Lowering(graph, rounding)
     lowering.run()
     _finish_adds(lowering.ops)

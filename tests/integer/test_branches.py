@@ -93,3 +93,19 @@ def test_a_config_rule_sets_the_width_of_residual_adds(tmp_path):
     assert check_onnx(program, path, x).bit_exact
     with pytest.raises(ConfigError, match="unknown op 'mul'"):
         QuantConfig.parse({"rules": [{"match": {"op": ["mul"]}, "output": activation}]})
+
+
+def test_minifloat_and_bfp_weights_are_refused_by_name():
+    from kiln.errors import KilnError
+    from kiln.models import build_graph
+
+    config = {"default": {"input": {"bits": 8, "signed": False, "symmetric": False}},
+              "rules": [{"match": {"op": ["conv"]},
+                         "weight": {"format": "minifloat", "preset": "fp8_e4m3"}},
+                        {"match": {"name": ["classifier_1"]},
+                         "weight": {"format": "bfp", "bits": 4, "block_size": 16}}]}
+    quantized = calibrate(quantize(build_graph("convnet"), config),
+                          load_dataset("fashion-mnist"), batches=1)
+    with pytest.raises(KilnError, match=r"not integers: 'classifier_1' \(bfp\), "
+                                        r"'features_0' \(minifloat\)"):
+        lower(quantized)
