@@ -27,6 +27,8 @@ def stage_schedule(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     extra = {"allocate": options.allocate, "granularity": options.granularity,
              "evaluated_schedules": result.evaluated, "notes": result.notes,
              "validated": True}
+    # the workload was read from the compress stage's model.pt: name it after the model
+    result.schedule.graph.name = ctx.float_model()[1].name
     files = write_views(result.schedule, folder, extra=extra)
     figures = result.figures
     return {"system": Path(options.system).stem, **extra,
