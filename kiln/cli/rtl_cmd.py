@@ -65,7 +65,7 @@ def emit_rtl(
         if not config.is_file():
             raise ConfigError(f"{config}: no such parallelism config")
         choice = {k: tuple(v) for k, v in (load_yaml_file(config) or {}).items()}
-    design = emit(program, choice, out, bank_roms=folding.banked if folding else True)
+    design = emit(program, choice, out, rom_layout=folding.rom_layout if folding else "banked")
     timing: dict[str, float] = {}
     if folding is not None:
         from kiln.rtl.folding import family_of

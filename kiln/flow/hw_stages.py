@@ -95,7 +95,7 @@ def stage_fpga(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     if options.fold:
         folding = fold(program, budget=Budget.of_device(options.device))
         design = emit(program, folding.parallelism(), folder / "design",
-                      bank_roms=folding.banked)
+                      rom_layout=folding.rom_layout)
     else:
         design = emit(program, _parallelism(ctx), folder / "design")
     # what is placed is verified: simulated against the engine on a few test inputs

@@ -27,7 +27,7 @@ from kiln.errors import KilnError
 from kiln.integer.arith import float32_fields
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.report.markdown import write_text
-from kiln.rtl.memories import banks, block_ram_depth
+from kiln.rtl.memories import bank_rows, weight_rom_layout
 from kiln.rtl.requant import (
     accumulator_range,
     narrow_multiplier,
@@ -70,7 +70,8 @@ class Layer:
     acc_bits: int = 32  # every partial sum of the layer fits (kiln.rtl.requant)
     m_bits: int = 31  # the requantizers' multiplier, proven exact (kiln.rtl.requant)
     passes: int = 1  # cycles per lane in a requantizer: > 1 time-shares one DSP tile
-    w_banks: int = 1  # the weight ROM in banks one block RAM deep (kiln.rtl.memories)
+    w_banks: int = 1  # the weight ROM in banks (kiln.rtl.memories)
+    w_pack: int = 1  # weight words per ROM row (> 1: a packed ROM, kiln.rtl.memories)
 
     # (multipliers, shift fields) per output channel for the ROMs; not saved in design.json
     requant_fields: Any = field(default=None, repr=False, compare=False)
@@ -191,15 +192,17 @@ def check_emittable(program: IntegerProgram) -> None:
 
 
 def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path, *,
-         bank_roms: bool = True) -> Design:
+         rom_layout: str = "banked") -> Design:
     """Write the SystemVerilog design of ``program`` into ``out_dir``.
 
     ``parallelism`` is ``(P_in, P_out)``, ``"4x4"``, a list per layer, or a dict of
     layer name -> (P_in, P_out) with a ``default``. Consecutive layers must agree on the
     stream width (P_out of one = P_in of the next). Parallelism that does not divide a
     dimension, or exceeds it, is handled by padding lanes with zero weights.
-    ``bank_roms`` cuts deep weight ROMs into banks one block RAM deep (faster clock, more
-    block RAMs: :mod:`kiln.rtl.memories`).
+    ``rom_layout`` says how deep weight ROMs are laid out (:mod:`kiln.rtl.memories`):
+    ``banked`` (banks one block RAM deep, the fastest clock), ``packed`` (rows that fill
+    the block RAMs' 36-bit columns, as fast, fewer block RAMs, more logic) or ``whole``
+    (as Yosys maps it: the fewest block RAMs, a slower clock).
     """
     check_emittable(program)
     weighted = [op for op in program.ops if op.kind in ("dense", "affine", "conv")]
@@ -211,19 +214,19 @@ def emit(program: IntegerProgram, parallelism: Any, out_dir: str | Path, *,
                             f"layer's P_out {before[1]} (the stream width between them)")
     final = Path(out_dir)
     with atomic_folder(final, marker="design.json") as directory:  # whole or not at all
-        design = _write_design(program, per_layer, directory, bank_roms)
+        design = _write_design(program, per_layer, directory, rom_layout)
     design.directory = final
     return design
 
 
 def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], directory: Path,
-                  bank_roms: bool) -> Design:
+                  rom_layout: str) -> Design:
     (directory / "mem").mkdir(parents=True, exist_ok=True)
     for name in COMPONENTS:
         shutil.copyfile(SOURCES / name, directory / name)
     design = Design(directory, program.name, program.rounding)
     design.input_vectors_per_input = _input_vectors(program)
-    for op, layer, weight in _walk(program, per_layer, bank_roms=bank_roms):
+    for op, layer, weight in _walk(program, per_layer, rom_layout=rom_layout):
         if weight is not None:
             write_memories(directory / "mem", layer, weight, op.arrays["bias"])
         design.layers.append(layer)
@@ -237,14 +240,14 @@ def _write_design(program: IntegerProgram, per_layer: list[tuple[int, int]], dir
     return design
 
 
-def plan_layers(program: IntegerProgram, parallelism: Any, *, bank_roms: bool = True
+def plan_layers(program: IntegerProgram, parallelism: Any, *, rom_layout: str = "banked"
                 ) -> list[Layer]:
     """The layers :func:`emit` would make (shapes, parallelism, cycles), writing nothing:
     what folding searches over."""
     weighted = [op for op in program.ops if op.kind in ("dense", "affine", "conv")]
     per_layer = _parse_parallelism(parallelism, len(weighted), [op.name for op in weighted])
     return [layer for _, layer, _ in _walk(program, per_layer, weights=False,
-                                           bank_roms=bank_roms)]
+                                           rom_layout=rom_layout)]
 
 
 def _input_vectors(program: IntegerProgram) -> int:
@@ -255,7 +258,7 @@ def _input_vectors(program: IntegerProgram) -> int:
 
 
 def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: bool = True,
-          bank_roms: bool = True):
+          rom_layout: str = "banked"):
     """(op, layer, dense weight or None) for every emitted layer, in stream order."""
     shape = tuple(program.input_shape)  # (C, H, W) of a feature map, or (N,) of a vector
     ops = list(program.ops)
@@ -285,7 +288,7 @@ def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights:
             layer = _dense_layer(op, weight, p_in, p_out)
             shape = (weight.shape[0],)
             flattened_from = None
-        _size_arithmetic(layer, op, weight, program.rounding, bank_roms)
+        _size_arithmetic(layer, op, weight, program.rounding, rom_layout)
         yield op, layer, weight
         lanes = p_out
 
@@ -295,7 +298,7 @@ _NARROWED: dict[tuple[int, str], tuple[IntOp, list[tuple[int, int, int]]]] = {}
 
 
 def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str,
-                     bank_roms: bool = True) -> None:
+                     rom_layout: str = "banked") -> None:
     """The layer's weight, accumulator and multiplier widths, and (for the ROMs) its
     narrowed multipliers and shifts in ``layer.requant_fields``."""
     in_q = TensorQuant(**op.attrs["in_quant"])
@@ -304,8 +307,8 @@ def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str,
         in_q.qmax - in_q.zero_point)
     top = int(np.abs(weight).max(initial=0))
     layer.wc_bits = max(2, top.bit_length() + 1)
-    layer.w_banks = banks(layer.p_in * layer.p_out * layer.wc_bits,
-                          layer.in_beats * layer.out_beats) if bank_roms else 1
+    layer.w_pack, layer.w_banks, _ = weight_rom_layout(
+        layer.p_in * layer.p_out * layer.wc_bits, layer.in_beats * layer.out_beats, rom_layout)
     out_q = op.out_quant
     if rounding == "float32":
         # The float32 multiplier as a 24-bit mantissa and a right shift (kiln_requant FLOAT32).
@@ -475,9 +478,9 @@ def _top(design: Design) -> str:
                   "OUT_ZERO": layer.out_zero, "LO": layer.lo, "HI": layer.hi,
                   "ROUND_NEAREST": nearest, "FLOAT32": int(design.rounding == "float32"),
                   "REQUANTS": layer.requants, "PASSES": layer.passes,
-                  "W_BANKS": layer.w_banks,
-                  "W_BANK_BITS": block_ram_depth(layer.p_in * layer.p_out
-                                                 * layer.wc_bits).bit_length() - 1}
+                  "W_BANKS": layer.w_banks, "W_BANK_BITS": bank_rows(
+                      layer.p_in * layer.p_out * layer.wc_bits, layer.w_pack).bit_length() - 1,
+                  "W_PACK": layer.w_pack}
         files = (f'.W_FILE("{mem}.weights.mem"), .B_FILE("{mem}.bias.mem"), '
                  f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem")')
         lines += _instance("kiln_dense", f"layer_{index}", params, files, source, sink,

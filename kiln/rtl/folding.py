@@ -25,7 +25,7 @@ import numpy as np
 from kiln.errors import ConfigError, KilnError
 from kiln.integer.program import IntegerProgram
 from kiln.rtl.emit import Layer, plan_layers
-from kiln.rtl.memories import block_rams, in_block_ram
+from kiln.rtl.memories import ROM_LAYOUTS, block_rams, in_block_ram
 from kiln.rtl.requant import requant_dsps
 
 RESOURCES = ("lut", "ff", "dsp", "bram")
@@ -184,11 +184,19 @@ def predict_layer(layer: dict[str, Any] | Layer, model: dict[str, Any]) -> dict[
     out["lut"] = (dense * model.get("flatten_lut_dense", 1.0)
                   + window * model.get("flatten_lut_window", 1.0))
     # memories() lists the weight ROM first
-    weight_rom = 0 if layer["kind"] != "maxpool" and layer.get("w_banks", 1) > 1 else None
-    out["bram"] = float(sum(block_rams(w, d, banked=index == weight_rom)
+    weight_rom = 0 if layer["kind"] != "maxpool" else None
+    layout = rom_layout_of(layer)
+    out["bram"] = float(sum(block_rams(w, d, layout=layout if index == weight_rom else "whole")
                             for index, (w, d) in enumerate(memories(layer))
                             if in_block_ram(w, d)))
     return out
+
+
+def rom_layout_of(layer: dict[str, Any]) -> str:
+    """How an emitted layer's weight ROM is laid out (kiln.rtl.memories.ROM_LAYOUTS)."""
+    if layer.get("w_pack", 1) > 1:
+        return "packed"
+    return "banked" if layer.get("w_banks", 1) > 1 else "whole"
 
 
 # --- folding ---------------------------------------------------------------------------------
@@ -210,7 +218,7 @@ class Folding:
     budget: Budget
     uniform: bool = False
     notes: list[str] = field(default_factory=list)
-    banked: bool = True  # deep weight ROMs in banks (kiln.rtl.emit's bank_roms)
+    rom_layout: str = "banked"  # how deep weight ROMs are laid out (kiln.rtl.emit's)
 
     @property
     def cycles(self) -> int:
@@ -283,26 +291,34 @@ def fold(program: IntegerProgram, *, budget: Budget, target_cycles: int | None =
     """The fastest folding that fits ``budget`` (with ``target_cycles``: the cheapest in
     LUTs whose slowest layer takes at most that many cycles); ``uniform`` restricts to one
     P for every stream. Raises a KilnError with the smallest design's needs if none fits."""
-    try:
-        return _fold(program, budget, target_cycles, uniform, max_width, bank_roms=True)
-    except KilnError:
-        # Banked weight ROMs take more block RAMs (kiln.rtl.memories): without them the
-        # design may still fit, at a lower clock. (If not, that error names the needs.)
-        folding = _fold(program, budget, target_cycles, uniform, max_width, bank_roms=False)
-        folding.notes.append("the deep weight ROMs are not cut into banks (their block RAMs "
-                             "would not fit): the design closes at a lower clock")
+    # Banks one block RAM deep take the most block RAMs, packed rows fewer (more logic),
+    # whole ROMs the fewest at a lower clock (kiln.rtl.memories): the first that fits wins.
+    # (If none does, the last error names the needs.)
+    for layout in ROM_LAYOUTS[:-1]:
+        try:
+            folding = _fold(program, budget, target_cycles, uniform, max_width,
+                            rom_layout=layout)
+        except KilnError:
+            continue
+        if layout == "packed":
+            folding.notes.append("the deep weight ROMs are packed into full block RAM rows "
+                                 "(banks one block deep would not fit)")
         return folding
+    folding = _fold(program, budget, target_cycles, uniform, max_width, rom_layout="whole")
+    folding.notes.append("the deep weight ROMs are not cut into banks (their block RAMs "
+                         "would not fit): the design closes at a lower clock")
+    return folding
 
 
 def _fold(program: IntegerProgram, budget: Budget, target_cycles: int | None, uniform: bool,
-          max_width: int, *, bank_roms: bool) -> Folding:
-    base = plan_layers(program, (1, 1), bank_roms=bank_roms)
+          max_width: int, *, rom_layout: str) -> Folding:
+    base = plan_layers(program, (1, 1), rom_layout=rom_layout)
     model = load_model(family_of(budget))
     weighted = [layer for layer in base if layer.kind != "maxpool"]
     streams = [weighted[0].stream_in_n] + [layer.out_n for layer in weighted]
     options = [_candidates(n, max_width) for n in streams]
     widths = sorted({w for o in options for w in o})
-    plans = {(a, b): plan_layers(program, (a, b), bank_roms=bank_roms)
+    plans = {(a, b): plan_layers(program, (a, b), rom_layout=rom_layout)
              for a in widths for b in widths}
     if uniform:
         widest = max(len(o) for o in options)
@@ -337,4 +353,4 @@ def _fold(program: IntegerProgram, budget: Budget, target_cycles: int | None, un
         raise KilnError(f"{what}: the smallest design (stream widths {smallest_chain}...) "
                         f"needs {needs or 'more cycles than the target'}",
                         hint="raise the budget or the target cycles, or narrow the widths")
-    return Folding(best[1], budget, uniform, banked=bank_roms)
+    return Folding(best[1], budget, uniform, rom_layout=rom_layout)

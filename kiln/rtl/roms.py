@@ -1,5 +1,6 @@
 """The ROM files of an emitted layer: weights (centred; in banks for a deep ROM), biases,
 requantization multipliers and shifts, one ``$readmemh`` word per block (lane 0 in the
+least significant bits; a packed weight ROM has ``w_pack`` blocks to a row, the first in the
 least significant bits).
 
 >>> hex_words(np.array([[1, 2], [3, -1]]), 4).split()
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kiln.report.markdown import write_text
-from kiln.rtl.memories import block_ram_depth
+from kiln.rtl.memories import bank_rows
 
 if TYPE_CHECKING:
     from kiln.rtl.emit import Layer
@@ -52,10 +53,15 @@ def write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndar
                            i * layer.p_in:(i + 1) * layer.p_in]
             blocks.append(block.reshape(-1))  # lane p * P_in + q
     words = np.array(blocks)
+    if layer.w_pack > 1:  # rows of w_pack blocks (the last row padded with zero blocks)
+        row_count = -(-len(words) // layer.w_pack)
+        padded_words = np.zeros((row_count * layer.w_pack, words.shape[1]), dtype=np.int64)
+        padded_words[: len(words)] = words
+        words = padded_words.reshape(row_count, -1)
     if layer.w_banks == 1:
         write_text(folder / f"{layer.name}.weights.mem", hex_words(words, layer.wc_bits))
     else:  # one file per bank (kiln_dense W_BANKS): weights.mem.000, .001, ...
-        depth = block_ram_depth(words.shape[1] * layer.wc_bits)
+        depth = bank_rows(layer.p_in * layer.p_out * layer.wc_bits, layer.w_pack)
         for bank in range(layer.w_banks):
             write_text(folder / f"{layer.name}.weights.mem.{bank:03d}",
                        hex_words(words[bank * depth:(bank + 1) * depth], layer.wc_bits))

@@ -44,7 +44,8 @@ def unit_kind(layer: Any) -> str:
         return "maxpool"
     width = get("p_in") * get("p_out") * (get("wc_bits") or get("weight_bits") + 1)
     depth = -(-get("in_n") // get("p_in")) * -(-get("out_n") // get("p_out"))
-    if get("w_banks", 1) == 1 and banks(width, depth) > 1:  # deeper than one block RAM
+    if get("w_banks", 1) == 1 and get("w_pack", 1) == 1 and banks(width, depth) > 1:
+        # deeper than a few block RAMs and left whole
         return "deep_rom"
     if get("rounding") == "float32":
         return "float32_requant"

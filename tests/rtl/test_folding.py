@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,8 @@ from kiln.models import resolve_model
 from kiln.quant import calibrate, quantize, uniform_config
 from kiln.rtl import emit
 from kiln.rtl.folding import Budget, fold, predict_layer
+from kiln.rtl.memories import block_rams
+from kiln.rtl.timing import predicted_fmax_mhz
 from tests.cli.test_cli import _assert_one_line_error, kiln
 
 
@@ -49,6 +53,23 @@ def test_folding_balances_layers_within_the_device(convnet_program, tmp_path):
     relaxed = fold(convnet_program, budget=budget, target_cycles=2 * best.cycles)
     assert relaxed.cycles <= 2 * best.cycles and \
         relaxed.estimate["lut"] <= best.estimate["lut"]
+
+
+def test_deep_roms_fall_back_from_banks_to_packed_rows_to_whole(convnet_program):
+    # On the ECP5-25K the fc1 ROM (802 Kbit) in banks one block deep needs more block RAMs
+    # than the device has; packed rows fit (the fastest design that fits, at 100 MHz).
+    budget = Budget.of_device("ecp5-25k")
+    folding = fold(convnet_program, budget=budget)
+    assert folding.rom_layout == "packed" and "packed" in folding.notes[0]
+    assert folding.estimate["bram"] <= budget.bram
+    layers = {layer.name: layer for layer in emit(
+        convnet_program, folding.parallelism(), Path(tempfile.mkdtemp()) / "d",
+        rom_layout=folding.rom_layout).layers}
+    assert layers["classifier_1"].w_pack > 1 and layers["classifier_1"].w_banks > 1
+    assert predicted_fmax_mhz(list(layers.values()), "ecp5") == 100.0
+    # The order of the fallbacks: each layout takes no more block RAMs than the one before.
+    assert block_rams(16, 50176, layout="whole") <= block_rams(16, 50176, layout="packed") \
+        < block_rams(16, 50176, layout="banked")
 
 
 def test_a_budget_nothing_fits_names_the_smallest_design(convnet_program):

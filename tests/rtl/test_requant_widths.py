@@ -4,6 +4,7 @@ and the generated hardware with narrow, time-shared and wide requantizers is bit
 from __future__ import annotations
 
 import random
+import subprocess
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from kiln.integer.arith import requantize
 from kiln.rtl import emit, simulate
 from kiln.rtl.requant import accumulator_range, narrow_multiplier, requantizers
+from kiln.rtl.simulate import tool_path
 from tests.rtl.test_rtl import single_dense
 
 
@@ -103,6 +105,29 @@ def test_a_deep_weight_rom_is_banked_and_bit_exact(tmp_path):
     assert files == [f"matrix.weights.mem.{b:03d}" for b in range(16)]
     inputs = np.random.default_rng(2).integers(0, 256, (3, 512))
     assert simulate(design, simulator="verilator", inputs=inputs).passed
-    unbanked = emit(program, (1, 1), tmp_path / "whole", bank_roms=False)
+    unbanked = emit(program, (1, 1), tmp_path / "whole", rom_layout="whole")
     assert unbanked.layers[0].w_banks == 1
     assert (unbanked.directory / "mem" / "matrix.weights.mem").is_file()
+
+
+def test_a_packed_weight_rom_is_bit_exact_across_rows_banks_and_vectors(tmp_path):
+    # 499 x 61 at 1x1: 30,439 words of 9 bits, packed 4 to a 36-bit row: 7,610 rows (the
+    # last holds 3 words) in 15 banks of 512 rows (the last 442): every vector's reads
+    # cross rows, banks and, at its end, restart mid-row.
+    from kiln.rtl.memories import block_rams, weight_rom_layout
+
+    program = single_dense("nearest", seed=17, in_n=499, out_n=61)
+    design = emit(program, (1, 1), tmp_path / "packed", rom_layout="packed")
+    (layer,) = design.layers
+    assert layer.wc_bits == 9 and (layer.w_pack, layer.w_banks) == (4, 15)
+    assert weight_rom_layout(9, 499 * 61, "packed") == (4, 15, 512)
+    assert block_rams(9, 499 * 61, layout="packed") == 15  # 9-bit words waste no bits
+    last = (design.directory / "mem" / "matrix.weights.mem.014").read_text().split()
+    assert len(last) == 7610 - 14 * 512 and all(len(word) == 9 for word in last)
+    inputs = np.random.default_rng(3).integers(0, 256, (3, 499))
+    assert simulate(design, simulator="verilator", inputs=inputs).passed
+    tool_path()
+    lint = subprocess.run(["verilator", "--lint-only", "-Wall", "--top-module", "kiln_top",
+                           *[str(p) for p in design.sources]], capture_output=True, text=True,
+                          cwd=design.directory)
+    assert lint.returncode == 0, lint.stderr

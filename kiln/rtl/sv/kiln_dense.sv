@@ -9,7 +9,8 @@
 //
 // Every block goes down a pipeline that never stalls (only the issue of blocks does):
 //   issue: the block counters address the input buffer and the weight ROM (block RAM)
-//   read:  the memories' outputs, their own registers, the weight banks' multiplexer
+//   read:  the memories' outputs, their own registers, the weight banks' multiplexer (and,
+//          for a packed weight ROM, the word's multiplexer within its row)
 //   centre: x - IN_ZERO (the weights are stored centred on their zero point, WC_BITS wide)
 //   product: one registered product per multiplier (a DSP with its output register)
 //   tree:  the adder tree, a register after every level
@@ -42,8 +43,11 @@ module kiln_dense #(
     parameter bit FLOAT32 = 0,
     parameter int REQUANTS = P_OUT,  // requantizers, shared by the P_OUT lanes in turn
     parameter int PASSES = 1,        // cycles per lane in a requantizer (kiln_requant)
-    parameter int W_BANKS = 1,      // the weight ROM in banks of 2^W_BANK_BITS words, each
+    parameter int W_BANKS = 1,      // the weight ROM in banks of 2^W_BANK_BITS rows, each
     parameter int W_BANK_BITS = 1,  // one block RAM deep: files W_FILE.000, W_FILE.001, ...
+    parameter int W_PACK = 1,       // weight words per ROM row: > 1 packs them so that a row
+                                    // fills whole 36-bit block RAM columns (no parity bit
+                                    // left empty), at one more read stage
     parameter W_FILE = "weights.mem",
     parameter B_FILE = "bias.mem",
     parameter M_FILE = "m0.mem",
@@ -70,11 +74,18 @@ module kiln_dense #(
     localparam int WA = IN_BEATS * OUT_BEATS > 1 ? $clog2(IN_BEATS * OUT_BEATS) : 1;
     localparam int SERIAL = (P_OUT + REQUANTS - 1) / REQUANTS;
     localparam int SB = SERIAL > 1 ? $clog2(SERIAL) : 1;
-    localparam int REQUANT_LATENCY = PASSES > 1 ? PASSES + 5 : 6;  // kiln_requant's
+    localparam int REQUANT_LATENCY = PASSES > 1 ? PASSES + 6 : 6;  // kiln_requant's
     localparam int TURN = SERIAL * PASSES;         // cycles the requantizers take per beat
     localparam int PSB = PASSES > 1 ? $clog2(PASSES) : 1;
+    // The weight ROM: IN_BEATS * OUT_BEATS words of WW bits, in rows of W_PACK words.
+    localparam int WW = P_IN*P_OUT*WC_BITS;
+    localparam int W_ROWS = (IN_BEATS * OUT_BEATS + W_PACK - 1) / W_PACK;
+    localparam int RW = W_PACK * WW;
+    localparam int RA = W_ROWS > 1 ? $clog2(W_ROWS) : 1;
+    localparam int LB = W_PACK > 1 ? $clog2(W_PACK) : 1;
+    localparam int PACK_STAGE = W_PACK > 1 ? 1 : 0;  // the word's multiplexer in its row
     // Pipeline registers from the issue to the accumulator's output.
-    localparam int MAC_DEPTH = 5 + TREE_STAGES;
+    localparam int MAC_DEPTH = 5 + PACK_STAGE + TREE_STAGES;
     // Beats in flight between an issue and the FIFO: the credit loop must cover them all
     // for a consumer ready every cycle never to stall a one-block beat.
     localparam int IN_FLIGHT = MAC_DEPTH + TURN + REQUANT_LATENCY + 3;
@@ -108,7 +119,9 @@ module kiln_dense #(
     logic running;
     logic [IB-1:0] i_beat;
     logic [OB-1:0] j_beat;
+    /* verilator lint_off UNUSEDSIGNAL */  // a packed ROM counts rows and words instead
     logic [WA-1:0] w_addr;
+    /* verilator lint_on UNUSEDSIGNAL */
     logic last_i, last_j, issue;
     logic [FIFO_BITS:0] credit_used;   // beats issued and not yet taken from the FIFO
     logic [$clog2(TURN + 1):0] turn_wait;  // cycles until the requantizers are free
@@ -117,45 +130,92 @@ module kiln_dense #(
     assign issue = running && !(last_i && (credit_used == (FIFO_BITS + 1)'(FIFO_DEPTH)
                                            || turn_wait != '0));
 
+    // The weight ROM's row and the word in it: w_addr itself, or (packed) counted beside it.
+    logic [RA-1:0] w_row;
+    /* verilator lint_off UNUSEDSIGNAL */  // read only in a packed ROM
+    logic [LB-1:0] w_lane;
+    /* verilator lint_on UNUSEDSIGNAL */
+    generate
+        if (W_PACK > 1) begin : g_packed_address
+            always_ff @(posedge clk or negedge rst_n) begin
+                if (!rst_n) begin
+                    w_row <= '0;
+                    w_lane <= '0;
+                end else if ((!running && full[comp_sel]) || (issue && last_i && last_j)) begin
+                    w_row <= '0;
+                    w_lane <= '0;
+                end else if (issue) begin
+                    w_lane <= w_lane == LB'(W_PACK - 1) ? '0 : w_lane + 1'b1;
+                    if (w_lane == LB'(W_PACK - 1)) w_row <= w_row + 1'b1;
+                end
+            end
+        end else begin : g_word_address
+            assign w_row = RA'(w_addr);
+            assign w_lane = '0;
+        end
+    endgenerate
+
     // Read stages: the memories' registered outputs, then registers of their own (a block
-    // RAM's output is slow), then the bank multiplexer. A deep weight ROM is cut into banks
-    // one block RAM deep, each with its output register beside it, so that no path runs
-    // from a block RAM through a multiplexer of many.
-    localparam int WW = P_IN*P_OUT*WC_BITS;
+    // RAM's output is slow), then the bank multiplexer (then, packed, the word in the row).
+    // A deep weight ROM is cut into banks one block RAM deep, each with its output register
+    // beside it, so that no path runs from a block RAM through a multiplexer of many.
     localparam int BB = W_BANKS > 1 ? $clog2(W_BANKS) : 1;
     logic [P_IN*IN_BITS-1:0] x_read, x_bank, x_held;
-    logic [W_BANKS*WW-1:0] bank_read, bank_held;
+    logic [W_BANKS*RW-1:0] bank_read, bank_held;
+    logic [RW-1:0] row_held;
     logic [WW-1:0] w_held;
     logic [BB-1:0] bank_select, bank_select_read, bank_select_held;
     genvar bank;
     generate
         if (W_BANKS == 1) begin : g_one_bank
-            logic [WW-1:0] weight_rom [IN_BEATS*OUT_BEATS];
+            logic [RW-1:0] weight_rom [W_ROWS];
             initial $readmemh(W_FILE, weight_rom);
-            always_ff @(posedge clk) bank_read <= weight_rom[w_addr];
+            always_ff @(posedge clk) bank_read <= weight_rom[w_row];
             assign bank_select = '0;
         end else begin : g_banks
             for (bank = 0; bank < W_BANKS; bank++) begin : g_bank
-                logic [WW-1:0] rom [1 << W_BANK_BITS];
+                // the last bank holds what is left (a partly filled bank would still take
+                // its block RAMs)
+                localparam int DEPTH = bank == W_BANKS - 1
+                    ? W_ROWS - bank * (1 << W_BANK_BITS) : 1 << W_BANK_BITS;
+                logic [RW-1:0] rom [DEPTH];
                 initial $readmemh({W_FILE, ".", 8'(8'd48 + bank / 100),
                                    8'(8'd48 + bank / 10 % 10), 8'(8'd48 + bank % 10)}, rom);
                 always_ff @(posedge clk)
-                    bank_read[bank*WW +: WW] <= rom[w_addr[W_BANK_BITS-1:0]];
+                    bank_read[bank*RW +: RW] <= rom[w_row[W_BANK_BITS-1:0]];
             end
-            assign bank_select = BB'(w_addr >> W_BANK_BITS);
+            assign bank_select = BB'(w_row >> W_BANK_BITS);
         end
     endgenerate
     always_ff @(posedge clk) begin
         x_read <= buffer[{comp_sel, i_beat}];
         x_bank <= x_read;
-        x_held <= x_bank;
         bank_held <= bank_read;
         bank_select_read <= bank_select;
         bank_select_held <= bank_select_read;
-        w_held <= bank_held[WW-1:0];
+        row_held <= bank_held[RW-1:0];
         for (int k = 1; k < W_BANKS; k++)
-            if (bank_select_held == BB'(k)) w_held <= bank_held[k*WW +: WW];
+            if (bank_select_held == BB'(k)) row_held <= bank_held[k*RW +: RW];
     end
+    generate
+        if (W_PACK > 1) begin : g_packed_word
+            logic [P_IN*IN_BITS-1:0] x_row;
+            logic [LB-1:0] lane_read, lane_bank, lane_held;
+            always_ff @(posedge clk) begin
+                lane_read <= w_lane;
+                lane_bank <= lane_read;
+                lane_held <= lane_bank;
+                x_row <= x_bank;
+                x_held <= x_row;
+                w_held <= row_held[WW-1:0];
+                for (int k = 1; k < W_PACK; k++)
+                    if (lane_held == LB'(k)) w_held <= row_held[k*WW +: WW];
+            end
+        end else begin : g_word_rows
+            always_ff @(posedge clk) x_held <= x_bank;
+            assign w_held = row_held;
+        end
+    endgenerate
 
     // Control travels beside the data: valid, first and last block of a beat, the beat.
     // Flat vectors, one process each (stage k at [k*CTRL +: CTRL]; stage 0 is the issue).

@@ -58,7 +58,10 @@ module kiln_im2col #(
     logic [P*BITS-1:0] rows [WORDS];
     logic write_enable, rows_ready, frame_done, settle;
     logic [AB-1:0] write_address;
-    logic signed [15:0] read_limit, need_rows;   // registers, for kiln_rows
+    // row counts for kiln_rows, as narrow as the rows allow (short compares there)
+    localparam int RB = $clog2(H + R + 2) + 1;
+    localparam logic signed [RB-1:0] NEVER = RB'((1 << (RB - 1)) - 1);  // > any row count
+    logic signed [RB-1:0] read_limit, need_rows;   // registers, for kiln_rows
 
     // Window generator: counters and, for the current beat, the input row iy and column ix
     // it reads, its column word (ix * CB + cb) and its frame's first row slot.
@@ -86,17 +89,17 @@ module kiln_im2col #(
     // (The clamps compare iy_base itself, beside the adds: one carry chain per register.)
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
-            read_limit <= 16'(R);
-            need_rows <= 16'sh7fff;
+            read_limit <= RB'(R);
+            need_rows <= NEVER;
         end else begin
-            read_limit <= iy_base < 0 ? 16'(R) : 16'(iy_base + CW'(R));
-            if (iy_base > CW'(H - SPAN)) need_rows <= 16'(H);
-            else if (iy_base < CW'(1 - SPAN)) need_rows <= 16'sd1;
-            else need_rows <= 16'(iy_base + CW'(SPAN));
+            read_limit <= iy_base < 0 ? RB'(R) : RB'(iy_base) + RB'(R);
+            if (iy_base > CW'(H - SPAN)) need_rows <= RB'(H);
+            else if (iy_base < CW'(1 - SPAN)) need_rows <= RB'(1);
+            else need_rows <= RB'(iy_base) + RB'(SPAN);
         end
     end
     kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE), .SB(SB),
-                .AB(AB)) u_rows (
+                .AB(AB), .RB(RB)) u_rows (
         .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
         .read_limit(read_limit), .need_rows(need_rows), .frame_done(frame_done),
         .settle(settle), .rows_ready(rows_ready), .write_enable(write_enable),

@@ -45,7 +45,10 @@ module kiln_maxpool #(
     logic [P*BITS-1:0] rows [WORDS];
     logic write_enable, rows_ready, frame_done, settle;
     logic [AB-1:0] write_address;
-    logic signed [15:0] read_limit, need_rows;   // registers, for kiln_rows
+    // row counts for kiln_rows, as narrow as the rows allow (short compares there)
+    localparam int RB = $clog2(H + R + 2) + 1;
+    localparam logic signed [RB-1:0] NEVER = RB'((1 << (RB - 1)) - 1);  // > any row count
+    logic signed [RB-1:0] read_limit, need_rows;   // registers, for kiln_rows
 
     // Generator: the output beat (oy, ox, cb) and the window word (dy, dx) it reads now;
     // row_base = oy * STRIDE, row = row_base + dy, col_base = ox * STRIDE * CB + cb and
@@ -63,15 +66,15 @@ module kiln_maxpool #(
     assign last_of_row = last_read && last_cb && last_ox;
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
-            read_limit <= 16'(R);
-            need_rows <= 16'sh7fff;
+            read_limit <= RB'(R);
+            need_rows <= NEVER;
         end else begin
-            read_limit <= 16'(row_base) + 16'(R);
-            need_rows <= 16'(row_base) + 16'(K);
+            read_limit <= RB'(row_base) + RB'(R);
+            need_rows <= RB'(row_base) + RB'(K);
         end
     end
     kiln_rows #(.H(H), .ROW_WORDS(ROW_WORDS), .R(R), .ROW_STRIDE(ROW_STRIDE), .SB(SB),
-                .AB(AB)) u_rows (
+                .AB(AB), .RB(RB)) u_rows (
         .clk(clk), .rst_n(rst_n), .in_valid(in_valid), .in_ready(in_ready),
         .read_limit(read_limit), .need_rows(need_rows), .frame_done(frame_done),
         .settle(settle), .rows_ready(rows_ready), .write_enable(write_enable),

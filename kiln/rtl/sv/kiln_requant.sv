@@ -11,8 +11,10 @@
 // their sum, the variable shift, the rounding add, and the clamp (compares against
 // constants, in parallel with a narrow add of the zero point). It takes a new input every
 // cycle. PASSES > 1 (= TILES) time-shares one DSP tile instead: the inputs are taken when
-// `start` is high, the tiles are multiplied one per cycle and summed, and the result comes
-// out LATENCY = PASSES + 5 cycles after `start`; a new input every PASSES cycles. The caller
+// `start` is high, each pass's operands are selected into registers of their own (nothing
+// but routing in front of the DSP), the tiles are multiplied one per cycle and summed, and
+// the result comes out LATENCY = PASSES + 6 cycles after `start`; a new input every PASSES
+// cycles. The caller
 // chooses it when the layer leaves the requantizers that much time and it saves DSPs.
 // FLOAT32 = 1 computes ONNX Runtime's rint(float32(acc) * float32(M)) in integers: m holds
 // M's 24-bit mantissa and shift its exponent (M = m * 2^-shift); |acc| is rounded to 24
@@ -186,18 +188,31 @@ module kiln_requant #(
                         running <= pass != PB'(PASSES - 1);
                     end
                 end
-                // The tile's product (the DSP's output register), then its sum.
+                // The pass's operands in registers (the selection would otherwise sit in
+                // front of the DSP, whose inputs are far from the logic), the tile's product
+                // (the DSP's output register), then its sum.
+                logic signed [17:0] a_operand, m_operand;
+                logic [2:0] operand_weight;
+                logic operand_valid, operand_first, operand_last;
+                logic [6:0] operand_shift;
                 logic signed [35:0] tile;
                 logic [2:0] tile_weight;
                 logic tile_valid, tile_first, tile_last;
                 logic [6:0] tile_shift;
                 always_ff @(posedge clk) begin
-                    tile <= 36'(a_part * m_part);
-                    tile_weight <= weight;
-                    tile_valid <= running;
-                    tile_first <= pass == '0;
-                    tile_last <= pass == PB'(PASSES - 1);
-                    tile_shift <= shift_1;
+                    a_operand <= a_part;
+                    m_operand <= m_part;
+                    operand_weight <= weight;
+                    operand_valid <= running;
+                    operand_first <= pass == '0;
+                    operand_last <= pass == PB'(PASSES - 1);
+                    operand_shift <= shift_1;
+                    tile <= 36'(a_operand * m_operand);
+                    tile_weight <= operand_weight;
+                    tile_valid <= operand_valid;
+                    tile_first <= operand_first;
+                    tile_last <= operand_last;
+                    tile_shift <= operand_shift;
                 end
                 // The tile at its weight: a multiplexer of constant shifts (written as a
                 // variable shift, Yosys turns 2^(17 w) into another multiplier).

@@ -14,14 +14,16 @@ module kiln_rows #(
     parameter int R = 4,
     parameter int ROW_STRIDE = 32,
     parameter int SB = 2,    // bits of a slot (>= 1)
-    parameter int AB = 7     // address bits
+    parameter int AB = 7,    // address bits
+    parameter int RB = 16    // signed row counts: held, read_limit and need_rows (the
+                             // consumer's "never" is the largest, 2^(RB-1) - 1 > H + R)
 ) (
     input  logic clk,
     input  logic rst_n,
     input  logic in_valid,
     output logic in_ready,
-    input  logic signed [15:0] read_limit,
-    input  logic signed [15:0] need_rows,
+    input  logic signed [RB-1:0] read_limit,
+    input  logic signed [RB-1:0] need_rows,
     input  logic frame_done,
     input  logic settle,
     output logic rows_ready,
@@ -29,10 +31,14 @@ module kiln_rows #(
     output logic [AB-1:0] write_address
 );
     localparam int COL_BITS = $clog2(ROW_STRIDE) > 0 ? $clog2(ROW_STRIDE) : 1;
-    logic signed [15:0] held;
+    logic signed [RB-1:0] held;  // as narrow as the rows allow: short compares
     logic [SB-1:0] load_slot;
     logic [COL_BITS-1:0] load_col;
     logic row_done;
+    logic signed [RB-1:0] held_up, held_next_frame, held_up_next_frame;
+    assign held_up = held + RB'(1);
+    assign held_next_frame = held - RB'(H);
+    assign held_up_next_frame = held + RB'(1 - H);
     assign in_ready = held < read_limit && !settle;
     assign rows_ready = need_rows <= held;
     assign write_enable = in_valid && in_ready;
@@ -53,7 +59,11 @@ module kiln_rows #(
         end else begin
             if (write_enable) load_col <= row_done ? '0 : load_col + 1'b1;
             if (row_done) load_slot <= load_slot + 1'b1;
-            held <= held + 16'(row_done) - (frame_done ? 16'(H) : 16'd0);
+            // every candidate is one constant add from the register, beside the compare
+            // that decides between them (not a compare then an add in one cycle)
+            if (row_done && frame_done) held <= held_up_next_frame;
+            else if (row_done) held <= held_up;
+            else if (frame_done) held <= held_next_frame;
         end
     end
 endmodule
