@@ -21,7 +21,8 @@ def emit_rtl(
     ] = None,
     device: Annotated[str | None, typer.Option(
         help="Fold every layer to fit this FPGA (ice40-up5k, ice40-hx8k, ecp5-25k, "
-             "ecp5-45k, ecp5-85k): the fastest design whose estimate fits.")] = None,
+             "ecp5-45k, ecp5-85k, nexus-lifcl-40): the fastest design whose estimate "
+             "fits.")] = None,
     budget: Annotated[str | None, typer.Option(
         help="Fold to explicit resources instead: lut=N,ff=N,dsp=N,bram=N.")] = None,
     target_cycles: Annotated[int | None, typer.Option(
@@ -66,14 +67,15 @@ def emit_rtl(
             raise ConfigError(f"{config}: no such parallelism config")
         choice = {k: tuple(v) for k, v in (load_yaml_file(config) or {}).items()}
     design = emit(program, choice, out, rom_layout=folding.rom_layout if folding else "banked")
-    timing: dict[str, float] = {}
+    timing: dict[str, float | int | str] = {}
     if folding is not None:
         from kiln.rtl.folding import family_of
-        from kiln.rtl.timing import predicted_fmax_mhz
+        from kiln.rtl.timing import DEFAULT_SPEED, predicted_fmax_mhz
 
-        fmax = predicted_fmax_mhz(design.layers, family_of(folding.budget),
-                                  rounding=design.rounding)
-        timing = {"predicted_fmax_mhz": fmax,
+        family = family_of(folding.budget)
+        fmax = predicted_fmax_mhz(design.layers, family, rounding=design.rounding)
+        timing = {"predicted_fmax_mhz": fmax, "family": family,
+                  "speed_grade": DEFAULT_SPEED[family],
                   "predicted_inferences_per_second": fmax * 1e6 / max(folding.cycles, 1)}
         (out / "folding.json").write_text(json.dumps({**folding.as_dict(), **timing},
                                                      indent=2) + "\n")
@@ -97,7 +99,8 @@ def emit_rtl(
         for note in folding.notes:
             console.print(f"note: {note}")
         console.print(f"predicted clock {timing['predicted_fmax_mhz']:g} MHz (kiln's timing "
-                      f"model, speed grade 6 on ECP5): "
+                      f"model, speed grade {timing['speed_grade']} on "
+                      f"{str(timing['family']).upper()}): "
                       f"{timing['predicted_inferences_per_second']:,.0f} inferences/s; "
                       f"'kiln synth {out} --target {folding.budget.name} --pnr' measures it")
         return
@@ -150,7 +153,8 @@ def synth(
     design_dir: Annotated[Path, typer.Argument(help="A folder written by 'kiln emit-rtl'.")],
     target: Annotated[str, typer.Option(
         help="generic, ice40 or xilinx (Yosys figures), or an FPGA to fit: ice40-up5k, "
-             "ice40-hx8k, ecp5-25k, ecp5-45k, ecp5-85k.")] = "generic",
+             "ice40-hx8k, ecp5-25k, ecp5-45k, ecp5-85k, nexus-lifcl-40 (CrossLink-NX).")
+    ] = "generic",
     pnr: Annotated[bool, typer.Option(
         "--pnr", help="Also place and route on the FPGA (nextpnr): Fmax and inferences/s.")
     ] = False,
@@ -164,7 +168,8 @@ def synth(
         help="Place and route with this many seeds (seed, seed+1, ...; two at a time) and "
              "keep the fastest; every seed's Fmax is reported.")] = 1,
     speed: Annotated[int | None, typer.Option(
-        help="ECP5 speed grade: 6 (nextpnr's default, the slowest), 7 or 8.")] = None,
+        help="Speed grade: ECP5 6 (nextpnr's default, the slowest), 7 or 8; Nexus 7.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Yosys resource figures of a design (LUTs, flip-flops, DSPs / multipliers), or its

@@ -65,6 +65,7 @@
 
     [fpga]                       # fold to a device, place and route (nextpnr): Fmax
     device = "ecp5-25k"          # ice40-up5k | ice40-hx8k | ecp5-25k | ecp5-45k | ecp5-85k
+                                 # | nexus-lifcl-40 (CrossLink-NX)
     fold = true                  # the fastest folding that fits (false: [rtl] parallelism)
     rounding = "nearest"         # requantization of the placed design (float32 costs LUTs)
     vectors = 4                  # test inputs the placed design is simulated on first
@@ -189,8 +190,8 @@ class SynthOptions(_Strict):
 
 
 class FpgaOptions(_Strict):
-    device: Literal["ice40-up5k", "ice40-hx8k", "ecp5-25k", "ecp5-45k", "ecp5-85k"] = \
-        "ecp5-25k"
+    device: Literal["ice40-up5k", "ice40-hx8k", "ecp5-25k", "ecp5-45k", "ecp5-85k",
+                    "nexus-lifcl-40"] = "ecp5-25k"
     fold: bool = True
     rounding: Literal["floor", "nearest", "float32"] = "nearest"
     vectors: int = Field(4, ge=1)

@@ -69,7 +69,11 @@ class Budget:
 
 
 def family_of(budget: Budget) -> str:
-    return "ice40" if budget.name.startswith("ice40") else "ecp5"
+    """The FPGA family a budget is for (a budget that names no device: ECP5)."""
+    for family in ("ice40", "nexus"):
+        if budget.name.startswith(family):
+            return family
+    return "ecp5"
 
 
 # --- the resource model ---------------------------------------------------------------------

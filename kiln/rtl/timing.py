@@ -30,10 +30,13 @@ UNIT_FMAX_MHZ: dict[tuple[str, int], dict[str, float]] = {
                   "deep_rom": 87.0, "im2col": 125.0, "maxpool": 125.0, "many_dsps": 87.0},
     ("ice40", 0): {"dense": 40.0, "float32_requant": 12.0,
                    "deep_rom": 30.0, "im2col": 40.0, "maxpool": 40.0, "many_dsps": 30.0},
+    # CrossLink-NX (LIFCL-40), nextpnr-nexus with router1
+    ("nexus", 7): {"dense": 125.0, "float32_requant": 35.0,
+                   "deep_rom": 90.0, "im2col": 125.0, "maxpool": 125.0, "many_dsps": 90.0},
 }
-SPEED_GRADES = {"ecp5": (6, 7, 8), "ice40": (0,)}
+SPEED_GRADES = {"ecp5": (6, 7, 8), "ice40": (0,), "nexus": (7,)}
 MANY_DSPS = 64
-DEFAULT_SPEED = {"ecp5": 6, "ice40": 0}
+DEFAULT_SPEED = {"ecp5": 6, "ice40": 0, "nexus": 7}
 
 
 def unit_kind(layer: Any) -> str:

@@ -81,6 +81,27 @@ def test_without_a_clock_the_predicted_one_is_the_target_and_a_miss_only_warns(t
         place_and_route(tiny_design, "ecp5-25k", speed=9)
 
 
+def test_placed_and_routed_on_nexus(tiny_design):
+    # A second FPGA family: CrossLink-NX (LIFCL-40), its pins constrained, its carry chains
+    # and clock routed (kiln.rtl.fpga's two workarounds), at the clock kiln predicts for it.
+    from kiln.rtl.timing import predicted_fmax_mhz
+
+    result = kiln("synth", str(tiny_design.directory), "--target", "nexus-lifcl-40", "--pnr",
+                  "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["available"] == DEVICES["nexus-lifcl-40"].capacity()
+    assert figures["clock_mhz"] == predicted_fmax_mhz(tiny_design.layers, "nexus") > 100
+    assert figures["fmax_mhz"] >= figures["clock_mhz"] and figures["timing_met"]
+    # 2 x 2 products and the requantizer's tile, in 18x18 multipliers (a product of at
+    # most 9 x 9 bits takes half of one); the logic is there
+    assert 3 <= figures["used"]["dsp"] <= 5 and figures["used"]["lut"] > 50
+    assert "ldc_set_location -site {L13} [get_ports clk]" in (
+        tiny_design.directory / "kiln_pnr_nexus.pdc").read_text()
+    with pytest.raises(KilnError, match="speed grade 6 does not exist for nexus: use 7"):
+        place_and_route(tiny_design, "nexus-lifcl-40", speed=6)
+
+
 def test_a_design_that_does_not_fit_names_the_resource(tiny_design):
     # A made-up device with 2 DSPs and 50 LUTs: the 12 multipliers move to logic (a second
     # synthesis without DSPs), which then needs more LUTs than it has.
