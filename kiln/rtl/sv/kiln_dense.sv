@@ -74,7 +74,7 @@ module kiln_dense #(
     localparam int WA = IN_BEATS * OUT_BEATS > 1 ? $clog2(IN_BEATS * OUT_BEATS) : 1;
     localparam int SERIAL = (P_OUT + REQUANTS - 1) / REQUANTS;
     localparam int SB = SERIAL > 1 ? $clog2(SERIAL) : 1;
-    localparam int REQUANT_LATENCY = PASSES > 1 ? PASSES + 6 : 6;  // kiln_requant's
+    localparam int REQUANT_LATENCY = PASSES > 1 ? PASSES + 6 : 7;  // kiln_requant's
     localparam int TURN = SERIAL * PASSES;         // cycles the requantizers take per beat
     localparam int PSB = PASSES > 1 ? $clog2(PASSES) : 1;
     // The weight ROM: IN_BEATS * OUT_BEATS words of WW bits, in rows of W_PACK words.
@@ -84,8 +84,14 @@ module kiln_dense #(
     localparam int RA = W_ROWS > 1 ? $clog2(W_ROWS) : 1;
     localparam int LB = W_PACK > 1 ? $clog2(W_PACK) : 1;
     localparam int PACK_STAGE = W_PACK > 1 ? 1 : 0;  // the word's multiplexer in its row
+    // More than GROUP banks: their multiplexer in two registered levels (groups of GROUP
+    // banks, then the groups), as the banks spread over the device's block RAM columns.
+    localparam int GROUP = 8;
+    localparam int GROUP_STAGE = W_BANKS > GROUP ? 1 : 0;
+    localparam int GROUPS = (W_BANKS + GROUP - 1) / GROUP;
+    localparam int READ_EXTRA = PACK_STAGE + GROUP_STAGE;  // read stages beyond three
     // Pipeline registers from the issue to the accumulator's output.
-    localparam int MAC_DEPTH = 5 + PACK_STAGE + TREE_STAGES;
+    localparam int MAC_DEPTH = 5 + READ_EXTRA + TREE_STAGES;
     // Beats in flight between an issue and the FIFO: the credit loop must cover them all
     // for a consumer ready every cycle never to stall a one-block beat.
     localparam int IN_FLIGHT = MAC_DEPTH + TURN + REQUANT_LATENCY + 3;
@@ -178,11 +184,12 @@ module kiln_dense #(
                 // its block RAMs)
                 localparam int DEPTH = bank == W_BANKS - 1
                     ? W_ROWS - bank * (1 << W_BANK_BITS) : 1 << W_BANK_BITS;
+                localparam int DB = DEPTH > 1 ? $clog2(DEPTH) : 1;  // its rows' address bits
                 logic [RW-1:0] rom [DEPTH];
                 initial $readmemh({W_FILE, ".", 8'(8'd48 + bank / 100),
                                    8'(8'd48 + bank / 10 % 10), 8'(8'd48 + bank % 10)}, rom);
                 always_ff @(posedge clk)
-                    bank_read[bank*RW +: RW] <= rom[w_row[W_BANK_BITS-1:0]];
+                    bank_read[bank*RW +: RW] <= rom[w_row[DB-1:0]];
             end
             assign bank_select = BB'(w_row >> W_BANK_BITS);
         end
@@ -193,26 +200,62 @@ module kiln_dense #(
         bank_held <= bank_read;
         bank_select_read <= bank_select;
         bank_select_held <= bank_select_read;
-        row_held <= bank_held[RW-1:0];
-        for (int k = 1; k < W_BANKS; k++)
-            if (bank_select_held == BB'(k)) row_held <= bank_held[k*RW +: RW];
     end
+    // The bank multiplexer: one level, or (many banks) groups then groups of groups.
+    generate
+        if (GROUP_STAGE == 0) begin : g_bank_mux
+            always_ff @(posedge clk) begin
+                row_held <= bank_held[RW-1:0];
+                for (int k = 1; k < W_BANKS; k++)
+                    if (bank_select_held == BB'(k)) row_held <= bank_held[k*RW +: RW];
+            end
+        end else begin : g_group_mux
+            localparam int GB = GROUPS > 1 ? $clog2(GROUPS) : 1;
+            logic [GROUPS*RW-1:0] group_held;
+            logic [GB-1:0] group_select;
+            always_ff @(posedge clk) begin
+                for (int g = 0; g < GROUPS; g++) begin
+                    group_held[g*RW +: RW] <= bank_held[g*GROUP*RW +: RW];
+                    for (int k = 1; k < GROUP; k++)
+                        if (g*GROUP + k < W_BANKS && bank_select_held[2:0] == 3'(k))
+                            group_held[g*RW +: RW] <= bank_held[(g*GROUP + k)*RW +: RW];
+                end
+                group_select <= GB'(bank_select_held >> 3);
+                row_held <= group_held[RW-1:0];
+                for (int g = 1; g < GROUPS; g++)
+                    if (group_select == GB'(g)) row_held <= group_held[g*RW +: RW];
+            end
+        end
+    endgenerate
+    // The input words wait beside the extra read stages.
+    generate
+        if (READ_EXTRA == 0) begin : g_x_direct
+            always_ff @(posedge clk) x_held <= x_bank;
+        end else begin : g_x_delayed
+            logic [READ_EXTRA*P_IN*IN_BITS-1:0] x_wait;
+            always_ff @(posedge clk) begin
+                x_wait[P_IN*IN_BITS-1:0] <= x_bank;
+                for (int k = 1; k < READ_EXTRA; k++)
+                    x_wait[k*P_IN*IN_BITS +: P_IN*IN_BITS] <=
+                        x_wait[(k-1)*P_IN*IN_BITS +: P_IN*IN_BITS];
+                x_held <= x_wait[(READ_EXTRA-1)*P_IN*IN_BITS +: P_IN*IN_BITS];
+            end
+        end
+    endgenerate
     generate
         if (W_PACK > 1) begin : g_packed_word
-            logic [P_IN*IN_BITS-1:0] x_row;
-            logic [LB-1:0] lane_read, lane_bank, lane_held;
+            // the word's place in its row, delayed to meet the row (issue + 3 + GROUP_STAGE)
+            logic [(3 + GROUP_STAGE)*LB-1:0] lane_wait;
             always_ff @(posedge clk) begin
-                lane_read <= w_lane;
-                lane_bank <= lane_read;
-                lane_held <= lane_bank;
-                x_row <= x_bank;
-                x_held <= x_row;
+                lane_wait[LB-1:0] <= w_lane;
+                for (int k = 1; k < 3 + GROUP_STAGE; k++)
+                    lane_wait[k*LB +: LB] <= lane_wait[(k-1)*LB +: LB];
                 w_held <= row_held[WW-1:0];
                 for (int k = 1; k < W_PACK; k++)
-                    if (lane_held == LB'(k)) w_held <= row_held[k*WW +: WW];
+                    if (lane_wait[(2 + GROUP_STAGE)*LB +: LB] == LB'(k))
+                        w_held <= row_held[k*WW +: WW];
             end
         end else begin : g_word_rows
-            always_ff @(posedge clk) x_held <= x_bank;
             assign w_held = row_held;
         end
     endgenerate

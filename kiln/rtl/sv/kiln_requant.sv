@@ -6,10 +6,10 @@
 // acc is ACC_BITS wide, m is an unsigned M_BITS integer, s = 31 + n - (31 - M_BITS') >= 1
 // in nearest mode. The input `shift` holds s - 1 (nearest) or s (floor): the shifter then
 // keeps one fraction bit, and round half up is (t + 1) >>> 1.
-// LATENCY = 6 registers from the inputs to `out`, one stage each for: the inputs (after the
-// caller's lane multiplexer), the product's 18x18 tiles (one MULT18X18D each, registered),
-// their sum, the variable shift, the rounding add, and the clamp (compares against
-// constants, in parallel with a narrow add of the zero point). It takes a new input every
+// LATENCY = 7 registers from the inputs to `out`, one stage each for: the inputs (after the
+// caller's lane multiplexer), each tile's operands, the product's 18x18 tiles (one
+// MULT18X18D each, registered), their sum, the variable shift, the rounding add, and the
+// clamp (compares against constants, in parallel with a narrow add of the zero point). It takes a new input every
 // cycle. PASSES > 1 (= TILES) time-shares one DSP tile instead: the inputs are taken when
 // `start` is high, each pass's operands are selected into registers of their own (nothing
 // but routing in front of the DSP), the tiles are multiplied one per cycle and summed, and
@@ -107,13 +107,13 @@ module kiln_requant #(
                 else result = OUT_BITS'(biased);
             end
             // The result goes through the remaining stages' registers unchanged, so that
-            // both modes have the same latency.
+            // both modes have the same latency (PASSES = 1: 7).
             // (`out` is written by a process in both modes: Icarus drops a continuous
             // assignment to it from one generate branch.)
-            logic [4*OUT_BITS-1:0] delay;
+            logic [5*OUT_BITS-1:0] delay;
             always_ff @(posedge clk) begin
-                delay <= {delay[3*OUT_BITS-1:0], result};
-                out <= delay[4*OUT_BITS-1 -: OUT_BITS];
+                delay <= {delay[4*OUT_BITS-1:0], result};
+                out <= delay[5*OUT_BITS-1 -: OUT_BITS];
             end
         end else begin : g_fixed
             // Stage 2: the product.
@@ -130,20 +130,25 @@ module kiln_requant #(
             assign acc_wide = 35'(acc_1);
             assign m_wide = (17*M_CHUNKS)'(m_1);
             if (PASSES == 1) begin : g_parallel
-                // Every tile at once, registered (the DSPs' output registers), then summed:
-                // no path runs through a DSP and an adder of its partial products.
+                // Every tile at once: its operands in registers of its own (placed beside its
+                // DSP, not one register fanned out to DSPs across the device), the product
+                // registered (the DSP's output register), then summed: no path runs through
+                // a DSP and an adder of its partial products.
+                logic [TILES*18-1:0] a_operands, m_operands;
                 logic [TILES*36-1:0] tiles;
-                logic [6:0] shift_t;
+                logic [6:0] shift_operand, shift_t;
                 always_ff @(posedge clk) begin
                     for (int k = 0; k < TILES; k++) begin
-                        logic signed [17:0] a_part, m_part;
-                        if (A_CHUNKS == 1) a_part = acc_wide[17:0];
-                        else if (k / M_CHUNKS == 0) a_part = {1'b0, acc_wide[16:0]};
-                        else a_part = acc_wide[34:17];
-                        m_part = {1'b0, m_wide[17*(k % M_CHUNKS) +: 17]};
-                        tiles[k*36 +: 36] <= 36'(a_part * m_part);
+                        if (A_CHUNKS == 1) a_operands[k*18 +: 18] <= acc_wide[17:0];
+                        else if (k / M_CHUNKS == 0)
+                            a_operands[k*18 +: 18] <= {1'b0, acc_wide[16:0]};
+                        else a_operands[k*18 +: 18] <= acc_wide[34:17];
+                        m_operands[k*18 +: 18] <= {1'b0, m_wide[17*(k % M_CHUNKS) +: 17]};
+                        tiles[k*36 +: 36] <= 36'($signed(a_operands[k*18 +: 18])
+                                                 * $signed(m_operands[k*18 +: 18]));
                     end
-                    shift_t <= shift_1;
+                    shift_operand <= shift_1;
+                    shift_t <= shift_operand;
                 end
                 always_ff @(posedge clk) begin
                     logic signed [PW-1:0] sum;
