@@ -8,7 +8,9 @@ and returns ``lo`` and ``hi`` of shape [C]:
 * ``mse``: the clipping ratio of the full range (searched on a grid) that minimizes the
   mean squared quantization error;
 * ``entropy``: the threshold that minimizes the KL divergence between the histogram of
-  |x| and its quantized version (the calibration used by TensorRT).
+  |x| and its quantized version (the calibration used by TensorRT), over the non-zero
+  values (zeros are exact at any threshold) and, for a tensor that is never negative,
+  into all of the levels.
 """
 
 from __future__ import annotations
@@ -75,12 +77,27 @@ def _mse(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantS
     return best_lo, best_hi
 
 
+def entropy_levels(spec: QuantSpec, non_negative: bool) -> int:
+    """Quantized magnitude bins the KL search merges the histogram into: every level for a
+    tensor that never goes below zero (after a ReLU: [0, t] takes all of them), half of
+    them (one side) otherwise."""
+    if spec.symmetric:
+        return max(spec.qmax + 1, 2)
+    if non_negative:
+        return max(spec.qmax - spec.qmin + 1, 2)
+    return max((spec.qmax - spec.qmin + 1) // 2, 2)
+
+
 def _entropy(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
              bins: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    levels = spec.qmax + 1 if spec.symmetric else (spec.qmax - spec.qmin + 1) // 2
     thresholds = []
-    for row in samples:
-        thresholds.append(_kl_threshold(row.abs(), bins, max(levels, 2)))
+    for row, row_lo in zip(samples, lo, strict=True):
+        # Exact zeros (most of a tensor after a ReLU) are quantized without error whatever
+        # the threshold: left in, their spike makes the divergence of a tiny range small.
+        magnitudes = row.abs()
+        magnitudes = magnitudes[magnitudes > 0]
+        levels = entropy_levels(spec, non_negative=bool(row_lo >= 0))
+        thresholds.append(_kl_threshold(magnitudes, max(bins, 16 * levels), levels))
     bound = torch.stack(thresholds)
     if spec.symmetric:
         return -bound, bound
@@ -89,7 +106,7 @@ def _entropy(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: Qu
 
 
 def _kl_threshold(magnitudes: torch.Tensor, bins: int, levels: int) -> torch.Tensor:
-    peak = float(magnitudes.max())
+    peak = float(magnitudes.max()) if magnitudes.numel() else 0.0
     if peak == 0.0:
         return torch.tensor(0.0)
     histogram = torch.histc(magnitudes, bins=bins, min=0.0, max=peak).double()
