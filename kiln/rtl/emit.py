@@ -27,7 +27,7 @@ from kiln.errors import KilnError
 from kiln.integer.arith import float32_fields
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.report.markdown import write_text
-from kiln.rtl.memories import bank_rows, weight_rom_layout
+from kiln.rtl.memories import bank_rows, weight_rom_layout, weight_rom_shape
 from kiln.rtl.requant import (
     accumulator_range,
     narrow_multiplier,
@@ -72,18 +72,19 @@ class Layer:
     passes: int = 1  # cycles per lane in a requantizer: > 1 time-shares one DSP tile
     w_banks: int = 1  # the weight ROM in banks (kiln.rtl.memories)
     w_pack: int = 1  # weight words per ROM row (> 1: a packed ROM, kiln.rtl.memories)
+    diagonal: bool = False  # a per-channel affine map: P products a beat (kiln_dense)
 
     # (multipliers, shift fields) per output channel for the ROMs; not saved in design.json
     requant_fields: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.stream_in_n = self.stream_in_n or self.in_n
-        self.cycles_per_input = self.cycles_per_input or self.compute_cycles
         self.wc_bits = self.wc_bits or self.weight_bits + 1
         if not self.requants:
             # The lanes of one output beat are requantized during the next beat's
             # IN_BEATS accumulation cycles.
             self.requants = min(self.p_out, -(-self.p_out // self.in_beats))
+        self.cycles_per_input = self.cycles_per_input or self.compute_cycles
 
     @property
     def in_beats(self) -> int:
@@ -100,10 +101,24 @@ class Layer:
 
     @property
     def compute_cycles(self) -> int:
-        """Ideal cycles per inference: one [P_out x P_in] block per cycle."""
+        """Ideal cycles per inference: one [P_out x P_in] block per cycle (a diagonal layer:
+        one beat per turn of its requantizers)."""
         if self.kind == "maxpool":
             return 0
+        if self.diagonal:
+            turn = -(-self.p_out // self.requants) * self.passes
+            return self.out_beats * turn * self.vectors_per_input
         return self.in_beats * self.out_beats * self.vectors_per_input
+
+    @property
+    def weight_lanes(self) -> int:
+        """Weights in one word of the weight ROM."""
+        return weight_rom_shape(self.__dict__)[0]
+
+    @property
+    def weight_words(self) -> int:
+        """Words of the weight ROM."""
+        return weight_rom_shape(self.__dict__)[1]
 
 
 @dataclass
@@ -283,9 +298,12 @@ def _walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights:
             layer, weight, shape = _conv_layer(op, shape, p_in, p_out)
         else:
             weight = _as_dense(op)
+            # A per-channel affine map stays one: lane p of a beat meets its own weight
+            # (not after a flatten, whose stream order permutes the columns).
+            diagonal = op.kind == "affine" and p_in == p_out and flattened_from is None
             if flattened_from is not None and weights:
                 weight = _columns_in_stream_order(weight, flattened_from, p_in)
-            layer = _dense_layer(op, weight, p_in, p_out)
+            layer = _dense_layer(op, weight, p_in, p_out, diagonal=diagonal)
             shape = (weight.shape[0],)
             flattened_from = None
         _size_arithmetic(layer, op, weight, program.rounding, rom_layout)
@@ -308,7 +326,7 @@ def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str,
     top = int(np.abs(weight).max(initial=0))
     layer.wc_bits = max(2, top.bit_length() + 1)
     layer.w_pack, layer.w_banks, _ = weight_rom_layout(
-        layer.p_in * layer.p_out * layer.wc_bits, layer.in_beats * layer.out_beats, rom_layout)
+        layer.weight_lanes * layer.wc_bits, layer.weight_words, rom_layout)
     out_q = op.out_quant
     if rounding == "float32":
         # The float32 multiplier as a 24-bit mantissa and a right shift (kiln_requant FLOAT32).
@@ -321,6 +339,9 @@ def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str,
         layer.m_bits = 24
         layer.requant_fields = (m, shift)
         layer.requants, layer.passes = requantizers(layer.p_out, layer.in_beats, 1)
+        if layer.diagonal:
+            layer.requants, layer.passes = layer.p_out, 1
+            layer.cycles_per_input = layer.compute_cycles
         return
     m0 = np.broadcast_to(op.arrays["m0"], (layer.out_n,))
     n = np.broadcast_to(op.arrays["shift"], (layer.out_n,))
@@ -342,8 +363,13 @@ def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str,
                             np.array([s - offset for _, s, _ in narrowed], dtype=np.int64))
     if np.any(layer.requant_fields[1] > 127):
         raise KilnError(f"layer '{layer.name}': a requantization shift above 127 bits")
-    layer.requants, layer.passes = requantizers(layer.p_out, layer.in_beats,
-                                                requant_tiles(layer.acc_bits, layer.m_bits))
+    tiles = requant_tiles(layer.acc_bits, layer.m_bits)
+    layer.requants, layer.passes = requantizers(layer.p_out, layer.in_beats, tiles)
+    if layer.diagonal:
+        # A beat's lanes leave together, each through its own requantizer time-sharing
+        # one DSP tile: a beat every `tiles` cycles, as many requantizer DSPs as products.
+        layer.requants, layer.passes = layer.p_out, tiles
+        layer.cycles_per_input = layer.compute_cycles
 
 
 def _dense_layer(op: IntOp, weight: np.ndarray, p_in: int, p_out: int, **extra: Any) -> Layer:
@@ -479,8 +505,8 @@ def _top(design: Design) -> str:
                   "ROUND_NEAREST": nearest, "FLOAT32": int(design.rounding == "float32"),
                   "REQUANTS": layer.requants, "PASSES": layer.passes,
                   "W_BANKS": layer.w_banks, "W_BANK_BITS": bank_rows(
-                      layer.p_in * layer.p_out * layer.wc_bits, layer.w_pack).bit_length() - 1,
-                  "W_PACK": layer.w_pack}
+                      layer.weight_lanes * layer.wc_bits, layer.w_pack).bit_length() - 1,
+                  "W_PACK": layer.w_pack, "DIAGONAL": int(layer.diagonal)}
         files = (f'.W_FILE("{mem}.weights.mem"), .B_FILE("{mem}.bias.mem"), '
                  f'.M_FILE("{mem}.m0.mem"), .S_FILE("{mem}.shift.mem")')
         lines += _instance("kiln_dense", f"layer_{index}", params, files, source, sink,

@@ -25,7 +25,7 @@ import numpy as np
 from kiln.errors import ConfigError, KilnError
 from kiln.integer.program import IntegerProgram
 from kiln.rtl.emit import Layer, plan_layers
-from kiln.rtl.memories import ROM_LAYOUTS, block_rams, in_block_ram
+from kiln.rtl.memories import ROM_LAYOUTS, block_rams, in_block_ram, weight_rom_shape
 from kiln.rtl.requant import requant_dsps
 
 RESOURCES = ("lut", "ff", "dsp", "bram")
@@ -92,9 +92,9 @@ def memories(layer: dict[str, Any]) -> list[tuple[int, int]]:
     if layer["kind"] == "maxpool":
         return [_line_buffer(layer, layer["geometry"]["K"])]
     in_beats = -(-layer["in_n"] // layer["p_in"])
-    out_beats = -(-layer["out_n"] // layer["p_out"])
     weight_bits = layer.get("wc_bits") or layer["weight_bits"] + 1  # stored centred
-    out = [(layer["p_in"] * layer["p_out"] * weight_bits, in_beats * out_beats),
+    lanes, words = weight_rom_shape(layer)
+    out = [(lanes * weight_bits, words),
            (layer["p_in"] * layer["in_bits"], 2 << max(in_beats - 1, 1).bit_length())]
     if layer["kind"] == "conv":
         geometry = layer["geometry"]
@@ -109,7 +109,7 @@ def features(layer: dict[str, Any]) -> dict[str, float]:
         return {"pool": 1.0, "pool_buffer_bits": float(geometry["W"] * geometry["CB"]
                                                        * layer["p_in"] * layer["in_bits"])}
     small = sum(w * d for w, d in memories(layer) if not in_block_ram(w, d))
-    products = layer["p_in"] * layer["p_out"]
+    products = weight_rom_shape(layer)[0]  # a multiplier per weight of a block
     out = {"unit": 1.0, "products": float(products),
            "product_bits": float(products * layer["weight_bits"] * layer["in_bits"]),
            "lanes": float(layer["p_out"]), "requants": float(layer["requants"]),

@@ -62,6 +62,16 @@ def banks(width: int, depth: int) -> int:
     return math.ceil(depth / bank)
 
 
+def weight_rom_shape(layer: dict) -> tuple[int, int]:
+    """(weights per word, words) of an emitted layer's weight ROM (its fields): a [P_out x
+    P_in] block per cycle, or for a per-channel (diagonal) layer P_out weights per beat."""
+    in_beats = -(-layer["in_n"] // layer["p_in"])
+    out_beats = -(-layer["out_n"] // layer["p_out"])
+    if layer.get("diagonal"):
+        return layer["p_out"], out_beats
+    return layer["p_in"] * layer["p_out"], in_beats * out_beats
+
+
 def packed_words_per_row(width: int) -> int:
     """Words of ``width`` bits in a packed ROM row: the fewest that fill whole 36-bit
     block RAM columns."""

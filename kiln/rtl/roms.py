@@ -53,6 +53,10 @@ def write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndar
                            i * layer.p_in:(i + 1) * layer.p_in]
             blocks.append(block.reshape(-1))  # lane p * P_in + q
     words = np.array(blocks)
+    if layer.diagonal:  # one word a beat: lane p's own weight (the block's diagonal)
+        words = np.array([np.diagonal(padded[j * layer.p_out:(j + 1) * layer.p_out,
+                                             j * layer.p_in:(j + 1) * layer.p_in])
+                          for j in range(layer.out_beats)])
     if layer.w_pack > 1:  # rows of w_pack blocks (the last row padded with zero blocks)
         row_count = -(-len(words) // layer.w_pack)
         padded_words = np.zeros((row_count * layer.w_pack, words.shape[1]), dtype=np.int64)
@@ -61,7 +65,7 @@ def write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndar
     if layer.w_banks == 1:
         write_text(folder / f"{layer.name}.weights.mem", hex_words(words, layer.wc_bits))
     else:  # one file per bank (kiln_dense W_BANKS): weights.mem.000, .001, ...
-        depth = bank_rows(layer.p_in * layer.p_out * layer.wc_bits, layer.w_pack)
+        depth = bank_rows(layer.weight_lanes * layer.wc_bits, layer.w_pack)
         for bank in range(layer.w_banks):
             write_text(folder / f"{layer.name}.weights.mem.{bank:03d}",
                        hex_words(words[bank * depth:(bank + 1) * depth], layer.wc_bits))

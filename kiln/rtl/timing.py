@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.rtl.memories import banks
+from kiln.rtl.memories import banks, weight_rom_shape
 from kiln.rtl.requant import requant_dsps
 
 #: MHz per (family, speed grade) and unit kind: the dense unit (MAC pipeline and pipelined
@@ -45,8 +45,9 @@ def unit_kind(layer: Any) -> str:
         layer, key, default)
     if get("kind") == "maxpool":
         return "maxpool"
-    width = get("p_in") * get("p_out") * (get("wc_bits") or get("weight_bits") + 1)
-    depth = -(-get("in_n") // get("p_in")) * -(-get("out_n") // get("p_out"))
+    fields = layer if isinstance(layer, dict) else layer.__dict__
+    lanes, depth = weight_rom_shape(fields)
+    width = lanes * (get("wc_bits") or get("weight_bits") + 1)
     if get("w_banks", 1) == 1 and get("w_pack", 1) == 1 and banks(width, depth) > 1:
         # deeper than a few block RAMs and left whole
         return "deep_rom"
@@ -79,6 +80,6 @@ def _dsps(layer: Any) -> int:
     fields = layer if isinstance(layer, dict) else layer.__dict__
     if fields["kind"] == "maxpool":
         return 0
-    return fields["p_in"] * fields["p_out"] + requant_dsps(
+    return weight_rom_shape(fields)[0] + requant_dsps(
         fields["kind"], fields["requants"], fields.get("passes", 1),
         fields.get("acc_bits", 32), fields.get("m_bits", 31))

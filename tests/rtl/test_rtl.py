@@ -35,6 +35,23 @@ def test_mlp_bit_exact_on_both_simulators(jsc_program, tmp_path, simulator, vect
     assert result.utilization >= 0.9  # 4x4 on 16-wide layers: the pipeline stays full
 
 
+def test_an_affine_layer_is_per_channel_and_bit_exact(jsc_program, tmp_path):
+    # jsc's input BatchNorm (16 channels): one product per channel, not a 16 x 16 matrix of
+    # which 16 weights are not zero. P_in = P_out: a beat of P channels every `passes`
+    # cycles (each lane's requantizer time-shares one DSP tile); P_in != P_out (a stream
+    # widening at the affine) keeps the dense form.
+    design = emit(jsc_program, (1, 1), tmp_path / "narrow")
+    affine = design.layers[0]
+    assert affine.diagonal and (affine.weight_lanes, affine.weight_words) == (1, 16)
+    assert affine.requants == 1 and affine.cycles_per_input == 16 * affine.passes < 16 * 16
+    assert len((design.directory / "mem" / f"{affine.name}.weights.mem").read_text().split()) \
+        == 16
+    assert simulate(design, simulator="verilator", vectors=300).passed
+    mixed = emit(jsc_program, [(1, 2), (2, 2), (2, 2), (2, 2)], tmp_path / "widening")
+    assert not mixed.layers[0].diagonal and mixed.layers[0].cycles_per_input == 16 * 8
+    assert simulate(mixed, simulator="verilator", vectors=100).passed
+
+
 def test_flipped_weight_bit_fails_with_a_clear_message(jsc_program, tmp_path):
     design = emit(jsc_program, (4, 4), tmp_path / "broken")
     mem = design.directory / "mem" / f"{design.layers[2].name}.weights.mem"
@@ -128,10 +145,11 @@ def test_synthesis_statistics(jsc_program, tmp_path):
 
     design = emit(jsc_program, (2, 2), tmp_path / "synth")
     generic = synthesize(design, target="generic")
-    # Products, and one shared requantizer per layer (8 input beats leave time to
-    # requantize the 2 lanes in turn): 4 layers.
-    assert [layer.requants for layer in design.layers] == [1, 1, 1, 1]
-    assert generic.multipliers == 4 * (2 * 2 + 1)
+    # Products, and one shared requantizer per dense layer (8 input beats leave time to
+    # requantize the 2 lanes in turn): 3 layers; the input BatchNorm: 2 products, one
+    # requantizer per lane.
+    assert [layer.requants for layer in design.layers] == [2, 1, 1, 1]
+    assert generic.multipliers == 3 * (2 * 2 + 1) + 2 * 2
     xilinx = synthesize(design, target="xilinx")
     assert xilinx.luts > 100 and xilinx.flip_flops > 100 and xilinx.dsps > 0
     with pytest.raises(KilnError, match="unknown synthesis target"):

@@ -6,6 +6,9 @@
 // P_OUT accumulators compute one [P_OUT x P_IN] weight block per cycle, so a vector
 // takes IN_BEATS * OUT_BEATS compute cycles. Two input buffers let the next vector load
 // while this one computes.
+// DIAGONAL = 1 is a per-channel affine map y_c = requant(w_c (x_c - IN_ZERO) + b_c) (a
+// BatchNorm): IN_N = OUT_N, P_IN = P_OUT = P, one block per beat of P products (lane p
+// times its own weight, no adder tree), the weight ROM one word of P weights per beat.
 //
 // Every block goes down a pipeline that never stalls (only the issue of blocks does):
 //   issue: the block counters address the input buffer and the weight ROM (block RAM)
@@ -41,6 +44,7 @@ module kiln_dense #(
     parameter int HI = 255,
     parameter bit ROUND_NEAREST = 1,
     parameter bit FLOAT32 = 0,
+    parameter bit DIAGONAL = 0,      // a per-channel affine map (see above)
     parameter int REQUANTS = P_OUT,  // requantizers, shared by the P_OUT lanes in turn
     parameter int PASSES = 1,        // cycles per lane in a requantizer (kiln_requant)
     parameter int W_BANKS = 1,      // the weight ROM in banks of 2^W_BANK_BITS rows, each
@@ -64,22 +68,24 @@ module kiln_dense #(
 );
     localparam int IN_BEATS = (IN_N + P_IN - 1) / P_IN;
     localparam int OUT_BEATS = (OUT_N + P_OUT - 1) / P_OUT;
-    localparam int LEVELS = $clog2(P_IN);
+    localparam int LEVELS = DIAGONAL ? 0 : $clog2(P_IN);
     localparam int LEAVES = 1 << LEVELS;
     localparam int TREE_STAGES = LEVELS;   // a register after every level
     localparam int XB = IN_BITS + 2;               // x - zero point, signed
     localparam int PB = XB + WC_BITS;              // one product
     localparam int IB = IN_BEATS > 1 ? $clog2(IN_BEATS) : 1;
     localparam int OB = OUT_BEATS > 1 ? $clog2(OUT_BEATS) : 1;
-    localparam int WA = IN_BEATS * OUT_BEATS > 1 ? $clog2(IN_BEATS * OUT_BEATS) : 1;
+    localparam int W_WORDS = DIAGONAL ? OUT_BEATS : IN_BEATS * OUT_BEATS;  // weight blocks
+    localparam int WA = W_WORDS > 1 ? $clog2(W_WORDS) : 1;
     localparam int SERIAL = (P_OUT + REQUANTS - 1) / REQUANTS;
     localparam int SB = SERIAL > 1 ? $clog2(SERIAL) : 1;
     localparam int REQUANT_LATENCY = PASSES > 1 ? PASSES + 6 : 7;  // kiln_requant's
     localparam int TURN = SERIAL * PASSES;         // cycles the requantizers take per beat
     localparam int PSB = PASSES > 1 ? $clog2(PASSES) : 1;
-    // The weight ROM: IN_BEATS * OUT_BEATS words of WW bits, in rows of W_PACK words.
-    localparam int WW = P_IN*P_OUT*WC_BITS;
-    localparam int W_ROWS = (IN_BEATS * OUT_BEATS + W_PACK - 1) / W_PACK;
+    // The weight ROM: W_WORDS words of WW bits, in rows of W_PACK words.
+    localparam int W_LANES = DIAGONAL ? P_OUT : P_IN*P_OUT;
+    localparam int WW = W_LANES*WC_BITS;
+    localparam int W_ROWS = (W_WORDS + W_PACK - 1) / W_PACK;
     localparam int RW = W_PACK * WW;
     localparam int RA = W_ROWS > 1 ? $clog2(W_ROWS) : 1;
     localparam int LB = W_PACK > 1 ? $clog2(W_PACK) : 1;
@@ -131,7 +137,7 @@ module kiln_dense #(
     logic last_i, last_j, issue;
     logic [FIFO_BITS:0] credit_used;   // beats issued and not yet taken from the FIFO
     logic [$clog2(TURN + 1):0] turn_wait;  // cycles until the requantizers are free
-    assign last_i = (i_beat == IB'(IN_BEATS - 1));
+    assign last_i = DIAGONAL || (i_beat == IB'(IN_BEATS - 1));  // diagonal: one block a beat
     assign last_j = (j_beat == OB'(OUT_BEATS - 1));
     assign issue = running && !(last_i && (credit_used == (FIFO_BITS + 1)'(FIFO_DEPTH)
                                            || turn_wait != '0));
@@ -195,7 +201,7 @@ module kiln_dense #(
         end
     endgenerate
     always_ff @(posedge clk) begin
-        x_read <= buffer[{comp_sel, i_beat}];
+        x_read <= buffer[{comp_sel, DIAGONAL ? IB'(j_beat) : i_beat}];
         x_bank <= x_read;
         bank_held <= bank_read;
         bank_select_read <= bank_select;
@@ -277,7 +283,7 @@ module kiln_dense #(
 
     // Centre stage: x - IN_ZERO per lane (signed, XB bits).
     logic [P_IN*XB-1:0] x_centred;
-    logic [P_IN*P_OUT*WC_BITS-1:0] w_centred;
+    logic [WW-1:0] w_centred;
     always_ff @(posedge clk) begin
         for (int q = 0; q < P_IN; q++) begin
             if (IN_SIGNED)
@@ -292,14 +298,24 @@ module kiln_dense #(
     // Product stage: P_OUT x P_IN registered products (flat vectors: Yosys's frontend
     // mishandles one-element arrays).
     logic [P_OUT*LEAVES*ACC_BITS-1:0] products;
-    always_ff @(posedge clk) begin
-        products <= '0;
-        for (int p = 0; p < P_OUT; p++)
-            for (int q = 0; q < P_IN; q++)
-                products[(p*LEAVES + q)*ACC_BITS +: ACC_BITS] <= ACC_BITS'(
-                    PB'($signed(x_centred[q*XB +: XB]))
-                    * PB'($signed(w_centred[(p*P_IN + q)*WC_BITS +: WC_BITS])));
-    end
+    generate
+        if (DIAGONAL) begin : g_lane_products  // lane p times its own weight
+            always_ff @(posedge clk)
+                for (int p = 0; p < P_OUT; p++)
+                    products[p*ACC_BITS +: ACC_BITS] <= ACC_BITS'(
+                        PB'($signed(x_centred[p*XB +: XB]))
+                        * PB'($signed(w_centred[p*WC_BITS +: WC_BITS])));
+        end else begin : g_block_products
+            always_ff @(posedge clk) begin
+                products <= '0;
+                for (int p = 0; p < P_OUT; p++)
+                    for (int q = 0; q < P_IN; q++)
+                        products[(p*LEAVES + q)*ACC_BITS +: ACC_BITS] <= ACC_BITS'(
+                            PB'($signed(x_centred[q*XB +: XB]))
+                            * PB'($signed(w_centred[(p*P_IN + q)*WC_BITS +: WC_BITS])));
+            end
+        end
+    endgenerate
 
     // Tree stages: per lane, pairwise sums in place, a register after every level (the
     // products come from DSPs spread over the device: routing, not adders, sets the pace)
