@@ -18,21 +18,23 @@ from kiln.rtl.requant import requant_dsps
 
 #: MHz per (family, speed grade) and unit kind: the dense unit (MAC pipeline and pipelined
 #: requantizers), the float32 requantizer (one long stage), a weight ROM of many block RAMs
-#: left unbanked (its output multiplexer after the block RAMs), im2col and max pool, and a
+#: left whole (its output multiplexer after the block RAMs), im2col and max pool, and a
 #: design of more than MANY_DSPS DSP tiles (they spread over the device's DSP rows and the
-#: routing between them and the logic sets the pace: 66-75 MHz, 102 DSPs on ECP5-85K).
+#: routing between them and the logic sets the pace: 82.7 / 93.6 MHz, 102 DSPs on
+#: ECP5-85K, session 14). Nexus grade 7: the convnet 155.5 / 157.7 MHz, jsc 1x1 164.4 /
+#: 168.9; its deep-ROM, float32 and many-DSP entries are scaled from ECP5's (unmeasured).
 UNIT_FMAX_MHZ: dict[tuple[str, int], dict[str, float]] = {
     ("ecp5", 6): {"dense": 100.0, "float32_requant": 30.0,
-                  "deep_rom": 70.0, "im2col": 100.0, "maxpool": 100.0, "many_dsps": 70.0},
+                  "deep_rom": 70.0, "im2col": 100.0, "maxpool": 100.0, "many_dsps": 80.0},
     ("ecp5", 7): {"dense": 110.0, "float32_requant": 33.0,
-                  "deep_rom": 77.0, "im2col": 110.0, "maxpool": 110.0, "many_dsps": 77.0},
+                  "deep_rom": 77.0, "im2col": 110.0, "maxpool": 110.0, "many_dsps": 88.0},
     ("ecp5", 8): {"dense": 125.0, "float32_requant": 38.0,
-                  "deep_rom": 87.0, "im2col": 125.0, "maxpool": 125.0, "many_dsps": 87.0},
+                  "deep_rom": 87.0, "im2col": 125.0, "maxpool": 125.0, "many_dsps": 99.0},
     ("ice40", 0): {"dense": 40.0, "float32_requant": 12.0,
                    "deep_rom": 30.0, "im2col": 40.0, "maxpool": 40.0, "many_dsps": 30.0},
     # CrossLink-NX (LIFCL-40), nextpnr-nexus with router1
-    ("nexus", 7): {"dense": 125.0, "float32_requant": 35.0,
-                   "deep_rom": 90.0, "im2col": 125.0, "maxpool": 125.0, "many_dsps": 90.0},
+    ("nexus", 7): {"dense": 150.0, "float32_requant": 45.0,
+                   "deep_rom": 105.0, "im2col": 150.0, "maxpool": 150.0, "many_dsps": 120.0},
 }
 SPEED_GRADES = {"ecp5": (6, 7, 8), "ice40": (0,), "nexus": (7,)}
 MANY_DSPS = 64

@@ -46,10 +46,10 @@ def test_an_affine_layer_is_per_channel_and_bit_exact(jsc_program, tmp_path):
     assert affine.requants == 1 and affine.cycles_per_input == 16 * affine.passes < 16 * 16
     assert len((design.directory / "mem" / f"{affine.name}.weights.mem").read_text().split()) \
         == 16
-    assert simulate(design, simulator="verilator", vectors=300).passed
+    assert simulate(design, simulator="verilator", vectors=100).passed
     mixed = emit(jsc_program, [(1, 2), (2, 2), (2, 2), (2, 2)], tmp_path / "widening")
     assert not mixed.layers[0].diagonal and mixed.layers[0].cycles_per_input == 16 * 8
-    assert simulate(mixed, simulator="verilator", vectors=100).passed
+    assert simulate(mixed, simulator="verilator", vectors=50).passed
 
 
 def test_flipped_weight_bit_fails_with_a_clear_message(jsc_program, tmp_path):
