@@ -28,8 +28,9 @@ from kiln.flow.stages import FlowContext
 STAGE_FUNCTIONS = {**_SOFTWARE_STAGES, "schedule": stage_schedule, "mvu": stage_mvu,
                    "fpga": stage_fpga}
 
-#: Bump when a stage's artifact changes meaning (invalidates every cached stage).
-FLOW_VERSION = 1
+#: Bump when a stage's artifact changes meaning (invalidates every cached stage). 2: the RTL
+#: of session 14 (packed ROMs, registered operands, the per-channel affine unit).
+FLOW_VERSION = 2
 #: The config sections each stage's result depends on.
 SECTIONS = {"train": ("model", "data", "train"), "float": ("model", "data"),
             "compress": ("compression", "data"), "integer": ("integer",),
