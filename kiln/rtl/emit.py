@@ -338,10 +338,11 @@ def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str,
                             "cannot be requantized by the generated hardware")
         layer.m_bits = 24
         layer.requant_fields = (m, shift)
-        layer.requants, layer.passes = requantizers(layer.p_out, layer.in_beats, 1)
-        if layer.diagonal:
+        if layer.diagonal:  # a requantizer per lane (float32 has no time-shared form)
             layer.requants, layer.passes = layer.p_out, 1
             layer.cycles_per_input = layer.compute_cycles
+        else:
+            layer.requants, layer.passes = requantizers(layer.p_out, layer.in_beats, 1)
         return
     m0 = np.broadcast_to(op.arrays["m0"], (layer.out_n,))
     n = np.broadcast_to(op.arrays["shift"], (layer.out_n,))
@@ -364,12 +365,13 @@ def _size_arithmetic(layer: Layer, op: IntOp, weight: np.ndarray, rounding: str,
     if np.any(layer.requant_fields[1] > 127):
         raise KilnError(f"layer '{layer.name}': a requantization shift above 127 bits")
     tiles = requant_tiles(layer.acc_bits, layer.m_bits)
-    layer.requants, layer.passes = requantizers(layer.p_out, layer.in_beats, tiles)
     if layer.diagonal:
         # A beat's lanes leave together, each through its own requantizer time-sharing
         # one DSP tile: a beat every `tiles` cycles, as many requantizer DSPs as products.
         layer.requants, layer.passes = layer.p_out, tiles
         layer.cycles_per_input = layer.compute_cycles
+    else:
+        layer.requants, layer.passes = requantizers(layer.p_out, layer.in_beats, tiles)
 
 
 def _dense_layer(op: IntOp, weight: np.ndarray, p_in: int, p_out: int, **extra: Any) -> Layer:

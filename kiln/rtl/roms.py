@@ -46,17 +46,15 @@ def write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndar
     rows, cols = layer.out_beats * layer.p_out, layer.in_beats * layer.p_in
     padded = np.zeros((rows, cols), dtype=np.int64)
     padded[: weight.shape[0], : weight.shape[1]] = weight
-    blocks = []
-    for j in range(layer.out_beats):
-        for i in range(layer.in_beats):
-            block = padded[j * layer.p_out:(j + 1) * layer.p_out,
-                           i * layer.p_in:(i + 1) * layer.p_in]
-            blocks.append(block.reshape(-1))  # lane p * P_in + q
-    words = np.array(blocks)
     if layer.diagonal:  # one word a beat: lane p's own weight (the block's diagonal)
         words = np.array([np.diagonal(padded[j * layer.p_out:(j + 1) * layer.p_out,
                                              j * layer.p_in:(j + 1) * layer.p_in])
                           for j in range(layer.out_beats)])
+    else:
+        words = np.array([padded[j * layer.p_out:(j + 1) * layer.p_out,
+                                 i * layer.p_in:(i + 1) * layer.p_in].reshape(-1)
+                          for j in range(layer.out_beats)
+                          for i in range(layer.in_beats)])  # lane p * P_in + q
     if layer.w_pack > 1:  # rows of w_pack blocks (the last row padded with zero blocks)
         row_count = -(-len(words) // layer.w_pack)
         padded_words = np.zeros((row_count * layer.w_pack, words.shape[1]), dtype=np.int64)
