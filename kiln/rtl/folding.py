@@ -25,6 +25,7 @@ import numpy as np
 from kiln.errors import ConfigError, KilnError
 from kiln.integer.program import IntegerProgram
 from kiln.rtl.emit import Layer, plan_layers
+from kiln.rtl.layers import UNFOLDED_KINDS, UNITS_WITHOUT_MATRIX
 from kiln.rtl.memories import ROM_LAYOUTS, block_rams, in_block_ram, weight_rom_shape
 from kiln.rtl.requant import requant_dsps
 
@@ -89,21 +90,27 @@ def _line_buffer(layer: dict[str, Any], rows: int) -> tuple[int, int]:
 def memories(layer: dict[str, Any]) -> list[tuple[int, int]]:
     """(width, depth) of the unit's memories: weight ROM, the two input buffers (a
     power-of-two depth each) and the line buffer of an im2col or max pool."""
+    skips = [(layer["p_in"] * layer["in_bits"], depth) for depth in layer.get("skip_depths", [])
+             if depth]  # the skip FIFOs in front of the unit
     if layer["kind"] == "maxpool":
-        return [_line_buffer(layer, layer["geometry"]["K"])]
+        return [_line_buffer(layer, layer["geometry"]["K"]), *skips]
+    if layer["kind"] == "add":
+        return skips
     in_beats = -(-layer["in_n"] // layer["p_in"])
     weight_bits = layer.get("wc_bits") or layer["weight_bits"] + 1  # stored centred
     lanes, words = weight_rom_shape(layer)
     out = [(lanes * weight_bits, words),
            (layer["p_in"] * layer["in_bits"], 2 << max(in_beats - 1, 1).bit_length())]
-    if layer["kind"] == "conv":
+    if layer["kind"] in ("conv", "avgpool"):
         geometry = layer["geometry"]
         out.append(_line_buffer(layer, geometry["DILATION"] * (geometry["FY"] - 1) + 1))
-    return out
+    return out + skips
 
 
 def features(layer: dict[str, Any]) -> dict[str, float]:
     """What the model multiplies by its coefficients, per unit."""
+    if layer["kind"] == "add":
+        return {"add_lanes": float(layer["p_in"])}
     if layer["kind"] == "maxpool":
         geometry = layer["geometry"]
         return {"pool": 1.0, "pool_buffer_bits": float(geometry["W"] * geometry["CB"]
@@ -115,7 +122,7 @@ def features(layer: dict[str, Any]) -> dict[str, float]:
            "lanes": float(layer["p_out"]), "requants": float(layer["requants"]),
            "requant_dsps": float(_requant_dsps(layer)),
            "inputs": float(layer["p_in"] * layer["in_bits"]), "small_memory_bits": float(small)}
-    if layer["kind"] == "conv":
+    if layer["kind"] in ("conv", "avgpool"):
         geometry = layer["geometry"]
         out["im2col"] = 1.0
         out["line_bits"] = float(geometry["FY"] * geometry["W"] * geometry["CB"]
@@ -180,6 +187,14 @@ def predict_layer(layer: dict[str, Any] | Layer, model: dict[str, Any]) -> dict[
     """Estimated LUT/FF/DSP/BRAM of one emitted layer (its im2col included)."""
     layer = layer.__dict__ if isinstance(layer, Layer) else layer
     row = features(layer)
+    if layer["kind"] == "add":
+        # Not in the fitted model: per lane, measured with Yosys on ECP5 (kiln_add: two
+        # constant products, a sum and a clamp, registered), plus its skip FIFOs.
+        lanes = row["add_lanes"]
+        return {"lut": ADD_LUT_PER_LANE * lanes, "ff": ADD_FF_PER_LANE * lanes,
+                "dsp": ADD_DSP_PER_LANE * lanes,
+                "bram": float(sum(block_rams(w, d) for w, d in memories(layer)
+                                  if in_block_ram(w, d)))}
     # The fit is per unit (hierarchy kept); flatten_* scales it to the flattened netlist,
     # LUTs separately for the matrix units and the window units (im2col, max pool).
     out = {resource: sum(model[resource].get(n, 0.0) * v for n, v in row.items())
@@ -188,7 +203,7 @@ def predict_layer(layer: dict[str, Any] | Layer, model: dict[str, Any]) -> dict[
     out["lut"] = (dense * model.get("flatten_lut_dense", 1.0)
                   + window * model.get("flatten_lut_window", 1.0))
     # memories() lists the weight ROM first
-    weight_rom = 0 if layer["kind"] != "maxpool" else None
+    weight_rom = 0 if layer["kind"] not in UNITS_WITHOUT_MATRIX else None
     layout = rom_layout_of(layer)
     out["bram"] = float(sum(block_rams(w, d, layout=layout if index == weight_rom else "whole")
                             for index, (w, d) in enumerate(memories(layer))
@@ -201,6 +216,9 @@ def rom_layout_of(layer: dict[str, Any]) -> str:
     if layer.get("w_pack", 1) > 1:
         return "packed"
     return "banked" if layer.get("w_banks", 1) > 1 else "whole"
+
+
+ADD_LUT_PER_LANE, ADD_FF_PER_LANE, ADD_DSP_PER_LANE = 150.0, 200.0, 4.0
 
 
 # --- folding ---------------------------------------------------------------------------------
@@ -235,7 +253,7 @@ class Folding:
     def parallelism(self) -> dict[str, tuple[int, int]]:
         """For :func:`kiln.rtl.emit`: weighted layer name -> (P_in, P_out)."""
         return {layer.name: (layer.p_in, layer.p_out) for layer in self.layers
-                if layer.kind != "maxpool"}
+                if layer.kind not in UNFOLDED_KINDS}
 
     def as_dict(self) -> dict[str, Any]:
         return {"cycles": self.cycles, "estimate": self.estimate,
@@ -269,17 +287,25 @@ def _score(plans: dict[tuple[int, int], list[Layer]], chain: tuple[int, ...],
            ) -> tuple[list[FoldedLayer], dict[str, float]]:
     """The layers of ``chain`` (stream widths) with cycles and estimates. ``plans`` holds
     :func:`plan_layers` at every uniform (P_in, P_out): a layer's shape and cycles depend
-    only on its own widths. DSP overflow moves every multiplier into logic."""
-    folded = []
+    only on its own widths."""
+    planned_layers = []
     stream = 0
     for position, layer in enumerate(plans[(1, 1)]):
-        if layer.kind == "maxpool":
-            planned = plans[(chain[stream], chain[stream])][position]
+        if layer.kind in UNFOLDED_KINDS:
+            planned_layers.append(plans[(chain[stream], chain[stream])][position])
         else:
-            planned = plans[(chain[stream], chain[stream + 1])][position]
+            planned_layers.append(plans[(chain[stream], chain[stream + 1])][position])
             stream += 1
-        folded.append(FoldedLayer(layer.name, layer.kind, planned.p_in, planned.p_out,
-                                  planned.cycles_per_input, predict_layer(planned, model)))
+    return _score_layers(planned_layers, model, budget)
+
+
+def _score_layers(planned_layers: list[Layer], model: dict[str, Any], budget: Budget
+                  ) -> tuple[list[FoldedLayer], dict[str, float]]:
+    """Planned layers with cycles and estimates. DSP overflow moves every multiplier into
+    logic."""
+    folded = [FoldedLayer(planned.name, planned.kind, planned.p_in, planned.p_out,
+                          planned.cycles_per_input, predict_layer(planned, model))
+              for planned in planned_layers]
     total = {r: sum(f.estimate[r] for f in folded) for r in RESOURCES}
     if total["dsp"] > budget.dsp and budget.dsp == 0:
         # A device without DSPs: every multiplier in logic (kiln.rtl.fpga does the same).
@@ -288,6 +314,35 @@ def _score(plans: dict[tuple[int, int], list[Layer]], chain: tuple[int, ...],
         per_dsp = model.get("lut_per_dsp_in_logic", 80.0)
         total = {**total, "dsp": 0.0, "lut": total["lut"] + total["dsp"] * per_dsp}
     return folded, total
+
+
+def is_graph(layers: list[Layer]) -> bool:
+    """Whether planned layers make more than a chain of matrix units and max pools: forks,
+    adds, per-channel window units (their widths are tied: they fold uniformly)."""
+    return any(layer.kind in ("add", "avgpool") or (layer.diagonal and layer.taps > 1)
+               or (layer.sources and layer.sources != [index - 1])
+               for index, layer in enumerate(layers))
+
+
+def _graph_parallelism(base: list[Layer], width: int, max_width: int) -> list[tuple[int, int]]:
+    """(P_in, P_out) per weighted layer of a graph folded uniformly at ``width``: every
+    stream min(width, the power of two that covers its channels); a layer's P_in is the
+    width of the stream it reads."""
+    def lanes_for(elements: int) -> int:
+        return min(width, _candidates(elements, max_width)[-1])
+
+    first = base[0]
+    lanes = {-1: lanes_for(first.stream_in_n)}
+    per_layer = []
+    for index, layer in enumerate(base):
+        source_lanes = lanes[(layer.sources or [index - 1])[0]]
+        if layer.kind in UNFOLDED_KINDS:
+            lanes[index] = source_lanes
+            continue
+        out = source_lanes if layer.diagonal else lanes_for(layer.out_n)
+        per_layer.append((source_lanes, out))
+        lanes[index] = out
+    return per_layer
 
 
 def fold(program: IntegerProgram, *, budget: Budget, target_cycles: int | None = None,
@@ -318,21 +373,31 @@ def _fold(program: IntegerProgram, budget: Budget, target_cycles: int | None, un
           max_width: int, *, rom_layout: str) -> Folding:
     base = plan_layers(program, (1, 1), rom_layout=rom_layout)
     model = load_model(family_of(budget))
-    weighted = [layer for layer in base if layer.kind != "maxpool"]
+    weighted = [layer for layer in base if layer.kind not in UNFOLDED_KINDS]
     streams = [weighted[0].stream_in_n] + [layer.out_n for layer in weighted]
     options = [_candidates(n, max_width) for n in streams]
-    widths = sorted({w for o in options for w in o})
-    plans = {(a, b): plan_layers(program, (a, b), rom_layout=rom_layout)
-             for a in widths for b in widths}
-    if uniform:
-        widest = max(len(o) for o in options)
-        chains = [tuple(min(2 ** k, o[-1]) for o in options) for k in range(widest)]
+    widest = max(len(o) for o in options)
+    graph = is_graph(base)
+    uniform = uniform or graph
+    if graph:  # tied widths: each candidate is one P, planned as it is
+        chains = [(2 ** k,) for k in range(widest)]
     else:
-        chains = list(itertools.product(*options))
+        widths = sorted({w for o in options for w in o})
+        plans = {(a, b): plan_layers(program, (a, b), rom_layout=rom_layout)
+                 for a in widths for b in widths}
+        if uniform:
+            chains = [tuple(min(2 ** k, o[-1]) for o in options) for k in range(widest)]
+        else:
+            chains = list(itertools.product(*options))
     best: tuple | None = None
     smallest: tuple | None = None
     for chain in chains:
-        folded, total = _score(plans, chain, model, budget)
+        if graph:
+            planned = plan_layers(program, _graph_parallelism(base, chain[0], max_width),
+                                  rom_layout=rom_layout)
+            folded, total = _score_layers(planned, model, budget)
+        else:
+            folded, total = _score(plans, chain, model, budget)
         cycles = max(f.cycles for f in folded)
         if smallest is None or total["lut"] < smallest[1]["lut"]:
             smallest = (folded, total)
@@ -353,7 +418,8 @@ def _fold(program: IntegerProgram, budget: Budget, target_cycles: int | None, un
                           for r in RESOURCES if total[r] > getattr(budget, r))
         what = (f"no folding reaches {target_cycles:,} cycles within {budget.name}"
                 if target_cycles is not None else f"no folding fits {budget.name}")
-        smallest_chain = "-".join(str(f.p_in) for f in folded if f.kind != "maxpool")
+        smallest_chain = "-".join(str(f.p_in) for f in folded
+                                  if f.kind not in UNFOLDED_KINDS)
         raise KilnError(f"{what}: the smallest design (stream widths {smallest_chain}...) "
                         f"needs {needs or 'more cycles than the target'}",
                         hint="raise the budget or the target cycles, or narrow the widths")

@@ -67,8 +67,8 @@ def weight_rom_shape(layer: dict) -> tuple[int, int]:
     P_in] block per cycle, or for a per-channel (diagonal) layer P_out weights per beat."""
     in_beats = -(-layer["in_n"] // layer["p_in"])
     out_beats = -(-layer["out_n"] // layer["p_out"])
-    if layer.get("diagonal"):
-        return layer["p_out"], out_beats
+    if layer.get("diagonal"):  # a word per beat and tap
+        return layer["p_out"], out_beats * layer.get("taps", 1)
     return layer["p_in"] * layer["p_out"], in_beats * out_beats
 
 

@@ -115,7 +115,7 @@ def requant_dsps(kind: str, requants: int, passes: int, acc_bits: int, m_bits: i
     >>> requant_dsps("dense", requants=2, passes=1, acc_bits=22, m_bits=26)
     8
     """
-    if kind == "maxpool":
+    if kind in ("maxpool", "add"):
         return 0
     return requants if passes > 1 else requants * requant_tiles(acc_bits, m_bits)
 

@@ -46,10 +46,14 @@ def write_memories(folder: Path, layer: Layer, weight: np.ndarray, bias: np.ndar
     rows, cols = layer.out_beats * layer.p_out, layer.in_beats * layer.p_in
     padded = np.zeros((rows, cols), dtype=np.int64)
     padded[: weight.shape[0], : weight.shape[1]] = weight
-    if layer.diagonal:  # one word a beat: lane p's own weight (the block's diagonal)
+    if layer.diagonal:
+        # one word a beat and tap: lane p's own weight (the diagonal of the block that
+        # tap t of beat j reads: input beat t * OUT_BEATS + j)
+        beats = layer.out_beats
         words = np.array([np.diagonal(padded[j * layer.p_out:(j + 1) * layer.p_out,
-                                             j * layer.p_in:(j + 1) * layer.p_in])
-                          for j in range(layer.out_beats)])
+                                             (t * beats + j) * layer.p_in:
+                                             (t * beats + j + 1) * layer.p_in])
+                          for j in range(beats) for t in range(layer.taps)])
     else:
         words = np.array([padded[j * layer.p_out:(j + 1) * layer.p_out,
                                  i * layer.p_in:(i + 1) * layer.p_in].reshape(-1)

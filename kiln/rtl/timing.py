@@ -47,6 +47,8 @@ def unit_kind(layer: Any) -> str:
         layer, key, default)
     if get("kind") == "maxpool":
         return "maxpool"
+    if get("kind") == "add":
+        return "dense"
     fields = layer if isinstance(layer, dict) else layer.__dict__
     lanes, depth = weight_rom_shape(fields)
     width = lanes * (get("wc_bits") or get("weight_bits") + 1)
@@ -70,7 +72,7 @@ def predicted_fmax_mhz(layers: list[Any], family: str, speed: int | None = None,
         if rounding == "float32" and kind != "maxpool":
             kind = "float32_requant"
         kinds.add(kind)
-        if (layer.get("kind") if isinstance(layer, dict) else layer.kind) == "conv":
+        if (layer.get("kind") if isinstance(layer, dict) else layer.kind) in ("conv", "avgpool"):
             kinds.add("im2col")
     if sum(_dsps(layer) for layer in layers) > MANY_DSPS:
         kinds.add("many_dsps")
@@ -82,6 +84,8 @@ def _dsps(layer: Any) -> int:
     fields = layer if isinstance(layer, dict) else layer.__dict__
     if fields["kind"] == "maxpool":
         return 0
+    if fields["kind"] == "add":  # two constant products a lane, two tiles each
+        return 4 * fields["p_in"]
     return weight_rom_shape(fields)[0] + requant_dsps(
         fields["kind"], fields["requants"], fields.get("passes", 1),
         fields.get("acc_bits", 32), fields.get("m_bits", 31))

@@ -6,9 +6,13 @@
 // P_OUT accumulators compute one [P_OUT x P_IN] weight block per cycle, so a vector
 // takes IN_BEATS * OUT_BEATS compute cycles. Two input buffers let the next vector load
 // while this one computes.
-// DIAGONAL = 1 is a per-channel affine map y_c = requant(w_c (x_c - IN_ZERO) + b_c) (a
-// BatchNorm): IN_N = OUT_N, P_IN = P_OUT = P, one block per beat of P products (lane p
-// times its own weight, no adder tree), the weight ROM one word of P weights per beat.
+// DIAGONAL = 1 is a per-channel unit, lane p of a beat meeting only its own weights (no
+// adder tree): P_IN = P_OUT = P, P products a block. With TAPS = 1 it is an affine map
+// y_c = requant(w_c (x_c - IN_ZERO) + b_c) (a BatchNorm; IN_N = OUT_N, one block a beat);
+// with TAPS > 1 a depthwise convolution (or an average pool, all weights 1) behind an
+// im2col: the window vector holds TAPS kernel positions of OUT_BEATS channel beats, in
+// that order, and output beat j sums the TAPS words j, j + OUT_BEATS, j + 2 OUT_BEATS, ...
+// times its weights (the weight ROM one word of P weights per beat and tap).
 //
 // Every block goes down a pipeline that never stalls (only the issue of blocks does):
 //   issue: the block counters address the input buffer and the weight ROM (block RAM)
@@ -44,7 +48,8 @@ module kiln_dense #(
     parameter int HI = 255,
     parameter bit ROUND_NEAREST = 1,
     parameter bit FLOAT32 = 0,
-    parameter bit DIAGONAL = 0,      // a per-channel affine map (see above)
+    parameter bit DIAGONAL = 0,      // a per-channel unit (see above)
+    parameter int TAPS = 1,          // a diagonal unit's words per output beat
     parameter int REQUANTS = P_OUT,  // requantizers, shared by the P_OUT lanes in turn
     parameter int PASSES = 1,        // cycles per lane in a requantizer (kiln_requant)
     parameter int W_BANKS = 1,      // the weight ROM in banks of 2^W_BANK_BITS rows, each
@@ -75,7 +80,9 @@ module kiln_dense #(
     localparam int PB = XB + WC_BITS;              // one product
     localparam int IB = IN_BEATS > 1 ? $clog2(IN_BEATS) : 1;
     localparam int OB = OUT_BEATS > 1 ? $clog2(OUT_BEATS) : 1;
-    localparam int W_WORDS = DIAGONAL ? OUT_BEATS : IN_BEATS * OUT_BEATS;  // weight blocks
+    localparam int W_WORDS = DIAGONAL ? OUT_BEATS * TAPS : IN_BEATS * OUT_BEATS;  // blocks
+    localparam int BLOCKS = DIAGONAL ? TAPS : IN_BEATS;  // blocks an output beat sums
+    localparam int TB_BITS = BLOCKS > 1 ? $clog2(BLOCKS) : 1;
     localparam int WA = W_WORDS > 1 ? $clog2(W_WORDS) : 1;
     localparam int SERIAL = (P_OUT + REQUANTS - 1) / REQUANTS;
     localparam int SB = SERIAL > 1 ? $clog2(SERIAL) : 1;
@@ -129,7 +136,8 @@ module kiln_dense #(
     // Issue: one block per cycle while a loaded vector remains and the credit allows.
     logic comp_sel;
     logic running;
-    logic [IB-1:0] i_beat;
+    logic [TB_BITS-1:0] i_beat;  // the block within the output beat
+    logic [IB-1:0] x_beat;       // the input word it reads
     logic [OB-1:0] j_beat;
     /* verilator lint_off UNUSEDSIGNAL */  // a packed ROM counts rows and words instead
     logic [WA-1:0] w_addr;
@@ -137,7 +145,7 @@ module kiln_dense #(
     logic last_i, last_j, issue;
     logic [FIFO_BITS:0] credit_used;   // beats issued and not yet taken from the FIFO
     logic [$clog2(TURN + 1):0] turn_wait;  // cycles until the requantizers are free
-    assign last_i = DIAGONAL || (i_beat == IB'(IN_BEATS - 1));  // diagonal: one block a beat
+    assign last_i = (i_beat == TB_BITS'(BLOCKS - 1));
     assign last_j = (j_beat == OB'(OUT_BEATS - 1));
     assign issue = running && !(last_i && (credit_used == (FIFO_BITS + 1)'(FIFO_DEPTH)
                                            || turn_wait != '0));
@@ -201,7 +209,7 @@ module kiln_dense #(
         end
     endgenerate
     always_ff @(posedge clk) begin
-        x_read <= buffer[{comp_sel, DIAGONAL ? IB'(j_beat) : i_beat}];
+        x_read <= buffer[{comp_sel, x_beat}];
         x_bank <= x_read;
         bank_held <= bank_read;
         bank_select_read <= bank_select;
@@ -451,6 +459,7 @@ module kiln_dense #(
             comp_sel <= 1'b0;
             running <= 1'b0;
             i_beat <= '0;
+            x_beat <= '0;
             j_beat <= '0;
             w_addr <= '0;
             credit_used <= '0;
@@ -476,6 +485,7 @@ module kiln_dense #(
             if (!running && full[comp_sel]) begin
                 running <= 1'b1;
                 i_beat <= '0;
+                x_beat <= '0;
                 j_beat <= '0;
                 w_addr <= '0;
             end
@@ -484,16 +494,21 @@ module kiln_dense #(
                     i_beat <= '0;
                     if (last_j) begin
                         j_beat <= '0;
+                        x_beat <= '0;
                         w_addr <= '0;
                         // Roll straight into the other buffer when it is already loaded.
                         running <= full[!comp_sel];
                         comp_sel <= !comp_sel;
                     end else begin
                         j_beat <= j_beat + 1'b1;
+                        // a diagonal unit's next beat starts at its own channel word
+                        x_beat <= DIAGONAL ? IB'(j_beat) + 1'b1 : '0;
                         w_addr <= w_addr + 1'b1;
                     end
                 end else begin
                     i_beat <= i_beat + 1'b1;
+                    // the next tap's word of this channel beat (a constant step)
+                    x_beat <= x_beat + (DIAGONAL ? IB'(OUT_BEATS) : IB'(1));
                     w_addr <= w_addr + 1'b1;
                 end
             end

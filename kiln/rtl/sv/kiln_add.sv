@@ -1,0 +1,122 @@
+// kiln_add: a residual add of two streams, elementwise, as kiln's engine does it:
+//   y = clamp(((a - A_ZERO) * MA << SHIFT_A) + ((b - B_ZERO) * MB << SHIFT_B) + round)
+//             >>> COMMON) + OUT_ZERO, LO, HI)
+// i.e. both inputs brought to a common fixed-point exponent (COMMON = 31 + the larger of
+// the two shifts), summed exactly, rounded once (round = 2^(COMMON-1) when ROUND_NEAREST,
+// round half up; 0 for floor). MA, MB and the shifts are constants of the layer, so each
+// product is a multiplier by a constant with its output registered.
+//
+// A beat of P lanes is taken when both inputs are valid (a join) and the output FIFO will
+// have room for it (credit): the pipeline behind it never stalls. Stages: the inputs, the
+// centred lanes, the products, their sum, the rounding shift (to Y_BITS, which the emitter
+// proves hold every sum), the clamp (compares against constants, beside the narrow add of the
+// zero point); LATENCY = 6 cycles from a taken beat to the FIFO.
+module kiln_add #(
+    parameter int P = 4,
+    parameter int A_BITS = 8,
+    parameter bit A_SIGNED = 0,
+    parameter int A_ZERO = 0,
+    parameter int B_BITS = 8,
+    parameter bit B_SIGNED = 0,
+    parameter int B_ZERO = 0,
+    parameter int MA = 1 << 30,     // Q31 multipliers, unsigned
+    parameter int MB = 1 << 30,
+    parameter int SHIFT_A = 0,      // COMMON minus each input's own exponent
+    parameter int SHIFT_B = 0,
+    parameter int COMMON = 31,
+    parameter int SUM_BITS = 64,    // the sum, signed (the emitter's bound)
+    parameter int Y_BITS = 16,      // the shifted sum, signed (the emitter's bound)
+    parameter bit ROUND_NEAREST = 1,
+    parameter int OUT_BITS = 8,
+    parameter int OUT_ZERO = 0,
+    parameter int LO = 0,
+    parameter int HI = 255
+) (
+    input  logic clk,
+    input  logic rst_n,
+    input  logic a_valid,
+    output logic a_ready,
+    input  logic [P*A_BITS-1:0] a_data,
+    input  logic b_valid,
+    output logic b_ready,
+    input  logic [P*B_BITS-1:0] b_data,
+    output logic out_valid,
+    input  logic out_ready,
+    output logic [P*OUT_BITS-1:0] out_data
+);
+    localparam int XA = A_BITS + 2;            // a - A_ZERO, signed
+    localparam int XB = B_BITS + 2;
+    localparam int PA = XA + 32;               // (a - A_ZERO) * MA, signed
+    localparam int PB = XB + 32;
+    localparam int LATENCY = 6;
+    localparam int FIFO_BITS = $clog2(LATENCY + 3);
+    localparam int FIFO_DEPTH = 1 << FIFO_BITS;
+    localparam longint LOW = longint'(LO) - longint'(OUT_ZERO);
+    localparam longint HIGH = longint'(HI) - longint'(OUT_ZERO);
+    localparam logic [SUM_BITS-1:0] ROUND = ROUND_NEAREST ? SUM_BITS'(1) << (COMMON - 1) : '0;
+
+    // The join: a beat from each input, when the FIFO will have room for it.
+    logic take;
+    logic [FIFO_BITS:0] credit_used;
+    assign take = a_valid && b_valid && credit_used != (FIFO_BITS + 1)'(FIFO_DEPTH);
+    assign a_ready = take;
+    assign b_ready = take;
+
+    logic [LATENCY-1:0] valid;  // stage k's beat is valid
+    logic [P*A_BITS-1:0] a_held;
+    logic [P*B_BITS-1:0] b_held;
+    logic [P*XA-1:0] a_centred;
+    logic [P*XB-1:0] b_centred;
+    logic [P*PA-1:0] a_product;
+    logic [P*PB-1:0] b_product;
+    logic [P*SUM_BITS-1:0] sum;
+    logic [P*Y_BITS-1:0] shifted;
+    logic [P*OUT_BITS-1:0] result;
+    always_ff @(posedge clk) begin
+        if (take) begin
+            a_held <= a_data;
+            b_held <= b_data;
+        end
+        for (int p = 0; p < P; p++) begin
+            if (A_SIGNED)
+                a_centred[p*XA +: XA] <= XA'($signed(a_held[p*A_BITS +: A_BITS])) - XA'(A_ZERO);
+            else
+                a_centred[p*XA +: XA] <= $signed(XA'({1'b0, a_held[p*A_BITS +: A_BITS]}))
+                                         - XA'(A_ZERO);
+            if (B_SIGNED)
+                b_centred[p*XB +: XB] <= XB'($signed(b_held[p*B_BITS +: B_BITS])) - XB'(B_ZERO);
+            else
+                b_centred[p*XB +: XB] <= $signed(XB'({1'b0, b_held[p*B_BITS +: B_BITS]}))
+                                         - XB'(B_ZERO);
+            a_product[p*PA +: PA] <= PA'($signed(a_centred[p*XA +: XA])) * PA'(MA);
+            b_product[p*PB +: PB] <= PB'($signed(b_centred[p*XB +: XB])) * PB'(MB);
+            sum[p*SUM_BITS +: SUM_BITS] <=
+                (SUM_BITS'($signed(a_product[p*PA +: PA])) <<< SHIFT_A)
+                + (SUM_BITS'($signed(b_product[p*PB +: PB])) <<< SHIFT_B) + ROUND;
+            shifted[p*Y_BITS +: Y_BITS] <=
+                Y_BITS'($signed(sum[p*SUM_BITS +: SUM_BITS]) >>> COMMON);
+            if ($signed(shifted[p*Y_BITS +: Y_BITS]) < LOW)
+                result[p*OUT_BITS +: OUT_BITS] <= OUT_BITS'(LO);
+            else if ($signed(shifted[p*Y_BITS +: Y_BITS]) > HIGH)
+                result[p*OUT_BITS +: OUT_BITS] <= OUT_BITS'(HI);
+            else
+                result[p*OUT_BITS +: OUT_BITS] <=
+                    OUT_BITS'(shifted[p*Y_BITS +: Y_BITS]) + OUT_BITS'(OUT_ZERO);
+        end
+    end
+
+    logic pop;
+    assign pop = out_valid && out_ready;
+    always_ff @(posedge clk or negedge rst_n) begin
+        if (!rst_n) begin
+            valid <= '0;
+            credit_used <= '0;
+        end else begin
+            valid <= {valid[LATENCY-2:0], take};
+            credit_used <= credit_used + (FIFO_BITS + 1)'(take) - (FIFO_BITS + 1)'(pop);
+        end
+    end
+    kiln_fifo #(.WIDTH(P*OUT_BITS), .DEPTH(FIFO_DEPTH)) u_out (
+        .clk(clk), .rst_n(rst_n), .push(valid[LATENCY-1]), .push_data(result),
+        .out_valid(out_valid), .out_ready(out_ready), .out_data(out_data));
+endmodule
