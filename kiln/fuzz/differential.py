@@ -80,13 +80,12 @@ def rtl_supported(spec: NetworkSpec) -> str | None:
     """Why the RTL emitter would refuse ``spec`` (None when it takes it)."""
     for layer in spec.layers:
         op = layer["op"]
-        if op in ("residual", "avgpool", "global_avgpool"):
-            return f"{op} layers"
-        if op == "conv" and (len(set(layer["padding"])) != 1 or
-                             layer["kernel"][0] != layer["kernel"][1]):
-            return "asymmetric conv padding or kernel"
-        if op == "maxpool" and (layer["padding"] or layer["ceil"]):
-            return "padded or ceil-mode max pool"
+        if op == "residual" and spec.rounding == "float32":
+            return "a residual add in float32 rounding"
+        if op == "conv" and len(set(layer["padding"])) != 1:
+            return "unequal conv padding"
+        if op in ("maxpool", "avgpool") and (layer["padding"] or layer["ceil"]):
+            return f"padded or ceil-mode {op}"
     return None
 
 
@@ -311,16 +310,29 @@ def _check_onnx(spec: NetworkSpec, quantized, program, x: np.ndarray, folder: Pa
 
 
 def random_parallelism(spec: NetworkSpec, program) -> list[tuple[int, int]]:
-    """A random (P_in, P_out) per weighted layer, chained (P_out of one = P_in of next)."""
+    """A random (P_in, P_out) per weighted layer: P_in is the width of the stream the layer
+    reads. A chain of matrix units draws every P_out; where widths are tied (an add's two
+    inputs, a depthwise conv's input and output) one width serves every stream after the
+    input."""
     rng = random.Random(spec.seed * 7919 + 1)
-    weighted = [op for op in program.ops if op.kind in ("conv", "dense", "affine")]
     choices = [1, 1, 2, 3, 4, 8]
-    lanes = rng.choice(choices)
+    tied = any(op.kind in ("add", "avgpool") or op.attrs.get("groups", 1) > 1
+               for op in program.ops)
+    width = rng.choice(choices)
+    lanes = {program.input_name: rng.choice(choices)}
+    if any(op.kind == "add" and program.input_name in op.inputs for op in program.ops):
+        lanes[program.input_name] = width
     per_layer = []
-    for _ in weighted:
-        out = rng.choice(choices)
-        per_layer.append((lanes, out))
-        lanes = out
+    for op in program.ops:
+        source = lanes[op.inputs[0]]
+        if op.kind in ("conv", "dense", "affine"):
+            depthwise = op.kind == "conv" and op.attrs["groups"] == \
+                op.arrays["weight"].shape[0] > 1 and op.arrays["weight"].shape[1] == 1
+            out = source if depthwise else (width if tied else rng.choice(choices))
+            per_layer.append((source, out))
+            lanes[op.output] = out
+        else:
+            lanes[op.output] = source
     return per_layer
 
 

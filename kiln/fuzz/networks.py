@@ -59,8 +59,10 @@ class NetworkSpec:
             if op == "conv":
                 pads = layer["padding"]
                 pad = str(pads[0]) if len(set(pads)) == 1 else "/".join(map(str, pads))
+                groups = layer.get("groups", 1)
                 parts.append(f"conv{layer['out']}k{'x'.join(map(str, layer['kernel']))}"
-                             f"s{layer['stride']}p{pad}d{layer['dilation']}"
+                             + (f"g{groups}" if groups > 1 else "")
+                             + f"s{layer['stride']}p{pad}d{layer['dilation']}"
                              + ("+bn" if layer["bn"] else "") + _act(layer))
             elif op in ("maxpool", "avgpool"):
                 parts.append(f"{op[:3]}k{layer['kernel']}s{layer['stride']}p{layer['padding']}"
@@ -98,10 +100,10 @@ def _pool_output(size: int, kernel: int, stride: int, padding: int, ceil: bool) 
 
 
 def _draw_conv(rng: random.Random, channels: int, height: int, width: int,
-               rtl: bool) -> dict[str, Any] | None:
+               rtl: bool, extra: random.Random | None = None) -> dict[str, Any] | None:
     for _ in range(20):
         kernel_y = rng.randint(1, 7)
-        kernel_x = kernel_y if rtl or rng.random() < 0.7 else rng.randint(1, 7)
+        kernel_x = kernel_y if rng.random() < 0.7 else rng.randint(1, 7)
         dilation = 1 if rng.random() < 0.75 else 2
         stride = rng.choice([1, 1, 1, 2, 2, 3])
         if rtl or rng.random() < 0.8:
@@ -113,14 +115,33 @@ def _draw_conv(rng: random.Random, channels: int, height: int, width: int,
         out_w = _conv_output(width, kernel_x, stride, padding[1] + padding[3], dilation)
         if out_h >= 1 and out_w >= 1:
             out = rng.choice([rng.randint(1, 8), rng.randint(1, 16), rng.randint(1, 40)])
-            return {"op": "conv", "out": out, "kernel": [kernel_y, kernel_x], "stride": stride,
+            conv = {"op": "conv", "out": out, "kernel": [kernel_y, kernel_x], "stride": stride,
                     "padding": padding, "dilation": dilation, "bias": rng.random() < 0.8,
                     "bn": rng.random() < 0.3, "act": rng.choice(["relu", "relu", "relu6", None])}
+            if extra is not None:
+                _draw_groups(extra, channels, conv)
+            return conv
     return None
 
 
+def _draw_groups(rng: random.Random, channels: int, conv: dict[str, Any]) -> None:
+    """Make some convs depthwise (groups = channels, sometimes a channel multiplier) or
+    grouped (groups dividing both channel counts). From a random stream of its own: the
+    networks drawn before groups existed stay what they were."""
+    draw = rng.random()
+    if draw < 0.25 and channels > 1:
+        conv["groups"] = channels
+        conv["out"] = channels * rng.choice([1, 1, 1, 2])
+    elif draw < 0.4:
+        divisors = [g for g in range(2, channels + 1) if channels % g == 0]
+        if divisors:
+            groups = rng.choice(divisors)
+            conv["groups"] = groups
+            conv["out"] = groups * rng.randint(1, 3)
+
+
 def _draw_pool(rng: random.Random, height: int, width: int, rtl: bool) -> dict[str, Any] | None:
-    op = "maxpool" if rtl or rng.random() < 0.7 else "avgpool"
+    op = "maxpool" if rng.random() < 0.7 else "avgpool"
     for _ in range(20):
         kernel = rng.randint(1, 4)
         stride = rng.randint(1, 3)
@@ -138,8 +159,10 @@ def _draw_pool(rng: random.Random, height: int, width: int, rtl: bool) -> dict[s
 
 def random_network(seed: int, *, rtl: bool = False) -> NetworkSpec:
     """Draw a small network from ``seed``. With ``rtl``, only what the RTL emitter takes
-    (square kernels, equal padding, unpadded max pools, no adds or average pools)."""
+    (equal padding on every side, unpadded floor-mode pools, adds in integer rounding), and
+    more residual blocks and global pools."""
     rng = random.Random(seed)
+    extra = random.Random(seed * 1_000_003 + 17)  # groups and rtl roundings
     layers: list[dict[str, Any]] = []
     if rng.random() < 0.3:  # an MLP on a vector, or on an image it flattens first
         input_shape = ([rng.randint(1, 100)] if rng.random() < 0.5 else
@@ -151,12 +174,12 @@ def random_network(seed: int, *, rtl: bool = False) -> NetworkSpec:
         input_shape = [rng.randint(1, 4), size, size if rng.random() < 0.6 else rng.randint(5, 20)]
         channels, height, width = input_shape
         for _ in range(rng.randint(1, 4)):
-            if not rtl and rng.random() < 0.2 and height >= 1:
+            if rng.random() < (0.35 if rtl else 0.2) and height >= 1:
                 kernel = rng.choice([1, 3, 5])
                 layers.append({"op": "residual", "kernel": kernel,
                                "act": rng.choice(["relu", None])})
                 continue
-            conv = _draw_conv(rng, channels, height, width, rtl)
+            conv = _draw_conv(rng, channels, height, width, rtl, extra)
             if conv is None:
                 break
             layers.append(conv)
@@ -174,7 +197,7 @@ def random_network(seed: int, *, rtl: bool = False) -> NetworkSpec:
                                           pool["padding"], pool["ceil"])
                     width = _pool_output(width, pool["kernel"], pool["stride"],
                                          pool["padding"], pool["ceil"])
-        layers.append({"op": "global_avgpool"} if not rtl and rng.random() < 0.2
+        layers.append({"op": "global_avgpool"} if rng.random() < (0.3 if rtl else 0.2)
                       else {"op": "flatten"})
     for index in range(rng.randint(1, 3)):
         last = index == 2 or rng.random() < 0.5
@@ -189,8 +212,11 @@ def random_network(seed: int, *, rtl: bool = False) -> NetworkSpec:
     signed = rng.random() < 0.3
     activation = {"bits": rng.choice([2, 3, 4, 5, 6, 7, 8, 8, 8]), "signed": signed,
                   "symmetric": signed and rng.random() < 0.5}  # unsigned is asymmetric
-    return NetworkSpec(seed, input_shape, layers, weight, activation,
-                       rng.choice(ROUNDINGS), via_onnx=rng.random() < 0.25)
+    rounding = rng.choice(ROUNDINGS)
+    if rtl and rounding == "float32" and any(layer["op"] == "residual" for layer in layers):
+        rounding = extra.choice(("floor", "nearest"))  # kiln_add: integer roundings
+    return NetworkSpec(seed, input_shape, layers, weight, activation, rounding,
+                       via_onnx=rng.random() < 0.25)
 
 
 # --- building --------------------------------------------------------------------------
@@ -236,7 +262,8 @@ def build_module(spec: NetworkSpec) -> nn.Sequential:
                 padding = (0, 0)
             modules.append(nn.Conv2d(shape[0], layer["out"], tuple(layer["kernel"]),
                                      stride=layer["stride"], padding=padding,
-                                     dilation=layer["dilation"], bias=layer["bias"]))
+                                     dilation=layer["dilation"], bias=layer["bias"],
+                                     groups=layer.get("groups", 1)))
             if layer["bn"]:
                 bn = nn.BatchNorm2d(layer["out"])
                 with torch.no_grad():  # statistics that are not the identity

@@ -39,7 +39,7 @@ def _layer_variants(layer: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield {**layer, "out": 1}
         yield {**layer, "out": max(1, layer["out"] // 2)}
     for key, simple in (("bn", False), ("act", None), ("bias", False), ("dilation", 1),
-                        ("stride", 1), ("ceil", False)):
+                        ("stride", 1), ("ceil", False), ("groups", 1)):
         if key in layer and layer[key] != simple:
             yield {**layer, key: simple}
     if layer.get("op") == "conv":

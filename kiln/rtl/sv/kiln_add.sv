@@ -95,9 +95,9 @@ module kiln_add #(
                 + (SUM_BITS'($signed(b_product[p*PB +: PB])) <<< SHIFT_B) + ROUND;
             shifted[p*Y_BITS +: Y_BITS] <=
                 Y_BITS'($signed(sum[p*SUM_BITS +: SUM_BITS]) >>> COMMON);
-            if ($signed(shifted[p*Y_BITS +: Y_BITS]) < LOW)
+            if (64'($signed(shifted[p*Y_BITS +: Y_BITS])) < LOW)
                 result[p*OUT_BITS +: OUT_BITS] <= OUT_BITS'(LO);
-            else if ($signed(shifted[p*Y_BITS +: Y_BITS]) > HIGH)
+            else if (64'($signed(shifted[p*Y_BITS +: Y_BITS])) > HIGH)
                 result[p*OUT_BITS +: OUT_BITS] <= OUT_BITS'(HI);
             else
                 result[p*OUT_BITS +: OUT_BITS] <=
