@@ -96,20 +96,29 @@ def test_matrix_unit_64x32_by_32x64(tmp_path, rounding, simulator):
 
 
 def test_emitter_bad_inputs(jsc_program, tmp_path):
-    with pytest.raises(KilnError, match="P_in 2 must equal the previous layer's P_out 4"):
+    with pytest.raises(KilnError, match="P_in 2 must equal the width of the stream it reads, "
+                                        r"4 \(the P_out of layer #0\)"):
         emit(jsc_program, [(4, 4), (2, 2), (2, 2), (2, 2)], tmp_path / "a")
     jsc_program_odd = IntegerProgram(jsc_program.name, jsc_program.input_shape,
                                      jsc_program.input_quant, jsc_program.output_quant,
                                      "truncate", jsc_program.ops)
     with pytest.raises(KilnError, match="truncate rounding"):
         emit(jsc_program_odd, (4, 4), tmp_path / "b")
+    # every blocker at once: each residual add in float32 rounding, a pool's unequal strides
     from kiln.models import build_graph
 
     resnet = build_graph("resnet18-cifar", (1, 8, 8), 10)
     digits = load_dataset("digits")
-    residual = lower(calibrate(quantize(resnet, uniform_config(8, 8)), digits, batches=1))
-    with pytest.raises(KilnError, match=r"also has: .*\(add\)"):
+    residual = lower(calibrate(quantize(resnet, uniform_config(8, 8)), digits, batches=1),
+                     rounding="float32")
+    pool = next(op for op in residual.ops if op.kind == "avgpool")
+    pool.attrs["stride"] = [1, 2]
+    with pytest.raises(KilnError) as refused:
         emit(residual, (4, 4), tmp_path / "c")
+    message = str(refused.value)
+    assert message.count("(add): float32 rounding") == 8  # each of the residual adds, named
+    assert f"{pool.name} (avgpool): strides [1, 2]" in message
+    assert not (tmp_path / "c").exists()
 
 
 def test_padding_when_parallelism_exceeds_a_dimension(jsc_program, tmp_path):
