@@ -319,9 +319,7 @@ def random_parallelism(spec: NetworkSpec, program) -> list[tuple[int, int]]:
     tied = any(op.kind in ("add", "avgpool") or op.attrs.get("groups", 1) > 1
                for op in program.ops)
     width = rng.choice(choices)
-    lanes = {program.input_name: rng.choice(choices)}
-    if any(op.kind == "add" and program.input_name in op.inputs for op in program.ops):
-        lanes[program.input_name] = width
+    lanes = {program.input_name: width if tied else rng.choice(choices)}
     per_layer = []
     for op in program.ops:
         source = lanes[op.inputs[0]]

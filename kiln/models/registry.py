@@ -53,6 +53,12 @@ MODELS: dict[str, ModelSpec] = {
                   _tabular(small.jsc_three_linear), (16,), 5, "letter"),
         ModelSpec("convnet", "2 × (conv3x3-BN-ReLU-maxpool) + 2 FC, for 28×28 grayscale",
                   _image(small.ConvNet), (1, 28, 28), 10, "fashion-mnist"),
+        ModelSpec("resnet8", "ResNet-8 (MLPerf Tiny): stem + 3 basic blocks 16/32/64, "
+                  "global average pool, 28×28 grayscale",
+                  _image(small.ResNet8), (1, 28, 28), 10, "fashion-mnist"),
+        ModelSpec("mobilenet-tiny", "MobileNet-v1-style: stem + 4 depthwise-separable blocks "
+                  "16/32/32/64/64, ReLU6, global average pool, 28×28 grayscale",
+                  _image(small.MobileNetTiny), (1, 28, 28), 10, "fashion-mnist"),
         ModelSpec("lenet5", "LeNet-5 (avg pools, 3 FC), 28×28 grayscale",
                   _image(small.LeNet5), (1, 28, 28), 10, "fashion-mnist"),
         ModelSpec("vgg-small", "VGG-Small, 6 conv (128-256-512) + FC, 32×32 RGB",

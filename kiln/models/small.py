@@ -1,4 +1,5 @@
-"""Small models that train on this machine in minutes: the JSC MLPs, convnet, LeNet-5."""
+"""Small models that train on this machine in minutes: the JSC MLPs, convnet, LeNet-5,
+ResNet-8 and a MobileNet-style network."""
 
 from __future__ import annotations
 
@@ -84,3 +85,72 @@ class VGGSmall(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    """Two 3×3 conv-BN layers and a shortcut (a 1×1 conv-BN where the shape changes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        y = nn.functional.relu(self.bn1(self.conv1(x)))
+        return nn.functional.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNet8(nn.Module):
+    """ResNet-8 (MLPerf Tiny's, for 28×28 grayscale): a 3×3 stem, three basic blocks of
+    16/32/64 channels (the last two halve the map, a 1×1 conv on their shortcut), global
+    average pool, one FC layer."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
+                 widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.blocks = nn.Sequential(_BasicBlock(widths[0], widths[0], 1),
+                                    _BasicBlock(widths[0], widths[1], 2),
+                                    _BasicBlock(widths[1], widths[2], 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[2], num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+def _separable(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
+    """A depthwise 3×3 conv-BN-ReLU6, then a pointwise 1×1 conv-BN-ReLU6."""
+    return [nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False),
+            nn.BatchNorm2d(in_channels), nn.ReLU6(),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU6()]
+
+
+class MobileNetTiny(nn.Module):
+    """A MobileNet-v1-style network for 28×28 grayscale: a 3×3 stem, four depthwise-separable
+    blocks (16→32 halving the map, 32→32, 32→64 halving it, 64→64), ReLU6, global average
+    pool, one FC layer."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
+                 widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__()
+        first, second, third = widths
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, first, 3, padding=1, bias=False), nn.BatchNorm2d(first),
+            nn.ReLU6(),
+            *_separable(first, second, 2), *_separable(second, second, 1),
+            *_separable(second, third, 2), *_separable(third, third, 1),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(third, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
