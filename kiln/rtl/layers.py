@@ -18,6 +18,7 @@ from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.rtl.memories import weight_rom_layout, weight_rom_shape
 from kiln.rtl.requant import (
     accumulator_range,
+    narrow_add,
     narrow_multiplier,
     requant_dsps,
     requant_tiles,
@@ -302,18 +303,26 @@ def _avgpool_layer(op: IntOp, shape: tuple[int, ...], lanes: int
     return layer, dense, (channels, geometry["OH"], geometry["OW"])
 
 
-def _add_layer(op: IntOp, shape: tuple[int, ...], lanes: int) -> Layer:
+def _add_layer(op: IntOp, shape: tuple[int, ...], lanes: int, rounding: str) -> Layer:
     """A residual add: both inputs to the common exponent, one rounding (kiln_add)."""
     qa, qb = TensorQuant(**op.attrs["a_quant"]), TensorQuant(**op.attrs["b_quant"])
     out_q = op.out_quant
     lo, hi = op.attrs["clamp"]
     shift_a, shift_b = 31 + int(op.arrays["shift"][0]), 31 + int(op.arrays["shift_b"][0])
     common = max(shift_a, shift_b)
-    m_a, m_b = int(op.arrays["m0"][0]), int(op.arrays["m0_b"][0])
+    nearest = rounding == "nearest"
+    a_range = (qa.qmin - qa.zero_point, qa.qmax - qa.zero_point)
+    b_range = (qb.qmin - qb.zero_point, qb.qmax - qb.zero_point)
+    # the fewest multiplier bits that give the engine's output for every input pair
+    m_a, m_b, narrowed = narrow_add(a_range, b_range, int(op.arrays["m0"][0]),
+                                    int(op.arrays["m0_b"][0]), common - shift_a,
+                                    common - shift_b, common, nearest)
+    shift_a, shift_b = shift_a - (common - narrowed), shift_b - (common - narrowed)
+    common = narrowed
     # The exact range of the sum over every input pair, and of the shifted sum.
-    round_term = 1 << (common - 1)
-    extremes_a = [(v - qa.zero_point) * m_a << (common - shift_a) for v in (qa.qmin, qa.qmax)]
-    extremes_b = [(v - qb.zero_point) * m_b << (common - shift_b) for v in (qb.qmin, qb.qmax)]
+    round_term = 1 << (common - 1) if nearest else 0
+    extremes_a = [v * m_a << (common - shift_a) for v in a_range]
+    extremes_b = [v * m_b << (common - shift_b) for v in b_range]
     low = min(extremes_a) + min(extremes_b) + round_term
     high = max(extremes_a) + max(extremes_b) + round_term
     sum_bits = max(low.bit_length(), high.bit_length()) + 1
@@ -322,7 +331,8 @@ def _add_layer(op: IntOp, shape: tuple[int, ...], lanes: int) -> Layer:
     vectors = shape[1] * shape[2] if len(shape) == 3 else 1
     beats = -(-channels // lanes)
     geometry = {"B_BITS": qb.bits, "B_SIGNED": int(qb.signed), "B_ZERO": qb.zero_point,
-                "MA": m_a, "MB": m_b, "SHIFT_A": common - shift_a, "SHIFT_B": common - shift_b,
+                "MA": m_a, "MB": m_b, "M_BITS": max(m_a.bit_length(), m_b.bit_length(), 1),
+                "SHIFT_A": common - shift_a, "SHIFT_B": common - shift_b,
                 "COMMON": common, "SUM_BITS": sum_bits, "Y_BITS": y_bits}
     return Layer(op.name, channels, channels, lanes, lanes, qa.bits, qa.signed, qa.zero_point,
                  out_q.bits, out_q.zero_point, lo, hi, 8, 0, kind="add", geometry=geometry,
@@ -407,7 +417,7 @@ def walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: 
                 raise KilnError(f"add '{op.name}': its inputs stream {lanes} and {other.lanes} "
                                 "lanes; a residual add needs the same width on both",
                                 hint="give the layers that make both inputs the same P_out")
-            layer, out_shape = _add_layer(op, shape, lanes), shape
+            layer, out_shape = _add_layer(op, shape, lanes, program.rounding), shape
         else:
             p_in, p_out = next(parallel)
             if p_in != lanes:

@@ -139,3 +139,52 @@ def requantizers(p_out: int, in_beats: int, tiles: int) -> tuple[int, int]:
         if shared < parallel * tiles:  # fewer DSPs; else fewer requantizers (LUTs)
             return shared, tiles
     return parallel, 1
+
+
+#: input pairs beyond which an add's multipliers are not narrowed (the check enumerates them)
+MAX_CHECKED_PAIRS = 1 << 22
+
+
+def add_outputs(a: np.ndarray, b: np.ndarray, m_a: int, m_b: int, shift_a: int, shift_b: int,
+                common: int, nearest: bool) -> np.ndarray:
+    """floor((a·m_a·2^shift_a + b·m_b·2^shift_b + round) / 2^common) for centred inputs: the
+    engine's residual add before its zero point and clamp."""
+    total = (a * m_a << shift_a) + (b * m_b << shift_b)
+    if nearest:
+        total = total + (1 << (common - 1))
+    return total >> common
+
+
+def narrow_add(a_range: tuple[int, int], b_range: tuple[int, int], m_a: int, m_b: int,
+               shift_a: int, shift_b: int, common: int, nearest: bool
+               ) -> tuple[int, int, int]:
+    """(m_a, m_b, common) with the fewest multiplier bits whose outputs equal the engine's
+    for every pair of centred inputs in the ranges: both multipliers rounded to ``d`` fewer
+    bits and the common exponent lowered by ``d``, checked over every pair (so that each
+    product of kiln_add fits one 18x18 DSP tile where it can).
+
+    >>> narrow_add((-128, 127), (-128, 127), 1 << 30, 1 << 30, 0, 0, 31, True)
+    (1, 1, 1)
+    """
+    a = np.arange(a_range[0], a_range[1] + 1, dtype=np.int64)
+    b = np.arange(b_range[0], b_range[1] + 1, dtype=np.int64)
+    largest = max(abs(int(a[0])), abs(int(a[-1]))) * m_a << shift_a
+    largest += max(abs(int(b[0])), abs(int(b[-1]))) * m_b << shift_b
+    if len(a) * len(b) > MAX_CHECKED_PAIRS or largest >= 1 << 62:
+        return m_a, m_b, common
+    a_grid, b_grid = np.meshgrid(a, b, indexing="ij")
+    wanted = add_outputs(a_grid, b_grid, m_a, m_b, shift_a, shift_b, common, nearest)
+    best = (m_a, m_b, common)
+    for drop in range(1, common):
+        found = None
+        half = 1 << (drop - 1)
+        for n_a, n_b in ((m_a >> drop, m_b >> drop),
+                         ((m_a + half) >> drop, (m_b + half) >> drop)):  # floor, rounded
+            got = add_outputs(a_grid, b_grid, n_a, n_b, shift_a, shift_b, common - drop, nearest)
+            if np.array_equal(got, wanted):
+                found = (n_a, n_b, common - drop)
+                break
+        if found is None:
+            break
+        best = found
+    return best

@@ -4,7 +4,9 @@
 // i.e. both inputs brought to a common fixed-point exponent (COMMON = 31 + the larger of
 // the two shifts), summed exactly, rounded once (round = 2^(COMMON-1) when ROUND_NEAREST,
 // round half up; 0 for floor). MA, MB and the shifts are constants of the layer, so each
-// product is a multiplier by a constant with its output registered.
+// product is a multiplier by a constant with its output registered; the emitter narrows
+// them (kiln.rtl.requant.narrow_add: the same output for every input pair, checked over
+// all of them) so that a product fits one 18x18 DSP tile where it can.
 //
 // A beat of P lanes is taken when both inputs are valid (a join) and the output FIFO will
 // have room for it (credit): the pipeline behind it never stalls. Stages: the inputs, the
@@ -19,8 +21,9 @@ module kiln_add #(
     parameter int B_BITS = 8,
     parameter bit B_SIGNED = 0,
     parameter int B_ZERO = 0,
-    parameter int MA = 1 << 30,     // Q31 multipliers, unsigned
-    parameter int MB = 1 << 30,
+    parameter int MA = 1 << 30,     // the multipliers, unsigned, M_BITS wide (the emitter
+    parameter int MB = 1 << 30,     // narrows the engine's Q31 ones where that is exact)
+    parameter int M_BITS = 31,
     parameter int SHIFT_A = 0,      // COMMON minus each input's own exponent
     parameter int SHIFT_B = 0,
     parameter int COMMON = 31,
@@ -46,8 +49,8 @@ module kiln_add #(
 );
     localparam int XA = A_BITS + 2;            // a - A_ZERO, signed
     localparam int XB = B_BITS + 2;
-    localparam int PA = XA + 32;               // (a - A_ZERO) * MA, signed
-    localparam int PB = XB + 32;
+    localparam int PA = XA + M_BITS + 1;       // (a - A_ZERO) * MA, signed
+    localparam int PB = XB + M_BITS + 1;
     localparam int LATENCY = 6;
     localparam int FIFO_BITS = $clog2(LATENCY + 3);
     localparam int FIFO_DEPTH = 1 << FIFO_BITS;
