@@ -109,8 +109,8 @@ def memories(layer: dict[str, Any]) -> list[tuple[int, int]]:
 
 def features(layer: dict[str, Any]) -> dict[str, float]:
     """What the model multiplies by its coefficients, per unit."""
-    if layer["kind"] == "add":
-        return {"add_lanes": float(layer["p_in"])}
+    if layer["kind"] == "add":  # the lanes of arithmetic: one turn's
+        return {"add_lanes": float(layer["geometry"].get("LANES_PER_TURN", layer["p_in"]))}
     if layer["kind"] == "maxpool":
         geometry = layer["geometry"]
         return {"pool": 1.0, "pool_buffer_bits": float(geometry["W"] * geometry["CB"]
@@ -324,25 +324,79 @@ def is_graph(layers: list[Layer]) -> bool:
                for index, layer in enumerate(layers))
 
 
-def _graph_parallelism(base: list[Layer], width: int, max_width: int) -> list[tuple[int, int]]:
-    """(P_in, P_out) per weighted layer of a graph folded uniformly at ``width``: every
-    stream min(width, the power of two that covers its channels); a layer's P_in is the
-    width of the stream it reads."""
-    def lanes_for(elements: int) -> int:
-        return min(width, _candidates(elements, max_width)[-1])
+def _stream_classes(base: list[Layer], max_width: int) -> tuple[dict[int, int], dict[int, int]]:
+    """Streams (-1: the input, i: layer i's output) grouped into classes of one width (an
+    unfolded unit's output and inputs, a depthwise conv's input and output), and each
+    class's widest useful width (the power of two that covers its channels)."""
+    parent: dict[int, int] = {-1: -1}
 
-    first = base[0]
-    lanes = {-1: lanes_for(first.stream_in_n)}
-    per_layer = []
+    def find(stream: int) -> int:
+        while parent[stream] != stream:
+            stream = parent[stream]
+        return stream
+
+    channels = {-1: base[0].stream_in_n}
     for index, layer in enumerate(base):
-        source_lanes = lanes[(layer.sources or [index - 1])[0]]
-        if layer.kind in UNFOLDED_KINDS:
-            lanes[index] = source_lanes
-            continue
-        out = source_lanes if layer.diagonal else lanes_for(layer.out_n)
-        per_layer.append((source_lanes, out))
-        lanes[index] = out
-    return per_layer
+        parent[index] = index
+        channels[index] = layer.out_n
+        sources = layer.sources or [index - 1]
+        if layer.kind in UNFOLDED_KINDS or (layer.diagonal and layer.taps > 1):
+            for source in sources:
+                parent[find(source)] = find(index)
+    classes = {stream: find(stream) for stream in parent}
+    caps: dict[int, int] = {}
+    for stream, root in classes.items():
+        caps[root] = max(caps.get(root, 1), _candidates(channels[stream], max_width)[-1])
+    return classes, caps
+
+
+def _class_parallelism(base: list[Layer], classes: dict[int, int], widths: dict[int, int]
+                       ) -> list[tuple[int, int]]:
+    """(P_in, P_out) per weighted layer from a width per stream class."""
+    return [(widths[classes[(layer.sources or [index - 1])[0]]], widths[classes[index]])
+            for index, layer in enumerate(base) if layer.kind not in UNFOLDED_KINDS]
+
+
+def _fold_graph(program: IntegerProgram, base: list[Layer], budget: Budget,
+                target_cycles: int | None, max_width: int, model: dict[str, Any],
+                rom_layout: str) -> tuple[list[FoldedLayer], dict[str, float]] | None:
+    """A graph's folding, slowest layer first: start every stream class at width 1, then
+    keep doubling the class (the slowest layer's input or output) that most lowers the
+    sorted cycle counts while the design fits (FINN folds the same way). None when even
+    width 1 does not fit."""
+    classes, caps = _stream_classes(base, max_width)
+
+    def score(widths: dict[int, int]) -> tuple[list[FoldedLayer], dict[str, float]]:
+        planned = plan_layers(program, _class_parallelism(base, classes, widths),
+                              rom_layout=rom_layout)
+        return _score_layers(planned, model, budget)
+
+    def ranking(folded: list[FoldedLayer]) -> tuple[int, ...]:
+        return tuple(sorted((f.cycles for f in folded), reverse=True))
+
+    widths = {root: 1 for root in caps}
+    folded, total = score(widths)
+    if not _fits(total, budget):
+        return None
+    while target_cycles is None or max(f.cycles for f in folded) > target_cycles:
+        slowest = max(range(len(folded)), key=lambda i: folded[i].cycles)
+        layer = base[slowest]
+        touching = {classes[(layer.sources or [slowest - 1])[0]], classes[slowest]}
+        best = None
+        for root in sorted(touching):
+            if widths[root] >= caps[root]:
+                continue
+            trial = {**widths, root: widths[root] * 2}
+            trial_folded, trial_total = score(trial)
+            if not _fits(trial_total, budget) or ranking(trial_folded) >= ranking(folded):
+                continue
+            key = (ranking(trial_folded), trial_total["lut"])
+            if best is None or key < best[0]:
+                best = (key, trial, trial_folded, trial_total)
+        if best is None:
+            break
+        _, widths, folded, total = best
+    return folded, total
 
 
 def fold(program: IntegerProgram, *, budget: Budget, target_cycles: int | None = None,
@@ -378,8 +432,13 @@ def _fold(program: IntegerProgram, budget: Budget, target_cycles: int | None, un
     options = [_candidates(n, max_width) for n in streams]
     widest = max(len(o) for o in options)
     graph = is_graph(base)
-    uniform = uniform or graph
-    if graph:  # tied widths: each candidate is one P, planned as it is
+    if graph and not uniform:
+        greedy = _fold_graph(program, base, budget, target_cycles, max_width, model,
+                             rom_layout)
+        if greedy is not None:
+            return Folding(greedy[0], budget, uniform, rom_layout=rom_layout)
+        chains = []  # nothing fits: the error below names the smallest design's needs
+    elif graph:  # tied widths: each candidate is one P, planned as it is
         chains = [(2 ** k,) for k in range(widest)]
     else:
         widths = sorted({w for o in options for w in o})
@@ -393,7 +452,9 @@ def _fold(program: IntegerProgram, budget: Budget, target_cycles: int | None, un
     smallest: tuple | None = None
     for chain in chains:
         if graph:
-            planned = plan_layers(program, _graph_parallelism(base, chain[0], max_width),
+            classes, caps = _stream_classes(base, max_width)
+            widths = {root: min(chain[0], cap) for root, cap in caps.items()}
+            planned = plan_layers(program, _class_parallelism(base, classes, widths),
                                   rom_layout=rom_layout)
             folded, total = _score_layers(planned, model, budget)
         else:
@@ -412,7 +473,11 @@ def _fold(program: IntegerProgram, budget: Budget, target_cycles: int | None, un
         if best is None or key < best[0]:
             best = (key, folded, chain)
     if best is None:
-        assert smallest is not None
+        if smallest is None:  # a graph whose narrowest folding does not fit
+            classes, caps = _stream_classes(base, max_width)
+            planned = plan_layers(program, _class_parallelism(
+                base, classes, {root: 1 for root in caps}), rom_layout=rom_layout)
+            smallest = _score_layers(planned, model, budget)
         folded, total = smallest
         needs = ", ".join(f"{r} {total[r]:,.0f} (has {getattr(budget, r):,})"
                           for r in RESOURCES if total[r] > getattr(budget, r))

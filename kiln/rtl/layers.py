@@ -303,8 +303,11 @@ def _avgpool_layer(op: IntOp, shape: tuple[int, ...], lanes: int
     return layer, dense, (channels, geometry["OH"], geometry["OW"])
 
 
-def _add_layer(op: IntOp, shape: tuple[int, ...], lanes: int, rounding: str) -> Layer:
-    """A residual add: both inputs to the common exponent, one rounding (kiln_add)."""
+def _add_layer(op: IntOp, shape: tuple[int, ...], lanes: int, rounding: str,
+               source_cycles: int) -> Layer:
+    """A residual add: both inputs to the common exponent, one rounding (kiln_add). Its
+    lanes take as many turns through the arithmetic as its slowest input leaves time for
+    (``source_cycles`` per inference), so that its DSPs are few."""
     qa, qb = TensorQuant(**op.attrs["a_quant"]), TensorQuant(**op.attrs["b_quant"])
     out_q = op.out_quant
     lo, hi = op.attrs["clamp"]
@@ -330,14 +333,18 @@ def _add_layer(op: IntOp, shape: tuple[int, ...], lanes: int, rounding: str) -> 
     channels = shape[0]
     vectors = shape[1] * shape[2] if len(shape) == 3 else 1
     beats = -(-channels // lanes)
-    geometry = {"B_BITS": qb.bits, "B_SIGNED": int(qb.signed), "B_ZERO": qb.zero_point,
+    serial = max(1, min(lanes, source_cycles // (beats * vectors)))
+    per_turn = -(-lanes // serial)
+    serial = -(-lanes // per_turn)
+    geometry = {"SERIAL": serial, "LANES_PER_TURN": per_turn,
+                "B_BITS": qb.bits, "B_SIGNED": int(qb.signed), "B_ZERO": qb.zero_point,
                 "MA": m_a, "MB": m_b, "M_BITS": max(m_a.bit_length(), m_b.bit_length(), 1),
                 "SHIFT_A": common - shift_a, "SHIFT_B": common - shift_b,
                 "COMMON": common, "SUM_BITS": sum_bits, "Y_BITS": y_bits}
     return Layer(op.name, channels, channels, lanes, lanes, qa.bits, qa.signed, qa.zero_point,
                  out_q.bits, out_q.zero_point, lo, hi, 8, 0, kind="add", geometry=geometry,
                  stream_in_n=channels, vectors_per_input=vectors,
-                 cycles_per_input=beats * vectors)
+                 cycles_per_input=beats * vectors * serial)
 
 
 def _maxpool_layer(op: IntOp, shape: tuple[int, ...], lanes: int
@@ -398,6 +405,7 @@ def walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: 
         ops = ops[1:]
     parallel = iter(per_layer)
     index = 0
+    made: list[Layer] = []
     for op in ops:
         source = streams[op.inputs[0]]
         shape, lanes = source.shape, source.lanes
@@ -417,7 +425,10 @@ def walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: 
                 raise KilnError(f"add '{op.name}': its inputs stream {lanes} and {other.lanes} "
                                 "lanes; a residual add needs the same width on both",
                                 hint="give the layers that make both inputs the same P_out")
-            layer, out_shape = _add_layer(op, shape, lanes, program.rounding), shape
+            slowest = max((made[s].cycles_per_input for s in (source.producer, other.producer)
+                           if s >= 0), default=0)
+            layer = _add_layer(op, shape, lanes, program.rounding, slowest)
+            out_shape = shape
         else:
             p_in, p_out = next(parallel)
             if p_in != lanes:
@@ -442,5 +453,6 @@ def walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: 
         if weight is not None:
             _size_arithmetic(layer, op, weight, bias, program.rounding, rom_layout)
         streams[op.output] = _Stream(tuple(out_shape), layer.p_out, index)
+        made.append(layer)
         index += 1
         yield op, layer, weight

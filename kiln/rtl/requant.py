@@ -24,6 +24,8 @@ multipliers give the same output on [a, b] exactly when their thresholds, clippe
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 #: levels beyond which the per-level check is skipped (the full multiplier is kept)
@@ -155,6 +157,7 @@ def add_outputs(a: np.ndarray, b: np.ndarray, m_a: int, m_b: int, shift_a: int, 
     return total >> common
 
 
+@functools.lru_cache(maxsize=256)  # folding plans every add at many widths
 def narrow_add(a_range: tuple[int, int], b_range: tuple[int, int], m_a: int, m_b: int,
                shift_a: int, shift_b: int, common: int, nearest: bool
                ) -> tuple[int, int, int]:

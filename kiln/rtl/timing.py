@@ -84,8 +84,8 @@ def _dsps(layer: Any) -> int:
     fields = layer if isinstance(layer, dict) else layer.__dict__
     if fields["kind"] == "maxpool":
         return 0
-    if fields["kind"] == "add":  # two constant products a lane, two tiles each
-        return 4 * fields["p_in"]
+    if fields["kind"] == "add":  # two constant products a lane of a turn, two tiles each
+        return 4 * fields["geometry"].get("LANES_PER_TURN", fields["p_in"])
     return weight_rom_shape(fields)[0] + requant_dsps(
         fields["kind"], fields["requants"], fields.get("passes", 1),
         fields.get("acc_bits", 32), fields.get("m_bits", 31))

@@ -221,10 +221,11 @@ def _add_instance(layer: Layer, index: int, inputs: list[tuple[str, str, str]],
               "SHIFT_B": geometry["SHIFT_B"], "COMMON": geometry["COMMON"],
               "SUM_BITS": geometry["SUM_BITS"], "Y_BITS": geometry["Y_BITS"],
               "ROUND_NEAREST": nearest, "OUT_BITS": layer.out_bits,
-              "OUT_ZERO": layer.out_zero, "LO": layer.lo, "HI": layer.hi}
+              "OUT_ZERO": layer.out_zero, "LO": layer.lo, "HI": layer.hi,
+              "SERIAL": geometry["SERIAL"]}
     rendered = ", ".join(f".{k}({v})" for k, v in params.items())
     (a_valid, a_ready, a_data), (b_valid, b_ready, b_data) = inputs
-    return [f"    // {layer.name}: residual add, {layer.p_in} lanes",
+    return [f"    // {layer.name}: residual add, {layer.p_in} lanes in {geometry['SERIAL']} turns",
             f"    kiln_add #({rendered}) layer_{index} (",
             "        .clk(clk), .rst_n(rst_n),",
             f"        .a_valid({a_valid}), .a_ready({a_ready}), .a_data({a_data}),",

@@ -9,10 +9,11 @@
 // all of them) so that a product fits one 18x18 DSP tile where it can.
 //
 // A beat of P lanes is taken when both inputs are valid (a join) and the output FIFO will
-// have room for it (credit): the pipeline behind it never stalls. Stages: the inputs, the
-// centred lanes, the products, their sum, the rounding shift (to Y_BITS, which the emitter
-// proves hold every sum), the clamp (compares against constants, beside the narrow add of the
-// zero point); LATENCY = 6 cycles from a taken beat to the FIFO.
+// have room for it (credit): the pipeline behind it never stalls. With SERIAL > 1 a beat's
+// lanes take SERIAL turns through ceil(P / SERIAL) lanes of arithmetic. Stages: the beat,
+// the turn's lanes, the centred lanes, the products, their sum, the rounding shift (to
+// Y_BITS, which the emitter proves hold every sum), the clamp (compares against constants,
+// beside the narrow add of the zero point), the beat reassembled: 9 cycles to the FIFO.
 module kiln_add #(
     parameter int P = 4,
     parameter int A_BITS = 8,
@@ -33,7 +34,8 @@ module kiln_add #(
     parameter int OUT_BITS = 8,
     parameter int OUT_ZERO = 0,
     parameter int LO = 0,
-    parameter int HI = 255
+    parameter int HI = 255,
+    parameter int SERIAL = 1        // cycles per beat (lanes in turns of ceil(P / SERIAL))
 ) (
     input  logic clk,
     input  logic rst_n,
@@ -51,36 +53,64 @@ module kiln_add #(
     localparam int XB = B_BITS + 2;
     localparam int PA = XA + M_BITS + 1;       // (a - A_ZERO) * MA, signed
     localparam int PB = XB + M_BITS + 1;
-    localparam int LATENCY = 6;
-    localparam int FIFO_BITS = $clog2(LATENCY + 3);
+    localparam int LATENCY = 6;  // from the turn's lanes to the clamp
+    localparam int FIFO_BITS = $clog2(LATENCY + 6);  // every beat in flight
     localparam int FIFO_DEPTH = 1 << FIFO_BITS;
     localparam longint LOW = longint'(LO) - longint'(OUT_ZERO);
     localparam longint HIGH = longint'(HI) - longint'(OUT_ZERO);
     localparam logic [SUM_BITS-1:0] ROUND = ROUND_NEAREST ? SUM_BITS'(1) << (COMMON - 1) : '0;
 
-    // The join: a beat from each input, when the FIFO will have room for it.
-    logic take;
+    // The join: a beat from each input when the FIFO will have room for it (credit) and the
+    // previous beat has had its turns. SERIAL > 1 time-shares the arithmetic: a beat's P
+    // lanes go through it L = ceil(P / SERIAL) at a time, one group a cycle (the add is
+    // rarely the slowest unit: its DSPs go to the MACs).
+    localparam int L = (P + SERIAL - 1) / SERIAL;   // lanes per turn
+    localparam int TB = SERIAL > 1 ? $clog2(SERIAL) : 1;
+    logic take, busy, last_turn;
+    logic [TB-1:0] turn;
     logic [FIFO_BITS:0] credit_used;
-    assign take = a_valid && b_valid && credit_used != (FIFO_BITS + 1)'(FIFO_DEPTH);
+    assign last_turn = turn == TB'(SERIAL - 1);
+    assign take = a_valid && b_valid && credit_used != (FIFO_BITS + 1)'(FIFO_DEPTH)
+                  && (!busy || last_turn);
     assign a_ready = take;
     assign b_ready = take;
 
-    logic [LATENCY-1:0] valid;  // stage k's beat is valid
-    logic [P*A_BITS-1:0] a_held;
-    logic [P*B_BITS-1:0] b_held;
-    logic [P*XA-1:0] a_centred;
-    logic [P*XB-1:0] b_centred;
-    logic [P*PA-1:0] a_product;
-    logic [P*PB-1:0] b_product;
-    logic [P*SUM_BITS-1:0] sum;
-    logic [P*Y_BITS-1:0] shifted;
-    logic [P*OUT_BITS-1:0] result;
+    logic [P*A_BITS-1:0] a_beat;
+    logic [P*B_BITS-1:0] b_beat;
     always_ff @(posedge clk) begin
         if (take) begin
-            a_held <= a_data;
-            b_held <= b_data;
+            a_beat <= a_data;
+            b_beat <= b_data;
         end
-        for (int p = 0; p < P; p++) begin
+    end
+
+    // Stage k's group: valid, turn, last turn (stage 0: the group selected this cycle).
+    localparam int CB = TB + 2;
+    logic [LATENCY*CB-1:0] ctrl;
+    // The group of this turn, selected with constant part-selects (lanes past P are 0).
+    logic [L*A_BITS-1:0] a_held;
+    logic [L*B_BITS-1:0] b_held;
+    always_ff @(posedge clk) begin
+        for (int l = 0; l < L; l++) begin
+            a_held[l*A_BITS +: A_BITS] <= l < P ? a_beat[l*A_BITS +: A_BITS] : '0;
+            b_held[l*B_BITS +: B_BITS] <= l < P ? b_beat[l*B_BITS +: B_BITS] : '0;
+            for (int k = 1; k < SERIAL; k++)
+                if (turn == TB'(k) && k*L + l < P) begin
+                    a_held[l*A_BITS +: A_BITS] <= a_beat[(k*L + l)*A_BITS +: A_BITS];
+                    b_held[l*B_BITS +: B_BITS] <= b_beat[(k*L + l)*B_BITS +: B_BITS];
+                end
+        end
+    end
+
+    logic [L*XA-1:0] a_centred;
+    logic [L*XB-1:0] b_centred;
+    logic [L*PA-1:0] a_product;
+    logic [L*PB-1:0] b_product;
+    logic [L*SUM_BITS-1:0] sum;
+    logic [L*Y_BITS-1:0] shifted;
+    logic [L*OUT_BITS-1:0] part;
+    always_ff @(posedge clk) begin
+        for (int p = 0; p < L; p++) begin
             if (A_SIGNED)
                 a_centred[p*XA +: XA] <= XA'($signed(a_held[p*A_BITS +: A_BITS])) - XA'(A_ZERO);
             else
@@ -99,27 +129,50 @@ module kiln_add #(
             shifted[p*Y_BITS +: Y_BITS] <=
                 Y_BITS'($signed(sum[p*SUM_BITS +: SUM_BITS]) >>> COMMON);
             if (64'($signed(shifted[p*Y_BITS +: Y_BITS])) < LOW)
-                result[p*OUT_BITS +: OUT_BITS] <= OUT_BITS'(LO);
+                part[p*OUT_BITS +: OUT_BITS] <= OUT_BITS'(LO);
             else if (64'($signed(shifted[p*Y_BITS +: Y_BITS])) > HIGH)
-                result[p*OUT_BITS +: OUT_BITS] <= OUT_BITS'(HI);
+                part[p*OUT_BITS +: OUT_BITS] <= OUT_BITS'(HI);
             else
-                result[p*OUT_BITS +: OUT_BITS] <=
+                part[p*OUT_BITS +: OUT_BITS] <=
                     OUT_BITS'(shifted[p*Y_BITS +: Y_BITS]) + OUT_BITS'(OUT_ZERO);
         end
+    end
+    // The groups back into a beat: group k's lanes at k*L (constant part-selects).
+    logic out_group_valid, out_group_last;
+    logic [TB-1:0] out_group;
+    assign {out_group_valid, out_group, out_group_last} = ctrl[(LATENCY-1)*CB +: CB];
+    logic [P*OUT_BITS-1:0] result;
+    logic push;
+    always_ff @(posedge clk) begin
+        if (out_group_valid)
+            for (int q = 0; q < P; q++)
+                if (out_group == TB'(q / L))
+                    result[q*OUT_BITS +: OUT_BITS] <= part[(q % L)*OUT_BITS +: OUT_BITS];
     end
 
     logic pop;
     assign pop = out_valid && out_ready;
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
-            valid <= '0;
+            busy <= 1'b0;
+            turn <= '0;
+            ctrl <= '0;
+            push <= 1'b0;
             credit_used <= '0;
         end else begin
-            valid <= {valid[LATENCY-2:0], take};
+            if (take) begin
+                busy <= 1'b1;
+                turn <= '0;
+            end else if (busy) begin
+                busy <= !last_turn;
+                turn <= last_turn ? '0 : turn + 1'b1;
+            end
+            ctrl <= {ctrl[(LATENCY-1)*CB-1:0], busy, turn, busy && last_turn};
+            push <= out_group_valid && out_group_last;
             credit_used <= credit_used + (FIFO_BITS + 1)'(take) - (FIFO_BITS + 1)'(pop);
         end
     end
     kiln_fifo #(.WIDTH(P*OUT_BITS), .DEPTH(FIFO_DEPTH)) u_out (
-        .clk(clk), .rst_n(rst_n), .push(valid[LATENCY-1]), .push_data(result),
+        .clk(clk), .rst_n(rst_n), .push(push), .push_data(result),
         .out_valid(out_valid), .out_ready(out_ready), .out_data(out_data));
 endmodule
