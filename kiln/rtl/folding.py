@@ -371,13 +371,37 @@ def _fold_graph(program: IntegerProgram, base: list[Layer], budget: Budget,
                               rom_layout=rom_layout)
         return _score_layers(planned, model, budget)
 
-    def ranking(folded: list[FoldedLayer]) -> tuple[int, ...]:
-        return tuple(sorted((f.cycles for f in folded), reverse=True))
-
     widths = {root: 1 for root in caps}
     folded, total = score(widths)
     if not _fits(total, budget):
         return None
+    for _ in range(4):  # grow, trim what the slowest layer does not need, grow again
+        widths, folded, total = _grow(widths, folded, total, caps, classes, base, score,
+                                      budget, target_cycles)
+        slowest = max(f.cycles for f in folded)
+        trimmed = False
+        for root in sorted(widths):
+            if widths[root] == 1:
+                continue
+            trial = {**widths, root: widths[root] // 2}
+            trial_folded, trial_total = score(trial)
+            if max(f.cycles for f in trial_folded) <= slowest:
+                widths, folded, total, trimmed = trial, trial_folded, trial_total, True
+        if not trimmed:
+            break
+    return folded, total
+
+
+def _ranking(folded: list[FoldedLayer]) -> tuple[int, ...]:
+    return tuple(sorted((f.cycles for f in folded), reverse=True))
+
+
+def _grow(widths: dict[int, int], folded: list[FoldedLayer], total: dict[str, float],
+          caps: dict[int, int], classes: dict[int, int], base: list[Layer], score: Any,
+          budget: Budget, target_cycles: int | None
+          ) -> tuple[dict[int, int], list[FoldedLayer], dict[str, float]]:
+    """Double, while the design fits, the class (the slowest layer's input or output
+    stream) that most lowers the sorted cycle counts."""
     while target_cycles is None or max(f.cycles for f in folded) > target_cycles:
         slowest = max(range(len(folded)), key=lambda i: folded[i].cycles)
         layer = base[slowest]
@@ -388,15 +412,15 @@ def _fold_graph(program: IntegerProgram, base: list[Layer], budget: Budget,
                 continue
             trial = {**widths, root: widths[root] * 2}
             trial_folded, trial_total = score(trial)
-            if not _fits(trial_total, budget) or ranking(trial_folded) >= ranking(folded):
+            if not _fits(trial_total, budget) or _ranking(trial_folded) >= _ranking(folded):
                 continue
-            key = (ranking(trial_folded), trial_total["lut"])
+            key = (_ranking(trial_folded), trial_total["lut"])
             if best is None or key < best[0]:
                 best = (key, trial, trial_folded, trial_total)
         if best is None:
             break
         _, widths, folded, total = best
-    return folded, total
+    return widths, folded, total
 
 
 def fold(program: IntegerProgram, *, budget: Budget, target_cycles: int | None = None,

@@ -124,15 +124,19 @@ def test_a_skip_fifo_too_shallow_deadlocks(separable, tmp_path, monkeypatch):
         simulate(design, simulator="verilator", inputs=inputs[:1])
 
 
-def test_graph_folding_ties_the_widths(separable, tmp_path):
+def test_graph_folding_ties_the_widths_and_beats_one_width(separable, tmp_path):
     program, _ = separable
-    folding = fold(program, budget=Budget.of_device("ecp5-25k"))
+    budget = Budget.of_device("ecp5-85k")
+    folding = fold(program, budget=budget)
     widths = folding.parallelism()
     assert widths["depthwise"][0] == widths["depthwise"][1]
     assert widths["a"][0] == widths["b"][1] == widths["stem"][1]  # the add's two inputs
-    assert folding.uniform and "add" not in widths
+    assert "add" not in widths and not folding.uniform
+    # slowest layer first over stream classes: faster than one width for every stream
+    assert folding.cycles < fold(program, budget=budget, uniform=True).cycles
     design = emit(program, widths, tmp_path / "folded")
     assert {layer.p_in for layer in design.layers if layer.kind == "add"} == {widths["b"][1]}
+    assert max(layer.cycles_per_input for layer in design.layers) == folding.cycles
 
 
 def test_mismatched_widths_at_an_add_are_named(separable, tmp_path):
