@@ -81,6 +81,9 @@ def test_residual_depthwise_and_global_pool_bit_exact(separable, tmp_path):
     add, depthwise, pool = kinds["add"], kinds["depthwise"], kinds["adaptive_avg_pool2d"]
     # the skip edge (stem -> add) holds a whole inference of the 6x6x8 tensor: 72 beats
     assert add.kind == "add" and add.sources == [0, 2] and add.skip_depths == [128, 0]
+    # its multipliers narrowed below the engine's 31 bits (exact on all 65,536 input pairs),
+    # its 4 lanes in turns: the 3x3 convs before it leave 36 cycles a beat
+    assert add.geometry["M_BITS"] < 31 and add.geometry["SERIAL"] == 4
     # one product per channel and tap, not an 8 x 72 matrix
     assert depthwise.diagonal and depthwise.taps == 9 and depthwise.weight_lanes == 4
     assert depthwise.weight_words == 2 * 9
