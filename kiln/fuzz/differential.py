@@ -84,8 +84,10 @@ def rtl_supported(spec: NetworkSpec) -> str | None:
             return "a residual add in float32 rounding"
         if op == "conv" and len(set(layer["padding"])) != 1:
             return "unequal conv padding"
-        if op in ("maxpool", "avgpool") and (layer["padding"] or layer["ceil"]):
-            return f"padded or ceil-mode {op}"
+        if op in ("maxpool", "avgpool") and layer["ceil"]:
+            return f"ceil-mode {op}"
+        if op == "avgpool" and layer["padding"]:
+            return "padded avgpool"
     return None
 
 

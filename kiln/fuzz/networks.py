@@ -145,7 +145,7 @@ def _draw_pool(rng: random.Random, height: int, width: int, rtl: bool) -> dict[s
     for _ in range(20):
         kernel = rng.randint(1, 4)
         stride = rng.randint(1, 3)
-        padding = 0 if rtl or op == "avgpool" or rng.random() < 0.6 else rng.randint(
+        padding = 0 if op == "avgpool" or rng.random() < 0.6 else rng.randint(
             0, kernel // 2)
         ceil = False if rtl or op == "avgpool" else rng.random() < 0.3
         if kernel > min(height, width) + 2 * padding:
@@ -159,7 +159,7 @@ def _draw_pool(rng: random.Random, height: int, width: int, rtl: bool) -> dict[s
 
 def random_network(seed: int, *, rtl: bool = False) -> NetworkSpec:
     """Draw a small network from ``seed``. With ``rtl``, only what the RTL emitter takes
-    (equal padding on every side, unpadded floor-mode pools, adds in integer rounding), and
+    (equal padding on every side, floor-mode pools, adds in integer rounding), and
     more residual blocks and global pools."""
     rng = random.Random(seed)
     extra = random.Random(seed * 1_000_003 + 17)  # groups and rtl roundings

@@ -10,7 +10,7 @@ forked (the short branches through a ``kiln_skip_fifo``), an add joins two
 parameter), the simulation harness ``kiln_tb.sv`` and the cocotb testbench ``test_top.py``.
 
 Supported: conv (any groups; equal strides, paddings and dilations in both directions),
-max pool (square, unpadded), average and global average pool, residual add, flatten,
+max pool (floor mode, equal strides and paddings; padded ones through an im2col), average and global average pool, residual add, flatten,
 dense and affine ops, in ``floor``, ``nearest`` or ``float32`` rounding (an add: not
 float32). :func:`check_emittable` names everything else at once.
 """
@@ -37,7 +37,8 @@ __all__ = ["COMPONENTS", "Design", "Layer", "check_emittable", "emit", "plan_lay
 
 SOURCES = Path(__file__).parent / "sv"
 COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv", "kiln_fifo.sv", "kiln_rows.sv",
-              "kiln_im2col.sv", "kiln_maxpool.sv", "kiln_add.sv", "kiln_skip_fifo.sv")
+              "kiln_im2col.sv", "kiln_maxpool.sv", "kiln_add.sv", "kiln_skip_fifo.sv",
+              "kiln_window_max.sv")
 
 
 @dataclass
@@ -111,12 +112,11 @@ def emit_blockers(program: IntegerProgram) -> list[str]:
                 blockers.append(f"{where}: strides {stride}, paddings {padding}, dilations "
                                 f"{dilation} (the im2col takes each equal in both directions)")
         elif op.kind == "maxpool":
-            kernel, stride = op.attrs["kernel"], op.attrs["stride"]
-            if any(op.attrs["padding"]) or op.attrs["ceil_mode"] or len({*kernel}) != 1 \
-                    or len({*stride}) != 1:
-                blockers.append(f"{where}: kernel {kernel}, stride {stride}, padding "
-                                f"{op.attrs['padding']}, ceil_mode {op.attrs['ceil_mode']} "
-                                "(the unit takes square, unpadded, floor-mode pools)")
+            stride, padding = op.attrs["stride"], op.attrs["padding"]
+            if op.attrs["ceil_mode"] or len({*stride}) != 1 or len({*padding}) != 1:
+                blockers.append(f"{where}: stride {stride}, padding {padding}, ceil_mode "
+                                f"{op.attrs['ceil_mode']} (the units take floor-mode pools "
+                                "with equal strides and paddings in both directions)")
         elif op.kind == "avgpool" and len({*op.attrs["stride"]}) != 1:
             blockers.append(f"{where}: strides {op.attrs['stride']} (equal ones only)")
         elif op.kind == "add" and program.rounding == "float32":

@@ -97,7 +97,7 @@ class Layer:
 
     @property
     def has_im2col(self) -> bool:
-        return self.kind in ("conv", "avgpool")
+        return self.kind in ("conv", "avgpool") or bool(self.geometry.get("WINDOW"))
 
     @property
     def out_beats(self) -> int:
@@ -349,21 +349,31 @@ def _add_layer(op: IntOp, shape: tuple[int, ...], lanes: int, rounding: str,
 
 def _maxpool_layer(op: IntOp, shape: tuple[int, ...], lanes: int
                    ) -> tuple[Layer, tuple[int, int, int]]:
+    """A max pool: square and unpadded, the line-buffer unit (kiln_maxpool); padded or with
+    a non-square kernel, an im2col whose padding reads as the lowest value, then a running
+    maximum over the window (kiln_window_max), as the engine pads."""
     channels, height, width = shape
     kernel, stride, padding = op.attrs["kernel"], op.attrs["stride"], op.attrs["padding"]
-    if any(padding) or op.attrs["ceil_mode"] or len({*kernel}) != 1 or len({*stride}) != 1:
-        raise KilnError(f"max pool '{op.name}': the hardware supports square, unpadded pools")
+    if op.attrs["ceil_mode"] or len({*stride}) != 1 or len({*padding}) != 1:
+        raise KilnError(f"max pool '{op.name}': the hardware supports floor-mode pools with "
+                        "equal strides and paddings in both directions")
     quant = op.out_quant
-    out_h = (height - kernel[0]) // stride[0] + 1
-    out_w = (width - kernel[1]) // stride[1] + 1
+    pad = padding[0]
+    out_h = (height + 2 * pad - kernel[0]) // stride[0] + 1
+    out_w = (width + 2 * pad - kernel[1]) // stride[1] + 1
     beats = -(-channels // lanes)
-    geometry = {"H": height, "W": width, "CB": beats, "K": kernel[0], "STRIDE": stride[0],
+    geometry = {"H": height, "W": width, "CB": beats, "K": max(kernel), "STRIDE": stride[0],
                 "OH": out_h, "OW": out_w}
+    window = pad > 0 or kernel[0] != kernel[1]
+    if window:
+        geometry.update(WINDOW=1, FY=kernel[0], FX=kernel[1], PAD=pad, DILATION=1,
+                        PAD_VALUE=TensorQuant(**op.attrs["in_quant"]).qmin)
     layer = Layer(op.name, channels, channels, lanes, lanes, quant.bits, quant.signed,
                   quant.zero_point, quant.bits, quant.zero_point, quant.qmin, quant.qmax, 8, 0,
                   kind="maxpool", geometry=geometry, vectors_per_input=out_h * out_w,
                   # one read per window word, while the next rows load
-                  cycles_per_input=max(height * width, out_h * out_w * kernel[0] ** 2) * beats)
+                  cycles_per_input=max(height * width,
+                                       out_h * out_w * kernel[0] * kernel[1]) * beats)
     return layer, (channels, out_h, out_w)
 
 

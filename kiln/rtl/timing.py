@@ -72,7 +72,8 @@ def predicted_fmax_mhz(layers: list[Any], family: str, speed: int | None = None,
         if rounding == "float32" and kind != "maxpool":
             kind = "float32_requant"
         kinds.add(kind)
-        if (layer.get("kind") if isinstance(layer, dict) else layer.kind) in ("conv", "avgpool"):
+        fields = layer if isinstance(layer, dict) else layer.__dict__
+        if fields["kind"] in ("conv", "avgpool") or fields["geometry"].get("WINDOW"):
             kinds.add("im2col")
     if sum(_dsps(layer) for layer in layers) > MANY_DSPS:
         kinds.add("many_dsps")

@@ -163,7 +163,7 @@ def top_module(design: Design) -> str:
         source = inputs[index][0]
         sink = _stream(f"l{index}")
         geometry = layer.geometry
-        if layer.kind == "maxpool":
+        if layer.kind == "maxpool" and not layer.has_im2col:
             params = {"H": geometry["H"], "W": geometry["W"], "CB": geometry["CB"],
                       "P": layer.p_in, "BITS": layer.in_bits, "SIGNED": int(layer.in_signed),
                       "K": geometry["K"], "STRIDE": geometry["STRIDE"]}
@@ -178,12 +178,20 @@ def top_module(design: Design) -> str:
             lines += [f"    logic w{index}_valid, w{index}_ready;",
                       f"    logic [{layer.p_in * layer.in_bits - 1}:0] w{index}_data;"]
             params = {"H": geometry["H"], "W": geometry["W"], "CB": geometry["CB"],
-                      "P": layer.p_in, "BITS": layer.in_bits, "ZERO": layer.in_zero,
+                      "P": layer.p_in, "BITS": layer.in_bits,
+                      "ZERO": geometry.get("PAD_VALUE", layer.in_zero),
                       "FY": geometry["FY"], "FX": geometry["FX"], "STRIDE": geometry["STRIDE"],
                       "PAD": geometry["PAD"], "DILATION": geometry["DILATION"]}
             lines += _instance("kiln_im2col", f"im2col_{index}", params, "", source, window,
                                f"{layer.name}: im2col {geometry['FY']}x{geometry['FX']}")
             source = window
+        if layer.kind == "maxpool":  # padded or non-square: the window's running maximum
+            params = {"P": layer.p_in, "BITS": layer.in_bits, "SIGNED": int(layer.in_signed),
+                      "CB": geometry["CB"], "TAPS": geometry["FY"] * geometry["FX"]}
+            lines += _instance("kiln_window_max", f"layer_{index}", params, "", source, sink,
+                               f"{layer.name}: max pool {geometry['FY']}x{geometry['FX']}, "
+                               f"padding {geometry['PAD']}")
+            continue
         mem = f"mem/{layer.name}"
         params = {"IN_N": layer.in_n, "OUT_N": layer.out_n, "P_IN": layer.p_in,
                   "P_OUT": layer.p_out, "IN_BITS": layer.in_bits,
