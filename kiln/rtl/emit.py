@@ -10,9 +10,10 @@ forked (the short branches through a ``kiln_skip_fifo``), an add joins two
 parameter), the simulation harness ``kiln_tb.sv`` and the cocotb testbench ``test_top.py``.
 
 Supported: conv (any groups; equal strides, paddings and dilations in both directions),
-max pool (floor mode, equal strides and paddings; padded ones through an im2col), average and global average pool, residual add, flatten,
-dense and affine ops, in ``floor``, ``nearest`` or ``float32`` rounding (an add: not
-float32). :func:`check_emittable` names everything else at once.
+max pool (floor mode, equal strides and paddings; padded ones through an im2col), average
+and global average pool, residual add, flatten, dense and affine ops, in ``floor``,
+``nearest`` or ``float32`` rounding (an add: not float32). :func:`check_emittable` names
+everything else at once.
 """
 
 from __future__ import annotations
