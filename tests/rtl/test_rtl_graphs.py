@@ -60,12 +60,30 @@ class Downsample(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def _program(module: nn.Module, shape: tuple[int, ...], rounding: str, seed: int):
+class PaddedPools(nn.Module):
+    """A padded 3x3/2 max pool (ResNet's stem) on signed values, a non-square max pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.stem_pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.pointwise = nn.Conv2d(5, 6, 1)
+        self.wide_pool = nn.MaxPool2d((2, 3), stride=1)
+        self.fc = nn.Linear(6 * 3 * 2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_pool(self.conv(x))
+        return self.fc(self.wide_pool(torch.relu(self.pointwise(x))).flatten(1))
+
+
+def _program(module: nn.Module, shape: tuple[int, ...], rounding: str, seed: int,
+             config: dict | None = None):
     torch.manual_seed(seed)
     module = module.eval()
     graph = from_torch(module, torch.zeros(1, *shape), name=type(module).__name__.lower())
-    x = torch.rand(64, *shape)
-    program = lower(calibrate(quantize(graph, uniform_config(8, 8)), x), rounding=rounding)
+    x = torch.rand(64, *shape) * (2 if config else 1) - (1 if config else 0)
+    program = lower(calibrate(quantize(graph, config or uniform_config(8, 8)), x),
+                    rounding=rounding)
     return program, program.input_quant.quantize(x[:4].numpy())
 
 
@@ -151,3 +169,17 @@ def test_mismatched_widths_at_an_add_are_named(separable, tmp_path):
         emit(program, {"default": (4, 4), "depthwise": (4, 2), "pointwise": (2, 4)},
              tmp_path / "depthwise")
     assert np.all([not (tmp_path / name).exists() for name in ("mismatch", "depthwise")])
+
+
+def test_padded_and_non_square_max_pools_bit_exact(tmp_path):
+    # signed activations: the padding must read as -128, below every value, as in the engine
+    signed = {"bits": 8, "signed": True, "symmetric": False}
+    config = {"default": {"weight": {"bits": 8}, "input": signed},
+              "rules": [{"match": {"name": ["@last"]}, "output": signed}]}
+    program, inputs = _program(PaddedPools(), (3, 8, 8), "nearest", seed=2, config=config)
+    design = emit(program, (2, 2), tmp_path / "pools")
+    stem, wide = design.layers[1], design.layers[3]
+    assert stem.has_im2col and stem.geometry["PAD"] == 1 and stem.geometry["PAD_VALUE"] == -128
+    assert wide.has_im2col and (wide.geometry["FY"], wide.geometry["FX"]) == (2, 3)
+    assert "kiln_window_max" in (design.directory / "kiln_top.sv").read_text()
+    assert simulate(design, simulator="verilator", inputs=inputs).passed
