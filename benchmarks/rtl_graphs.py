@@ -1,7 +1,7 @@
 """Networks people use, as generated hardware: residual, depthwise-separable, pooled.
 
     .venv/bin/python benchmarks/rtl_graphs.py [--only resnet8,mobilenet-tiny,qonnx-residual,
-        resnet18-cifar] [--vectors 100] [--icarus-vectors 10] [--device ecp5-85k] [--seeds 1]
+        resnet18-cifar,units] [--vectors 100] [--icarus-vectors 10] [--device ecp5-85k] [--seeds 1]
         [--no-pnr] [--jobs 2]
 
 For the zoo's resnet8 and mobilenet-tiny (shipped Fashion-MNIST checkpoints): float and int8
@@ -11,7 +11,8 @@ For the zoo's resnet8 and mobilenet-tiny (shipped Fashion-MNIST checkpoints): fl
 routed on the device (Fmax, resources, inferences/s, P&R time). Then qonnx's
 residual_block_clean.onnx (random calibration, 4x4) and the zoo's resnet18-cifar (random
 weights, 32x32, 16x16) emitted and simulated on Verilator (2 random inputs; 1 for
-resnet18-cifar), with what resnet18-cifar would need on an FPGA (kiln's resource model).
+resnet18-cifar), with what resnet18-cifar would need on an FPGA (kiln's resource model);
+and per unit of a small graph, Yosys's ECP5 cells with hierarchy kept (``units``).
 Writes benchmarks/results/rtl_graphs.json (a row per network, updated in place).
 """
 
@@ -135,10 +136,46 @@ def resnet18_row(folder: Path) -> dict:
     return row
 
 
+def units_row(folder: Path) -> dict:
+    """Per unit of a small graph (a residual block, a depthwise-separable block, a global
+    pool; tests/rtl/test_rtl_graphs.py's, 4x4): Yosys's ECP5 cells with hierarchy kept
+    (rtl_resource_model.synthesize_layers), the skip FIFOs too."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from rtl_resource_model import _module_totals, resources, synthesize_layers
+
+    from kiln.integer import lower
+    from kiln.quant import calibrate, quantize, uniform_config
+    from kiln.rtl import emit
+    from tests.rtl.test_rtl_graphs import ResidualSeparable
+
+    torch.manual_seed(0)
+    from kiln.graph import from_torch
+
+    graph = from_torch(ResidualSeparable().eval(), torch.zeros(1, 1, 6, 6), name="separable")
+    x = torch.rand(64, 1, 6, 6)
+    program = lower(calibrate(quantize(graph, uniform_config(8, 8)), x), rounding="nearest")
+    design = emit(program, (4, 4), folder / "units")
+    per_layer, whole, seconds = synthesize_layers(design, "ecp5")
+    netlist = json.loads((design.directory / "hier.json").read_text())
+    totals = _module_totals(netlist)
+    top = netlist["modules"]["kiln_top"]["cells"]
+    skips = {name: resources(totals[cell["type"]]) for name, cell in top.items()
+             if name.startswith("skip_")}
+    rows = [{"layer": row["layer"]["name"], "kind": row["layer"]["kind"],
+             "cycles": row["layer"]["cycles_per_input"], "used": row["used"]}
+            for row in per_layer]
+    return {"units": rows, "skip_fifos": skips, "whole": whole, "seconds": seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="resnet8,mobilenet-tiny,qonnx-residual,"
-                                           "resnet18-cifar")
+                                           "resnet18-cifar,units")
     parser.add_argument("--vectors", type=int, default=100)
     parser.add_argument("--icarus-vectors", type=int, default=10)
     parser.add_argument("--device", default="ecp5-85k")
@@ -156,6 +193,8 @@ def main() -> None:
                 _save(results, name, qonnx_row(folder))
             elif name == "resnet18-cifar":
                 _save(results, name, resnet18_row(folder))
+            elif name == "units":
+                _save(results, name, units_row(folder))
             else:
                 raise SystemExit(f"unknown network '{name}'")
     print(f"saved {RESULTS}")
