@@ -336,7 +336,8 @@ def _add_layer(op: IntOp, shape: tuple[int, ...], lanes: int, rounding: str,
     serial = max(1, min(lanes, source_cycles // (beats * vectors)))
     per_turn = -(-lanes // serial)
     serial = -(-lanes // per_turn)
-    geometry = {"SERIAL": serial, "LANES_PER_TURN": per_turn,
+    geometry = {"H": shape[1] if len(shape) == 3 else 1, "SERIAL": serial,
+                "LANES_PER_TURN": per_turn,
                 "B_BITS": qb.bits, "B_SIGNED": int(qb.signed), "B_ZERO": qb.zero_point,
                 "MA": m_a, "MB": m_b, "M_BITS": max(m_a.bit_length(), m_b.bit_length(), 1),
                 "SHIFT_A": common - shift_a, "SHIFT_B": common - shift_b,

@@ -3,10 +3,10 @@
 Layer ``i`` drives the stream ``l<i>`` (the design's input is ``in``). A stream read by one
 unit goes straight to it; a stream read by several is forked: it moves when every reader
 is ready, and each reader sees it valid when the others are ready (a lockstep fork). All
-but one of a fork's edges go through a ``kiln_skip_fifo`` deep enough for a whole inference
-of the tensor (:func:`plan_skip_fifos`), so that the branch without one can run as far
-ahead as it needs to: the fork stalls only when a skip FIFO holds the whole tensor, and
-then every branch has all of its input and finishes. An add's inputs always come through
+but one of a fork's edges go through a ``kiln_skip_fifo`` deep enough for the rows between what its branch still needs and what the branch without
+one has read (:func:`plan_skip_fifos`), so that the fork stalls only when that branch has
+what it needs to make the join's next row (or, for forks that are not row-wise chains to
+an add, a whole inference of the tensor). An add's inputs always come through
 a FIFO or a unit (its ready depends on both valids: a fork straight into it would loop).
 """
 
@@ -38,7 +38,8 @@ def input_beats(layer: Layer) -> int:
 
 def _lead(layer: Layer) -> int:
     """How far a unit reading a fork runs ahead of its output (rows of its window; 0 for
-    an add): the fork edge to the unit that leads most needs no FIFO."""
+    an add): without a row-wise path to a join, the fork edge to the unit that leads most
+    needs no FIFO."""
     if layer.kind == "add":
         return -1
     if layer.has_im2col:
@@ -48,20 +49,103 @@ def _lead(layer: Layer) -> int:
     return layer.in_beats
 
 
+#: rows of slack in a skip FIFO beyond the rows its branch must hold, and beats for the
+#: units' pipelines and output queues
+SLACK_ROWS, SLACK_BEATS = 2, 64
+
+
+def _row_map(layer: Layer) -> tuple[int, int, int, int] | None:
+    """(stride, first, last, input rows): output row r of a row-wise unit reads input rows
+    r·stride + first .. r·stride + last (clipped to the map); None for a unit that reads
+    whole vectors (a dense layer)."""
+    geometry = layer.geometry
+    if layer.kind == "add":
+        return 1, 0, 0, geometry.get("H", 1)
+    if layer.has_im2col:
+        span = geometry["DILATION"] * (geometry["FY"] - 1)
+        return geometry["STRIDE"], -geometry["PAD"], span - geometry["PAD"], geometry["H"]
+    if layer.kind == "maxpool":
+        return geometry["STRIDE"], 0, geometry["K"] - 1, geometry["H"]
+    return None
+
+
+def _branch(layers: list[Layer], readers: dict[int, list[tuple[int, int]]], start: int
+            ) -> list[int] | None:
+    """The chain of units from ``start`` to the first add it reaches, each read by one
+    unit only (None when the branch forks again, reads whole vectors or ends)."""
+    path = [start]
+    while layers[path[-1]].kind != "add":
+        if _row_map(layers[path[-1]]) is None or len(readers.get(path[-1], [])) != 1:
+            return None
+        path.append(readers[path[-1]][0][0])
+    return path if _row_map(layers[path[-1]]) is not None else None
+
+
+def _rows_needed(layers: list[Layer], path: list[int], row: int) -> tuple[int, int]:
+    """(first, last) row of the fork's tensor the branch ``path`` reads to make ``row`` of
+    its join."""
+    first = last = row
+    for index in reversed(path):
+        stride, low, high, rows = _row_map(layers[index])
+        first = min(rows - 1, max(0, first * stride + low))
+        last = min(rows - 1, max(0, last * stride + high))
+    return first, last
+
+
+def _skip_depths_by_rows(layers: list[Layer], readers: dict[int, list[tuple[int, int]]],
+                         fork: list[tuple[int, int]]) -> dict[tuple[int, int], int] | None:
+    """The skip FIFO depth of every fork edge from the rows each branch reads (0: the
+    branch that reads furthest ahead, no FIFO): a FIFO holds the rows between what its
+    branch still needs and what the other has read, for every row of the join, plus slack.
+    None when the branches are not row-wise chains to one add."""
+    paths = {edge: _branch(layers, readers, edge[0]) for edge in fork}
+    if any(path is None for path in paths.values()) or \
+            len({path[-1] for path in paths.values()}) != 1:
+        return None
+    join = layers[next(iter(paths.values()))[-1]]
+    join_rows = join.geometry.get("H", 1)
+    needs = {edge: [_rows_needed(layers, path, row) for row in range(join_rows)]
+             for edge, path in paths.items()}
+    direct = max(fork, key=lambda edge: (sum(last for _, last in needs[edge]),
+                                         -fork.index(edge)))
+    if layers[direct[0]].kind == "add":
+        return None  # every branch goes straight to the join: no row-wise lead to size by
+    consumer = layers[direct[0]]
+    total_rows = _row_map(consumer)[3]
+    row_beats = -(-input_beats(consumer) // total_rows)
+    depths = {}
+    for edge in fork:
+        if edge == direct:
+            depths[edge] = 0
+            continue
+        rows = max(long_last - first for (_, long_last), (first, _)
+                   in zip(needs[direct], needs[edge], strict=True)) + 1 + SLACK_ROWS
+        beats = min(rows * row_beats + SLACK_BEATS, input_beats(layers[edge[0]]))
+        depths[edge] = 1 << max(beats - 1, 1).bit_length()
+    return depths
+
+
 def plan_skip_fifos(layers: list[Layer]) -> None:
-    """Set ``skip_depths`` of every layer: a FIFO on each fork edge but the one to the
-    reader that leads most (none when it is an add), a power of two that holds a whole
-    inference of the tensor."""
-    edges: dict[int, list[tuple[int, int]]] = {}
+    """Set ``skip_depths`` of every layer. A fork whose branches are row-wise chains to one
+    add: a FIFO on every branch but the one that reads furthest ahead, deep enough for the
+    rows between what its branch still needs and what that one has read (for every row of
+    the join), plus slack. Any other fork: a FIFO on each edge but the one to the reader that
+    leads most (none into an add), holding a whole inference of the tensor."""
+    readers: dict[int, list[tuple[int, int]]] = {}
     for index, layer in enumerate(layers):
         layer.skip_depths = [0] * len(sources_of(layers, index))
         for position, source in enumerate(sources_of(layers, index)):
-            edges.setdefault(source, []).append((index, position))
-    for readers in edges.values():
-        if len(readers) < 2:
+            readers.setdefault(source, []).append((index, position))
+    for fork in readers.values():
+        if len(fork) < 2:
             continue
-        direct = max(readers, key=lambda edge: _lead(layers[edge[0]]))
-        for index, position in readers:
+        by_rows = _skip_depths_by_rows(layers, readers, fork)
+        if by_rows is not None:
+            for (index, position), depth in by_rows.items():
+                layers[index].skip_depths[position] = depth
+            continue
+        direct = max(fork, key=lambda edge: _lead(layers[edge[0]]))
+        for index, position in fork:
             if (index, position) == direct and layers[index].kind != "add":
                 continue
             beats = input_beats(layers[index])

@@ -183,3 +183,14 @@ def test_padded_and_non_square_max_pools_bit_exact(tmp_path):
     assert wide.has_im2col and (wide.geometry["FY"], wide.geometry["FX"]) == (2, 3)
     assert "kiln_window_max" in (design.directory / "kiln_top.sv").read_text()
     assert simulate(design, simulator="verilator", inputs=inputs).passed
+
+
+def test_skip_fifo_depth_from_the_rows_a_branch_reads(tmp_path):
+    # 12x12: the branch of two 3x3 convs reads 2 rows ahead of the join; the skip FIFO holds
+    # 2 + 1 + 2 (slack) rows of 24 beats and 64 beats of pipeline: 184 -> 256 entries, not a
+    # whole inference (288 -> 512), and the design still runs every beat through.
+    program, inputs = _program(ResidualSeparable(), (1, 12, 12), "floor", seed=3)
+    design = emit(program, (4, 4), tmp_path / "rows")
+    add = next(layer for layer in design.layers if layer.kind == "add")
+    assert add.skip_depths == [256, 0]
+    assert simulate(design, simulator="verilator", inputs=inputs[:2]).passed
