@@ -170,6 +170,9 @@ def synth(
     speed: Annotated[int | None, typer.Option(
         help="Speed grade: ECP5 6 (nextpnr's default, the slowest), 7 or 8; Nexus 7.")
     ] = None,
+    seed_timeout: Annotated[float | None, typer.Option(
+        help="Stop a placement seed that runs longer than this many seconds (one can get "
+             "stuck in routing); the other seeds count. Default: 7200.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Yosys resource figures of a design (LUTs, flip-flops, DSPs / multipliers), or its
@@ -183,7 +186,7 @@ def synth(
     from kiln.rtl.fpga import DEVICES
 
     if target in DEVICES:
-        _fit(design_dir, target, pnr, clock_mhz, seed, seeds, speed, as_json)
+        _fit(design_dir, target, pnr, clock_mhz, seed, seeds, speed, seed_timeout, as_json)
         return
     if pnr:
         from kiln.errors import ConfigError
@@ -202,7 +205,7 @@ def synth(
 
 
 def _fit(design_dir: Path, target: str, pnr: bool, clock_mhz: float | None, seed: int,
-         seeds: int, speed: int | None, as_json: bool) -> None:
+         seeds: int, speed: int | None, seed_timeout: float | None, as_json: bool) -> None:
     from kiln.rtl import Design
     from kiln.rtl.fpga import (
         RESOURCE_NAMES,
@@ -229,7 +232,7 @@ def _fit(design_dir: Path, target: str, pnr: bool, clock_mhz: float | None, seed
         return
     with console.status(f"synthesizing, placing and routing on {dev.name} ..."):
         result = place_and_route(design_dir, target, clock_mhz=clock_mhz, seed=seed,
-                                 seeds=seeds, speed=speed)
+                                 seeds=seeds, speed=speed, seed_timeout=seed_timeout)
     if as_json:
         print_json(result.as_dict())
     else:
@@ -246,6 +249,9 @@ def _fit(design_dir: Path, target: str, pnr: bool, clock_mhz: float | None, seed
             *([["Fmax per seed (MHz)", ", ".join(f"{s}: {f:.2f}" for s, f in
                                                  result.extra["seeds"].items())]]
               if len(result.extra["seeds"]) > 1 else []),
+            *([["seeds stopped (past --seed-timeout)",
+                ", ".join(map(str, result.extra["timed_out"]))]]
+              if result.extra["timed_out"] else []),
             ["critical path", _path_text(result.extra["critical_path"])],
             ["cycles per inference", f"{result.cycles_per_inference:g}"],
             ["inferences per second at Fmax", f"{result.inferences_per_second:,.0f}"],

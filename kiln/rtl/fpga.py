@@ -277,9 +277,15 @@ def _nexus_constraints(directory: Path) -> Path:
     return pdc
 
 
+#: seconds after which a nextpnr run is stopped unless the caller says otherwise
+NEXTPNR_TIMEOUT = 7200.0
+
+
 def _nextpnr(design: Design, dev: Device, netlist: Path, clock_mhz: float, seed: int,
-             speed: int | None, estimate: dict[str, int]) -> tuple[Path, Path, float]:
-    """One nextpnr run: (report, log, seconds); a refusal raises a clear error."""
+             speed: int | None, estimate: dict[str, int], timeout: float = NEXTPNR_TIMEOUT
+             ) -> tuple[Path, Path, float] | None:
+    """One nextpnr run: (report, log, seconds), None when it ran past ``timeout`` seconds
+    (a placement seed can get stuck in routing); a refusal raises a clear error."""
     report = design.directory / f"pnr_{dev.name}_seed{seed}.json"
     log = design.directory / f"pnr_{dev.name}_seed{seed}.log"
     common = ["--json", netlist.name, "--freq", f"{clock_mhz:g}", "--timing-allow-fail",
@@ -297,8 +303,13 @@ def _nextpnr(design: Design, dev: Device, netlist: Path, clock_mhz: float, seed:
     if speed is not None and dev.family == "ecp5":
         command += ["--speed", str(speed)]
     started = time.perf_counter()
-    completed = subprocess.run(command, cwd=design.directory, capture_output=True, text=True,
-                               timeout=7200, env=yosys_env())
+    try:
+        completed = subprocess.run(command, cwd=design.directory, capture_output=True,
+                                   text=True, timeout=timeout, env=yosys_env())
+    except subprocess.TimeoutExpired as expired:
+        output = expired.stdout or b""
+        log.write_text(output.decode(errors="replace") if isinstance(output, bytes) else output)
+        return None
     seconds = time.perf_counter() - started
     log.write_text(completed.stdout + completed.stderr)
     if completed.returncode != 0:
@@ -366,13 +377,16 @@ def critical_path(log_text: str) -> dict[str, Any]:
 
 def place_and_route(design: Design | str | Path, device_name: str | Device, *,
                     clock_mhz: float | None = None, seed: int = 1, seeds: int = 1,
-                    speed: int | None = None) -> PlaceAndRouteResult:
+                    speed: int | None = None, seed_timeout: float | None = None
+                    ) -> PlaceAndRouteResult:
     """Synthesize, place and route ``design`` on ``device_name``; raise
     :class:`DoesNotFitError` naming the resource when it does not fit.
 
     ``clock_mhz`` is the constraint (default: the clock kiln's timing model predicts for the
     design, :mod:`kiln.rtl.timing`); ``seeds`` places with seeds ``seed .. seed+seeds-1``
-    (two at a time) and keeps the fastest, every seed's Fmax in ``extra["seeds"]``;
+    (two at a time) and keeps the fastest, every seed's Fmax in ``extra["seeds"]``; a seed
+    that runs past ``seed_timeout`` seconds is stopped and listed in ``extra["timed_out"]``
+    (the others count; all of them timed out is an error);
     ``speed`` is the speed grade (ECP5 6, 7 or 8, nextpnr's default 6; Nexus 7, 8 or 9,
     default 7, the slowest).
 
@@ -400,10 +414,20 @@ def place_and_route(design: Design | str | Path, device_name: str | Device, *,
         raise DoesNotFitError(f"{design.directory} does not fit {dev.name}: "
                               + "; ".join(short), hint="fold it smaller (kiln emit-rtl "
                               f"--device {dev.name}) or pick a larger device")
-    tried = list(range(seed, seed + seeds))
-    with ThreadPoolExecutor(max_workers=min(2, len(tried))) as pool:
-        runs = list(pool.map(lambda s: _nextpnr(design, dev, netlist, clock_mhz, s, speed,
-                                                estimate), tried))
+    if seed_timeout is not None and not seed_timeout > 0:
+        raise KilnError(f"seed timeout must be a positive number of seconds, got {seed_timeout}")
+    limit = seed_timeout or NEXTPNR_TIMEOUT
+    started = list(range(seed, seed + seeds))
+    with ThreadPoolExecutor(max_workers=min(2, len(started))) as pool:
+        finished = list(pool.map(lambda s: _nextpnr(design, dev, netlist, clock_mhz, s, speed,
+                                                    estimate, limit), started))
+    timed_out = [s for s, run in zip(started, finished, strict=True) if run is None]
+    tried = [s for s in started if s not in timed_out]
+    runs = [run for run in finished if run is not None]
+    if not runs:
+        raise KilnError(f"{design.directory} on {dev.name}: every placement seed "
+                        f"({', '.join(map(str, started))}) ran past {limit:g} s",
+                        hint="raise --seed-timeout or try other seeds (--seed)")
     fmax_by_seed = {s: _achieved_fmax(report, design, dev, log)
                     for s, (report, log, _) in zip(tried, runs, strict=True)}
     best = max(tried, key=lambda s: (fmax_by_seed[s], -s))
@@ -428,7 +452,8 @@ def place_and_route(design: Design | str | Path, device_name: str | Device, *,
                       "seeds": {str(s): round(f, 2) for s, f in fmax_by_seed.items()},
                       "speed": DEFAULT_SPEED[dev.family] if speed is None else speed,
                       "predicted_fmax_mhz": predicted,
-                      "critical_path": critical_path(log.read_text())})
+                      "critical_path": critical_path(log.read_text()),
+                      "timed_out": timed_out})
     summary = design.directory / f"pnr_{dev.name}_summary.json"
     summary.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     return result

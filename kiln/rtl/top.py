@@ -3,11 +3,12 @@
 Layer ``i`` drives the stream ``l<i>`` (the design's input is ``in``). A stream read by one
 unit goes straight to it; a stream read by several is forked: it moves when every reader
 is ready, and each reader sees it valid when the others are ready (a lockstep fork). All
-but one of a fork's edges go through a ``kiln_skip_fifo`` deep enough for the rows between what its branch still needs and what the branch without
-one has read (:func:`plan_skip_fifos`), so that the fork stalls only when that branch has
-what it needs to make the join's next row (or, for forks that are not row-wise chains to
-an add, a whole inference of the tensor). An add's inputs always come through
-a FIFO or a unit (its ready depends on both valids: a fork straight into it would loop).
+but one of a fork's edges go through a ``kiln_skip_fifo`` deep enough for the rows between
+what its branch still needs and what the branch without one has read
+(:func:`plan_skip_fifos`), so that the fork stalls only when that branch has what it needs
+to make the join's next row (or, for forks that are not row-wise chains to an add, a whole
+inference of the tensor). An add's inputs always come through a FIFO or a unit (its ready
+depends on both valids: a fork straight into it would loop).
 """
 
 from __future__ import annotations
