@@ -65,6 +65,15 @@ def test_placed_and_routed_on_ecp5_with_a_clock_it_cannot_meet(tiny_design):
         figures["fmax_mhz"])
 
 
+def test_a_seed_past_its_timeout_is_stopped(tiny_design):
+    # nextpnr (WebAssembly) takes longer than 10 ms to start: both seeds are stopped, which
+    # is an error naming them; a timeout that is not positive is refused first.
+    with pytest.raises(KilnError, match="seed timeout must be a positive number"):
+        place_and_route(tiny_design, "ecp5-25k", seed_timeout=0)
+    with pytest.raises(KilnError, match=r"every placement seed \(1, 2\) ran past 0.01 s"):
+        place_and_route(tiny_design, "ecp5-25k", seeds=2, seed_timeout=0.01)
+
+
 def test_without_a_clock_the_predicted_one_is_the_target_and_a_miss_only_warns(tiny_design):
     from kiln.rtl.timing import predicted_fmax_mhz
 
