@@ -29,16 +29,21 @@ def emit_rtl(
         help="With --device/--budget: the cheapest folding whose slowest layer takes at "
              "most N cycles per inference.")] = None,
     uniform: Annotated[bool, typer.Option(
-        "--uniform", help="With --device/--budget: one P for every stream (to compare).")
+        "--uniform", help="With --device/--budget: one P for every stream (to compare; a "
+                          "graph is otherwise folded slowest layer first).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Emit SystemVerilog for an integer program (MLPs and small CNNs), with ROM files
-    and a cocotb testbench.
+    """Emit SystemVerilog for an integer program, with ROM files and a cocotb testbench:
+    MLPs and CNNs, including residual adds, depthwise and grouped convs, average, global
+    and padded max pools (a graph of streaming units; forks get skip FIFOs). What it
+    cannot build is named all at once.
 
     Example:  kiln emit-rtl out/jsc-int8 --parallelism 4x4 --out out/jsc-rtl
 
     Example:  kiln emit-rtl out/convnet-int8 --device ecp5-25k --out out/convnet-25k
+
+    Example:  kiln emit-rtl out/resnet8-int8 --device ecp5-85k --out out/resnet8-85k
     """
     from kiln.errors import ConfigError
     from kiln.integer import IntegerProgram
