@@ -89,7 +89,9 @@ def emit_rtl(
         print_json({"design": str(out), **design.as_dict(), **extra})
         return
     if folding is not None:
-        rows = [[layer.name, layer.kind, f"{layer.p_in}x{layer.p_out}", f"{layer.cycles:,}",
+        units = {layer.name: layer.unit_name for layer in design.layers}
+        rows = [[layer.name, units[layer.name], f"{layer.p_in}x{layer.p_out}",
+                 f"{layer.cycles:,}",
                  *(f"{layer.estimate[r]:,.0f}" for r in ("lut", "ff", "dsp", "bram"))]
                 for layer in folding.layers]
         total = folding.estimate

@@ -336,7 +336,7 @@ def stage_rtl(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     program = ctx.program()
     design = emit(program, _parallelism(ctx), folder / "design")
     return {"parallelism": ctx.config.rtl.parallelism,
-            "layers": [{"layer": layer.name, "kind": layer.kind, "in": layer.in_n,
+            "layers": [{"layer": layer.name, "kind": layer.unit_name, "in": layer.in_n,
                         "out": layer.out_n, "p_in": layer.p_in, "p_out": layer.p_out,
                         "cycles": layer.compute_cycles} for layer in design.layers],
             "ideal_cycles": max(layer.compute_cycles for layer in design.layers)}

@@ -96,6 +96,17 @@ class Layer:
         return self.taps if self.diagonal else self.in_beats
 
     @property
+    def unit_name(self) -> str:
+        """What the unit is, for tables: conv, depthwise conv, max pool (padded), ..."""
+        if self.kind == "conv" and self.diagonal:
+            return "depthwise conv"
+        if self.kind == "maxpool" and self.geometry.get("WINDOW"):
+            return "max pool (window)"
+        if self.kind == "affine" or (self.kind == "dense" and self.diagonal):
+            return "affine"
+        return self.kind
+
+    @property
     def has_im2col(self) -> bool:
         return self.kind in ("conv", "avgpool") or bool(self.geometry.get("WINDOW"))
 
