@@ -11,9 +11,10 @@
 // A beat of P lanes is taken when both inputs are valid (a join) and the output FIFO will
 // have room for it (credit): the pipeline behind it never stalls. With SERIAL > 1 a beat's
 // lanes take SERIAL turns through ceil(P / SERIAL) lanes of arithmetic. Stages: the beat,
-// the turn's lanes, the centred lanes, the products, their sum, the rounding shift (to
-// Y_BITS, which the emitter proves hold every sum), the clamp (compares against constants,
-// beside the narrow add of the zero point), the beat reassembled: 9 cycles to the FIFO.
+// the turn's lanes, the centred lanes, the products' DSP tiles, the products, their sum,
+// the rounding and shift (to Y_BITS, which the emitter proves hold every sum), the clamp
+// (compares against constants, beside the narrow add of the zero point), the beat
+// reassembled: 10 cycles to the FIFO.
 module kiln_add #(
     parameter int P = 4,
     parameter int A_BITS = 8,
@@ -53,7 +54,7 @@ module kiln_add #(
     localparam int XB = B_BITS + 2;
     localparam int PA = XA + M_BITS + 1;       // (a - A_ZERO) * MA, signed
     localparam int PB = XB + M_BITS + 1;
-    localparam int LATENCY = 6;  // from the turn's lanes to the clamp
+    localparam int LATENCY = 7;  // from the turn's lanes to the clamp
     localparam int FIFO_BITS = $clog2(LATENCY + 6);  // every beat in flight
     localparam int FIFO_DEPTH = 1 << FIFO_BITS;
     localparam longint LOW = longint'(LO) - longint'(OUT_ZERO);
@@ -102,8 +103,22 @@ module kiln_add #(
         end
     end
 
+    // Each product in one 18x18 DSP tile, registered straight out of it: a multiplier of
+    // more than TILE bits is split into its high and low parts (a tile each), summed in
+    // the next stage (Yosys would otherwise add the tiles' outputs in logic before the
+    // register: on ResNet-8 that was the design's slowest path, 82 MHz).
+    localparam int TILE = 17;                     // unsigned multiplier bits in one tile
+    localparam bit SPLIT = M_BITS > TILE;
+    localparam int MA_LO = SPLIT ? MA % (1 << TILE) : MA;
+    localparam int MB_LO = SPLIT ? MB % (1 << TILE) : MB;
+    localparam int MA_HI = SPLIT ? MA / (1 << TILE) : 0;
+    localparam int MB_HI = SPLIT ? MB / (1 << TILE) : 0;
+    localparam int TA = XA + TILE + 1;            // one tile's product, signed
+    localparam int TBW = XB + TILE + 1;
     logic [L*XA-1:0] a_centred;
     logic [L*XB-1:0] b_centred;
+    logic [L*TA-1:0] a_low, a_high;
+    logic [L*TBW-1:0] b_low, b_high;
     logic [L*PA-1:0] a_product;
     logic [L*PB-1:0] b_product;
     logic [L*SUM_BITS-1:0] sum;
@@ -121,13 +136,21 @@ module kiln_add #(
             else
                 b_centred[p*XB +: XB] <= $signed(XB'({1'b0, b_held[p*B_BITS +: B_BITS]}))
                                          - XB'(B_ZERO);
-            a_product[p*PA +: PA] <= PA'($signed(a_centred[p*XA +: XA])) * PA'(MA);
-            b_product[p*PB +: PB] <= PB'($signed(b_centred[p*XB +: XB])) * PB'(MB);
+            a_low[p*TA +: TA] <= TA'($signed(a_centred[p*XA +: XA])) * TA'(MA_LO);
+            b_low[p*TBW +: TBW] <= TBW'($signed(b_centred[p*XB +: XB])) * TBW'(MB_LO);
+            a_high[p*TA +: TA] <= SPLIT ? TA'($signed(a_centred[p*XA +: XA])) * TA'(MA_HI) : '0;
+            b_high[p*TBW +: TBW] <= SPLIT ? TBW'($signed(b_centred[p*XB +: XB])) * TBW'(MB_HI)
+                                          : '0;
+            a_product[p*PA +: PA] <= (PA'($signed(a_high[p*TA +: TA])) <<< TILE)
+                                     + PA'($signed(a_low[p*TA +: TA]));
+            b_product[p*PB +: PB] <= (PB'($signed(b_high[p*TBW +: TBW])) <<< TILE)
+                                     + PB'($signed(b_low[p*TBW +: TBW]));
             sum[p*SUM_BITS +: SUM_BITS] <=
                 (SUM_BITS'($signed(a_product[p*PA +: PA])) <<< SHIFT_A)
-                + (SUM_BITS'($signed(b_product[p*PB +: PB])) <<< SHIFT_B) + ROUND;
+                + (SUM_BITS'($signed(b_product[p*PB +: PB])) <<< SHIFT_B);
+            // the rounding term, then the shift (wiring)
             shifted[p*Y_BITS +: Y_BITS] <=
-                Y_BITS'($signed(sum[p*SUM_BITS +: SUM_BITS]) >>> COMMON);
+                Y_BITS'($signed(sum[p*SUM_BITS +: SUM_BITS] + ROUND) >>> COMMON);
             if (64'($signed(shifted[p*Y_BITS +: Y_BITS])) < LOW)
                 part[p*OUT_BITS +: OUT_BITS] <= OUT_BITS'(LO);
             else if (64'($signed(shifted[p*Y_BITS +: Y_BITS])) > HIGH)

@@ -200,7 +200,9 @@ module kiln_requant #(
                 logic [2:0] operand_weight;
                 logic operand_valid, operand_first, operand_last;
                 logic [6:0] operand_shift;
-                logic signed [35:0] tile;
+                // (no wider than the sum: the sum is exact modulo 2^PW)
+                localparam int TW = PW < 36 ? PW : 36;
+                logic signed [TW-1:0] tile;
                 logic [2:0] tile_weight;
                 logic tile_valid, tile_first, tile_last;
                 logic [6:0] tile_shift;
@@ -212,7 +214,7 @@ module kiln_requant #(
                     operand_first <= pass == '0;
                     operand_last <= pass == PB'(PASSES - 1);
                     operand_shift <= shift_1;
-                    tile <= 36'(a_operand * m_operand);
+                    tile <= TW'(a_operand * m_operand);
                     tile_weight <= operand_weight;
                     tile_valid <= operand_valid;
                     tile_first <= operand_first;
