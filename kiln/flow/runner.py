@@ -30,7 +30,7 @@ STAGE_FUNCTIONS = {**_SOFTWARE_STAGES, "schedule": stage_schedule, "mvu": stage_
 
 #: Bump when a stage's artifact changes meaning (invalidates every cached stage). 2: the RTL
 #: of session 14 (packed ROMs, registered operands, the per-channel affine unit).
-FLOW_VERSION = 2
+FLOW_VERSION = 3
 #: The config sections each stage's result depends on.
 SECTIONS = {"train": ("model", "data", "train"), "float": ("model", "data"),
             "compress": ("compression", "data"), "integer": ("integer",),
