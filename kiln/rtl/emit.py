@@ -195,7 +195,7 @@ def plan_layers(program: IntegerProgram, parallelism: Any, *, rom_layout: str = 
     weighted = [op for op in program.ops if op.kind in WEIGHTED_OPS]
     per_layer = _parse_parallelism(parallelism, len(weighted), [op.name for op in weighted])
     layers = [layer for _, layer, _ in walk(program, per_layer, weights=False,
-                                            rom_layout=rom_layout)]
+                                            rom_layout=rom_layout, check_widths=False)]
     plan_skip_fifos(layers)
     return layers
 

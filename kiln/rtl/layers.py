@@ -414,9 +414,12 @@ class _Stream:
 
 
 def walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: bool = True,
-         rom_layout: str = "banked") -> Iterator[tuple[IntOp, Layer, np.ndarray | None]]:
+         rom_layout: str = "banked", check_widths: bool = True
+         ) -> Iterator[tuple[IntOp, Layer, np.ndarray | None]]:
     """(op, layer, dense weight or None) for every emitted layer, in program order; each
-    layer's ``sources`` name the layers it reads (-1: the design's input)."""
+    layer's ``sources`` name the layers it reads (-1: the design's input). With
+    ``check_widths`` off (planning), a weighted layer takes its P_in as given even where
+    the stream it reads is another width: the folding plans each layer at its own widths."""
     shape = tuple(program.input_shape)  # (C, H, W) of a feature map, or (N,) of a vector
     ops = list(program.ops)
     streams = {program.input_name: _Stream(shape, per_layer[0][0] if per_layer else 1, -1)}
@@ -443,7 +446,7 @@ def walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: 
             bias = np.zeros(shape[0], dtype=np.int64)
         elif op.kind == "add":
             other = streams[op.inputs[1]]
-            if other.lanes != lanes or other.shape != shape:
+            if (other.lanes != lanes and check_widths) or other.shape != shape:
                 raise KilnError(f"add '{op.name}': its inputs stream {lanes} and {other.lanes} "
                                 "lanes; a residual add needs the same width on both",
                                 hint="give the layers that make both inputs the same P_out")
@@ -453,7 +456,7 @@ def walk(program: IntegerProgram, per_layer: list[tuple[int, int]], *, weights: 
             out_shape = shape
         else:
             p_in, p_out = next(parallel)
-            if p_in != lanes:
+            if p_in != lanes and check_widths:
                 made_by = ("the design's input" if source.producer < 0
                            else f"the P_out of layer #{source.producer}")
                 raise KilnError(f"layer '{op.name}': its P_in {p_in} must equal the width of "
