@@ -29,7 +29,8 @@ STAGE_FUNCTIONS = {**_SOFTWARE_STAGES, "schedule": stage_schedule, "mvu": stage_
                    "fpga": stage_fpga}
 
 #: Bump when a stage's artifact changes meaning (invalidates every cached stage). 2: the RTL
-#: of session 14 (packed ROMs, registered operands, the per-channel affine unit).
+#: of session 14 (packed ROMs, registered operands, the per-channel affine unit); 3: session
+#: 15's (graphs: forks, skip FIFOs, kiln_add; the dense unit's input address register).
 FLOW_VERSION = 3
 #: The config sections each stage's result depends on.
 SECTIONS = {"train": ("model", "data", "train"), "float": ("model", "data"),
