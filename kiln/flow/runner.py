@@ -10,6 +10,7 @@ no half-written artifact is ever trusted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -31,6 +32,7 @@ STAGE_FUNCTIONS = {**_SOFTWARE_STAGES, "schedule": stage_schedule, "mvu": stage_
 #: Bump when a stage's artifact changes meaning (invalidates every cached stage). 2: the RTL
 #: of session 14 (packed ROMs, registered operands, the per-channel affine unit); 3: session
 #: 15's (graphs: forks, skip FIFOs, kiln_add; the dense unit's input address register).
+#: Since 3 the key also holds :func:`code_fingerprint` (any change to kiln's code).
 FLOW_VERSION = 3
 #: The config sections each stage's result depends on.
 SECTIONS = {"train": ("model", "data", "train"), "float": ("model", "data"),
@@ -87,6 +89,21 @@ def model_fingerprint(model: str) -> str:
     return f"zoo:{model}:" + (_file_digest(shipped) if shipped else "fresh")
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """What kiln's code is: its Python, SystemVerilog and data files (not the shipped
+    checkpoints, which the model's fingerprint covers). In every stage's key, so that a
+    stage made (or refused) by other code is not taken from the cache."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".sv", ".v", ".json", ".toml", ".yaml", ".h", ".cpp") and \
+                "checkpoints" not in path.parts and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def stage_key(stage: str, config: FlowConfig, model: str, upstream: list[str]) -> str:
     sections = {}
     names = SECTIONS[stage]
@@ -98,8 +115,8 @@ def stage_key(stage: str, config: FlowConfig, model: str, upstream: list[str]) -
             if section.get(key):
                 section[f"{key}_sha256"] = _file_digest(Path(section[key]))
         sections[name] = section
-    payload = {"stage": stage, "version": FLOW_VERSION, "sections": sections,
-               "upstream": upstream}
+    payload = {"stage": stage, "version": FLOW_VERSION, "code": code_fingerprint(),
+               "sections": sections, "upstream": upstream}
     if stage in ("train", "float"):
         payload["model"] = model_fingerprint(model)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
