@@ -228,3 +228,17 @@ def test_the_train_stage_trains_what_the_flow_carries(tmp_path):
     assert by["integer"].figures["top1_agreement"] > 0.95
     paths = write_report(f"{module}:ResidualMLP", records, tmp_path / "out")
     assert "## Training" in paths[0].read_text()
+
+
+def test_a_stage_key_changes_with_kiln_code(monkeypatch):
+    # A stage made (or refused) by other code is not taken from the cache: the key holds a
+    # fingerprint of kiln's Python and SystemVerilog, which any edit changes.
+    from kiln.flow import runner
+
+    config = parse_flow_config(FAST)
+    before = runner.stage_key("rtl", config, "convnet", ["upstream"])
+    assert before == runner.stage_key("rtl", config, "convnet", ["upstream"])
+    fingerprint = runner.code_fingerprint()
+    assert len(fingerprint) == 16
+    monkeypatch.setattr(runner, "code_fingerprint", lambda: "0" * 16)
+    assert runner.stage_key("rtl", config, "convnet", ["upstream"]) != before
