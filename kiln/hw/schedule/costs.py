@@ -44,10 +44,13 @@ def tile_layer(node: Node, tile: Tile) -> Layer:
         groups, per_group = sizes.get("G", 1), sizes["K"]
         if groups > 1 and per_group == 1:
             sizes["G"] = channels  # depthwise: the channels are groups
-        elif groups > 1 and channels >= per_group:
-            sizes["G"] = math.ceil(channels / per_group)  # whole groups (K split by groups)
+        elif groups > 1 and channels % per_group == 0:
+            sizes["G"] = channels // per_group  # whole groups (K split by groups)
         elif groups > 1:
-            sizes["G"], sizes["K"] = 1, channels  # part of one group
+            # part of a group, or groups and parts of them: each output channel reads its
+            # group's C inputs, so the MACs are exact (a tile of 7 channels of groups of 2
+            # was 4 whole groups: 8 channels' MACs, found by kiln fuzz seed 1006)
+            sizes["G"], sizes["K"] = 1, channels
         else:
             sizes["K"] = channels
     else:
