@@ -33,12 +33,11 @@ module kiln_skip_fifo #(
         if (fetch) read_word <= entries[head];
     end
 
-    logic [WIDTH-1:0] queue [4];
-    logic [1:0] queue_head, queue_tail;
-    assign out_valid = queued != '0;
-    assign out_data = queue[queue_head];
+    // The output queue: kiln_fifo (4 entries); `fetch` only reads with room for the word.
+    kiln_fifo #(.WIDTH(WIDTH), .DEPTH(4)) u_queue (
+        .clk(clk), .rst_n(rst_n), .push(reading), .push_data(read_word),
+        .out_valid(out_valid), .out_ready(out_ready), .out_data(out_data));
     assign pop = out_valid && out_ready;
-    always_ff @(posedge clk) if (reading) queue[queue_tail] <= read_word;
 
     always_ff @(posedge clk or negedge rst_n) begin
         if (!rst_n) begin
@@ -47,15 +46,11 @@ module kiln_skip_fifo #(
             stored <= '0;
             reading <= 1'b0;
             queued <= '0;
-            queue_head <= '0;
-            queue_tail <= '0;
         end else begin
             if (push) tail <= tail + 1'b1;
             if (fetch) head <= head + 1'b1;
             stored <= stored + (AB + 1)'(push) - (AB + 1)'(fetch);
             reading <= fetch;
-            if (reading) queue_tail <= queue_tail + 1'b1;
-            if (pop) queue_head <= queue_head + 1'b1;
             queued <= queued + 3'(reading) - 3'(pop);
         end
     end
