@@ -39,7 +39,7 @@ __all__ = ["COMPONENTS", "Design", "Layer", "check_emittable", "emit", "plan_lay
 SOURCES = Path(__file__).parent / "sv"
 COMPONENTS = ("kiln_requant.sv", "kiln_dense.sv", "kiln_fifo.sv", "kiln_rows.sv",
               "kiln_im2col.sv", "kiln_maxpool.sv", "kiln_add.sv", "kiln_skip_fifo.sv",
-              "kiln_window_max.sv")
+              "kiln_window_max.sv", "kiln_mul.sv")
 
 
 @dataclass

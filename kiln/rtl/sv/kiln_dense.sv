@@ -289,38 +289,32 @@ module kiln_dense #(
         else ctrl_regs <= ctrl[MAC_DEPTH*CTRL-1:0];
     end
 
-    // Centre stage: x - IN_ZERO per lane (signed, XB bits).
-    logic [P_IN*XB-1:0] x_centred;
-    logic [WW-1:0] w_centred;
-    always_ff @(posedge clk) begin
-        for (int q = 0; q < P_IN; q++) begin
-            if (IN_SIGNED)
-                x_centred[q*XB +: XB] <= XB'($signed(x_held[q*IN_BITS +: IN_BITS])) - XB'(IN_ZERO);
-            else
-                x_centred[q*XB +: XB] <= $signed(XB'({1'b0, x_held[q*IN_BITS +: IN_BITS]}))
-                                         - XB'(IN_ZERO);
-        end
-        w_centred <= w_held;
-    end
-
-    // Product stage: P_OUT x P_IN registered products (flat vectors: Yosys's frontend
-    // mishandles one-element arrays).
+    // Centre and product stages: x - IN_ZERO per lane (signed, XB bits) into the
+    // multipliers' operand registers, then the products' registers: P_OUT x P_IN kiln_mul
+    // (on an ECP5 both registers are the DSP block's own). Flat vectors: Yosys's frontend
+    // mishandles one-element arrays.
+    function automatic logic [XB-1:0] centred(input logic [IN_BITS-1:0] x);
+        if (IN_SIGNED) centred = XB'($signed(x)) - XB'(IN_ZERO);
+        else centred = $signed(XB'({1'b0, x})) - XB'(IN_ZERO);
+    endfunction
     logic [P_OUT*LEAVES*ACC_BITS-1:0] products;
+    genvar mp, mq;
     generate
-        if (DIAGONAL) begin : g_lane_products  // lane p times its own weight
-            always_ff @(posedge clk)
-                for (int p = 0; p < P_OUT; p++)
-                    products[p*ACC_BITS +: ACC_BITS] <= ACC_BITS'(
-                        PB'($signed(x_centred[p*XB +: XB]))
-                        * PB'($signed(w_centred[p*WC_BITS +: WC_BITS])));
-        end else begin : g_block_products
-            always_ff @(posedge clk) begin
-                products <= '0;
-                for (int p = 0; p < P_OUT; p++)
-                    for (int q = 0; q < P_IN; q++)
-                        products[(p*LEAVES + q)*ACC_BITS +: ACC_BITS] <= ACC_BITS'(
-                            PB'($signed(x_centred[q*XB +: XB]))
-                            * PB'($signed(w_centred[(p*P_IN + q)*WC_BITS +: WC_BITS])));
+        for (mp = 0; mp < P_OUT; mp++) begin : g_row
+            // DIAGONAL: lane p times its own weight; else every lane q of the block
+            for (mq = 0; mq < (DIAGONAL ? 1 : LEAVES); mq++) begin : g_product
+                if (mq < P_IN) begin : g_mul
+                    localparam int X_LANE = DIAGONAL ? mp : mq;
+                    localparam int W_LANE = DIAGONAL ? mp : mp*P_IN + mq;
+                    logic [PB-1:0] product;
+                    kiln_mul #(.A_BITS(XB), .B_BITS(WC_BITS)) u_mul (
+                        .clk(clk), .a(centred(x_held[X_LANE*IN_BITS +: IN_BITS])),
+                        .b(w_held[W_LANE*WC_BITS +: WC_BITS]), .p(product));
+                    assign products[(mp*LEAVES + mq)*ACC_BITS +: ACC_BITS] =
+                        ACC_BITS'($signed(product));
+                end else begin : g_empty  // a leaf of the adder tree with no lane
+                    assign products[(mp*LEAVES + mq)*ACC_BITS +: ACC_BITS] = '0;
+                end
             end
         end
     endgenerate
