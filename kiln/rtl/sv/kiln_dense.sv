@@ -306,7 +306,9 @@ module kiln_dense #(
                 if (mq < P_IN) begin : g_mul
                     localparam int X_LANE = DIAGONAL ? mp : mq;
                     localparam int W_LANE = DIAGONAL ? mp : mp*P_IN + mq;
-                    logic [PB-1:0] product;
+                    /* verilator lint_off UNUSEDSIGNAL */  // an accumulator narrower
+                    logic [PB-1:0] product;                  // than a product: its low bits
+                    /* verilator lint_on UNUSEDSIGNAL */
                     kiln_mul #(.A_BITS(XB), .B_BITS(WC_BITS)) u_mul (
                         .clk(clk), .a(centred(x_held[X_LANE*IN_BITS +: IN_BITS])),
                         .b(w_held[W_LANE*WC_BITS +: WC_BITS]), .p(product));

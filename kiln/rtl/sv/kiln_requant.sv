@@ -130,23 +130,24 @@ module kiln_requant #(
             assign acc_wide = 35'(acc_1);
             assign m_wide = (17*M_CHUNKS)'(m_1);
             if (PASSES == 1) begin : g_parallel
-                // Every tile at once: its operands in registers of its own (placed beside its
-                // DSP, not one register fanned out to DSPs across the device), the product
-                // registered (the DSP's output register), then summed: no path runs through
-                // a DSP and an adder of its partial products.
-                logic [TILES*18-1:0] a_operands, m_operands;
+                // Every tile at once, a kiln_mul each: its operands in registers of its own
+                // and the product registered (on an ECP5 both inside the DSP block, not
+                // fabric registers the placer puts far from it), then summed: no path runs
+                // through a DSP and an adder of its partial products.
                 logic [TILES*36-1:0] tiles;
                 logic [6:0] shift_operand, shift_t;
+                genvar tile;
+                for (tile = 0; tile < TILES; tile++) begin : g_tile
+                    // acc's chunk: all of it (one chunk), its low 17 bits, or its high part
+                    localparam int A_CHUNK = A_CHUNKS == 1 ? 2 : tile / M_CHUNKS;
+                    logic [17:0] a_chunk, m_chunk;
+                    assign a_chunk = A_CHUNK == 2 ? acc_wide[17:0]
+                                   : A_CHUNK == 0 ? {1'b0, acc_wide[16:0]} : acc_wide[34:17];
+                    assign m_chunk = {1'b0, m_wide[17*(tile % M_CHUNKS) +: 17]};
+                    kiln_mul #(.A_BITS(18), .B_BITS(18)) u_mul (
+                        .clk(clk), .a(a_chunk), .b(m_chunk), .p(tiles[tile*36 +: 36]));
+                end
                 always_ff @(posedge clk) begin
-                    for (int k = 0; k < TILES; k++) begin
-                        if (A_CHUNKS == 1) a_operands[k*18 +: 18] <= acc_wide[17:0];
-                        else if (k / M_CHUNKS == 0)
-                            a_operands[k*18 +: 18] <= {1'b0, acc_wide[16:0]};
-                        else a_operands[k*18 +: 18] <= acc_wide[34:17];
-                        m_operands[k*18 +: 18] <= {1'b0, m_wide[17*(k % M_CHUNKS) +: 17]};
-                        tiles[k*36 +: 36] <= 36'($signed(a_operands[k*18 +: 18])
-                                                 * $signed(m_operands[k*18 +: 18]));
-                    end
                     shift_operand <= shift_1;
                     shift_t <= shift_operand;
                 end
@@ -193,28 +194,28 @@ module kiln_requant #(
                         running <= pass != PB'(PASSES - 1);
                     end
                 end
-                // The pass's operands in registers (the selection would otherwise sit in
-                // front of the DSP, whose inputs are far from the logic), the tile's product
-                // (the DSP's output register), then its sum.
-                logic signed [17:0] a_operand, m_operand;
+                // The pass's operands and the tile's product in kiln_mul's registers (on an
+                // ECP5 the DSP block's own: the selection stays out of the DSP's cycle),
+                // then its sum.
+                logic [35:0] tile_product;  // kiln_mul: operands registered, then product
+                kiln_mul #(.A_BITS(18), .B_BITS(18)) u_mul (
+                    .clk(clk), .a(a_part), .b(m_part), .p(tile_product));
                 logic [2:0] operand_weight;
                 logic operand_valid, operand_first, operand_last;
                 logic [6:0] operand_shift;
                 // (no wider than the sum: the sum is exact modulo 2^PW)
                 localparam int TW = PW < 36 ? PW : 36;
                 logic signed [TW-1:0] tile;
+                assign tile = TW'($signed(tile_product));
                 logic [2:0] tile_weight;
                 logic tile_valid, tile_first, tile_last;
                 logic [6:0] tile_shift;
                 always_ff @(posedge clk) begin
-                    a_operand <= a_part;
-                    m_operand <= m_part;
                     operand_weight <= weight;
                     operand_valid <= running;
                     operand_first <= pass == '0;
                     operand_last <= pass == PB'(PASSES - 1);
                     operand_shift <= shift_1;
-                    tile <= TW'(a_operand * m_operand);
                     tile_weight <= operand_weight;
                     tile_valid <= operand_valid;
                     tile_first <= operand_first;
