@@ -47,14 +47,23 @@ def _dataset(data: Any):
     return load_dataset(data) if isinstance(data, str) else data
 
 
-def quantize(graph, config, *, data: Any = None, batches: int = 8):
-    """Quantize (and, given ``data``, calibrate) a graph (``kiln quantize``)."""
+def quantize(graph, config, *, data: Any = None, batches: int = 8,
+             bias_correction: bool | None = None):
+    """Quantize (and, given ``data``, calibrate) a graph (``kiln quantize``); with data,
+    biases are corrected for weight rounding as ``kiln quantize`` does (default: when
+    weights are narrower than 8 bits)."""
     from kiln.quant import calibrate as calibrate_graph
     from kiln.quant import quantize as quantize_graph
+    from kiln.quant.bias_correction import correct_bias, corrects_by_default
 
     quantized = quantize_graph(graph, config)
-    return calibrate_graph(quantized, _dataset(data), batches=batches) if data is not None \
-        else quantized
+    if data is None:
+        return quantized
+    dataset = _dataset(data)
+    quantized = calibrate_graph(quantized, dataset, batches=batches)
+    if bias_correction is None:
+        bias_correction = corrects_by_default(quantized)
+    return correct_bias(quantized, dataset, batches=batches) if bias_correction else quantized
 
 
 def calibrate(graph, data: Any, *, batches: int = 8):

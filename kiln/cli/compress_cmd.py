@@ -60,15 +60,34 @@ def _check_model_out(out: Path | None) -> None:
             raise ConfigError(f"--out {out}: model files end in .pt")
 
 
-def _config(config: Path | None, weight_bits: int | None, activation_bits: int | None):
+RANGE_METHODS = ("minmax", "percentile", "mse", "entropy")
+ACTIVATION_RANGE_HELP = ("Without --config: how activation ranges are calibrated: minmax, "
+                         "percentile, mse or entropy. Default: mse below 8 bits, minmax at 8 "
+                         "and above.")
+WEIGHT_RANGE_HELP = ("Without --config: how weight ranges are set: minmax (default), "
+                     "percentile, mse or entropy.")
+
+
+def _config(config: Path | None, weight_bits: int | None, activation_bits: int | None,
+            activation_range: str | None = None, weight_range: str | None = None):
     from kiln.errors import ConfigError
     from kiln.quant import QuantConfig, uniform_config
 
+    for flag, method in (("--activation-range", activation_range),
+                         ("--weight-range", weight_range)):
+        if method is not None and method not in RANGE_METHODS:
+            raise ConfigError(f"{flag} '{method}': use one of {', '.join(RANGE_METHODS)}")
     if config is not None:
+        if activation_range is not None or weight_range is not None:
+            raise ConfigError("--activation-range and --weight-range go with --weight-bits / "
+                              "--activation-bits; a --config file names its ranges itself "
+                              "('range: mse' in a spec)")
         return QuantConfig.load(config)
     if weight_bits is None and activation_bits is None:
         raise ConfigError("give --config FILE, or --weight-bits / --activation-bits")
-    return uniform_config(weight_bits, activation_bits)
+    return uniform_config(weight_bits, activation_bits,
+                          weight={"range": weight_range} if weight_range else None,
+                          activation={"range": activation_range} if activation_range else None)
 
 
 def _quant_rows(graph) -> list[list[str]]:
@@ -100,7 +119,14 @@ def quantize(
         help="Without --config: per-channel symmetric weights at this width.")] = None,
     activation_bits: Annotated[int | None, typer.Option(
         help="Without --config: asymmetric activations at this width.")] = None,
+    activation_range: Annotated[str | None, typer.Option(help=ACTIVATION_RANGE_HELP)] = None,
+    weight_range: Annotated[str | None, typer.Option(help=WEIGHT_RANGE_HELP)] = None,
     calibration_batches: Annotated[int, typer.Option(help="Batches of 256 to calibrate.")] = 8,
+    bias_correction: Annotated[bool | None, typer.Option(
+        "--bias-correction/--no-bias-correction",
+        help="Subtract from each layer's bias the mean output shift its weight rounding "
+             "causes (measured on the calibration data). Default: on when weights are "
+             "narrower than 8 bits.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Model file (.pt) to write: lower, map, qat, prune and emit-rtl read it.")
     ] = None,
@@ -123,10 +149,12 @@ def quantize(
     from kiln.passes import model_size
     from kiln.quant import UnmatchedRuleWarning, calibrate
     from kiln.quant import quantize as quantize_graph
+    from kiln.quant.bias_correction import correct_bias, corrects_by_default
 
     _check_model_out(out)
     graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
-    quant_config = _config(config, weight_bits, activation_bits)
+    quant_config = _config(config, weight_bits, activation_bits, activation_range,
+                           weight_range)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnmatchedRuleWarning)
         quantized = quantize_graph(graph, quant_config)
@@ -134,10 +162,15 @@ def quantize(
     for message in unmatched:
         error_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
     quantized = calibrate(quantized, dataset, batches=calibration_batches)
+    if bias_correction is None:
+        bias_correction = corrects_by_default(quantized)
+    if bias_correction:
+        quantized = correct_bias(quantized, dataset, batches=calibration_batches)
     before, after = evaluate(graph, dataset), evaluate(quantized, dataset)
     size_before, size_after = model_size(graph).total_bytes, model_size(quantized).total_bytes
     result = {"model": info.name, "dataset": dataset.name, "float_accuracy": before,
               "quantized_accuracy": after, "drop_points": 100 * (before - after),
+              "bias_correction": bias_correction,
               "float_bytes": size_before, "quantized_bytes": size_after,
               "warnings": unmatched, "layers": _quant_rows(quantized)}
     from kiln.models.artifacts import quantize_step
@@ -150,7 +183,8 @@ def quantize(
     console.print(table(f"{info.name} quantized", ["layer", "op", "weights", "input", "bytes"],
                         result["layers"], right_align={"bytes"}))
     console.print(f"accuracy {before:.2%} → [bold]{after:.2%}[/] "
-                  f"({_versus_float(result['drop_points'])}); size "
+                  f"({_versus_float(result['drop_points'])}"
+                  f"{', biases corrected' if bias_correction else ''}); size "
                   f"{format_size(size_before)} → {format_size(size_after)}")
     if out is not None:
         console.print(f"wrote {out}")
@@ -162,7 +196,11 @@ def qat(
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset.")] = None,
     weight_bits: Annotated[int | None, typer.Option(help="Without --config.")] = 4,
     activation_bits: Annotated[int | None, typer.Option(help="Without --config.")] = 8,
-    method: Annotated[str, typer.Option(help="ste or lsq (learned step size).")] = "ste",
+    activation_range: Annotated[str | None, typer.Option(help=ACTIVATION_RANGE_HELP)] = None,
+    weight_range: Annotated[str | None, typer.Option(help=WEIGHT_RANGE_HELP)] = None,
+    method: Annotated[str, typer.Option(
+        help="lsq (learned step size, trained with the weights from the calibrated ranges) "
+             "or ste (straight-through estimator, ranges as calibrated).")] = "lsq",
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 2,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
@@ -184,7 +222,8 @@ def qat(
 
     _check_model_out(out)
     graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
-    quant_config = _config(config, weight_bits, activation_bits)
+    quant_config = _config(config, weight_bits, activation_bits, activation_range,
+                           weight_range)
     quantized = calibrate(quantize_graph(graph, quant_config), dataset)
     before, ptq = evaluate(graph, dataset), evaluate(quantized, dataset)
     batches = -(-len(dataset.x_train) // 128)

@@ -26,9 +26,12 @@
     method = "ptq"               # ptq | qat | search | none (the model is quantized already)
     weight_bits = 8              # ptq / qat without a config file
     activation_bits = 8
+    activation_range = "mse"     # minmax | percentile | mse | entropy (default: mse below
+                                 # 8 bits, minmax at 8 and above); weight_range likewise
+                                 # (default minmax)
     config = "quant.yaml"        # a quantization config file instead of the widths
     qat_epochs = 2
-    qat_method = "ste"           # ste | lsq
+    qat_method = "lsq"           # lsq | ste
     search = "search.toml"       # method = "search": its best configuration is used
 
     [integer]
@@ -135,9 +138,11 @@ class CompressionOptions(_Strict):
     method: Literal["ptq", "qat", "search", "none"] = "ptq"
     weight_bits: int = Field(8, ge=2, le=16)
     activation_bits: int = Field(8, ge=2, le=16)
+    activation_range: Literal["minmax", "percentile", "mse", "entropy"] | None = None
+    weight_range: Literal["minmax", "percentile", "mse", "entropy"] | None = None
     config: str | None = None
     qat_epochs: int = Field(2, ge=1)
-    qat_method: Literal["ste", "lsq"] = "ste"
+    qat_method: Literal["ste", "lsq"] = "lsq"
     search: str | None = None
 
 

@@ -184,11 +184,22 @@ def _widths(graph) -> list[dict[str, Any]]:
     return rows
 
 
+def _uniform_config(options: Any) -> Any:
+    """``[compression]``'s widths and range methods as a quantization config."""
+    from kiln.quant import uniform_config
+
+    return uniform_config(
+        options.weight_bits, options.activation_bits,
+        weight={"range": options.weight_range} if options.weight_range else None,
+        activation={"range": options.activation_range} if options.activation_range else None)
+
+
 def stage_compress(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """PTQ, QAT, the best of a search, or nothing (a quantized model): a model file."""
     from kiln.models.artifacts import quantize_step, save_model
     from kiln.passes import model_size
-    from kiln.quant import QuantConfig, calibrate, qat, quantize, uniform_config
+    from kiln.quant import QuantConfig, calibrate, qat, quantize
+    from kiln.quant.bias_correction import correct_bias, corrects_by_default
     from kiln.quant.fake_quant import FakeQuantize
 
     options = ctx.config.compression
@@ -219,15 +230,18 @@ def stage_compress(ctx: FlowContext, folder: Path) -> dict[str, Any]:
         recipe = _load_recipe(folder / "search" / "best_model.pt")
         if not any(isinstance(m, FakeQuantize) for m in quantized.module.modules()):
             # a channel search's winner is a float network: quantize it as PTQ would
-            config = uniform_config(options.weight_bits, options.activation_bits)
+            config = _uniform_config(options)
             quantized = calibrate(quantize(quantized, config), dataset,
                                   batches=ctx.config.data.calibration_batches)
             recipe = {**recipe, "steps": [*recipe.get("steps", []), quantize_step(config)]}
     else:
         config = (QuantConfig.load(options.config) if options.config else
-                  uniform_config(options.weight_bits, options.activation_bits))
+                  _uniform_config(options))
         quantized = calibrate(quantize(graph, config), dataset,
                               batches=ctx.config.data.calibration_batches)
+        if options.method == "ptq" and corrects_by_default(quantized):
+            quantized = correct_bias(quantized, dataset,
+                                     batches=ctx.config.data.calibration_batches)
         if options.method == "qat":
             quantized, _ = qat(quantized, dataset, method=options.qat_method,
                                epochs=options.qat_epochs)

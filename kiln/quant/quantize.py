@@ -237,6 +237,20 @@ def quantizers(graph: Graph) -> list[tuple[str, FakeQuantize]]:
     return [(name, m) for name, m in graph.module.named_modules() if isinstance(m, FakeQuantize)]
 
 
+def calibration_batches(data: Any, *, batches: int = 8, batch_size: int = 256, seed: int = 0
+                        ) -> list[torch.Tensor]:
+    """The inputs calibration sees: ``batches`` batches of a dataset's training split
+    (shuffled with ``seed``), or of a tensor of inputs."""
+    if isinstance(data, torch.Tensor):
+        return list(torch.split(data, batch_size))[:batches]
+    chunks = []
+    for x, _ in data.loader("train", batch_size=batch_size, seed=seed):
+        chunks.append(x)
+        if len(chunks) >= batches:
+            break
+    return chunks
+
+
 def calibrate(graph: Graph, data: Any, *, batches: int = 8, batch_size: int = 256,
               seed: int = 0) -> Graph:
     """Return a copy of ``graph`` whose activation quantizers have ranges set from data.
@@ -247,15 +261,7 @@ def calibrate(graph: Graph, data: Any, *, batches: int = 8, batch_size: int = 25
     """
     result = graph.copy()
     activation = [q for _, q in quantizers(result) if q.role == "activation"]
-    if isinstance(data, torch.Tensor):
-        chunks = list(torch.split(data, batch_size))[:batches]
-    else:
-        loader = data.loader("train", batch_size=batch_size, seed=seed)
-        chunks = []
-        for x, _ in loader:
-            chunks.append(x)
-            if len(chunks) >= batches:
-                break
+    chunks = calibration_batches(data, batches=batches, batch_size=batch_size, seed=seed)
     module = result.module
     was_training = module.training
     module.eval()

@@ -31,6 +31,24 @@ def test_quantize_config_errors_and_warnings(tmp_path):
     assert result.returncode == 0 and "match no layer" in result.stderr and "nope" in result.stderr
 
 
+def test_quantize_range_flags(tmp_path):
+    # --activation-range / --weight-range name the calibration; the table shows them.
+    result = kiln("quantize", "jsc-three-linear", "--weight-bits", "4", "--activation-bits",
+                  "4", "--activation-range", "percentile", "--weight-range", "mse", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["layers"]
+    assert all("percentile" in row[3] for row in rows) and all("mse" in row[2] for row in rows)
+    default = json.loads(kiln("quantize", "jsc-three-linear", "--weight-bits", "4",
+                              "--activation-bits", "4", "--json").stdout)["layers"]
+    assert all("mse" in row[3] and "minmax" in row[2] for row in default)
+    _assert_one_line_error(kiln("quantize", "jsc-three-linear", "--weight-bits", "4",
+                                "--activation-range", "kl"), "--activation-range 'kl'")
+    config = tmp_path / "w8.toml"
+    config.write_text("[default.weight]\nbits = 8\n")
+    _assert_one_line_error(kiln("quantize", "jsc-three-linear", "--config", str(config),
+                                "--weight-range", "mse"), "names its ranges itself")
+
+
 def test_prune_rejects_bad_fraction_and_prunes():
     _assert_one_line_error(kiln("prune", "convnet", "--fraction", "1.5"), "fraction")
     result = kiln("prune", "jsc-three-linear", "--method", "filters", "--fraction", "0.25",

@@ -5,6 +5,7 @@ import torch
 
 from kiln.data import load_dataset
 from kiln.errors import ConfigError, KilnError
+from kiln.graph.metadata import OpKind
 from kiln.models import build_graph, evaluate, resolve_model
 from kiln.passes import fuse_batchnorm, model_size
 from kiln.quant import (
@@ -96,6 +97,25 @@ def test_clipping_beats_full_range_at_4_bits_per_channel(convnet, fashion, symme
         return evaluate(quantize(convnet, config), fashion)
 
     assert accuracy("mse") > accuracy("minmax")
+
+
+def test_activations_below_8_bits_default_to_mse_ranges(convnet, fashion):
+    # A spec that names no range method: min-max at 8 bits, MSE below (where rounding
+    # error dominates and clipping rare large values pays); a named method is kept.
+    # The logits stay 8 bits wide (so min-max) under narrower activations.
+    layer = uniform_config(8, 4).layer("fc", OpKind.LINEAR, is_last=True)
+    assert (layer.input.range, layer.weight.range) == ("mse", "minmax")
+    assert (layer.output.bits, layer.output.range) == (8, "minmax")
+    layer = uniform_config(8, 4, logit_bits=2).layer("fc", OpKind.LINEAR, is_last=True)
+    assert (layer.output.bits, layer.output.range) == (4, "mse")
+    assert uniform_config(8, 8).layer("fc", OpKind.LINEAR).input.range == "minmax"
+    named = uniform_config(4, 4, activation={"range": "percentile"})
+    assert named.layer("fc", OpKind.LINEAR).input.range == "percentile"
+    # what the default buys on the shipped convnet at W4A4
+    default = evaluate(calibrate(quantize(convnet, uniform_config(4, 4)), fashion), fashion)
+    minmax = evaluate(calibrate(quantize(convnet, uniform_config(
+        4, 4, activation={"range": "minmax"})), fashion), fashion)
+    assert default >= minmax + 0.01
 
 
 def test_lsq_qat_recovers_4_bit_weights(convnet, fashion):
