@@ -19,17 +19,19 @@ from kiln.rtl.requant import requant_dsps
 #: MHz per (family, speed grade) and unit kind: the dense unit (MAC pipeline and pipelined
 #: requantizers), the float32 requantizer (one long stage), a weight ROM of many block RAMs
 #: left whole (its output multiplexer after the block RAMs), im2col and max pool, and a
-#: design of more than MANY_DSPS DSP tiles (they spread over the device's DSP rows and the
-#: routing between them and the logic sets the pace: 82.7 / 93.6 MHz, 102 DSPs on
-#: ECP5-85K, session 14). Nexus grade 7: the convnet 155.5 / 157.7 MHz, jsc 1x1 164.4 /
-#: 168.9; its deep-ROM, float32 and many-DSP entries are scaled from ECP5's (unmeasured).
+#: design of more than MANY_DSPS DSP tiles (they spread over the device's DSP rows: the
+#: routing between them and the logic sets the pace). ECP5's many-DSP entry: session 14,
+#: with the multipliers' registers in the fabric, 82.7 / 93.6 MHz (102 DSPs on ECP5-85K);
+#: session 16, with them inside the DSP blocks (kiln_mul), 99.6 / 105.8 MHz. Nexus grade 7:
+#: the convnet 155.5 / 157.7 MHz, jsc 1x1 164.4 / 168.9; its deep-ROM, float32 and
+#: many-DSP entries are scaled from ECP5's (unmeasured).
 UNIT_FMAX_MHZ: dict[tuple[str, int], dict[str, float]] = {
     ("ecp5", 6): {"dense": 100.0, "float32_requant": 30.0,
-                  "deep_rom": 70.0, "im2col": 100.0, "maxpool": 100.0, "many_dsps": 80.0},
+                  "deep_rom": 70.0, "im2col": 100.0, "maxpool": 100.0, "many_dsps": 95.0},
     ("ecp5", 7): {"dense": 110.0, "float32_requant": 33.0,
-                  "deep_rom": 77.0, "im2col": 110.0, "maxpool": 110.0, "many_dsps": 88.0},
+                  "deep_rom": 77.0, "im2col": 110.0, "maxpool": 110.0, "many_dsps": 104.0},
     ("ecp5", 8): {"dense": 125.0, "float32_requant": 38.0,
-                  "deep_rom": 87.0, "im2col": 125.0, "maxpool": 125.0, "many_dsps": 99.0},
+                  "deep_rom": 87.0, "im2col": 125.0, "maxpool": 125.0, "many_dsps": 118.0},
     ("ice40", 0): {"dense": 40.0, "float32_requant": 12.0,
                    "deep_rom": 30.0, "im2col": 40.0, "maxpool": 40.0, "many_dsps": 30.0},
     # CrossLink-NX (LIFCL-40), nextpnr-nexus with router1
