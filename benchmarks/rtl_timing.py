@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/rtl_timing.py [--before a8c4474] [--seeds 3] [--vectors 100]
         [--designs jsc:1x1:ecp5-25k,jsc:fold:ecp5-25k,convnet:fold:ecp5-25k,convnet:fold:ecp5-85k]
-        [--before-seeds convnet:fold:ecp5-85k=1]
+        [--before-seeds convnet:fold:ecp5-85k=1] [--seed-timeout 1800]
 
 For every design (model : 1x1 or a folding for the device : device), both sides run the same
 steps in the same run, each through its own ``kiln`` CLI (the earlier revision from a git
@@ -69,7 +69,8 @@ def requant_dsps(design: Path) -> int:
 
 
 def run_side(tree: Path, program: Path, folder: Path, spec: str, seeds: int, vectors: int,
-             today: bool, parallelism: dict | None = None) -> dict:
+             today: bool, parallelism: dict | None = None, seed_timeout: float = 1800
+             ) -> dict:
     from kiln.rtl.fpga import critical_path
 
     model, fold, device = spec.split(":")
@@ -100,7 +101,8 @@ def run_side(tree: Path, program: Path, folder: Path, spec: str, seeds: int, vec
     started = time.perf_counter()
     if today:
         result = json_of(kiln(tree, "synth", str(design), "--target", device, "--pnr",
-                              "--seeds", str(seeds), "--json", check=False))
+                              "--seeds", str(seeds), "--seed-timeout", str(seed_timeout),
+                              "--json", check=False))
         fmax_by_seed = {int(s): f for s, f in result["extra"]["seeds"].items()}
         path = result["extra"]["critical_path"]
         row["clock_constraint_mhz"] = result["clock_mhz"]
@@ -108,7 +110,8 @@ def run_side(tree: Path, program: Path, folder: Path, spec: str, seeds: int, vec
         fmax_by_seed, paths, results = {}, {}, {}
         for seed in range(1, seeds + 1):
             results[seed] = json_of(kiln(tree, "synth", str(design), "--target", device,
-                                         "--pnr", "--seed", str(seed), "--json", check=False))
+                                         "--pnr", "--seed", str(seed), "--seed-timeout",
+                                         str(seed_timeout), "--json", check=False))
             fmax_by_seed[seed] = results[seed]["fmax_mhz"]
             paths[seed] = critical_path((design / f"pnr_{device}.log").read_text())
         best_seed = max(fmax_by_seed, key=fmax_by_seed.get)
@@ -133,6 +136,9 @@ def main() -> None:
                         help="design=N, comma-separated: fewer seeds for the earlier RTL "
                              "where its place and route takes very long")
     parser.add_argument("--vectors", type=int, default=100)
+    parser.add_argument("--seed-timeout", type=float, default=1800,
+                        help="stop a placement seed after this many seconds (one can get "
+                             "stuck routing): it counts as no result")
     parser.add_argument("--out", default="benchmarks/results/rtl_timing.json")
     args = parser.parse_args()
     before_seeds = dict(item.split("=") for item in args.before_seeds.split(",") if item)
@@ -159,10 +165,12 @@ def main() -> None:
                     print(f"[{spec}] earlier RTL ({args.before})", flush=True)
                     row["before"] = run_side(before_tree, programs[model], work / "before",
                                              spec, int(before_seeds.get(spec, args.seeds)),
-                                             args.vectors, today=False)
+                                             args.vectors, today=False,
+                                             seed_timeout=args.seed_timeout)
                 print(f"[{spec}] today's RTL", flush=True)
                 row["after"] = run_side(ROOT, programs[model], work / "after", spec,
-                                        args.seeds, args.vectors, today=True)
+                                        args.seeds, args.vectors, today=True,
+                                        seed_timeout=args.seed_timeout)
                 if known:
                     same = {name: [int(v) for v in p.split("x")]
                             for name, p in row["before"]["parallelism"].items()}
