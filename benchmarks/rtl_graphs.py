@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/rtl_graphs.py [--only resnet8,mobilenet-tiny,qonnx-residual,
         resnet18-cifar,units] [--vectors 100] [--icarus-vectors 10] [--device ecp5-85k] [--seeds 1]
+        [--seed-timeout 1800]
         [--no-pnr] [--jobs 2]
 
 For the zoo's resnet8 and mobilenet-tiny (shipped Fashion-MNIST checkpoints): float and int8
@@ -71,7 +72,8 @@ def zoo_row(name: str, args: argparse.Namespace, folder: Path) -> dict:
                          "run_seconds": icarus.run_seconds}
     if args.pnr:
         started = time.perf_counter()
-        placed = place_and_route(design, args.device, seeds=args.seeds)
+        placed = place_and_route(design, args.device, seeds=args.seeds,
+                                 seed_timeout=args.seed_timeout)
         row["pnr"] = {"fmax_mhz": placed.fmax_mhz, "used": placed.used,
                       "inferences_per_second": placed.inferences_per_second,
                       "seeds": placed.extra.get("seeds"),
@@ -180,6 +182,8 @@ def main() -> None:
     parser.add_argument("--icarus-vectors", type=int, default=10)
     parser.add_argument("--device", default="ecp5-85k")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seed-timeout", type=float, default=1800,
+                        help="stop a placement seed after this many seconds")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-pnr", dest="pnr", action="store_false")
     args = parser.parse_args()
