@@ -68,8 +68,14 @@ WEIGHT_RANGE_HELP = ("Without --config: how weight ranges are set: minmax (defau
                      "percentile, mse or entropy.")
 
 
+EQUALIZE_HELP = ("Without --config: equalize consecutive layers' channel ranges before "
+                 "quantizing (cross-layer equalization; pays with per-tensor weights). A "
+                 "config file says 'equalize = true'.")
+
+
 def _config(config: Path | None, weight_bits: int | None, activation_bits: int | None,
-            activation_range: str | None = None, weight_range: str | None = None):
+            activation_range: str | None = None, weight_range: str | None = None,
+            equalize: bool = False):
     from kiln.errors import ConfigError
     from kiln.quant import QuantConfig, uniform_config
 
@@ -78,16 +84,17 @@ def _config(config: Path | None, weight_bits: int | None, activation_bits: int |
         if method is not None and method not in RANGE_METHODS:
             raise ConfigError(f"{flag} '{method}': use one of {', '.join(RANGE_METHODS)}")
     if config is not None:
-        if activation_range is not None or weight_range is not None:
-            raise ConfigError("--activation-range and --weight-range go with --weight-bits / "
-                              "--activation-bits; a --config file names its ranges itself "
-                              "('range: mse' in a spec)")
+        if activation_range is not None or weight_range is not None or equalize:
+            raise ConfigError("--activation-range, --weight-range and --equalize go with "
+                              "--weight-bits / --activation-bits; a --config file names its "
+                              "ranges itself ('range: mse' in a spec, 'equalize: true')")
         return QuantConfig.load(config)
     if weight_bits is None and activation_bits is None:
         raise ConfigError("give --config FILE, or --weight-bits / --activation-bits")
     return uniform_config(weight_bits, activation_bits,
                           weight={"range": weight_range} if weight_range else None,
-                          activation={"range": activation_range} if activation_range else None)
+                          activation={"range": activation_range} if activation_range else None,
+                          equalize=equalize)
 
 
 def _quant_rows(graph) -> list[list[str]]:
@@ -121,6 +128,7 @@ def quantize(
         help="Without --config: asymmetric activations at this width.")] = None,
     activation_range: Annotated[str | None, typer.Option(help=ACTIVATION_RANGE_HELP)] = None,
     weight_range: Annotated[str | None, typer.Option(help=WEIGHT_RANGE_HELP)] = None,
+    equalize: Annotated[bool, typer.Option(help=EQUALIZE_HELP)] = False,
     calibration_batches: Annotated[int, typer.Option(help="Batches of 256 to calibrate.")] = 8,
     bias_correction: Annotated[bool | None, typer.Option(
         "--bias-correction/--no-bias-correction",
@@ -154,7 +162,7 @@ def quantize(
     _check_model_out(out)
     graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
     quant_config = _config(config, weight_bits, activation_bits, activation_range,
-                           weight_range)
+                           weight_range, equalize)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnmatchedRuleWarning)
         quantized = quantize_graph(graph, quant_config)
@@ -170,7 +178,7 @@ def quantize(
     size_before, size_after = model_size(graph).total_bytes, model_size(quantized).total_bytes
     result = {"model": info.name, "dataset": dataset.name, "float_accuracy": before,
               "quantized_accuracy": after, "drop_points": 100 * (before - after),
-              "bias_correction": bias_correction,
+              "bias_correction": bias_correction, "equalize": quant_config.equalize,
               "float_bytes": size_before, "quantized_bytes": size_after,
               "warnings": unmatched, "layers": _quant_rows(quantized)}
     from kiln.models.artifacts import quantize_step
@@ -198,6 +206,7 @@ def qat(
     activation_bits: Annotated[int | None, typer.Option(help="Without --config.")] = 8,
     activation_range: Annotated[str | None, typer.Option(help=ACTIVATION_RANGE_HELP)] = None,
     weight_range: Annotated[str | None, typer.Option(help=WEIGHT_RANGE_HELP)] = None,
+    equalize: Annotated[bool, typer.Option(help=EQUALIZE_HELP)] = False,
     method: Annotated[str, typer.Option(
         help="lsq (learned step size, trained with the weights from the calibrated ranges) "
              "or ste (straight-through estimator, ranges as calibrated).")] = "lsq",
@@ -223,7 +232,7 @@ def qat(
     _check_model_out(out)
     graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
     quant_config = _config(config, weight_bits, activation_bits, activation_range,
-                           weight_range)
+                           weight_range, equalize)
     quantized = calibrate(quantize_graph(graph, quant_config), dataset)
     before, ptq = evaluate(graph, dataset), evaluate(quantized, dataset)
     batches = -(-len(dataset.x_train) // 128)

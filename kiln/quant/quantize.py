@@ -27,8 +27,9 @@ class UnmatchedRuleWarning(UserWarning):
 def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
     """Return a quantized copy of ``graph`` (fake-quant modules at every point the config
     names). The graph is normalized first (:func:`kiln.passes.normalize.normalize`: bias and
-    scale nodes folded into their layers), and BatchNorm is folded unless the config says
-    ``fold_batchnorm: false``.
+    scale nodes folded into their layers), BatchNorm is folded unless the config says
+    ``fold_batchnorm: false``, and with ``equalize: true`` the layers' channel ranges are
+    evened out first (:func:`kiln.passes.equalize.equalize`).
     Activation quantizers need :func:`calibrate` before the graph runs.
 
     >>> from kiln.models import build_graph
@@ -43,6 +44,10 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
     config = QuantConfig.parse(config)
     result = normalize(graph)  # biases written as Add nodes, Identity, Dropout, ...
     result = fuse_batchnorm(result) if config.fold_batchnorm else result
+    if config.equalize:
+        from kiln.passes.equalize import equalize
+
+        result = equalize(result)
     module = result.module
     infos = {info.name: info for info in result.nodes()}
     compute = [n for n in module.graph.nodes if infos[n.name].op in QUANTIZABLE_OPS]

@@ -47,6 +47,11 @@ def test_quantize_range_flags(tmp_path):
     config.write_text("[default.weight]\nbits = 8\n")
     _assert_one_line_error(kiln("quantize", "jsc-three-linear", "--config", str(config),
                                 "--weight-range", "mse"), "names its ranges itself")
+    equalized = json.loads(kiln("quantize", "jsc-three-linear", "--weight-bits", "4",
+                                "--equalize", "--no-bias-correction", "--json").stdout)
+    assert equalized["equalize"] and not equalized["bias_correction"]
+    assert json.loads(kiln("quantize", "jsc-three-linear", "--weight-bits", "4", "--json"
+                           ).stdout)["bias_correction"]
 
 
 def test_prune_rejects_bad_fraction_and_prunes():
