@@ -156,7 +156,11 @@ def save_model(graph: Graph, path: str | Path, recipe: dict[str, Any], *,
                "recipe": recipe, "dataset": dataset, "input_scale": float(input_scale),
                "metrics": metrics or {},
                "state_dict": {k: v.detach().cpu().clone()
-                              for k, v in graph.module.state_dict().items()}}
+                              for k, v in graph.module.state_dict().items()},
+               # LSQ quantizers keep their trained scale: rebuilt as plain weight quantizers
+               # they would take their ranges from the weights again
+               "learned_quantizers": [name for name, m in graph.module.named_modules()
+                                      if getattr(m, "learned", False)]}
     _atomic_write(path, lambda handle: torch.save(payload, handle))
     sidecar = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "name": graph.name,
                "base": {k: v for k, v in recipe["base"].items() if k not in ("bytes", "source")},
@@ -182,6 +186,8 @@ def load_model(path: str | Path, payload: dict[str, Any] | None = None):
     recipe = payload["recipe"]
     graph = replay(recipe)
     _load_state(graph, payload["state_dict"], str(path))
+    for name in payload.get("learned_quantizers", []):
+        graph.module.get_submodule(name).learn_scale()
     graph.name = payload.get("name") or graph.name
     graph.source = str(path)
     info = ModelInfo(graph.name, payload.get("dataset"), path, payload.get("metrics", {}),
