@@ -48,10 +48,10 @@ def _dataset(data: Any):
 
 
 def quantize(graph, config, *, data: Any = None, batches: int = 8,
-             bias_correction: bool | None = None):
+             bias_correction: bool | None = None, adaround: bool = False):
     """Quantize (and, given ``data``, calibrate) a graph (``kiln quantize``); with data,
     biases are corrected for weight rounding as ``kiln quantize`` does (default: when
-    weights are narrower than 8 bits)."""
+    weights are narrower than 8 bits), or (``adaround``) the rounding is learned."""
     from kiln.quant import calibrate as calibrate_graph
     from kiln.quant import quantize as quantize_graph
     from kiln.quant.bias_correction import correct_bias, corrects_by_default
@@ -61,6 +61,14 @@ def quantize(graph, config, *, data: Any = None, batches: int = 8,
         return quantized
     dataset = _dataset(data)
     quantized = calibrate_graph(quantized, dataset, batches=batches)
+    if adaround:
+        from kiln.errors import ConfigError
+        from kiln.quant.adaround import adaround as learn_rounding
+
+        if bias_correction:
+            raise ConfigError("adaround chooses the rounding bias correction would correct: "
+                              "use one of them")
+        return learn_rounding(quantized, dataset, batches=batches)
     if bias_correction is None:
         bias_correction = corrects_by_default(quantized)
     return correct_bias(quantized, dataset, batches=batches) if bias_correction else quantized

@@ -160,7 +160,10 @@ def save_model(graph: Graph, path: str | Path, recipe: dict[str, Any], *,
                # LSQ quantizers keep their trained scale: rebuilt as plain weight quantizers
                # they would take their ranges from the weights again
                "learned_quantizers": [name for name, m in graph.module.named_modules()
-                                      if getattr(m, "learned", False)]}
+                                      if getattr(m, "learned", False)],
+               # and frozen ones their scale (AdaRound's grid, a pre-quantized model's)
+               "frozen_quantizers": [name for name, m in graph.module.named_modules()
+                                     if getattr(m, "frozen", False)]}
     _atomic_write(path, lambda handle: torch.save(payload, handle))
     sidecar = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "name": graph.name,
                "base": {k: v for k, v in recipe["base"].items() if k not in ("bytes", "source")},
@@ -188,6 +191,8 @@ def load_model(path: str | Path, payload: dict[str, Any] | None = None):
     _load_state(graph, payload["state_dict"], str(path))
     for name in payload.get("learned_quantizers", []):
         graph.module.get_submodule(name).learn_scale()
+    for name in payload.get("frozen_quantizers", []):
+        graph.module.get_submodule(name).frozen = True
     graph.name = payload.get("name") or graph.name
     graph.source = str(path)
     info = ModelInfo(graph.name, payload.get("dataset"), path, payload.get("metrics", {}),

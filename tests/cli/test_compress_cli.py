@@ -52,6 +52,11 @@ def test_quantize_range_flags(tmp_path):
     assert equalized["equalize"] and not equalized["bias_correction"]
     assert json.loads(kiln("quantize", "jsc-three-linear", "--weight-bits", "4", "--json"
                            ).stdout)["bias_correction"]
+    _assert_one_line_error(kiln("quantize", "jsc-three-linear", "--weight-bits", "4",
+                                "--adaround", "--bias-correction"), "use one of them")
+    learned = json.loads(kiln("quantize", "jsc-three-linear", "--weight-bits", "4",
+                              "--adaround", "--json").stdout)
+    assert learned["adaround"] and not learned["bias_correction"]
 
 
 def test_prune_rejects_bad_fraction_and_prunes():
