@@ -197,7 +197,9 @@ module kiln_requant #(
                 // The pass's operands and the tile's product in kiln_mul's registers (on an
                 // ECP5 the DSP block's own: the selection stays out of the DSP's cycle),
                 // then its sum.
+                /* verilator lint_off UNUSEDSIGNAL */  // a sum narrower than 36 bits
                 logic [35:0] tile_product;  // kiln_mul: operands registered, then product
+                /* verilator lint_on UNUSEDSIGNAL */
                 kiln_mul #(.A_BITS(18), .B_BITS(18)) u_mul (
                     .clk(clk), .a(a_part), .b(m_part), .p(tile_product));
                 logic [2:0] operand_weight;
