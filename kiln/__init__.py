@@ -54,24 +54,15 @@ def quantize(graph, config, *, data: Any = None, batches: int = 8,
     weights are narrower than 8 bits), or (``adaround``) the rounding is learned."""
     from kiln.quant import calibrate as calibrate_graph
     from kiln.quant import quantize as quantize_graph
-    from kiln.quant.bias_correction import correct_bias, corrects_by_default
+    from kiln.quant.ptq import refine_weights
 
     quantized = quantize_graph(graph, config)
     if data is None:
         return quantized
     dataset = _dataset(data)
     quantized = calibrate_graph(quantized, dataset, batches=batches)
-    if adaround:
-        from kiln.errors import ConfigError
-        from kiln.quant.adaround import adaround as learn_rounding
-
-        if bias_correction:
-            raise ConfigError("adaround chooses the rounding bias correction would correct: "
-                              "use one of them")
-        return learn_rounding(quantized, dataset, batches=batches)
-    if bias_correction is None:
-        bias_correction = corrects_by_default(quantized)
-    return correct_bias(quantized, dataset, batches=batches) if bias_correction else quantized
+    return refine_weights(quantized, dataset, batches=batches,
+                          bias_correction=bias_correction, adaround=adaround)[0]
 
 
 def calibrate(graph, data: Any, *, batches: int = 8):

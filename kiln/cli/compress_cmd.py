@@ -157,12 +157,11 @@ def quantize(
 
       kiln quantize model.onnx --data mnist-5k --input-scale 255 --weight-bits 8
     """
-    from kiln.errors import ConfigError
     from kiln.models import evaluate
     from kiln.passes import model_size
     from kiln.quant import UnmatchedRuleWarning, calibrate
     from kiln.quant import quantize as quantize_graph
-    from kiln.quant.bias_correction import correct_bias, corrects_by_default
+    from kiln.quant.ptq import refine_weights
 
     _check_model_out(out)
     graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
@@ -175,20 +174,12 @@ def quantize(
     for message in unmatched:
         error_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
     quantized = calibrate(quantized, dataset, batches=calibration_batches)
-    if adaround:
-        from kiln.quant.adaround import adaround as learn_rounding
-
-        if bias_correction:
-            raise ConfigError("--adaround chooses the rounding the bias correction would "
-                              "correct: use one of them")
-        with progress(quiet=as_json) as bar:
+    with progress(quiet=as_json or not adaround) as bar:
+        if adaround:
             bar.add_task("AdaRound, layer by layer", total=None, status="")
-            quantized = learn_rounding(quantized, dataset, batches=calibration_batches)
-        bias_correction = False
-    if bias_correction is None:
-        bias_correction = corrects_by_default(quantized)
-    if bias_correction:
-        quantized = correct_bias(quantized, dataset, batches=calibration_batches)
+        quantized, bias_correction = refine_weights(
+            quantized, dataset, batches=calibration_batches, bias_correction=bias_correction,
+            adaround=adaround)
     before, after = evaluate(graph, dataset), evaluate(quantized, dataset)
     size_before, size_after = model_size(graph).total_bytes, model_size(quantized).total_bytes
     result = {"model": info.name, "dataset": dataset.name, "float_accuracy": before,

@@ -199,8 +199,8 @@ def stage_compress(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     from kiln.models.artifacts import quantize_step, save_model
     from kiln.passes import model_size
     from kiln.quant import QuantConfig, calibrate, qat, quantize
-    from kiln.quant.bias_correction import correct_bias, corrects_by_default
     from kiln.quant.fake_quant import FakeQuantize
+    from kiln.quant.ptq import refine_weights
 
     options = ctx.config.compression
     graph, info = ctx.float_model()
@@ -239,9 +239,9 @@ def stage_compress(ctx: FlowContext, folder: Path) -> dict[str, Any]:
                   _uniform_config(options))
         quantized = calibrate(quantize(graph, config), dataset,
                               batches=ctx.config.data.calibration_batches)
-        if options.method == "ptq" and corrects_by_default(quantized):
-            quantized = correct_bias(quantized, dataset,
-                                     batches=ctx.config.data.calibration_batches)
+        if options.method == "ptq":
+            quantized, _ = refine_weights(quantized, dataset,
+                                          batches=ctx.config.data.calibration_batches)
         if options.method == "qat":
             quantized, _ = qat(quantized, dataset, method=options.qat_method,
                                epochs=options.qat_epochs)

@@ -22,25 +22,17 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from kiln.graph import Graph
 from kiln.quant.fake_quant import channel_view
 from kiln.quant.layers import QuantConv2d, QuantLinear
-from kiln.quant.quantize import calibration_batches
+from kiln.quant.quantize import calibration_batches, layer_inputs
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (the paper's values)
 
 
 def _soft(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
-
-
-def _forward(layer: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    bias = layer.quantized_bias()
-    if isinstance(layer, QuantConv2d):
-        return layer._conv_forward(x, weight, bias)
-    return F.linear(x, weight, bias)
 
 
 def adaround(graph: Graph, data: Any, *, iterations: int = 1000, batches: int = 8,
@@ -64,23 +56,11 @@ def adaround(graph: Graph, data: Any, *, iterations: int = 1000, batches: int = 
     try:
         for layer in layers:
             quantizer = layer.weight_quantizer
-            inputs: list[torch.Tensor] = []
-
-            def keep_input(_module, args, _output, inputs=inputs) -> None:
-                inputs.append(args[0].detach())
-
-            handle = layer.register_forward_hook(keep_input)
-            try:
-                with torch.no_grad():
-                    for chunk in chunks:
-                        module(chunk)
-            finally:
-                handle.remove()
-            x_all = torch.cat(inputs)
+            x_all = layer_inputs(module, layer, chunks)
             weight = layer.weight.detach()
             with torch.no_grad():
                 quantizer(weight)  # the grid: the quantizer's range for these weights
-                target_all = _forward(layer, x_all, weight)
+                target_all = layer.output_with(x_all, weight)
             axis = quantizer.spec.axis if quantizer.spec.granularity == "channel" else 0
             scale = channel_view(quantizer.scale, weight, axis).detach()
             zero = channel_view(quantizer.zero_point, weight, axis).detach()
@@ -94,7 +74,7 @@ def adaround(graph: Graph, data: Any, *, iterations: int = 1000, batches: int = 
                 pick = torch.randint(0, x_all.shape[0], (min(step_batch, x_all.shape[0]),),
                                      generator=generator)
                 integers = torch.clamp(floor + _soft(v) + zero, qmin, qmax)
-                output = _forward(layer, x_all[pick], scale * (integers - zero))
+                output = layer.output_with(x_all[pick], scale * (integers - zero))
                 loss = (output - target_all[pick]).square().sum(dim=1).mean()
                 if step >= warmup:
                     progress = (step - warmup) / max(iterations - warmup, 1)

@@ -20,11 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from kiln.graph import Graph
 from kiln.quant.layers import QuantConv2d, QuantLinear
-from kiln.quant.quantize import calibration_batches
+from kiln.quant.quantize import calibration_batches, layer_inputs
 
 #: Bias correction is on by default when some layer's weights are narrower than this.
 CORRECT_BELOW_BITS = 8
@@ -42,14 +41,6 @@ def corrects_by_default(graph: Graph) -> bool:
                for layer in graph.module.modules()
                if isinstance(layer, (QuantConv2d, QuantLinear))
                and layer.weight_quantizer is not None)
-
-
-def _float_output(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output with its float weights (and its bias as the layer computes it)."""
-    bias = layer.quantized_bias()
-    if isinstance(layer, QuantConv2d):
-        return layer._conv_forward(x, layer.weight, bias)
-    return F.linear(x, layer.weight, bias)
 
 
 def correct_bias(graph: Graph, data: Any, *, batches: int = 8, batch_size: int = 256,
@@ -74,29 +65,14 @@ def correct_bias(graph: Graph, data: Any, *, batches: int = 8, batch_size: int =
     module.eval()
     try:
         for layer in layers:
-            shift_sum = torch.zeros(layer.weight.shape[0], dtype=torch.float64)
-            count = 0
-
-            def observe(hooked: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-                nonlocal shift_sum, count
-                difference = (output - _float_output(hooked, inputs[0])).double()
-                channels = difference.shape[-1 if isinstance(hooked, QuantLinear) else 1]
-                if isinstance(hooked, QuantLinear):  # [..., C]
-                    per_channel = difference.reshape(-1, channels).T
-                else:  # [N, C, ...]
-                    per_channel = difference.transpose(0, 1).reshape(channels, -1)
-                shift_sum += per_channel.sum(dim=1)
-                count += per_channel.shape[1]
-
-            handle = layer.register_forward_hook(observe)
-            try:
-                with torch.no_grad():
-                    for chunk in chunks:
-                        module(chunk)
-            finally:
-                handle.remove()
+            x = layer_inputs(module, layer, chunks)
             with torch.no_grad():
-                layer.bias -= (shift_sum / max(count, 1)).to(layer.bias.dtype)
+                difference = (layer(x) - layer.output_with(x, layer.weight)).double()
+                # the mean over everything but the channels: dim 1 of a conv's [N, C, ...],
+                # the last of a linear layer's [..., C]
+                channel = difference.dim() - 1 if isinstance(layer, QuantLinear) else 1
+                others = [d for d in range(difference.dim()) if d != channel]
+                layer.bias -= difference.mean(dim=others).to(layer.bias.dtype)
     finally:
         module.train(was_training)
     return result

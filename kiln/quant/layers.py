@@ -62,8 +62,12 @@ class QuantConv2d(_QuantizedParameters, nn.Conv2d):
         _quantizers(layer, weight, bias)
         return layer
 
+    def output_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer's output computed with ``weight`` (and its bias as it computes it)."""
+        return self._conv_forward(x, weight, self.quantized_bias())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
+        return self.output_with(x, self.quantized_weight())
 
 
 class QuantLinear(_QuantizedParameters, nn.Linear):
@@ -77,5 +81,9 @@ class QuantLinear(_QuantizedParameters, nn.Linear):
         _quantizers(layer, weight, bias)
         return layer
 
+    def output_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer's output computed with ``weight`` (and its bias as it computes it)."""
+        return F.linear(x, weight, self.quantized_bias())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.quantized_weight(), self.quantized_bias())
+        return self.output_with(x, self.quantized_weight())

@@ -256,6 +256,25 @@ def calibration_batches(data: Any, *, batches: int = 8, batch_size: int = 256, s
     return chunks
 
 
+def layer_inputs(module: torch.nn.Module, layer: torch.nn.Module,
+                 chunks: list[torch.Tensor]) -> torch.Tensor:
+    """What ``layer`` receives while ``module`` (in eval mode) runs ``chunks``, concatenated
+    along the batch."""
+    inputs: list[torch.Tensor] = []
+
+    def keep(_layer: torch.nn.Module, args: tuple, _output: torch.Tensor) -> None:
+        inputs.append(args[0].detach())
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            for chunk in chunks:
+                module(chunk)
+    finally:
+        handle.remove()
+    return torch.cat(inputs)
+
+
 def calibrate(graph: Graph, data: Any, *, batches: int = 8, batch_size: int = 256,
               seed: int = 0) -> Graph:
     """Return a copy of ``graph`` whose activation quantizers have ranges set from data.
