@@ -220,8 +220,10 @@ def default_activation_range(bits: int) -> str:
 
     At 8 bits and above the full observed range costs nothing measurable (the shipped
     convnet: 91.99% min-max, 91.91% MSE, float 92.00%); below, rounding error dominates and
-    clipping the rare large values pays: W4A4 87.38% min-max, 89.76% MSE, 88.87%
-    percentile, 88.65% entropy (``python benchmarks/compression_defaults.py``).
+    clipping the rare large values pays: W4A4 PTQ 88.38% min-max, 89.69% MSE, 90.11%
+    percentile, 89.97% entropy (``python benchmarks/compression_defaults.py``). MSE rather
+    than percentile because it is the better start for QAT: W2A2 LSQ 81.56% from MSE
+    ranges, 78.81% from percentile (2-bit logits; measured by hand, session 16).
 
     >>> default_activation_range(8), default_activation_range(4)
     ('minmax', 'mse')
