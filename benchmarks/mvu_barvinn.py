@@ -42,7 +42,7 @@ MLP = [{"dense": 150}, {"dense": 70}, {"dense": 10}]
 
 
 def compat_section() -> dict:
-    from kiln.cli.common import load_model_argument
+    from kiln.models.arguments import load_model_argument
     from kiln.mvu.compat import barvinn_text
     from kiln.mvu.generate import graph_conv_shapes
 
@@ -162,12 +162,12 @@ def accuracy_section(inputs: int, rtl_images: int) -> list[dict]:
     from kiln.cli.integer_cmd import _fake_quant_graph
     from kiln.integer import arith
     from kiln.integer import lower as lower_graph
-    from kiln.models.training import predict
     from kiln.mvu.generate import accuracy, calibration_inputs
     from kiln.mvu.lower import lower_for_mvu
     from kiln.mvu.plan import plan_mvu
     from kiln.mvu.run import prove
     from kiln.quant import QuantConfig, qat
+    from kiln.training import predict
 
     rows = []
     for bits in (8, 4, 2):

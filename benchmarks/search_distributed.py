@@ -88,7 +88,7 @@ def kill_while_evaluating(process: subprocess.Popen, storage: str, name: str,
     another; kill it (SIGKILL). Returns the trial it was evaluating (None: never caught)."""
     import optuna
 
-    from kiln.search.storage import open_storage
+    from kiln.study_storage import open_storage
 
     suffix = f":{process.pid}"
     study = None
@@ -189,7 +189,7 @@ def _trial_seconds(storage: str, name: str) -> dict:
     of those that reused a result (deciding, sampling and storage calls)."""
     import optuna
 
-    from kiln.search.storage import open_storage
+    from kiln.study_storage import open_storage
 
     study = optuna.load_study(study_name=name, storage=open_storage(storage, heartbeat=False))
     evaluated = reused = 0.0

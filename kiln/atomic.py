@@ -13,12 +13,14 @@ time would remove the first one's partial folder.)
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from kiln.errors import KilnError
 
@@ -52,4 +54,20 @@ def atomic_folder(path: str | Path, *, marker: str) -> Iterator[Path]:
             partial.rename(path)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def atomic_write_file(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file through ``write(handle)`` under a temporary name beside it, then put it
+    in place with one rename (the usual file mode, not mkstemp's 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise

@@ -17,8 +17,6 @@ from kiln.cli.common import (
     check_out_folder,
     console,
     error_console,
-    load_model_argument,
-    model_dataset,
     print_json,
     progress,
     table,
@@ -32,6 +30,8 @@ experiment_app = typer.Typer(help="Compression experiments that write Markdown t
 def _load(model: str, data: str | None, input_shape: str | None = None, weights=None,
           input_scale: float | None = None):
     """(graph, info, dataset scaled for the model, the scale)."""
+    from kiln.models.arguments import load_model_argument, model_dataset
+
     graph, info = load_model_argument(model, data=data, input_shape=input_shape,
                                       weights=weights)
     dataset, scale = model_dataset(info, data, input_scale)
@@ -379,7 +379,7 @@ def _prune_per_layer(graph, prune_function, config: Path, fraction: float | None
 
 def _run_experiment(kind: str, model: str, data: str | None, out: Path, quick: bool,
                     as_json: bool) -> None:
-    from kiln.report.compression import (
+    from kiln.experiments.compression import (
         ExperimentSettings,
         pruning_experiment,
         quantization_experiment,

@@ -12,7 +12,6 @@ from kiln.cli.common import (
     WEIGHTS_HELP,
     console,
     human,
-    load_model_argument,
     print_json,
     shape,
     table,
@@ -45,6 +44,7 @@ def inspect(
 
       kiln inspect examples/models/tiny_cnn.py:TinyCNN --input-shape 1x28x28
     """
+    from kiln.models.arguments import load_model_argument
     from kiln.passes import count, layer_summary
     from kiln.passes.counts import format_loops
 

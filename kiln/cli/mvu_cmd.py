@@ -41,7 +41,7 @@ def _program_from_model(model: str, data: str | None, aprec: int, wprec: int,
 
 
 def _is_quantized(model: str, weights: Path | None) -> bool:
-    from kiln.cli.common import load_model_argument
+    from kiln.models.arguments import load_model_argument
     from kiln.quant.fake_quant import FakeQuantize
 
     graph, _ = load_model_argument(model, weights=weights)
@@ -124,7 +124,7 @@ def mvu(
             job = plan.layers[0].jobs[0]
             text = barvinn_text(plan_shapes(plan), (job.iprec, job.wprec, job.oprec))
         else:
-            from kiln.cli.common import load_model_argument
+            from kiln.models.arguments import load_model_argument
             from kiln.mvu.generate import graph_conv_shapes
 
             _check_precisions(aprec, wprec, oprec, last_oprec)
@@ -155,7 +155,7 @@ def mvu(
         graph, program, dataset = _program_from_model(
             source, data, aprec, wprec, last_oprec, calibration_batches, input_scale, weights)
         if graph is not None:
-            from kiln.models.training import predict
+            from kiln.training import predict
 
             x, y = dataset.arrays("test")
             measured["float"] = float((predict(graph, x).argmax(axis=1) == y).mean())

@@ -14,8 +14,6 @@ from kiln.cli.common import (
     WEIGHTS_HELP,
     check_out_file,
     console,
-    load_model_argument,
-    model_dataset,
     print_json,
     progress,
     table,
@@ -51,6 +49,7 @@ def train(
     from kiln.data import load_dataset
     from kiln.errors import ConfigError
     from kiln.models import fit, model_spec, resolve_model, save_checkpoint
+    from kiln.models.arguments import load_model_argument
     from kiln.models.registry import MODELS
 
     if out is not None:
@@ -70,7 +69,7 @@ def train(
         raise ConfigError(f"model '{model}' has no default dataset: pass --data")
     if channels is not None:
         from kiln.models.artifacts import channels_step
-        from kiln.passes.scale import scale_channels
+        from kiln.prune.scale import scale_channels
         from kiln.strict_yaml import load_layer_numbers
 
         factors = load_layer_numbers(channels, "multipliers")
@@ -136,6 +135,7 @@ def evaluate(
       kiln evaluate model.onnx --data mnist-5k --input-scale 255
     """
     from kiln.models import evaluate as evaluate_model
+    from kiln.models.arguments import load_model_argument, model_dataset
 
     graph, info = load_model_argument(model, data=data, input_shape=input_shape,
                                       weights=weights, pretrained=pretrained)

@@ -32,7 +32,7 @@ class FlowContext:
     def base_model(self):
         """The MODEL argument as given (before the train stage, when that runs)."""
         if "base" not in self.cache:
-            from kiln.cli.common import load_model_argument
+            from kiln.models.arguments import load_model_argument
 
             options = self.config.model
             self.cache["base"] = load_model_argument(
@@ -53,7 +53,7 @@ class FlowContext:
 
     def dataset(self):
         if "dataset" not in self.cache:
-            from kiln.cli.common import model_dataset
+            from kiln.models.arguments import model_dataset
 
             _, info = self.base_model()
             self.cache["dataset"] = model_dataset(info, self.config.data.dataset,
@@ -124,7 +124,7 @@ def _output_shape(graph) -> tuple[int, ...] | None:
 
 
 def _accuracy(graph, x, y) -> float:
-    from kiln.models.training import predict
+    from kiln.training import predict
 
     return float((predict(graph, x).argmax(axis=1) == y).mean())
 
@@ -274,7 +274,7 @@ def stage_integer(ctx: FlowContext, folder: Path) -> dict[str, Any]:
                  extra_files={"source/model.pt": ctx.out / "compress" / "model.pt"})
     ctx.cache["program"] = program
     x, y = ctx.test_inputs()
-    from kiln.models.training import predict
+    from kiln.training import predict
 
     ours = run(program, program.input_quant.quantize(x))
     reference = program.output_quant.quantize(predict(quantized, x))

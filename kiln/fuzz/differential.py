@@ -31,6 +31,7 @@ import torch
 
 from kiln.errors import KilnError
 from kiln.fuzz.networks import NetworkSpec, build_module, random_inputs
+from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
 
 STAGES = ("lower", "engine", "onnx", "rtl", "schedule")
 #: (max LSB, exact fraction) of the engine against the fake-quant graph with integer
@@ -104,7 +105,7 @@ def build_graph(spec: NetworkSpec, workdir: Path):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["input"],
                           output_names=["output"], dynamic_axes={"input": {0: "batch"}})
-    return from_onnx(path, name=f"fuzz{spec.seed}")
+    return from_onnx(path, name=f"fuzz{spec.seed}", quantizers=ONNX_QUANTIZERS)
 
 
 def quant_config(spec: NetworkSpec) -> dict[str, Any]:
@@ -210,7 +211,7 @@ def _check_engine(program, quantized, x: np.ndarray, x_int: np.ndarray,
     from kiln.fuzz.reference import reference_run
     from kiln.integer import run
     from kiln.integer.program import TensorQuant
-    from kiln.models.training import predict
+    from kiln.training import predict
 
     expected = reference_run(program, x_int)
     ours = run(program, x_int)  # the fast paths (pooling accumulators first, ...)

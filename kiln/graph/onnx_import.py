@@ -26,9 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiln.errors import KilnError, UnsupportedOperatorError
-from kiln.graph import onnx_ops
+from kiln.graph import onnx_ops, onnx_quant
 from kiln.graph.core import Graph
 from kiln.graph.onnx_load import load_onnx_model
+from kiln.graph.onnx_quant import (
+    QuantizerFactory,
+    linear_params,
+    qonnx_params,
+    quantize_node,
+    same_params,
+)
 from kiln.onnx_constants import attributes, fold_constant_node, tensor_to_numpy
 
 Handler = Callable[["_Importer", Any, dict[str, Any]], list[torch.fx.Node]]
@@ -44,12 +51,15 @@ def _handles(*op_types: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def from_onnx(path: str | Path, *, name: str | None = None, seed: int = 0) -> Graph:
+def from_onnx(path: str | Path, *, name: str | None = None, seed: int = 0,
+              quantizers: QuantizerFactory | None = None) -> Graph:
     """Import the ONNX model at ``path`` as a :class:`Graph`.
 
     Dynamic dimensions of the input (e.g. a symbolic batch) are set to 1 for the example
     input. Every operator the file uses that kiln does not support is listed in one
-    :class:`~kiln.errors.UnsupportedOperatorError`.
+    :class:`~kiln.errors.UnsupportedOperatorError`. A pre-quantized model (QDQ or QONNX
+    ``Quant`` nodes) needs ``quantizers`` to build its quantizers with
+    (``kiln.quant.onnx_quantizers.ONNX_QUANTIZERS``; ``kiln.load`` passes it).
 
     >>> g = from_onnx("model.onnx")            # doctest: +SKIP
     >>> g(g.example_input).shape               # doctest: +SKIP
@@ -57,13 +67,15 @@ def from_onnx(path: str | Path, *, name: str | None = None, seed: int = 0) -> Gr
     """
     path = Path(path)
     model = load_onnx_model(path)
-    importer = _Importer(model, path, seed=seed)
+    importer = _Importer(model, path, seed=seed, quantizers=quantizers)
     return importer.build(name or path.stem)
 
 
 class _Importer:
-    def __init__(self, model: Any, path: Path, *, seed: int) -> None:
+    def __init__(self, model: Any, path: Path, *, seed: int,
+                 quantizers: QuantizerFactory | None = None) -> None:
         self.model = model
+        self.quantizers = quantizers
         self.path = path
         self.seed = seed
         self.opset = next(
@@ -85,6 +97,15 @@ class _Importer:
 
     def attrs_of(self, node: Any) -> dict[str, Any]:
         return attributes(node)
+
+    def quantizers_for(self, node: Any) -> QuantizerFactory:
+        """The factory of quantizers, or a clear refusal when none was given."""
+        if self.quantizers is None:
+            raise UnsupportedOperatorError(
+                f"{self.where(node)}: a pre-quantized model ({node.op_type} nodes) needs "
+                "kiln's quantizers: load it with kiln.load(path), or call from_onnx(path, "
+                "quantizers=kiln.quant.onnx_quantizers.ONNX_QUANTIZERS)")
+        return self.quantizers
 
     # --- naming --------------------------------------------------------------------
     def unique_name(self, raw: str) -> str:
@@ -177,7 +198,6 @@ class _Importer:
 
     # --- the build -----------------------------------------------------------------
     def build(self, name: str) -> Graph:
-        from kiln.graph import onnx_quant
 
         graph = self.model.graph
         unsupported: list[str] = []
@@ -249,7 +269,7 @@ class _Importer:
         self.fx.output(results[0] if len(results) == 1 else tuple(results))
         module = torch.fx.GraphModule(self.root, self.fx, class_name=_class_name(name))
         module.eval()
-        from kiln.passes.shapes import propagate
+        from kiln.graph.shapes import propagate
 
         return propagate(Graph(module, example_input, name=name, source=str(self.path)))
 
@@ -362,9 +382,7 @@ def _conv(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Nod
         if bias is not None:
             conv.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
     if node.input[1] in imp.weight_quant:  # a pre-quantized weight keeps its quantization
-        from kiln.graph.onnx_quant import quantized_layer
-
-        conv = quantized_layer(conv, imp.weight_quant[node.input[1]], 0)
+        conv = imp.quantizers_for(node).layer(conv, imp.weight_quant[node.input[1]], 0)
     return [imp.call_module(_node_name(node), conv, x)]
 
 
@@ -396,9 +414,8 @@ def _gemm(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Nod
                 )
             linear.bias.copy_(torch.from_numpy(full.reshape(-1).copy()))
     if node.input[1] in imp.weight_quant:  # the output channels: axis 0 of B^T, 1 of B
-        from kiln.graph.onnx_quant import quantized_layer
-
-        linear = quantized_layer(linear, imp.weight_quant[node.input[1]], 0 if trans_b else 1)
+        linear = imp.quantizers_for(node).layer(linear, imp.weight_quant[node.input[1]],
+                                                0 if trans_b else 1)
     return [imp.call_module(_node_name(node), linear, a)]
 
 
@@ -411,9 +428,7 @@ def _matmul(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.N
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight.T)))
         if node.input[1] in imp.weight_quant:
-            from kiln.graph.onnx_quant import quantized_layer
-
-            linear = quantized_layer(linear, imp.weight_quant[node.input[1]], 1)
+                linear = imp.quantizers_for(node).layer(linear, imp.weight_quant[node.input[1]], 1)
         return [imp.call_module(_node_name(node), linear, a)]
     a = imp.dynamic(node.input[0], node)
     b = imp.dynamic(node.input[1], node)
@@ -656,8 +671,6 @@ def _pad(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Node
 
 @_handles("QuantizeLinear")
 def _quantize_linear(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Node]:
-    from kiln.graph.onnx_quant import linear_params, quantize_node
-
     return quantize_node(imp, node, linear_params(imp, node, "QuantizeLinear"))
 
 
@@ -665,8 +678,6 @@ def _quantize_linear(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[t
 def _dequantize_linear(imp: _Importer, node: Any, attrs: dict[str, Any]
                        ) -> list[torch.fx.Node]:
     """The identity in a float graph: the values are already the dequantized ones."""
-    from kiln.graph.onnx_quant import linear_params, same_params
-
     params = imp.quant_params.get(node.input[0])
     if params is None:
         raise UnsupportedOperatorError(f"{imp.where(node)}: DequantizeLinear of integers that "
@@ -679,8 +690,6 @@ def _dequantize_linear(imp: _Importer, node: Any, attrs: dict[str, Any]
 
 @_handles("Quant")
 def _qonnx_quant(imp: _Importer, node: Any, attrs: dict[str, Any]) -> list[torch.fx.Node]:
-    from kiln.graph.onnx_quant import qonnx_params, quantize_node
-
     rank = imp.example(imp.dynamic(node.input[0], node)).dim()
     inputs = [None] + [imp.require_constant(node, i, what) for i, what in
                        ((1, "the Quant scale"), (2, "the Quant zero point"),

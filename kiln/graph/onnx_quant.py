@@ -19,10 +19,9 @@ them without calibrating again:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from kiln.errors import UnsupportedOperatorError
 
@@ -43,15 +42,6 @@ class QuantParams:
     signed: bool
     axis: int | None = None  # the per-channel axis, None per tensor
     narrow: bool = False
-
-    def spec(self, *, channel_axis: int = 0):
-        from kiln.quant.spec import QuantSpec
-
-        per_channel = self.scale.size > 1
-        symmetric = self.signed and not np.any(self.zero_point)
-        return QuantSpec(bits=self.bits, signed=self.signed, symmetric=symmetric,
-                         granularity="channel" if per_channel else "tensor",
-                         axis=channel_axis if per_channel else 0)
 
     def real(self, integer: float) -> float:
         """The real value of an integer (per-tensor parameters)."""
@@ -132,66 +122,36 @@ def _qonnx_integers(values: np.ndarray, params: QuantParams) -> np.ndarray:
     computed at run time kiln's quantizer rounds first and adds the zero point after, as
     ONNX QuantizeLinear does: the two differ only on an exact tie with an odd zero point.)
     """
-    lo, hi = _integer_range(params)
+    lo, hi = integer_range(params)
     scaled = values.astype(np.float64) / _along(params.scale.astype(np.float64), values,
                                                 params.axis)
     return np.rint(np.clip(scaled + _along(params.zero_point, values, params.axis), lo, hi))
 
 
-def _integer_range(params: QuantParams) -> tuple[int, int]:
+def integer_range(params: QuantParams) -> tuple[int, int]:
     if params.signed:
         low, high = -(2 ** (params.bits - 1)), 2 ** (params.bits - 1) - 1
         return (low + 1 if params.narrow else low), high
     return 0, 2**params.bits - 1 - (1 if params.narrow else 0)
 
 
-def activation_quantizer(params: QuantParams, rank: int):
-    """A fixed activation quantizer (and, for a narrow range, the clamp in front of it)."""
-    from torch import nn
+class QuantizerFactory(Protocol):
+    """What the importer needs from kiln.quant to build a pre-quantized graph (the graph
+    room sits below kiln.quant, so it is handed these rather than importing them):
+    :data:`kiln.quant.onnx_quantizers.ONNX_QUANTIZERS` is kiln's."""
 
-    from kiln.quant.fake_quant import FakeQuantize
+    def activation(self, params: QuantParams, rank: int) -> tuple[Any, Any]:
+        """A fixed activation quantizer module, and a clamp module (or None) before it."""
 
-    if params.scale.size > 1:
-        raise UnsupportedOperatorError("per-channel activation quantization (kiln lowers "
-                                       "per-tensor activations)")
-    if params.bits > 16:
-        raise UnsupportedOperatorError(f"{params.bits}-bit activations")
-    quantizer = FakeQuantize.fixed(
-        params.spec(), torch.tensor(params.scale.reshape(-1), dtype=torch.float32),
-        torch.tensor(params.zero_point.reshape(-1).astype(np.float32)))
-    clamp = None
-    if params.narrow:
-        lo, hi = _integer_range(params)
-        clamp = nn.Hardtanh(params.real(lo), params.real(hi))
-    return quantizer, clamp
-
-
-def quantized_layer(layer: Any, params: QuantParams, channel_axis_in_file: int | None) -> Any:
-    """``layer`` (nn.Conv2d / nn.Linear) as its quantized form with the file's weight
-    quantization, fixed. ``channel_axis_in_file`` is the file's output-channel axis of the
-    weight (where a per-channel scale must lie)."""
-    from kiln.quant.fake_quant import FakeQuantize
-    from kiln.quant.layers import QuantConv2d, QuantLinear
-
-    if params.scale.size > 1 and params.axis != channel_axis_in_file:
-        raise UnsupportedOperatorError("a weight quantized per channel along its input axis "
-                                       "(kiln quantizes weights per output channel)")
-    spec = params.spec(channel_axis=0)  # (a narrow range holds the same integers)
-    if isinstance(layer, torch.nn.Conv2d):
-        quantized = QuantConv2d.from_float(layer, None, None)
-    else:
-        quantized = QuantLinear.from_float(layer, None, None)
-    quantized.weight_quantizer = FakeQuantize.fixed(
-        spec, torch.tensor(np.asarray(params.scale, np.float32).reshape(-1)),
-        torch.tensor(np.asarray(params.zero_point, np.float32).reshape(-1)), role="weight")
-    return quantized.eval()
+    def layer(self, layer: Any, params: QuantParams, channel_axis_in_file: int | None) -> Any:
+        """``layer`` (nn.Conv2d / nn.Linear) with the file's weight quantization, fixed."""
 
 
 def quantize_node(imp: Any, node: Any, params: QuantParams) -> list[Any]:
     """A QuantizeLinear / Quant on a computed tensor: the fixed fake quantizer."""
     x = imp.dynamic(node.input[0], node)
     rank = imp.example(x).dim()
-    quantizer, clamp = activation_quantizer(params, rank)
+    quantizer, clamp = imp.quantizers_for(node).activation(params, rank)
     if clamp is not None:
         x = imp.call_module(f"{node.name or node.output[0]}_narrow", clamp, x)
     out = imp.call_module(f"{node.name or node.output[0]}_quant", quantizer, x)

@@ -28,7 +28,7 @@ def from_torch(
 
     import torch.fx
 
-    from kiln.passes.shapes import propagate
+    from kiln.graph.shapes import propagate
 
     try:
         traced = torch.fx.symbolic_trace(copy.deepcopy(module))

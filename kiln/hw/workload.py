@@ -389,7 +389,7 @@ def workload_from_graph(
     ['Conv', 'Conv', 'Gemm', 'Gemm']
     """
     from kiln.graph.metadata import OpKind
-    from kiln.passes.shapes import propagate
+    from kiln.graph.shapes import propagate
 
     graph = propagate(graph)
     layers, not_costed = [], []

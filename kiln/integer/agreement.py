@@ -49,7 +49,7 @@ def measure_agreement(program: IntegerProgram, dataset: Dataset, *,
     ``within_one_lsb`` and ``exact`` compare output integers with the fake-quant graph's
     outputs put on the same grid.
     """
-    from kiln.models.training import predict
+    from kiln.training import predict
 
     x, y = dataset.arrays(split)
     out = run(program, program.input_quant.quantize(x))

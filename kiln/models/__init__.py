@@ -15,7 +15,7 @@ from kiln.models.checkpoints import (
     shipped_checkpoint,
 )
 from kiln.models.registry import MODELS, ModelSpec, model_spec
-from kiln.models.training import TrainResult, evaluate, fit, predict
+from kiln.training import TrainResult, evaluate, fit, predict
 
 __all__ = [
     "MODELS",

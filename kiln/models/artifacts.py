@@ -21,8 +21,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from kiln.atomic import atomic_write_file
 from kiln.errors import ModelFormatError
 from kiln.graph.core import Graph
+from kiln.models.files import ModelInfo, read_torch_file
+from kiln.models.registry import build_graph
+from kiln.models.user import load_user_module
+from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
 
 MODEL_FORMAT = "kiln-model"
 MODEL_VERSION = 2
@@ -51,7 +56,6 @@ def build_base(base: dict[str, Any]) -> Graph:
     """The graph a recipe starts from (fresh weights: the state comes later)."""
     kind = base.get("kind")
     if kind == "zoo":
-        from kiln.models.checkpoints import build_graph
 
         graph = build_graph(base["name"], tuple(base["input_shape"]), base["num_classes"])
         return graph
@@ -63,9 +67,8 @@ def build_base(base: dict[str, Any]) -> Graph:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{base['name']}.onnx"
             path.write_bytes(bytes(base["bytes"].numpy().tobytes()))
-            return from_onnx(path, name=base["name"])
+            return from_onnx(path, name=base["name"], quantizers=ONNX_QUANTIZERS)
     if kind == "module":
-        from kiln.models.user import load_user_module
 
         spec = base["spec"]
         path = Path(base["path"])
@@ -114,7 +117,7 @@ def replay(recipe: dict[str, Any]) -> Graph:
 
             graph = quantize(graph, step["config"])
         elif step["kind"] == "channels":
-            from kiln.passes.scale import scale_channels
+            from kiln.prune.scale import scale_channels
 
             graph = scale_channels(graph, step["factors"])  # fresh weights: the state follows
         else:
@@ -148,7 +151,6 @@ def save_model(graph: Graph, path: str | Path, recipe: dict[str, Any], *,
 
     import torch
 
-    from kiln.models.checkpoints import _atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,23 +166,21 @@ def save_model(graph: Graph, path: str | Path, recipe: dict[str, Any], *,
                # and frozen ones their scale (AdaRound's grid, a pre-quantized model's)
                "frozen_quantizers": [name for name, m in graph.module.named_modules()
                                      if getattr(m, "frozen", False)]}
-    _atomic_write(path, lambda handle: torch.save(payload, handle))
+    atomic_write_file(path, lambda handle: torch.save(payload, handle))
     sidecar = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "name": graph.name,
                "base": {k: v for k, v in recipe["base"].items() if k not in ("bytes", "source")},
                "steps": [step["kind"] for step in recipe.get("steps", [])],
                "dataset": dataset, "input_scale": input_scale, "metrics": metrics or {}}
-    _atomic_write(path.with_suffix(".json"),
+    atomic_write_file(path.with_suffix(".json"),
                   lambda handle: handle.write(json.dumps(sidecar, indent=2).encode() + b"\n"))
     return path
 
 
 def load_model(path: str | Path, payload: dict[str, Any] | None = None):
     """Rebuild a model file's graph: ``(graph, ModelInfo)``."""
-    from kiln.models.checkpoints import ModelInfo
 
     path = Path(path)
     if payload is None:
-        from kiln.models.checkpoints import read_torch_file
 
         payload = read_torch_file(path, "model")
     if payload.get("version") != MODEL_VERSION:

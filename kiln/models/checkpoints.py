@@ -3,58 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.atomic import atomic_write_file
 from kiln.errors import ModelFormatError
 from kiln.graph.core import Graph
+from kiln.models.artifacts import MODEL_FORMAT, load_model, module_base, onnx_base, zoo_base
+from kiln.models.files import ModelInfo, read_torch_file
+from kiln.models.registry import MODELS, build_graph, model_spec
+from kiln.models.user import is_user_module, load_user_module
+from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
+
+__all__ = ["ModelInfo", "build_graph", "load_checkpoint", "read_torch_file", "resolve_model",
+           "save_checkpoint", "shipped_checkpoint"]
 
 SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 CHECKPOINT_FORMAT = "kiln-checkpoint"
 
 
-@dataclass
-class ModelInfo:
-    """Where a resolved model came from and what it is known to score."""
-
-    name: str
-    dataset: str | None
-    checkpoint: Path | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    # How to rebuild the graph: its base and the steps applied (kiln.models.artifacts).
-    recipe: dict[str, Any] | None = None
-    input_scale: float = 1.0  # what the dataset's inputs are multiplied by for this model
-
-
 def shipped_checkpoint(name: str) -> Path | None:
     """The checkpoint kiln ships for zoo model ``name`` (trained on its default dataset)."""
-    from kiln.models.registry import model_spec
-
     spec = model_spec(name)
     path = SHIPPED_DIR / f"{name}-{spec.dataset}.pt"
     return path if path.is_file() else None
-
-
-def build_graph(name: str, input_shape: tuple[int, ...] | None = None,
-                num_classes: int | None = None, *, seed: int = 0) -> Graph:
-    """A zoo model with fresh, seeded weights as a :class:`Graph` (batch-1 example input).
-
-    >>> build_graph("convnet").input_shape
-    (1, 1, 28, 28)
-    """
-    import torch
-
-    from kiln.graph import from_torch
-    from kiln.models.registry import model_spec
-
-    spec = model_spec(name)
-    shape = tuple(input_shape or spec.input_shape)
-    torch.manual_seed(seed)
-    module = spec.build(shape, num_classes or spec.num_classes)
-    return from_torch(module, torch.zeros(1, *shape), name=name)
 
 
 def save_checkpoint(graph: Graph, path: str | Path, *, model: str, dataset: str | None,
@@ -74,62 +46,17 @@ def save_checkpoint(graph: Graph, path: str | Path, *, model: str, dataset: str 
         "metrics": metrics or {},
         "state_dict": {k: v.detach().cpu() for k, v in graph.module.state_dict().items()},
     }
-    _atomic_write(path, lambda handle: torch.save(payload, handle))
+    atomic_write_file(path, lambda handle: torch.save(payload, handle))
     sidecar = {k: v for k, v in payload.items() if k != "state_dict"}
-    _atomic_write(path.with_suffix(".json"),
+    atomic_write_file(path.with_suffix(".json"),
                   lambda handle: handle.write(json.dumps(sidecar, indent=2).encode() + b"\n"))
     return path
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_torch_file(path: str | Path, what: str) -> Any:
-    """What a ``.pt`` file holds, read with ``weights_only=True`` (tensors and plain data,
-    never pickled code); a missing or unreadable file is a ``ModelFormatError`` naming
-    ``what`` was expected."""
-    import pickle
-    import zipfile
-
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: no such {what} file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (what torch raises depends on the damage: a
-        # text file gives KeyError, a cut one EOFError or BadZipFile, pickled code a long
-        # UnpicklingError about weights_only)
-        lines = str(exc).strip().splitlines()
-        reason = lines[0] if lines else type(exc).__name__
-        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
-            reason = "it holds pickled Python objects, which kiln does not execute"
-        elif not isinstance(exc, (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile,
-                                  EOFError)):
-            reason = f"not a PyTorch file ({type(exc).__name__}: {reason})"
-        raise ModelFormatError(f"{path}: not a readable PyTorch {what}: {reason}",
-                               hint="kiln reads checkpoints and model files written by "
-                                    "kiln (train, quantize, qat, prune), or a state dict "
-                                    "with --weights") from exc
 
 
 def load_checkpoint(path: str | Path) -> tuple[Graph, ModelInfo]:
     """Rebuild a zoo model from a kiln checkpoint; a bad file is a ``KilnError``."""
     path = Path(path)
     payload = read_torch_file(path, "checkpoint")
-    from kiln.models.artifacts import MODEL_FORMAT, load_model, zoo_base
 
     if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
         return load_model(path, payload)
@@ -165,9 +92,6 @@ def resolve_model(spec: str, *, dataset: str | None = None, pretrained: bool = F
     >>> graph.input_shape, info.dataset
     ((1, 16), 'letter')
     """
-    from kiln.models.artifacts import module_base, onnx_base, zoo_base
-    from kiln.models.registry import MODELS, model_spec
-    from kiln.models.user import is_user_module, load_user_module
 
     if is_user_module(spec):
         graph = load_user_module(spec, input_shape, weights=weights)
@@ -177,7 +101,7 @@ def resolve_model(spec: str, *, dataset: str | None = None, pretrained: bool = F
     if spec.endswith(".onnx") or (Path(spec).suffix == ".onnx"):
         from kiln.graph import from_onnx
 
-        graph = from_onnx(spec)
+        graph = from_onnx(spec, quantizers=ONNX_QUANTIZERS)
         return graph, ModelInfo(Path(spec).stem, dataset, Path(spec),
                                 recipe={"base": onnx_base(Path(spec)), "steps": []})
     if spec.endswith(".pt") or (spec not in MODELS and Path(spec).is_file()):

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from kiln.errors import UnknownNameError
+from kiln.graph.core import Graph
+from kiln.graph.torch_import import from_torch
 from kiln.models import imagenet, small
 
 
@@ -90,3 +93,17 @@ def model_spec(name: str) -> ModelSpec:
             f"unknown model '{name}'; zoo models: {', '.join(MODELS)}, or give a .pt "
             "checkpoint or an .onnx file", hint=hint)
     return spec
+
+
+def build_graph(name: str, input_shape: tuple[int, ...] | None = None,
+                num_classes: int | None = None, *, seed: int = 0) -> Graph:
+    """A zoo model with fresh, seeded weights as a :class:`Graph` (batch-1 example input).
+
+    >>> build_graph("convnet").input_shape
+    (1, 1, 28, 28)
+    """
+    spec = model_spec(name)
+    shape = tuple(input_shape or spec.input_shape)
+    torch.manual_seed(seed)
+    module = spec.build(shape, num_classes or spec.num_classes)
+    return from_torch(module, torch.zeros(1, *shape), name=name)

@@ -18,6 +18,7 @@ from typing import Any
 
 from kiln.errors import KilnError, ModelFormatError
 from kiln.graph.core import Graph
+from kiln.models.files import read_torch_file
 
 
 def is_user_module(spec: str) -> bool:
@@ -93,7 +94,6 @@ def build_user_module(spec: str, *, source: str | None = None) -> Any:
 
 def load_state_dict_file(path: str | Path) -> dict[str, Any]:
     """A state dict from a ``.pt`` file: a bare one, or the ``state_dict`` of a checkpoint."""
-    from kiln.models.checkpoints import read_torch_file
 
     data = read_torch_file(path, "state-dict")
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):

@@ -7,7 +7,7 @@ from torch import nn
 
 from kiln.graph.core import Graph
 from kiln.graph.metadata import OpKind
-from kiln.passes.shapes import propagate
+from kiln.graph.shapes import propagate
 
 
 def fold_batchnorm_into(layer: nn.Module, bn: nn.Module) -> None:

@@ -38,7 +38,7 @@ from torch import nn
 
 from kiln.graph.core import Graph
 from kiln.graph.metadata import OpKind
-from kiln.passes.shapes import propagate
+from kiln.graph.shapes import propagate
 
 _LAYER_KINDS = (OpKind.CONV, OpKind.CONV1D, OpKind.LINEAR)
 _FOLDABLE = (OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.DIV)

@@ -256,7 +256,7 @@ def shrink(graph: Graph) -> Graph:
     >>> from kiln.models import build_graph                       # doctest: +SKIP
     >>> small = shrink(prune_filters(build_graph("convnet"), fraction=0.5))
     """
-    from kiln.passes.shapes import propagate
+    from kiln.graph.shapes import propagate
 
     result = graph.copy()
     spaces = _analyse(result)

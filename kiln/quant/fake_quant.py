@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from torch import nn
 
 from kiln.errors import KilnError
+from kiln.graph.shapes import is_probing_shapes, probing_shapes
 from kiln.quant.functional import (
     channel_view,
     fake_quant_bfp,
@@ -27,16 +25,7 @@ MAX_SAMPLES = 1_000_000
 
 # Shape propagation runs graphs before calibration: uncalibrated quantizers then pass
 # values through instead of refusing.
-_shape_only: contextvars.ContextVar[bool] = contextvars.ContextVar("shape_only", default=False)
-
-
-@contextlib.contextmanager
-def uncalibrated_pass_through() -> Iterator[None]:
-    token = _shape_only.set(True)
-    try:
-        yield
-    finally:
-        _shape_only.reset(token)
+uncalibrated_pass_through = probing_shapes
 
 
 class FakeQuantize(nn.Module):
@@ -131,7 +120,7 @@ class FakeQuantize(nn.Module):
         if self.role != "activation" and not self.learned and not self.frozen:
             self._refresh_from(x)
         elif not self.calibrated:
-            if _shape_only.get():
+            if is_probing_shapes():
                 return x
             raise KilnError(
                 f"activation quantizer ({self.spec.describe()}) is not calibrated",

@@ -7,8 +7,8 @@ from typing import Literal
 from kiln.data import Dataset
 from kiln.errors import ConfigError
 from kiln.graph.core import Graph
-from kiln.models.training import TrainResult, fit
 from kiln.quant.quantize import quantizers
+from kiln.training import TrainResult, fit
 
 #: The default fine-tuning method. LSQ from MSE-initialised ranges (kiln's default below 8
 #: bits) ties STE at W4A8 and W4A4 and wins at W2A2 (the convnet, 2 epochs, seeds 0 and 1:

@@ -37,9 +37,9 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
     >>> type(q.submodule("_2")).__name__
     'QuantLinear'
     """
+    from kiln.graph.shapes import propagate
     from kiln.passes.fuse import fuse_batchnorm
     from kiln.passes.normalize import normalize
-    from kiln.passes.shapes import propagate
 
     config = QuantConfig.parse(config)
     result = normalize(graph)  # biases written as Add nodes, Identity, Dropout, ...

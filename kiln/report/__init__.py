@@ -1,1 +1,1 @@
-"""Reports: Markdown tables, PNG plots, and the experiments that produce them."""
+"""Reports: Markdown tables and PNG plots (the writers every room uses)."""

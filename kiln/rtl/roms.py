@@ -10,15 +10,12 @@ least significant bits).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kiln.report.markdown import write_text
+from kiln.rtl.layers import Layer
 from kiln.rtl.memories import bank_rows
-
-if TYPE_CHECKING:
-    from kiln.rtl.emit import Layer
 
 
 def hex_words(lanes: np.ndarray, bits: int) -> str:

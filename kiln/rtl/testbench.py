@@ -10,10 +10,7 @@ beat of every layer against the integer engine.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from kiln.rtl.emit import Design
+from kiln.rtl.design import Design
 
 
 def harness(design: Design) -> str:

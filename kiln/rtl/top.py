@@ -13,13 +13,9 @@ depends on both valids: a fork straight into it would loop).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from kiln.rtl.design import Design
 from kiln.rtl.layers import Layer
 from kiln.rtl.memories import bank_rows
-
-if TYPE_CHECKING:
-    from kiln.rtl.emit import Design
 
 
 def sources_of(layers: list[Layer], index: int) -> list[int]:

@@ -5,8 +5,8 @@ from kiln.search.config import SearchConfig, load_config, parse_config
 from kiln.search.objectives import Evaluator
 from kiln.search.results import SearchResult, collect
 from kiln.search.spaces import ChannelSpace, MixedPrecisionSpace, PruneQuantSpace, make_space
-from kiln.search.storage import StorageError
 from kiln.search.study import run_search
+from kiln.study_storage import StorageError
 
 __all__ = [
     "ChannelSpace",

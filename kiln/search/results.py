@@ -9,7 +9,7 @@ from typing import Any
 
 from kiln.errors import KilnError
 from kiln.search.config import SearchConfig, parse_config
-from kiln.search.storage import open_storage, redact
+from kiln.study_storage import open_storage, redact
 
 
 @dataclass

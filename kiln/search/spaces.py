@@ -154,7 +154,7 @@ class ChannelSpace(SearchSpace):
     layers: list[str] = field(default_factory=list)
 
     def _names(self) -> list[str]:
-        from kiln.passes.scale import scalable_layers
+        from kiln.prune.scale import scalable_layers
 
         names = scalable_layers(self.graph)
         if self.layers:
@@ -176,7 +176,7 @@ class ChannelSpace(SearchSpace):
         return {name: float(params[f"{name}.mult"]) for name in self._names()}
 
     def build(self, params: dict[str, Any], seed: int = 0) -> Graph:
-        from kiln.passes.scale import scale_channels
+        from kiln.prune.scale import scale_channels
 
         return scale_channels(self.graph, self.factors(params), seed=seed)
 

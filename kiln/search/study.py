@@ -57,7 +57,7 @@ from kiln.search.reuse import (
     unevaluated_point,
     uniform_points,
 )
-from kiln.search.storage import HEARTBEAT_SECONDS, open_storage, redact
+from kiln.study_storage import HEARTBEAT_SECONDS, open_storage, redact
 
 __all__ = ["SearchResult", "collect", "make_sampler", "run_search"]
 

@@ -19,8 +19,8 @@ from kiln.graph import from_onnx
 from kiln.integer import export_onnx, lower, run
 from kiln.integer.onnx_check import check_onnx
 from kiln.models import build_graph
-from kiln.models.training import predict
 from kiln.quant import calibrate, quantize, uniform_config
+from kiln.training import predict
 
 QONNX_MNIST = Path(__import__("qonnx").__file__).parent / "data/onnx/mnist-conv/model.onnx"
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

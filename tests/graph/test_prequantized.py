@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from kiln.data import load_dataset
 from kiln.errors import UnsupportedOperatorError
 from kiln.graph import from_onnx
+from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
 from kiln.integer import export_onnx, lower, run
 from kiln.integer.onnx_check import check_onnx, float_compute_nodes, optimized_graph
 from kiln.models import resolve_model
@@ -58,7 +59,7 @@ def test_onnx_runtime_quantizer_output_lowers_bit_exact_without_calibration(tmp_
     import onnxruntime as ort
 
     path = _ort_quantized_convnet(tmp_path, fashion)
-    graph = from_onnx(path)
+    graph = from_onnx(path, quantizers=ONNX_QUANTIZERS)
     fixed = [m for m in graph.module.modules() if isinstance(m, FakeQuantize)]
     assert fixed and all(q.frozen for q in fixed)  # the file's scales, not calibrated
     program = lower(graph, rounding="float32")
@@ -75,7 +76,7 @@ def test_kiln_qdq_export_round_trips(tmp_path, fashion):
     program = lower(calibrate(quantize(graph, uniform_config(8, 8)), fashion),
                     rounding="float32")
     path = export_onnx(program, tmp_path / "qdq.onnx", export_format="qdq")
-    again = lower(from_onnx(path), rounding="float32")
+    again = lower(from_onnx(path, quantizers=ONNX_QUANTIZERS), rounding="float32")
     x = fashion.x_test[:1000]
     first = program.output_quant.dequantize(run(program, program.input_quant.quantize(x)))
     second = again.output_quant.dequantize(run(again, again.input_quant.quantize(x)))
@@ -136,7 +137,7 @@ def _qonnx_execute(path: Path, x: np.ndarray) -> np.ndarray:
 
 def test_qonnx_quant_nodes_import_with_their_widths_and_agree_with_qonnx(tmp_path):
     path = _qonnx_mlp(tmp_path / "mlp.onnx")
-    graph = from_onnx(path)
+    graph = from_onnx(path, quantizers=ONNX_QUANTIZERS)
     program = lower(graph, rounding="float32")  # no calibration: the file's scales
     assert [op.kind for op in program.ops] == ["dense", "dense"]
     assert [op.array_bits["weight"] for op in program.ops] == [4, 4]
@@ -158,7 +159,7 @@ def test_qonnx_model_from_the_qonnx_package_imports_and_lowers(tmp_path):
     4-bit output quantizer."""
     path = Path(__import__("qonnx").__file__).parent / \
         "data/onnx/eltwise_chanlast_testcase.onnx"
-    graph = from_onnx(path)
+    graph = from_onnx(path, quantizers=ONNX_QUANTIZERS)
     rng = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (6, 3, 224, 224), generator=rng).float()
     config = {"default": {"weight": {"bits": 8, "granularity": "channel"},
@@ -184,4 +185,4 @@ def test_unsupported_quantized_forms_are_named(tmp_path):
     model.graph.initializer.append(numpy_helper.from_array(np.float32(2.5), "bits_fraction"))
     onnx.save(model, str(tmp_path / "bad.onnx"))
     with pytest.raises(UnsupportedOperatorError, match="bit width 2.5"):
-        from_onnx(tmp_path / "bad.onnx")
+        from_onnx(tmp_path / "bad.onnx", quantizers=ONNX_QUANTIZERS)

@@ -11,6 +11,7 @@ import torch
 
 from kiln.data import load_dataset
 from kiln.graph import from_onnx
+from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
 from kiln.models import evaluate
 from tests.conftest import onnxruntime_run
 
@@ -38,7 +39,7 @@ def test_light_zoo_is_present():
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_model_matches_onnxruntime(tmp_path, name):
     path = expose_softmax_input(LIGHT_DIR / name, tmp_path / name)
-    graph = from_onnx(path)
+    graph = from_onnx(path, quantizers=ONNX_QUANTIZERS)
     x = np.random.default_rng(0).standard_normal(graph.input_shape).astype(np.float32)
     reference = onnxruntime_run(path, x)
     with torch.no_grad():
@@ -49,7 +50,7 @@ def test_light_model_matches_onnxruntime(tmp_path, name):
 
 
 def test_qonnx_mnist_matches_onnxruntime_and_scores():
-    graph = from_onnx(QONNX_MNIST)
+    graph = from_onnx(QONNX_MNIST, quantizers=ONNX_QUANTIZERS)
     dataset = load_dataset("mnist-5k")
     x, _ = dataset.arrays("all")
     pixels = (x[:256] * 255).astype(np.float32)

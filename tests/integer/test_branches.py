@@ -13,8 +13,8 @@ from kiln.data import load_dataset
 from kiln.graph import from_torch
 from kiln.integer import export_onnx, lower, run
 from kiln.integer.onnx_check import check_onnx
-from kiln.models.training import predict
 from kiln.quant import calibrate, quantize, uniform_config
+from kiln.training import predict
 
 
 class RawAndRelu(nn.Module):

@@ -12,9 +12,9 @@ from kiln.integer import export_onnx, lower, run
 from kiln.integer.onnx_check import check_onnx
 from kiln.models import evaluate, resolve_model
 from kiln.models.artifacts import load_model, quantize_step, save_model
-from kiln.models.training import predict
 from kiln.quant import calibrate, quantize, uniform_config
 from kiln.quant.adaround import adaround
+from kiln.training import predict
 
 
 def test_learned_rounding_recovers_3_bit_weights_and_lowers_exactly(tmp_path):

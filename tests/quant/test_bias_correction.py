@@ -13,9 +13,9 @@ from kiln.graph import from_torch
 from kiln.integer import export_onnx, lower, run
 from kiln.integer.onnx_check import check_onnx
 from kiln.models import evaluate, resolve_model
-from kiln.models.training import predict
 from kiln.quant import calibrate, quantize, uniform_config
 from kiln.quant.bias_correction import correct_bias, corrects_by_default
+from kiln.training import predict
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,8 @@ def test_entropy_calibration_beats_min_max_at_four_bits_on_the_convnet():
     # W4A4 PTQ of the shipped convnet: min-max 87.38%, entropy was 10.00% (chance).
     from kiln.data import load_dataset
     from kiln.models import resolve_model
-    from kiln.models.training import evaluate
     from kiln.quant import calibrate, quantize, uniform_config
+    from kiln.training import evaluate
 
     dataset = load_dataset("fashion-mnist")
     accuracy = {}

@@ -17,7 +17,7 @@ import torch
 
 from kiln.errors import ConfigError
 from kiln.search import load_config, parse_config, run_search
-from kiln.search.storage import StorageError
+from kiln.study_storage import StorageError
 
 POSTGRES = os.environ.get("KILN_TEST_POSTGRES", "postgresql://kiln:kiln@localhost:5432")
 
@@ -400,7 +400,7 @@ def test_a_search_whose_every_trial_fails_is_an_error(tmp_path, monkeypatch):
 def _study_trials(storage: str, name: str) -> list:
     import optuna
 
-    from kiln.search.storage import open_storage
+    from kiln.study_storage import open_storage
 
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(storage, heartbeat=False))
@@ -436,7 +436,7 @@ def test_processes_started_at_different_times_share_one_study_and_survive_a_kill
     # the budget: freeze it (SIGSTOP), look, and kill it (SIGKILL) if it is evaluating.
     import optuna
 
-    from kiln.search.storage import open_storage
+    from kiln.study_storage import open_storage
 
     victim = f":{processes[0].pid}"
 

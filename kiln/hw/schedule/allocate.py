@@ -228,7 +228,7 @@ def nsga2(graph: Graph, system: System, base: Plan, coster: TileCoster,
     with the greedy and default plans so it never returns worse than them."""
     import optuna
 
-    from kiln.search.storage import open_storage
+    from kiln.study_storage import open_storage
 
     options = layer_options(graph, system)
     names = [node.name for node in graph.nodes]

@@ -43,7 +43,7 @@ def scalable_layers(graph: Graph) -> list[str]:
 
 def scale_channels(graph: Graph, factors: dict[str, float], *, seed: int = 0) -> Graph:
     """A copy of ``graph`` whose listed layers have ``round(width × factor)`` outputs."""
-    from kiln.passes.shapes import propagate
+    from kiln.graph.shapes import propagate
     from kiln.prune.shrink import _analyse
 
     for name, factor in factors.items():

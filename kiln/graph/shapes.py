@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from math import prod
 from typing import Any
 
@@ -9,9 +12,36 @@ import torch
 import torch.fx
 from torch import nn
 
+from kiln.errors import KilnError
+from kiln.graph.classify import node_kind, target_name
 from kiln.graph.core import Graph
 from kiln.graph.metadata import LoopDims, NodeInfo, OpKind
-from kiln.passes.classify import node_kind, target_name
+
+# Shape propagation runs a graph before it can compute (an uncalibrated quantizer has no
+# range yet): modules that read this flag pass their input through while it is set.
+_probing_shapes: contextvars.ContextVar[bool] = contextvars.ContextVar("kiln_probing_shapes",
+                                                                       default=False)
+
+
+@contextlib.contextmanager
+def probing_shapes() -> Iterator[None]:
+    """Run a graph for its shapes only (modules that cannot compute yet pass values
+    through; they check :func:`is_probing_shapes`).
+
+    >>> with probing_shapes():
+    ...     is_probing_shapes()
+    True
+    """
+    token = _probing_shapes.set(True)
+    try:
+        yield
+    finally:
+        _probing_shapes.reset(token)
+
+
+def is_probing_shapes() -> bool:
+    """Whether the current run is for shapes only (:func:`probing_shapes`)."""
+    return _probing_shapes.get()
 
 
 class _ShapeRecorder(torch.fx.Interpreter):
@@ -53,14 +83,10 @@ def propagate(graph: Graph, example_input: torch.Tensor | None = None) -> Graph:
     recorder = _ShapeRecorder(module)
     was_training = module.training
     module.eval()
-    from kiln.quant.fake_quant import uncalibrated_pass_through
-
     try:
-        with torch.no_grad(), uncalibrated_pass_through():
+        with torch.no_grad(), probing_shapes():
             recorder.run(result.example_input)
     except Exception as exc:
-        from kiln.errors import KilnError
-
         shape = list(result.example_input.shape)
         raise KilnError(
             f"graph '{result.name}' fails on an input of shape {shape}: {exc}",

@@ -15,12 +15,12 @@ from typing import Any
 
 from kiln.data import Dataset
 from kiln.graph.core import Graph
-from kiln.models.training import evaluate, fit
 from kiln.passes.size import model_size
 from kiln.prune import apply_masks, prune_channels, prune_filters, shrink
 from kiln.quant import calibrate, qat, quantize
 from kiln.report.markdown import markdown_table, percent, write_text
 from kiln.report.plots import line_plot
+from kiln.training import evaluate, fit
 
 Step = Callable[[str], None]
 
