@@ -130,8 +130,8 @@ def _to_integers(graph, dataset, out: Path) -> dict:
 def _accelerator_cost(quantized) -> dict:
     """The quantized network (its widths as operand precisions) on the edge NPU example."""
     from kiln.hw import load_accelerator
-    from kiln.hw.workload import workload_from_graph
     from kiln.hw.workload_mapper import map_workload
+    from kiln.hw.workload_sources import workload_from_graph
 
     hardware = load_accelerator(EXAMPLE_ACCELERATOR)
     result = map_workload(workload_from_graph(quantized, name=DEFAULT_MODEL), hardware, "latency")

@@ -73,6 +73,26 @@ fuzz_cmd.register(app)
 flow_cmd.register(app)
 
 
+def _unwrap_help(typer_app: typer.Typer) -> None:
+    """Join the single line breaks inside each paragraph of every command's help, so that
+    rich wraps the text to the terminal (in rich markup mode typer keeps a docstring's
+    line breaks, and an 80-column terminal showed ragged half-lines). Paragraphs stay
+    apart; one that starts with ``\\b`` keeps its lines, as click's convention says."""
+    import inspect
+
+    for info in typer_app.registered_commands:
+        text = info.help or inspect.getdoc(info.callback) or ""
+        paragraphs = [p if p.startswith("\b") else " ".join(p.split("\n"))
+                      for p in text.split("\n\n")]
+        info.help = "\n\n".join(paragraphs)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _unwrap_help(group.typer_instance)
+
+
+_unwrap_help(app)
+
+
 def _interrupted(exit_: BaseException) -> bool:
     """Typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130: find it in the chain."""
     seen: BaseException | None = exit_

@@ -74,7 +74,7 @@ def emit_rtl(
     design = emit(program, choice, out, rom_layout=folding.rom_layout if folding else "banked")
     timing: dict[str, float | int | str] = {}
     if folding is not None:
-        from kiln.rtl.folding import family_of
+        from kiln.rtl.resource_model import family_of
         from kiln.rtl.timing import DEFAULT_SPEED, predicted_fmax_mhz
 
         family = family_of(folding.budget)

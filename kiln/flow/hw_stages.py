@@ -12,15 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kiln.flow.stages import FlowContext
+from kiln.flow.stages import FlowContext, _parallelism
+from kiln.hw.schedule.run import schedule
+from kiln.hw.schedule.views import write_views
+from kiln.integer import lower
+from kiln.mvu.generate import accuracy, calibration_inputs, generate, program_dataset
+from kiln.mvu.lower import lower_for_mvu
+from kiln.mvu.rtl_run import check_rtl_proof
+from kiln.mvu.run import check_proof
+from kiln.rtl import emit
+from kiln.rtl.emit import check_emittable
+from kiln.rtl.folding import Budget, fold
+from kiln.rtl.fpga import place_and_route
+from kiln.rtl.simulate import simulate
 
 
 def stage_schedule(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """The quantized model's MAC layers on a multi-core system (Stream's inputs): latency,
     energy, DRAM traffic, peak memory per core and the gap to a lower bound; validated."""
-    from kiln.hw.schedule.run import schedule
-    from kiln.hw.schedule.views import write_views
-
     options = ctx.config.schedule
     result = schedule(str(ctx.out / "compress" / "model.pt"), Path(options.system),
                       granularity=options.granularity, allocate=options.allocate)
@@ -44,11 +53,6 @@ def stage_mvu(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """The integer program as BARVINN MVU jobs: CSR values and bit-serial images, every job
     proven on kiln's model of the unit and, for the first ``[mvu].rtl`` inputs, on
     BARVINN's own RTL (Verilator)."""
-    from kiln.mvu.generate import accuracy, calibration_inputs, generate, program_dataset
-    from kiln.mvu.lower import lower_for_mvu
-    from kiln.mvu.rtl_run import check_rtl_proof
-    from kiln.mvu.run import check_proof
-
     options = ctx.config.mvu
     program = ctx.program()
     mvu_program = lower_for_mvu(program, calibration=calibration_inputs(program))
@@ -76,14 +80,6 @@ def stage_mvu(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 def stage_fpga(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """The program folded to fit the FPGA (or at ``[rtl]`` parallelism), synthesized,
     placed and routed with nextpnr: the achieved Fmax, resources and inferences/s."""
-    from kiln.flow.stages import _parallelism
-    from kiln.integer import lower
-    from kiln.rtl import emit
-    from kiln.rtl.emit import check_emittable
-    from kiln.rtl.folding import Budget, fold
-    from kiln.rtl.fpga import place_and_route
-    from kiln.rtl.simulate import simulate
-
     options = ctx.config.fpga
     program = ctx.program()
     if program.rounding != options.rounding:

@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.atomic import atomic_folder
 from kiln.errors import KilnError
 from kiln.flow.config import STAGES, FlowConfig, needs
 from kiln.flow.hw_stages import stage_fpga, stage_mvu, stage_schedule
 from kiln.flow.stages import STAGE_FUNCTIONS as _SOFTWARE_STAGES
 from kiln.flow.stages import FlowContext
+from kiln.models.checkpoints import shipped_checkpoint
+from kiln.models.user import is_user_module
 
 STAGE_FUNCTIONS = {**_SOFTWARE_STAGES, "schedule": stage_schedule, "mvu": stage_mvu,
                    "fpga": stage_fpga}
@@ -73,14 +76,11 @@ def _file_digest(path: Path) -> str:
 def model_fingerprint(model: str) -> str:
     """What the model is: a file's contents, a module's source, a zoo name (and the
     shipped checkpoint's contents)."""
-    from kiln.models.user import is_user_module
-
     if is_user_module(model):
         return "module:" + _file_digest(Path(model.rpartition(":")[0])) + ":" + \
             model.rpartition(":")[2]
     if Path(model).is_file():
         return "file:" + _file_digest(Path(model))
-    from kiln.models.checkpoints import shipped_checkpoint
 
     try:
         shipped = shipped_checkpoint(model)
@@ -141,8 +141,6 @@ def run_flow(model: str, config: FlowConfig, out: str | Path, *,
              on_stage: Callable[[str, StageRecord], None] | None = None
              ) -> list[StageRecord]:
     """Run ``config.stages`` on ``model`` into ``out``; returns one record per stage."""
-    from kiln.atomic import atomic_folder
-
     out = Path(out)
     ctx = FlowContext(model, config, out)
     ctx.check_inputs()  # a model that cannot be loaded or does not fit: nothing is written

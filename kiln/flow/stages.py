@@ -17,6 +17,25 @@ from typing import Any
 
 from kiln.errors import KilnError
 from kiln.flow.config import FlowConfig
+from kiln.graph.metadata import COMPUTE_KINDS
+from kiln.hw import load_accelerator
+from kiln.hw.compare import plot_comparison
+from kiln.hw.workload_mapper import map_workload
+from kiln.hw.workload_sources import graph_widths, workload_from_program
+from kiln.integer import IntegerProgram, export_onnx, lower, run
+from kiln.integer.onnx_check import check_onnx
+from kiln.models import fit, resolve_model
+from kiln.models.arguments import load_model_argument, model_dataset
+from kiln.models.artifacts import quantize_step, save_model
+from kiln.passes import count, model_size
+from kiln.quant import QuantConfig, calibrate, qat, quantize, uniform_config
+from kiln.quant.fake_quant import FakeQuantize
+from kiln.quant.ptq import refine_weights
+from kiln.rtl import emit, synthesize
+from kiln.rtl.emit import Design
+from kiln.rtl.simulate import simulate
+from kiln.search import load_config, run_search
+from kiln.training import predict
 
 
 @dataclass
@@ -32,8 +51,6 @@ class FlowContext:
     def base_model(self):
         """The MODEL argument as given (before the train stage, when that runs)."""
         if "base" not in self.cache:
-            from kiln.models.arguments import load_model_argument
-
             options = self.config.model
             self.cache["base"] = load_model_argument(
                 self.model, data=self.config.data.dataset, input_shape=options.input_shape,
@@ -44,8 +61,6 @@ class FlowContext:
         """The float model the flow carries: the train stage's when it runs, else MODEL."""
         if "float" not in self.cache:
             if "train" in self.config.stages:
-                from kiln.models import resolve_model
-
                 self.cache["float"] = resolve_model(str(self.out / "train" / "model.pt"))
             else:
                 self.cache["float"] = self.base_model()
@@ -53,8 +68,6 @@ class FlowContext:
 
     def dataset(self):
         if "dataset" not in self.cache:
-            from kiln.models.arguments import model_dataset
-
             _, info = self.base_model()
             self.cache["dataset"] = model_dataset(info, self.config.data.dataset,
                                                   self.config.data.input_scale)
@@ -92,21 +105,15 @@ class FlowContext:
     # --- artifacts of earlier stages (from disk when they were cached) ----------------
     def quantized(self):
         if "quantized" not in self.cache:
-            from kiln.models import resolve_model
-
             self.cache["quantized"] = resolve_model(str(self.out / "compress" / "model.pt"))[0]
         return self.cache["quantized"]
 
     def program(self):
         if "program" not in self.cache:
-            from kiln.integer import IntegerProgram
-
             self.cache["program"] = IntegerProgram.load(self.out / "integer" / "program")
         return self.cache["program"]
 
     def design(self):
-        from kiln.rtl.emit import Design
-
         return Design.load(self.out / "rtl" / "design")
 
 
@@ -124,17 +131,12 @@ def _output_shape(graph) -> tuple[int, ...] | None:
 
 
 def _accuracy(graph, x, y) -> float:
-    from kiln.training import predict
-
     return float((predict(graph, x).argmax(axis=1) == y).mean())
 
 
 def stage_train(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """Train the model from its given weights (fresh ones for a zoo name without
     pretrained): the float stage and everything after carry the trained model."""
-    from kiln.models import fit
-    from kiln.models.artifacts import save_model
-
     graph, info = ctx.base_model()
     graph = graph.copy()
     dataset, scale = ctx.dataset()
@@ -144,7 +146,6 @@ def stage_train(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     save_model(graph, folder / "model.pt", info.recipe or {"base": {}, "steps": []},
                dataset=dataset.name, input_scale=scale,
                metrics={"test_accuracy": result.final_accuracy})
-    from kiln.models import resolve_model
 
     ctx.cache["float"] = resolve_model(str(folder / "model.pt"))
     return {"epochs": options.epochs, "lr": options.lr, "batch_size": options.batch_size,
@@ -154,8 +155,6 @@ def stage_train(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 
 def stage_float(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """The float model on the test split: accuracy, size, MACs."""
-    from kiln.passes import count, model_size
-
     graph, info = ctx.float_model()
     dataset, scale = ctx.dataset()
     x, y = ctx.test_inputs()
@@ -171,14 +170,11 @@ def stage_float(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 
 
 def _widths(graph) -> list[dict[str, Any]]:
-    from kiln.graph.metadata import COMPUTE_KINDS
-    from kiln.hw.workload import _graph_widths
-
     rows = []
     for node in graph.fx_nodes():
         info = node.meta["kiln"]
         if info.op in COMPUTE_KINDS:
-            weight_bits, activation_bits = _graph_widths(graph, node)
+            weight_bits, activation_bits = graph_widths(graph, node)
             rows.append({"layer": info.name, "weight_bits": weight_bits,
                          "activation_bits": activation_bits})
     return rows
@@ -186,8 +182,6 @@ def _widths(graph) -> list[dict[str, Any]]:
 
 def _uniform_config(options: Any) -> Any:
     """``[compression]``'s widths and range methods as a quantization config."""
-    from kiln.quant import uniform_config
-
     return uniform_config(
         options.weight_bits, options.activation_bits,
         weight={"range": options.weight_range} if options.weight_range else None,
@@ -196,12 +190,6 @@ def _uniform_config(options: Any) -> Any:
 
 def stage_compress(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """PTQ, QAT, the best of a search, or nothing (a quantized model): a model file."""
-    from kiln.models.artifacts import quantize_step, save_model
-    from kiln.passes import model_size
-    from kiln.quant import QuantConfig, calibrate, qat, quantize
-    from kiln.quant.fake_quant import FakeQuantize
-    from kiln.quant.ptq import refine_weights
-
     options = ctx.config.compression
     graph, info = ctx.float_model()
     dataset, scale = ctx.dataset()
@@ -217,9 +205,6 @@ def stage_compress(ctx: FlowContext, folder: Path) -> dict[str, Any]:
         if options.search is None:
             raise KilnError("compression method 'search' needs [compression].search, a "
                             "search config file")
-        from kiln.models import resolve_model
-        from kiln.search import load_config, run_search
-
         search_config = load_config(options.search)
         search_config.study.out = str(folder / "search")
         search_config.study.storage = f"sqlite:///{folder / 'search' / 'study.db'}"
@@ -263,8 +248,6 @@ def _load_recipe(path: Path) -> dict[str, Any]:
 
 def stage_integer(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """Lowering to an integer-only program, and its agreement with the fake-quant model."""
-    from kiln.integer import lower, run
-
     quantized = ctx.quantized()
     dataset, scale = ctx.dataset()
     program = lower(quantized, rounding=ctx.config.integer.rounding)
@@ -274,7 +257,6 @@ def stage_integer(ctx: FlowContext, folder: Path) -> dict[str, Any]:
                  extra_files={"source/model.pt": ctx.out / "compress" / "model.pt"})
     ctx.cache["program"] = program
     x, y = ctx.test_inputs()
-    from kiln.training import predict
 
     ours = run(program, program.input_quant.quantize(x))
     reference = program.output_quant.quantize(predict(quantized, x))
@@ -290,9 +272,6 @@ def stage_integer(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 
 def stage_onnx(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """Both ONNX forms, ONNX Runtime's optimized graph and every output integer checked."""
-    from kiln.integer import export_onnx
-    from kiln.integer.onnx_check import check_onnx
-
     program = ctx.program()
     x, _ = ctx.test_inputs()
     figures: dict[str, Any] = {}
@@ -312,11 +291,6 @@ def stage_onnx(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 def stage_cost(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """The program on the accelerator: the best mapping of every layer, at its widths."""
     import json
-
-    from kiln.hw import load_accelerator
-    from kiln.hw.compare import plot_comparison
-    from kiln.hw.workload import workload_from_program
-    from kiln.hw.workload_mapper import map_workload
 
     options = ctx.config.accelerator
     hardware = load_accelerator(options.path)
@@ -345,8 +319,6 @@ def _parallelism(ctx: FlowContext) -> Any:
 
 def stage_rtl(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """SystemVerilog for the program at the configured parallelism."""
-    from kiln.rtl import emit
-
     program = ctx.program()
     design = emit(program, _parallelism(ctx), folder / "design")
     return {"parallelism": ctx.config.rtl.parallelism,
@@ -358,8 +330,6 @@ def stage_rtl(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 
 def stage_simulate(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """The design simulated on test inputs: every beat of every layer against the engine."""
-    from kiln.rtl.simulate import simulate
-
     options = ctx.config.simulate
     design = ctx.design()
     program = ctx.program()
@@ -376,9 +346,6 @@ def stage_simulate(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 
 def stage_synth(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """Yosys resource figures (on a copy of the design: the rtl stage's folder is its own)."""
-    from kiln.rtl import synthesize
-    from kiln.rtl.emit import Design
-
     source = ctx.out / "rtl" / "design"
     copy = folder / "design"
     shutil.copytree(source, copy, ignore=shutil.ignore_patterns("sim_*"))

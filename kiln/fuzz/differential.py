@@ -31,7 +31,19 @@ import torch
 
 from kiln.errors import KilnError
 from kiln.fuzz.networks import NetworkSpec, build_module, random_inputs
+from kiln.fuzz.reference import reference_run
+from kiln.fuzz.schedule_check import check_schedule
+from kiln.graph import from_onnx, from_torch
+from kiln.integer import export_onnx, lower, run
+from kiln.integer.onnx_check import check_onnx
+from kiln.integer.program import TensorQuant
+from kiln.quant import calibrate, quantize
+from kiln.quant.fake_quant import FakeQuantize
+from kiln.quant.layers import QuantConv2d, QuantLinear
 from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
+from kiln.rtl import emit
+from kiln.rtl.simulate import simulate
+from kiln.training import predict
 
 STAGES = ("lower", "engine", "onnx", "rtl", "schedule")
 #: (max LSB, exact fraction) of the engine against the fake-quant graph with integer
@@ -94,8 +106,6 @@ def rtl_supported(spec: NetworkSpec) -> str | None:
 
 def build_graph(spec: NetworkSpec, workdir: Path):
     """The spec as a kiln Graph, through torch.fx or through an ONNX file."""
-    from kiln.graph import from_onnx, from_torch
-
     module = build_module(spec)
     example = torch.zeros(1, *spec.input_shape)
     if not spec.via_onnx:
@@ -155,9 +165,6 @@ def _fail(result: CaseResult, stage: str, message: str) -> None:
 
 def _run_stages(spec: NetworkSpec, stages: tuple[str, ...], result: CaseResult, folder: Path,
                 inputs: int, vectors: int, simulator: str) -> None:
-    from kiln.integer import lower
-    from kiln.quant import calibrate, quantize
-
     result.details["stage"] = "lower"
     graph = build_graph(spec, folder)
     with warnings.catch_warnings():  # e.g. an '@last' rule on a network without layers
@@ -188,8 +195,6 @@ def _run_stages(spec: NetworkSpec, stages: tuple[str, ...], result: CaseResult, 
             _check_rtl(spec, program, x_int[:vectors], folder, simulator, result)
             result.passed["rtl"] = True
     if "schedule" in stages:
-        from kiln.fuzz.schedule_check import check_schedule
-
         result.details["stage"] = "schedule"
         try:
             failure, skipped, details = check_schedule(spec, folder)
@@ -208,11 +213,6 @@ def _check_engine(program, quantized, x: np.ndarray, x_int: np.ndarray,
                   result: CaseResult) -> None:
     """The engine against the reference interpreter (every tensor, exactly) and against
     the fake-quant graph (the output, within rounding noise)."""
-    from kiln.fuzz.reference import reference_run
-    from kiln.integer import run
-    from kiln.integer.program import TensorQuant
-    from kiln.training import predict
-
     expected = reference_run(program, x_int)
     ours = run(program, x_int)  # the fast paths (pooling accumulators first, ...)
     if not np.array_equal(ours, expected[program.output_name]):
@@ -244,9 +244,6 @@ def integer_reference_graph(quantized, rounding: str = "nearest"):
     step), and every requantizing quantizer rounding as the program does (down in
     ``floor`` mode, half up in ``nearest`` mode; the network input is quantized as in the
     program, half to even)."""
-    from kiln.quant.fake_quant import FakeQuantize
-    from kiln.quant.layers import QuantConv2d, QuantLinear
-
     graph = quantized.copy()
     module = graph.module
     for node in module.graph.nodes:
@@ -295,9 +292,6 @@ def _first_difference(ours: np.ndarray, expected: np.ndarray) -> str:
 
 def _check_onnx(spec: NetworkSpec, quantized, program, x: np.ndarray, folder: Path,
                 result: CaseResult) -> None:
-    from kiln.integer import export_onnx, lower
-    from kiln.integer.onnx_check import check_onnx
-
     if program.rounding != "float32":
         program = lower(quantized, rounding="float32")
     for export_format in ("qoperator", "qdq"):
@@ -339,9 +333,6 @@ def random_parallelism(spec: NetworkSpec, program) -> list[tuple[int, int]]:
 
 def _check_rtl(spec: NetworkSpec, program, x_int: np.ndarray, folder: Path, simulator: str,
                result: CaseResult) -> None:
-    from kiln.rtl import emit
-    from kiln.rtl.simulate import simulate
-
     parallelism = random_parallelism(spec, program)
     result.details["parallelism"] = parallelism
     try:

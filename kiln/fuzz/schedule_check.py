@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from kiln.fuzz.networks import NetworkSpec, build_module
+from kiln.hw.schedule.costs import tile_layer
+from kiln.hw.schedule.run import schedule
 
 EXAMPLE_SYSTEMS = Path(__file__).resolve().parents[2] / "examples" / "hardware" / "multicore"
 SYSTEMS = ("quad_core_homogeneous", "quad_core_heterogeneous", "dual_core_simd")
@@ -80,9 +82,6 @@ def runtime_refusal(path: Path) -> str | None:
 def check_schedule(spec: NetworkSpec, folder: Path) -> tuple[str | None, str | None,
                                                               dict[str, Any]]:
     """(failure, skip reason, details) of the schedule stage for one network."""
-    from kiln.hw.schedule.costs import tile_layer
-    from kiln.hw.schedule.run import schedule
-
     path = export_float_onnx(spec, folder / f"float{spec.seed}.onnx")
     refused = runtime_refusal(path)
     if refused is not None:

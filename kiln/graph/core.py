@@ -11,6 +11,7 @@ from kiln.graph.metadata import NodeInfo
 if TYPE_CHECKING:
     import torch
     import torch.fx
+from kiln.errors import KilnError, UnknownNameError
 
 
 class Graph:
@@ -77,8 +78,6 @@ class Graph:
         for node in self.module.graph.nodes:
             info = node.meta.get("kiln")
             if info is None:
-                from kiln.errors import KilnError
-
                 raise KilnError(
                     f"node '{node.name}' has no metadata",
                     hint="run kiln.passes.propagate(graph) after changing the fx graph",
@@ -94,7 +93,6 @@ class Graph:
         for info in self.nodes():
             if info.name == name:
                 return info
-        from kiln.errors import UnknownNameError
 
         names = ", ".join(i.name for i in self.layers())
         raise UnknownNameError(f"graph '{self.name}' has no node '{name}'; nodes: {names}")
@@ -104,7 +102,6 @@ class Graph:
         for node in self.module.graph.nodes:
             if node.name == name and node.op == "call_module":
                 return self.module.get_submodule(node.target)
-        from kiln.errors import UnknownNameError
 
         raise UnknownNameError(f"graph '{self.name}' has no module node '{name}'")
 

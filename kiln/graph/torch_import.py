@@ -9,6 +9,7 @@ from kiln.graph.core import Graph
 
 if TYPE_CHECKING:
     import torch
+from kiln.graph.shapes import propagate
 
 
 def from_torch(
@@ -27,8 +28,6 @@ def from_torch(
     import copy
 
     import torch.fx
-
-    from kiln.graph.shapes import propagate
 
     try:
         traced = torch.fx.symbolic_trace(copy.deepcopy(module))

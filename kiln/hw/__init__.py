@@ -12,8 +12,9 @@ from kiln.hw.mapping import (
     load_zigzag_mapping,
 )
 from kiln.hw.spatial import spatial_candidates
-from kiln.hw.workload import Layer, Workload, load_workload, workload_from_onnx
+from kiln.hw.workload import Layer, Workload, workload_from_onnx
 from kiln.hw.workload_mapper import WorkloadResult, map_workload
+from kiln.hw.workload_sources import load_workload
 
 __all__ = [
     "Accelerator",

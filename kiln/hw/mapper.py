@@ -30,7 +30,7 @@ from kiln.errors import ConfigError
 from kiln.hw.accelerator import Accelerator
 from kiln.hw.allocation import all_allocations
 from kiln.hw.allocation_batch import OrderBatch, allocate_order_batch
-from kiln.hw.analysis import Relevancy, operand_key, relevancy, tensor_elements
+from kiln.hw.analysis import Relevancy, operand_key, relevancy, spatial_per_level, tensor_elements
 from kiln.hw.cost import Cost, MappingError, evaluate
 from kiln.hw.cost_batch import BatchPlan
 from kiln.hw.mapping import (
@@ -160,8 +160,6 @@ def search_temporal(
     Each distinct mapping's energy and latency come from :class:`kiln.hw.cost_batch.BatchPlan`
     (all mappings at once, equal to :func:`evaluate` to the last bit); only the winner is
     evaluated in full."""
-    from kiln.hw.analysis import spatial_per_level
-
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
     rel = relevancy(layer)

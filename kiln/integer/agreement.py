@@ -7,18 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from kiln.data import Dataset
+from kiln.data import Dataset, load_dataset
+from kiln.errors import ConfigError
 from kiln.graph.core import Graph
 from kiln.integer.engine import run
 from kiln.integer.program import IntegerProgram
+from kiln.training import predict
 
 
 def program_dataset(program: IntegerProgram, name: str | None = None) -> Dataset:
     """The dataset a program was lowered with (or ``name``), scaled as its inputs were
     (``metadata["input_scale"]``, e.g. 255 for a model that takes 0..255 pixels)."""
-    from kiln.data import load_dataset
-    from kiln.errors import ConfigError
-
     dataset_name = name or program.metadata.get("dataset")
     if dataset_name is None:
         raise ConfigError(f"program '{program.name}' names no dataset: pass --data")
@@ -49,8 +48,6 @@ def measure_agreement(program: IntegerProgram, dataset: Dataset, *,
     ``within_one_lsb`` and ``exact`` compare output integers with the fake-quant graph's
     outputs put on the same grid.
     """
-    from kiln.training import predict
-
     x, y = dataset.arrays(split)
     out = run(program, program.input_quant.quantize(x))
     engine_top1 = out.argmax(axis=1)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln.integer.engine import run
 from kiln.integer.program import IntegerProgram
 
 # Operators that compute a convolution or matrix product on float values (in any domain:
@@ -98,8 +99,6 @@ def check_onnx(program: IntegerProgram, path: str | Path, inputs: np.ndarray | N
     (True, [])
     """
     import onnxruntime as ort
-
-    from kiln.integer.engine import run
 
     model = optimized_graph(path, save_optimized)
     types = Counter(node.op_type for node in model.graph.node)

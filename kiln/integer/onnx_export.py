@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kiln.errors import KilnError
+from kiln.integer.engine import run
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 
 ExportFormat = Literal["qoperator", "qdq"]
@@ -315,7 +316,6 @@ def export_onnx(program: IntegerProgram, path: str | Path, *,
     b.nodes.append(helper.make_node("DequantizeLinear", [
         final, b.scale(out_q.scale), b.zero_point(out_q)], ["output"], name="output"))
     elem = TensorProto.INT8 if out_q.signed else TensorProto.UINT8
-    from kiln.integer.engine import run
 
     probe = np.full((1, *program.input_shape), in_q.zero_point, dtype=np.int64)
     out_shape = ["batch", *run(program, probe).shape[1:]]

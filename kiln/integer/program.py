@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln.atomic import atomic_folder
 from kiln.errors import KilnError
 from kiln.quant.spec import integer_range
 from kiln.report.markdown import write_text
@@ -117,8 +118,6 @@ class IntegerProgram:
         (relative name -> source), e.g. the model the program was lowered from, so that
         the folder holds what it refers to."""
         import shutil
-
-        from kiln.atomic import atomic_folder
 
         final = Path(directory)
         with atomic_folder(final, marker="manifest.json") as partial:

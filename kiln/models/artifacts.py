@@ -23,10 +23,16 @@ from typing import Any
 
 from kiln.atomic import atomic_write_file
 from kiln.errors import ModelFormatError
+from kiln.graph import from_onnx
 from kiln.graph.core import Graph
 from kiln.models.files import ModelInfo, read_torch_file
 from kiln.models.registry import build_graph
 from kiln.models.user import load_user_module
+from kiln.prune import shrink
+from kiln.prune.masks import set_mask
+from kiln.prune.scale import scale_channels
+from kiln.quant import QuantConfig, quantize
+from kiln.quant.fake_quant import FakeQuantize
 from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
 
 MODEL_FORMAT = "kiln-model"
@@ -62,8 +68,6 @@ def build_base(base: dict[str, Any]) -> Graph:
     if kind == "onnx":
         import tempfile
 
-        from kiln.graph import from_onnx
-
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{base['name']}.onnx"
             path.write_bytes(bytes(base["bytes"].numpy().tobytes()))
@@ -86,8 +90,6 @@ def prune_step(pruned: Graph, *, shrunk: bool) -> dict[str, Any]:
 
 
 def quantize_step(config: Any) -> dict[str, Any]:
-    from kiln.quant import QuantConfig
-
     return {"kind": "quantize",
             "config": QuantConfig.parse(config).model_dump(mode="json", exclude_unset=True)}
 
@@ -102,9 +104,6 @@ def replay(recipe: dict[str, Any]) -> Graph:
     graph = build_base(recipe["base"])
     for step in recipe.get("steps", []):
         if step["kind"] == "prune":
-            from kiln.prune import shrink
-            from kiln.prune.masks import set_mask
-
             graph = graph.copy()
             for key, mask in step["masks"].items():
                 module_path, _, buffer = key.rpartition(".")
@@ -113,12 +112,8 @@ def replay(recipe: dict[str, Any]) -> Graph:
             if step["shrink"]:
                 graph = shrink(graph)
         elif step["kind"] == "quantize":
-            from kiln.quant import quantize
-
             graph = quantize(graph, step["config"])
         elif step["kind"] == "channels":
-            from kiln.prune.scale import scale_channels
-
             graph = scale_channels(graph, step["factors"])  # fresh weights: the state follows
         else:
             raise ModelFormatError(f"unknown recipe step '{step['kind']}'")
@@ -127,8 +122,6 @@ def replay(recipe: dict[str, Any]) -> Graph:
 
 def _load_state(graph: Graph, state: dict[str, Any], where: str) -> None:
     """Load the final state; quantizer scales, empty until calibrated, take their shape."""
-    from kiln.quant.fake_quant import FakeQuantize
-
     module = graph.module
     for name, submodule in module.named_modules():
         if isinstance(submodule, FakeQuantize):

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from kiln.atomic import atomic_write_file
+from kiln.data import load_dataset
 from kiln.errors import ModelFormatError
+from kiln.graph import from_onnx
 from kiln.graph.core import Graph
 from kiln.models.artifacts import MODEL_FORMAT, load_model, module_base, onnx_base, zoo_base
 from kiln.models.files import ModelInfo, read_torch_file
@@ -99,8 +101,6 @@ def resolve_model(spec: str, *, dataset: str | None = None, pretrained: bool = F
                                 recipe={"base": module_base(spec, input_shape or ()),
                                         "steps": []})
     if spec.endswith(".onnx") or (Path(spec).suffix == ".onnx"):
-        from kiln.graph import from_onnx
-
         graph = from_onnx(spec, quantizers=ONNX_QUANTIZERS)
         return graph, ModelInfo(Path(spec).stem, dataset, Path(spec),
                                 recipe={"base": onnx_base(Path(spec)), "steps": []})
@@ -115,8 +115,6 @@ def resolve_model(spec: str, *, dataset: str | None = None, pretrained: bool = F
         if shipped is not None:
             return load_checkpoint(shipped)
     if dataset is not None:
-        from kiln.data import load_dataset
-
         data = load_dataset(dataset)
         graph = build_graph(spec, data.input_shape, data.num_classes)
     else:

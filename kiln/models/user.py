@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import KilnError, ModelFormatError
+from kiln.graph import from_torch
 from kiln.graph.core import Graph
 from kiln.models.files import read_torch_file
 
@@ -108,8 +109,6 @@ def load_user_module(spec: str, input_shape: tuple[int, ...] | None, *,
                      source: str | None = None) -> Graph:
     """Build, (optionally) load weights into, and trace a user's module."""
     import torch
-
-    from kiln.graph import from_torch
 
     if input_shape is None:
         raise KilnError(f"MODEL '{spec}' is a Python module: give its input shape "

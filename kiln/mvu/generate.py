@@ -16,6 +16,9 @@ import numpy as np
 
 from kiln.atomic import atomic_folder
 from kiln.errors import KilnError
+from kiln.graph.metadata import OpKind
+from kiln.integer.agreement import program_dataset as named_dataset
+from kiln.integer.engine import run
 from kiln.integer.program import IntegerProgram
 from kiln.mvu.compat import ConvShape
 from kiln.mvu.emit import write_plan
@@ -24,6 +27,7 @@ from kiln.mvu.plan import MvuPlan, plan_mvu
 from kiln.mvu.rtl_run import RtlProofReport, prove_on_rtl
 from kiln.mvu.run import ProofReport, prove
 from kiln.mvu.synthetic import random_inputs
+from kiln.report.markdown import write_text
 
 
 @dataclass
@@ -38,8 +42,6 @@ class MvuResult:
 
 def program_dataset(program: IntegerProgram) -> Any | None:
     """The dataset the program was calibrated on, scaled as it was, if it is installed."""
-    from kiln.integer.agreement import program_dataset as named_dataset
-
     try:
         return named_dataset(program)
     except KilnError:
@@ -67,8 +69,6 @@ def calibration_inputs(program: IntegerProgram, count: int = 1000) -> np.ndarray
 
 def accuracy(program: IntegerProgram, dataset: Any) -> float:
     """Top-1 accuracy of ``program`` in kiln's engine on the dataset's test split."""
-    from kiln.integer.engine import run
-
     x, y = dataset.arrays("test")
     logits = run(program, program.input_quant.quantize(x))
     return float((logits.reshape(len(x), -1).argmax(axis=1) == y).mean())
@@ -93,8 +93,6 @@ def generate(program: IntegerProgram, out: str | Path, *, prove_count: int = 100
         if rtl is not None:
             import json
 
-            from kiln.report.markdown import write_text
-
             write_text(partial / "rtl_proof.json", json.dumps(rtl.as_dict(), indent=1) + "\n")
     return MvuResult(plan, report, description, source, rtl=rtl)
 
@@ -102,8 +100,6 @@ def generate(program: IntegerProgram, out: str | Path, *, prove_count: int = 100
 def graph_conv_shapes(graph: Any) -> list[ConvShape]:
     """The convolutions of a float graph in execution order, as BARVINN's generator reads
     them (no program needed: the compatibility table depends on shapes only)."""
-    from kiln.graph.metadata import OpKind
-
     shapes = []
     for info in graph.nodes():
         if info.op != OpKind.CONV or info.loops is None:

@@ -33,6 +33,8 @@ import numpy as np
 
 from kiln.errors import KilnError
 from kiln.integer.arith import MVU_ROUNDING, quantize_multipliers
+from kiln.integer.engine import _conv_accumulators
+from kiln.integer.engine import run as run_engine
 from kiln.integer.program import IntegerProgram, IntOp, TensorQuant
 from kiln.mvu.job import ACC_BITS, BIAS_BITS, MAX_PRECISION, SCALE_BITS, SCALER_OUT_BITS
 
@@ -108,9 +110,6 @@ def mvu_scale(op: IntOp, multiplier: np.ndarray, bias_acc: np.ndarray, out_zero:
 def _fit_logits(program: IntegerProgram, calibration: np.ndarray) -> None:
     """Give the last layer a symmetric output scale that holds its largest accumulator on
     ``calibration`` (its multiplier and the program's output quantization change with it)."""
-    from kiln.integer.engine import _conv_accumulators
-    from kiln.integer.engine import run as run_engine
-
     last = program.ops[-1]
     if last.kind not in ("conv", "dense") or last.output != program.output_name:
         return

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.errors import KilnError
+from kiln.rtl.simulate import tool_path
 
 BENCH_DIR = Path(__file__).with_name("bench")
 TOP = "kiln_mvu_top"
@@ -216,8 +217,6 @@ def build_bench(*, verbose: bool = False) -> Path:
     """The harness binary for the current RTL, patches and harness; built once (a few
     minutes on 2 cores), then reused from :func:`cache_root`. Safe to call from several
     processes at once (a file lock serializes the build)."""
-    from kiln.rtl.simulate import tool_path
-
     source = rtl_source_dir()
     folder = cache_root() / "barvinn-mvu" / _fingerprint(source)
     binary = folder / "obj_dir" / f"V{TOP}"

@@ -18,12 +18,12 @@ from torch import nn
 
 from kiln.errors import ConfigError, UnknownNameError
 from kiln.graph.core import Graph
+from kiln.graph.shapes import propagate
+from kiln.prune.shrink import _analyse
 
 
 def scalable_layers(graph: Graph) -> list[str]:
     """Names of the layers whose output width can be scaled (not the network's output)."""
-    from kiln.prune.shrink import _analyse
-
     spaces = _analyse(graph)
     names = {
         id(sub): node.name
@@ -43,9 +43,6 @@ def scalable_layers(graph: Graph) -> list[str]:
 
 def scale_channels(graph: Graph, factors: dict[str, float], *, seed: int = 0) -> Graph:
     """A copy of ``graph`` whose listed layers have ``round(width × factor)`` outputs."""
-    from kiln.graph.shapes import propagate
-    from kiln.prune.shrink import _analyse
-
     for name, factor in factors.items():
         if factor <= 0:
             raise ConfigError(f"channel factor of '{name}' must be > 0, got {factor}")

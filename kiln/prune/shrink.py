@@ -24,6 +24,7 @@ from torch import nn
 
 from kiln.graph.core import Graph
 from kiln.graph.metadata import OpKind
+from kiln.graph.shapes import propagate
 from kiln.quant.fake_quant import FakeQuantize
 
 _PASS_THROUGH = {OpKind.RELU, OpKind.RELU6, OpKind.CLIP, OpKind.TANH, OpKind.MAXPOOL,
@@ -256,8 +257,6 @@ def shrink(graph: Graph) -> Graph:
     >>> from kiln.models import build_graph                       # doctest: +SKIP
     >>> small = shrink(prune_filters(build_graph("convnet"), fraction=0.5))
     """
-    from kiln.graph.shapes import propagate
-
     result = graph.copy()
     spaces = _analyse(result)
     for root in spaces.roots():

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from kiln.errors import ConfigError
 from kiln.graph.metadata import OpKind
 from kiln.quant.spec import QuantSpec, format_validation_error
+from kiln.strict_yaml import load_yaml
 
 POINTS = ("weight", "bias", "input", "output")
 QUANTIZABLE_OPS = {OpKind.CONV, OpKind.CONV1D, OpKind.LINEAR, OpKind.MATMUL}
@@ -145,8 +146,6 @@ class QuantConfig(BaseModel):
 
                 data = tomllib.loads(text)
             elif path.suffix in (".yaml", ".yml"):
-                from kiln.strict_yaml import load_yaml
-
                 data = load_yaml(text, path) or {}
             elif path.suffix == ".json":
                 import json

@@ -12,6 +12,10 @@ from torch import nn
 from kiln.errors import KilnError
 from kiln.graph.core import Graph
 from kiln.graph.metadata import OpKind
+from kiln.graph.shapes import propagate
+from kiln.passes.equalize import equalize
+from kiln.passes.fuse import fuse_batchnorm
+from kiln.passes.normalize import normalize
 from kiln.quant.config import QUANTIZABLE_OPS, LayerQuant, QuantConfig
 from kiln.quant.fake_quant import FakeQuantize
 from kiln.quant.layers import QuantConv2d, QuantLinear
@@ -37,16 +41,10 @@ def quantize(graph: Graph, config: QuantConfig | dict[str, Any]) -> Graph:
     >>> type(q.submodule("_2")).__name__
     'QuantLinear'
     """
-    from kiln.graph.shapes import propagate
-    from kiln.passes.fuse import fuse_batchnorm
-    from kiln.passes.normalize import normalize
-
     config = QuantConfig.parse(config)
     result = normalize(graph)  # biases written as Add nodes, Identity, Dropout, ...
     result = fuse_batchnorm(result) if config.fold_batchnorm else result
     if config.equalize:
-        from kiln.passes.equalize import equalize
-
         result = equalize(result)
     module = result.module
     infos = {info.name: info for info in result.nodes()}

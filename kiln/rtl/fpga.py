@@ -42,7 +42,7 @@ from typing import Any
 
 from kiln.errors import KilnError
 from kiln.rtl.emit import Design
-from kiln.rtl.synth import yosys_env
+from kiln.rtl.synth import _cells, yosys_env
 from kiln.rtl.timing import DEFAULT_SPEED, SPEED_GRADES, predicted_fmax_mhz
 
 
@@ -248,7 +248,6 @@ def synthesize_for_device(design: Design, dev: Device) -> tuple[Path, dict[str, 
         if completed.returncode != 0:
             last = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
             raise KilnError(f"yosys failed for {dev.name}: {' '.join(last)}")
-        from kiln.rtl.synth import _cells
 
         if dev.family == "nexus":
             _free_first_carry_ins(netlist)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import KilnError
+from kiln.integer import IntegerProgram, run
+from kiln.integer.agreement import program_dataset
 from kiln.report.markdown import write_text
 from kiln.rtl.emit import Design
 from kiln.rtl.roms import hex_words
@@ -57,8 +59,6 @@ def tool_path() -> None:
 
 def golden_vectors(design: Design, inputs: np.ndarray) -> dict[str, np.ndarray]:
     """Inputs and each layer's expected outputs from the integer engine."""
-    from kiln.integer import IntegerProgram, run
-
     program = IntegerProgram.load(design.directory / "program")
     tensors = run(program, inputs, keep=True)
     # A feature map streams pixel by pixel; an input the design takes as one vector (an MLP
@@ -89,9 +89,6 @@ def _stream_order(tensor: np.ndarray) -> np.ndarray:
 
 def test_inputs(design: Design, count: int) -> np.ndarray:
     """The first ``count`` test-set inputs of the program's dataset, quantized."""
-    from kiln.integer import IntegerProgram
-    from kiln.integer.agreement import program_dataset
-
     program = IntegerProgram.load(design.directory / "program")
     if program.metadata.get("dataset") is None:
         raise KilnError(f"{design.directory}: the program names no dataset for test vectors")

@@ -16,8 +16,16 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from kiln.data import load_dataset
 from kiln.data.datasets import Dataset
 from kiln.graph.core import Graph
+from kiln.hw import load_accelerator, load_zigzag_mapping
+from kiln.hw.workload_mapper import DEFAULT_LPF_LIMIT, DEFAULT_REFINE, map_workload
+from kiln.hw.workload_sources import workload_from_graph
+from kiln.models import evaluate, fit, resolve_model
+from kiln.models.artifacts import channels_step, prune_step, quantize_step, save_model
+from kiln.passes import model_size
+from kiln.quant import calibrate, qat, quantize
 from kiln.report.markdown import write_text
 from kiln.search.config import SearchConfig
 from kiln.search.spaces import ChannelSpace, MixedPrecisionSpace, PruneQuantSpace, make_space
@@ -40,9 +48,6 @@ class Evaluator:
     """Builds and scores the graph of a trial's parameters (one per process)."""
 
     def __init__(self, config: SearchConfig) -> None:
-        from kiln.data import load_dataset
-        from kiln.models import evaluate, resolve_model
-
         self.config = config
         self.graph, info = resolve_model(
             config.model.name, dataset=config.model.dataset, pretrained=config.model.pretrained
@@ -85,8 +90,6 @@ class Evaluator:
         candidate from scratch with a short schedule, so its reference is the unscaled
         network trained with that same schedule (not the given weights, which may be
         untrained or trained far longer)."""
-        from kiln.models import fit
-
         if not isinstance(self.space, ChannelSpace):
             return self.graph
         evaluation = self.config.evaluation
@@ -119,9 +122,6 @@ class Evaluator:
 
     def build(self, params: dict[str, Any]) -> Graph:
         """The trial's network, trained / calibrated as its space requires."""
-        from kiln.models import fit
-        from kiln.quant import calibrate, qat, quantize
-
         evaluation = self.config.evaluation
         seed = evaluation.seed
         space = self.space
@@ -174,8 +174,6 @@ class Evaluator:
         import dataclasses
         import json
 
-        from kiln.models import evaluate
-
         assert self.low_samples is not None
         graph = self.build(params)
         part = dataclasses.replace(self.validation, x_test=self.validation.x_test[
@@ -188,8 +186,6 @@ class Evaluator:
     def _accuracy(self, params: dict[str, Any], graph: Graph) -> float:
         import dataclasses
         import json
-
-        from kiln.models import evaluate
 
         low, self._low_pass = self._low_pass, None
         if low is None or low[0] != json.dumps(params, sort_keys=True) or low[1] is not graph:
@@ -204,8 +200,6 @@ class Evaluator:
     def measure(self, params: dict[str, Any], graph: Graph | None = None) -> dict[str, float]:
         """Every metric of one configuration (objectives and constraints pick from these)."""
         import json
-
-        from kiln.passes import model_size
 
         if graph is None and self._low_pass is not None and \
                 self._low_pass[0] == json.dumps(params, sort_keys=True):
@@ -229,10 +223,6 @@ class Evaluator:
 
     def hardware_cost(self, graph: Graph, params: dict[str, Any]) -> tuple[float, float]:
         """(latency cycles, energy pJ) of the trial's network on the configured accelerator."""
-        from kiln.hw import load_accelerator, load_zigzag_mapping
-        from kiln.hw.workload import workload_from_graph
-        from kiln.hw.workload_mapper import DEFAULT_LPF_LIMIT, DEFAULT_REFINE, map_workload
-
         hardware = self.config.hardware
         assert hardware is not None
         if self._hardware is None:
@@ -270,8 +260,6 @@ class Evaluator:
 
     def holdout_accuracy(self, params: dict[str, Any]) -> float:
         """Accuracy of a configuration on the held-out half never used by the search."""
-        from kiln.models import evaluate
-
         return evaluate(self.built(params), self.holdout)
 
     def write_config(self, params: dict[str, Any], out: Path) -> list[Path]:
@@ -303,8 +291,6 @@ class Evaluator:
     def write_model(self, params: dict[str, Any], path: Path) -> Path:
         """The configuration's network as a kiln model file: the base model's recipe plus
         this space's steps, and the state the trial ended with (calibrated, fine-tuned)."""
-        from kiln.models.artifacts import channels_step, prune_step, quantize_step, save_model
-
         assert self.info.recipe is not None
         space = self.space
         steps = list(self.info.recipe.get("steps", []))

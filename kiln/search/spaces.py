@@ -20,6 +20,8 @@ from typing import Any
 from kiln.errors import ConfigError
 from kiln.graph.core import Graph
 from kiln.graph.metadata import OpKind
+from kiln.prune import prune_filters, shrink
+from kiln.prune.scale import scalable_layers, scale_channels
 
 _QUANTIZABLE = (OpKind.CONV, OpKind.CONV1D, OpKind.LINEAR)
 
@@ -154,8 +156,6 @@ class ChannelSpace(SearchSpace):
     layers: list[str] = field(default_factory=list)
 
     def _names(self) -> list[str]:
-        from kiln.prune.scale import scalable_layers
-
         names = scalable_layers(self.graph)
         if self.layers:
             unknown = [n for n in self.layers if n not in names]
@@ -176,8 +176,6 @@ class ChannelSpace(SearchSpace):
         return {name: float(params[f"{name}.mult"]) for name in self._names()}
 
     def build(self, params: dict[str, Any], seed: int = 0) -> Graph:
-        from kiln.prune.scale import scale_channels
-
         return scale_channels(self.graph, self.factors(params), seed=seed)
 
 
@@ -215,8 +213,6 @@ class PruneQuantSpace(SearchSpace):
 
     def masked(self, params: dict[str, Any]) -> Graph:
         """The graph with the trial's filter masks set (not yet shrunk)."""
-        from kiln.prune import prune_filters
-
         graph = self.graph
         for name, fraction in self.fractions_of(params).items():
             if fraction > 0:
@@ -225,8 +221,6 @@ class PruneQuantSpace(SearchSpace):
 
     def prune(self, params: dict[str, Any]) -> Graph:
         """The pruned graph with its masked filters physically removed."""
-        from kiln.prune import shrink
-
         return shrink(self.masked(params))
 
     def config(self, params: dict[str, Any]) -> dict[str, Any]:

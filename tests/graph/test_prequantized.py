@@ -15,12 +15,12 @@ from onnx import TensorProto, helper, numpy_helper
 from kiln.data import load_dataset
 from kiln.errors import UnsupportedOperatorError
 from kiln.graph import from_onnx
-from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
 from kiln.integer import export_onnx, lower, run
 from kiln.integer.onnx_check import check_onnx, float_compute_nodes, optimized_graph
 from kiln.models import resolve_model
 from kiln.quant import calibrate, quantize, uniform_config
 from kiln.quant.fake_quant import FakeQuantize
+from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import torch
 
 from kiln.data import load_dataset
 from kiln.graph import from_onnx
-from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
 from kiln.models import evaluate
+from kiln.quant.onnx_quantizers import ONNX_QUANTIZERS
 from tests.conftest import onnxruntime_run
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

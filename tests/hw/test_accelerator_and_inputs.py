@@ -22,8 +22,8 @@ from kiln.hw.workload import (
     default_precision,
     layer_from_zigzag,
     layer_to_zigzag,
-    workload_from_graph,
 )
+from kiln.hw.workload_sources import workload_from_graph
 from tests.hw.conftest import EXAMPLES, zigzag_inputs
 
 BUNDLED = [

@@ -14,8 +14,9 @@ from kiln.integer import lower
 from kiln.models import resolve_model
 from kiln.quant import calibrate, quantize, uniform_config
 from kiln.rtl import emit
-from kiln.rtl.folding import Budget, fold, predict_layer
+from kiln.rtl.folding import Budget, fold
 from kiln.rtl.memories import block_rams
+from kiln.rtl.resource_model import predict_layer
 from kiln.rtl.timing import predicted_fmax_mhz
 from tests.cli.test_cli import _assert_one_line_error, kiln
 
@@ -82,8 +83,8 @@ def test_a_budget_nothing_fits_names_the_smallest_design(convnet_program):
 
 def test_the_model_predicts_yosys_on_a_design_it_was_not_fitted_on(tmp_path):
     """jsc-three-linear at 2x4 is not among the calibration designs."""
-    from kiln.rtl.folding import load_model
     from kiln.rtl.fpga import device, synthesize_for_device
+    from kiln.rtl.resource_model import load_model
 
     dataset = load_dataset("letter")
     graph, _ = resolve_model("jsc-three-linear", pretrained=True)

@@ -24,6 +24,7 @@ from kiln.hw.schedule.graph import Graph
 from kiln.hw.schedule.scheduler import Schedule, schedule_tiles
 from kiln.hw.schedule.system import System
 from kiln.hw.schedule.tiles import Plan, Tile, fit_rows
+from kiln.study_storage import open_storage
 
 OBJECTIVES = ("latency", "energy", "edp")
 EXHAUSTIVE_LIMIT = 20_000
@@ -227,8 +228,6 @@ def nsga2(graph: Graph, system: System, base: Plan, coster: TileCoster,
     """NSGA-II over (latency, energy) with Optuna; the objective picks from the front. Seeded
     with the greedy and default plans so it never returns worse than them."""
     import optuna
-
-    from kiln.study_storage import open_storage
 
     options = layer_options(graph, system)
     names = [node.name for node in graph.nodes]

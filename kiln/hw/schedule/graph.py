@@ -21,6 +21,7 @@ from pathlib import Path
 from kiln.errors import ConfigError, ModelFormatError
 from kiln.hw.schedule.system import MAC_OPERATORS
 from kiln.hw.workload import Layer, Workload, workload_from_onnx
+from kiln.onnx_constants import attributes, fold_constant_subgraphs, infer_shapes, tensor_to_numpy
 
 PASSTHROUGH = ("Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze")
 GLOBAL_OPERATORS = ("GlobalAveragePool", "GlobalMaxPool")
@@ -164,8 +165,6 @@ def graph_from_onnx(path: str | Path, act_bits: int = 8, weight_bits: int = 8,
     ``act_bits``/``weight_bits`` as the cores compute them."""
     import onnx
 
-    from kiln.onnx_constants import infer_shapes
-
     path = Path(path)
     if precision not in ("fixed", "onnx"):
         raise ConfigError(f"precision '{precision}': choose fixed or onnx")
@@ -291,8 +290,6 @@ def _foldable_pads(model, initializers: dict, shapes: dict[str, list[int]]
     """Pads that only add rows and columns (constant mode, no batch or channel padding, no
     cropping) and feed only convolutions and pools: output tensor → (input tensor, rows
     added on top). Their pads may come from a constant subgraph (PyTorch's F.pad)."""
-    from kiln.onnx_constants import attributes, fold_constant_subgraphs, tensor_to_numpy
-
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     folded_constants: dict | None = None
 

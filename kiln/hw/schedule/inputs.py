@@ -32,6 +32,7 @@ from kiln.hw.schedule.graph import Graph, Node, graph_from_onnx, graph_from_work
 from kiln.hw.schedule.system import System
 from kiln.hw.schedule.tiles import Plan
 from kiln.hw.workload import _conv_layer, default_precision
+from kiln.hw.workload_sources import load_workload
 from kiln.strict_yaml import load_yaml_file
 
 BUILTIN_WORKLOADS = ("resnet18-conv1x4", "resnet18-conv1x4-independent")
@@ -68,7 +69,6 @@ def load_schedule_workload(spec: str, precision: str = "fixed", dataset: str | N
         if not path.is_file():
             raise ConfigError(f"workload file not found: {path}")
         return graph_from_onnx(path, precision=precision)
-    from kiln.hw.workload import load_workload
 
     return graph_from_workload(load_workload(spec, dataset))
 
