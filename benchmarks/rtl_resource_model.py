@@ -126,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from kiln.rtl import emit
-    from kiln.rtl.folding import fit_resource_model, predict_layer
+    from kiln.rtl.resource_model import fit_resource_model, predict_layer
 
     samples_path = Path(args.samples)
     saved = json.loads(samples_path.read_text()) if samples_path.exists() else {}
@@ -172,7 +172,7 @@ def main() -> None:
     # (LUTs: one factor for the matrix units, one for the window units, least squares).
     import numpy as np
 
-    from kiln.rtl.folding import features, lut_parts
+    from kiln.rtl.resource_model import features, lut_parts
 
     parts, actual = [], []
     for entry in designs:
