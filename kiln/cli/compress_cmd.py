@@ -64,8 +64,8 @@ RANGE_METHODS = ("minmax", "percentile", "mse", "entropy")
 ACTIVATION_RANGE_HELP = ("Without --config: how activation ranges are calibrated: minmax, "
                          "percentile, mse or entropy. Default: mse below 8 bits, minmax at 8 "
                          "and above.")
-WEIGHT_RANGE_HELP = ("Without --config: how weight ranges are set: minmax (default), "
-                     "percentile, mse or entropy.")
+WEIGHT_RANGE_HELP = ("Without --config: how weight ranges are set: minmax, percentile, mse "
+                     "or entropy (default: mse below 8 bits, minmax at 8 and above).")
 
 
 EQUALIZE_HELP = ("Without --config: equalize consecutive layers' channel ranges before "

@@ -28,7 +28,6 @@
     activation_bits = 8
     activation_range = "mse"     # minmax | percentile | mse | entropy (default: mse below
                                  # 8 bits, minmax at 8 and above); weight_range likewise
-                                 # (default minmax)
     config = "quant.yaml"        # a quantization config file instead of the widths
     qat_epochs = 2
     qat_method = "lsq"           # lsq | ste

@@ -90,8 +90,19 @@ def prune_step(pruned: Graph, *, shrunk: bool) -> dict[str, Any]:
 
 
 def quantize_step(config: Any) -> dict[str, Any]:
-    return {"kind": "quantize",
-            "config": QuantConfig.parse(config).model_dump(mode="json", exclude_unset=True)}
+    data = QuantConfig.parse(config).model_dump(mode="json", exclude_unset=True)
+    # Written out, so that replay can tell this file from one written before weights got
+    # their range method by width (those lack the key: min-max at every width).
+    data["weight_range_by_width"] = QuantConfig.parse(config).weight_range_by_width
+    return {"kind": "quantize", "config": data}
+
+
+def _step_config(step: dict[str, Any]) -> Any:
+    """A quantize step's config as it was meant when the file was written."""
+    config = step["config"]
+    if isinstance(config, dict) and "weight_range_by_width" not in config:
+        return {**config, "weight_range_by_width": False}
+    return config
 
 
 def channels_step(factors: dict[str, float]) -> dict[str, Any]:
@@ -112,7 +123,7 @@ def replay(recipe: dict[str, Any]) -> Graph:
             if step["shrink"]:
                 graph = shrink(graph)
         elif step["kind"] == "quantize":
-            graph = quantize(graph, step["config"])
+            graph = quantize(graph, _step_config(step))
         elif step["kind"] == "channels":
             graph = scale_channels(graph, step["factors"])  # fresh weights: the state follows
         else:
@@ -143,7 +154,6 @@ def save_model(graph: Graph, path: str | Path, recipe: dict[str, Any], *,
     import json
 
     import torch
-
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
