@@ -1,16 +1,17 @@
-"""kiln's quantization defaults, before and after session 16, side by side in one run.
+"""kiln's quantization defaults, before session 16 and now, side by side in one run.
 
     .venv/bin/python benchmarks/compression_defaults.py [--seeds 0,1] [--models convnet,jsc]
 
 For each model (the shipped convnet on Fashion-MNIST; jsc-three-linear on UCI letter, its
 stand-in data), with the same calibration data for every row (8 batches of 256 training
-images, seed 0) and weights per-channel symmetric min-max in every row:
+images, seed 0) and weights per-channel symmetric (their range by width, MSE below 8
+bits, except in "old defaults"):
 
 * PTQ at W8A8, W4A8, W4A4, W3A8 and W2A2 with each activation range method (minmax,
   percentile, mse, entropy) and no bias correction, then ``kiln quantize --weight-bits W
-  --activation-bits A`` as it is now ("defaults": MSE ranges below 8 bits, 8-bit logits,
-  bias correction below 8-bit weights) and before ("old defaults": min-max, logits as
-  narrow as the activations, no bias correction);
+  --activation-bits A`` as it is now ("defaults": MSE activation and weight ranges below
+  8 bits, 8-bit logits, bias correction below 8-bit weights) and before session 16 ("old
+  defaults": min-max, logits as narrow as the activations, no bias correction);
 * QAT (2 epochs, Adam 5e-4, batch 128, per seed) at W4A4 and W2A2: the old defaults
   (min-max ranges, narrow logits, STE) against ``kiln qat --weight-bits W
   --activation-bits A`` now.
@@ -38,9 +39,10 @@ RANGES = ("minmax", "percentile", "mse", "entropy")
 
 
 def old_config(weight_bits: int, activation_bits: int):
-    """What ``--weight-bits W --activation-bits A`` meant before session 16."""
+    """What ``--weight-bits W --activation-bits A`` meant before session 16 (min-max
+    activations and weights, logits as narrow as the activations)."""
     return uniform_config(weight_bits, activation_bits, activation={"range": "minmax"},
-                          logit_bits=activation_bits)
+                          weight={"range": "minmax"}, logit_bits=activation_bits)
 
 
 def main() -> None:

@@ -107,9 +107,9 @@ def kiln_rows(graph, dataset, seeds: list[int]) -> list[dict]:
         add("PTQ", bits, "adaround", 0, lambda w=w, a=a: kiln.quantize(
             graph, uniform_config(w, a), data=dataset, adaround=True))
     for w, a in ((4, 4), (2, 2)):
-        for seed in seeds:
+        for seed in seeds:  # what `kiln qat --weight-bits W --activation-bits A` runs
             add("QAT", f"W{w}A{a}", "defaults", seed, lambda w=w, a=a, seed=seed: qat(
-                kiln.quantize(graph, uniform_config(w, a), data=dataset), dataset,
+                calibrate(quantize(graph, uniform_config(w, a)), dataset), dataset,
                 seed=seed)[0])
     return rows
 
