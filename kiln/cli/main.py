@@ -77,12 +77,17 @@ def _unwrap_help(typer_app: typer.Typer) -> None:
     """Join the single line breaks inside each paragraph of every command's help, so that
     rich wraps the text to the terminal (in rich markup mode typer keeps a docstring's
     line breaks, and an 80-column terminal showed ragged half-lines). Paragraphs stay
-    apart; one that starts with ``\\b`` keeps its lines, as click's convention says."""
+    apart; one that starts with ``\\b`` (click's convention) or has indented lines (a
+    list of examples) keeps its lines."""
     import inspect
+
+    def keeps_lines(paragraph: str) -> bool:
+        return paragraph.startswith("\b") or any(
+            line.startswith(" ") for line in paragraph.split("\n")[1:])
 
     for info in typer_app.registered_commands:
         text = info.help or inspect.getdoc(info.callback) or ""
-        paragraphs = [p if p.startswith("\b") else " ".join(p.split("\n"))
+        paragraphs = [p if keeps_lines(p) else " ".join(p.split("\n"))
                       for p in text.split("\n\n")]
         info.help = "\n\n".join(paragraphs)
     for group in typer_app.registered_groups:

@@ -21,6 +21,13 @@ def test_help_teaches_with_examples():
     assert result.returncode == 0 and "kiln flow convnet" in result.stdout
     inspect_help = kiln("inspect", "--help")
     assert "kiln inspect resnet18" in inspect_help.stdout
+    # prose wraps to the terminal (a docstring's line breaks made ragged half-lines at
+    # 80 columns); a list of examples keeps one command a line
+    search_help = kiln("search", "--help", env={"COLUMNS": "80"}).stdout
+    assert "constraints, strategy, trials and storage" in " ".join(search_help.split())
+    assert not any(line.strip() in ("trials", "quantization") for line in search_help.split("\n"))
+    fuzz_lines = [line.strip() for line in kiln("fuzz", "--help").stdout.split("\n")]
+    assert "kiln fuzz --count 200 --seed 0" in fuzz_lines
 
 
 def test_inspect_resnet18_json():
