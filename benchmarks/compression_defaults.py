@@ -30,6 +30,7 @@ import kiln
 from kiln.data import load_dataset
 from kiln.models import evaluate, resolve_model
 from kiln.quant import calibrate, qat, quantize, uniform_config
+from kiln.quant.ptq import refine_weights
 from kiln.quant.qat import DEFAULT_METHOD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,8 @@ def main() -> None:
                 for seed in seeds:
                     started = time.perf_counter()
                     quantized = calibrate(quantize(graph, config), dataset)
+                    if side == "after":  # kiln qat corrects biases first (session 17)
+                        quantized, _ = refine_weights(quantized, dataset)
                     _, training = qat(quantized, dataset, method=method, epochs=2, seed=seed)
                     row = {"bits": f"W{weight_bits}A{activation_bits}", "side": side,
                            "method": method, "seed": seed,

@@ -227,7 +227,8 @@ def qat(
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Quantization-aware training: quantize, calibrate, then fine-tune (STE or LSQ).
+    """Quantization-aware training: quantize, calibrate, correct biases (weights under 8
+    bits), then fine-tune (STE or LSQ).
 
     Example:  kiln qat convnet --weight-bits 4 --activation-bits 8 --method lsq --out w4.pt
     """
@@ -235,12 +236,16 @@ def qat(
     from kiln.quant import calibrate
     from kiln.quant import qat as run_qat
     from kiln.quant import quantize as quantize_graph
+    from kiln.quant.ptq import refine_weights
 
     _check_model_out(out)
     graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
     quant_config = _config(config, weight_bits, activation_bits, activation_range,
                            weight_range, equalize)
-    quantized = calibrate(quantize_graph(graph, quant_config), dataset)
+    # a better start for the fine-tuning: convnet W4A4 LSQ 91.58 / 91.45% -> 91.87 / 91.78%,
+    # W2A2 88.28 / 88.54% -> 88.58 / 88.99% (seeds 0, 1; session 17)
+    quantized, _ = refine_weights(calibrate(quantize_graph(graph, quant_config), dataset),
+                                  dataset)
     before, ptq = evaluate(graph, dataset), evaluate(quantized, dataset)
     batches = -(-len(dataset.x_train) // 128)
     with progress(quiet=as_json) as bar:

@@ -224,7 +224,7 @@ def stage_compress(ctx: FlowContext, folder: Path) -> dict[str, Any]:
                   _uniform_config(options))
         quantized = calibrate(quantize(graph, config), dataset,
                               batches=ctx.config.data.calibration_batches)
-        if options.method == "ptq":
+        if options.method in ("ptq", "qat"):  # QAT starts from corrected biases too
             quantized, _ = refine_weights(quantized, dataset,
                                           batches=ctx.config.data.calibration_batches)
         if options.method == "qat":
