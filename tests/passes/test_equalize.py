@@ -59,9 +59,10 @@ def test_it_recovers_per_tensor_3_bit_weights():
     # leaves the narrow ones nothing (64.90%); equalized, 80.87% (measured).
     fashion = load_dataset("fashion-mnist")
     convnet = resolve_model("convnet", pretrained=True)[0]
-    config = uniform_config(3, 8, weight={"granularity": "tensor"})
+    config = uniform_config(3, 8, weight={"granularity": "tensor", "range": "minmax"})
     plain = evaluate(calibrate(quantize(convnet, config), fashion), fashion)
-    config = uniform_config(3, 8, weight={"granularity": "tensor"}, equalize=True)
+    config = uniform_config(3, 8, weight={"granularity": "tensor", "range": "minmax"},
+                            equalize=True)
     equalized = evaluate(calibrate(quantize(convnet, config), fashion), fashion)
     assert equalized >= plain + 0.08
     assert len(equalizable_pairs(fuse_batchnorm(convnet))) == 3
