@@ -210,12 +210,12 @@ def load_workload(spec: str, dataset: str | None = None, *,
     graph, _ = resolve_model(spec, dataset=dataset, pretrained=False, input_shape=input_shape,
                              weights=weights)
     if quant_config is not None:
+        from kiln.graph.shapes import probing_shapes
         from kiln.quant import QuantConfig, quantize
-        from kiln.quant.fake_quant import uncalibrated_pass_through
 
         if isinstance(quant_config, (str, Path)):
             quant_config = QuantConfig.load(quant_config)
         graph = quantize(graph, quant_config)  # only the widths are read: no calibration
-        with uncalibrated_pass_through():
+        with probing_shapes():  # uncalibrated quantizers pass values through
             return workload_from_graph(graph, name=path.stem if path.suffix else spec)
     return workload_from_graph(graph, name=path.stem if path.suffix else spec)

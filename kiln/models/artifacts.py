@@ -90,10 +90,11 @@ def prune_step(pruned: Graph, *, shrunk: bool) -> dict[str, Any]:
 
 
 def quantize_step(config: Any) -> dict[str, Any]:
-    data = QuantConfig.parse(config).model_dump(mode="json", exclude_unset=True)
+    parsed = QuantConfig.parse(config)
+    data = parsed.model_dump(mode="json", exclude_unset=True)
     # Written out, so that replay can tell this file from one written before weights got
     # their range method by width (those lack the key: min-max at every width).
-    data["weight_range_by_width"] = QuantConfig.parse(config).weight_range_by_width
+    data["weight_range_by_width"] = parsed.weight_range_by_width
     return {"kind": "quantize", "config": data}
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kiln.errors import KilnError
-from kiln.graph.shapes import is_probing_shapes, probing_shapes
+from kiln.graph.shapes import is_probing_shapes
 from kiln.quant.functional import (
     channel_view,
     fake_quant_bfp,
@@ -22,10 +22,6 @@ from kiln.quant.spec import QuantSpec
 
 Role = Literal["weight", "bias", "activation"]
 MAX_SAMPLES = 1_000_000
-
-# Shape propagation runs graphs before calibration: uncalibrated quantizers then pass
-# values through instead of refusing.
-uncalibrated_pass_through = probing_shapes
 
 
 class FakeQuantize(nn.Module):
@@ -120,7 +116,7 @@ class FakeQuantize(nn.Module):
         if self.role != "activation" and not self.learned and not self.frozen:
             self._refresh_from(x)
         elif not self.calibrated:
-            if is_probing_shapes():
+            if is_probing_shapes():  # shapes are propagated before calibration
                 return x
             raise KilnError(
                 f"activation quantizer ({self.spec.describe()}) is not calibrated",
