@@ -36,13 +36,13 @@ def flow(
              "train, float, compress, integer, onnx, cost, schedule, mvu, rtl, simulate, "
              "synth, fpga.")] = None,
     data: Annotated[str | None, typer.Option(
-        "--data", "-d", help="Dataset (default: the model's own; [data] dataset).")] = None,
+        "--data", "-d", help="Dataset (default: the model's own; \\[data] dataset).")] = None,
     input_shape: Annotated[str | None, typer.Option(
-        help=INPUT_SHAPE_HELP + " ([model] input_shape)")] = None,
+        help=INPUT_SHAPE_HELP + " (\\[model] input_shape)")] = None,
     weights: Annotated[Path | None, typer.Option(
-        help=WEIGHTS_HELP + " ([model] weights)")] = None,
+        help=WEIGHTS_HELP + " (\\[model] weights)")] = None,
     input_scale: Annotated[float | None, typer.Option(
-        help=INPUT_SCALE_HELP + " ([data] input_scale)")] = None,
+        help=INPUT_SCALE_HELP + " (\\[data] input_scale)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Carry MODEL through every stage: (training →) float evaluation → compression →
@@ -53,11 +53,11 @@ def flow(
     Each stage writes DIR/<stage>/ whole or not at all and is skipped when its inputs have
     not changed, so a re-run after a kill or a config change redoes only what changed. A
     stage that cannot take the model says why; the stages that do not need it still run.
-    The flow trains only when asked (--stages train,... with [train] in --config): else
+    The flow trains only when asked (--stages train,... with \\[train] in --config): else
     give it trained weights (a zoo name's shipped checkpoint, a model file from kiln
     train/quantize/qat, an ONNX file, or --weights for your module); a model at chance
     accuracy is flagged as untrained. A file.py:Name module needs
-    --input-shape, and an ONNX file or a module --data (or [model] / [data] in --config).
+    --input-shape, and an ONNX file or a module --data (or \\[model] / \\[data] in --config).
 
     Exit status: 0 every selected stage done (or cached); 3 some stage refused the model
     (or was skipped after a refusal), report written; 2 the model cannot be loaded, does

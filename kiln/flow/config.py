@@ -56,6 +56,8 @@
     [rtl]
     parallelism = "4x4"          # P_in x P_out of every layer
     layers = {}                  # per layer: name = [P_in, P_out]
+    rounding = "nearest"         # requantization in the RTL (float32, ONNX Runtime's, is a
+                                 # float multiplier per output in LUTs and no residual add)
 
     [simulate]
     simulator = "verilator"      # verilator | icarus
@@ -173,6 +175,7 @@ class MvuOptions(_Strict):
 class RtlOptions(_Strict):
     parallelism: str = "4x4"
     layers: dict[str, list[int]] = {}
+    rounding: Literal["floor", "nearest", "float32"] = "nearest"
 
     @field_validator("parallelism")
     @classmethod

@@ -15,7 +15,6 @@ from typing import Any
 from kiln.flow.stages import FlowContext, _parallelism
 from kiln.hw.schedule.run import schedule
 from kiln.hw.schedule.views import write_views
-from kiln.integer import lower
 from kiln.mvu.generate import accuracy, calibration_inputs, generate, program_dataset
 from kiln.mvu.lower import lower_for_mvu
 from kiln.mvu.rtl_run import check_rtl_proof
@@ -81,11 +80,9 @@ def stage_fpga(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     """The program folded to fit the FPGA (or at ``[rtl]`` parallelism), synthesized,
     placed and routed with nextpnr: the achieved Fmax, resources and inferences/s."""
     options = ctx.config.fpga
-    program = ctx.program()
-    if program.rounding != options.rounding:
-        # ONNX Runtime's float32 requantization is a float multiplier per output in LUTs
-        # (convnet on ECP5-25K: 22k LUT, 11 MHz); the FPGA takes the fixed-point one
-        program = lower(ctx.quantized(), rounding=options.rounding)
+    # ONNX Runtime's float32 requantization is a float multiplier per output in LUTs
+    # (convnet on ECP5-25K: 22k LUT, 11 MHz); the FPGA takes the fixed-point one
+    program = ctx.hardware_program(options.rounding)
     check_emittable(program)  # before folding: name what the hardware cannot take
     folding = None
     if options.fold:

@@ -235,7 +235,9 @@ def _blocks(model: str, records: list[StageRecord], out: Path) -> list[Block]:
                 blocks.append(("img", out / "cost" / name, caption))
     rtl, simulate, synth = by.get("rtl"), by.get("simulate"), by.get("synth")
     if rtl and rtl.figures:
-        blocks += [("h2", f"RTL ({rtl.figures['parallelism']})"),
+        rounding = rtl.figures.get("rounding")  # absent in an rtl stage cached before it
+        blocks += [("h2", f"RTL ({rtl.figures['parallelism']}"
+                          + (f", {rounding} requantization)" if rounding else ")")),
                    ("table", ["layer", "kind", "in → out", "P_in × P_out",
                               "busy cycles / inference"],
                     [[x["layer"], x["kind"], f"{x['in']} → {x['out']}",

@@ -113,6 +113,18 @@ class FlowContext:
             self.cache["program"] = IntegerProgram.load(self.out / "integer" / "program")
         return self.cache["program"]
 
+    def hardware_program(self, rounding: str) -> IntegerProgram:
+        """The program at the hardware's requantization rounding: the integer stage's own
+        when it rounds so, else the compressed model lowered again (the RTL's adds take
+        fixed-point requantization only, and float32 is a float multiplier in LUTs)."""
+        program = self.program()
+        if program.rounding == rounding:
+            return program
+        key = f"program-{rounding}"
+        if key not in self.cache:
+            self.cache[key] = lower(self.quantized(), rounding=rounding)
+        return self.cache[key]
+
     def design(self):
         return Design.load(self.out / "rtl" / "design")
 
@@ -318,10 +330,10 @@ def _parallelism(ctx: FlowContext) -> Any:
 
 
 def stage_rtl(ctx: FlowContext, folder: Path) -> dict[str, Any]:
-    """SystemVerilog for the program at the configured parallelism."""
-    program = ctx.program()
+    """SystemVerilog for the program at the configured parallelism and rounding."""
+    program = ctx.hardware_program(ctx.config.rtl.rounding)
     design = emit(program, _parallelism(ctx), folder / "design")
-    return {"parallelism": ctx.config.rtl.parallelism,
+    return {"parallelism": ctx.config.rtl.parallelism, "rounding": program.rounding,
             "layers": [{"layer": layer.name, "kind": layer.unit_name, "in": layer.in_n,
                         "out": layer.out_n, "p_in": layer.p_in, "p_out": layer.p_out,
                         "cycles": layer.compute_cycles} for layer in design.layers],

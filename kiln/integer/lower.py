@@ -293,13 +293,10 @@ class _Lowering:
         if kind in (OpKind.IDENTITY, OpKind.DROPOUT):
             return value
         if kind is OpKind.MAXPOOL:
-            pool = self.module.get_submodule(node.target)
-            pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
-            if pair(pool.dilation) != [1, 1]:
+            pool = _pool_settings(node, self.module)
+            if pool["dilation"] != [1, 1]:
                 raise KilnError(f"cannot lower dilated max pool '{node.name}'")
-            attrs = {"kernel": pair(pool.kernel_size), "stride": pair(pool.stride or
-                                                                       pool.kernel_size),
-                     "padding": pair(pool.padding), "ceil_mode": bool(pool.ceil_mode)}
+            attrs = {key: pool[key] for key in ("kernel", "stride", "padding", "ceil_mode")}
             op_kind = "maxpool"
         else:
             attrs = {"shape": list(info.output_shape[1:])}
@@ -346,11 +343,10 @@ class _Lowering:
         if info.op is OpKind.GLOBAL_AVGPOOL:
             kernel, stride = [in_shape[2], in_shape[3]], [1, 1]
         else:
-            pool = self.module.get_submodule(node.target)
-            pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
-            if pair(pool.padding) != [0, 0] or pool.ceil_mode:
+            pool = _pool_settings(node, self.module)
+            if pool["padding"] != [0, 0] or pool["ceil_mode"]:
                 raise KilnError(f"cannot lower padded or ceil-mode average pool '{node.name}'")
-            kernel, stride = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
+            kernel, stride = pool["kernel"], pool["stride"]
         count = kernel[0] * kernel[1]
         op = IntOp("avgpool", node.name, [source.name], node.name,
                    {"kernel": kernel, "stride": stride, "in_quant": source.quant.as_dict()})
@@ -367,6 +363,29 @@ class _Lowering:
         pending = _Pending(op, np.array([a.quant.scale]), a.quant)
         pending.op.attrs["b_over_a"] = b.quant.scale / a.quant.scale
         return pending
+
+
+def _pool_settings(node: torch.fx.Node, module: nn.Module) -> dict[str, Any]:
+    """A 2-D pool's kernel, stride, padding, dilation and ceil mode (each a pair), from
+    its module (``nn.MaxPool2d``) or its call (``F.max_pool2d(x, 2)`` in a user's forward)."""
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    if node.op == "call_module":
+        pool = module.get_submodule(node.target)
+        given = {name: getattr(pool, name, None) for name in names}
+    else:  # F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+        # F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, ...)
+        order = names if node.target is torch.nn.functional.max_pool2d else (
+            "kernel_size", "stride", "padding", "ceil_mode")
+        given = {**dict(zip(order, node.args[1:], strict=False)), **node.kwargs}
+
+    def pair(value: Any, default: int) -> list[int]:
+        value = default if value is None else value
+        return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * 2
+
+    kernel = pair(given["kernel_size"], 1)
+    return {"kernel": kernel, "stride": pair(given.get("stride") or kernel, 1),
+            "padding": pair(given.get("padding"), 0), "dilation": pair(given.get("dilation"), 1),
+            "ceil_mode": bool(given.get("ceil_mode") or False)}
 
 
 def lower(graph: Graph, *, rounding: Rounding = "nearest") -> IntegerProgram:

@@ -42,6 +42,32 @@ def test_version_and_help_texts():
     assert "all" in kiln("evaluate", "--help").stdout  # --split train, test or all
 
 
+def test_help_texts_keep_their_brackets():
+    """Rich markup ate '[data]' and '[model]' from flow's help ("with  in --config"): every
+    command's and option's help escapes a bracket that rich would read as a tag."""
+    import re
+
+    import typer
+
+    from kiln.cli.main import app
+
+    tag = re.compile(r"(?<!\\)\[[a-z#/@][^\]]*\]")  # what rich takes for markup
+    eaten = []
+
+    def visit(command, path: str) -> None:
+        texts = [command.help or ""] + [getattr(param, "help", "") or ""
+                                        for param in command.params]
+        eaten.extend(f"{path}: {match}" for text in texts for match in tag.findall(text))
+        for name, sub in getattr(command, "commands", {}).items():
+            visit(sub, f"{path} {name}")
+
+    visit(typer.main.get_command(app), "kiln")
+    assert tag.findall("default: [data] dataset") == ["[data]"]  # the check can fail
+    assert eaten == []
+    shown = kiln("flow", "--help")
+    assert "[train] in --config" in " ".join(shown.stdout.split())
+
+
 def test_search_tables_have_units_and_one_accuracy_column():
     from kiln.search.report import best_table, format_metric
     from kiln.search.results import SearchResult

@@ -27,7 +27,7 @@ from torch import nn
 
 
 class ResidualMLP(nn.Module):
-    """An MLP with a residual add: the RTL emitter cannot take it in float32 rounding."""
+    """An MLP with a residual add: the RTL emitter takes its add in fixed-point rounding only."""
 
     def __init__(self):
         super().__init__()
@@ -81,21 +81,30 @@ def test_jsc_through_every_stage_then_only_the_rtl_stages_again(tmp_path):
 def test_a_module_with_a_residual_add_runs_what_it_can(tmp_path):
     module = tmp_path / "residual.py"
     module.write_text(RESIDUAL)
-    # (the FPGA stage lowers in nearest rounding, which kiln_add takes: not selected here,
-    # place and route is tested on jsc above)
+    # place and route is tested on jsc above
     stages = ["float", "compress", "integer", "onnx", "cost", "schedule", "mvu", "rtl",
               "simulate", "synth"]
-    config = parse_flow_config({**FAST, "stages": stages, "model": {"input_shape": "16"},
-                                "data": {**FAST["data"], "dataset": "letter"}})
-    records = run_flow(f"{module}:ResidualMLP", config, tmp_path / "out")
+    config = {**FAST, "stages": stages, "model": {"input_shape": "16"},
+              "data": {**FAST["data"], "dataset": "letter"}}
+    records = run_flow(f"{module}:ResidualMLP", parse_flow_config(config), tmp_path / "out")
     statuses = _statuses(records)
+    # the integer program rounds as ONNX Runtime does (float32); the RTL is built from the
+    # program lowered in nearest rounding, whose adds kiln_add takes
     assert statuses == {"train": "not selected", "float": "done", "compress": "done",
                         "integer": "done", "onnx": "done", "cost": "done", "schedule": "done",
-                        "mvu": "refused", "rtl": "refused", "simulate": "skipped",
-                        "synth": "skipped", "fpga": "not selected"}
+                        "mvu": "refused", "rtl": "done", "simulate": "done",
+                        "synth": "done", "fpga": "not selected"}
+    by = {r.stage: r.figures for r in records}
+    assert by["integer"]["rounding"] == "float32" and by["rtl"]["rounding"] == "nearest"
+    assert "add" in {layer["kind"] for layer in by["rtl"]["layers"]}
+    assert by["simulate"]["bit_exact"]
+    # asked for float32 requantization in the RTL, the emitter refuses the add by name
+    records = run_flow(f"{module}:ResidualMLP", parse_flow_config(
+        {**config, "stages": stages[:-1], "rtl": {"rounding": "float32"}}), tmp_path / "out")
     rtl = next(r for r in records if r.stage == "rtl")
-    assert "add (add): float32 rounding" in rtl.message
+    assert rtl.status == "refused" and "add (add): float32 rounding" in rtl.message
     assert "the RTL emitter cannot build" in rtl.message
+    assert {r.stage: r.status for r in records}["integer"] == "cached"
     assert {r.stage: r.message for r in records}["simulate"] == "needs rtl (refused)"
 
 

@@ -43,7 +43,25 @@ class TwoReadersOfTheInput(nn.Module):
         return self.a(x) + self.b(x)
 
 
-@pytest.mark.parametrize("network", [RawAndRelu, TwoReadersOfTheInput])
+class FunctionalPools(nn.Module):
+    """Pools called as functions in forward (no pool module): a user's ResPool broke the
+    lowering with "'function' object has no attribute 'split'"."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 4 * 4, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        z = torch.relu(self.c2(y)) + y
+        pooled = torch.nn.functional.max_pool2d(z, 3, stride=2, padding=1)  # 28 -> 14
+        pooled = torch.nn.functional.avg_pool2d(pooled, kernel_size=(3, 3), stride=3)  # -> 4
+        return self.fc(pooled.flatten(1))
+
+
+@pytest.mark.parametrize("network", [RawAndRelu, TwoReadersOfTheInput, FunctionalPools])
 def test_branching_networks_lower_and_agree(network, tmp_path):
     torch.manual_seed(0)
     dataset = load_dataset("fashion-mnist")
@@ -55,6 +73,11 @@ def test_branching_networks_lower_and_agree(network, tmp_path):
     reference = program.output_quant.quantize(predict(quantized, x))
     assert np.abs(ours - reference).max() <= 1  # one rounding step at most
     assert len({op.output for op in program.ops}) == len(program.ops)  # one name each
+    if network is FunctionalPools:
+        pools = {op.kind: op.attrs for op in program.ops if op.kind.endswith("pool")}
+        assert (pools["maxpool"]["kernel"], pools["maxpool"]["stride"],
+                pools["maxpool"]["padding"]) == ([3, 3], [2, 2], [1, 1])
+        assert (pools["avgpool"]["kernel"], pools["avgpool"]["stride"]) == ([3, 3], [3, 3])
     path = export_onnx(program, tmp_path / "model.onnx", export_format="qdq")
     assert check_onnx(program, path, x).bit_exact
 
