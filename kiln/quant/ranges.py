@@ -9,11 +9,13 @@ and returns ``lo`` and ``hi`` of shape [C]:
   mean squared quantization error;
 * ``entropy``: the threshold that minimizes the KL divergence between the histogram of
   |x| and its quantized version (the calibration used by TensorRT), over the non-zero
-  values (zeros are exact at any threshold) and, for a tensor that is never negative,
-  into all of the levels.
+  values (zeros are exact at any threshold), each candidate threshold with its own
+  histogram of whole levels (:func:`kl_threshold`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -77,27 +79,24 @@ def _mse(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantS
     return best_lo, best_hi
 
 
-def entropy_levels(spec: QuantSpec, non_negative: bool) -> int:
-    """Quantized magnitude bins the KL search merges the histogram into: every level for a
-    tensor that never goes below zero (after a ReLU: [0, t] takes all of them), half of
-    them (one side) otherwise."""
-    if spec.symmetric:
-        return max(spec.qmax + 1, 2)
-    if non_negative:
-        return max(spec.qmax - spec.qmin + 1, 2)
+def entropy_levels(spec: QuantSpec) -> int:
+    """Quantized bins the KL search merges a magnitude histogram into: half of the
+    quantizer's levels (TensorRT's 128 for 8 bits), also for a tensor that is never
+    negative, although [0, t] then takes all of them. Measured on the shipped convnet over
+    four calibration sets (seeds 0-3), mean accuracy with all levels → half: W8A8 91.85% →
+    91.95% (min-max 91.91%), W4A4 90.98% → 91.39% (min-max 89.93%): modelled with every
+    level, the divergence clips more than 8 bits of rounding can repay."""
     return max((spec.qmax - spec.qmin + 1) // 2, 2)
 
 
-def _entropy(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
-             bins: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def _entropy(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     thresholds = []
-    for row, row_lo in zip(samples, lo, strict=True):
+    for row in samples:
         # Exact zeros (most of a tensor after a ReLU) are quantized without error whatever
         # the threshold: left in, their spike makes the divergence of a tiny range small.
         magnitudes = row.abs()
-        magnitudes = magnitudes[magnitudes > 0]
-        levels = entropy_levels(spec, non_negative=bool(row_lo >= 0))
-        thresholds.append(_kl_threshold(magnitudes, max(bins, 16 * levels), levels))
+        thresholds.append(kl_threshold(magnitudes[magnitudes > 0], entropy_levels(spec)))
     bound = torch.stack(thresholds)
     if spec.symmetric:
         return -bound, bound
@@ -105,32 +104,48 @@ def _entropy(samples: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: Qu
     return torch.maximum(lo, -bound), torch.minimum(hi, bound)
 
 
-def _kl_threshold(magnitudes: torch.Tensor, bins: int, levels: int) -> torch.Tensor:
+#: The KL search's candidate thresholds: peak · j / STEPS for j from FIRST to STEPS (the
+#: smallest is TensorRT's, 128 of 2048 bins), each histogrammed at BINS_PER_LEVEL bins per
+#: quantized level; the samples thinned evenly to at most SAMPLES.
+KL_STEPS, KL_FIRST, KL_BINS_PER_LEVEL, KL_SAMPLES = 256, 16, 8, 1_000_000
+
+
+def kl_threshold(magnitudes: torch.Tensor, levels: int) -> torch.Tensor:
+    """The clipping threshold t of non-negative ``magnitudes`` whose histogram on [0, t]
+    (the mass above t in its last bin) diverges least (KL) from its quantized version:
+    each of ``levels`` equal bins' mass spread evenly over its non-empty histogram bins.
+
+    Each candidate t gets its own histogram with exactly ``KL_BINS_PER_LEVEL`` bins per
+    level. TensorRT's single 2048-bin histogram cut at bin i merges i bins into the levels
+    unevenly (some levels one bin wider) whenever i is not a multiple of them, and the
+    divergence then jumps between neighbouring thresholds: one calibration set of the
+    convnet got a range that cost W8A8 17 points (74.19%).
+
+    >>> kl_threshold(torch.rand(10_000), 8) <= 1.0
+    tensor(True)
+    """
+    if magnitudes.numel() > KL_SAMPLES:
+        magnitudes = magnitudes[:: magnitudes.numel() // KL_SAMPLES + 1]
     peak = float(magnitudes.max()) if magnitudes.numel() else 0.0
     if peak == 0.0:
         return torch.tensor(0.0)
-    histogram = torch.histc(magnitudes, bins=bins, min=0.0, max=peak).double()
-    width = peak / bins
-    best_divergence, best_bin = float("inf"), bins
-    for stop in range(levels, bins + 1, max(1, (bins - levels) // 128)):
-        reference = histogram[:stop].clone()
-        reference[stop - 1] += histogram[stop:].sum()  # clipped mass lands in the last bin
-        # Merge ``stop`` bins into ``levels`` quantized bins, spread back over non-empty ones.
-        edges = torch.linspace(0, stop, levels + 1).round().long()
-        candidate = torch.zeros(stop, dtype=torch.float64)
-        for i in range(levels):
-            a, b = int(edges[i]), int(edges[i + 1])
-            if b <= a:
-                continue
-            chunk = histogram[a:b]
-            nonzero = chunk > 0
-            count = int(nonzero.sum())
-            if count:
-                candidate[a:b][nonzero] = chunk.sum() / count
+    magnitudes = magnitudes.double()
+    bins = KL_BINS_PER_LEVEL * levels
+    best_divergence, best_threshold = math.inf, peak
+    for step in range(KL_FIRST, KL_STEPS + 1):
+        threshold = peak * step / KL_STEPS
+        reference = torch.histc(magnitudes.clamp(max=threshold), bins=bins, min=0.0,
+                                max=threshold)
+        inside = reference.clone()
+        inside[-1] -= float((magnitudes > threshold).sum())  # the clipped mass is not a level's
+        by_level = inside.reshape(levels, KL_BINS_PER_LEVEL)
+        occupied = (reference > 0).reshape(levels, KL_BINS_PER_LEVEL)
+        spread = by_level.sum(dim=1, keepdim=True) / occupied.sum(dim=1, keepdim=True).clamp(min=1)
+        candidate = torch.where(occupied, spread, 0.0).reshape(-1)
         p = reference / reference.sum()
-        q = candidate / max(candidate.sum(), 1e-30)
+        q = candidate / candidate.sum().clamp(min=1e-30)
         mask = p > 0
-        divergence = float((p[mask] * torch.log(p[mask] / torch.clamp(q[mask], min=1e-12))).sum())
+        divergence = float((p[mask] * torch.log(p[mask] / q[mask].clamp(min=1e-12))).sum())
         if divergence < best_divergence:
-            best_divergence, best_bin = divergence, stop
-    return torch.tensor(best_bin * width, dtype=torch.float32)
+            best_divergence, best_threshold = divergence, threshold
+    return torch.tensor(best_threshold, dtype=torch.float32)
