@@ -9,8 +9,8 @@ bits, except in "old defaults"):
 
 * PTQ at W8A8, W4A8, W4A4, W3A8 and W2A2 with each activation range method (minmax,
   percentile, mse, entropy) and no bias correction, then ``kiln quantize --weight-bits W
-  --activation-bits A`` as it is now ("defaults": entropy activation and MSE weight ranges
-  below 8 bits, 8-bit logits, bias correction below 8-bit weights) and before session 16 ("old
+  --activation-bits A`` as it is now ("defaults": MSE activation and weight ranges below
+  8 bits, 8-bit logits, bias correction below 8-bit weights) and before session 16 ("old
   defaults": min-max, logits as narrow as the activations, no bias correction);
 * QAT (2 epochs, Adam 5e-4, batch 128, per seed) at W4A4 and W2A2: the old defaults
   (min-max ranges, narrow logits, STE) against ``kiln qat --weight-bits W
@@ -29,7 +29,7 @@ from pathlib import Path
 import kiln
 from kiln.data import load_dataset
 from kiln.models import evaluate, resolve_model
-from kiln.quant import calibrate, for_qat, qat, quantize, uniform_config
+from kiln.quant import calibrate, qat, quantize, uniform_config
 from kiln.quant.ptq import refine_weights
 from kiln.quant.qat import DEFAULT_METHOD
 
@@ -80,8 +80,7 @@ def main() -> None:
         for weight_bits, activation_bits in ((4, 4), (2, 2)):
             for side, config, method in (
                     ("before", old_config(weight_bits, activation_bits), "ste"),
-                    ("after", for_qat(uniform_config(weight_bits, activation_bits)),
-                     DEFAULT_METHOD)):
+                    ("after", uniform_config(weight_bits, activation_bits), DEFAULT_METHOD)):
                 for seed in seeds:
                     started = time.perf_counter()
                     quantized = calibrate(quantize(graph, config), dataset)

@@ -34,7 +34,7 @@ import torch
 import kiln
 from kiln.data import load_dataset
 from kiln.models import evaluate, resolve_model
-from kiln.quant import calibrate, for_qat, qat, quantize, uniform_config
+from kiln.quant import calibrate, qat, quantize, uniform_config
 from kiln.quant.ptq import refine_weights
 from kiln.quant.quantize import calibration_batches
 
@@ -110,7 +110,7 @@ def kiln_rows(graph, dataset, seeds: list[int]) -> list[dict]:
     for w, a in ((4, 4), (2, 2)):
         for seed in seeds:  # what `kiln qat --weight-bits W --activation-bits A` runs
             add("QAT", f"W{w}A{a}", "defaults", seed, lambda w=w, a=a, seed=seed: qat(
-                refine_weights(calibrate(quantize(graph, for_qat(uniform_config(w, a))), dataset),
+                refine_weights(calibrate(quantize(graph, uniform_config(w, a)), dataset),
                                dataset)[0], dataset, seed=seed)[0])
     return rows
 
