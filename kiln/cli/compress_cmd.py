@@ -62,8 +62,8 @@ def _check_model_out(out: Path | None) -> None:
 
 RANGE_METHODS = ("minmax", "percentile", "mse", "entropy")
 ACTIVATION_RANGE_HELP = ("Without --config: how activation ranges are calibrated: minmax, "
-                         "percentile, mse or entropy. Default: entropy below 8 bits (kiln "
-                         "qat: mse, LSQ's better start), minmax at 8 and above.")
+                         "percentile, mse or entropy. Default: mse below 8 bits, minmax at 8 "
+                         "and above.")
 WEIGHT_RANGE_HELP = ("Without --config: how weight ranges are set: minmax, percentile, mse "
                      "or entropy (default: mse below 8 bits, minmax at 8 and above).")
 
@@ -233,16 +233,15 @@ def qat(
     Example:  kiln qat convnet --weight-bits 4 --activation-bits 8 --method lsq --out w4.pt
     """
     from kiln.models import evaluate
-    from kiln.quant import calibrate, for_qat
+    from kiln.quant import calibrate
     from kiln.quant import qat as run_qat
     from kiln.quant import quantize as quantize_graph
     from kiln.quant.ptq import refine_weights
 
     _check_model_out(out)
     graph, info, dataset, scale = _load(model, data, input_shape, weights, input_scale)
-    # activations under 8 bits start from MSE ranges unless told otherwise (kiln.quant.for_qat)
-    quant_config = for_qat(_config(config, weight_bits, activation_bits, activation_range,
-                                   weight_range, equalize))
+    quant_config = _config(config, weight_bits, activation_bits, activation_range,
+                           weight_range, equalize)
     # a better start for the fine-tuning: convnet W4A4 LSQ 91.58 / 91.45% -> 91.87 / 91.78%,
     # W2A2 88.28 / 88.54% -> 88.58 / 88.99% (seeds 0, 1; session 17)
     quantized, _ = refine_weights(calibrate(quantize_graph(graph, quant_config), dataset),

@@ -26,9 +26,8 @@
     method = "ptq"               # ptq | qat | search | none (the model is quantized already)
     weight_bits = 8              # ptq / qat without a config file
     activation_bits = 8
-    activation_range = "entropy" # minmax | percentile | mse | entropy (default: entropy
-                                 # below 8 bits, mse for qat, minmax at 8 and above);
-    weight_range = "mse"         # likewise (default: mse below 8 bits, minmax at and above)
+    activation_range = "mse"     # minmax | percentile | mse | entropy (default: mse below
+                                 # 8 bits, minmax at 8 and above); weight_range likewise
     config = "quant.yaml"        # a quantization config file instead of the widths
     qat_epochs = 2
     qat_method = "lsq"           # lsq | ste

@@ -28,7 +28,7 @@ from kiln.models import fit, resolve_model
 from kiln.models.arguments import load_model_argument, model_dataset
 from kiln.models.artifacts import quantize_step, save_model
 from kiln.passes import count, model_size
-from kiln.quant import QuantConfig, calibrate, for_qat, qat, quantize, uniform_config
+from kiln.quant import QuantConfig, calibrate, qat, quantize, uniform_config
 from kiln.quant.fake_quant import FakeQuantize
 from kiln.quant.ptq import refine_weights
 from kiln.rtl import emit, synthesize
@@ -234,8 +234,6 @@ def stage_compress(ctx: FlowContext, folder: Path) -> dict[str, Any]:
     else:
         config = (QuantConfig.load(options.config) if options.config else
                   _uniform_config(options))
-        if options.method == "qat":
-            config = for_qat(config)  # LSQ starts from MSE ranges under 8 bits
         quantized = calibrate(quantize(graph, config), dataset,
                               batches=ctx.config.data.calibration_batches)
         if options.method in ("ptq", "qat"):  # QAT starts from corrected biases too

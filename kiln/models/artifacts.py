@@ -95,8 +95,6 @@ def quantize_step(config: Any) -> dict[str, Any]:
     # Written out, so that replay can tell this file from one written before weights got
     # their range method by width (those lack the key: min-max at every width).
     data["weight_range_by_width"] = parsed.weight_range_by_width
-    # likewise for narrow activations (MSE ranges before session 18, entropy since)
-    data["narrow_activation_range"] = parsed.narrow_activation_range
     return {"kind": "quantize", "config": data}
 
 
@@ -104,9 +102,7 @@ def _step_config(step: dict[str, Any]) -> Any:
     """A quantize step's config as it was meant when the file was written."""
     config = step["config"]
     if isinstance(config, dict) and "weight_range_by_width" not in config:
-        config = {**config, "weight_range_by_width": False}
-    if isinstance(config, dict) and "narrow_activation_range" not in config:
-        config = {**config, "narrow_activation_range": "mse"}
+        return {**config, "weight_range_by_width": False}
     return config
 
 

@@ -7,7 +7,7 @@
 >>> q = calibrate(quantize(graph, uniform_config(8, 8)), load_dataset("fashion-mnist"))
 """
 
-from kiln.quant.config import LayerQuant, QuantConfig, for_qat, uniform_config
+from kiln.quant.config import LayerQuant, QuantConfig, uniform_config
 from kiln.quant.fake_quant import FakeQuantize
 from kiln.quant.qat import qat
 from kiln.quant.quantize import UnmatchedRuleWarning, calibrate, quantize, quantizers
@@ -20,7 +20,6 @@ __all__ = [
     "QuantSpec",
     "UnmatchedRuleWarning",
     "calibrate",
-    "for_qat",
     "qat",
     "quantize",
     "quantizers",

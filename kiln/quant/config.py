@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from kiln.errors import ConfigError
 from kiln.graph.metadata import OpKind
-from kiln.quant.spec import QuantSpec, RangeMethod, format_validation_error
+from kiln.quant.spec import QuantSpec, format_validation_error
 from kiln.strict_yaml import load_yaml
 
 POINTS = ("weight", "bias", "input", "output")
@@ -118,9 +118,6 @@ class QuantConfig(BaseModel):
     #: (:func:`default_weight_range`); false: min-max at every width (kiln before session 17,
     #: kept for the model files it wrote)
     weight_range_by_width: bool = True
-    #: the range method of an activation narrower than 8 bits whose config names none
-    #: (:func:`default_activation_range`): entropy for PTQ; ``kiln qat`` starts from mse
-    narrow_activation_range: RangeMethod = "entropy"
 
     @classmethod
     def parse(cls, data: QuantConfig | dict[str, Any], *, source: str = "quantization config"
@@ -199,11 +196,8 @@ class QuantConfig(BaseModel):
             if rule.match.matches(name, op, is_last=is_last):
                 merged = self._merged(merged, rule, "rule")
         weight_range = default_weight_range if self.weight_range_by_width else _min_max
-        def activation_range(bits: int) -> str:
-            return default_activation_range(bits, narrow=self.narrow_activation_range)
-
-        for point, by_width in (("input", activation_range), ("output", activation_range),
-                                ("weight", weight_range)):
+        for point, by_width in (("input", default_activation_range),
+                                ("output", default_activation_range), ("weight", weight_range)):
             value = merged.get(point)
             if value is not None and "range" not in value:
                 spec = QuantSpec.parse(value)
@@ -223,27 +217,24 @@ class QuantConfig(BaseModel):
                 and not any(rule.match.matches(name, op) for name, op in others)]
 
 
-#: Activations and weights narrower than this get their range method by width (entropy or
-#: MSE activations, MSE weights), wider ones min-max.
+#: Activations and weights narrower than this get MSE ranges by default, wider ones min-max.
 MSE_BELOW_BITS = 8
 
 
-def default_activation_range(bits: int, *, narrow: str = "entropy") -> str:
-    """The range method an activation of ``bits`` gets when its config names none:
-    ``narrow`` below 8 bits (a config's ``narrow_activation_range``), min-max at and above.
+def default_activation_range(bits: int) -> str:
+    """The range method an activation of ``bits`` gets when its config names none.
 
     At 8 bits and above the full observed range costs nothing measurable (the shipped
     convnet: 91.99% min-max, 91.91% MSE, float 92.00%); below, rounding error dominates and
-    clipping the rare large values pays. For PTQ, entropy: convnet W4A4 with bias
-    correction, three calibration sets, 91.53% mean (MSE 91.32%, percentile 91.07%); W2A2
-    57.23% (MSE 55.94%); equal at W4A8 and W3A8 (measured session 18). For QAT, MSE, the
-    better start for LSQ: W4A4 91.87 / 91.78% from MSE ranges, 91.52 / 91.68% from entropy;
-    W2A2 88.58 / 88.99% and 88.68 / 88.87% (seeds 0, 1).
+    clipping the rare large values pays: W4A4 PTQ 88.38% min-max, 89.69% MSE, 90.11%
+    percentile, 89.97% entropy (``python benchmarks/compression_defaults.py``). MSE rather
+    than percentile because it is the better start for QAT: W2A2 LSQ 81.56% from MSE
+    ranges, 78.81% from percentile (2-bit logits; measured by hand, session 16).
 
     >>> default_activation_range(8), default_activation_range(4)
-    ('minmax', 'entropy')
+    ('minmax', 'mse')
     """
-    return narrow if bits < MSE_BELOW_BITS else "minmax"
+    return "mse" if bits < MSE_BELOW_BITS else "minmax"
 
 
 def _min_max(bits: int) -> str:
@@ -267,33 +258,18 @@ def default_weight_range(bits: int) -> str:
     return "mse" if bits < MSE_BELOW_BITS else "minmax"
 
 
-def for_qat(config: QuantConfig) -> QuantConfig:
-    """``config`` as QAT starts from it: activations narrower than 8 bits that no rule gives
-    a range method start from MSE ranges (see :func:`default_activation_range`), unless the
-    config itself names ``narrow_activation_range``.
-
-    >>> for_qat(uniform_config(4, 4)).narrow_activation_range
-    'mse'
-    """
-    if "narrow_activation_range" in config.model_fields_set:
-        return config
-    return config.model_copy(update={"narrow_activation_range": "mse"})
-
-
 def uniform_config(weight_bits: int | None = 8, activation_bits: int | None = None, *,
                    weight: dict[str, Any] | None = None,
                    activation: dict[str, Any] | None = None,
                    last_output: bool = True, logit_bits: int = 8,
-                   equalize: bool = False, narrow_activation_range: str | None = None
-                   ) -> QuantConfig:
+                   equalize: bool = False) -> QuantConfig:
     """The common case as a config: the same widths everywhere.
 
     Activations are quantized at every layer input, and (``last_output``) at the output
     of the last layer, so that every tensor the integer program moves is quantized. That
     output (the logits) is never narrower than ``logit_bits``: four 2-bit levels make most
     classes tie (the convnet at W2A2, QAT LSQ: 81.56% with 2-bit logits, 84.96% with 8),
-    and in hardware it is one requantizer's clamp. ``narrow_activation_range`` names the
-    range method of activations narrower than 8 bits (default: the config's, entropy).
+    and in hardware it is one requantizer's clamp.
 
     >>> uniform_config(4, 2).layer("fc", OpKind.LINEAR, is_last=True).output.bits
     8
@@ -309,7 +285,4 @@ def uniform_config(weight_bits: int | None = 8, activation_bits: int | None = No
             rules.append({"match": {"name": ["@last"]},
                           "output": {**spec, "bits": max(spec["bits"], logit_bits),
                                      "signed": True, "symmetric": False}})
-    config: dict[str, Any] = {"default": default, "rules": rules, "equalize": equalize}
-    if narrow_activation_range is not None:
-        config["narrow_activation_range"] = narrow_activation_range
-    return QuantConfig.parse(config)
+    return QuantConfig.parse({"default": default, "rules": rules, "equalize": equalize})
