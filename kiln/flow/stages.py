@@ -125,9 +125,6 @@ class FlowContext:
             self.cache[key] = lower(self.quantized(), rounding=rounding)
         return self.cache[key]
 
-    def design(self):
-        return Design.load(self.out / "rtl" / "design")
-
 
 def _shape(shape) -> str:
     return "x".join(str(int(d)) for d in shape) or "a scalar"
@@ -341,9 +338,13 @@ def stage_rtl(ctx: FlowContext, folder: Path) -> dict[str, Any]:
 
 
 def stage_simulate(ctx: FlowContext, folder: Path) -> dict[str, Any]:
-    """The design simulated on test inputs: every beat of every layer against the engine."""
+    """The design simulated on test inputs: every beat of every layer against the engine.
+    The simulator builds in this stage's own copy of the design: built in the rtl stage's
+    folder, a build killed half-way was left there, and the next run's build failed on it."""
     options = ctx.config.simulate
-    design = ctx.design()
+    copy = folder / "design"
+    shutil.copytree(ctx.out / "rtl" / "design", copy, ignore=shutil.ignore_patterns("sim_*"))
+    design = Design.load(copy)
     program = ctx.program()
     x, _ = ctx.test_inputs()
     result = simulate(design, simulator=options.simulator,

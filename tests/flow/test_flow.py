@@ -211,11 +211,11 @@ def test_flow_takes_the_model_options_and_exits_3_when_a_stage_refuses(tmp_path)
                                        "        nn.init.zeros_(self.head.weight)"))
     out = tmp_path / "out"
     result = kiln("flow", f"{module}:ResidualMLP", "--input-shape", "16", "--data", "letter",
-                  "--stages", "float,compress,integer,rtl", "--out", str(out), "--json")
-    assert result.returncode == 3, result.stderr  # rtl refused the residual add
+                  "--stages", "float,compress,integer,mvu", "--out", str(out), "--json")
+    assert result.returncode == 3, result.stderr  # the MVU refused the residual add
     facts = json.loads(result.stdout)
     statuses = {s["stage"]: s["status"] for s in facts["stages"]}
-    assert statuses["integer"] == "done" and statuses["rtl"] == "refused"
+    assert statuses["integer"] == "done" and statuses["mvu"] == "refused"
     assert (out / "report.md").is_file()  # the report is written all the same
     # random weights: flagged in the summary and at the top of the report
     assert "untrained" in facts["untrained_warning"]
