@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,14 +31,15 @@ def _per_channel(values: np.ndarray, rank: int) -> np.ndarray:
     return np.asarray(values).reshape([1, -1] + [1] * (rank - 2))
 
 
-def _conv_accumulators(op: IntOp, x: np.ndarray) -> np.ndarray:
+def _conv_accumulators(op: IntOp, x: np.ndarray, epilogue=None) -> np.ndarray:
     quant = _quant(op)
     return conv_accumulate(x, op.arrays["weight"], op.arrays["bias"], x_zero=quant.zero_point,
                            w_zero=op.arrays["weight_zero"], stride=tuple(op.attrs["stride"]),
                            padding=tuple(op.attrs["padding"]),
                            dilation=tuple(op.attrs["dilation"]), groups=op.attrs["groups"],
                            input_range=max(quant.qmax - quant.zero_point,
-                                           quant.zero_point - quant.qmin))
+                                           quant.zero_point - quant.qmin),
+                           epilogue=epilogue)
 
 
 def _requantize_conv(op: IntOp, acc: np.ndarray, rounding: str) -> np.ndarray:
@@ -48,7 +50,15 @@ def _requantize_conv(op: IntOp, acc: np.ndarray, rounding: str) -> np.ndarray:
 
 
 def _conv(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
-    return _requantize_conv(op, _conv_accumulators(op, x), rounding)
+    lo, hi = op.attrs["clamp"]
+
+    def requantize_last_axis(acc: np.ndarray) -> np.ndarray:  # channels on the last axis
+        return requantize_channels(acc, op.arrays["m0"], op.arrays["shift"],
+                                   op.out_quant.zero_point, rounding, lo, hi,
+                                   op.arrays["multiplier_f32"], axis=-1,
+                                   out_dtype=narrow_dtype(lo, hi))
+
+    return _conv_accumulators(op, x, requantize_last_axis)
 
 
 def _narrow_weight(op: IntOp) -> np.ndarray:
@@ -104,13 +114,24 @@ def _avgpool(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
 
 def _add(op: IntOp, a: np.ndarray, b: np.ndarray, rounding: str) -> np.ndarray:
     qa, qb = _quant(op, "a_quant"), _quant(op, "b_quant")
+    lo, hi = op.attrs["clamp"]
+    out_dtype = narrow_dtype(lo, hi)
+    if rounding == "float32":
+        # float32(a - za) is exact (small integers), so subtracting in float32 gives the
+        # same products as from int64; the sum and rint are ONNX Runtime's float32 ones.
+        # In float32 the zero point adds exactly below 2^24; above, the clip saturates.
+        total = a.astype(np.float32)
+        total -= np.float32(qa.zero_point)
+        total *= np.float32(op.arrays["multiplier_f32"][0])
+        other = b.astype(np.float32)
+        other -= np.float32(qb.zero_point)
+        other *= np.float32(op.arrays["multiplier_b_f32"][0])
+        total += other
+        np.rint(total, out=total)
+        total += np.float32(op.out_quant.zero_point)
+        return np.clip(total, lo, hi, out=total).astype(out_dtype)
     da = a.astype(np.int64) - qa.zero_point
     db = b.astype(np.int64) - qb.zero_point
-    lo, hi = op.attrs["clamp"]
-    if rounding == "float32":
-        total = (da.astype(np.float32) * op.arrays["multiplier_f32"][0]
-                 + db.astype(np.float32) * op.arrays["multiplier_b_f32"][0])
-        return np.clip(np.rint(total).astype(np.int64) + op.out_quant.zero_point, lo, hi)
     # Both terms to a common fixed-point exponent, summed exactly in int64, one rounding.
     shift_a, shift_b = 31 + int(op.arrays["shift"][0]), 31 + int(op.arrays["shift_b"][0])
     common = max(shift_a, shift_b)
@@ -120,7 +141,7 @@ def _add(op: IntOp, a: np.ndarray, b: np.ndarray, rounding: str) -> np.ndarray:
             (db * int(op.arrays["m0_b"][0]) << (common - shift_b))
     if rounding == "nearest":
         total = total + (1 << (common - 1))
-    return np.clip((total >> common) + op.out_quant.zero_point, lo, hi)
+    return np.clip((total >> common) + op.out_quant.zero_point, lo, hi).astype(out_dtype)
 
 
 def _maxpool(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
@@ -170,22 +191,38 @@ def run(program: IntegerProgram, x: np.ndarray, *, batch_size: int = 256,
     if keep:
         return {name: tensor.astype(np.int64, copy=False)
                 for name, tensor in _run_batch(program, x, keep=True).items()}
-    starts = range(0, len(x), batch_size)
+    size = batch_size
+    starts = range(0, len(x), size)
     workers = min(os.cpu_count() or 1, len(starts))
     if workers > 1:
         # Much of a batch is single-threaded NumPy that releases the GIL: one batch per
-        # core keeps every core busy (results are the same integers in the same order).
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        # core keeps every core busy (results are the same integers in the same order),
+        # each batch's PyTorch kernels on one thread: a PyTorch thread pool per batch put
+        # twice as many threads as cores to work, spinning against each other.
+        with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
             outputs = list(pool.map(
-                lambda start: _run_batch(program, x[start:start + batch_size], keep=False),
+                lambda start: _run_batch(program, x[start:start + size], keep=False),
                 starts))
     else:
-        outputs = [_run_batch(program, x[start:start + batch_size], keep=False)
+        outputs = [_run_batch(program, x[start:start + size], keep=False)
                    for start in starts]
     # Activations travel in their narrowest integer type (uint8 for most layers: an eighth
     # of int64's memory traffic); results are int64 like every other kiln integer API.
     return (np.concatenate(outputs).astype(np.int64) if outputs
             else np.zeros((0,), dtype=np.int64))
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    """PyTorch's intra-op threads set to ``count`` for the block (a process-wide setting)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pool_first(op: IntOp, pool: IntOp | None, consumers: dict[str, int]) -> bool:

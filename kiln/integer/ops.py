@@ -7,10 +7,15 @@ result converts back without rounding, whatever order BLAS sums in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from kiln.integer.arith import Rounding, requantize
+
+#: What a convolution makes of its accumulators, channels on the last axis (requantization).
+Epilogue = Callable[[np.ndarray], np.ndarray]
 
 
 def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
@@ -180,8 +185,11 @@ def im2col(x: np.ndarray, kernel: tuple[int, int], *, stride: tuple[int, int] = 
 def conv_accumulate(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *,
                     x_zero: int, w_zero: np.ndarray | int, stride: tuple[int, int],
                     padding: tuple[int, int], dilation: tuple[int, int], groups: int,
-                    input_range: int | None = None) -> np.ndarray:
-    """Integer convolution accumulators Σ(x−zx)(w−zw) + bias, [N, K, OY, OX].
+                    input_range: int | None = None, epilogue: Epilogue | None = None
+                    ) -> np.ndarray:
+    """Integer convolution accumulators Σ(x−zx)(w−zw) + bias, [N, K, OY, OX]; with an
+    ``epilogue`` (e.g. requantization), what it makes of them: it receives accumulators
+    with the channels on the last axis, a few images at a time on the int8 path.
 
     Exact by construction: when every partial sum stays below 2^24 the convolution runs
     as PyTorch's float32 convolution (a direct kernel: sums of products of small
@@ -210,11 +218,13 @@ def conv_accumulate(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     bias_max = _magnitude(np.asarray(bias)) if bias is not None else 0
     bound = reduction * input_range * _magnitude(w) + bias_max
     if 2**24 <= bound < 2**31 and groups == 1:
-        acc = _conv_accumulate_int8(x, w, bias, x_zero, stride, padding, dilation)
+        acc = _conv_accumulate_int8(x, w, bias, x_zero, stride, padding, dilation, epilogue)
         if acc is not None:
             return acc
     if bound >= 2**53:
-        return _conv_accumulate_int64(x, w, bias, x_zero, stride, padding, dilation, groups)
+        return _channels_last_epilogue(
+            _conv_accumulate_int64(x, w, bias, x_zero, stride, padding, dilation, groups),
+            epilogue)
     dtype, torch_dtype = ((np.float32, torch.float32) if bound < 2**24
                           else (np.float64, torch.float64))
     # Channels last (the engine's activations already are): oneDNN's direct convolution
@@ -226,12 +236,24 @@ def conv_accumulate(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     acc = F.conv2d(shifted, weight,
                    None if bias is None else torch.from_numpy(np.asarray(bias).astype(dtype)),
                    stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return acc.numpy()
+    return _channels_last_epilogue(acc.numpy(), epilogue)
+
+
+def _channels_last_epilogue(acc: np.ndarray, epilogue: Epilogue | None) -> np.ndarray:
+    """``epilogue`` applied to [N, K, OY, OX] accumulators through their channels-last view."""
+    if epilogue is None:
+        return acc
+    return epilogue(acc.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+#: How many bytes of im2col columns the int8 convolution makes at once (a few images).
+IM2COL_CHUNK_BYTES = 1 << 20
 
 
 def _conv_accumulate_int8(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, x_zero: int,
                           stride: tuple[int, int], padding: tuple[int, int],
-                          dilation: tuple[int, int]) -> np.ndarray | None:
+                          dilation: tuple[int, int], epilogue: Epilogue | None = None
+                          ) -> np.ndarray | None:
     """8-bit operands: im2col in int8 (padding with the zero point) and one int8 GEMM with
     int32 accumulation; Σ(x−zx)w = Σ(x−o)w + (o−zx)Σw for the offset o that makes x int8.
     None when the operands do not fit 8 bits."""
@@ -262,17 +284,33 @@ def _conv_accumulate_int8(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     windows = np.lib.stride_tricks.sliding_window_view(nhwc, (span_y, span_x), axis=(1, 2))
     windows = windows[:, :: stride[0], :: stride[1], :, :: dilation[0], :: dilation[1]]
     batch, oy, ox = windows.shape[:3]
-    cols = windows.transpose(0, 1, 2, 4, 5, 3).reshape(batch * oy * ox, fy * fx * channels)
-    product = int8_matmul(cols, weights[0].transpose(0, 2, 3, 1).reshape(k_out, -1).T)
-    if product is None:
-        return None
+    right = weights[0].transpose(0, 2, 3, 1).reshape(k_out, -1).T
+    # A few images at a time, so that their columns (and the product) stay in the cache:
+    # one 256-image im2col of a 64-channel 32x32 3x3 layer is 151 MB, and the layer took
+    # 0.235 s on one core against 0.043 s sixteen images at a time.
+    per_image = oy * ox * fy * fx * channels
+    step = max(1, IM2COL_CHUNK_BYTES // max(per_image, 1))
     correction = (offset - x_zero) * w.reshape(k_out, -1).sum(axis=1)
     if bias is not None:
         correction = correction + np.asarray(bias, dtype=np.int64)
-    acc = product + correction.astype(np.int32)
+    correction = correction.astype(np.int32)
+    result = None
+    for first in range(0, batch, step):
+        last = min(batch, first + step)
+        cols = windows[first:last].transpose(0, 1, 2, 4, 5, 3).reshape(
+            (last - first) * oy * ox, fy * fx * channels)
+        part = int8_matmul(cols, right)
+        if part is None:
+            return None
+        part += correction
+        if epilogue is not None:  # requantized while the chunk is in the cache
+            part = epilogue(part)
+        if result is None:
+            result = np.empty((batch * oy * ox, k_out), dtype=part.dtype)
+        result[first * oy * ox:last * oy * ox] = part
     # An NCHW view of NHWC memory: element-wise steps keep that layout, and the next
     # convolution reads it channels-last without a copy.
-    return acc.reshape(batch, oy, ox, k_out).transpose(0, 3, 1, 2)
+    return result.reshape(batch, oy, ox, k_out).transpose(0, 3, 1, 2)
 
 
 def _conv_accumulate_int64(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
