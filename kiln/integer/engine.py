@@ -12,6 +12,7 @@ import numpy as np
 from kiln.errors import KilnError
 from kiln.integer.arith import narrow_dtype, requantize
 from kiln.integer.ops import (
+    Epilogue,
     conv_accumulate,
     pad_nchw,
     qmatmul,
@@ -31,7 +32,8 @@ def _per_channel(values: np.ndarray, rank: int) -> np.ndarray:
     return np.asarray(values).reshape([1, -1] + [1] * (rank - 2))
 
 
-def _conv_accumulators(op: IntOp, x: np.ndarray, epilogue=None) -> np.ndarray:
+def _conv_accumulators(op: IntOp, x: np.ndarray, epilogue: Epilogue | None = None
+                       ) -> np.ndarray:
     quant = _quant(op)
     return conv_accumulate(x, op.arrays["weight"], op.arrays["bias"], x_zero=quant.zero_point,
                            w_zero=op.arrays["weight_zero"], stride=tuple(op.attrs["stride"]),
@@ -42,23 +44,17 @@ def _conv_accumulators(op: IntOp, x: np.ndarray, epilogue=None) -> np.ndarray:
                            epilogue=epilogue)
 
 
-def _requantize_conv(op: IntOp, acc: np.ndarray, rounding: str) -> np.ndarray:
+def _requantize_conv(op: IntOp, acc: np.ndarray, rounding: str, axis: int = 1) -> np.ndarray:
     lo, hi = op.attrs["clamp"]
     return requantize_channels(acc, op.arrays["m0"], op.arrays["shift"],
                                op.out_quant.zero_point, rounding, lo, hi,
-                               op.arrays["multiplier_f32"], out_dtype=narrow_dtype(lo, hi))
+                               op.arrays["multiplier_f32"], axis=axis,
+                               out_dtype=narrow_dtype(lo, hi))
 
 
 def _conv(op: IntOp, x: np.ndarray, rounding: str) -> np.ndarray:
-    lo, hi = op.attrs["clamp"]
-
-    def requantize_last_axis(acc: np.ndarray) -> np.ndarray:  # channels on the last axis
-        return requantize_channels(acc, op.arrays["m0"], op.arrays["shift"],
-                                   op.out_quant.zero_point, rounding, lo, hi,
-                                   op.arrays["multiplier_f32"], axis=-1,
-                                   out_dtype=narrow_dtype(lo, hi))
-
-    return _conv_accumulators(op, x, requantize_last_axis)
+    # requantized inside the convolution, chunk by chunk, channels on the last axis
+    return _conv_accumulators(op, x, lambda acc: _requantize_conv(op, acc, rounding, axis=-1))
 
 
 def _narrow_weight(op: IntOp) -> np.ndarray:
@@ -191,8 +187,7 @@ def run(program: IntegerProgram, x: np.ndarray, *, batch_size: int = 256,
     if keep:
         return {name: tensor.astype(np.int64, copy=False)
                 for name, tensor in _run_batch(program, x, keep=True).items()}
-    size = batch_size
-    starts = range(0, len(x), size)
+    starts = range(0, len(x), batch_size)
     workers = min(os.cpu_count() or 1, len(starts))
     if workers > 1:
         # Much of a batch is single-threaded NumPy that releases the GIL: one batch per
@@ -201,10 +196,10 @@ def run(program: IntegerProgram, x: np.ndarray, *, batch_size: int = 256,
         # twice as many threads as cores to work, spinning against each other.
         with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
             outputs = list(pool.map(
-                lambda start: _run_batch(program, x[start:start + size], keep=False),
+                lambda start: _run_batch(program, x[start:start + batch_size], keep=False),
                 starts))
     else:
-        outputs = [_run_batch(program, x[start:start + size], keep=False)
+        outputs = [_run_batch(program, x[start:start + batch_size], keep=False)
                    for start in starts]
     # Activations travel in their narrowest integer type (uint8 for most layers: an eighth
     # of int64's memory traffic); results are int64 like every other kiln integer API.

@@ -371,12 +371,17 @@ def _pool_settings(node: torch.fx.Node, module: nn.Module) -> dict[str, Any]:
     names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
     if node.op == "call_module":
         pool = module.get_submodule(node.target)
-        given = {name: getattr(pool, name, None) for name in names}
+        given = {name: getattr(pool, name, None) for name in (*names, "divisor_override")}
     else:  # F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
-        # F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, ...)
+        # F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+        # divisor_override)
         order = names if node.target is torch.nn.functional.max_pool2d else (
-            "kernel_size", "stride", "padding", "ceil_mode")
+            "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+            "divisor_override")
         given = {**dict(zip(order, node.args[1:], strict=False)), **node.kwargs}
+    if given.get("divisor_override") is not None:
+        raise KilnError(f"cannot lower average pool '{node.name}' with divisor_override: the "
+                        "integer program divides by the window size")
 
     def pair(value: Any, default: int) -> list[int]:
         value = default if value is None else value

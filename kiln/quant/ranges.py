@@ -129,15 +129,16 @@ def kl_threshold(magnitudes: torch.Tensor, levels: int) -> torch.Tensor:
     peak = float(magnitudes.max()) if magnitudes.numel() else 0.0
     if peak == 0.0:
         return torch.tensor(0.0)
-    magnitudes = magnitudes.double()
+    magnitudes = magnitudes.double().sort().values  # sorted: the mass above t is a search
     bins = KL_BINS_PER_LEVEL * levels
     best_divergence, best_threshold = math.inf, peak
     for step in range(KL_FIRST, KL_STEPS + 1):
         threshold = peak * step / KL_STEPS
-        reference = torch.histc(magnitudes.clamp(max=threshold), bins=bins, min=0.0,
-                                max=threshold)
-        inside = reference.clone()
-        inside[-1] -= float((magnitudes > threshold).sum())  # the clipped mass is not a level's
+        inside = torch.histc(magnitudes, bins=bins, min=0.0, max=threshold)  # values <= t
+        clipped = len(magnitudes) - int(torch.searchsorted(
+            magnitudes, torch.tensor([threshold], dtype=magnitudes.dtype), right=True))
+        reference = inside.clone()
+        reference[-1] += clipped  # the clipped mass lands in the last bin, not a level's
         by_level = inside.reshape(levels, KL_BINS_PER_LEVEL)
         occupied = (reference > 0).reshape(levels, KL_BINS_PER_LEVEL)
         spread = by_level.sum(dim=1, keepdim=True) / occupied.sum(dim=1, keepdim=True).clamp(min=1)

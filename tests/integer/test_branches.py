@@ -132,3 +132,25 @@ def test_minifloat_and_bfp_weights_are_refused_by_name():
     with pytest.raises(KilnError, match=r"not integers: 'classifier_1' \(bfp\), "
                                         r"'features_0' \(minifloat\)"):
         lower(quantized)
+
+
+def test_an_average_pool_with_a_divisor_override_is_refused_by_name():
+    # the integer program divides by the window; a call's divisor_override was dropped
+    from kiln.errors import KilnError
+
+    class Overridden(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4 * 13 * 13, 10)
+
+        def forward(self, x):
+            pooled = torch.nn.functional.avg_pool2d(torch.relu(self.conv(x)), 2,
+                                                    divisor_override=3)
+            return self.fc(pooled.flatten(1))
+
+    dataset = load_dataset("fashion-mnist")
+    graph = from_torch(Overridden(), torch.randn(1, 1, 28, 28))
+    quantized = calibrate(quantize(graph, uniform_config(8, 8)), dataset, batches=1)
+    with pytest.raises(KilnError, match="divisor_override"):
+        lower(quantized)
